@@ -1,0 +1,514 @@
+"""The Python API: the same operations as the CLI.
+
+    from ctrun.api import Ctrun
+    ct = Ctrun()                      # or Ctrun(root="/tmp/store")
+    ct.create("web1", image="busybox")
+    ct.start("web1")
+    ct.exec("web1", ["hostname"])     # -> exit code
+    ct.stop("web1"); ct.destroy("web1")
+
+Every method raises a ctrun.errors.CtrunError subclass with a one-line message.
+"""
+
+import os
+import select
+import shutil
+import signal
+import sys
+import time
+import uuid
+
+from . import config as cfgmod
+from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
+from .state import Store, read_json, status, write_json
+
+DEFAULT_CGROUP_PARENT = "ctrun"
+
+
+def _now():
+    from .runtime.reap import now
+    return now()
+
+
+class Ctrun:
+    def __init__(self, root=None):
+        self.store = Store(root)
+
+    # ---------------------------------------------------------------- helpers
+    def _cdir(self, name):
+        cfgmod.check_name(name)
+        d = self.store.container_dir(name)
+        if not (d / "config.json").exists():
+            raise NotFound(f"container '{name}' not found; see: ctrun list --all")
+        return d
+
+    def _config(self, cdir):
+        return cfgmod.Config.from_dict(read_json(cdir / "config.json"))
+
+    # ---------------------------------------------------------------- create
+    def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
+               workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
+               privileged=False, userns=False):
+        """Record a container and prepare its file system; no process yet."""
+        from .images import store as images
+        cfgmod.check_name(name)
+        cfgmod.check_name(image, "image")
+        if userns:
+            from .errors import HostUnsupported
+            raise HostUnsupported("--userns is not supported by this version of ctrun yet; "
+                                  "run without it")
+        cfg = cfgmod.Config(
+            name=name, image=image, cmd=list(cmd), hostname=cfgmod.check_hostname(hostname),
+            env=cfgmod.parse_env(env), volumes=[cfgmod.parse_volume(v) for v in volumes],
+            workdir=workdir, user=cfgmod.parse_user(user), init=bool(init),
+            ulimits=dict(cfgmod.parse_ulimit(u) for u in ulimits),
+            cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
+            privileged=bool(privileged), userns=bool(userns))
+        if workdir and not workdir.startswith("/"):
+            raise InvalidInput(f"working directory {workdir!r} must be an absolute path")
+        if init and not os.path.exists("/usr/bin/tini-static"):
+            from .errors import HostUnsupported
+            raise HostUnsupported("--init needs tini-static; run: apt-get install tini")
+        rootfs, icfg = images.get(self.store, image)
+        self._check_command(rootfs, cfg, icfg)
+        self.store.ensure()
+        with self.store.lock(name):
+            final = self.store.container_dir(name)
+            if final.exists():
+                raise Conflict(f"container '{name}' already exists; choose another name "
+                               f"or destroy it first") if (final / "config.json").exists() \
+                    else Conflict(f"container directory {final} is left from a crash; "
+                                  "run: ctrun gc")
+            tmp = self.store.containers / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                tmp.mkdir(mode=0o700)
+                for d in ("upper", "work", "rootfs", "logs"):
+                    (tmp / d).mkdir(mode=0o755 if d != "logs" else 0o700)
+                from .spec import write_etc_files
+                write_etc_files(tmp, cfg.hostname or name)
+                data = cfg.to_dict()
+                data["cgroup_parent"] = os.environ.get("CTRUN_CGROUP_PARENT",
+                                                       DEFAULT_CGROUP_PARENT)
+                data["created_at"] = _now()
+                write_json(tmp / "config.json", data)
+                write_json(tmp / "state.json", {})
+                os.rename(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        from .errors import AlreadyExists  # noqa: F401 - documented error for duplicates
+        return self.inspect(name)
+
+    def _check_command(self, rootfs, cfg, icfg):
+        """Refuse a command the image does not have, before anything is written."""
+        from .runtime import paths
+        argv = cfg.cmd or icfg.get("cmd") or ["/bin/sh"]
+        if any(os.path.commonpath([argv[0], v["target"]]) == v["target"]
+               for v in cfg.volumes if argv[0].startswith("/")):
+            return  # it comes from a volume: the start-time lookup checks it
+        env = dict(e.split("=", 1) for e in icfg.get("env", []) + cfg.env)
+        try:
+            paths.lookup_command(str(rootfs), argv[0], env.get("PATH", "/usr/bin:/bin"))
+        except CommandNotFound as e:
+            raise CommandNotFound(f"{e} (image '{cfg.image}')") from None
+
+    # ---------------------------------------------------------------- start
+    def _prepare_start(self, name, cdir, cfg, tty=False):
+        """Cgroup, spec and seccomp program for a new start; returns (spec, mgr, bpf_path)."""
+        from . import cgroups, spec as specmod
+        from .images import store as images
+        from .runtime import seccomp
+        rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
+        parent = read_json(cdir / "config.json").get("cgroup_parent", DEFAULT_CGROUP_PARENT)
+        mgr = cgroups.manager(name, parent=parent)
+        mgr.create()
+        try:
+            device_rules = mgr.supports_device_rules()
+            if device_rules and not cfg.privileged:
+                mgr.set_devices_allowlist(DEVICE_ALLOW)
+            spec = specmod.build(cfg, icfg, cdir, rootfs, mgr.procs_files(),
+                                 privileged_devices=True)
+            if not device_rules and not cfg.privileged:
+                # no devices cgroup (cgroup v2 without a BPF device filter): no mknod at all
+                for k in ("bounding", "effective", "permitted"):
+                    spec["process"]["capabilities"][k] = [
+                        c for c in spec["process"]["capabilities"][k] if c != "CAP_MKNOD"]
+            spec["process"]["terminal"] = tty
+            spec["annotations"]["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            bpf_path = None
+            if spec["annotations"]["run.ctrun.seccomp"]:
+                caps = spec["process"]["capabilities"]["bounding"]
+                bpf_path = str(seccomp.bpf_path_for(caps, self.store.root / "cache"))
+            write_json(cdir / "spec.json", spec)
+        except BaseException:
+            mgr.remove()
+            raise
+        return spec, mgr, bpf_path
+
+    def start(self, name):
+        """Start a created or stopped container in the background (supervised by the monitor)."""
+        from . import monitor
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, state, _, _ = status(cdir)
+            if st == "running":
+                raise Conflict(f"container '{name}' is already running")
+            cfg = self._config(cdir)
+            spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
+            sid = uuid.uuid4().hex[:12]
+            started = _now()
+            write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+            try:
+                reply = monitor.request(self.store.root, {
+                    "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
+                    "started_at": started, "bpf": bpf, "cgroup_parent": "/".join(mgr.parent_parts)})
+            except BaseException:
+                write_json(cdir / "state.json", state)
+                mgr.remove()
+                raise
+            if not reply.get("ok"):
+                write_json(cdir / "state.json", state)
+                mgr.kill_all()
+                mgr.remove()
+                _raise(reply)
+        return self.inspect(name)
+
+    def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,
+            interactive=False, **create_opts):
+        """create + start + wait; returns the workload's exit code (0 with detach)."""
+        name = name or "ct-" + uuid.uuid4().hex[:8]
+        self.create(name, image=image, cmd=cmd, **create_opts)
+        try:
+            if detach:
+                self.start(name)
+                return 0
+            return self._run_attached(name, tty, interactive)
+        finally:
+            if rm and not detach:
+                try:
+                    self.destroy(name, force=True)
+                except CtrunError:
+                    pass
+
+    def _run_attached(self, name, tty, interactive):
+        """The CLI itself supervises: stdio inherited (or a pty), exit code returned."""
+        import prctl
+        from .runtime import process, reap, terminal
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            cfg = self._config(cdir)
+            spec, mgr, bpf_path = self._prepare_start(name, cdir, cfg, tty=tty)
+            sid = uuid.uuid4().hex[:12]
+            started = _now()
+            write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+            prctl.set_child_subreaper(1)
+            bpf = open(bpf_path, "rb").read() if bpf_path else None
+            stdin = 0
+            if not interactive and not tty:
+                stdin = os.open("/dev/null", os.O_RDONLY)
+            try:
+                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                write_json(cdir / "live.json", {"start_id": sid, "pid": launched.pid,
+                                                "pid_start": launched.pid_start,
+                                                "started_at": started, "monitor": "attached"})
+                launched.start()
+            except BaseException:
+                write_json(cdir / "state.json", {})
+                mgr.kill_all()
+                mgr.remove()
+                raise
+        pid = launched.pid
+        if launched.master is not None:
+            status_ = terminal.relay(launched.master, lambda: process._poll(pid),
+                                     forward_stdin=interactive or tty)
+            os.close(launched.master)
+        else:
+            status_ = process._wait_forwarding(pid)
+        code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts))
+        return code
+
+    # ---------------------------------------------------------------- signals
+    def _signal(self, live, sig):
+        """Signal the init by pidfd, checked against its start time: never a recycled pid."""
+        from .state import proc_start_time
+        try:
+            fd = os.pidfd_open(live["pid"])
+        except ProcessLookupError:
+            return None
+        if proc_start_time(live["pid"]) != live["pid_start"]:
+            os.close(fd)
+            return None
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            pass
+        return fd
+
+    def kill(self, name, sig="KILL"):
+        signum = cfgmod.parse_signal(sig)
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, _, live, _ = status(cdir)
+            if st != "running":
+                raise Conflict(f"container '{name}' is not running; start it first")
+            fd = self._signal(live, signum)
+            if fd is not None:
+                os.close(fd)
+
+    def stop(self, name, timeout=10.0):
+        """The image's stop signal, then SIGKILL after `timeout` seconds."""
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, state, live, _ = status(cdir)
+            if st != "running":
+                raise Conflict(f"container '{name}' is not running")
+            write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+            spec = read_json(cdir / "spec.json") or {}
+            sig = cfgmod.parse_signal(
+                spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
+            fd = self._signal(live, sig)
+            if fd is not None:
+                try:
+                    if not select.select([fd], [], [], max(0.0, float(timeout)))[0]:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        select.select([fd], [], [], 10)
+                except ProcessLookupError:
+                    pass
+                finally:
+                    os.close(fd)
+            self._await_exit_record(cdir, state["start_id"])
+        return self.inspect(name)
+
+    def _await_exit_record(self, cdir, sid, timeout=10.0):
+        """Wait until the supervisor has written exit.json (cgroup read and removed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ex = read_json(cdir / "exit.json")
+            if ex and ex.get("start_id") == sid:
+                return ex
+            time.sleep(0.005)
+        return None
+
+    def restart(self, name, timeout=10.0):
+        cdir = self._cdir(name)
+        if status(cdir)[0] == "running":
+            self.stop(name, timeout)
+        return self.start(name)
+
+    # ---------------------------------------------------------------- exec
+    def exec(self, name, argv, tty=False, interactive=False, env=(), workdir=None, user=None):
+        from .runtime import process
+        if not argv:
+            raise InvalidInput("exec needs a command: ctrun exec NAME -- CMD [ARGS...]")
+        cfgmod.parse_env(env)
+        cfgmod.parse_user(user)
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, _, live, _ = status(cdir)
+            if st != "running":
+                raise Conflict(f"container '{name}' is not running; start it first: "
+                               f"ctrun start {name}")
+            spec = read_json(cdir / "spec.json")
+        bpf = None
+        if spec["annotations"].get("run.ctrun.seccomp"):
+            from .runtime import seccomp
+            caps = spec["process"]["capabilities"]["bounding"]
+            bpf = seccomp.bpf_for(caps, self.store.root / "cache")
+        return process.join(live, spec, argv, env=env, cwd=workdir, user=user, tty=tty,
+                            stdin=interactive or tty, bpf=bpf)
+
+    def enter(self, name):
+        shell = "/bin/bash"
+        cdir = self._cdir(name)
+        rootfs = read_json(cdir / "spec.json", {}).get("root", {}).get("path")
+        if not rootfs or not os.path.exists(os.path.join(str(cdir), "upper", "bin", "bash")):
+            shell = "/bin/sh"
+        try:
+            return self.exec(name, [shell, "-l"] if shell == "/bin/bash" else [shell],
+                             tty=sys.stdin.isatty(), interactive=True)
+        except CommandNotFound:
+            return self.exec(name, ["/bin/sh"], tty=sys.stdin.isatty(), interactive=True)
+
+    # ---------------------------------------------------------------- queries
+    def inspect(self, name):
+        cdir = self._cdir(name)
+        return self._describe(name, cdir)
+
+    def _describe(self, name, cdir, full=True):
+        conf = read_json(cdir / "config.json") or {}
+        st, state, live, ex = status(cdir)
+        out = {
+            "name": name, "image": conf.get("image"), "mode": conf.get("mode", "container"),
+            "state": st, "pid": live["pid"] if live else None,
+            "created_at": conf.get("created_at"),
+            "started_at": state.get("started_at"),
+            "finished_at": ex.get("finished_at") if ex else None,
+            "exit_code": ex.get("exit_code") if ex else None,
+            "exit_reason": ex.get("exit_reason") if ex else None,
+        }
+        if full:
+            parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
+            from . import cgroups
+            try:
+                paths = cgroups.manager(name, parent=parent).paths()
+            except CtrunError:
+                paths = {}
+            out.update({"config": conf, "cgroup": paths, "dir": str(cdir),
+                        "log_path": str(cdir / "logs" / "console.log"),
+                        "rootfs": str(cdir / "rootfs"), "upper": str(cdir / "upper")})
+        return out
+
+    def list(self, all=False):
+        rows = []
+        for n in self.store.container_names():
+            cdir = self.store.container_dir(n)
+            if not (cdir / "config.json").exists():
+                continue
+            d = self._describe(n, cdir, full=False)
+            if all or d["state"] == "running":
+                rows.append(d)
+        return rows
+
+    def logs(self, name, follow=False, out=None, err=None):
+        """Write the container's log records to out/err (binary streams)."""
+        from .runtime import logfile
+        out = out or sys.stdout.buffer
+        err = err or sys.stderr.buffer
+        cdir = self._cdir(name)
+        path = cdir / "logs" / "console.log"
+
+        def emit(line):
+            _, stream, full, text = logfile.parse(line)
+            (err if stream == "stderr" else out).write(text + (b"\n" if full else b""))
+        for p in logfile.files(path):
+            with open(p, "rb") as f:
+                for line in f:
+                    emit(line.rstrip(b"\n"))
+        out.flush()
+        if not follow:
+            return
+        pos = path.stat().st_size if path.exists() else 0
+        ino = path.stat().st_ino if path.exists() else None
+        while True:
+            running = status(cdir)[0] == "running"
+            if path.exists():
+                st = path.stat()
+                if st.st_ino != ino:  # rotated
+                    ino, pos = st.st_ino, 0
+                if st.st_size > pos:
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        data = f.read()
+                    complete = data[:data.rfind(b"\n") + 1]
+                    pos += len(complete)
+                    for line in complete.splitlines():
+                        emit(line)
+                    out.flush()
+                    err.flush()
+            if not running:
+                return
+            time.sleep(0.1)
+
+    # ---------------------------------------------------------------- destroy, gc
+    def destroy(self, name, force=False):
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, state, live, _ = status(cdir)
+            if st == "running":
+                if not force:
+                    raise Conflict(f"container '{name}' is running; stop it first or use --force")
+                write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+                fd = self._signal(live, signal.SIGKILL)
+                if fd is not None:
+                    select.select([fd], [], [], 10)
+                    os.close(fd)
+                self._await_exit_record(cdir, state["start_id"], timeout=5)
+            conf = read_json(cdir / "config.json") or {}
+            self._remove_cgroup(name, conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            trash = self.store.containers / f".destroy-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(cdir, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.unlink(self.store.locks / f"{name}.lock")
+            except FileNotFoundError:
+                pass
+
+    def _remove_cgroup(self, name, parent):
+        from . import cgroups
+        mgr = cgroups.manager(name, parent=parent)
+        if mgr.exists():
+            mgr.kill_all()
+            mgr.remove()
+
+    def gc(self):
+        """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
+        from . import cgroups
+        done = []
+        self.store.ensure()
+        for n in os.listdir(self.store.containers):
+            if n.startswith((".tmp-", ".destroy-")):
+                shutil.rmtree(self.store.containers / n, ignore_errors=True)
+                done.append(f"removed leftover {n}")
+        parents = set()
+        for n in self.store.container_names():
+            cdir = self.store.container_dir(n)
+            conf = read_json(cdir / "config.json")
+            if conf is None:
+                continue
+            parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
+            parents.add(parent)
+            with self.store.lock(n):
+                st, state, live, ex = status(cdir)
+                if st != "running":
+                    mgr = cgroups.manager(n, parent=parent)
+                    if mgr.exists():
+                        mgr.kill_all()
+                        mgr.remove()
+                        done.append(f"removed cgroup of stopped container {n}")
+                    if state.get("start_id") and not (read_json(cdir / "exit.json") or {}).get(
+                            "start_id") == state["start_id"]:
+                        write_json(cdir / "exit.json", {"start_id": state["start_id"],
+                                                        "exit_code": None,
+                                                        "exit_reason": ex["exit_reason"],
+                                                        "finished_at": None})
+                        done.append(f"recorded lost exit of {n}")
+        known = set(self.store.container_names())
+        for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
+            for n in _cgroup_children(parent):
+                if n not in known:
+                    mgr = cgroups.manager(n, parent=parent)
+                    mgr.kill_all()
+                    mgr.remove()
+                    done.append(f"removed orphan cgroup {parent}/{n}")
+        return done
+
+
+# v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
+DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+                "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
+
+
+def _layout_for_container(layout):
+    """What the container init needs to mount its own view of the hierarchies."""
+    return {"kind": layout.kind, "v1": {k: str(p) for k, p in layout.v1.items()},
+            "v2": str(layout.v2) if layout.v2 else None}
+
+
+def _cgroup_children(parent):
+    """Names of the container cgroups below `parent` in any hierarchy."""
+    from .cgroups import detect
+    layout = detect()
+    names = set()
+    for mnt in list(layout.v1.values()) + ([layout.v2] if layout.v2 else []):
+        try:
+            names.update(e.name for e in os.scandir(mnt / parent) if e.is_dir())
+        except FileNotFoundError:
+            pass
+    return sorted(names)
+
+
+def _raise(reply):
+    from . import errors
+    cls = getattr(errors, reply.get("kind", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, CtrunError)):
+        cls = errors.ContainerFailed
+    raise cls(reply.get("message", "unknown error"))

@@ -1,0 +1,29 @@
+"""Container cgroups on cgroup v1, v2 and hybrid hosts.
+
+    m = manager("web")          # layout detected from /proc/self/mountinfo
+    m.create(); ...; m.kill_all(); m.remove()
+"""
+
+from .base import LEAF, CgroupManager
+from .detect import Layout, detect
+
+
+def manager(name, parent="ctrun", layout=None, root=None, timeout=None):
+    """The CgroupManager for this host's layout.
+
+    `root` moves every mount point under another directory (tests point it at a fake tree).
+    """
+    if layout is None:
+        layout = detect()
+    if root is not None:
+        layout = layout.rebased(root)
+    if layout.kind == "v2":
+        from .v2 import V2Manager as cls
+    elif layout.kind == "v1":
+        from .v1 import V1Manager as cls
+    else:
+        from .v1 import HybridManager as cls
+    return cls(name, parent, layout, timeout)
+
+
+__all__ = ["CgroupManager", "LEAF", "Layout", "detect", "manager"]

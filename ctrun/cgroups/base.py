@@ -1,0 +1,254 @@
+"""What every cgroup backend offers, plus the parts that are the same on v1 and v2.
+
+A container's cgroup is `<parent>/<name>` in every hierarchy the backend handles; limits are
+written there.  Its processes live one level down in `<parent>/<name>/ct`, which becomes the
+root of the container's cgroup namespace, so the container may be given that subtree to
+write in without being able to raise the limits set above it.
+"""
+
+import abc
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+from ..errors import Conflict, HostUnsupported, InvalidInput, NotFound
+
+LEAF = "ct"
+POLL = 0.02          # seconds between looks while waiting for processes to exit
+SETTLE = 1.0         # longest wait for the kernel to settle (a freeze, a child going offline)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def write(path, data):
+    """One write() per value, as cgroupfs expects; no O_CREAT: a missing file is an error."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(data).encode())
+    finally:
+        os.close(fd)
+
+
+def read_keyed(path):
+    """A flat keyed file ("key value" lines) as a dict of ints; {} when absent."""
+    try:
+        text = read(path)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _check_component(part, what):
+    if not part or part in (".", "..") or "/" in part or "\0" in part or "\n" in part:
+        raise InvalidInput(f"invalid cgroup {what} {part!r}; use a plain directory name")
+
+
+class CgroupManager(abc.ABC):
+    """One container's cgroup across the hierarchies of one backend."""
+
+    timeout = 5.0    # default bound, in seconds, on waiting for processes to go
+
+    def __init__(self, name, parent="ctrun", layout=None, timeout=None):
+        _check_component(name, "name")
+        self.parent_parts = [p for p in str(parent).split("/") if p]
+        for part in self.parent_parts:
+            _check_component(part, "parent")
+        if layout is None:
+            from .detect import detect
+            layout = detect()
+        self.name, self.layout = name, layout
+        self.rel = "/".join(self.parent_parts + [name])
+        if timeout is not None:
+            self.timeout = timeout
+
+    # -- what a backend provides ---------------------------------------------------------
+    @abc.abstractmethod
+    def mounts(self):
+        """{hierarchy key: mount point} this manager writes in."""
+
+    @abc.abstractmethod
+    def create(self):
+        """Make `<parent>/<name>/ct` in every hierarchy; idempotent."""
+
+    @abc.abstractmethod
+    def kill_all(self, sig=signal.SIGKILL, timeout=None):
+        """Signal every process in the cgroup; returns the pids still there after the wait."""
+
+    @abc.abstractmethod
+    def oom_kills(self):
+        """How many processes the OOM killer has killed in this cgroup's subtree."""
+
+    def supports_device_rules(self):
+        return False
+
+    def set_devices_allowlist(self, rules):
+        raise HostUnsupported(f"cgroup {self.rel}: device rules need the cgroup v1 devices "
+                              "controller, which this host lacks; drop CAP_MKNOD and mount nodev")
+
+    # -- test hooks: cgroupfs populates new directories and lets rmdir remove its files ------
+    def _mkdir(self, path):
+        os.mkdir(path)
+
+    def _rmdir(self, path):
+        os.rmdir(path)
+
+    # -- shared behaviour -----------------------------------------------------------------
+    def dirs(self):
+        """{hierarchy key: Path of <parent>/<name>}."""
+        return {key: mnt / self.rel for key, mnt in self.mounts().items()}
+
+    def paths(self):
+        return {key: str(p) for key, p in self.dirs().items()}
+
+    def procs_files(self):
+        return [p / LEAF / "cgroup.procs" for p in self.dirs().values()]
+
+    def exists(self):
+        return any(p.is_dir() for p in self.dirs().values())
+
+    def _ensure_dir(self, path):
+        """mkdir that tolerates an existing cgroup and turns host refusals into one-line errors."""
+        try:
+            self._mkdir(path)
+        except FileExistsError:
+            if not path.is_dir():
+                raise InvalidInput(f"cannot create cgroup {path}: a file of that name exists; "
+                                   "pick another container name") from None
+            return False
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise HostUnsupported(f"cannot create cgroup {path}: {e.strerror.lower()}; "
+                                      "run ctrun as root with a writable cgroup mount") from None
+            raise
+        return True
+
+    def _levels(self):
+        return self.parent_parts + [self.name, LEAF]
+
+    def add(self, pid):
+        for f in self.procs_files():
+            try:
+                write(f, pid)
+            except ProcessLookupError:
+                raise NotFound(f"process {pid} does not exist; start it before adding it "
+                               f"to cgroup {self.rel}") from None
+
+    def _subtree(self, top):
+        """Every cgroup directory at or below `top`, deepest first; [] if absent."""
+        if not top.is_dir():
+            return []
+        return [Path(d) for d, _, _ in os.walk(top, topdown=False)]
+
+    def _read_procs(self, directory):
+        try:
+            return [int(x) for x in read(directory / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def pids(self):
+        """Every process in the cgroup or below it, in any hierarchy, sorted."""
+        found = set()
+        for top in self.dirs().values():
+            for d in self._subtree(top):
+                found.update(self._read_procs(d))
+        return sorted(found)
+
+    # freezing stops forks racing the signal loop; backends say how (or that they can't)
+    def _freeze(self):
+        return False
+
+    def _thaw(self):
+        pass
+
+    def _signal_loop(self, sig, timeout):
+        """Freeze, signal every pid, thaw, and repeat for SIGKILL until empty or out of time.
+
+        Other signals are sent once: re-sending SIGTERM would interrupt a clean shutdown.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        me, first = os.getpid(), True
+        while True:
+            if first or sig == signal.SIGKILL:
+                frozen = self._freeze()
+                try:
+                    pids = self.pids()
+                    for pid in pids:
+                        if pid != me:
+                            try:
+                                os.kill(pid, sig)
+                            except ProcessLookupError:
+                                pass
+                finally:
+                    if frozen:
+                        self._thaw()
+                first = False
+            else:
+                pids = self.pids()
+            if not pids:
+                return []
+            if time.monotonic() >= deadline:
+                return pids
+            time.sleep(POLL)
+
+    def _wait_empty(self, timeout):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while pids := self.pids():
+            if time.monotonic() >= deadline:
+                return pids
+            time.sleep(POLL)
+        return []
+
+    def _rmdir_retry(self, path, deadline):
+        """rmdir, retrying while the kernel still counts exiting tasks; False if it stays busy."""
+        while True:
+            try:
+                self._rmdir(path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+                if time.monotonic() >= deadline:
+                    return False
+            time.sleep(POLL)
+
+    def remove(self, timeout=None):
+        """rmdir `<parent>/<name>` and everything below it, leaves first; fine if already gone."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for top in self.dirs().values():
+            for d in self._subtree(top):
+                if not self._rmdir_retry(d, deadline):
+                    pids = self.pids()
+                    if pids:
+                        raise Conflict(f"cgroup {self.rel} still has processes "
+                                       f"{', '.join(map(str, pids))}; kill them and retry")
+                    raise Conflict(f"cgroup {self.rel} is busy ({d} cannot be removed); "
+                                   "remove what holds it and retry")
+
+    def remove_parent_if_empty(self):
+        """rmdir the parent levels that no other cgroup uses (e.g. a per-test parent)."""
+        for mnt in self.mounts().values():
+            for i in range(len(self.parent_parts), 0, -1):
+                d = mnt.joinpath(*self.parent_parts[:i])
+                try:
+                    self._rmdir(d)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                        break
+                    raise
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.rel}>"

@@ -1,0 +1,109 @@
+"""Find which cgroup hierarchies the host mounts, from mountinfo (never from guessed paths)."""
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import HostUnsupported
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+# v1 superblock options that name a controller; anything else (rw, xattr, release_agent=...,
+# clone_children, nsdelegate...) is a mount flag and not part of the hierarchy's identity.
+V1_CONTROLLERS = frozenset({
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio",
+    "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc", "debug",
+})
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str                                   # "v1", "v2" or "hybrid"
+    v1: dict[str, Path] = field(default_factory=dict)   # "cpu,cpuacct" -> mount point
+    v2: Path | None = None                      # the cgroup2 mount
+    v2_controllers: set[str] = field(default_factory=set)
+
+    def has_v1(self, controller):
+        """The v1 hierarchy key carrying `controller`, or None."""
+        for key in self.v1:
+            if controller in key.split(","):
+                return key
+        return None
+
+    def rebased(self, root):
+        """The same layout with every mount point moved under `root` (for fake trees in tests)."""
+        root = Path(root)
+        v1 = {k: root / p.relative_to("/") for k, p in self.v1.items()}
+        v2 = root / self.v2.relative_to("/") if self.v2 else None
+        return Layout(self.kind, v1, v2, _read_controllers(v2))
+
+
+def _unescape(s):
+    # mountinfo octal-escapes space, tab, newline and backslash
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), s)
+
+
+def _read_controllers(v2):
+    if v2 is None:
+        return set()
+    try:
+        return set((v2 / "cgroup.controllers").read_text().split())
+    except OSError:
+        return set()
+
+
+def parse(text, root=None):
+    """Layout from mountinfo text; the cgroup2 mount's controllers are read from its files.
+
+    `root` moves every mount point under another directory first.
+    """
+    v1, v1_root = {}, {}
+    v2 = None
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        if len(fields) < sep + 4 or sep < 5:
+            continue
+        fstype, superopts = fields[sep + 1], fields[sep + 3]
+        src, mnt = _unescape(fields[3]), Path(_unescape(fields[4]))
+        if root is not None:
+            mnt = Path(root) / mnt.relative_to("/")
+        if fstype == "cgroup2":
+            v2 = v2 or mnt
+        elif fstype == "cgroup":
+            key = ",".join(o for o in superopts.split(",")
+                           if o in V1_CONTROLLERS or o.startswith("name="))
+            # the same hierarchy can be mounted twice; prefer a mount of its root
+            if key and (key not in v1 or (v1_root[key] != "/" and src == "/")):
+                v1[key], v1_root[key] = mnt, src
+    real_v1 = any(c in V1_CONTROLLERS for key in v1 for c in key.split(","))
+    if not v1 and v2 is None:
+        raise HostUnsupported("no cgroup hierarchy is mounted (checked mountinfo); "
+                              "mount one with: mount -t cgroup2 none /sys/fs/cgroup")
+    if v2 is not None:
+        kind = "hybrid" if real_v1 else "v2"
+    else:
+        kind = "v1"
+    return Layout(kind, v1, v2, _read_controllers(v2))
+
+
+_cache = {}
+
+
+def detect(mountinfo=MOUNTINFO, root=None):
+    """The host's Layout, cached per process for the default mountinfo.
+
+    `root` moves every mount point under another directory, so tests can point a real or
+    sample mountinfo at a fake tree.
+    """
+    key = (os.fspath(mountinfo), root)
+    if mountinfo == MOUNTINFO and key in _cache:
+        return _cache[key]
+    with open(mountinfo) as f:
+        layout = parse(f.read(), root)
+    if mountinfo == MOUNTINFO:
+        _cache[key] = layout
+    return layout

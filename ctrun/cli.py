@@ -1,0 +1,213 @@
+"""The `ctrun` command line: parse, call ctrun.api, print.  Errors are one line; --debug
+shows the traceback.  Heavy modules are imported by the verbs that need them."""
+
+import argparse
+import json
+import os
+import sys
+
+
+def _create_opts(p):
+    p.add_argument("--image", default="busybox", help="image name (default: busybox)")
+    p.add_argument("--hostname", default="")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CT[:ro]")
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="", metavar="UID[:GID]")
+    p.add_argument("--init", action="store_true", help="run a minimal reaper (tini) as PID 1")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
+    p.add_argument("--cap-add", action="append", default=[])
+    p.add_argument("--cap-drop", action="append", default=[])
+    p.add_argument("--privileged", action="store_true",
+                   help="all capabilities, no seccomp, no masked paths")
+    p.add_argument("--userns", action="store_true",
+                   help="map container root to an unprivileged host id range")
+
+
+def _create_kwargs(a):
+    return dict(hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
+                user=a.user, init=a.init, ulimits=a.ulimit, cap_add=a.cap_add,
+                cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns)
+
+
+def _cmd(rest):
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="ctrun", description="OpenVZ-style system containers")
+    ap.add_argument("--root", help="store directory (default $CTRUN_ROOT or /var/lib/ctrun)")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    p = sub.add_parser("create", help="record a container and prepare its file system")
+    p.add_argument("name")
+    _create_opts(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    p = sub.add_parser("run", help="create, start and attach in one step")
+    p.add_argument("--name")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    _create_opts(p)
+    p.add_argument("image_pos", metavar="IMAGE")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    for verb, hlp in (("start", "start a container in the background"),
+                      ("restart", "stop then start"), ("inspect", "show a container as JSON")):
+        p = sub.add_parser(verb, help=hlp)
+        p.add_argument("name")
+        if verb == "restart":
+            p.add_argument("-t", "--time", type=float, default=10.0)
+
+    p = sub.add_parser("stop", help="stop signal, then SIGKILL after --time seconds")
+    p.add_argument("name")
+    p.add_argument("-t", "--time", type=float, default=10.0)
+
+    p = sub.add_parser("kill", help="send a signal to the container's init")
+    p.add_argument("name")
+    p.add_argument("signal", nargs="?", default="KILL")
+
+    p = sub.add_parser("exec", help="run a command inside a running container")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("enter", help="interactive shell inside a running container")
+    p.add_argument("name")
+
+    p = sub.add_parser("list", aliases=["ls"], help="list containers")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = sub.add_parser("logs", help="stdout/stderr of a detached container")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true")
+
+    p = sub.add_parser("destroy", aliases=["rm"], help="remove a container")
+    p.add_argument("name", nargs="+")
+    p.add_argument("-f", "--force", action="store_true")
+
+    sub.add_parser("gc", help="clean up what crashed commands left behind")
+
+    p = sub.add_parser("image", help="manage images")
+    isub = p.add_subparsers(dest="image_verb", metavar="ACTION")
+    isub.required = True
+    q = isub.add_parser("build")
+    q.add_argument("name")
+    q.add_argument("--force", action="store_true")
+    isub.add_parser("list", aliases=["ls"])
+    q = isub.add_parser("rm")
+    q.add_argument("name", nargs="+")
+    q.add_argument("-f", "--force", action="store_true")
+
+    p = sub.add_parser("demo", help="start a container and show what it sees next to the host")
+    p.add_argument("--keep", action="store_true", help="leave the demo container running")
+    return ap
+
+
+def _table(rows, cols):
+    widths = [max(len(c), *(len(str(r.get(k, "") if r.get(k) is not None else "-"))
+                            for r in rows)) if rows else len(c) for c, k in cols]
+    lines = ["  ".join(c.ljust(w) for (c, _), w in zip(cols, widths)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(r.get(k) if r.get(k) is not None else "-").ljust(w)
+                               for (_, k), w in zip(cols, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def dispatch(a):
+    from .api import Ctrun
+    ct = Ctrun(a.root)
+    v = a.verb
+    if v == "create":
+        ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
+        print(a.name)
+    elif v == "run":
+        code = ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm,
+                      detach=a.detach, tty=a.tty, interactive=a.interactive,
+                      **_create_kwargs(a))
+        return code
+    elif v == "start":
+        ct.start(a.name)
+    elif v == "restart":
+        ct.restart(a.name, a.time)
+    elif v == "stop":
+        ct.stop(a.name, a.time)
+    elif v == "kill":
+        ct.kill(a.name, a.signal)
+    elif v == "exec":
+        return ct.exec(a.name, _cmd(a.cmd), tty=a.tty, interactive=a.interactive, env=a.env,
+                       workdir=a.workdir, user=a.user)
+    elif v == "enter":
+        return ct.enter(a.name)
+    elif v in ("list", "ls"):
+        rows = ct.list(all=a.all)
+        if a.format == "json":
+            print(json.dumps(rows, indent=1))
+        else:
+            print(_table(rows, [("NAME", "name"), ("STATE", "state"), ("PID", "pid"),
+                                ("IMAGE", "image"), ("MODE", "mode"), ("EXIT", "exit_code"),
+                                ("REASON", "exit_reason")]))
+    elif v == "inspect":
+        print(json.dumps(ct.inspect(a.name), indent=1))
+    elif v == "logs":
+        ct.logs(a.name, follow=a.follow)
+    elif v in ("destroy", "rm"):
+        for n in a.name:
+            ct.destroy(n, force=a.force)
+    elif v == "gc":
+        for line in ct.gc():
+            print(line)
+    elif v == "image":
+        from .images import store as images
+        if a.image_verb == "build":
+            images.build(ct.store, a.name, force=a.force)
+            print(a.name)
+        elif a.image_verb in ("list", "ls"):
+            print(_table(images.list_images(ct.store), [("NAME", "name"),
+                                                        ("BUILT BY", "built_by")]))
+        elif a.image_verb == "rm":
+            for n in a.name:
+                images.remove(ct.store, n, force=a.force)
+    elif v == "demo":
+        from .demo import demo
+        return demo(ct, keep=a.keep)
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = parser().parse_args(argv)
+    if a.debug:
+        os.environ["CTRUN_DEBUG"] = "1"
+    from .errors import CtrunError
+    try:
+        if os.geteuid() != 0:
+            print("ctrun: error: ctrun must run as root (try: sudo ctrun ...)", file=sys.stderr)
+            return 1
+        return dispatch(a) or 0
+    except CtrunError as e:
+        if a.debug:
+            raise
+        print(f"ctrun: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        if a.debug:
+            raise
+        print(f"ctrun: error: {e.strerror or e}{': ' + e.filename if e.filename else ''}"
+              " (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

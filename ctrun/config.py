@@ -1,0 +1,191 @@
+"""A container's persistent description (OpenVZ's per-container config), and input checks.
+
+Everything a user types is validated here, before anything is written, so bad input never
+leaves partial state behind.
+"""
+
+import os
+import re
+import resource
+import signal
+from dataclasses import asdict, dataclass, field
+
+from .errors import InvalidInput
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Docker's default capability set: what a container's root keeps unless told otherwise.
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+
+RLIMITS = {n[len("RLIMIT_"):].lower(): getattr(resource, n) for n in dir(resource)
+           if n.startswith("RLIMIT_")}
+
+
+def all_caps():
+    import prctl
+    return tuple("CAP_" + n.upper() for n in prctl.ALL_CAP_NAMES if n != "last_cap")
+
+
+@dataclass
+class Config:
+    name: str
+    image: str = "busybox"
+    hostname: str = ""
+    cmd: list = field(default_factory=list)       # empty: the image's default
+    env: list = field(default_factory=list)       # K=V, on top of the image's
+    volumes: list = field(default_factory=list)   # {"source","target","readonly"}
+    workdir: str = ""
+    user: str = ""
+    init: bool = False
+    ulimits: dict = field(default_factory=dict)   # name -> [soft, hard]
+    cap_add: list = field(default_factory=list)
+    cap_drop: list = field(default_factory=list)
+    privileged: bool = False
+    userns: bool = False
+    mode: str = "container"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def check_name(name, what="container"):
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: use 1-64 characters from letters, digits, "
+            "'_', '.', '-', starting with a letter or digit")
+    return name
+
+
+def check_hostname(h):
+    if h and not re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$", h):
+        raise InvalidInput(f"invalid hostname {h!r}: use letters, digits, '-' and dots (RFC 1123)")
+    if len(h) > 64:
+        raise InvalidInput(f"hostname {h!r} is longer than 64 characters; shorten it")
+    return h
+
+
+def parse_env(items):
+    out = []
+    for item in items or []:
+        k, sep, _ = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise InvalidInput(f"invalid environment entry {item!r}: use KEY=VALUE")
+        out.append(item)
+    return out
+
+
+def parse_volume(spec):
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidInput(f"invalid volume {spec!r}: use HOST_PATH:CONTAINER_PATH[:ro|rw]")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidInput(f"invalid volume mode {mode!r} in {spec!r}: use ro or rw")
+    if not os.path.isabs(src) or not os.path.isabs(dst):
+        raise InvalidInput(f"volume paths must be absolute in {spec!r}")
+    if not os.path.exists(src):
+        raise InvalidInput(f"volume source {src} does not exist on the host; create it first")
+    if os.path.normpath(dst) == "/":
+        raise InvalidInput(f"volume target cannot be / in {spec!r}")
+    return {"source": os.path.realpath(src), "target": os.path.normpath(dst),
+            "readonly": mode == "ro"}
+
+
+def parse_user(user):
+    if not user:
+        return ""
+    if not re.match(r"^\d+(:\d+)?$", user):
+        raise InvalidInput(f"invalid user {user!r}: use numeric UID or UID:GID")
+    return user
+
+
+def _cap_sys_resource():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+def parse_ulimit(spec):
+    """NAME=SOFT[:HARD]; refuse what this host's hard limit forbids (no CAP_SYS_RESOURCE)."""
+    name, sep, val = spec.partition("=")
+    name = name.lower()
+    if not sep or name not in RLIMITS:
+        raise InvalidInput(f"invalid ulimit {spec!r}: use NAME=SOFT[:HARD] with NAME one of "
+                           + ", ".join(sorted(RLIMITS)))
+    try:
+        vals = [resource.RLIM_INFINITY if v in ("unlimited", "-1") else int(v)
+                for v in val.split(":")]
+    except ValueError:
+        raise InvalidInput(f"invalid ulimit {spec!r}: values must be integers or 'unlimited'") from None
+    if len(vals) not in (1, 2) or any(v < 0 and v != resource.RLIM_INFINITY for v in vals):
+        raise InvalidInput(f"invalid ulimit {spec!r}: use NAME=SOFT[:HARD]")
+    soft, hard = (vals[0], vals[0]) if len(vals) == 1 else vals
+
+    def big(v):
+        return float("inf") if v == resource.RLIM_INFINITY else v
+    if big(soft) > big(hard):
+        raise InvalidInput(f"ulimit {name}: soft limit {soft} is above hard limit {hard}")
+    _, host_hard = resource.getrlimit(RLIMITS[name])
+    if big(hard) > big(host_hard) and not _cap_sys_resource():
+        raise InvalidInput(
+            f"ulimit {name} hard limit {val.split(':')[-1]} is above this host's hard limit "
+            f"{'unlimited' if host_hard == resource.RLIM_INFINITY else host_hard} and ctrun lacks "
+            f"CAP_SYS_RESOURCE to raise it; use at most {host_hard}")
+    return name, [soft, hard]
+
+
+def parse_caps(names):
+    valid = set(all_caps())
+    out = []
+    for n in names or []:
+        if n.upper() == "ALL":
+            out.append("ALL")
+            continue
+        cap = n.upper() if n.upper().startswith("CAP_") else "CAP_" + n.upper()
+        if cap not in valid:
+            raise InvalidInput(f"unknown capability {n!r}; see capabilities(7) for the names")
+        out.append(cap)
+    return out
+
+
+def effective_caps(cfg):
+    """The capability set the container's processes get."""
+    if cfg.privileged:
+        return list(all_caps())
+    caps = set(DEFAULT_CAPS)
+    if "ALL" in cfg.cap_add:
+        caps = set(all_caps())
+    caps |= {c for c in cfg.cap_add if c != "ALL"}
+    if "ALL" in cfg.cap_drop:
+        caps = {c for c in cfg.cap_add if c != "ALL"}
+    caps -= set(cfg.cap_drop)
+    return sorted(caps)
+
+
+def parse_signal(sig):
+    s = str(sig).upper()
+    if s.isdigit():
+        n = int(s)
+        if 0 < n < signal.NSIG:
+            return n
+    else:
+        if not s.startswith("SIG"):
+            s = "SIG" + s
+        if s.startswith("SIGRTMIN+") and s[9:].isdigit():
+            return signal.SIGRTMIN + int(s[9:])
+        if hasattr(signal.Signals, s):
+            return int(signal.Signals[s])
+    raise InvalidInput(f"unknown signal {sig!r}; use a name such as TERM or KILL, or a number")

@@ -1,0 +1,78 @@
+"""`ctrun demo`: start a container from the built-in image and show, side by side, what the
+container sees and what the host sees."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+PROBES = [
+    ("hostname", ["hostname"]),
+    ("PID 1", ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]),
+    ("processes", ["sh", "-c", "ps -o pid,comm | head -8"]),
+    ("mounts", ["sh", "-c", "cut -d' ' -f2,3 /proc/mounts | head -12"]),
+    ("interfaces", ["sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]),
+    ("capabilities", ["sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status"]),
+]
+
+
+def _host(argv):
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if argv[0] == "sh":
+        argv = [busybox] + argv
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except OSError as e:
+        return f"({e.strerror})"
+
+
+def _inside(ct, name, argv):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        try:
+            os._exit(ct.exec(name, argv))
+        except BaseException as e:  # noqa: BLE001
+            os.write(2, f"({e})".encode())
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def _side_by_side(title, left, right, width):
+    ll, rl = left.rstrip("\n").splitlines() or [""], right.rstrip("\n").splitlines() or [""]
+    out = io.StringIO()
+    out.write(f"--- {title} " + "-" * max(0, 2 * width + 3 - len(title) - 5) + "\n")
+    for i in range(max(len(ll), len(rl))):
+        a = ll[i] if i < len(ll) else ""
+        b = rl[i] if i < len(rl) else ""
+        out.write(f"{a[:width].ljust(width)} | {b[:width]}\n")
+    return out.getvalue()
+
+
+def demo(ct, keep=False, name="demo"):
+    from .errors import NotFound
+    try:
+        ct.destroy(name, force=True)
+    except NotFound:
+        pass
+    ct.create(name, image="busybox", hostname="demo-ct")
+    ct.start(name)
+    try:
+        width = max(30, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
+        print(f"container '{name}' from the built-in busybox image is running.\n")
+        print(f"{'CONTAINER'.ljust(width)} | HOST")
+        for title, argv in PROBES:
+            sys.stdout.write(_side_by_side(title, _inside(ct, name, argv), _host(argv), width))
+        print(f"\ntry: ctrun exec {name} -- ps    ctrun enter {name}    ctrun list")
+    finally:
+        if not keep:
+            ct.destroy(name, force=True)
+    return 0

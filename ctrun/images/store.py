@@ -1,0 +1,88 @@
+"""The image store: read-only root file systems under <root>/images/NAME/rootfs.
+
+Containers never write here: each gets an overlay with its own upper directory.
+Built-in recipes (images/NAME/recipe.json) are built on first use, since they need no network.
+"""
+
+import os
+import shutil
+import uuid
+
+from ..errors import InvalidInput, NotFound
+from ..state import read_json, write_json
+
+
+def get(store, name, build_missing=True):
+    """(rootfs path, image config) of an image, building a built-in recipe if absent."""
+    d = store.image_dir(name)
+    cfg = read_json(d / "image.json")
+    if cfg is None:
+        if not build_missing:
+            raise NotFound(f"image '{name}' not found; build it with: ctrun image build {name}")
+        build(store, name)
+        cfg = read_json(d / "image.json")
+    return d / "rootfs", cfg
+
+
+def build(store, name, force=False):
+    from . import recipe as recipes
+    try:
+        rec = recipes.load_recipe(name)
+    except NotFound:
+        raise NotFound(f"image '{name}' not found and no built-in recipe has that name; "
+                       f"known recipes: {', '.join(recipes.list_recipes())}") from None
+    if rec.get("builder") != "busybox":
+        raise InvalidInput(f"image recipe '{name}' uses builder {rec.get('builder')!r}, "
+                           "which this version of ctrun cannot run yet")
+    from . import busybox
+    store.ensure()
+    with store.lock("image." + name):
+        final = store.image_dir(name)
+        if (final / "image.json").exists() and not force:
+            return read_json(final / "image.json")
+        tmp = store.images / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            (tmp / "rootfs").mkdir(parents=True)
+            cfg = busybox.build(rec, tmp / "rootfs")
+            cfg["name"] = name
+            write_json(tmp / "image.json", cfg)
+            if final.exists():
+                old = store.images / f".old-{name}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cfg
+
+
+def list_images(store):
+    out = []
+    try:
+        names = sorted(n for n in os.listdir(store.images) if not n.startswith("."))
+    except FileNotFoundError:
+        return out
+    for n in names:
+        cfg = read_json(store.image_dir(n) / "image.json")
+        if cfg is not None:
+            out.append({"name": n, **cfg})
+    return out
+
+
+def users(store, name):
+    return [c for c in store.container_names()
+            if (read_json(store.container_dir(c) / "config.json") or {}).get("image") == name]
+
+
+def remove(store, name, force=False):
+    d = store.image_dir(name)
+    if not d.exists():
+        raise NotFound(f"image '{name}' not found; see: ctrun image list")
+    used = users(store, name)
+    if used and not force:
+        from ..errors import Conflict
+        raise Conflict(f"image '{name}' is used by containers {', '.join(used)}; "
+                       "destroy them first or use --force")
+    old = store.images / f".rm-{name}-{uuid.uuid4().hex[:8]}"
+    os.rename(d, old)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,131 @@
+"""Thin ctypes wrappers for the syscalls Python 3.11's os module lacks.
+
+Each wrapper raises OSError with errno set, like the os module does.
+"""
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# unshare/clone flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# mount flags
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+# syscall numbers (x86_64; aarch64 uses the generic table)
+_NR = {
+    "x86_64": {"pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
+               "pidfd_send_signal": 424, "seccomp": 317},
+    "aarch64": {"pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
+                "pidfd_send_signal": 424, "seccomp": 277},
+}[os.uname().machine]
+
+
+def _check(ret, what=""):
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{os.strerror(err)}{': ' + what if what else ''}")
+    return ret
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source, target, fstype=None, flags=0, data=None):
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount {target}")
+
+
+def umount2(target, flags=0):
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def unshare(flags):
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd, nstype=0):
+    _check(_libc.syscall(_NR["setns"], fd, nstype), "setns")
+
+
+def pivot_root(new_root, put_old):
+    _check(_libc.syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
+
+
+def sethostname(name):
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def setdomainname(name):
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
+
+
+def pidfd_send_signal(pidfd, sig):
+    _check(_libc.syscall(_NR["pidfd_send_signal"], pidfd, sig, None, 0), "pidfd_send_signal")
+
+
+PR_CAPBSET_DROP = 24
+
+
+def capbset_drop(cap):
+    _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+
+
+def cap_last_cap():
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+def openat2(dirfd, path, flags, resolve, mode=0):
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_libc.syscall(_NR["openat2"], dirfd, _b(path), ctypes.byref(how),
+                                ctypes.sizeof(how)), f"open {path}")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def load_seccomp_bpf(bpf: bytes):
+    """Install a compiled classic-BPF seccomp program (8 bytes an instruction) on this thread."""
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")

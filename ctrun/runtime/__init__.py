@@ -1,0 +1,1 @@
+"""Pieces that run inside a starting container: seccomp and friends."""

@@ -1,0 +1,351 @@
+"""Creating a container's init, joining a running container, and the parent<->child channel.
+
+The channel is a socketpair carrying JSON lines (never pickle); a pty master travels as
+SCM_RIGHTS with its message.  The child's real error travels back and is what the user
+sees.  Success of the final execve is signalled by EOF: the child's end is close-on-exec.
+
+Start-up is: parent forks an intermediate, which unshares CLONE_NEWPID (that affects its
+children only) and forks the init, reports the init's host pid and exits, so the init is
+reparented to the nearest child subreaper: the shared monitor, or the CLI for `run`.
+"""
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import traceback
+
+from .. import errors, libc, namespaces
+from . import paths, rootfs, security, terminal
+
+
+class Channel:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.fds = []
+
+    def send(self, obj, fd=None):
+        data = json.dumps(obj).encode() + b"\n"
+        if fd is None:
+            self.sock.sendall(data)
+        else:
+            socket.send_fds(self.sock, [data], [fd])
+
+    def recv(self):
+        """The next message (a dict, with "fd" if one was attached), or None at EOF."""
+        while b"\n" not in self.buf:
+            data, fds, _, _ = socket.recv_fds(self.sock, 65536, 4)
+            self.fds.extend(fds)
+            if not data:
+                return None
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        msg = json.loads(line)
+        if msg.get("has_fd") and self.fds:
+            msg["fd"] = self.fds.pop(0)
+        return msg
+
+    def close(self):
+        self.sock.close()
+
+
+def _raise_child_error(msg):
+    cls = getattr(errors, msg.get("kind", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.CtrunError)):
+        cls = errors.ContainerFailed
+    raise cls(msg["message"])
+
+
+def _report(chan, step, exc):
+    """In a child: send the error to the parent, then exit without running Python cleanup."""
+    if isinstance(exc, errors.CtrunError):
+        kind, text = type(exc).__name__, str(exc)
+    elif isinstance(exc, OSError):
+        kind, text = "ContainerFailed", f"container setup failed while {step}: {exc.strerror or exc}"
+    else:
+        kind, text = "ContainerFailed", f"container setup failed while {step}: {exc!r}"
+    if os.environ.get("CTRUN_DEBUG"):
+        text += "\n" + traceback.format_exc()
+    try:
+        chan.send({"type": "error", "kind": kind, "message": text})
+    except OSError:
+        pass
+    os._exit(126)
+
+
+def _loopback_up():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+    finally:
+        s.close()
+
+
+def _final_exec(chan, proc, bpf, argv0_path, env):
+    """Shared tail of init and exec: privileges, fds, seccomp, execve."""
+    step = "dropping privileges"
+    try:
+        security.reset_signals()
+        security.drop_privileges(proc)
+        step = "closing inherited file descriptors"
+        security.close_fds(keep={chan.sock.fileno()})
+        step = "installing the seccomp filter"
+        security.install_seccomp(bpf)
+        step = f"executing {argv0_path}"
+        os.execve(argv0_path, proc["args"], _env_dict(env))
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
+        _report(chan, step, e)
+
+
+def _env_dict(env_list):
+    return dict(item.split("=", 1) for item in env_list)
+
+
+def _init_main(chan, spec, stdio, tty, bpf):
+    """The container's init (PID 1 of its pid namespace), until it execs the workload."""
+    step = "starting"
+    try:
+        if not tty:
+            for i, fd in enumerate(stdio):
+                if fd != i:
+                    os.dup2(fd, i)
+        os.setsid()
+        step = "joining the container's cgroup"
+        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+            with open(p, "w") as f:
+                f.write("0")
+        step = "creating namespaces"
+        libc.unshare(namespaces.unshare_flags(spec["linux"]["namespaces"]))
+        step = "preparing the root file system"
+        rootfs.prepare(spec)
+        step = "masking /proc and /sys paths"
+        rootfs.mask(spec)
+        step = "setting the hostname"
+        libc.sethostname(spec["hostname"])
+        step = "bringing up loopback"
+        _loopback_up()
+        proc = spec["process"]
+        step = "setting rlimits"
+        security.set_rlimits(proc)
+        env = _env_dict(proc["env"])
+        step = "finding the command"
+        exe = paths.lookup_command("/", proc["args"][0], env.get("PATH", ""))
+        step = f"entering the working directory {proc['cwd']}"
+        os.close(paths.mkdirs_in_root("/", proc["cwd"]))
+        os.chdir(proc["cwd"])
+        if tty:
+            step = "allocating a terminal"
+            master, slave = terminal.open_pty_inside()
+            chan.send({"type": "pty", "has_fd": True}, fd=master)
+            os.close(master)
+            terminal.become_session_leader_on(slave)
+        chan.send({"type": "ready"})
+        msg = chan.recv()
+        if not msg or msg.get("type") != "start":
+            os._exit(1)
+    except BaseException as e:  # noqa: BLE001
+        _report(chan, step, e)
+    _final_exec(chan, proc, bpf, exe, proc["env"])
+
+
+class Launched:
+    def __init__(self, pid, pid_start, chan, master):
+        self.pid, self.pid_start, self.chan, self.master = pid, pid_start, chan, master
+
+    def start(self):
+        """Let the init exec the workload; raise the child's error if the exec fails."""
+        try:
+            self.chan.send({"type": "start"})
+            msg = self.chan.recv()
+        finally:
+            self.chan.close()
+        if msg is not None:
+            _raise_child_error(msg)
+
+
+def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
+    """Create the container's init, set up but not yet running the workload."""
+    from ..state import proc_start_time
+    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    chan = Channel(psock)
+    mid = os.fork()
+    if mid == 0:
+        cchan = Channel(csock)
+        try:
+            psock.close()
+            libc.unshare(libc.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                _init_main(cchan, spec, stdio, tty, bpf)
+            cchan.send({"type": "pid", "pid": pid})
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001
+            _report(cchan, "creating the pid namespace", e)
+    csock.close()
+    _, status = os.waitpid(mid, 0)
+    pid = master = None
+    try:
+        while True:
+            msg = chan.recv()
+            if msg is None:
+                raise errors.ContainerFailed("container init exited during setup; "
+                                             "rerun with --debug for details")
+            if msg["type"] == "pid":
+                pid = msg["pid"]
+            elif msg["type"] == "pty":
+                master = msg["fd"]
+            elif msg["type"] == "ready":
+                break
+            elif msg["type"] == "error":
+                _raise_child_error(msg)
+    except BaseException:
+        chan.close()
+        if master is not None:
+            os.close(master)
+        if pid:
+            _kill_reap(pid)
+        raise
+    return Launched(pid, proc_start_time(pid), chan, master)
+
+
+def _kill_reap(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def exit_code(status):
+    """Shell convention: the exit code, or 128+signal when killed by a signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None):
+    """Run argv inside a running container; returns its exit code (ctrun exec)."""
+    from ..state import alive
+    proc = dict(spec["process"])
+    proc["args"] = list(argv)
+    envd = _env_dict(proc["env"])
+    envd.update(_env_dict(env))
+    if tty:
+        envd.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    proc["env"] = [f"{k}={v}" for k, v in envd.items()]
+    if user:
+        uid, _, gid = user.partition(":")
+        proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
+    kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
+    ns_fds = namespaces.open_all(live["pid"], kinds)
+    cg_fds = []
+    try:
+        if not alive(live["pid"], live["pid_start"]):
+            raise errors.Conflict("the container stopped while ctrun was joining it")
+        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+            cg_fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+        psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mid = os.fork()
+        if mid == 0:
+            _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd or proc["cwd"],
+                         tty, stdin, bpf)
+    finally:
+        for _, fd in ns_fds:
+            os.close(fd)
+        for fd in cg_fds:
+            os.close(fd)
+    csock.close()
+    chan = Channel(psock)
+    master = None
+    try:
+        while True:
+            msg = chan.recv()
+            if msg is None:
+                break
+            if msg["type"] == "pty":
+                master = msg["fd"]
+                break
+            if msg["type"] == "error":
+                os.waitpid(mid, 0)
+                _raise_child_error(msg)
+        if master is not None:
+            status = terminal.relay(master, lambda: _poll(mid), forward_stdin=stdin)
+            os.close(master)
+        else:
+            status = _wait_forwarding(mid)
+        # an exec failure after the pty was sent still arrives as a message
+        msg = chan.recv()
+        if msg and msg.get("type") == "error":
+            _raise_child_error(msg)
+        return exit_code(status)
+    finally:
+        chan.close()
+
+
+def _poll(pid):
+    p, status = os.waitpid(pid, os.WNOHANG)
+    return status if p else None
+
+
+def _wait_forwarding(pid):
+    """Wait for pid, passing SIGINT/SIGTERM/SIGHUP on to it."""
+    def fwd(sig, _):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    old = {s: signal.signal(s, fwd) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except InterruptedError:
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
+    """Middle process of exec: enters the namespaces, forks the command, relays its status."""
+    step = "joining the container's namespaces"
+    try:
+        psock.close()
+        if not stdin and not tty:
+            devnull = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+        namespaces.join(ns_fds)
+        step = "forking into the container's pid namespace"
+        pid = os.fork()
+        if pid == 0:
+            _join_child(chan, cg_fds, proc, cwd, tty, bpf)
+        os._exit(exit_code(_wait_forwarding(pid)))
+    except BaseException as e:  # noqa: BLE001
+        _report(chan, step, e)
+
+
+def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
+    step = "joining the container's cgroup"
+    try:
+        for fd in cg_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        env = _env_dict(proc["env"])
+        step = "finding the command"
+        exe = paths.lookup_command("/", proc["args"][0], env.get("PATH", ""))
+        step = f"entering the working directory {cwd}"
+        os.chdir(cwd)
+        if tty:
+            step = "allocating a terminal"
+            master, slave = terminal.open_pty_inside()
+            chan.send({"type": "pty", "has_fd": True}, fd=master)
+            os.close(master)
+            terminal.become_session_leader_on(slave)
+    except BaseException as e:  # noqa: BLE001
+        _report(chan, step, e)
+    _final_exec(chan, proc, bpf, exe, proc["env"])

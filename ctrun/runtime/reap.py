@@ -1,0 +1,55 @@
+"""What happens after a container's init exits: classify the exit, free the cgroup.
+
+Shared by the monitor (detached containers) and the CLI (attached `run`).  The OOM count
+is read before the cgroup is removed, since the kernel's record goes with it.
+"""
+
+import datetime
+import signal
+
+from ..state import read_json, write_json
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def classify(status, oom_kills, stop_requested):
+    import os
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        code = 128 + sig
+        if sig == signal.SIGKILL and oom_kills:
+            reason = "oom-killed"
+        elif stop_requested:
+            reason = "stopped"
+        else:
+            reason = "killed by " + signal.Signals(sig).name
+    else:
+        code = os.waitstatus_to_exitcode(status)
+        reason = "stopped" if stop_requested else "exited"
+    return code, reason
+
+
+def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
+    """Record exit.json for this start, then tear down the container's cgroup."""
+    from .. import cgroups
+    oom = 0
+    mgr = None
+    try:
+        mgr = cgroups.manager(name, parent=cgroup_parent)
+        oom = mgr.oom_kills()
+    except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record
+        pass
+    state = read_json(cdir / "state.json", {}) or {}
+    code, reason = classify(status, oom, state.get("stop_requested") == start_id)
+    write_json(cdir / "exit.json", {"start_id": start_id, "exit_code": code,
+                                    "exit_reason": reason, "finished_at": now(),
+                                    "oom_kills": oom})
+    if mgr is not None:
+        try:
+            mgr.kill_all()
+            mgr.remove()
+        except Exception:  # noqa: BLE001 - `ctrun gc` retries what is left
+            pass
+    return code, reason

@@ -1,0 +1,147 @@
+"""The container's file system: overlay, /proc /sys /dev, binds, pivot_root, masked paths.
+
+Runs inside the container init after it unshared its mount namespace.  Everything is
+mounted below a private / so the kernel removes every mount with the namespace: no
+host-visible mount exists, so a crash cannot leak one.  Paths inside the root are resolved
+through file descriptors (ctrun.runtime.paths) and mounted via /proc/self/fd/N, so a
+symlink planted in the image cannot redirect a mount onto the host.
+"""
+
+import os
+import stat
+
+from .. import libc
+from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
+                    MS_REC, MS_REMOUNT, MS_STRICTATIME, mount)
+from . import paths
+
+DEVICES = (  # name, major, minor
+    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+
+
+def _fdp(fd):
+    return f"/proc/self/fd/{fd}"
+
+
+def _mount_in(root_fd, target, source, fstype, flags=0, data=None):
+    fd = paths.mkdirs_in_root(root_fd, target)
+    try:
+        mount(source, _fdp(fd), fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _bind(root_fd, src, target, readonly):
+    """Bind a trusted host path onto a target resolved inside the root."""
+    sfd = os.open(src, os.O_PATH | os.O_CLOEXEC)
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(sfd).st_mode)
+        tfd = paths.ensure_mount_target(root_fd, target, is_dir)
+        try:
+            mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
+        finally:
+            os.close(tfd)
+    finally:
+        os.close(sfd)
+    if readonly:
+        # the new mount sits on top of the old target: resolve the path again to reach it
+        tfd = paths.open_in_root(root_fd, target)
+        try:
+            mount(None, _fdp(tfd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        finally:
+            os.close(tfd)
+
+
+def _mount_dev(root_fd, use_mknod):
+    _mount_in(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
+              "mode=755,size=65536k")
+    dev = paths.open_in_root(root_fd, "/dev", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name, major, minor in DEVICES:
+            if use_mknod:
+                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=dev)
+                os.chmod(name, 0o666, dir_fd=dev)
+            else:  # in a user namespace mknod is refused: bind the host's node instead
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
+                mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                             ("ptmx", "pts/ptmx")):
+            os.symlink(target, name, dir_fd=dev)
+        for d in ("pts", "shm", "mqueue"):
+            os.mkdir(d, 0o755, dir_fd=dev)
+    finally:
+        os.close(dev)
+    _mount_in(root_fd, "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    _mount_in(root_fd, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=1777,size=65536k")
+    _mount_in(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _mount_cgroups(root_fd, layout):
+    """Mount the container's view of the cgroup hierarchies (its cgroup namespace root)."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if layout["kind"] == "v2":
+        _mount_in(root_fd, "/sys/fs/cgroup", "cgroup2", "cgroup2", flags)
+        return
+    _mount_in(root_fd, "/sys/fs/cgroup", "tmpfs", "tmpfs", flags, "mode=755,size=64k")
+    for key, host_path in sorted(layout["v1"].items()):
+        _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(host_path), "cgroup", "cgroup",
+                  flags, "none," + key if key.startswith("name=") else key)
+    if layout.get("v2"):
+        _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(layout["v2"]), "cgroup2",
+                  "cgroup2", flags)
+    fd = paths.open_in_root(root_fd, "/sys/fs/cgroup")
+    try:  # the tmpfs holding the mount points is read-only, like Docker's
+        mount(None, _fdp(fd), None, MS_REMOUNT | MS_RDONLY | flags, "mode=755,size=64k")
+    finally:
+        os.close(fd)
+
+
+def prepare(spec):
+    """Build the container's root file system; returns with the process pivoted into it."""
+    ann = spec["annotations"]
+    root = spec["root"]["path"]
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    ov = ann["run.ctrun.overlay"]
+    mount("overlay", root, "overlay", 0,
+          f"lowerdir={ov['lower']},upperdir={ov['upper']},workdir={ov['work']}")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if ann.get("run.ctrun.cgroup_layout"):
+            _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"])
+        _mount_dev(root_fd, ann.get("run.ctrun.mknod", True))
+        for m in spec["mounts"]:
+            if m["type"] == "bind":
+                _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
+    finally:
+        os.close(root_fd)
+    os.chdir(root)
+    libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
+    libc.umount2(".", MNT_DETACH)
+    os.chdir("/")
+    if spec["root"].get("readonly"):
+        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def mask(spec):
+    """Hide /proc and /sys files that leak host state, make kernel knobs read-only."""
+    for p in spec["linux"].get("maskedPaths", []):
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
+        else:
+            mount("/dev/null", p, None, MS_BIND)
+    for p in spec["linux"].get("readonlyPaths", []):
+        if not os.path.exists(p):
+            continue
+        mount(p, p, None, MS_BIND | MS_REC)
+        mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -1,0 +1,73 @@
+"""The last steps before exec: rlimits, user, capabilities, no_new_privs, fds, seccomp."""
+
+import os
+import resource
+
+# imported here, not lazily: these steps run after pivot_root or setns(mnt), where the
+# host's Python path no longer exists
+import prctl
+
+from .. import libc
+
+
+def set_rlimits(proc):
+    for r in proc.get("rlimits", []):
+        resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
+
+
+def _cap_numbers(names):
+    return [getattr(prctl, n) for n in names if hasattr(prctl, n)]
+
+
+def drop_privileges(proc):
+    """Bounding set, user and group, then the capability sets, then no_new_privs.
+
+    Root in the container keeps the configured capabilities (they survive exec because
+    the bounding set and the permitted set both hold them); any other uid loses them at
+    setuid, as on a normal Linux system.
+    """
+    keep = set(proc["capabilities"]["bounding"])
+    keep_nums = _cap_numbers(sorted(keep))
+    # by number up to the kernel's last capability: newer kernels know capabilities
+    # (CAP_CHECKPOINT_RESTORE...) that python-prctl has no name for
+    for cap in range(libc.cap_last_cap() + 1):
+        if cap not in keep_nums:
+            libc.capbset_drop(cap)
+    prctl.cap_inheritable.limit(*keep_nums)
+    user = proc["user"]
+    os.setgroups(user.get("additionalGids", []))
+    os.setgid(user["gid"])
+    os.setuid(user["uid"])
+    if user["uid"] == 0:
+        prctl.cap_effective.limit(*keep_nums)  # effective first: it must stay within permitted
+        prctl.cap_permitted.limit(*keep_nums)
+    if proc.get("noNewPrivileges"):
+        prctl.set_no_new_privs(1)
+
+
+def reset_signals():
+    """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: undo that."""
+    import signal
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def close_fds(keep):
+    """Close every inherited fd except stdio and `keep` (which is close-on-exec)."""
+    lo = 3
+    for fd in sorted(keep):
+        if fd >= lo:
+            os.closerange(lo, fd)
+            lo = fd + 1
+    os.closerange(lo, 1 << 20)
+
+
+def install_seccomp(bpf):
+    if bpf:
+        libc.load_seccomp_bpf(bpf)

@@ -1,0 +1,121 @@
+"""Build the OCI runtime-spec (config.json) for a container: the single input of the runtime.
+
+ctrun-specific facts that have no OCI field travel as annotations under "run.ctrun.":
+the overlay layers (the runtime mounts the overlay itself, inside the container's own mount
+namespace, so the kernel removes it with the namespace), the cgroup's procs files, the
+seccomp profile name and whether a tini reaper is bind-mounted.
+"""
+
+import os
+
+from .config import RLIMITS, effective_caps
+
+TINI = "/usr/bin/tini-static"
+
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/proc/interrupts", "/sys/firmware", "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+NAMESPACES = ["pid", "mount", "uts", "ipc", "network", "cgroup"]
+
+
+def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=True):
+    """cfg: config.Config; image_cfg: the image's defaults; cdir: the container directory."""
+    env = _merge_env(image_cfg.get("env", []), cfg.env)
+    args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
+    if cfg.init:
+        args = ["/dev/init", "--"] + args
+    uid, gid = _user(cfg.user or image_cfg.get("user", "0:0"))
+    caps = effective_caps(cfg)
+    mounts = [
+        {"destination": "/etc/hosts", "type": "bind", "source": str(cdir / "etc/hosts"),
+         "options": ["rbind", "rw"]},
+        {"destination": "/etc/hostname", "type": "bind", "source": str(cdir / "etc/hostname"),
+         "options": ["rbind", "rw"]},
+        {"destination": "/etc/resolv.conf", "type": "bind",
+         "source": str(cdir / "etc/resolv.conf"), "options": ["rbind", "rw"]},
+    ]
+    for v in cfg.volumes:
+        mounts.append({"destination": v["target"], "type": "bind", "source": v["source"],
+                       "options": ["rbind", "ro" if v["readonly"] else "rw"]})
+    if cfg.init:
+        mounts.append({"destination": "/dev/init", "type": "bind", "source": TINI,
+                       "options": ["bind", "ro"]})
+    rlimits = [{"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
+               for n, (s, h) in sorted(cfg.ulimits.items()) if n in RLIMITS]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cfg.workdir or image_cfg.get("workdir") or "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "rlimits": rlimits,
+            "noNewPrivileges": not cfg.privileged,
+        },
+        "root": {"path": str(cdir / "rootfs"), "readonly": False},
+        "hostname": cfg.hostname or cfg.name,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": t} for t in NAMESPACES + (["user"] if cfg.userns else [])],
+            "maskedPaths": [] if cfg.privileged else MASKED_PATHS,
+            "readonlyPaths": [] if cfg.privileged else READONLY_PATHS,
+        },
+        "annotations": {
+            "run.ctrun.name": cfg.name,
+            "run.ctrun.overlay": {"lower": str(image_rootfs), "upper": str(cdir / "upper"),
+                                  "work": str(cdir / "work")},
+            "run.ctrun.cgroup_procs": [str(p) for p in cgroup_procs],
+            "run.ctrun.seccomp": None if cfg.privileged else "default",
+            "run.ctrun.mknod": privileged_devices,
+            "run.ctrun.stop_signal": image_cfg.get("stop_signal", "SIGTERM"),
+        },
+    }
+
+
+def _merge_env(base, extra):
+    out = {}
+    for item in list(base) + list(extra):
+        k, _, v = item.partition("=")
+        out[k] = v
+    if "PATH" not in out:
+        out["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return [f"{k}={v}" for k, v in out.items()]
+
+
+def _user(s):
+    uid, _, gid = str(s).partition(":")
+    return int(uid), int(gid) if gid else 0
+
+
+def host_resolvers():
+    """The host's nameservers a container can reach: loopback resolvers are skipped."""
+    out = []
+    try:
+        with open("/etc/resolv.conf") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and not (
+                        parts[1].startswith("127.") or parts[1] == "::1"):
+                    out.append(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def write_etc_files(cdir, hostname):
+    """The per-container /etc/hosts, /etc/hostname and /etc/resolv.conf that get bind-mounted."""
+    etc = cdir / "etc"
+    etc.mkdir(exist_ok=True)
+    (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+    ns = host_resolvers()
+    (etc / "resolv.conf").write_text("".join(f"nameserver {n}\n" for n in ns) or "# no resolvers\n")
+    for f in ("hostname", "hosts", "resolv.conf"):
+        os.chmod(etc / f, 0o644)

@@ -1,0 +1,147 @@
+"""Shared fixtures: an isolated store per test, the CLI as a user runs it, and a session-wide
+leak check that fails the run if any test left a mount, cgroup, process or directory."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CGROUP_PARENT = f"ctrun-test-{os.getpid()}"
+os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+STORES = []
+
+
+def pytest_collection_modifyitems(config, items):
+    is_root = os.geteuid() == 0
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.root)
+        if item.get_closest_marker("root") and not is_root:
+            item.add_marker(pytest.mark.skip(reason="needs root"))
+
+
+def _cgroup_dirs(parent):
+    out = []
+    base = Path("/sys/fs/cgroup")
+    for d in [base / parent] + list(base.glob(f"*/{parent}")):
+        if d.is_dir():
+            out += [p for p in d.rglob("*") if p.is_dir()] + [d]
+    return out
+
+
+def _monitor_pids(root):
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"ctrun.monitor" in cmd and (root is None or str(root).encode() in cmd):
+                pids.append(int(p.name))
+    return pids
+
+
+def cleanup_store(root):
+    """Destroy every container of a test store and wait for its monitor to leave."""
+    from ctrun.api import Ctrun
+    from ctrun.errors import CtrunError
+    ct = Ctrun(root)
+    for n in ct.store.container_names():
+        try:
+            ct.destroy(n, force=True)
+        except CtrunError:
+            pass
+    deadline = time.monotonic() + 5
+    while _monitor_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _monitor_pids(root):  # a monitor that does not leave is itself a bug
+        os.kill(pid, 9)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def store(tmp_path_factory):
+    root = Path(tempfile.mkdtemp(prefix="ctrun-store-", dir="/var/tmp"))
+    STORES.append(root)
+    yield root
+    cleanup_store(root)
+
+
+@pytest.fixture
+def ct(store):
+    from ctrun.api import Ctrun
+    return Ctrun(store)
+
+
+class CLI:
+    def __init__(self, root):
+        self.root = root
+
+    def __call__(self, *args, input=None, check=False, timeout=60):
+        r = subprocess.run([sys.executable, "-m", "ctrun", "--root", str(self.root), *args],
+                           capture_output=True, text=True, input=input, timeout=timeout,
+                           cwd=REPO)
+        if check and r.returncode != 0:
+            raise AssertionError(f"ctrun {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+    def json(self, *args):
+        return json.loads(self(*args, check=True).stdout)
+
+
+@pytest.fixture
+def cli(store):
+    return CLI(store)
+
+
+def leaks():
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if "ctrun" in line:
+            found.append("mount: " + line.split()[4])
+    for d in _cgroup_dirs(CGROUP_PARENT):
+        if d.name != CGROUP_PARENT:
+            found.append(f"cgroup: {d}")
+    for pid in _monitor_pids(None):
+        found.append(f"process: ctrun monitor {pid}")
+    for root in STORES:
+        if root.exists():
+            found.append(f"directory: {root}")
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split(": ")[1].split("@")[0]
+        if name.startswith(("veth", "ctrun")) and name != "ctrun0":
+            found.append(f"interface: {name}")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_check():
+    """Fails the run when anything a test created is still on the host afterwards."""
+    yield
+    time.sleep(0.2)
+    found = leaks()
+    for d in sorted(_cgroup_dirs(CGROUP_PARENT), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    if found:
+        pytest.fail("tests leaked host resources:\n  " + "\n  ".join(found), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory):
+    """The static in-container probe (tests/probe/probe.c), built once."""
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(REPO / "tests/probe/probe.c")],
+                   check=True)
+    return out
