@@ -31,7 +31,7 @@ def _create_kwargs(a):
 
 
 def _cmd(rest):
-    return rest[1:] if rest and rest[0] == "--" else rest
+    return list(rest)
 
 
 def parser():
@@ -44,7 +44,7 @@ def parser():
     p = sub.add_parser("create", help="record a container and prepare its file system")
     p.add_argument("name")
     _create_opts(p)
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
     p = sub.add_parser("run", help="create, start and attach in one step")
     p.add_argument("--name")
@@ -54,7 +54,7 @@ def parser():
     p.add_argument("-i", "--interactive", action="store_true")
     _create_opts(p)
     p.add_argument("image_pos", metavar="IMAGE")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
     for verb, hlp in (("start", "start a container in the background"),
                       ("restart", "stop then start"), ("inspect", "show a container as JSON")):
@@ -78,7 +78,7 @@ def parser():
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
     p.add_argument("name")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
     p = sub.add_parser("enter", help="interactive shell inside a running container")
     p.add_argument("name")
@@ -184,8 +184,17 @@ def dispatch(a):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # everything after the first "--" is the command, options included (sh -c ...)
+    tail = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1:]
     a = parser().parse_args(argv)
+    if tail:
+        if not hasattr(a, "cmd"):
+            parser().error(f"'ctrun {a.verb}' takes no command after --")
+        a.cmd = list(a.cmd or []) + tail
     if a.debug:
         os.environ["CTRUN_DEBUG"] = "1"
     from .errors import CtrunError

@@ -120,7 +120,11 @@ def test_no_cgroup_mount_is_host_unsupported():
 
 
 def test_default_detection_is_cached():
-    assert detect() is detect()
+    try:
+        first = detect()
+    except HostUnsupported:
+        pytest.skip("no cgroup mounted here")
+    assert detect() is first
 
 
 # -- a fake cgroupfs --------------------------------------------------------------------

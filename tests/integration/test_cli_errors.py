@@ -1,0 +1,163 @@
+"""Bad input: one line naming the fix, a non-zero exit, no traceback, nothing left behind."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def assert_clean_error(r, *words):
+    assert r.returncode != 0, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ctrun: error: ")
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def snapshot(store):
+    return sorted(str(p.relative_to(store)) for p in (store / "containers").glob("*")) \
+        if (store / "containers").exists() else []
+
+
+@pytest.mark.parametrize("name", ["", "/", "..", "a/b", "x" * 65, "bad\x07name", "é"])
+def test_invalid_names_are_refused(cli, store, name):
+    before = snapshot(store)
+    assert_clean_error(cli("create", name), "invalid container name")
+    assert snapshot(store) == before
+
+
+def test_duplicates_unknowns_and_wrong_states(cli, store):
+    cli("create", "dup", "--", "sleep", "1000", check=True)
+    assert_clean_error(cli("create", "dup"), "already exists")
+    assert_clean_error(cli("create", "x1", "--image", "nosuchimage"), "nosuchimage")
+    assert_clean_error(cli("start", "ghost"), "not found")
+    assert_clean_error(cli("exec", "dup", "--", "true"), "not running", "ctrun start dup")
+    cli("start", "dup", check=True)
+    assert_clean_error(cli("start", "dup"), "already running")
+    assert_clean_error(cli("destroy", "dup"), "is running", "--force")
+    assert_clean_error(cli("kill", "dup", "NOSUCHSIG"), "unknown signal")
+    cli("destroy", "--force", "dup", check=True)
+    assert snapshot(store) == []
+
+
+def test_command_not_found_leaves_nothing(cli, store):
+    assert_clean_error(cli("create", "nocmd", "--", "no-such-binary"), "no-such-binary")
+    assert_clean_error(cli("run", "--rm", "busybox", "--", "/nope"), "/nope")
+    assert snapshot(store) == []
+
+
+def test_bad_options_are_refused_before_anything_is_written(cli, store, tmp_path):
+    cases = [
+        (["create", "v1", "-v", "/does/not/exist:/x"], "does not exist"),
+        (["create", "v2", "-v", f"{tmp_path}:relative"], "absolute"),
+        (["create", "e1", "-e", "NOEQUALS"], "KEY=VALUE"),
+        (["create", "u1", "-u", "root"], "UID"),
+        (["create", "c1", "--cap-add", "CAP_FLY"], "unknown capability"),
+        (["create", "h1", "--hostname", "bad_host!"], "hostname"),
+        (["create", "l1", "--ulimit", "nofile=oops"], "ulimit"),
+        (["create", "w1", "-w", "relative/dir"], "absolute"),
+    ]
+    for args, word in cases:
+        assert_clean_error(cli(*args), word)
+    assert snapshot(store) == []
+
+
+def test_debug_shows_the_traceback(cli):
+    r = cli("--debug", "start", "ghost")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_concurrent_creates_of_one_name_yield_exactly_one(cli, store):
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: cli("create", "race"), range(8)))
+    assert sum(r.returncode == 0 for r in results) == 1
+    for r in results:
+        if r.returncode:
+            assert_clean_error(r, "race")
+    assert snapshot(store) == ["containers/race"]
+
+
+def test_parallel_verbs_on_different_containers(cli, store):
+    names = [f"par{i}" for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert all(r.returncode == 0 for r in pool.map(
+            lambda n: cli("run", "-d", "--name", n, "busybox", "--", "sleep", "1000"), names))
+    rows = json.loads(cli("list", "--format", "json", check=True).stdout)
+    assert sorted(r["name"] for r in rows if r["state"] == "running") == names
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        assert all(r.returncode == 0 for r in pool.map(
+            lambda n: cli("destroy", "-f", n), names))
+
+
+def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
+    """kill -9 of the CLI mid-create and mid-start: the next gc finishes the job."""
+    from ctrun import cgroups
+    # a create killed before its rename leaves a .tmp directory
+    (store / "containers/.tmp-half-1234").mkdir(parents=True)
+    # a start killed after the cgroup was made but before the monitor ran anything
+    ct.create("halfstart", cmd=["sleep", "1000"])
+    mgr = cgroups.manager("halfstart", parent=os.environ["CTRUN_CGROUP_PARENT"])
+    mgr.create()
+    from ctrun.state import write_json
+    write_json(store / "containers/halfstart/state.json", {"start_id": "dead1"})
+    # a cgroup with no container at all (destroy killed half-way)
+    orphan = cgroups.manager("orphan", parent=os.environ["CTRUN_CGROUP_PARENT"])
+    orphan.create()
+    out = cli("gc", check=True).stdout
+    assert ".tmp-half-1234" in out and "halfstart" in out and "orphan" in out
+    assert not (store / "containers/.tmp-half-1234").exists()
+    assert not mgr.exists() and not orphan.exists()
+    info = cli.json("inspect", "halfstart")
+    assert info["state"] == "stopped" and info["exit_reason"] == "start-interrupted"
+    cli("start", "halfstart", check=True)  # and it is usable again
+    assert cli.json("inspect", "halfstart")["state"] == "running"
+
+
+def test_killed_cli_during_run_is_repaired(cli, store):
+    """SIGKILL the CLI of an attached run: the container dies with it or is found by gc."""
+    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run",
+                          "--name", "orphaned", "busybox", "--", "sleep", "1000"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = cli("inspect", "orphaned")
+        if r.returncode == 0 and json.loads(r.stdout)["state"] == "running":
+            break
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    info = cli.json("inspect", "orphaned")
+    # the init outlives its supervisor (reparented to the host's init): ctrun still sees it
+    assert info["state"] == "running"
+    cli("destroy", "--force", "orphaned", check=True)
+    cli("gc", check=True)
+    assert snapshot(store) == []
+
+
+def test_lifecycle_restart_kill_and_list(cli, store):
+    cli("create", "life", "--", "sleep", "1000", check=True)
+    assert cli.json("inspect", "life")["state"] == "created"
+    cli("start", "life", check=True)
+    pid1 = cli.json("inspect", "life")["pid"]
+    cli("restart", "life", "-t", "0.2", check=True)
+    info = cli.json("inspect", "life")
+    assert info["state"] == "running" and info["pid"] != pid1
+    cli("kill", "life", "TERM", check=True)  # sleep as PID 1 has no handler: ignored
+    time.sleep(0.2)
+    assert cli.json("inspect", "life")["state"] == "running"
+    cli("kill", "life", check=True)  # SIGKILL
+    deadline = time.monotonic() + 10
+    while cli.json("inspect", "life")["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = cli.json("inspect", "life")
+    assert info["state"] == "stopped" and info["exit_code"] == 137
+    assert info["exit_reason"] == "killed by SIGKILL"
+    table = cli("list", "--all", check=True).stdout
+    assert "life" in table and "stopped" in table
+    assert "life" not in cli("list", check=True).stdout
