@@ -34,6 +34,20 @@ def write(path, data):
         os.close(fd)
 
 
+def write_if_present(path, data):
+    """write() for teardown paths: False when the cgroup is already gone (ENOENT/ENODEV).
+
+    The monitor and a destroy may remove the same cgroup at once; the loser must not fail.
+    """
+    try:
+        write(path, data)
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENODEV):
+            return False
+        raise
+
+
 def read_keyed(path):
     """A flat keyed file ("key value" lines) as a dict of ints; {} when absent."""
     try:

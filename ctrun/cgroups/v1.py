@@ -13,7 +13,7 @@ import signal
 import time
 
 from ..errors import Conflict, InvalidInput
-from .base import LEAF, POLL, SETTLE, CgroupManager, read, write
+from .base import LEAF, POLL, SETTLE, CgroupManager, read, write, write_if_present
 from .v2 import KEY as V2_KEY, V2Manager
 
 # "type major:minor access", e.g. "c 1:3 rwm", "b *:* m"
@@ -71,18 +71,20 @@ class V1Manager(CgroupManager):
 
     def _freeze(self):
         f = self._freezer_state()
-        if f is None or not f.exists():
+        if f is None or not write_if_present(f, "FROZEN"):
             return False
-        write(f, "FROZEN")
         end = time.monotonic() + SETTLE
-        while read(f).strip() != "FROZEN" and time.monotonic() < end:
-            time.sleep(POLL)
+        try:
+            while read(f).strip() != "FROZEN" and time.monotonic() < end:
+                time.sleep(POLL)
+        except FileNotFoundError:
+            return False
         return True
 
     def _thaw(self):
         f = self._freezer_state()
-        if f is not None and f.exists():
-            write(f, "THAWED")
+        if f is not None:
+            write_if_present(f, "THAWED")
 
     def kill_all(self, sig=signal.SIGKILL, timeout=None):
         return self._signal_loop(sig, timeout)
@@ -164,9 +166,7 @@ class HybridManager(CgroupManager):
 
     def kill_all(self, sig=signal.SIGKILL, timeout=None):
         if sig == signal.SIGKILL and self.v2.mounts():
-            kill = self.v2.dirs()[V2_KEY] / "cgroup.kill"
-            if kill.exists():
-                write(kill, 1)
+            write_if_present(self.v2.dirs()[V2_KEY] / "cgroup.kill", 1)
         # the frozen signal loop over both sides catches what cgroup.kill could not see
         return self._signal_loop(sig, timeout)
 

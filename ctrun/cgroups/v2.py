@@ -3,7 +3,7 @@
 import signal
 import time
 
-from .base import POLL, SETTLE, CgroupManager, read, read_keyed, write
+from .base import POLL, SETTLE, CgroupManager, read, read_keyed, write, write_if_present
 
 KEY = "cgroup2"   # hierarchy key in paths(); /proc/<pid>/cgroup shows it as "0::"
 
@@ -45,9 +45,8 @@ class V2Manager(CgroupManager):
 
     def _freeze(self):
         f = self.dirs()[KEY] / "cgroup.freeze"
-        if not f.exists():
+        if not write_if_present(f, 1):
             return False
-        write(f, 1)
         end = time.monotonic() + SETTLE
         while read_keyed(f.with_name("cgroup.events")).get("frozen") != 1:
             if time.monotonic() >= end:
@@ -56,10 +55,7 @@ class V2Manager(CgroupManager):
         return True
 
     def _thaw(self):
-        try:
-            write(self.dirs()[KEY] / "cgroup.freeze", 0)
-        except FileNotFoundError:
-            pass
+        write_if_present(self.dirs()[KEY] / "cgroup.freeze", 0)
 
     def kill_all(self, sig=signal.SIGKILL, timeout=None):
         if self.layout.v2 is None:
@@ -67,7 +63,7 @@ class V2Manager(CgroupManager):
         kill = self.dirs()[KEY] / "cgroup.kill"
         if sig == signal.SIGKILL and kill.exists():
             # the kernel kills the whole subtree atomically, forks included
-            write(kill, 1)
+            write_if_present(kill, 1)
             return self._wait_empty(timeout)
         return self._signal_loop(sig, timeout)
 

@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+"""Listing at scale: wall time of `ctrun list --all` and `ctrun list` with 500 containers.
+
+The containers are created in-process through the Python API (creation speed is not what
+is measured) and never started, so they are all in state "created".  Each listing is timed
+through the CLI, median of --runs runs after --warmup discarded ones, interleaved.
+Target: < 300 ms.  Run as root:  benchmarks/bench_list.py [--count 500] [--runs 10]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TARGET_MS = 300.0
+
+
+def time_cmds(cmds, runs, warmup):
+    """Interleaved timing of {label: argv}; returns {label: [seconds]} and failures."""
+    samples = {k: [] for k in cmds}
+    failed = {k: 0 for k in cmds}
+    for rnd in range(warmup + runs):
+        for label, argv in cmds.items():
+            dt, rc = common.timed(argv)
+            if rc != 0:
+                failed[label] += 1
+            elif rnd >= warmup:
+                samples[label].append(dt)
+    return samples, failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=500, help="containers (default 500)")
+    ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
+    ap.add_argument("--warmup", type=int, default=2, help="discarded runs (default 2)")
+    a = ap.parse_args()
+    if a.count < 1 or a.runs < 1 or a.warmup < 0:
+        common.die("--count and --runs must be >= 1, --warmup >= 0")
+    common.require_root()
+    common.ctrun_bin()
+    common.reexec_with_ctrun_python()
+    from ctrun.api import Ctrun
+
+    with common.Workspace("list") as ws:
+        ws.build_image()
+        ct = Ctrun(str(ws.store))
+        # an empty store next to the full one: both are timed in the same interleaved
+        # rounds, so the difference is what 500 containers cost and not host drift
+        empty_root = ws.tmp / "empty-store"
+        Ctrun(str(empty_root)).store.ensure()
+        cmds = {"ctrun list --all": ws.ctrun_cmd("list", "--all"),
+                "ctrun list": ws.ctrun_cmd("list")}
+        timed_cmds = {(label, scale): argv[:1] + (["--root", str(empty_root)]
+                                                  if scale == "empty store" else []) + argv[1:]
+                      for label, argv in cmds.items()
+                      for scale in ("empty store", f"{a.count} created")}
+
+        print(f"bench_list: creating {a.count} containers through the Python API", flush=True)
+        names = [f"c{i}" for i in range(a.count)]
+        t0 = time.perf_counter()
+        for i, n in enumerate(names):
+            ct.create(n)
+            if (i + 1) % 100 == 0:
+                print(f"  {i + 1}/{a.count}", flush=True)
+        create_s = time.perf_counter() - t0
+
+        out = ws.ctrun_check("list", "--all")
+        listed = len(out.strip().splitlines()) - 1  # minus the header
+        if listed != a.count:
+            raise RuntimeError(f"ctrun list --all shows {listed} containers, expected {a.count}")
+
+        print(f"bench_list: timing {a.runs} runs (+{a.warmup} warm-up) of each listing, "
+              "full and empty store interleaved", flush=True)
+        samples, failed = time_cmds(timed_cmds, a.runs, a.warmup)
+
+        print(f"bench_list: destroying {a.count} containers through the Python API", flush=True)
+        t0 = time.perf_counter()
+        for n in names:
+            ct.destroy(n)
+        destroy_s = time.perf_counter() - t0
+        ws.check_clean("after destroying every container")
+
+        stats = {}
+        rows = []
+        for (label, scale), argv in timed_cmds.items():
+            if not samples[(label, scale)]:
+                raise RuntimeError(f"every run of `{' '.join(argv)}` failed")
+            s = common.summary_ms(samples[(label, scale)])
+            stats[f"{label} [{scale}]"] = {**s, "failed": failed[(label, scale)]}
+            is_target = scale != "empty store"
+            verdict = ("MET" if s["median_ms"] < TARGET_MS else "NOT MET") if is_target else "-"
+            rows.append([label, scale, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}",
+                         f"{s['p90_ms']:.1f}", failed[(label, scale)],
+                         f"< {TARGET_MS:.0f} ms" if is_target else "-", verdict])
+        rows.sort(key=lambda r: (r[1] != "empty store", r[0]))
+        print("\nratios of medians (full / empty store):")
+        ratios = {}
+        for label in cmds:
+            r = (stats[f"{label} [{a.count} created]"]["median_ms"]
+                 / stats[f"{label} [empty store]"]["median_ms"])
+            ratios[label] = r
+            per = (stats[f"{label} [{a.count} created]"]["median_ms"]
+                   - stats[f"{label} [empty store]"]["median_ms"]) / a.count * 1000
+            print(f"  {label}: {r:.2f}x  (~{per:.0f} us per container)")
+        for label in cmds:
+            m = stats[f"{label} [{a.count} created]"]["median_ms"]
+            print(f"  {label} at {a.count}: {m / TARGET_MS:.2f}x the {TARGET_MS:.0f} ms target")
+        print(f"\n(informational) API create of {a.count}: {create_s:.1f} s "
+              f"({create_s / a.count * 1000:.1f} ms each); API destroy: {destroy_s:.1f} s "
+              f"({destroy_s / a.count * 1000:.1f} ms each)")
+        result = {"params": {"count": a.count, "runs": a.runs, "warmup": a.warmup},
+                  "target_ms": TARGET_MS, "stats": stats, "ratios_full_over_empty": ratios,
+                  "samples_ms": {f"{k[0]} [{k[1]}]": [round(x * 1000, 3) for x in v]
+                                 for k, v in samples.items()},
+                  "api_create_s": create_s, "api_destroy_s": destroy_s,
+                  "notes": ["page cache warm (warm-up runs discarded)",
+                            "the empty-store rows are the same commands with --root pointing "
+                            "at an empty store, timed in the same interleaved rounds",
+                            "all containers are in state 'created'; `ctrun list` still "
+                            "reads every container to find the running ones"]}
+    result["leaks"] = ws.leaks
+    common.write_result("bench_list", result)
+    return 1 if ws.leaks else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        common.die(str(e), 1)
+    except Exception as e:  # a CtrunError from the in-process API: one line, like the CLI
+        if not type(e).__module__.startswith("ctrun."):
+            raise
+        common.die(f"ctrun API: {e}", 1)

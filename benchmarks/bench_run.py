@@ -1,0 +1,203 @@
+#!/usr/bin/python3
+"""Start-up latency: `ctrun run --rm busybox -- true` against `runc run` and `crun run` of
+the same busybox rootfs (the image ctrun builds), wall time of the whole command.
+
+Runs are interleaved (ctrun, runc, crun, ctrun, ...) so drift on the host hits every tool
+alike; the first --warmup rounds are discarded.  Target: ctrun median <= 1.0x runc's.
+Run as root:  benchmarks/bench_run.py [--runs 30] [--warmup 3]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TARGET_VS_RUNC = 1.0
+
+
+def make_bundle(ws, rootfs):
+    """An OCI bundle whose config is runc's default spec, edited to run /bin/true."""
+    bundle = ws.tmp / "bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    return bundle, spec
+
+
+def write_spec(bundle, spec, cid):
+    # a cgroup per container under the benchmark parent, like ctrun's ctrun-bench/NAME
+    spec["linux"]["cgroupsPath"] = f"/{common.CGROUP_PARENT}/{cid}"
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=30, help="measured runs per tool (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="discarded rounds (default 3)")
+    a = ap.parse_args()
+    if a.runs < 1 or a.warmup < 0:
+        common.die("--runs must be >= 1 and --warmup >= 0")
+    common.require_root()
+    common.ctrun_bin()
+    for t in ("runc", "crun", "unshare"):
+        common.require_tool(t)
+    hybrid = common.cgroup_layout() == "hybrid"
+
+    with common.Workspace("run") as ws:
+        rootfs = ws.build_image()
+        bundle, spec = make_bundle(ws, rootfs)
+        seq = [0]
+
+        def oci(tool, root):
+            def argv():
+                seq[0] += 1
+                cid = f"bench-{tool}-{os.getpid()}-{seq[0]}"
+                write_spec(bundle, spec, cid)
+                cmd = [tool, "--root", str(root), "run", "--bundle", str(bundle), cid]
+                return cid, (common.crun_wrap(cmd) if tool == "crun" else cmd)
+            return argv
+
+        def fixed(cmd):
+            return lambda: (None, cmd)
+
+        ctrun_cmd = ws.ctrun_cmd("run", "--rm", "busybox", "--", "true")
+        tools = {  # name -> (argv factory, shown command, is it a target row)
+            "ctrun": (fixed(ctrun_cmd), "ctrun run --rm busybox -- true", True),
+            "runc": (oci("runc", ws.runc_root), "runc run --bundle B ID", True),
+            "crun": (oci("crun", ws.crun_root),
+                     ("unshare -m sh -c 'umount /sys/fs/cgroup/unified; exec crun run "
+                      "--bundle B ID'") if hybrid else "crun run --bundle B ID", True),
+        }
+        if hybrid:
+            tools["unshare wrapper"] = (fixed(common.crun_wrap(["/bin/true"])),
+                                        "unshare -m sh -c 'umount ...; exec /bin/true'", False)
+        py = common.ctrun_python()
+        tools["python floor"] = (fixed([py, "-c", "pass"]), f"{py} -c pass", False)
+
+        def cleanup_oci(name, cid):
+            root = ws.runc_root if name == "runc" else ws.crun_root
+            cmd = [name, "--root", str(root), "delete", "-f", cid]
+            subprocess.run(common.crun_wrap(cmd) if name == "crun" else cmd,
+                           capture_output=True, timeout=30)
+
+        # one untimed probe each: a tool that cannot run here is reported, not timed
+        skipped = {}
+        for name, (factory, _, _) in tools.items():
+            cid, argv = factory()
+            ok, msg = common.probe(argv)
+            if not ok:
+                if cid:
+                    cleanup_oci(name, cid)
+                if name == "ctrun":
+                    raise RuntimeError(f"ctrun run failed: {msg}")
+                skipped[name] = msg
+        active = [n for n in tools if n not in skipped]
+        if "crun" in skipped:
+            active = [n for n in active if n != "unshare wrapper"]
+
+        samples = {n: [] for n in active}
+        failures = {n: 0 for n in active}
+        total = a.warmup + a.runs
+        print(f"bench_run: {a.runs} runs + {a.warmup} warm-up rounds of {', '.join(active)} "
+              f"(interleaved)", flush=True)
+        for rnd in range(total):
+            for name in active:
+                cid, argv = tools[name][0]()
+                dt, rc = common.timed(argv)
+                if rc != 0:
+                    failures[name] += 1
+                    if cid:
+                        cleanup_oci(name, cid)
+                    continue
+                if rnd >= a.warmup:
+                    samples[name].append(dt)
+            if (rnd + 1) % 10 == 0:
+                print(f"  round {rnd + 1}/{total}", flush=True)
+
+        ws.check_clean("after the runs")
+        stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
+        rows = []
+        for name, (_, shown, _) in tools.items():
+            if name in skipped:
+                rows.append([name, "-", "-", "-", "-", "not measured (see below)"])
+                continue
+            if name not in stats:
+                rows.append([name, "-", "-", "-", str(failures[name]), "every run failed: " + shown])
+                continue
+            s = stats[name]
+            rows.append([name, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}",
+                         f"{s['p90_ms']:.1f}", str(failures[name]), shown])
+        print()
+        print(common.table(["tool", "median ms", "p10 ms", "p90 ms", "failed", "command"], rows))
+        for name, msg in skipped.items():
+            print(f"{name}: not measured: {msg}")
+
+        ratios = {}
+        med = {n: s["median_ms"] for n, s in stats.items()}
+        print("\nratios of medians:")
+        if "ctrun" in med and "runc" in med:
+            r = med["ctrun"] / med["runc"]
+            ratios["ctrun/runc"] = r
+            verdict = "MET" if r <= TARGET_VS_RUNC else "NOT MET"
+            print(f"  ctrun/runc = {r:.2f}x   (target <= {TARGET_VS_RUNC:.1f}x runc: {verdict})")
+        if "ctrun" in med and "crun" in med:
+            r = med["ctrun"] / med["crun"]
+            ratios["ctrun/crun"] = r
+            note = " (crun timed inside its unshare wrapper)" if hybrid else ""
+            print(f"  ctrun/crun = {r:.2f}x{note}")
+            if "unshare wrapper" in med and med["crun"] > med["unshare wrapper"]:
+                bare = med["crun"] - med["unshare wrapper"]
+                ratios["ctrun/crun_minus_wrapper"] = med["ctrun"] / bare
+                print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
+                      f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
+                      f"(estimate: {bare:.1f} ms)")
+        if "ctrun" in med and "python floor" in med:
+            print(f"  python start-up floor is {med['python floor']:.1f} ms of ctrun's "
+                  f"{med['ctrun']:.1f} ms ({med['python floor'] / med['ctrun']:.0%})")
+
+        notes = [
+            "all tools run the same busybox rootfs (ctrun's image): runc/crun mount it "
+            "read-only as their root; ctrun mounts a per-container writable overlay over it",
+            "runc/crun use runc's default spec (default namespaces, no seccomp profile); "
+            "ctrun applies its own seccomp filter, capability set and /etc files",
+            "ctrun's time covers create + start + wait + destroy (--rm); runc/crun run "
+            "likewise create, start, wait and delete",
+            "each runc/crun container gets its own cgroup under /" + common.CGROUP_PARENT
+            + ", as ctrun's do",
+        ]
+        if hybrid:
+            notes.append("hybrid cgroup host: crun 1.8 refuses it, so crun runs in a "
+                         "private mount namespace with /sys/fs/cgroup/unified unmounted; its "
+                         "time includes that wrapper, measured alone as 'unshare wrapper'")
+        print("\nnotes:")
+        for n in notes:
+            print(f"  - {n}")
+        result = {
+            "params": {"runs": a.runs, "warmup": a.warmup},
+            "commands": {n: tools[n][1] for n in tools},
+            "stats": stats, "failures": failures, "not_measured": skipped,
+            "ratios": ratios, "target": {"ctrun/runc": f"<= {TARGET_VS_RUNC}"},
+            "samples_ms": {n: [round(x * 1000, 3) for x in s] for n, s in samples.items()},
+            "versions": {"runc": common.tool_version(["runc", "--version"]),
+                         "crun": common.tool_version(["crun", "--version"])},
+            "notes": notes}
+    result["leaks"] = ws.leaks
+    common.write_result("bench_run", result)
+    return 1 if ws.leaks else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        common.die(str(e), 1)

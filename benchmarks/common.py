@@ -1,0 +1,515 @@
+"""Shared helpers for the ctrun benchmarks: tool discovery, an isolated store that is always
+cleaned up, statistics, tables and JSON results.
+
+Every benchmark runs against a fresh store (CTRUN_ROOT in a temp dir under /var/tmp) and a
+cgroup parent of its own (CTRUN_CGROUP_PARENT=ctrun-bench), so nothing it does touches the
+default store, and everything it leaves can be found and removed: on normal exit, on an
+error and on Ctrl-C / SIGTERM.  What cleanup had to remove by force is reported as a leak,
+because ctrun itself should have removed it.
+"""
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+CGROUP_PARENT = "ctrun-bench"
+SETUP_HINT = "run ./setup.sh (as root) from the repository first"
+
+
+def die(msg, code=2):
+    print(f"{Path(sys.argv[0]).name}: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ tools
+def ctrun_bin():
+    """The ctrun console script: $CTRUN_BIN, else the venv the project installs into."""
+    env = os.environ.get("CTRUN_BIN")
+    if env:
+        if not os.access(env, os.X_OK):
+            die(f"CTRUN_BIN={env} is not an executable file")
+        return env
+    for cand in ("/opt/ctrun-venv/bin/ctrun", "/opt/ctrun/venv/bin/ctrun", "/usr/local/bin/ctrun"):
+        if os.access(cand, os.X_OK):
+            return os.path.realpath(cand) if cand.startswith("/usr/local") else cand
+    die(f"ctrun is not installed (no /opt/ctrun-venv/bin/ctrun and no CTRUN_BIN); {SETUP_HINT}")
+
+
+def ctrun_python():
+    """The interpreter the ctrun console script runs with (its shebang)."""
+    with open(ctrun_bin(), "rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    if first.startswith("#!") and os.access(first[2:].split()[0], os.X_OK):
+        return first[2:].split()[0]
+    return str(Path(ctrun_bin()).parent / "python")
+
+
+def require_tool(name, hint=SETUP_HINT):
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if not path:
+        die(f"'{name}' is not installed; {hint}")
+    return path
+
+
+def crun_wrap(argv):
+    """crun 1.8 refuses a hybrid cgroup host (v1 controllers plus a cgroup2 mount at
+    /sys/fs/cgroup/unified); in a private mount namespace with that mount hidden it sees
+    plain cgroup v1.  Only hybrid hosts need (and get) the wrapper."""
+    if cgroup_layout() != "hybrid":
+        return list(argv)
+    import shlex
+    return ["unshare", "-m", "sh", "-c",
+            "umount /sys/fs/cgroup/unified 2>/dev/null; exec " + shlex.join(argv)]
+
+
+def require_root():
+    if os.geteuid() != 0:
+        die("benchmarks must run as root (sudo benchmarks/run_all.sh)")
+
+
+def tool_version(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        return out.strip().splitlines()[0] if out.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def reexec_with_ctrun_python():
+    """bench scripts that import ctrun must run under ctrun's own interpreter."""
+    try:
+        import ctrun  # noqa: F401
+        return
+    except ImportError:
+        pass
+    py = ctrun_python()  # a venv's python is a symlink: compare the paths, not their targets
+    if os.environ.get("CTRUN_BENCH_REEXEC") or os.path.abspath(py) == sys.executable:
+        die(f"cannot import ctrun with {sys.executable}; {SETUP_HINT}")
+    os.environ["CTRUN_BENCH_REEXEC"] = "1"
+    os.execv(py, [py, os.path.abspath(sys.argv[0]), *sys.argv[1:]])
+
+
+# ------------------------------------------------------------------ statistics and output
+def percentile(values, q):
+    """Linear interpolation between closest ranks (q in 0..100)."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = (len(v) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def summary_ms(seconds):
+    ms = [s * 1000.0 for s in seconds]
+    return {"n": len(ms), "median_ms": percentile(ms, 50), "p10_ms": percentile(ms, 10),
+            "p90_ms": percentile(ms, 90), "min_ms": min(ms) if ms else None,
+            "max_ms": max(ms) if ms else None}
+
+
+def table(headers, rows):
+    """Plain-text table: numeric columns right-aligned, the others left-aligned."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+
+    def numeric(s):
+        try:
+            float(s.rstrip("x%"))
+            return True
+        except ValueError:
+            return s in ("", "-")
+    right = [all(numeric(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(r):
+        return "  ".join(c.rjust(w) if rj else c.ljust(w)
+                         for c, w, rj in zip(r, widths, right)).rstrip()
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def host_info():
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                                  text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return {"kernel": platform.release(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
+            "ctrun_bin": ctrun_bin(), "ctrun_commit": git("rev-parse", "--short", "HEAD"),
+            "ctrun_tree_dirty": bool(git("status", "--porcelain", "--", "ctrun")),
+            "cgroup_layout": cgroup_layout()}
+
+
+def cgroup_layout():
+    kinds = {m[1] for m in cgroup_mounts()}
+    if kinds == {"cgroup2"}:
+        return "v2"
+    return "hybrid" if "cgroup2" in kinds else "v1"
+
+
+def write_result(name, data):
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "host": host_info(), **data}
+    path = RESULTS / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"\nresult written to {path.relative_to(REPO)}")
+    return path
+
+
+def timed(argv, timeout=60, **kw):
+    """Wall time of one command, output discarded: (seconds, returncode)."""
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=timeout, **kw).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    return time.perf_counter() - t0, rc
+
+
+def probe(argv, timeout=60):
+    """Run once untimed, capturing output: (ok, last line of stderr/stdout)."""
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout}s"
+    msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
+    return p.returncode == 0, (msg[-1] if msg else f"exit code {p.returncode}")
+
+
+# ------------------------------------------------------------------ processes and memory
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return int(raw[raw.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def pid_ns(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def comm(pid):
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def mem_kb(pid):
+    """{'pss': kB, 'rss': kB} from /proc/PID/smaps_rollup, or None if the process is gone."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Pss:", "Rss:")):
+                    out[line.split(":")[0].lower()] = int(line.split()[1])
+    except OSError:
+        return None
+    return out if "pss" in out else None
+
+
+def descendants(root_pid):
+    children = {}
+    for p in pids():
+        children.setdefault(ppid(p), []).append(p)
+    out, todo = [], [root_pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def monitor_pids(store_root):
+    """ctrun's shared monitor(s) for this store: `python -m ctrun.monitor ROOT`."""
+    root = str(store_root)
+    return [p for p in pids() if "ctrun.monitor" in (a := cmdline(p)) and root in a]
+
+
+def wait_gone(pid_list, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid_list = [p for p in pid_list if Path(f"/proc/{p}").exists() and
+                    _state(p) not in ("Z", None)]
+        if not pid_list:
+            return []
+        time.sleep(0.05)
+    return pid_list
+
+
+def _state(pid):
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        return raw[raw.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ cgroups and mounts
+def cgroup_mounts():
+    """(mount point, fs type) of every cgroup hierarchy."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            fstype = right.split()[0]
+            if fstype in ("cgroup", "cgroup2"):
+                out.append((left.split()[4], fstype))
+    return out
+
+
+def mounts_under(path):
+    path = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        pts = [ln.split()[4] for ln in f]
+    return sorted({p for p in pts if (p + "/").startswith(path)}, key=len, reverse=True)
+
+
+def cgroup_dirs(parent=CGROUP_PARENT):
+    """Every directory below the benchmark cgroup parent, deepest first."""
+    out = []
+    for mnt, _ in cgroup_mounts():
+        base = Path(mnt) / parent
+        if base.is_dir():
+            for dirpath, _, _ in os.walk(base):
+                out.append(Path(dirpath))
+    return sorted(out, key=lambda p: len(p.parts), reverse=True)
+
+
+def cgroup_procs(d):
+    try:
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+# ------------------------------------------------------------------ the isolated workspace
+class Workspace:
+    """A temp store for ctrun plus private state dirs for runc/crun, torn down on exit.
+
+    Use as a context manager.  Benchmarks register extra teardown steps with on_cleanup();
+    they run last-registered first, before the generic sweep (ctrun containers destroyed,
+    the store's monitor gone, runc/crun containers deleted, cgroups and temp dirs removed).
+    """
+
+    def __init__(self, label):
+        self.label = label
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"ctrun-bench-{label}-", dir="/var/tmp"))
+        self.store = self.tmp / "store"
+        # runc/crun keep their state where they normally do (/run), in a private directory
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"ctrun-bench-{label}-", dir="/run"))
+        self.runc_root = self.run_dir / "runc"
+        self.crun_root = self.run_dir / "crun"
+        self.ctrun = ctrun_bin()
+        self._cleanups = []
+        self.leaks = []
+        self._old_env = {k: os.environ.get(k) for k in ("CTRUN_ROOT", "CTRUN_CGROUP_PARENT")}
+        os.environ["CTRUN_ROOT"] = str(self.store)
+        os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+
+    def __enter__(self):
+        self._old_sig = {}
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            self._old_sig[s] = signal.signal(s, _raise_exit)
+        return self
+
+    def __exit__(self, *exc):
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish
+        if exc[0] is KeyboardInterrupt:
+            print("\ninterrupted: cleaning up...", file=sys.stderr)
+        try:
+            self.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            for s, h in self._old_sig.items():
+                signal.signal(s, h)
+            for k, v in self._old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return False
+
+    def on_cleanup(self, fn, *args):
+        self._cleanups.append((fn, args))
+
+    def ctrun_cmd(self, *args):
+        return [self.ctrun, *args]
+
+    def ctrun_check(self, *args, timeout=120):
+        p = subprocess.run(self.ctrun_cmd(*args), stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"`ctrun {' '.join(args)}` failed ({p.returncode}): "
+                               f"{p.stderr.strip() or p.stdout.strip()}")
+        return p.stdout
+
+    def rootfs(self):
+        return self.store / "images" / "busybox" / "rootfs"
+
+    def build_image(self):
+        self.ctrun_check("image", "build", "busybox")
+        r = self.rootfs()
+        if not (r / "bin" / "busybox").exists():
+            raise RuntimeError(f"ctrun image build busybox did not produce {r}")
+        return r
+
+    def check_clean(self, when, expect_containers=()):
+        """Record what ctrun (or a peer) left behind that it should have removed itself."""
+        cdir = self.store / "containers"
+        extra = sorted(set(os.listdir(cdir)) - set(expect_containers)) if cdir.is_dir() else []
+        if extra:
+            self.leaks.append(f"{when}: {len(extra)} container dir(s) left in the store: "
+                              f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        cgs = [d for d in cgroup_dirs() if d.name != CGROUP_PARENT
+               and d.name not in expect_containers]
+        if cgs:
+            self.leaks.append(f"{when}: {len(cgs)} cgroup dir(s) left, e.g. {cgs[0]}")
+        for tool, root in (("runc", self.runc_root), ("crun", self.crun_root)):
+            if root.is_dir():
+                try:
+                    ids = subprocess.run([tool, "--root", str(root), "list", "-q"],
+                                         capture_output=True, text=True, timeout=30).stdout.split()
+                except (OSError, subprocess.SubprocessError):
+                    ids = []
+                if ids:
+                    self.leaks.append(f"{when}: {tool} containers left: {', '.join(ids[:5])}")
+        for m in mounts_under(self.tmp):
+            self.leaks.append(f"{when}: mount left at {m}")
+
+    # -------------------------------------------------------------- teardown
+    def cleanup(self):
+        for fn, args in reversed(self._cleanups):
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - keep cleaning
+                warn(f"cleanup step {getattr(fn, '__name__', fn)} failed: {e}")
+        self._cleanups.clear()
+        self._ctrun_sweep()
+        for tool, root in (("runc", self.runc_root), ("crun", self.crun_root)):
+            self._oci_sweep(tool, root)
+        self._cgroup_sweep()
+        self._process_sweep()
+        for d in (self.tmp, self.run_dir):
+            for m in mounts_under(d):
+                self.leaks.append(f"mount left at {m}")
+                subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
+            shutil.rmtree(d, ignore_errors=True)
+        if self.leaks:
+            print("\nLEAKS (removed by the benchmark's cleanup; ctrun/peer should not leave "
+                  "these):", file=sys.stderr)
+            for leak in self.leaks:
+                print(f"  - {leak}", file=sys.stderr)
+
+    def _ctrun_sweep(self):
+        cdir = self.store / "containers"
+        names = sorted(n for n in os.listdir(cdir) if not n.startswith(".")) \
+            if cdir.is_dir() else []
+        for i in range(0, len(names), 50):
+            try:
+                subprocess.run(self.ctrun_cmd("destroy", "--force", *names[i:i + 50]),
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                warn("ctrun destroy --force timed out")
+        if self.store.is_dir():
+            try:
+                subprocess.run(self.ctrun_cmd("gc"), stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                warn("ctrun gc timed out")
+        # with no container left the monitor exits by itself within ~1.5 s
+        left = wait_gone(monitor_pids(self.store), 5)
+        for p in left:
+            self.leaks.append(f"ctrun monitor pid {p} still alive 5 s after the last destroy")
+            _kill(p)
+
+    def _oci_sweep(self, tool, root):
+        if not root.is_dir() or not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
+            return
+        try:
+            out = subprocess.run([tool, "--root", str(root), "list", "-q"], capture_output=True,
+                                 text=True, timeout=30).stdout.split()
+        except subprocess.SubprocessError:
+            out = []
+        for cid in out:
+            if cid in ("NAME", "ID"):
+                continue
+            argv = [tool, "--root", str(root), "delete", "-f", cid]
+            subprocess.run(crun_wrap(argv) if tool == "crun" else argv,
+                           capture_output=True, timeout=30)
+
+    def _cgroup_sweep(self):
+        for d in cgroup_dirs():
+            procs = cgroup_procs(d)
+            if procs:
+                self.leaks.append(f"processes {procs} left in cgroup {d}")
+                for p in procs:
+                    _kill(p)
+                wait_gone(procs, 5)
+            if d.name != CGROUP_PARENT:
+                self.leaks.append(f"cgroup left: {d}")
+            for _ in range(20):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+    def _process_sweep(self):
+        marks = (str(self.tmp), str(self.run_dir))
+        me = os.getpid()
+        for p in pids():
+            if p != me and any(m in a for a in cmdline(p) for m in marks):
+                self.leaks.append(f"process {p} ({' '.join(cmdline(p))[:100]}) still running")
+                _kill(p)
+
+
+def _kill(pid):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _raise_exit(signum, _frame):
+    raise SystemExit(128 + signum)
