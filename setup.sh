@@ -25,12 +25,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo ">> creating $VENV from /usr/bin/python3"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import prctl, cgroupspy, pyroute2, pytest' 2>/dev/null \
-   || ! cmp -s setup.cfg "$VENV/.ctrun-setup.cfg" \
-   || [ "$(readlink -f "$("$VENV/bin/python" -c 'import ctrun,os;print(os.path.dirname(ctrun.__file__))' 2>/dev/null)")" != "$(readlink -f ctrun)" ]; then
-  echo ">> installing ctrun and its Python dependencies into $VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
-  cp setup.cfg "$VENV/.ctrun-setup.cfg"
+if ! "$VENV/bin/python" -c 'import prctl, cgroupspy, pyroute2, pytest, wheel' 2>/dev/null; then
+  echo ">> installing Python dependencies into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check python-prctl cgroupspy pyroute2 pytest wheel
+fi
+# a regular (not editable) install: compiled once, and no import hook at every start-up
+stamp=$(find ctrun images setup.cfg pyproject.toml -type f \( -name '*.py' -o -name '*.json' \
+        -o -name '*.cfg' -o -name '*.toml' \) -print0 | sort -z | xargs -0 sha1sum | sha1sum)
+if [ "$stamp" != "$(cat "$VENV/.ctrun-stamp" 2>/dev/null)" ]; then
+  echo ">> installing ctrun into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation \
+      --force-reinstall . 2>&1 | grep -v -i "warning" || true
+  rm -rf build ctrun.egg-info
+  echo "$stamp" > "$VENV/.ctrun-stamp"
 fi
 ln -sf "$VENV/bin/ctrun" /usr/local/bin/ctrun
 

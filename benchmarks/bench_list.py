@@ -98,6 +98,9 @@ def main():
                          f"{s['p90_ms']:.1f}", failed[(label, scale)],
                          f"< {TARGET_MS:.0f} ms" if is_target else "-", verdict])
         rows.sort(key=lambda r: (r[1] != "empty store", r[0]))
+        print()
+        print(common.table(["command", "store", "median ms", "p10 ms", "p90 ms", "failed",
+                            "target", "verdict"], rows))
         print("\nratios of medians (full / empty store):")
         ratios = {}
         for label in cmds:

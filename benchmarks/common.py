@@ -27,6 +27,10 @@ RESULTS = HERE / "results"
 CGROUP_PARENT = "ctrun-bench"
 SETUP_HINT = "run ./setup.sh (as root) from the repository first"
 
+# runc and conmon live in /usr/sbin, which a non-login root shell may not have on PATH
+os.environ["PATH"] = ":".join(dict.fromkeys(
+    os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]))
+
 
 def die(msg, code=2):
     print(f"{Path(sys.argv[0]).name}: error: {msg}", file=sys.stderr)
@@ -61,7 +65,7 @@ def ctrun_python():
 
 
 def require_tool(name, hint=SETUP_HINT):
-    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    path = shutil.which(name)
     if not path:
         die(f"'{name}' is not installed; {hint}")
     return path
@@ -178,13 +182,23 @@ def write_result(name, data):
 
 
 def timed(argv, timeout=60, **kw):
-    """Wall time of one command, output discarded: (seconds, returncode)."""
+    """Wall time of one command, output discarded: (seconds, returncode).
+
+    Not subprocess.run(timeout=...): that polls the child with sleeps of up to 50 ms,
+    which rounds every measurement up.  A pidfd wakes us the moment the child exits."""
+    import select
     t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, **kw)
+    fd = os.pidfd_open(p.pid)
     try:
-        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, timeout=timeout, **kw).returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
+        if not select.select([fd], [], [], timeout)[0]:
+            p.kill()
+            p.wait()
+            return time.perf_counter() - t0, "timeout"
+        rc = p.wait()
+    finally:
+        os.close(fd)
     return time.perf_counter() - t0, rc
 
 
@@ -464,7 +478,7 @@ class Workspace:
             _kill(p)
 
     def _oci_sweep(self, tool, root):
-        if not root.is_dir() or not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
+        if not root.is_dir() or not shutil.which(tool):
             return
         try:
             out = subprocess.run([tool, "--root", str(root), "list", "-q"], capture_output=True,
@@ -479,15 +493,19 @@ class Workspace:
                            capture_output=True, timeout=30)
 
     def _cgroup_sweep(self):
+        left = {}  # path below the hierarchy root -> [hierarchies, pids killed]
         for d in cgroup_dirs():
+            mnt = next(m for m, _ in cgroup_mounts() if str(d).startswith(m + "/"))
+            rel = os.path.relpath(d, mnt)
             procs = cgroup_procs(d)
+            if procs or d.name != CGROUP_PARENT:
+                entry = left.setdefault(rel, [0, set()])
+                entry[0] += 1
+                entry[1].update(procs)
+            for p in procs:
+                _kill(p)
             if procs:
-                self.leaks.append(f"processes {procs} left in cgroup {d}")
-                for p in procs:
-                    _kill(p)
                 wait_gone(procs, 5)
-            if d.name != CGROUP_PARENT:
-                self.leaks.append(f"cgroup left: {d}")
             for _ in range(20):
                 try:
                     d.rmdir()
@@ -496,6 +514,12 @@ class Workspace:
                     break
                 except OSError:
                     time.sleep(0.05)
+        for i, (rel, (n, procs)) in enumerate(sorted(left.items())):
+            if i == 8:
+                self.leaks.append(f"... and {len(left) - 8} more cgroup paths left")
+                break
+            killed = f", processes {sorted(procs)} killed" if procs else ""
+            self.leaks.append(f"cgroup {rel} left in {n} hierarchies{killed}")
 
     def _process_sweep(self):
         marks = (str(self.tmp), str(self.run_dir))

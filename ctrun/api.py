@@ -16,7 +16,6 @@ import shutil
 import signal
 import sys
 import time
-import uuid
 
 from . import config as cfgmod
 from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
@@ -79,7 +78,7 @@ class Ctrun:
                                f"or destroy it first") if (final / "config.json").exists() \
                     else Conflict(f"container directory {final} is left from a crash; "
                                   "run: ctrun gc")
-            tmp = self.store.containers / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+            tmp = self.store.containers / f".tmp-{name}-{os.urandom(4).hex()}"
             try:
                 tmp.mkdir(mode=0o700)
                 for d in ("upper", "work", "rootfs", "logs"):
@@ -95,8 +94,7 @@ class Ctrun:
                 os.rename(tmp, final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        from .errors import AlreadyExists  # noqa: F401 - documented error for duplicates
-        return self.inspect(name)
+        return self._describe(name, final, full=False)
 
     def _check_command(self, rootfs, cfg, icfg):
         """Refuse a command the image does not have, before anything is written."""
@@ -120,11 +118,9 @@ class Ctrun:
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
         parent = read_json(cdir / "config.json").get("cgroup_parent", DEFAULT_CGROUP_PARENT)
         mgr = cgroups.manager(name, parent=parent)
-        mgr.create()
+        device_rules = mgr.supports_device_rules()
+        mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
         try:
-            device_rules = mgr.supports_device_rules()
-            if device_rules and not cfg.privileged:
-                mgr.set_devices_allowlist(DEVICE_ALLOW)
             spec = specmod.build(cfg, icfg, cdir, rootfs, mgr.procs_files(),
                                  privileged_devices=True)
             if not device_rules and not cfg.privileged:
@@ -154,7 +150,7 @@ class Ctrun:
                 raise Conflict(f"container '{name}' is already running")
             cfg = self._config(cdir)
             spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
-            sid = uuid.uuid4().hex[:12]
+            sid = os.urandom(6).hex()
             started = _now()
             write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
             try:
@@ -175,7 +171,7 @@ class Ctrun:
     def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,
             interactive=False, **create_opts):
         """create + start + wait; returns the workload's exit code (0 with detach)."""
-        name = name or "ct-" + uuid.uuid4().hex[:8]
+        name = name or "ct-" + os.urandom(4).hex()
         self.create(name, image=image, cmd=cmd, **create_opts)
         try:
             if detach:
@@ -197,7 +193,7 @@ class Ctrun:
         with self.store.lock(name):
             cfg = self._config(cdir)
             spec, mgr, bpf_path = self._prepare_start(name, cdir, cfg, tty=tty)
-            sid = uuid.uuid4().hex[:12]
+            sid = os.urandom(6).hex()
             started = _now()
             write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
             prctl.set_child_subreaper(1)
@@ -424,7 +420,7 @@ class Ctrun:
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
             self._remove_cgroup(name, conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
-            trash = self.store.containers / f".destroy-{name}-{uuid.uuid4().hex[:8]}"
+            trash = self.store.containers / f".destroy-{name}-{os.urandom(4).hex()}"
             os.rename(cdir, trash)
             shutil.rmtree(trash, ignore_errors=True)
             try:

@@ -34,19 +34,17 @@ def _cmd(rest):
     return list(rest)
 
 
-def parser():
-    ap = argparse.ArgumentParser(prog="ctrun", description="OpenVZ-style system containers")
-    ap.add_argument("--root", help="store directory (default $CTRUN_ROOT or /var/lib/ctrun)")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="verb", metavar="VERB")
-    sub.required = True
+def _name(p):
+    p.add_argument("name")
 
-    p = sub.add_parser("create", help="record a container and prepare its file system")
+
+def _create(p):
     p.add_argument("name")
     _create_opts(p)
     p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
-    p = sub.add_parser("run", help="create, start and attach in one step")
+
+def _run(p):
     p.add_argument("--name")
     p.add_argument("--rm", action="store_true")
     p.add_argument("-d", "--detach", action="store_true")
@@ -56,22 +54,18 @@ def parser():
     p.add_argument("image_pos", metavar="IMAGE")
     p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
-    for verb, hlp in (("start", "start a container in the background"),
-                      ("restart", "stop then start"), ("inspect", "show a container as JSON")):
-        p = sub.add_parser(verb, help=hlp)
-        p.add_argument("name")
-        if verb == "restart":
-            p.add_argument("-t", "--time", type=float, default=10.0)
 
-    p = sub.add_parser("stop", help="stop signal, then SIGKILL after --time seconds")
+def _stop(p):
     p.add_argument("name")
-    p.add_argument("-t", "--time", type=float, default=10.0)
+    p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL")
 
-    p = sub.add_parser("kill", help="send a signal to the container's init")
+
+def _kill(p):
     p.add_argument("name")
     p.add_argument("signal", nargs="?", default="KILL")
 
-    p = sub.add_parser("exec", help="run a command inside a running container")
+
+def _exec(p):
     p.add_argument("-t", "--tty", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true")
     p.add_argument("-e", "--env", action="append", default=[])
@@ -80,36 +74,83 @@ def parser():
     p.add_argument("name")
     p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
 
-    p = sub.add_parser("enter", help="interactive shell inside a running container")
-    p.add_argument("name")
 
-    p = sub.add_parser("list", aliases=["ls"], help="list containers")
+def _list(p):
     p.add_argument("-a", "--all", action="store_true")
     p.add_argument("--format", choices=("table", "json"), default="table")
 
-    p = sub.add_parser("logs", help="stdout/stderr of a detached container")
+
+def _logs(p):
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true")
 
-    p = sub.add_parser("destroy", aliases=["rm"], help="remove a container")
+
+def _destroy(p):
     p.add_argument("name", nargs="+")
     p.add_argument("-f", "--force", action="store_true")
 
-    sub.add_parser("gc", help="clean up what crashed commands left behind")
 
-    p = sub.add_parser("image", help="manage images")
+def _image(p):
     isub = p.add_subparsers(dest="image_verb", metavar="ACTION")
     isub.required = True
-    q = isub.add_parser("build")
+    q = isub.add_parser("build", help="build an image from a built-in recipe")
     q.add_argument("name")
     q.add_argument("--force", action="store_true")
-    isub.add_parser("list", aliases=["ls"])
-    q = isub.add_parser("rm")
+    isub.add_parser("list", aliases=["ls"], help="list images")
+    q = isub.add_parser("rm", help="remove images")
     q.add_argument("name", nargs="+")
     q.add_argument("-f", "--force", action="store_true")
 
-    p = sub.add_parser("demo", help="start a container and show what it sees next to the host")
+
+def _demo(p):
     p.add_argument("--keep", action="store_true", help="leave the demo container running")
+
+
+# verb -> (help, aliases, argument builder)
+VERBS = {
+    "create": ("record a container and prepare its file system", (), _create),
+    "run": ("create, start and attach in one step", (), _run),
+    "start": ("start a container in the background", (), _name),
+    "stop": ("stop signal, then SIGKILL after --time seconds", (), _stop),
+    "restart": ("stop then start", (), _stop),
+    "kill": ("send a signal to the container's init", (), _kill),
+    "exec": ("run a command inside a running container", (), _exec),
+    "enter": ("interactive shell inside a running container", (), _name),
+    "list": ("list containers", ("ls",), _list),
+    "inspect": ("show a container as JSON", (), _name),
+    "logs": ("stdout/stderr of a detached container", (), _logs),
+    "destroy": ("remove a container", ("rm",), _destroy),
+    "gc": ("clean up what crashed commands left behind", (), None),
+    "image": ("manage images", (), _image),
+    "demo": ("start a container and show what it sees next to the host", (), _demo),
+}
+ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
+
+
+def _verb_in(argv):
+    """The verb of argv, found without building every sub-parser (start-up latency)."""
+    it = iter(argv)
+    for tok in it:
+        if tok == "--root":
+            next(it, None)
+        elif not tok.startswith("-"):
+            return ALIASES.get(tok, tok)
+    return None
+
+
+def parser(only=None):
+    """The argument parser; with `only`, the other verbs get no arguments (cheaper)."""
+    ap = argparse.ArgumentParser(prog="ctrun", description="OpenVZ-style system containers")
+    ap.add_argument("--root", help="store directory (default $CTRUN_ROOT or /var/lib/ctrun)")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb, (hlp, aliases, build) in VERBS.items():
+        if only in VERBS and verb != only:
+            continue
+        p = sub.add_parser(verb, help=hlp, aliases=list(aliases))
+        if build:
+            build(p)
     return ap
 
 
@@ -190,10 +231,11 @@ def main(argv=None):
     if "--" in argv:
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]
-    a = parser().parse_args(argv)
+    ap = parser(_verb_in(argv))
+    a = ap.parse_args(argv)
     if tail:
         if not hasattr(a, "cmd"):
-            parser().error(f"'ctrun {a.verb}' takes no command after --")
+            ap.error(f"'ctrun {a.verb}' takes no command after --")
         a.cmd = list(a.cmd or []) + tail
     if a.debug:
         os.environ["CTRUN_DEBUG"] = "1"

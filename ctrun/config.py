@@ -8,7 +8,6 @@ import os
 import re
 import resource
 import signal
-from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidInput
 
@@ -30,31 +29,37 @@ def all_caps():
     return tuple("CAP_" + n.upper() for n in prctl.ALL_CAP_NAMES if n != "last_cap")
 
 
-@dataclass
+_DEFAULTS = {
+    "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
+    "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
+    "privileged": False, "userns": False, "mode": "container",
+}
+
+
 class Config:
-    name: str
-    image: str = "busybox"
-    hostname: str = ""
-    cmd: list = field(default_factory=list)       # empty: the image's default
-    env: list = field(default_factory=list)       # K=V, on top of the image's
-    volumes: list = field(default_factory=list)   # {"source","target","readonly"}
-    workdir: str = ""
-    user: str = ""
-    init: bool = False
-    ulimits: dict = field(default_factory=dict)   # name -> [soft, hard]
-    cap_add: list = field(default_factory=list)
-    cap_drop: list = field(default_factory=list)
-    privileged: bool = False
-    userns: bool = False
-    mode: str = "container"
+    """The persistent description of one container (a plain class: dataclasses imports
+    `inspect`, which costs ~8 ms of every command's start-up)."""
+
+    __slots__ = ("name",) + tuple(_DEFAULTS)
+
+    def __init__(self, name, **fields):
+        unknown = set(fields) - set(_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}")
+        self.name = name
+        for k, v in _DEFAULTS.items():
+            value = fields.get(k, v)
+            setattr(self, k, value.copy() if value is v and isinstance(v, (list, dict)) else value)
 
     def to_dict(self):
-        return asdict(self)
+        return {k: getattr(self, k) for k in self.__slots__}
 
     @classmethod
     def from_dict(cls, d):
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(d["name"], **{k: v for k, v in d.items() if k in _DEFAULTS})
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
 
 def check_name(name, what="container"):

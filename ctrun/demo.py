@@ -47,7 +47,8 @@ def _inside(ct, name, argv):
 
 
 def _side_by_side(title, left, right, width):
-    ll, rl = left.rstrip("\n").splitlines() or [""], right.rstrip("\n").splitlines() or [""]
+    ll = left.expandtabs(4).rstrip("\n").splitlines() or [""]
+    rl = right.expandtabs(4).rstrip("\n").splitlines() or [""]
     out = io.StringIO()
     out.write(f"--- {title} " + "-" * max(0, 2 * width + 3 - len(title) - 5) + "\n")
     for i in range(max(len(ll), len(rl))):
@@ -71,7 +72,10 @@ def demo(ct, keep=False, name="demo"):
         print(f"{'CONTAINER'.ljust(width)} | HOST")
         for title, argv in PROBES:
             sys.stdout.write(_side_by_side(title, _inside(ct, name, argv), _host(argv), width))
-        print(f"\ntry: ctrun exec {name} -- ps    ctrun enter {name}    ctrun list")
+        if keep:
+            print(f"\ntry: ctrun exec {name} -- ps    ctrun enter {name}    ctrun list")
+        else:
+            print("\nthe demo container is destroyed now; `ctrun demo --keep` leaves it running")
     finally:
         if not keep:
             ct.destroy(name, force=True)

@@ -264,7 +264,9 @@ def _spawn(store):
                 os.dup2(devnull, 1)
                 os.dup2(log, 2)
                 os.closerange(3, 1 << 16)
-                os.execv(sys.executable, [sys.executable, "-m", "ctrun.monitor", str(store.root)])
+                # -P: never import a "ctrun" that happens to sit in the cwd
+                os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.monitor",
+                                          str(store.root)])
         finally:
             os._exit(0)
     os.close(log)

@@ -15,6 +15,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CGROUP_PARENT = f"ctrun-test-{os.getpid()}"
 os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+# the CLI subprocesses and the monitor they spawn must run this checkout, not the copy
+# installed in the venv
+os.environ["PYTHONPATH"] = str(REPO)
 STORES = []
 
 

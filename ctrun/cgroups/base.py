@@ -91,7 +91,7 @@ class CgroupManager(abc.ABC):
         """{hierarchy key: mount point} this manager writes in."""
 
     @abc.abstractmethod
-    def create(self):
+    def create(self, device_rules=None):
         """Make `<parent>/<name>/ct` in every hierarchy; idempotent."""
 
     @abc.abstractmethod
@@ -189,6 +189,8 @@ class CgroupManager(abc.ABC):
 
         Other signals are sent once: re-sending SIGTERM would interrupt a clean shutdown.
         """
+        if not self.pids():
+            return []  # the common case at teardown: nothing to freeze or signal
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         me, first = os.getpid(), True
         while True:

@@ -34,6 +34,15 @@ def _ctl(kind, path):
     return getattr(controllers, kind)(_Node(path))
 
 
+def _check_rules(rules):
+    rules = [" ".join(str(r).split()) for r in rules]
+    for r in rules:
+        if not _DEVICE_RULE.fullmatch(r):
+            raise InvalidInput(f"invalid device rule {r!r}; use 'c|b|a major:minor rwm', "
+                               "e.g. 'c 1:3 rwm'")
+    return rules
+
+
 class V1Manager(CgroupManager):
     def mounts(self):
         return dict(self.layout.v1)
@@ -52,12 +61,25 @@ class V1Manager(CgroupManager):
         if "cpuset" in key.split(","):
             self._inherit_cpuset(d)
 
-    def create(self):
+    def create(self, device_rules=None):
+        """Make the cgroup; with `device_rules`, the devices allowlist is written on
+        `<parent>/<name>` before `ct` exists (the kernel refuses to change a cgroup's
+        default once it has children), so `ct` inherits it at mkdir."""
+        dev_key = self.layout.has_v1("devices") if device_rules is not None else None
+        rules = _check_rules(device_rules) if dev_key else None
         for key, mnt in self.layout.v1.items():
             cur = mnt
             for part in self._levels():
+                if key == dev_key and part == LEAF:
+                    self._write_device_rules(cur, rules)
                 cur = cur / part
                 self._make(key, cur)
+
+    def _write_device_rules(self, d, rules):
+        ctl = _ctl("DevicesController", d)
+        ctl.set_property(b"devices.deny", "a")
+        for r in rules:
+            ctl.allow = r
 
     def _read_procs(self, directory):
         try:
@@ -115,11 +137,7 @@ class V1Manager(CgroupManager):
         key = self.layout.has_v1("devices")
         if key is None:
             return super().set_devices_allowlist(rules)
-        rules = [" ".join(str(r).split()) for r in rules]
-        for r in rules:
-            if not _DEVICE_RULE.fullmatch(r):
-                raise InvalidInput(f"invalid device rule {r!r}; use 'c|b|a major:minor rwm', "
-                                   "e.g. 'c 1:3 rwm'")
+        rules = _check_rules(rules)
         top = self.layout.v1[key] / self.rel
         if self.pids():
             raise Conflict(f"cgroup {self.rel} already has processes; set device rules "
@@ -154,8 +172,8 @@ class HybridManager(CgroupManager):
     def mounts(self):
         return {**self.v1.mounts(), **self.v2.mounts()}
 
-    def create(self):
-        self.v1.create()
+    def create(self, device_rules=None):
+        self.v1.create(device_rules)
         self.v2.create()
 
     def _freeze(self):

@@ -6,7 +6,7 @@ Built-in recipes (images/NAME/recipe.json) are built on first use, since they ne
 
 import os
 import shutil
-import uuid
+
 
 from ..errors import InvalidInput, NotFound
 from ..state import read_json, write_json
@@ -40,14 +40,14 @@ def build(store, name, force=False):
         final = store.image_dir(name)
         if (final / "image.json").exists() and not force:
             return read_json(final / "image.json")
-        tmp = store.images / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp = store.images / f".tmp-{name}-{os.urandom(4).hex()}"
         try:
             (tmp / "rootfs").mkdir(parents=True)
             cfg = busybox.build(rec, tmp / "rootfs")
             cfg["name"] = name
             write_json(tmp / "image.json", cfg)
             if final.exists():
-                old = store.images / f".old-{name}-{uuid.uuid4().hex[:8]}"
+                old = store.images / f".old-{name}-{os.urandom(4).hex()}"
                 os.rename(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.rename(tmp, final)
@@ -83,6 +83,6 @@ def remove(store, name, force=False):
         from ..errors import Conflict
         raise Conflict(f"image '{name}' is used by containers {', '.join(used)}; "
                        "destroy them first or use --force")
-    old = store.images / f".rm-{name}-{uuid.uuid4().hex[:8]}"
+    old = store.images / f".rm-{name}-{os.urandom(4).hex()}"
     os.rename(d, old)
     shutil.rmtree(old, ignore_errors=True)

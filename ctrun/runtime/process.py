@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import struct
-import traceback
 
 from .. import errors, libc, namespaces
 from . import paths, rootfs, security, terminal
@@ -68,6 +67,7 @@ def _report(chan, step, exc):
     else:
         kind, text = "ContainerFailed", f"container setup failed while {step}: {exc!r}"
     if os.environ.get("CTRUN_DEBUG"):
+        import traceback
         text += "\n" + traceback.format_exc()
     try:
         chan.send({"type": "error", "kind": kind, "message": text})

@@ -268,7 +268,13 @@ def test_v2_other_signals_freeze_and_thaw(v2):
     m = manager("web", layout=v2)
     m.create()
     (v2.v2 / "ctrun/web/cgroup.events").write_text("populated 0\nfrozen 1\n")
+    # an empty cgroup is left alone: nothing to freeze at teardown
     assert m.kill_all(signal.SIGTERM) == []
+    assert (v2.v2 / "ctrun/web/cgroup.freeze").read_text() == "0\n"  # as the kernel made it
+    # a pid that cannot exist (above pid_max): signalled once under a freeze, then thawed
+    ghost = 1 << 23
+    (v2.v2 / "ctrun/web/ct/cgroup.procs").write_text(f"{ghost}\n")
+    assert m.kill_all(signal.SIGTERM, timeout=0.05) == [ghost]
     assert (v2.v2 / "ctrun/web/cgroup.kill").read_text() == ""
     assert (v2.v2 / "ctrun/web/cgroup.freeze").read_text() == "0"
 
@@ -329,7 +335,12 @@ def test_v1_kill_all_freezes_then_thaws(v1):
     m = manager("web", layout=v1)
     m.create()
     assert m.kill_all() == []
-    assert (v1.v1["freezer"] / "ctrun/web/freezer.state").read_text() == "THAWED"
+    state = v1.v1["freezer"] / "ctrun/web/freezer.state"
+    assert state.read_text() == "THAWED\n"  # empty: never frozen
+    ghost = 1 << 23  # above pid_max: cannot exist, so it "survives" every SIGKILL
+    (v1.v1["pids"] / "ctrun/web/ct/cgroup.procs").write_text(f"{ghost}\n")
+    assert m.kill_all(timeout=0.05) == [ghost]
+    assert state.read_text() == "THAWED"  # frozen for the signal, thawed after
 
 
 def test_v1_oom_kills_add_up_the_subtree(v1):
@@ -368,7 +379,7 @@ def test_hybrid_joins_v1_and_the_cgroup2_mount(tmp_path, monkeypatch):
     assert m.paths()[V2_KEY] == str(layout.v2 / "ctrun/web")
     assert m.kill_all() == []
     assert (layout.v2 / "ctrun/web/cgroup.kill").read_text() == "1"
-    assert (layout.v1["freezer"] / "ctrun/web/freezer.state").read_text() == "THAWED"
+    assert (layout.v1["freezer"] / "ctrun/web/freezer.state").read_text() == "THAWED\n"
     assert m.supports_device_rules()
     m.remove()
     assert not m.exists()

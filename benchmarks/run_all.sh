@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the three ctrun benchmarks in turn, as root; results land in benchmarks/results/.
+#   sudo benchmarks/run_all.sh           full runs (30 start-ups per tool, 500 containers)
+#   sudo benchmarks/run_all.sh --quick   fewer repetitions, for a smoke check
+# CTRUN_BIN picks the ctrun to measure (default /opt/ctrun-venv/bin/ctrun).  Every benchmark
+# runs even if an earlier one failed; the exit status is non-zero if any of them failed.
+set -uo pipefail
+cd "$(dirname "$0")"
+if [ "$(id -u)" != 0 ]; then
+  echo "run_all.sh: run as root (sudo benchmarks/run_all.sh)" >&2
+  exit 1
+fi
+# Debian's interpreter, as the project targets; bench_list re-executes itself with ctrun's
+PY=${CTRUN_BENCH_PYTHON:-/usr/bin/python3}
+quick=0
+case "${1:-}" in
+  --quick) quick=1 ;;
+  "") ;;
+  *) echo "usage: run_all.sh [--quick]" >&2; exit 2 ;;
+esac
+if [ $quick = 1 ]; then
+  run_args=(--runs 10 --warmup 2); list_args=(--runs 5 --warmup 1)
+else
+  run_args=(); list_args=()
+fi
+
+failed=()
+bench() {
+  local name=$1; shift
+  echo
+  echo "================================================================ $name"
+  "$PY" "./$name.py" "$@" || failed+=("$name")
+}
+bench bench_run "${run_args[@]}"
+bench bench_monitor_memory
+bench bench_list "${list_args[@]}"
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "run_all.sh: failed: ${failed[*]}" >&2
+  exit 1
+fi
+echo "run_all.sh: all benchmarks ran; JSON results are in benchmarks/results/"
