@@ -197,6 +197,15 @@ def timed(argv, timeout=60, **kw):
             p.wait()
             return time.perf_counter() - t0, "timeout"
         rc = p.wait()
+    except BaseException:
+        # interrupted: let the command finish (or fail) on its own before cleanup runs,
+        # so cleanup does not race a half-done `ctrun run`
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        raise
     finally:
         os.close(fd)
     return time.perf_counter() - t0, rc
@@ -368,13 +377,15 @@ class Workspace:
         return self
 
     def __exit__(self, *exc):
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish
-        if exc[0] is KeyboardInterrupt:
+        # a second Ctrl-C or a TERM must not cut the cleanup short (every step has a timeout)
+        self._old_sig[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        if exc[0] in (KeyboardInterrupt, SystemExit):
             print("\ninterrupted: cleaning up...", file=sys.stderr)
         try:
             self.cleanup()
         finally:
-            signal.signal(signal.SIGINT, old_int)
             for s, h in self._old_sig.items():
                 signal.signal(s, h)
             for k, v in self._old_env.items():
@@ -408,15 +419,19 @@ class Workspace:
             raise RuntimeError(f"ctrun image build busybox did not produce {r}")
         return r
 
-    def check_clean(self, when, expect_containers=()):
-        """Record what ctrun (or a peer) left behind that it should have removed itself."""
-        cdir = self.store / "containers"
-        extra = sorted(set(os.listdir(cdir)) - set(expect_containers)) if cdir.is_dir() else []
+    def check_clean(self, when):
+        """Record what ctrun (or a peer) left behind that it should have removed itself,
+        at a point where the benchmark has destroyed everything it made."""
+        left = wait_gone(monitor_pids(self.store), 5)  # it exits once idle (~1.5 s)
+        if left:
+            self.leaks.append(f"{when}: ctrun monitor {left} still running 5 s after the "
+                              "store's last container was destroyed")
+        extra = [n for n in os.listdir(self.store / "containers")] \
+            if (self.store / "containers").is_dir() else []
         if extra:
             self.leaks.append(f"{when}: {len(extra)} container dir(s) left in the store: "
-                              f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-        cgs = [d for d in cgroup_dirs() if d.name != CGROUP_PARENT
-               and d.name not in expect_containers]
+                              f"{', '.join(sorted(extra)[:5])}{' ...' if len(extra) > 5 else ''}")
+        cgs = [d for d in cgroup_dirs() if d.name != CGROUP_PARENT]
         if cgs:
             self.leaks.append(f"{when}: {len(cgs)} cgroup dir(s) left, e.g. {cgs[0]}")
         for tool, root in (("runc", self.runc_root), ("crun", self.crun_root)):
@@ -450,21 +465,43 @@ class Workspace:
                 subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
             shutil.rmtree(d, ignore_errors=True)
         if self.leaks:
-            print("\nLEAKS (removed by the benchmark's cleanup; ctrun/peer should not leave "
-                  "these):", file=sys.stderr)
+            print("\nPROBLEMS (a failure, or something ctrun or a peer should have removed "
+                  "itself; the benchmark has cleaned it up):", file=sys.stderr)
             for leak in self.leaks:
                 print(f"  - {leak}", file=sys.stderr)
 
-    def _ctrun_sweep(self):
+    def container_names(self):
         cdir = self.store / "containers"
-        names = sorted(n for n in os.listdir(cdir) if not n.startswith(".")) \
+        return sorted(n for n in os.listdir(cdir) if not n.startswith(".")) \
             if cdir.is_dir() else []
+
+    def destroy_all(self, names=None):
+        """`ctrun destroy --force` in batches; what a failed batch left is retried one by one
+        (the CLI stops at the first container it fails on).  Returns the error messages."""
+        errors = []
+        names = self.container_names() if names is None else names
         for i in range(0, len(names), 50):
             try:
-                subprocess.run(self.ctrun_cmd("destroy", "--force", *names[i:i + 50]),
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+                p = subprocess.run(self.ctrun_cmd("--debug", "destroy", "--force",
+                                                  *names[i:i + 50]),
+                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   timeout=300)
             except subprocess.TimeoutExpired:
-                warn("ctrun destroy --force timed out")
+                errors.append("ctrun destroy --force timed out")
+                continue
+            if p.returncode != 0:
+                msg = p.stderr.strip()
+                if "NotFound" not in (msg.splitlines() or [""])[-1]:
+                    errors.append(msg)  # (a container that vanished meanwhile is no error)
+                for n in sorted(set(names[i:i + 50]) & set(self.container_names())):
+                    subprocess.run(self.ctrun_cmd("destroy", "--force", n),
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        return errors
+
+    def _ctrun_sweep(self):
+        for err in self.destroy_all():
+            self.leaks.append("cleanup: `ctrun destroy --force` failed: "
+                              + (err.splitlines() or ["?"])[-1][:200])
         if self.store.is_dir():
             try:
                 subprocess.run(self.ctrun_cmd("gc"), stdin=subprocess.DEVNULL,

@@ -52,10 +52,6 @@ class Ctrun:
         from .images import store as images
         cfgmod.check_name(name)
         cfgmod.check_name(image, "image")
-        if userns:
-            from .errors import HostUnsupported
-            raise HostUnsupported("--userns is not supported by this version of ctrun yet; "
-                                  "run without it")
         cfg = cfgmod.Config(
             name=name, image=image, cmd=list(cmd), hostname=cfgmod.check_hostname(hostname),
             env=cfgmod.parse_env(env), volumes=[cfgmod.parse_volume(v) for v in volumes],
@@ -85,6 +81,8 @@ class Ctrun:
                     (tmp / d).mkdir(mode=0o755 if d != "logs" else 0o700)
                 from .spec import write_etc_files
                 write_etc_files(tmp, cfg.hostname or name)
+                if cfg.userns:
+                    cfg.userns_base = self._userns_setup(tmp, rootfs)
                 data = cfg.to_dict()
                 data["cgroup_parent"] = os.environ.get("CTRUN_CGROUP_PARENT",
                                                        DEFAULT_CGROUP_PARENT)
@@ -94,7 +92,35 @@ class Ctrun:
                 os.rename(tmp, final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+                claim = getattr(self, "_claim", None)
+                if claim is not None:
+                    claim.unlink(missing_ok=True)
+                    self._claim = None
         return self._describe(name, final, full=False)
+
+    def _userns_setup(self, cdir, image_rootfs):
+        """A private id range, a lower layer owned by it, and writable upper/work dirs."""
+        from .namespaces import userns
+        for d in (self.store.root, self.store.containers):
+            os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o011)  # traversable, still unlistable
+        for d in self.store.root.parents:
+            if not os.stat(d).st_mode & 0o001:
+                raise InvalidInput(f"--userns needs every directory above the store to be "
+                                   f"traversable by other users; run: chmod o+x {d}")
+        with self.store.lock(".userns-pool"):
+            used = [(read_json(self.store.container_dir(n) / "config.json") or {}).get(
+                "userns_base") for n in self.store.container_names()]
+            used += [int(p.read_text()) for p in self.store.locks.glob("userns-*.claim")]
+            base = userns.allocate(b for b in used if b is not None)
+            # held until the container directory (and its config) exists: see create()
+            (self.store.locks / f"userns-{base}.claim").write_text(str(base))
+        userns.shifted_copy(str(image_rootfs), str(cdir / "lower"), base)
+        for d in ("upper", "work", "rootfs", "etc", "etc/hosts", "etc/hostname",
+                  "etc/resolv.conf"):
+            os.chown(cdir / d, base, base)
+        os.chmod(cdir, 0o711)  # the mapped root must traverse it to reach its layers
+        self._claim = self.store.locks / f"userns-{base}.claim"
+        return base
 
     def _check_command(self, rootfs, cfg, icfg):
         """Refuse a command the image does not have, before anything is written."""
@@ -130,6 +156,11 @@ class Ctrun:
                         c for c in spec["process"]["capabilities"][k] if c != "CAP_MKNOD"]
             spec["process"]["terminal"] = tty
             spec["annotations"]["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            if cfg.userns:
+                leaf = {os.path.basename(str(mnt)): str(mnt / mgr.rel / "ct")
+                        for mnt in mgr.mounts().values()}
+                spec["annotations"]["run.ctrun.cgroup_dirs"] = leaf
+                _delegate(leaf.values(), cfg.userns_base)
             bpf_path = None
             if spec["annotations"]["run.ctrun.seccomp"]:
                 caps = spec["process"]["capabilities"]["bounding"]
@@ -481,6 +512,17 @@ class Ctrun:
 # v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
 DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                 "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
+
+
+def _delegate(dirs, uid):
+    """Hand the container's own cgroup subtree (not its limits) to its mapped root."""
+    for d in dirs:
+        os.chown(d, uid, uid)
+        for f in ("cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads"):
+            try:
+                os.chown(os.path.join(d, f), uid, uid)
+            except FileNotFoundError:
+                pass
 
 
 def _layout_for_container(layout):

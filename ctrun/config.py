@@ -32,7 +32,7 @@ def all_caps():
 _DEFAULTS = {
     "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
     "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
-    "privileged": False, "userns": False, "mode": "container",
+    "privileged": False, "userns": False, "userns_base": None, "mode": "container",
 }
 
 

@@ -34,9 +34,9 @@ MNT_DETACH = 2
 
 # syscall numbers (x86_64; aarch64 uses the generic table)
 _NR = {
-    "x86_64": {"pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
+    "x86_64": {"open_tree": 428, "move_mount": 429, "pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
                "pidfd_send_signal": 424, "seccomp": 317},
-    "aarch64": {"pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
+    "aarch64": {"open_tree": 428, "move_mount": 429, "pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
                 "pidfd_send_signal": 424, "seccomp": 277},
 }[os.uname().machine]
 
@@ -85,6 +85,26 @@ def setdomainname(name):
 
 def pidfd_send_signal(pidfd, sig):
     _check(_libc.syscall(_NR["pidfd_send_signal"], pidfd, sig, None, 0), "pidfd_send_signal")
+
+
+OPEN_TREE_CLONE = 1
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def open_tree_clone(path):
+    """A detached copy of the mount tree at path (fd), attachable in another mount ns."""
+    return _check(_libc.syscall(_NR["open_tree"], -100, _b(path),
+                                OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE), f"open_tree {path}")
+
+
+def move_mount_fd(tree_fd, target_fd):
+    """Attach a detached tree onto the object behind target_fd (a /proc/self/fd path as
+    the target is refused with EINVAL: the fds themselves must be given)."""
+    _check(_libc.syscall(_NR["move_mount"], tree_fd, b"", target_fd, b"",
+                         MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), "move_mount")
 
 
 PR_CAPBSET_DROP = 24

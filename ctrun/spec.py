@@ -44,6 +44,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
     if cfg.init:
         mounts.append({"destination": "/dev/init", "type": "bind", "source": TINI,
                        "options": ["bind", "ro"]})
+    lower = str(cdir / "lower") if cfg.userns else str(image_rootfs)
     rlimits = [{"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
                for n, (s, h) in sorted(cfg.ulimits.items()) if n in RLIMITS]
     return {
@@ -63,16 +64,20 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": t} for t in NAMESPACES + (["user"] if cfg.userns else [])],
+            **({"uidMappings": [{"containerID": 0, "hostID": cfg.userns_base, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": cfg.userns_base, "size": 65536}]}
+               if cfg.userns else {}),
             "maskedPaths": [] if cfg.privileged else MASKED_PATHS,
             "readonlyPaths": [] if cfg.privileged else READONLY_PATHS,
         },
         "annotations": {
             "run.ctrun.name": cfg.name,
-            "run.ctrun.overlay": {"lower": str(image_rootfs), "upper": str(cdir / "upper"),
+            "run.ctrun.overlay": {"lower": lower, "upper": str(cdir / "upper"),
                                   "work": str(cdir / "work")},
             "run.ctrun.cgroup_procs": [str(p) for p in cgroup_procs],
             "run.ctrun.seccomp": None if cfg.privileged else "default",
-            "run.ctrun.mknod": privileged_devices,
+            "run.ctrun.mknod": privileged_devices and not cfg.userns,
+            "run.ctrun.userns_base": cfg.userns_base if cfg.userns else None,
             "run.ctrun.stop_signal": image_cfg.get("stop_signal", "SIGTERM"),
         },
     }

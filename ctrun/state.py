@@ -75,7 +75,10 @@ class Store:
         self.run = self.root / "run"
 
     def ensure(self):
-        for d in (self.root, self.images, self.containers, self.locks, self.run):
+        # 0711: a container's mapped root (--userns) must traverse to its own layers
+        for d in (self.root, self.containers):
+            d.mkdir(mode=0o711, exist_ok=True)
+        for d in (self.images, self.locks, self.run):
             d.mkdir(mode=0o700, exist_ok=True)
 
     def container_dir(self, name):

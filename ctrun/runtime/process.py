@@ -114,10 +114,6 @@ def _init_main(chan, spec, stdio, tty, bpf):
                 if fd != i:
                     os.dup2(fd, i)
         os.setsid()
-        step = "joining the container's cgroup"
-        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-            with open(p, "w") as f:
-                f.write("0")
         step = "creating namespaces"
         libc.unshare(namespaces.unshare_flags(spec["linux"]["namespaces"]))
         step = "preparing the root file system"
@@ -175,19 +171,39 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
     mid = os.fork()
     if mid == 0:
         cchan = Channel(csock)
+        step = "joining the container's cgroup"
         try:
             psock.close()
-            libc.unshare(libc.CLONE_NEWPID)
+            # joined here, while still host root: the init inherits the cgroup
+            for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+                with open(p, "w") as f:
+                    f.write("0")
+            step = "creating the pid namespace"
+            if spec["annotations"].get("run.ctrun.userns_base") is not None:
+                step = "opening volume sources"
+                rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
+                                           or {}).values())
+                # the user namespace comes first so that it owns every other namespace
+                step = "creating the user namespace"
+                libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
+                cchan.send({"type": "userns", "pid": os.getpid()})
+                if (cchan.recv() or {}).get("type") != "mapped":
+                    os._exit(1)
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+                os.setgroups([])
+            else:
+                libc.unshare(libc.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
                 _init_main(cchan, spec, stdio, tty, bpf)
             cchan.send({"type": "pid", "pid": pid})
             os._exit(0)
         except BaseException as e:  # noqa: BLE001
-            _report(cchan, "creating the pid namespace", e)
+            _report(cchan, step, e)
     csock.close()
-    _, status = os.waitpid(mid, 0)
     pid = master = None
+    ready = False
     try:
         while True:
             msg = chan.recv()
@@ -196,9 +212,16 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                                              "rerun with --debug for details")
             if msg["type"] == "pid":
                 pid = msg["pid"]
+            elif msg["type"] == "userns":
+                from ..namespaces import userns
+                userns.write_maps(msg["pid"], spec["annotations"]["run.ctrun.userns_base"])
+                chan.send({"type": "mapped"})
             elif msg["type"] == "pty":
                 master = msg["fd"]
             elif msg["type"] == "ready":
+                ready = True
+            if ready and pid:
+                os.waitpid(mid, 0)  # the intermediate has exited: the init is reparented
                 break
             elif msg["type"] == "error":
                 _raise_child_error(msg)
@@ -208,6 +231,7 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
             os.close(master)
         if pid:
             _kill_reap(pid)
+        _kill_reap(mid)
         raise
     return Launched(pid, proc_start_time(pid), chan, master)
 

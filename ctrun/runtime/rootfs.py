@@ -33,18 +33,40 @@ def _mount_in(root_fd, target, source, fstype, flags=0, data=None):
         os.close(fd)
 
 
+# bind sources cloned as detached mounts before the process entered a user namespace,
+# where it may no longer traverse to them: source path -> [tree fd, is_dir]
+_SOURCES = {}
+
+
+def open_sources(spec, extra=()):
+    """Clone every bind source while still host root (before unshare(CLONE_NEWUSER))."""
+    for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra):
+        if src not in _SOURCES:
+            _SOURCES[src] = [libc.open_tree_clone(src), os.path.isdir(src)]
+
+
 def _bind(root_fd, src, target, readonly):
     """Bind a trusted host path onto a target resolved inside the root."""
-    sfd = os.open(src, os.O_PATH | os.O_CLOEXEC)
-    try:
-        is_dir = stat.S_ISDIR(os.fstat(sfd).st_mode)
+    pre = _SOURCES.pop(src, None)
+    if pre is not None:
+        tree, is_dir = pre
         tfd = paths.ensure_mount_target(root_fd, target, is_dir)
         try:
-            mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
+            libc.move_mount_fd(tree, tfd)
         finally:
             os.close(tfd)
-    finally:
-        os.close(sfd)
+            os.close(tree)
+    else:
+        sfd = os.open(src, os.O_PATH | os.O_CLOEXEC)
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(sfd).st_mode)
+            tfd = paths.ensure_mount_target(root_fd, target, is_dir)
+            try:
+                mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(sfd)
     if readonly:
         # the new mount sits on top of the old target: resolve the path again to reach it
         tfd = paths.open_in_root(root_fd, target)
@@ -81,17 +103,23 @@ def _mount_dev(root_fd, use_mknod):
     _mount_in(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _mount_cgroups(root_fd, layout):
-    """Mount the container's view of the cgroup hierarchies (its cgroup namespace root)."""
+def _mount_cgroups(root_fd, layout, userns_dirs=None):
+    """Mount the container's view of the cgroup hierarchies (its cgroup namespace root).
+
+    In a user namespace cgroup v1 cannot be mounted: its directories are bound instead."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if layout["kind"] == "v2":
         _mount_in(root_fd, "/sys/fs/cgroup", "cgroup2", "cgroup2", flags)
         return
     _mount_in(root_fd, "/sys/fs/cgroup", "tmpfs", "tmpfs", flags, "mode=755,size=64k")
-    for key, host_path in sorted(layout["v1"].items()):
-        _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(host_path), "cgroup", "cgroup",
-                  flags, "none," + key if key.startswith("name=") else key)
-    if layout.get("v2"):
+    if userns_dirs is not None:
+        for base, host_dir in sorted(userns_dirs.items()):
+            _bind(root_fd, host_dir, "/sys/fs/cgroup/" + base, False)
+    else:
+        for key, host_path in sorted(layout["v1"].items()):
+            _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(host_path), "cgroup",
+                      "cgroup", flags, "none," + key if key.startswith("name=") else key)
+    if layout.get("v2") and userns_dirs is None:
         _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(layout["v2"]), "cgroup2",
                   "cgroup2", flags)
     fd = paths.open_in_root(root_fd, "/sys/fs/cgroup")
@@ -114,7 +142,9 @@ def prepare(spec):
         _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
         if ann.get("run.ctrun.cgroup_layout"):
-            _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"])
+            _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"],
+                           ann.get("run.ctrun.cgroup_dirs") if ann.get("run.ctrun.userns_base")
+                           is not None else None)
         _mount_dev(root_fd, ann.get("run.ctrun.mknod", True))
         for m in spec["mounts"]:
             if m["type"] == "bind":

@@ -1,0 +1,43 @@
+"""--userns: container root is an unprivileged host uid, and files carry the right owners."""
+
+import os
+from pathlib import Path
+
+from test_container import _exec
+
+
+def test_userns_maps_root_to_a_private_host_range(ct, store):
+    ct.create("u1", cmd=["sleep", "1000"], userns=True)
+    ct.create("u2", cmd=["sleep", "1000"], userns=True)
+    b1 = ct.inspect("u1")["config"]["userns_base"]
+    b2 = ct.inspect("u2")["config"]["userns_base"]
+    assert b1 and b2 and b1 != b2 and abs(b1 - b2) >= 65536
+    pid = ct.start("u1")["pid"]
+    # seen from the host, the container's root is the unprivileged base uid
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(b1)] * 4
+    code, out = _exec(ct, "u1", "sh", "-c",
+                      "id -u; cat /proc/self/uid_map; stat -c '%u:%g' /bin/busybox /etc/passwd; "
+                      "echo made > /root/file; stat -c '%u' /root/file")
+    assert code == 0, out
+    lines = out.split("\n")
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(b1), "65536"]
+    assert lines[2:4] == ["0:0", "0:0"]  # image files appear owned by the container's root
+    assert lines[4] == "0"
+    # on the host, what the container wrote belongs to the mapped uid; the image is untouched
+    upper = store / "containers/u1/upper/root/file"
+    assert upper.stat().st_uid == b1
+    assert (store / "images/busybox/rootfs/bin/busybox").stat().st_uid == 0
+
+
+def test_userns_root_cannot_use_host_privileges(cli, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("host only")
+    os.chmod(secret, 0o600)
+    r = cli("run", "--rm", "--userns", "-v", f"{tmp_path}:/host:ro", "busybox", "--", "sh", "-c",
+            "cat /host/secret || echo DENIED; stat -c '%u' /host")
+    assert "DENIED" in r.stdout and "host only" not in r.stdout
+    assert r.stdout.split()[-1] == "65534"  # host root is unmapped: nobody inside
+    assert r.returncode == 0
