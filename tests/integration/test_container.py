@@ -276,3 +276,38 @@ def test_exec_with_a_pty(ct, store):
     os.close(fd)
     assert b"/dev/pts/0" in out
     assert os.waitstatus_to_exitcode(status) == 5
+
+
+def _in_pty(argv, send=b""):
+    """Run argv on a new pty as a user's terminal would; (exit code, output)."""
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    if send:
+        time.sleep(0.5)
+        os.write(fd, send)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def test_run_with_a_tty_and_enter(ct, store):
+    import sys
+    base = [sys.executable, "-m", "ctrun", "--root", str(store)]
+    code, out = _in_pty(base + ["run", "--rm", "-it", "busybox", "--", "sh", "-c",
+                                "tty; test -t 0 && echo STDIN-IS-TTY; exit 3"])
+    assert code == 3 and b"/dev/pts/0" in out and b"STDIN-IS-TTY" in out
+    ct.create("entered", cmd=["sleep", "1000"])
+    ct.start("entered")
+    code, out = _in_pty(base + ["enter", "entered"], send=b"echo inside-$((6*7)); exit\n")
+    assert code == 0 and b"inside-42" in out
