@@ -62,11 +62,11 @@ def main():
                 cid = f"bench-{tool}-{os.getpid()}-{seq[0]}"
                 write_spec(bundle, spec, cid)
                 cmd = [tool, "--root", str(root), "run", "--bundle", str(bundle), cid]
-                return cid, (common.crun_wrap(cmd) if tool == "crun" else cmd)
+                return cid, (common.crun_wrap(cmd) if tool == "crun" else cmd), None
             return argv
 
-        def fixed(cmd):
-            return lambda: (None, cmd)
+        def fixed(cmd, env=None):
+            return lambda: (None, cmd, env)
 
         ctrun_cmd = ws.ctrun_cmd("run", "--rm", "busybox", "--", "true")
         tools = {  # name -> (argv factory, shown command, is it a target row)
@@ -85,6 +85,13 @@ def main():
         empty.mkdir()
         tools["ctrun CLI floor"] = (fixed(ws.ctrun_cmd("--root", str(empty), "list")),
                                     "ctrun --root EMPTY list", False)
+        # what ctrun costs when Python may not cache its bytecode (PYTHONDONTWRITEBYTECODE)
+        # (no PYTHONPYCACHEPREFIX: the standard library's own __pycache__ is still used)
+        nopyc = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+        nopyc["PYTHONDONTWRITEBYTECODE"] = "1"
+        tools["ctrun, no .pyc"] = (fixed(ctrun_cmd, nopyc),
+                                   "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm busybox -- true",
+                                   False)
 
         def cleanup_oci(name, cid):
             root = ws.runc_root if name == "runc" else ws.crun_root
@@ -95,8 +102,8 @@ def main():
         # one untimed probe each: a tool that cannot run here is reported, not timed
         skipped = {}
         for name, (factory, _, _) in tools.items():
-            cid, argv = factory()
-            ok, msg = common.probe(argv)
+            cid, argv, env = factory()
+            ok, msg = common.probe(argv, env=env)
             if not ok:
                 if cid:
                     cleanup_oci(name, cid)
@@ -114,8 +121,8 @@ def main():
               f"(interleaved)", flush=True)
         for rnd in range(total):
             for name in active:
-                cid, argv = tools[name][0]()
-                dt, rc = common.timed(argv)
+                cid, argv, env = tools[name][0]()
+                dt, rc = common.timed(argv, env=env)
                 if rc != 0:
                     failures[name] += 1
                     if cid:
@@ -164,6 +171,9 @@ def main():
                 print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
                       f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
                       f"(estimate: {bare:.1f} ms)")
+        if "ctrun" in med and "ctrun, no .pyc" in med:
+            print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
+                  f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
         for floor in ("python floor", "ctrun CLI floor"):
             if "ctrun" in med and floor in med:
                 print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
@@ -178,7 +188,11 @@ def main():
             "likewise create, start, wait and delete",
             "context rows (not targets): 'python floor' is the interpreter ctrun runs on "
             "starting and exiting; 'ctrun CLI floor' is ctrun's start-up plus a listing of "
-            "an empty store",
+            "an empty store; 'ctrun, no .pyc' is ctrun run with Python bytecode caching off",
+            "ctrun runs with its .pyc files cached (a private PYTHONPYCACHEPREFIX), as on a "
+            "user's host" + (f"; PYTHONDONTWRITEBYTECODE={common.ENV_DONTWRITEBYTECODE} from "
+                             "this environment was overridden for it"
+                             if common.ENV_DONTWRITEBYTECODE else ""),
             "each runc/crun container gets its own cgroup under /" + common.CGROUP_PARENT
             + ", as ctrun's do",
         ]

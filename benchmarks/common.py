@@ -27,6 +27,12 @@ RESULTS = HERE / "results"
 CGROUP_PARENT = "ctrun-bench"
 SETUP_HINT = "run ./setup.sh (as root) from the repository first"
 
+# Python bytecode: ctrun's start-up should be measured as users get it, with its modules'
+# .pyc files cached.  A PYTHONDONTWRITEBYTECODE=1 in the environment (some CI and sandbox
+# shells set it) would make every ctrun command recompile ~25 modules (~30 ms here), so the
+# benchmarks give ctrun a private pyc cache (PYTHONPYCACHEPREFIX, in their temp dir) instead.
+ENV_DONTWRITEBYTECODE = os.environ.get("PYTHONDONTWRITEBYTECODE")
+
 # runc and conmon live in /usr/sbin, which a non-login root shell may not have on PATH
 os.environ["PATH"] = ":".join(dict.fromkeys(
     os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]))
@@ -160,6 +166,9 @@ def host_info():
             "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(),
             "ctrun_bin": ctrun_bin(), "ctrun_commit": git("rev-parse", "--short", "HEAD"),
             "ctrun_tree_dirty": bool(git("status", "--porcelain", "--", "ctrun")),
+            "python_bytecode": "cached in a private PYTHONPYCACHEPREFIX"
+            + (f" (PYTHONDONTWRITEBYTECODE={ENV_DONTWRITEBYTECODE} in the environment was "
+               "overridden)" if ENV_DONTWRITEBYTECODE else ""),
             "cgroup_layout": cgroup_layout()}
 
 
@@ -211,11 +220,11 @@ def timed(argv, timeout=60, **kw):
     return time.perf_counter() - t0, rc
 
 
-def probe(argv, timeout=60):
+def probe(argv, timeout=60, env=None):
     """Run once untimed, capturing output: (ok, last line of stderr/stdout)."""
     try:
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout}s"
     msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
@@ -369,6 +378,10 @@ class Workspace:
         self._old_env = {k: os.environ.get(k) for k in ("CTRUN_ROOT", "CTRUN_CGROUP_PARENT")}
         os.environ["CTRUN_ROOT"] = str(self.store)
         os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+        self.pycache = self.tmp / "pycache"
+        for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
+            self._old_env[k] = os.environ.pop(k, None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(self.pycache)
 
     def __enter__(self):
         self._old_sig = {}

@@ -165,7 +165,7 @@ class Ctrun:
             if spec["annotations"]["run.ctrun.seccomp"]:
                 caps = spec["process"]["capabilities"]["bounding"]
                 bpf_path = str(seccomp.bpf_path_for(caps, self.store.root / "cache"))
-            write_json(cdir / "spec.json", spec)
+            write_json(cdir / "spec.json", spec, durable=False)
         except BaseException:
             mgr.remove()
             raise
@@ -236,7 +236,8 @@ class Ctrun:
                 launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
                 write_json(cdir / "live.json", {"start_id": sid, "pid": launched.pid,
                                                 "pid_start": launched.pid_start,
-                                                "started_at": started, "monitor": "attached"})
+                                                "started_at": started, "monitor": "attached"},
+                           durable=False)
                 launched.start()
             except BaseException:
                 write_json(cdir / "state.json", {})
@@ -496,7 +497,8 @@ class Ctrun:
                         write_json(cdir / "exit.json", {"start_id": state["start_id"],
                                                         "exit_code": None,
                                                         "exit_reason": ex["exit_reason"],
-                                                        "finished_at": None})
+                                                        "finished_at": None},
+                                   durable=False)
                         done.append(f"recorded lost exit of {n}")
         known = set(self.store.container_names())
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:

@@ -208,7 +208,8 @@ def _launcher(cdir, req, out_w, err_w, res_w):
         launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
         write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": launched.pid,
                                         "pid_start": launched.pid_start,
-                                        "started_at": req["started_at"], "monitor": "shared"})
+                                        "started_at": req["started_at"], "monitor": "shared"},
+                   durable=False)
         launched.start()
         result = {"ok": True, "pid": launched.pid, "pid_start": launched.pid_start}
     except Exception as e:  # noqa: BLE001

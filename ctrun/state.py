@@ -27,14 +27,21 @@ def default_root():
     return os.environ.get("CTRUN_ROOT") or DEFAULT_ROOT
 
 
-def write_json(path, data):
-    """Write atomically: temp file, fsync, rename; a crash leaves the old or the new file."""
+def write_json(path, data, durable=True):
+    """Write atomically: temp file, rename; a crashed process leaves the old or the new file.
+
+    durable=True also fsyncs, so the file survives a power loss: used for what describes a
+    container (config, state).  Live facts about a process (live.json, exit.json, the
+    generated spec) skip it: a power loss ends the process anyway, and read_json treats
+    a torn file as missing, which reads as "stopped".
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -45,6 +52,8 @@ def read_json(path, default=None):
         with open(path, "rb") as f:
             return json.loads(f.read())
     except FileNotFoundError:
+        return default
+    except ValueError:  # torn by a power loss (only non-durable files can be)
         return default
 
 

@@ -45,7 +45,7 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
     code, reason = classify(status, oom, state.get("stop_requested") == start_id)
     write_json(cdir / "exit.json", {"start_id": start_id, "exit_code": code,
                                     "exit_reason": reason, "finished_at": now(),
-                                    "oom_kills": oom})
+                                    "oom_kills": oom}, durable=False)
     if mgr is not None:
         try:
             mgr.kill_all()
