@@ -27,7 +27,10 @@ def classify(status, oom_kills, stop_requested):
             reason = "killed by " + signal.Signals(sig).name
     else:
         code = os.waitstatus_to_exitcode(status)
-        reason = "stopped" if stop_requested else "exited"
+        if code == 137 and oom_kills and not stop_requested:
+            reason = "oom-killed"  # a shell or reaper passed on its child's OOM death
+        else:
+            reason = "stopped" if stop_requested else "exited"
     return code, reason
 
 
@@ -43,13 +46,15 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
         pass
     state = read_json(cdir / "state.json", {}) or {}
     code, reason = classify(status, oom, state.get("stop_requested") == start_id)
-    write_json(cdir / "exit.json", {"start_id": start_id, "exit_code": code,
-                                    "exit_reason": reason, "finished_at": now(),
-                                    "oom_kills": oom}, durable=False)
-    if mgr is not None:
-        try:
+    try:
+        if mgr is not None:
             mgr.kill_all()
             mgr.remove()
-        except Exception:  # noqa: BLE001 - `ctrun gc` retries what is left
-            pass
+    except Exception:  # noqa: BLE001 - `ctrun gc` retries what is left
+        pass
+    finally:
+        # written last: whoever waits for the exit record finds the cgroup already gone
+        write_json(cdir / "exit.json", {"start_id": start_id, "exit_code": code,
+                                        "exit_reason": reason, "finished_at": now(),
+                                        "oom_kills": oom}, durable=False)
     return code, reason
