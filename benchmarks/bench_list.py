@@ -9,7 +9,6 @@ Target: < 300 ms.  Run as root:  benchmarks/bench_list.py [--count 500] [--runs 
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -132,13 +131,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-        common.die(str(e), 1)
-    except Exception as e:  # a CtrunError from the in-process API: one line, like the CLI
-        if not type(e).__module__.startswith("ctrun."):
-            raise
-        common.die(f"ctrun API: {e}", 1)
+    common.run_main(main)

@@ -275,9 +275,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-        common.die(str(e), 1)
+    common.run_main(main)

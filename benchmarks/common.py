@@ -43,6 +43,22 @@ def die(msg, code=2):
     sys.exit(code)
 
 
+def run_main(main):
+    """Run a benchmark's main(): exit with its code; errors (tool failures, OSError, a
+    CtrunError from the in-process API) become one line, Ctrl-C exits 130."""
+    import subprocess
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        die(str(e), 1)
+    except Exception as e:
+        if not type(e).__module__.startswith("ctrun."):
+            raise
+        die(f"ctrun API: {e}", 1)
+
+
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 

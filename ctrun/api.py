@@ -30,8 +30,10 @@ def _now():
 
 
 class Ctrun:
-    def __init__(self, root=None):
+    def __init__(self, root=None, warn=None):
         self.store = Store(root)
+        # where non-fatal notices go (skipped --ignore-unsupported limits); the CLI prints them
+        self.warn = warn or (lambda message: None)
 
     # ---------------------------------------------------------------- helpers
     def _cdir(self, name):
@@ -47,8 +49,12 @@ class Ctrun:
     # ---------------------------------------------------------------- create
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
-               privileged=False, userns=False):
-        """Record a container and prepare its file system; no process yet."""
+               privileged=False, userns=False, limits=None, ignore_unsupported=False):
+        """Record a container and prepare its file system; no process yet.
+
+        limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
+        this host cannot apply are refused unless ignore_unsupported, then skipped and
+        named in the result's "warnings"."""
         from .images import store as images
         cfgmod.check_name(name)
         cfgmod.check_name(image, "image")
@@ -59,6 +65,8 @@ class Ctrun:
             ulimits=dict(cfgmod.parse_ulimit(u) for u in ulimits),
             cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
             privileged=bool(privileged), userns=bool(userns))
+        lim, skip, warnings = _check_limits(limits or {}, ignore_unsupported)
+        cfg.limits, cfg.limits_skip = lim.to_dict(), skip
         if workdir and not workdir.startswith("/"):
             raise InvalidInput(f"working directory {workdir!r} must be an absolute path")
         if init and not os.path.exists("/usr/bin/tini-static"):
@@ -96,7 +104,11 @@ class Ctrun:
                 if claim is not None:
                     claim.unlink(missing_ok=True)
                     self._claim = None
-        return self._describe(name, final, full=False)
+        for w in warnings:
+            self.warn(w)
+        out = self._describe(name, final, full=False)
+        out["warnings"] = warnings
+        return out
 
     def _userns_setup(self, cdir, image_rootfs):
         """A private id range, a lower layer owned by it, and writable upper/work dirs."""
@@ -147,6 +159,9 @@ class Ctrun:
         device_rules = mgr.supports_device_rules()
         mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
         try:
+            if cfg.limits:
+                from .cgroups.limits import Limits
+                mgr.apply(Limits.from_dict(cfg.limits), skip=cfg.limits_skip)
             spec = specmod.build(cfg, icfg, cdir, rootfs, mgr.procs_files(),
                                  privileged_devices=True)
             if not device_rules and not cfg.privileged:
@@ -271,6 +286,16 @@ class Ctrun:
             pass
         return fd
 
+    def _thaw_if_frozen(self, name, cdir):
+        from . import cgroups
+        conf = read_json(cdir / "config.json") or {}
+        try:
+            mgr = cgroups.manager(name, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            if mgr.frozen():
+                mgr.thaw()
+        except (CtrunError, OSError):
+            pass
+
     def kill(self, name, sig="KILL"):
         signum = cfgmod.parse_signal(sig)
         cdir = self._cdir(name)
@@ -290,6 +315,7 @@ class Ctrun:
             if st != "running":
                 raise Conflict(f"container '{name}' is not running")
             write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+            self._thaw_if_frozen(name, cdir)
             spec = read_json(cdir / "spec.json") or {}
             sig = cfgmod.parse_signal(
                 spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
@@ -322,6 +348,68 @@ class Ctrun:
             self.stop(name, timeout)
         return self.start(name)
 
+    # ---------------------------------------------------------------- limits
+    def _running_mgr(self, name, cdir, what):
+        from . import cgroups
+        st = status(cdir)[0]
+        if st != "running":
+            raise Conflict(f"container '{name}' is not running; {what}")
+        conf = read_json(cdir / "config.json")
+        return cgroups.manager(name, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+
+    def set(self, name, limits, save=True, ignore_unsupported=False):
+        """Change limits (vzctl set): live on a running container, saved unless save=False.
+        Returns warnings for limits skipped with ignore_unsupported."""
+        from .cgroups.limits import Limits
+        if not limits:
+            raise InvalidInput("set needs at least one limit, e.g. ctrun set NAME --memory 256M")
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            new, skip, warnings = _check_limits(limits, ignore_unsupported)
+            running = status(cdir)[0] == "running"
+            if not running and not save:
+                raise Conflict(f"container '{name}' is not running and --no-save keeps nothing;"
+                               " drop --no-save to change its saved limits")
+            conf = read_json(cdir / "config.json")
+            merged = Limits.from_dict(conf.get("limits") or {}).merged(new)
+            if running:
+                mgr = self._running_mgr(name, cdir, "")
+                mgr.apply(new, skip=skip)
+            if save:
+                conf["limits"] = merged.to_dict()
+                conf["limits_skip"] = sorted(set(conf.get("limits_skip", [])) - set(
+                    k for k, v in new.to_dict().items() if v is not None) | set(skip))
+                write_json(cdir / "config.json", conf)
+        for w in warnings:
+            self.warn(w)
+        return warnings
+
+    def freeze(self, name):
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            self._running_mgr(name, cdir, "only a running container can be frozen").freeze()
+
+    def thaw(self, name):
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            self._running_mgr(name, cdir, "only a running container can be thawed").thaw()
+
+    def stats(self, names=()):
+        """{name: stats} of running containers (all of them when names is empty)."""
+        from . import cgroups
+        out = {}
+        for n in names or self.store.container_names():
+            cdir = self._cdir(n)
+            if status(cdir)[0] != "running":
+                if names:
+                    raise Conflict(f"container '{n}' is not running; stats need a running "
+                                   "container")
+                continue
+            conf = read_json(cdir / "config.json")
+            mgr = cgroups.manager(n, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            out[n] = mgr.stats()
+        return out
+
     # ---------------------------------------------------------------- exec
     def exec(self, name, argv, tty=False, interactive=False, env=(), workdir=None, user=None):
         from .runtime import process
@@ -343,6 +431,25 @@ class Ctrun:
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
         return process.join(live, spec, argv, env=env, cwd=workdir, user=user, tty=tty,
                             stdin=interactive or tty, bpf=bpf)
+
+    def exec_output(self, name, argv, **kw):
+        """exec with stdout and stderr captured: (exit code, combined output as text)."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            try:
+                os._exit(self.exec(name, list(argv), **kw))
+            except BaseException as e:  # noqa: BLE001 - the parent reads the message
+                os.write(2, f"{e}\n".encode())
+                os._exit(125)
+        os.close(w)
+        with os.fdopen(r, errors="replace") as f:
+            out = f.read()
+        _, st = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(st), out
 
     def enter(self, name):
         shell = "/bin/bash"
@@ -380,6 +487,16 @@ class Ctrun:
                 paths = cgroups.manager(name, parent=parent).paths()
             except CtrunError:
                 paths = {}
+            if st == "running":
+                try:
+                    m = cgroups.manager(name, parent=parent)
+                    out["limits"] = m.read_limits()
+                    if m.frozen():
+                        out["state"] = "frozen"
+                except (CtrunError, OSError):
+                    out["limits"] = None
+            else:
+                out["limits"] = None
             out.update({"config": conf, "cgroup": paths, "dir": str(cdir),
                         "log_path": str(cdir / "logs" / "console.log"),
                         "rootfs": str(cdir / "rootfs"), "upper": str(cdir / "upper")})
@@ -446,6 +563,7 @@ class Ctrun:
                     raise Conflict(f"container '{name}' is running; stop it first or use --force")
                 write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
                 fd = self._signal(live, signal.SIGKILL)
+                self._thaw_if_frozen(name, cdir)  # a frozen task dies only once thawed
                 if fd is not None:
                     select.select([fd], [], [], 10)
                     os.close(fd)
@@ -514,6 +632,22 @@ class Ctrun:
 # v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
 DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                 "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
+
+
+def _check_limits(opts, ignore_unsupported):
+    """(Limits, names to skip, warnings): refuse what this host cannot apply, unless told."""
+    from .cgroups import detect
+    from .cgroups.limits import from_options, unsupported
+    lim = from_options(**opts)
+    if lim.is_empty():
+        return lim, [], []
+    problems = unsupported(lim, detect())
+    if problems and not ignore_unsupported:
+        raise InvalidInput(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                          else "") + "; drop the option or use "
+                           "--ignore-unsupported")
+    skip = sorted({p.field for p in problems})
+    return lim, skip, problems
 
 
 def _delegate(dirs, uid):

@@ -22,12 +22,47 @@ def _create_opts(p):
                    help="all capabilities, no seccomp, no masked paths")
     p.add_argument("--userns", action="store_true",
                    help="map container root to an unprivileged host id range")
+    _limit_opts(p)
+
+
+# resource limits: the same options on create, run and set (like vzctl set)
+LIMIT_OPTS = (
+    ("--memory", "-m", "hard memory limit (512M, 1G)"),
+    ("--memory-swap", None, "memory+swap limit, -1 for unlimited swap"),
+    ("--memory-reservation", None, "soft memory limit"),
+    ("--cpus", None, "CPU time, in CPUs (0.5 = half of one)"),
+    ("--cpu-shares", None, "relative CPU weight, cgroup v1 scale (1024 = default)"),
+    ("--cpu-weight", None, "relative CPU weight, cgroup v2 scale (100 = default)"),
+    ("--cpuset-cpus", None, "CPUs allowed (0-1, 0,2)"),
+    ("--cpuset-mems", None, "memory nodes allowed"),
+    ("--pids-limit", None, "most processes at once, -1 for unlimited"),
+    ("--blkio-weight", None, "relative block I/O weight, 10-1000"),
+)
+DEVICE_OPTS = ("--device-read-bps", "--device-write-bps", "--device-read-iops",
+               "--device-write-iops")
+
+
+def _limit_opts(p):
+    for long, short, hlp in LIMIT_OPTS:
+        p.add_argument(*([long, short] if short else [long]), help=hlp)
+    for long in DEVICE_OPTS:
+        p.add_argument(long, action="append", metavar="DEVICE:RATE",
+                       help="throttle a block device (/dev/vda:10mb)")
+    p.add_argument("--ignore-unsupported", action="store_true",
+                   help="apply what this host supports and skip the rest (named on stderr)")
+
+
+def _limit_kwargs(a):
+    names = [o[0] for o in LIMIT_OPTS] + list(DEVICE_OPTS)
+    out = {n[2:].replace("-", "_"): getattr(a, n[2:].replace("-", "_")) for n in names}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _create_kwargs(a):
     return dict(hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 user=a.user, init=a.init, ulimits=a.ulimit, cap_add=a.cap_add,
-                cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns)
+                cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns,
+                limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported)
 
 
 def _cmd(rest):
@@ -102,6 +137,19 @@ def _image(p):
     q.add_argument("-f", "--force", action="store_true")
 
 
+def _set(p):
+    p.add_argument("name")
+    _limit_opts(p)
+    p.add_argument("--no-save", action="store_true",
+                   help="change the running container only, not its saved config")
+
+
+def _stats(p):
+    p.add_argument("name", nargs="*")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--watch", action="store_true", help="refresh every second")
+
+
 def _demo(p):
     p.add_argument("--keep", action="store_true", help="leave the demo container running")
 
@@ -120,6 +168,10 @@ VERBS = {
     "inspect": ("show a container as JSON", (), _name),
     "logs": ("stdout/stderr of a detached container", (), _logs),
     "destroy": ("remove a container", ("rm",), _destroy),
+    "set": ("change limits, live on a running container (like vzctl set)", (), _set),
+    "stats": ("resource usage and OpenVZ-style beancounters", (), _stats),
+    "freeze": ("suspend every process of a container", (), _name),
+    "thaw": ("resume a frozen container", (), _name),
     "gc": ("clean up what crashed commands left behind", (), None),
     "image": ("manage images", (), _image),
     "demo": ("start a container and show what it sees next to the host", (), _demo),
@@ -166,7 +218,7 @@ def _table(rows, cols):
 
 def dispatch(a):
     from .api import Ctrun
-    ct = Ctrun(a.root)
+    ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {m}", file=sys.stderr))
     v = a.verb
     if v == "create":
         ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
@@ -204,6 +256,16 @@ def dispatch(a):
     elif v in ("destroy", "rm"):
         for n in a.name:
             ct.destroy(n, force=a.force)
+    elif v == "set":
+        ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
+               ignore_unsupported=a.ignore_unsupported)
+    elif v == "stats":
+        from .stats import show
+        return show(ct, a.name, fmt=a.format, watch=a.watch)
+    elif v == "freeze":
+        ct.freeze(a.name)
+    elif v == "thaw":
+        ct.thaw(a.name)
     elif v == "gc":
         for line in ct.gc():
             print(line)

@@ -2,7 +2,6 @@
 container sees and what the host sees."""
 
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -25,25 +24,6 @@ def _host(argv):
         return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
     except OSError as e:
         return f"({e.strerror})"
-
-
-def _inside(ct, name, argv):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        os.dup2(w, 2)
-        try:
-            os._exit(ct.exec(name, argv))
-        except BaseException as e:  # noqa: BLE001
-            os.write(2, f"({e})".encode())
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
 
 
 def _side_by_side(title, left, right, width):
@@ -71,7 +51,7 @@ def demo(ct, keep=False, name="demo"):
         print(f"container '{name}' from the built-in busybox image is running.\n")
         print(f"{'CONTAINER'.ljust(width)} | HOST")
         for title, argv in PROBES:
-            sys.stdout.write(_side_by_side(title, _inside(ct, name, argv), _host(argv), width))
+            sys.stdout.write(_side_by_side(title, ct.exec_output(name, argv)[1], _host(argv), width))
         if keep:
             print(f"\ntry: ctrun exec {name} -- ps    ctrun enter {name}    ctrun list")
         else:

@@ -2,6 +2,12 @@
 
     m = manager("web")          # layout detected from /proc/self/mountinfo
     m.create(); ...; m.kill_all(); m.remove()
+
+Resource control (limits.py parses and checks; each backend writes its own files):
+
+    lim = limits.from_options(memory="64M", cpus="0.5")
+    m.apply(lim, skip=[p.field for p in limits.unsupported(lim, m.layout)])
+    m.read_limits(); m.stats(); m.freeze(); m.thaw()
 """
 
 from .base import LEAF, CgroupManager

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..errors import Conflict, HostUnsupported, InvalidInput, NotFound
+from ..errors import Conflict, CtrunError, HostUnsupported, InvalidInput, NotFound
 
 LEAF = "ct"
 POLL = 0.02          # seconds between looks while waiting for processes to exit
@@ -21,8 +21,17 @@ SETTLE = 1.0         # longest wait for the kernel to settle (a freeze, a child 
 
 
 def read(path):
-    with open(path) as f:
-        return f.read()
+    """A control file's text.  os-level I/O: a third of open()'s cost, which `stats` of many
+    containers feels; a short read is the end of a cgroup (seq_file) file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:
+            while chunk := os.read(fd, 65536):
+                data += chunk
+    finally:
+        os.close(fd)
+    return data.decode()
 
 
 def write(path, data):
@@ -62,6 +71,44 @@ def read_keyed(path):
     return out
 
 
+def read_num(path):
+    """The int in a one-value file ("max" and a missing file read as None)."""
+    try:
+        text = read(path).split()
+    except FileNotFoundError:
+        return None
+    if not text or text[0] == "max":
+        return None
+    return int(text[0])
+
+
+def beancounter(resource, held, maxheld=None, barrier=None, limit=None, failcnt=0):
+    """One OpenVZ-style row (/proc/user_beancounters columns)."""
+    return {"resource": resource, "held": held, "maxheld": maxheld, "barrier": barrier,
+            "limit": limit, "failcnt": failcnt}
+
+
+# why the kernel refuses a limit, by (field, errno); the message says what to change
+_HINTS = {
+    ("memory", errno.EBUSY): "current usage is above it",
+    ("memory_swap", errno.EBUSY): "current memory plus swap usage is above it",
+    ("memory", errno.EINVAL): "it is above the memory+swap limit; raise --memory-swap with it",
+    ("memory_swap", errno.EINVAL): "it is below the memory limit; give at least --memory",
+    ("cpus", errno.EINVAL): "a quota must be at least 1 ms and within the parent cgroup's",
+    ("cpu_period", errno.EINVAL): "a period must be 1 ms to 1 s and keep the quota within "
+                                  "the parent cgroup's",
+    ("cpuset_cpus", errno.EINVAL): "the cpus must be online and allowed to the parent cgroup",
+    ("cpuset_mems", errno.EINVAL): "the nodes must be online and allowed to the parent cgroup",
+    ("cpuset_cpus", errno.EBUSY): "a sub-cgroup of the container still uses other cpus",
+    ("cpuset_mems", errno.EBUSY): "a sub-cgroup of the container still uses other nodes",
+}
+
+# stats() sections and the controller group each is read from ("cpuacct": CPU accounting)
+STAT_SECTIONS = (("cpu", "cpuacct"), ("memory", "memory"), ("pids", "pids"),
+                 ("blkio", "blkio"))
+LIMIT_GROUPS = ("cpuset", "memory", "cpu", "pids", "blkio")
+
+
 def _check_component(part, what):
     if not part or part in (".", "..") or "/" in part or "\0" in part or "\n" in part:
         raise InvalidInput(f"invalid cgroup {what} {part!r}; use a plain directory name")
@@ -71,6 +118,7 @@ class CgroupManager(abc.ABC):
     """One container's cgroup across the hierarchies of one backend."""
 
     timeout = 5.0    # default bound, in seconds, on waiting for processes to go
+    sysfs = None     # where /sys is (None: limits.SYSFS); tests point it at a fake tree
 
     def __init__(self, name, parent="ctrun", layout=None, timeout=None):
         _check_component(name, "name")
@@ -103,6 +151,33 @@ class CgroupManager(abc.ABC):
         """How many processes the OOM killer has killed in this cgroup's subtree."""
 
     def supports_device_rules(self):
+        return False
+
+    # -- resource control: a backend says which controller groups it carries ("memory",
+    # "cpu", "cpuacct", "cpuset", "pids", "blkio", "freezer") and reads/writes their files
+    def has(self, group):
+        return False
+
+    def _side(self, group):
+        """The manager holding `group` here: self, one side of a hybrid, or None."""
+        return self if self.has(group) else None
+
+    def _apply(self, limits, fields):
+        raise NotImplementedError
+
+    def _read_limits(self, group):
+        raise NotImplementedError
+
+    def _stats(self, section):
+        raise NotImplementedError
+
+    def _freeze_wait(self):
+        raise NotImplementedError
+
+    def _thaw_wait(self):
+        raise NotImplementedError
+
+    def _is_frozen(self):
         return False
 
     def set_devices_allowlist(self, rules):
@@ -159,9 +234,16 @@ class CgroupManager(abc.ABC):
 
     def _subtree(self, top):
         """Every cgroup directory at or below `top`, deepest first; [] if absent."""
-        if not top.is_dir():
-            return []
-        return [Path(d) for d, _, _ in os.walk(top, topdown=False)]
+        found, i = [top], 0
+        while i < len(found):   # breadth first: reversed, every child precedes its parent
+            try:
+                with os.scandir(found[i]) as entries:
+                    found += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                if i == 0:
+                    return []   # gone, or removed while we looked: skip it
+            i += 1
+        return found[::-1]
 
     def _read_procs(self, directory):
         try:
@@ -265,6 +347,122 @@ class CgroupManager(abc.ABC):
                     if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
                         break
                     raise
+
+    # -- resource control ------------------------------------------------------------------
+    def apply(self, limits, skip=()):
+        """Write the set fields of `limits` (a limits.Limits) into `<parent>/<name>`, except
+        the fields named in `skip`.  Idempotent, and fine on a running container."""
+        from .limits import CONTROLLER, option
+        plan = {}
+        for f in limits.set_fields():
+            if f in skip:
+                continue
+            side = self._side(CONTROLLER[f])
+            if side is None:
+                raise HostUnsupported(
+                    f"cannot set {option(f)} on container {self.name}: this host has no "
+                    f"{CONTROLLER[f]} controller; drop the option or use --ignore-unsupported")
+            plan.setdefault(side, []).append(f)
+        for side, fields in plan.items():
+            side._apply(limits, fields)
+
+    def _gone(self, e):
+        return NotFound(f"container {self.name} has no cgroup {self.rel} ({e.filename}); "
+                        "start the container first")
+
+    def read_limits(self):
+        """The limits as the kernel has them now: bytes, CPU fractions, None = no limit.
+        A controller this host lacks leaves its keys out."""
+        out = {}
+        try:
+            for group in LIMIT_GROUPS:
+                side = self._side(group)
+                if side is not None:
+                    out.update(side._read_limits(group))
+        except FileNotFoundError as e:
+            raise self._gone(e) from None
+        return out
+
+    def stats(self):
+        """Usage counters and OpenVZ-style beancounters, from a few files per controller."""
+        out, beans = {}, []
+        try:
+            for section, group in STAT_SECTIONS:
+                side = self._side(group)
+                if side is not None:
+                    out[section], rows = side._stats(section)
+                    beans += rows
+        except FileNotFoundError as e:
+            raise self._gone(e) from None
+        out["beancounters"] = beans
+        return out
+
+    def _freezer(self, verb):
+        side = self._side("freezer")
+        if side is None:
+            raise HostUnsupported(f"cannot {verb} container {self.name}: this host has no "
+                                  "cgroup freezer; mount the v1 freezer controller or use "
+                                  "cgroup v2 (Linux 5.2 or later)")
+        return side
+
+    def freeze(self):
+        """Stop every process of the container (OpenVZ's suspend); waits, bounded by
+        self.timeout, until the kernel reports the cgroup frozen."""
+        try:
+            self._freezer("freeze")._freeze_wait()
+        except FileNotFoundError as e:
+            raise self._gone(e) from None
+
+    def thaw(self):
+        try:
+            self._freezer("thaw")._thaw_wait()
+        except FileNotFoundError as e:
+            raise self._gone(e) from None
+
+    def frozen(self):
+        side = self._side("freezer")
+        try:
+            return side is not None and side._is_frozen()
+        except FileNotFoundError:
+            return False
+
+    def _wait_state(self, check, failure, undo=None):
+        """Poll check() until true; after self.timeout, undo() and raise `failure`."""
+        deadline = time.monotonic() + self.timeout
+        while not check():
+            if time.monotonic() >= deadline:
+                if undo is not None:
+                    undo()
+                raise CtrunError(failure)
+            time.sleep(POLL)
+
+    def _freeze_failed(self):
+        return (f"cannot freeze container {self.name}: its processes did not all stop within "
+                f"{self.timeout:g}s (one may be stuck in the kernel); it was left running, retry")
+
+    def _thaw_failed(self):
+        return (f"cannot thaw container {self.name}: the kernel did not report it thawed "
+                f"within {self.timeout:g}s; retry")
+
+    def _put(self, path, data, field, value):
+        """One limit file write; a refusal becomes a one-line error naming the option."""
+        try:
+            write(path, data)
+        except OSError as e:
+            raise self._refused(e, path, field, value) from None
+
+    def _refused(self, e, path, field, value):
+        from .limits import option, shown
+        what = f"cannot set {option(field)} {shown(field, value)} on container {self.name}"
+        if e.errno == errno.ENOENT:
+            if not path.parent.is_dir():
+                return NotFound(f"{what}: its cgroup {path.parent} does not exist; start the "
+                                "container first")
+            return HostUnsupported(f"{what}: this kernel has no {path.name}; drop the option "
+                                   "or use --ignore-unsupported")
+        hint = _HINTS.get((field, e.errno))
+        return CtrunError(f"{what}: the kernel refused ({e.strerror})"
+                          + (f": {hint}" if hint else ""))
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.rel}>"

@@ -85,6 +85,26 @@ def _loopback_up():
         s.close()
 
 
+def _enter_workdir(chan, proc, cwd, tty, make):
+    """Inside the container: find the command, enter cwd (created if `make`), and take a
+    terminal from the container's own devpts when asked; returns the command's path.
+    Errors name what failed (CommandNotFound, or the directory)."""
+    exe = paths.lookup_command("/", proc["args"][0], _env_dict(proc["env"]).get("PATH", ""))
+    try:
+        if make:
+            os.close(paths.mkdirs_in_root("/", cwd))
+        os.chdir(cwd)
+    except OSError as e:
+        raise errors.InvalidInput(f"cannot enter the working directory {cwd} in the container: "
+                                  f"{e.strerror}; give an existing directory") from None
+    if tty:
+        master, slave = terminal.open_pty_inside()
+        chan.send({"type": "pty", "has_fd": True}, fd=master)
+        os.close(master)
+        terminal.become_session_leader_on(slave)
+    return exe
+
+
 def _final_exec(chan, proc, bpf, argv0_path, env):
     """Shared tail of init and exec: privileges, fds, seccomp, execve."""
     step = "dropping privileges"
@@ -127,18 +147,8 @@ def _init_main(chan, spec, stdio, tty, bpf):
         proc = spec["process"]
         step = "setting rlimits"
         security.set_rlimits(proc)
-        env = _env_dict(proc["env"])
         step = "finding the command"
-        exe = paths.lookup_command("/", proc["args"][0], env.get("PATH", ""))
-        step = f"entering the working directory {proc['cwd']}"
-        os.close(paths.mkdirs_in_root("/", proc["cwd"]))
-        os.chdir(proc["cwd"])
-        if tty:
-            step = "allocating a terminal"
-            master, slave = terminal.open_pty_inside()
-            chan.send({"type": "pty", "has_fd": True}, fd=master)
-            os.close(master)
-            terminal.become_session_leader_on(slave)
+        exe = _enter_workdir(chan, proc, proc["cwd"], tty, make=True)
         chan.send({"type": "ready"})
         msg = chan.recv()
         if not msg or msg.get("type") != "start":
@@ -359,17 +369,8 @@ def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
         for fd in cg_fds:
             os.write(fd, b"0")
             os.close(fd)
-        env = _env_dict(proc["env"])
         step = "finding the command"
-        exe = paths.lookup_command("/", proc["args"][0], env.get("PATH", ""))
-        step = f"entering the working directory {cwd}"
-        os.chdir(cwd)
-        if tty:
-            step = "allocating a terminal"
-            master, slave = terminal.open_pty_inside()
-            chan.send({"type": "pty", "has_fd": True}, fd=master)
-            os.close(master)
-            terminal.become_session_leader_on(slave)
+        exe = _enter_workdir(chan, proc, cwd, tty, make=False)
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
     _final_exec(chan, proc, bpf, exe, proc["env"])

@@ -63,23 +63,8 @@ def test_mounts_are_isolated_both_ways(ct, tmp_path):
 
 
 def _exec(ct, name, *argv, **kw):
-    """Run ct.exec in a child process with its output captured: (code, stdout)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        os.dup2(w, 2)
-        try:
-            os._exit(ct.exec(name, list(argv), **kw))
-        except BaseException as e:  # noqa: BLE001
-            os.write(2, str(e).encode())
-            os._exit(99)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out
+    """ct.exec with its output captured: (code, output)."""
+    return ct.exec_output(name, argv, **kw)
 
 
 def test_masked_and_readonly_proc_paths(cli):
@@ -255,27 +240,13 @@ def test_destroy_leaves_nothing(ct, store):
 
 
 def test_exec_with_a_pty(ct, store):
-    import pty
     import sys
     ct.create("ttyct", cmd=["sleep", "1000"])
     ct.start("ttyct")
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [sys.executable, "-m", "ctrun", "--root", str(store), "exec",
-                                  "-t", "ttyct", "--", "sh", "-c", "tty; stty size; exit 5"])
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
+    code, out = _in_pty([sys.executable, "-m", "ctrun", "--root", str(store), "exec", "-t",
+                         "ttyct", "--", "sh", "-c", "tty; stty size; exit 5"])
     assert b"/dev/pts/0" in out
-    assert os.waitstatus_to_exitcode(status) == 5
+    assert code == 5
 
 
 def _in_pty(argv, send=b""):
