@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the three ctrun benchmarks in turn, as root; results land in benchmarks/results/.
+# Runs the ctrun benchmarks in turn, as root; results land in benchmarks/results/.
 #   sudo benchmarks/run_all.sh           full runs (30 start-ups per tool, 500 containers)
 #   sudo benchmarks/run_all.sh --quick   fewer repetitions, for a smoke check
 # CTRUN_BIN picks the ctrun to measure (default /opt/ctrun-venv/bin/ctrun).  Every benchmark
@@ -10,7 +10,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "run_all.sh: run as root (sudo benchmarks/run_all.sh)" >&2
   exit 1
 fi
-# Debian's interpreter, as the project targets; bench_list re-executes itself with ctrun's
+# Debian's interpreter, as the project targets; the benchmarks that import ctrun
+# (bench_list, bench_limits, bench_stats) re-execute themselves with ctrun's
 PY=${CTRUN_BENCH_PYTHON:-/usr/bin/python3}
 quick=0
 case "${1:-}" in
@@ -20,8 +21,9 @@ case "${1:-}" in
 esac
 if [ $quick = 1 ]; then
   run_args=(--runs 10 --warmup 2); list_args=(--runs 5 --warmup 1)
+  limits_args=(--runs 10 --warmup 2 --api-runs 50); stats_args=(--runs 5 --warmup 1)
 else
-  run_args=(); list_args=()
+  run_args=(); list_args=(); limits_args=(); stats_args=()
 fi
 
 failed=()
@@ -34,6 +36,8 @@ bench() {
 bench bench_run "${run_args[@]}"
 bench bench_monitor_memory
 bench bench_list "${list_args[@]}"
+bench bench_limits "${limits_args[@]}"
+bench bench_stats "${stats_args[@]}"
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

@@ -49,12 +49,15 @@ class Ctrun:
     # ---------------------------------------------------------------- create
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
-               privileged=False, userns=False, limits=None, ignore_unsupported=False):
+               privileged=False, userns=False, limits=None, ignore_unsupported=False,
+               net=None, ip=None, mac=None, publish=(), dns=()):
         """Record a container and prepare its file system; no process yet.
 
         limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
         this host cannot apply are refused unless ignore_unsupported, then skipped and
-        named in the result's "warnings"."""
+        named in the result's "warnings".  net: a network name, "none" or "host" (default
+        $CTRUN_NETWORK or ctrun0); ip/mac/publish/dns as on the CLI."""
+        from .network import container as netc
         from .images import store as images
         cfgmod.check_name(name)
         cfgmod.check_name(image, "image")
@@ -65,6 +68,8 @@ class Ctrun:
             ulimits=dict(cfgmod.parse_ulimit(u) for u in ulimits),
             cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
             privileged=bool(privileged), userns=bool(userns))
+        netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
+                                    publish, dns)
         lim, skip, warnings = _check_limits(limits or {}, ignore_unsupported)
         cfg.limits, cfg.limits_skip = lim.to_dict(), skip
         if workdir and not workdir.startswith("/"):
@@ -83,12 +88,15 @@ class Ctrun:
                     else Conflict(f"container directory {final} is left from a crash; "
                                   "run: ctrun gc")
             tmp = self.store.containers / f".tmp-{name}-{os.urandom(4).hex()}"
+            netc.check_ports_free(self.store, name, netcfg["publish"])
+            leased = None
             try:
                 tmp.mkdir(mode=0o700)
                 for d in ("upper", "work", "rootfs", "logs"):
                     (tmp / d).mkdir(mode=0o755 if d != "logs" else 0o700)
+                leased = cfg.net = netc.lease(self.store, name, netcfg)
                 from .spec import write_etc_files
-                write_etc_files(tmp, cfg.hostname or name)
+                write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
                 if cfg.userns:
                     cfg.userns_base = self._userns_setup(tmp, rootfs)
                 data = cfg.to_dict()
@@ -98,8 +106,11 @@ class Ctrun:
                 write_json(tmp / "config.json", data)
                 write_json(tmp / "state.json", {})
                 os.rename(tmp, final)
+                leased = None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if leased:  # the create failed after taking an address: give it back
+                    netc.release(self.store, name, leased)
                 claim = getattr(self, "_claim", None)
                 if claim is not None:
                     claim.unlink(missing_ok=True)
@@ -202,6 +213,7 @@ class Ctrun:
             try:
                 reply = monitor.request(self.store.root, {
                     "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
+                    "root": str(self.store.root),
                     "started_at": started, "bpf": bpf, "cgroup_parent": "/".join(mgr.parent_parts)})
             except BaseException:
                 write_json(cdir / "state.json", state)
@@ -211,6 +223,8 @@ class Ctrun:
                 write_json(cdir / "state.json", state)
                 mgr.kill_all()
                 mgr.remove()
+                from .network import container as netc
+                netc.down(self.store, name, cfg.net)
                 _raise(reply)
         return self.inspect(name)
 
@@ -249,6 +263,8 @@ class Ctrun:
                 stdin = os.open("/dev/null", os.O_RDONLY)
             try:
                 launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                from .network import container as netc
+                netc.up(self.store, name, cfg.net, launched.pid)
                 write_json(cdir / "live.json", {"start_id": sid, "pid": launched.pid,
                                                 "pid_start": launched.pid_start,
                                                 "started_at": started, "monitor": "attached"},
@@ -258,6 +274,8 @@ class Ctrun:
                 write_json(cdir / "state.json", {})
                 mgr.kill_all()
                 mgr.remove()
+                from .network import container as netc
+                netc.down(self.store, name, cfg.net)
                 raise
         pid = launched.pid
         if launched.master is not None:
@@ -410,6 +428,56 @@ class Ctrun:
             out[n] = mgr.stats()
         return out
 
+    # ---------------------------------------------------------------- networks
+    def network_create(self, name, subnet, gateway=None, nat=True):
+        from .network import networks
+        self.store.ensure()
+        return networks.create(self.store, name, subnet, gateway=gateway, nat=nat)
+
+    def network_list(self):
+        from .network import ipam, networks
+        out = []
+        for n in networks.list_networks(self.store):
+            users = sorted({c.split("/")[0] for c in ipam.leases(self.store, n["name"]).values()})
+            out.append({**n, "containers": ",".join(users) or "-"})
+        return out
+
+    def network_inspect(self, name):
+        from .network import ipam, networks
+        n = networks.get(self.store, name, create_default=False)
+        return {**n, "leases": ipam.leases(self.store, name)}
+
+    def network_rm(self, name):
+        """Refused while containers hold addresses; removes bridge and rules, and restores
+        ip_forward when the last network goes."""
+        from .network import link, networks
+        n = networks.get(self.store, name, create_default=False)
+        networks.remove(self.store, name)
+        link.remove_bridge(n["bridge"])
+        from .network import nft
+        try:
+            nft.remove_network(n, str(self.store.run),
+                               last=not networks.list_networks(self.store))
+        except CtrunError:
+            if n.get("nat", True):
+                raise
+
+    def set_ips(self, name, add=(), delete=(), save=True):
+        """Add or remove extra addresses on eth0 (vzctl set --ipadd/--ipdel)."""
+        from .network import container as netc
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            conf = read_json(cdir / "config.json")
+            net = conf.get("net") or {}
+            if not net.get("ip"):
+                raise InvalidInput(f"container '{name}' has no bridged network; --ip-add needs one")
+            st, _, live, _ = status(cdir)
+            net = netc.change_ips(self.store, name, net, add, delete,
+                                  live["pid"] if st == "running" else None)
+            if save:
+                conf["net"] = net
+                write_json(cdir / "config.json", conf)
+
     # ---------------------------------------------------------------- exec
     def exec(self, name, argv, tty=False, interactive=False, env=(), workdir=None, user=None):
         from .runtime import process
@@ -497,6 +565,11 @@ class Ctrun:
                     out["limits"] = None
             else:
                 out["limits"] = None
+            net = conf.get("net") or {}
+            out["network"] = {"name": net.get("network"), "ip": net.get("ip"),
+                              "mac": net.get("mac"), "gateway": net.get("gateway"),
+                              "veth": net.get("veth"), "publish": net.get("publish", []),
+                              "dns": net.get("dns", [])} if net else None
             out.update({"config": conf, "cgroup": paths, "dir": str(cdir),
                         "log_path": str(cdir / "logs" / "console.log"),
                         "rootfs": str(cdir / "rootfs"), "upper": str(cdir / "upper")})
@@ -570,6 +643,12 @@ class Ctrun:
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
             self._remove_cgroup(name, conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            net = conf.get("net") or {}
+            if net.get("ip"):
+                from .network import container as netc
+                netc.down(self.store, name, net)
+                netc.release(self.store, name, net)
+                netc.write_hosts(self.store, net["network"])
             trash = self.store.containers / f".destroy-{name}-{os.urandom(4).hex()}"
             os.rename(cdir, trash)
             shutil.rmtree(trash, ignore_errors=True)
@@ -619,6 +698,7 @@ class Ctrun:
                                    durable=False)
                         done.append(f"recorded lost exit of {n}")
         known = set(self.store.container_names())
+        done += _gc_network(self.store, known)
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
             for n in _cgroup_children(parent):
                 if n not in known:
@@ -659,6 +739,38 @@ def _delegate(dirs, uid):
                 os.chown(os.path.join(d, f), uid, uid)
             except FileNotFoundError:
                 pass
+
+
+def _gc_network(store, known):
+    """Leases and published-port rules whose container no longer exists."""
+    done = []
+    nets_dir = store.root / "networks"
+    if not nets_dir.exists():
+        return done
+    from .network import container as netc, ipam, networks
+    for n in networks.list_networks(store):
+        for ip, holder in ipam.leases(store, n["name"]).items():
+            owner = holder.split("/")[0]
+            if owner in known:
+                continue
+            try:  # a create holding the name's lock may be about to rename its directory
+                with store.lock(owner, timeout=0):
+                    if owner in set(store.container_names()):
+                        continue
+                    ipam.release(store, n["name"], holder)
+                    done.append(f"released {ip} of missing container {holder}")
+            except Conflict:
+                pass
+    try:
+        from .network import nft
+        for rule in nft.rules("ctrun ct "):
+            owner = rule["comment"][len("ctrun ct "):]
+            if owner not in known:
+                nft.unpublish(owner)
+                done.append(f"removed published ports of missing container {owner}")
+    except CtrunError:
+        pass
+    return done
 
 
 def _layout_for_container(layout):

@@ -23,6 +23,17 @@ def _create_opts(p):
     p.add_argument("--userns", action="store_true",
                    help="map container root to an unprivileged host id range")
     _limit_opts(p)
+    _net_opts(p)
+
+
+def _net_opts(p):
+    p.add_argument("--net", "--network", dest="net", metavar="NETWORK|none|host",
+                   help="network to join (default: ctrun0)")
+    p.add_argument("--ip", help="static address from the network's subnet")
+    p.add_argument("--mac", help="MAC address of eth0")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:]HOSTPORT:CTPORT[/tcp|udp]")
+    p.add_argument("--dns", action="append", default=[], metavar="IP")
 
 
 # resource limits: the same options on create, run and set (like vzctl set)
@@ -62,7 +73,8 @@ def _create_kwargs(a):
     return dict(hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 user=a.user, init=a.init, ulimits=a.ulimit, cap_add=a.cap_add,
                 cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns,
-                limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported)
+                limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported,
+                net=a.net, ip=a.ip, mac=a.mac, publish=a.publish, dns=a.dns)
 
 
 def _cmd(rest):
@@ -140,6 +152,9 @@ def _image(p):
 def _set(p):
     p.add_argument("name")
     _limit_opts(p)
+    p.add_argument("--ip-add", action="append", default=[], metavar="IP",
+                   help="add an address to eth0 (like vzctl set --ipadd)")
+    p.add_argument("--ip-del", action="append", default=[], metavar="IP")
     p.add_argument("--no-save", action="store_true",
                    help="change the running container only, not its saved config")
 
@@ -148,6 +163,21 @@ def _stats(p):
     p.add_argument("name", nargs="*")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--watch", action="store_true", help="refresh every second")
+
+
+def _network(p):
+    nsub = p.add_subparsers(dest="network_verb", metavar="ACTION")
+    nsub.required = True
+    q = nsub.add_parser("create", help="create a bridged network")
+    q.add_argument("name")
+    q.add_argument("--subnet", required=True, metavar="CIDR")
+    q.add_argument("--gateway")
+    q.add_argument("--no-nat", action="store_true", help="no outbound masquerade")
+    nsub.add_parser("list", aliases=["ls"], help="list networks")
+    q = nsub.add_parser("inspect", help="show a network as JSON")
+    q.add_argument("name")
+    q = nsub.add_parser("rm", help="remove networks (refused while containers are attached)")
+    q.add_argument("name", nargs="+")
 
 
 def _demo(p):
@@ -172,6 +202,7 @@ VERBS = {
     "stats": ("resource usage and OpenVZ-style beancounters", (), _stats),
     "freeze": ("suspend every process of a container", (), _name),
     "thaw": ("resume a frozen container", (), _name),
+    "network": ("manage bridged networks", (), _network),
     "gc": ("clean up what crashed commands left behind", (), None),
     "image": ("manage images", (), _image),
     "demo": ("start a container and show what it sees next to the host", (), _demo),
@@ -257,8 +288,11 @@ def dispatch(a):
         for n in a.name:
             ct.destroy(n, force=a.force)
     elif v == "set":
-        ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
-               ignore_unsupported=a.ignore_unsupported)
+        if a.ip_add or a.ip_del:
+            ct.set_ips(a.name, add=a.ip_add, delete=a.ip_del, save=not a.no_save)
+        if _limit_kwargs(a) or not (a.ip_add or a.ip_del):
+            ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
+                   ignore_unsupported=a.ignore_unsupported)
     elif v == "stats":
         from .stats import show
         return show(ct, a.name, fmt=a.format, watch=a.watch)
@@ -266,6 +300,19 @@ def dispatch(a):
         ct.freeze(a.name)
     elif v == "thaw":
         ct.thaw(a.name)
+    elif v == "network":
+        if a.network_verb == "create":
+            ct.network_create(a.name, a.subnet, gateway=a.gateway, nat=not a.no_nat)
+            print(a.name)
+        elif a.network_verb in ("list", "ls"):
+            print(_table(ct.network_list(), [("NAME", "name"), ("BRIDGE", "bridge"),
+                                             ("SUBNET", "subnet"), ("GATEWAY", "gateway"),
+                                             ("NAT", "nat"), ("CONTAINERS", "containers")]))
+        elif a.network_verb == "inspect":
+            print(json.dumps(ct.network_inspect(a.name), indent=1))
+        else:
+            for n in a.name:
+                ct.network_rm(n)
     elif v == "gc":
         for line in ct.gc():
             print(line)

@@ -206,6 +206,15 @@ def _launcher(cdir, req, out_w, err_w, res_w):
         bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
         devnull = os.open("/dev/null", os.O_RDONLY)
         launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
+        conf = read_json(cdir / "config.json") or {}
+        if (conf.get("net") or {}).get("ip"):
+            from .network import container as netc
+            from .state import Store
+            try:
+                netc.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
+            except BaseException:
+                os.kill(launched.pid, signal.SIGKILL)
+                raise
         write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": launched.pid,
                                         "pid_start": launched.pid_start,
                                         "started_at": req["started_at"], "monitor": "shared"},

@@ -63,7 +63,8 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
         "hostname": cfg.hostname or cfg.name,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": t} for t in NAMESPACES + (["user"] if cfg.userns else [])],
+            "namespaces": [{"type": t} for t in NAMESPACES + (["user"] if cfg.userns else [])
+                           if not (t == "network" and (cfg.net or {}).get("network") == "host")],
             **({"uidMappings": [{"containerID": 0, "hostID": cfg.userns_base, "size": 65536}],
                 "gidMappings": [{"containerID": 0, "hostID": cfg.userns_base, "size": 65536}]}
                if cfg.userns else {}),
@@ -113,14 +114,16 @@ def host_resolvers():
     return out
 
 
-def write_etc_files(cdir, hostname):
+def write_etc_files(cdir, name, hostname, net):
     """The per-container /etc/hosts, /etc/hostname and /etc/resolv.conf that get bind-mounted."""
+    from .network.container import hosts_text, resolv_text
     etc = cdir / "etc"
     etc.mkdir(exist_ok=True)
     (etc / "hostname").write_text(hostname + "\n")
-    (etc / "hosts").write_text(
-        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
-    ns = host_resolvers()
-    (etc / "resolv.conf").write_text("".join(f"nameserver {n}\n" for n in ns) or "# no resolvers\n")
+    if (net or {}).get("network") == "host":
+        (etc / "hosts").write_text(open("/etc/hosts").read())
+    else:
+        (etc / "hosts").write_text(hosts_text(name, hostname, net, {}))
+    (etc / "resolv.conf").write_text(resolv_text(net))
     for f in ("hostname", "hosts", "resolv.conf"):
         os.chmod(etc / f, 0o644)

@@ -15,6 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CGROUP_PARENT = f"ctrun-test-{os.getpid()}"
 os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+# containers get no network unless a test asks for one (--net), and network tests use
+# their own nftables table, so the host's real `ctrun` table is never touched
+os.environ["CTRUN_NETWORK"] = "none"
+NFT_TABLE = f"ctrun-test-{os.getpid()}"
+os.environ["CTRUN_NFT_TABLE"] = NFT_TABLE
 # the CLI subprocesses and the monitor they spawn must run this checkout, not the copy
 # installed in the venv
 os.environ["PYTHONPATH"] = str(REPO)
@@ -122,8 +127,16 @@ def leaks():
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         name = line.split(": ")[1].split("@")[0]
-        if name.startswith(("veth", "ctrun")) and name != "ctrun0":
+        if name.startswith(("veth", "vc", "ctrt", "ct-t")) or (
+                name.startswith("ctrun") and name != "ctrun0"):
             found.append(f"interface: {name}")
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    if NFT_TABLE in tables:
+        found.append(f"nftables table: {NFT_TABLE}")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in netns.splitlines():
+        if line.startswith("ctrt"):
+            found.append(f"netns: {line.split()[0]}")
     return found
 
 

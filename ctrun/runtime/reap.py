@@ -45,6 +45,14 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
     except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record
         pass
     state = read_json(cdir / "state.json", {}) or {}
+    net = (read_json(cdir / "config.json") or {}).get("net") or {}
+    if net.get("ip"):
+        try:
+            from ..network import container as netc
+            from ..state import Store
+            netc.down(Store(cdir.parent.parent), name, net)
+        except Exception:  # noqa: BLE001 - `ctrun gc` removes rules of stopped containers
+            pass
     code, reason = classify(status, oom, state.get("stop_requested") == start_id)
     try:
         if mgr is not None:

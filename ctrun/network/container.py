@@ -1,0 +1,201 @@
+"""A container's network life: options checked at create, plumbing at start, teardown.
+
+Kept apart from links/nft/ipam so that `--net none` and `--net host` (and every verb
+that does not start a container) never import pyroute2 (~160 ms).
+"""
+
+import os
+import re
+
+from ..errors import Conflict, InvalidInput
+
+MODES = ("none", "host")
+
+
+def parse_publish(spec):
+    """[HOST_IP:]HOST_PORT:CT_PORT[/tcp|udp] -> dict."""
+    m = re.fullmatch(r"(?:(\d+\.\d+\.\d+\.\d+):)?(\d+):(\d+)(?:/(tcp|udp))?", spec)
+    if not m:
+        raise InvalidInput(f"invalid --publish {spec!r}: use [HOST_IP:]HOST_PORT:CT_PORT[/tcp|udp]")
+    import ipaddress
+    host_ip, hp, cp, proto = m.groups()
+    for p in (hp, cp):
+        if not 1 <= int(p) <= 65535:
+            raise InvalidInput(f"invalid port {p} in --publish {spec!r}: use 1-65535")
+    if host_ip:
+        ipaddress.IPv4Address(host_ip)
+    return {"host_ip": host_ip or "0.0.0.0", "host_port": int(hp), "ct_port": int(cp),
+            "proto": proto or "tcp"}
+
+
+def parse_options(network, ip=None, mac=None, publish=(), dns=()):
+    """The "net" part of a container's config, validated (no lease taken yet)."""
+    from ..config import check_name
+    network = network or "ctrun0"
+    if network not in MODES:
+        check_name(network, "network")
+    if network in MODES and (ip or mac or publish):
+        raise InvalidInput(f"--ip, --mac and --publish need a bridged network, not --net {network}")
+    if mac and not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", mac):
+        raise InvalidInput(f"invalid --mac {mac!r}: use six hex pairs like 02:42:0a:00:00:05")
+    if mac and int(mac[:2], 16) & 1:
+        raise InvalidInput(f"--mac {mac} is a multicast address; use a unicast one (02:...)")
+    import ipaddress
+    for d in dns:
+        try:
+            ipaddress.ip_address(d)
+        except ValueError:
+            raise InvalidInput(f"invalid --dns {d!r}: give a nameserver IP address") from None
+    if ip:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise InvalidInput(f"invalid --ip {ip!r}: give an IPv4 address") from None
+    return {"network": network, "ip": ip, "mac": mac.lower() if mac else None,
+            "publish": [parse_publish(p) for p in publish], "dns": list(dns)}
+
+
+def check_ports_free(store, name, publish):
+    """Refuse a host port another container of this store already publishes."""
+    from ..state import read_json
+    wanted = {(p["host_port"], p["proto"]) for p in publish}
+    if not wanted:
+        return
+    for other in store.container_names():
+        if other == name:
+            continue
+        conf = read_json(store.container_dir(other) / "config.json") or {}
+        for p in (conf.get("net") or {}).get("publish", []):
+            if (p["host_port"], p["proto"]) in wanted:
+                raise Conflict(f"host port {p['host_port']}/{p['proto']} is already published by "
+                               f"container '{other}'; choose another port")
+
+
+def lease(store, name, net):
+    """Take the address at create (kept on disk with the container, released at destroy)."""
+    if net["network"] in MODES:
+        return net
+    from . import ipam, networks
+    n = networks.get(store, net["network"])
+    ip = ipam.allocate(store, n["name"], name, net.get("ip"))
+    from . import link
+    return {**net, "ip": ip, "mac": net.get("mac") or _mac_for(ip), "veth": link.veth_name(name),
+            "gateway": n["gateway"], "prefix": int(n["subnet"].split("/")[1]),
+            "bridge": n["bridge"]}
+
+
+def _mac_for(ip):
+    return "02:42:" + ":".join(f"{int(b):02x}" for b in ip.split("."))
+
+
+def release(store, name, net):
+    if not net or net.get("network") in MODES or not net.get("ip"):
+        return
+    from . import ipam
+    ipam.release(store, net["network"], name)
+    for extra in net.get("extra_ips", []):
+        ipam.release(store, net["network"], f"{name}/{extra}")
+
+
+def up(store, name, net, pid):
+    """Plumb a started (not yet running) container into its network."""
+    if not net or net["network"] in MODES:
+        return
+    from . import link, networks
+    n = networks.get(store, net["network"])
+    link.ensure_bridge(n["bridge"], f"{n['gateway']}/{n['subnet'].split('/')[1]}", n.get("mtu", 1500))
+    if n.get("nat", True) or net.get("publish"):
+        from . import nft
+        with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
+            nft.ensure_network(n, str(store.run))
+    link.attach(pid, n["bridge"], net["veth"], f"{net['ip']}/{n['subnet'].split('/')[1]}",
+                n["gateway"], mac=net.get("mac"), mtu=n.get("mtu", 1500))
+    for extra in net.get("extra_ips", []):
+        link.add_address(pid, f"{extra}/{n['subnet'].split('/')[1]}")
+    if net.get("publish"):
+        from . import nft
+        with store.lock(".nft"):
+            nft.publish(name, net["ip"], net["publish"])
+    write_hosts(store, n["name"])
+
+
+def change_ips(store, name, net, add, delete, pid):
+    """Extra addresses: leased like the main one (holder "NAME/IP"), live if pid is given."""
+    import ipaddress
+    from . import ipam, link
+    prefix = net["prefix"]
+    extra = list(net.get("extra_ips", []))
+    for ip in add:
+        ipaddress.IPv4Address(ip)
+        if ip == net["ip"] or ip in extra:
+            raise InvalidInput(f"{ip} is already an address of container '{name}'")
+        ipam.allocate(store, net["network"], f"{name}/{ip}", ip)
+        try:
+            if pid:
+                link.add_address(pid, f"{ip}/{prefix}")
+        except BaseException:
+            ipam.release(store, net["network"], f"{name}/{ip}")
+            raise
+        extra.append(ip)
+    for ip in delete:
+        if ip not in extra:
+            raise InvalidInput(f"{ip} is not an extra address of container '{name}' "
+                               f"(its addresses: {', '.join([net['ip']] + extra)})")
+        if pid:
+            link.del_address(pid, f"{ip}/{prefix}")
+        ipam.release(store, net["network"], f"{name}/{ip}")
+        extra.remove(ip)
+    return {**net, "extra_ips": extra}
+
+
+def down(store, name, net):
+    """After the container's end: its rules go (its veth went with its namespace)."""
+    if not net or net.get("network") in MODES:
+        return
+    if net.get("publish"):
+        from . import nft
+        nft.unpublish(name)
+    from . import link
+    if link.exists(net["veth"]):
+        link.detach(net["veth"])
+
+
+def hosts_text(name, hostname, net, peers):
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if net and net.get("ip"):
+        lines.append(f"{net['ip']}\t{hostname}" + (f" {name}" if name != hostname else ""))
+    else:
+        lines.append(f"127.0.1.1\t{hostname}")
+    for ip, peer in sorted(peers.items()):
+        if peer != name:
+            lines.append(f"{ip}\t{peer}")
+    return "\n".join(lines) + "\n"
+
+
+def write_hosts(store, network):
+    """Every container on `network` learns every other by name through its /etc/hosts.
+
+    The file is bind-mounted, so it is rewritten in place (same inode), never replaced."""
+    from ..state import read_json
+    from . import ipam
+    peers = {ip: c for ip, c in ipam.leases(store, network).items() if "/" not in c}
+    for ip, cname in peers.items():
+        cdir = store.container_dir(cname)
+        conf = read_json(cdir / "config.json")
+        if not conf:
+            continue
+        text = hosts_text(cname, conf.get("hostname") or cname, conf.get("net"), peers)
+        try:
+            fd = os.open(cdir / "etc" / "hosts", os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def resolv_text(net):
+    from ..spec import host_resolvers
+    servers = (net or {}).get("dns") or host_resolvers()
+    return "".join(f"nameserver {s}\n" for s in servers) or "# no resolvers\n"

@@ -1,0 +1,366 @@
+"""NAT and published ports in one nftables table owned by ctrun (`ip ctrun`).
+
+Every rule carries a comment naming its owner, `ctrun net <network>` or `ctrun ct <container>`,
+so it is removed exactly, and so `gc` can find rules whose owner no longer exists.  Commands
+go through libnftables' JSON interface (python3-nftables), imported only when a network
+operation runs.  Callers serialise changes per owner (network lock, container lock).
+
+Chains (created on demand; `add` is idempotent in nftables):
+  guard        filter prerouting -150  drop 127.0.0.0/8 source or destination arriving on a
+                                       ctrun bridge: route_localnet=1 (needed for localhost
+                                       publishing) would otherwise let a container reach the
+                                       host's loopback-only services
+  prerouting   nat dstnat               DNAT of published ports to local addresses (hairpin
+                                       from containers included), never for 127.0.0.0/8, which
+                                       must not be reachable from outside the host
+  output       nat -100                 the same DNAT for the host's own connections,
+                                       127.0.0.1 included
+  postrouting  nat srcnat               masquerade: a subnet leaving by another interface (if
+                                       nat), loopback sources leaving by the bridge (host to
+                                       127.0.0.1:PORT), DNATed traffic from the subnet back
+                                       into it (hairpin between containers)
+  forward      filter 0, policy accept  accept established and bridge traffic (no drops)
+"""
+
+import ipaddress
+import os
+from pathlib import Path
+
+from ..errors import CtrunError, HostUnsupported, InvalidInput, Conflict, NotFound
+
+DEFAULT_TABLE = "ctrun"
+FAMILY = "ip"
+BASE_COMMENT = "ctrun base"
+LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+
+_CHAINS = {
+    "guard": {"type": "filter", "hook": "prerouting", "prio": -150},
+    "prerouting": {"type": "nat", "hook": "prerouting", "prio": -100},
+    "output": {"type": "nat", "hook": "output", "prio": -100},
+    "postrouting": {"type": "nat", "hook": "postrouting", "prio": 100},
+    "forward": {"type": "filter", "hook": "forward", "prio": 0},
+}
+
+_nft_ctx = None
+
+
+def table():
+    """The table name: CTRUN_NFT_TABLE lets tests work in a table of their own."""
+    return os.environ.get("CTRUN_NFT_TABLE") or DEFAULT_TABLE
+
+
+def net_comment(name):
+    return f"ctrun net {name}"
+
+
+def ct_comment(name):
+    return f"ctrun ct {name}"
+
+
+# --- libnftables ---------------------------------------------------------------------------
+
+def _ctx():
+    global _nft_ctx
+    if _nft_ctx is None:
+        try:
+            import nftables
+            _nft_ctx = nftables.Nftables()
+        except (ImportError, OSError):
+            raise HostUnsupported(
+                "nftables is not available: install nftables and python3-nftables") from None
+    return _nft_ctx
+
+
+def _run(cmds):
+    """Run JSON commands as one atomic nftables transaction; returns the parsed output."""
+    rc, out, err = _ctx().json_cmd({"nftables": cmds})
+    if rc != 0:
+        raise _error(err)
+    return out
+
+
+def _error(err):
+    lines = [ln.strip() for ln in err.splitlines() if "Error:" in ln] or [err.strip()]
+    msg = lines[0].split("Error:", 1)[-1].strip() or "unknown error"
+    if "not supported" in msg:
+        return HostUnsupported(f"nftables failed ({msg}): the kernel lacks nf_tables NAT "
+                               "support (load nf_tables, nft_nat, nft_masq, nft_fib)")
+    return CtrunError(f"nftables failed: {msg}")
+
+
+def _list():
+    """The table's objects as libnftables JSON dicts, or [] when the table does not exist."""
+    rc, out, err = _ctx().json_cmd(
+        {"nftables": [{"list": {"table": {"family": FAMILY, "name": table()}}}]})
+    if rc != 0:
+        if "No such file or directory" in err:
+            return []
+        raise _error(err)
+    return out.get("nftables", []) if out else []
+
+
+def _skeleton():
+    t = table()
+    cmds = [{"add": {"table": {"family": FAMILY, "name": t}}}]
+    for name, spec in _CHAINS.items():
+        cmds.append({"add": {"chain": {"family": FAMILY, "table": t, "name": name,
+                                       "policy": "accept", **spec}}})
+    return cmds
+
+
+def _add_rule(chain, comment, expr):
+    return {"add": {"rule": {"family": FAMILY, "table": table(), "chain": chain,
+                             "comment": comment, "expr": expr}}}
+
+
+def _delete_rule(r):
+    return {"delete": {"rule": {"family": FAMILY, "table": table(), "chain": r["chain"],
+                                "handle": r["handle"]}}}
+
+
+# --- expression builders --------------------------------------------------------------------
+
+def _match(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _ip(field):
+    return {"payload": {"protocol": "ip", "field": field}}
+
+
+def _meta(key):
+    return {"meta": {"key": key}}
+
+
+def _prefix(cidr):
+    n = ipaddress.IPv4Network(cidr, strict=False)
+    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+
+
+_COUNTER = {"counter": None}
+_LOCAL_DADDR = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+
+
+# --- rules listing ---------------------------------------------------------------------------
+
+def rules(comment_prefix=None):
+    """ctrun's rules: [{"chain", "handle", "comment", "packets", "bytes", "expr"}], in table
+    order; comment_prefix keeps those whose comment starts with it (e.g. "ctrun ct ")."""
+    out = []
+    for obj in _list():
+        r = obj.get("rule")
+        if not r:
+            continue
+        comment = r.get("comment", "")
+        if comment_prefix is not None and not comment.startswith(comment_prefix):
+            continue
+        counter = next((e["counter"] for e in r.get("expr", []) if "counter" in e), None) or {}
+        out.append({"chain": r["chain"], "handle": r["handle"], "comment": comment,
+                    "packets": counter.get("packets"), "bytes": counter.get("bytes"),
+                    "expr": r.get("expr", [])})
+    return out
+
+
+def _owned(comment):
+    return [r for r in rules() if r["comment"] == comment]
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+def _network_rules(net):
+    bridge, subnet, comment = net["bridge"], _prefix(net["subnet"]), net_comment(net["name"])
+    iif, oif = _meta("iifname"), _meta("oifname")
+    out = [
+        _add_rule("guard", comment, [_match(iif, bridge), _match(_ip("saddr"), LOOPBACK),
+                                     _COUNTER, {"drop": None}]),
+        _add_rule("guard", comment, [_match(iif, bridge), _match(_ip("daddr"), LOOPBACK),
+                                     _COUNTER, {"drop": None}]),
+        # the host's own connections to 127.0.0.1:PORT leave by the bridge after DNAT
+        _add_rule("postrouting", comment, [_match(oif, bridge), _match(_ip("saddr"), LOOPBACK),
+                                           _COUNTER, {"masquerade": None}]),
+        # hairpin: a container reaching another through a published port must see the
+        # reply come back from the host, not straight from the peer on the bridge
+        _add_rule("postrouting", comment, [
+            _match(oif, bridge), _match(_ip("saddr"), subnet),
+            _match({"ct": {"key": "status"}}, "dnat", op="in"), _COUNTER, {"masquerade": None}]),
+        _add_rule("forward", comment, [_match(iif, bridge), _COUNTER, {"accept": None}]),
+        _add_rule("forward", comment, [_match(oif, bridge), _COUNTER, {"accept": None}]),
+    ]
+    if net.get("nat", True):
+        out.append(_add_rule("postrouting", comment, [
+            _match(_ip("saddr"), subnet), _match(oif, bridge, op="!="),
+            _COUNTER, {"masquerade": None}]))
+    return out
+
+
+def ensure_network(net, state_dir):
+    """Install a network's rules once (found by comment), enable IPv4 forwarding (saving its
+    previous value in <state_dir>/ip_forward.orig the first time) and route_localnet on the
+    bridge, which must exist.  net: {"name", "bridge", "subnet", "nat"}."""
+    conf = _conf_dir(net["bridge"])
+    if not conf.is_dir():
+        raise NotFound(f"bridge {net['bridge']} of network {net['name']} does not exist: "
+                       "create the bridge before its nftables rules")
+    try:
+        ipaddress.IPv4Network(net["subnet"], strict=False)
+    except ValueError:
+        raise InvalidInput(f"subnet {net['subnet']!r} of network {net['name']} is not an "
+                           "IPv4 CIDR: use e.g. 10.199.0.0/24") from None
+    existing = rules()
+    cmds = _skeleton()
+    if not any(r["comment"] == BASE_COMMENT for r in existing):
+        cmds.append(_add_rule("forward", BASE_COMMENT, [
+            _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
+            _COUNTER, {"accept": None}]))
+    if not any(r["comment"] == net_comment(net["name"]) for r in existing):
+        cmds += _network_rules(net)
+    _run(cmds)
+    _enable_forwarding(Path(state_dir))
+    # lets DNATed 127.0.0.1 traffic leave by the bridge and its replies come back
+    (conf / "route_localnet").write_text("1\n")
+
+
+def remove_network(net, state_dir, last=False):
+    """Delete a network's rules; with last=True delete the whole table and put ip_forward back
+    to the value saved by the first ensure_network.  Idempotent."""
+    if last:
+        if _list():
+            _run([{"delete": {"table": {"family": FAMILY, "name": table()}}}])
+        _restore_forwarding(Path(state_dir))
+    else:
+        doomed = _owned(net_comment(net["name"]))
+        if doomed:
+            _run([_delete_rule(r) for r in doomed])
+    localnet = _conf_dir(net["bridge"]) / "route_localnet"
+    try:
+        localnet.write_text("0\n")
+    except FileNotFoundError:  # bridge already gone
+        pass
+
+
+_IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def _conf_dir(bridge):
+    # the name becomes a /proc path component: refuse anything that is not an interface name
+    if not (isinstance(bridge, str) and 0 < len(bridge) <= 15 and bridge not in (".", "..")
+            and not any(c in bridge for c in "/: \t\n")):
+        raise InvalidInput(f"bridge name {bridge!r} is invalid: use 1-15 characters without "
+                           "'/', ':' or spaces")
+    return Path("/proc/sys/net/ipv4/conf") / bridge
+
+
+def _enable_forwarding(state_dir):
+    current = _IP_FORWARD.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: only the first network ever records the host's own value
+        fd = os.open(state_dir / "ip_forward.orig", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(current + "\n")
+    if current != "1":
+        _IP_FORWARD.write_text("1\n")
+
+
+def _restore_forwarding(state_dir):
+    saved = state_dir / "ip_forward.orig"
+    try:
+        value = saved.read_text().strip()
+    except FileNotFoundError:
+        return
+    if value in ("0", "1") and _IP_FORWARD.read_text().strip() != value:
+        _IP_FORWARD.write_text(value + "\n")
+    saved.unlink()
+
+
+# --- published ports --------------------------------------------------------------------------
+
+def _check_ports(ct_ip, ports):
+    try:
+        ipaddress.IPv4Address(ct_ip)
+    except ValueError:
+        raise InvalidInput(f"container address {ct_ip!r} is not an IPv4 address") from None
+    out = []
+    for p in ports:
+        proto = p.get("proto", "tcp")
+        if proto not in ("tcp", "udp"):
+            raise InvalidInput(f"published port protocol {proto!r} is invalid: use tcp or udp")
+        host_ip = p.get("host_ip") or "0.0.0.0"
+        try:
+            ipaddress.IPv4Address(host_ip)
+        except ValueError:
+            raise InvalidInput(f"published host address {host_ip!r} is not an IPv4 "
+                               "address: use 0.0.0.0 or a local IPv4 address") from None
+        for key in ("host_port", "ct_port"):
+            v = p.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+                raise InvalidInput(f"published port {key} {v!r} is invalid: use 1-65535")
+        out.append({"host_ip": host_ip, "host_port": p["host_port"], "ct_port": p["ct_port"],
+                    "proto": proto})
+    return out
+
+
+def _published(r):
+    """(host_ip, host_port, proto) of a DNAT rule, host_ip "0.0.0.0" when any local address."""
+    host_ip, port, proto = "0.0.0.0", None, None
+    for e in r["expr"]:
+        m = e.get("match")
+        if not m or m["op"] != "==" or "payload" not in m["left"]:
+            continue
+        pl = m["left"]["payload"]
+        if pl.get("protocol") == "ip" and pl.get("field") == "daddr":
+            host_ip = m["right"]
+        elif pl.get("field") == "dport":
+            port, proto = m["right"], pl.get("protocol")
+    return host_ip, port, proto
+
+
+def _overlaps(a, b):
+    return a == b or (a[1:] == b[1:] and "0.0.0.0" in (a[0], b[0]))
+
+
+def publish(container, ct_ip, ports):
+    """Set the container's published ports: DNAT in prerouting and output, replacing any
+    earlier rules of that container in one transaction.  ports: [{"host_ip", "host_port",
+    "ct_port", "proto"}].  A host port another container already publishes is a Conflict."""
+    ports = _check_ports(ct_ip, ports)
+    comment = ct_comment(container)
+    existing = rules("ctrun ct ")
+    taken = {_published(r): r["comment"][len("ctrun ct "):]
+             for r in existing if r["chain"] == "output" and r["comment"] != comment}
+    seen = []
+    for p in ports:
+        key = (p["host_ip"], p["host_port"], p["proto"])
+        owner = next((o for k, o in taken.items() if _overlaps(k, key)), None)
+        if owner is not None:
+            raise Conflict(f"host port {p['host_ip']}:{p['host_port']}/{p['proto']} is "
+                           f"already published by container {owner}: choose another host port")
+        if any(_overlaps(k, key) for k in seen):
+            raise InvalidInput(f"host port {p['host_port']}/{p['proto']} is published twice: "
+                               "publish each host port once")
+        seen.append(key)
+    cmds = _skeleton() + [_delete_rule(r) for r in existing if r["comment"] == comment]
+    for p in ports:
+        tail = [_match({"payload": {"protocol": p["proto"], "field": "dport"}}, p["host_port"]),
+                _COUNTER, {"dnat": {"addr": ct_ip, "port": p["ct_port"]}}]
+        if p["host_ip"] == "0.0.0.0":
+            out_match = [_LOCAL_DADDR]
+            # 127.0.0.0/8 only from the host itself: a neighbour sending to 127.0.0.1 with
+            # our MAC address must not reach a port published on loopback
+            pre_match = [_match(_ip("daddr"), LOOPBACK, op="!="), _LOCAL_DADDR]
+        else:
+            out_match = [_match(_ip("daddr"), p["host_ip"]), _LOCAL_DADDR]
+            pre_match = None if p["host_ip"].startswith("127.") else out_match
+        if pre_match:
+            cmds.append(_add_rule("prerouting", comment, pre_match + tail))
+        cmds.append(_add_rule("output", comment, out_match + tail))
+    _run(cmds)
+
+
+def unpublish(container):
+    """Delete every rule of the container; fine when there is none or no table."""
+    doomed = _owned(ct_comment(container))
+    if doomed:
+        _run([_delete_rule(r) for r in doomed])
