@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Start-up latency: `ctrun run --rm busybox -- true` against `runc run` and `crun run` of
-the same busybox rootfs (the image ctrun builds), wall time of the whole command.
+"""Start-up latency: `ctrun run --rm --net none busybox -- true` against `runc run` and
+`crun run` of the same busybox rootfs (the image ctrun builds), wall time of the whole command.
 
 Runs are interleaved (ctrun, runc, crun, ctrun, ...) so drift on the host hits every tool
 alike; the first --warmup rounds are discarded.  Target: ctrun median <= 1.0x runc's.
@@ -68,9 +68,9 @@ def main():
         def fixed(cmd, env=None):
             return lambda: (None, cmd, env)
 
-        ctrun_cmd = ws.ctrun_cmd("run", "--rm", "busybox", "--", "true")
+        ctrun_cmd = ws.ctrun_cmd("run", "--rm", "--net", "none", "busybox", "--", "true")
         tools = {  # name -> (argv factory, shown command, is it a target row)
-            "ctrun": (fixed(ctrun_cmd), "ctrun run --rm busybox -- true", True),
+            "ctrun": (fixed(ctrun_cmd), "ctrun run --rm --net none busybox -- true", True),
             "runc": (oci("runc", ws.runc_root), "runc run --bundle B ID", True),
             "crun": (oci("crun", ws.crun_root),
                      ("unshare -m sh -c 'umount /sys/fs/cgroup/unified; exec crun run "
@@ -89,9 +89,9 @@ def main():
         # (no PYTHONPYCACHEPREFIX: the standard library's own __pycache__ is still used)
         nopyc = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
         nopyc["PYTHONDONTWRITEBYTECODE"] = "1"
-        tools["ctrun, no .pyc"] = (fixed(ctrun_cmd, nopyc),
-                                   "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm busybox -- true",
-                                   False)
+        tools["ctrun, no .pyc"] = (
+            fixed(ctrun_cmd, nopyc),
+            "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm --net none busybox -- true", False)
 
         def cleanup_oci(name, cid):
             root = ws.runc_root if name == "runc" else ws.crun_root
