@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Cost of resource limits at start: `ctrun run --rm busybox -- true` with every limit vs
-with none, and the cgroup work alone (create + apply + remove) timed in-process.
+"""Cost of resource limits at start: `ctrun run --rm --net none busybox -- true` with every
+limit vs with none, and the cgroup work alone (create + apply + remove) timed in-process.
 
 (a) End to end, wall time of the CLI as bench_run.py takes it: no limits, all limits, and
 a second no-limits arm (an A/A control: how far two identical arms drift apart here).
@@ -65,8 +65,8 @@ def cli_args(opts):
 def check_applied(ws, args, lim):
     """One detached container with the limits; the kernel's values (inspect) must match."""
     import json
-    ws.ctrun_check("run", "-d", "--name", "limits-probe", *args, "busybox", "--",
-                   "sleep", "1000")
+    ws.ctrun_check("run", "-d", "--name", "limits-probe", "--net", "none", *args, "busybox",
+                   "--", "sleep", "1000")
     try:
         got = json.loads(ws.ctrun_check("inspect", "limits-probe")).get("limits") or {}
     finally:
@@ -206,12 +206,16 @@ def main():
         ws.build_image()
         check_applied(ws, args, lim)
 
-        run = ws.ctrun_cmd("run", "--rm", "busybox", "--", "true")
-        with_limits = ws.ctrun_cmd("run", "--rm", *args, "busybox", "--", "true")
+        # --net none, as bench_run: a network (veth, address lease) is not what is measured
+        run = ws.ctrun_cmd("run", "--rm", "--net", "none", "busybox", "--", "true")
+        with_limits = ws.ctrun_cmd("run", "--rm", "--net", "none", *args, "busybox", "--",
+                                   "true")
         arms = {"no limits": run, "all limits": with_limits, "no limits (A/A)": run}
-        shown = {"no limits": "ctrun run --rm busybox -- true",
-                 "all limits": "ctrun run --rm " + " ".join(args) + " busybox -- true",
-                 "no limits (A/A)": "ctrun run --rm busybox -- true (same as 'no limits')"}
+        shown = {"no limits": "ctrun run --rm --net none busybox -- true",
+                 "all limits": "ctrun run --rm --net none " + " ".join(args)
+                 + " busybox -- true",
+                 "no limits (A/A)": "ctrun run --rm --net none busybox -- true (same as "
+                                    "'no limits')"}
         print(f"bench_limits: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
               f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
         samples, failed, rounds = time_cli(arms, a.runs, a.warmup)

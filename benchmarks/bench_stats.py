@@ -2,10 +2,10 @@
 """Accounting at scale: wall time of `ctrun stats --format json` with 100 running
 containers, and of `ctrun list` alongside it.
 
-The containers (`sleep 100000` in busybox, detached) are started in-process through the
-Python API (start-up speed is not measured here).  Each command is timed through the CLI,
-median of --runs runs after --warmup discarded ones, interleaved with the same commands
-against an empty store.  Target: `ctrun stats` < 500 ms.  ctrun stats samples every
+The containers (`sleep 100000` in busybox, detached, no network) are started in-process
+through the Python API (start-up speed is not measured here).  Each command is timed
+through the CLI, median of --runs runs after --warmup discarded ones, interleaved with the
+same commands against an empty store.  Target: `ctrun stats` < 500 ms.  ctrun stats samples every
 container twice, 0.25 s apart, to compute CPU percentages: that interval is in the figure
 by design.  Run as root:  benchmarks/bench_stats.py [--count 100] [--runs 10]
 """
@@ -87,7 +87,7 @@ def main():
         names = [f"s{i}" for i in range(a.count)]
         t0 = time.perf_counter()
         for i, n in enumerate(names):
-            ct.run(image="busybox", cmd=["sleep", "100000"], name=n, detach=True)
+            ct.run(image="busybox", cmd=["sleep", "100000"], name=n, detach=True, net="none")
             if (i + 1) % 25 == 0:
                 print(f"  {i + 1}/{a.count}", flush=True)
         start_s = time.perf_counter() - t0
@@ -154,8 +154,9 @@ def main():
              "(ctrun/stats.py INTERVAL): the sleep is in every stats figure, empty store too",
              "the empty-store rows are the same commands with --root pointing at an empty "
              "store, timed in the same interleaved rounds",
-             "the containers run `sleep 100000` in busybox, idle; started with "
-             "Ctrun.run(detach=True) in-process and destroyed with Ctrun.destroy(force=True)"]
+             "the containers run `sleep 100000` in busybox, idle, with no network; started "
+             "with Ctrun.run(detach=True, net='none') in-process and destroyed with "
+             "Ctrun.destroy(force=True)"]
     result = {"params": {"count": a.count, "runs": a.runs, "warmup": a.warmup},
               "target_ms": TARGET_MS, "sampling_interval_ms": interval_ms, "stats": stats,
               "commands": {f"{k[0]} [{k[1]}]": " ".join(v) for k, v in timed_cmds.items()},

@@ -252,7 +252,14 @@ class Ctrun:
         cdir = self._cdir(name)
         with self.store.lock(name):
             cfg = self._config(cdir)
-            spec, mgr, bpf_path = self._prepare_start(name, cdir, cfg, tty=tty)
+            from .network import container as netc
+            plumber = netc.plumber_for(cfg.net)  # imports pyroute2 meanwhile, on another CPU
+            try:
+                spec, mgr, bpf_path = self._prepare_start(name, cdir, cfg, tty=tty)
+            except BaseException:
+                if plumber:
+                    plumber.cancel()
+                raise
             sid = os.urandom(6).hex()
             started = _now()
             write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
@@ -263,18 +270,20 @@ class Ctrun:
                 stdin = os.open("/dev/null", os.O_RDONLY)
             try:
                 launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
-                from .network import container as netc
-                netc.up(self.store, name, cfg.net, launched.pid)
+                if plumber:
+                    plumber.up(self.store, name, cfg.net, launched.pid)
+                    plumber = None
                 write_json(cdir / "live.json", {"start_id": sid, "pid": launched.pid,
                                                 "pid_start": launched.pid_start,
                                                 "started_at": started, "monitor": "attached"},
                            durable=False)
                 launched.start()
             except BaseException:
+                if plumber:
+                    plumber.cancel()
                 write_json(cdir / "state.json", {})
                 mgr.kill_all()
                 mgr.remove()
-                from .network import container as netc
                 netc.down(self.store, name, cfg.net)
                 raise
         pid = launched.pid

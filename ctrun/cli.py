@@ -247,6 +247,19 @@ def _table(rows, cols):
     return "\n".join(lines)
 
 
+def _each(names, fn):
+    """Apply fn to every name, reporting each failure and going on; the last error's code."""
+    from .errors import CtrunError
+    code = 0
+    for n in names:
+        try:
+            fn(n)
+        except CtrunError as e:
+            print(f"ctrun: error: {e}", file=sys.stderr)
+            code = e.exit_code
+    return code
+
+
 def dispatch(a):
     from .api import Ctrun
     ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {m}", file=sys.stderr))
@@ -285,8 +298,7 @@ def dispatch(a):
     elif v == "logs":
         ct.logs(a.name, follow=a.follow)
     elif v in ("destroy", "rm"):
-        for n in a.name:
-            ct.destroy(n, force=a.force)
+        return _each(a.name, lambda n: ct.destroy(n, force=a.force))
     elif v == "set":
         if a.ip_add or a.ip_del:
             ct.set_ips(a.name, add=a.ip_add, delete=a.ip_del, save=not a.no_save)
@@ -311,8 +323,7 @@ def dispatch(a):
         elif a.network_verb == "inspect":
             print(json.dumps(ct.network_inspect(a.name), indent=1))
         else:
-            for n in a.name:
-                ct.network_rm(n)
+            return _each(a.name, ct.network_rm)
     elif v == "gc":
         for line in ct.gc():
             print(line)

@@ -200,18 +200,23 @@ def _launcher(cdir, req, out_w, err_w, res_w):
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        from .network import container as netc
         from .runtime import process
-        from .state import read_json, write_json
+        from .state import Store, read_json, write_json
+        conf = read_json(cdir / "config.json") or {}
+        plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
         spec = read_json(cdir / "spec.json")
         bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
         devnull = os.open("/dev/null", os.O_RDONLY)
-        launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
-        conf = read_json(cdir / "config.json") or {}
-        if (conf.get("net") or {}).get("ip"):
-            from .network import container as netc
-            from .state import Store
+        try:
+            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
+        except BaseException:
+            if plumber:
+                plumber.cancel()
+            raise
+        if plumber:
             try:
-                netc.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
+                plumber.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
             except BaseException:
                 os.kill(launched.pid, signal.SIGKILL)
                 raise
