@@ -772,11 +772,14 @@ def _gc_network(store, known):
                 pass
     try:
         from .network import nft
-        for rule in nft.rules("ctrun ct "):
-            owner = rule["comment"][len("ctrun ct "):]
+        for owner in sorted({r["comment"][len("ctrun ct "):] for r in nft.rules("ctrun ct ")}):
             if owner not in known:
                 nft.unpublish(owner)
                 done.append(f"removed published ports of missing container {owner}")
+            elif status(store.container_dir(owner))[0] != "running":
+                # its supervisor died with it (e.g. a killed `ctrun run`): nobody unpublished
+                nft.unpublish(owner)
+                done.append(f"removed published ports of stopped container {owner}")
     except CtrunError:
         pass
     return done

@@ -116,3 +116,31 @@ def test_ip_add_and_del_on_a_running_container(cli, net):
     cli("set", "multi", "--ip-del", extra, check=True)
     r = cli("exec", "multi", "--", "ip", "-4", "addr", "show", "eth0")
     assert extra not in r.stdout
+
+
+def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net):
+    """kill -9 of an attached `ctrun run`: once its container is gone, gc drops its rules."""
+    import signal
+    import sys
+    port = 17000 + os.getpid() % 1000
+    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run", "--name",
+                          "orphan", "--net", net, "-p", f"{port}:80", "busybox", "--",
+                          "sleep", "1000"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = cli("inspect", "orphan")
+        if r.returncode == 0 and json.loads(r.stdout)["state"] == "running":
+            break
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    cli("kill", "orphan", check=True)  # the workload dies; no supervisor records it
+    deadline = time.monotonic() + 10
+    while cli.json("inspect", "orphan")["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    table = os.environ["CTRUN_NFT_TABLE"]
+    listing = lambda: subprocess.run(["nft", "list", "table", "ip", table],  # noqa: E731
+                                     capture_output=True, text=True).stdout
+    assert "ctrun ct orphan" in listing()
+    out = cli("gc", check=True).stdout
+    assert "orphan" in out and "ctrun ct orphan" not in listing()
