@@ -213,12 +213,15 @@ class Ctrun:
             try:
                 reply = monitor.request(self.store.root, {
                     "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
-                    "root": str(self.store.root),
-                    "started_at": started, "bpf": bpf, "cgroup_parent": "/".join(mgr.parent_parts)})
-            except BaseException:
+                    "root": str(self.store.root), "started_at": started, "bpf": bpf,
+                    "cgroup_parent": "/".join(mgr.parent_parts)})
+            except CtrunError:  # no monitor could be reached: nothing was started
                 write_json(cdir / "state.json", state)
+                mgr.kill_all()
                 mgr.remove()
                 raise
+            # (interrupted while the monitor starts it: the monitor owns it now, and its
+            # live/exit records under this start id tell the next verb what happened)
             if not reply.get("ok"):
                 write_json(cdir / "state.json", state)
                 mgr.kill_all()
@@ -421,20 +424,27 @@ class Ctrun:
         with self.store.lock(name):
             self._running_mgr(name, cdir, "only a running container can be thawed").thaw()
 
-    def stats(self, names=()):
-        """{name: stats} of running containers (all of them when names is empty)."""
+    def stats(self, names=(), strict=True, only=None):
+        """{name: stats} of running containers (all of them when names is empty).
+
+        strict: a named container that is not running is an error; otherwise it (and one
+        that stops while being read) is left out.  only: the stat sections to read."""
         from . import cgroups
         out = {}
         for n in names or self.store.container_names():
-            cdir = self._cdir(n)
+            cdir = self._cdir(n) if strict else self.store.container_dir(n)
             if status(cdir)[0] != "running":
-                if names:
+                if names and strict:
                     raise Conflict(f"container '{n}' is not running; stats need a running "
                                    "container")
                 continue
-            conf = read_json(cdir / "config.json")
+            conf = read_json(cdir / "config.json") or {}
             mgr = cgroups.manager(n, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
-            out[n] = mgr.stats()
+            try:
+                out[n] = mgr.stats(only)
+            except NotFound:
+                if strict and names:
+                    raise
         return out
 
     # ---------------------------------------------------------------- networks

@@ -25,13 +25,16 @@ def sample(ct, names):
     t0 = time.monotonic()
     first = ct.stats(names)
     time.sleep(INTERVAL)
-    second = ct.stats(list(first))
+    # only the CPU counter again; a container that stopped meanwhile just drops out
+    second = ct.stats(list(first), strict=False, only=("cpu",))
     dt = time.monotonic() - t0
-    for n, st in second.items():
-        if n in first:
-            used = st["cpu"]["usage_ns"] - first[n]["cpu"]["usage_ns"]
+    out = {}
+    for n, st in first.items():
+        if n in second:
+            used = second[n]["cpu"]["usage_ns"] - st["cpu"]["usage_ns"]
             st["cpu"]["percent"] = round(100.0 * used / (dt * 1e9), 1)
-    return second
+            out[n] = st
+    return out
 
 
 def table(stats):

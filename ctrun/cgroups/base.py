@@ -383,11 +383,15 @@ class CgroupManager(abc.ABC):
             raise self._gone(e) from None
         return out
 
-    def stats(self):
-        """Usage counters and OpenVZ-style beancounters, from a few files per controller."""
+    def stats(self, only=None):
+        """Usage counters and OpenVZ-style beancounters, from a few files per controller.
+
+        only: the sections to read (e.g. ("cpu",) for a second CPU sample)."""
         out, beans = {}, []
         try:
             for section, group in STAT_SECTIONS:
+                if only is not None and section not in only:
+                    continue
                 side = self._side(group)
                 if side is not None:
                     out[section], rows = side._stats(section)

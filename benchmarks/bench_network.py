@@ -1,0 +1,738 @@
+#!/usr/bin/python3
+"""Networking: start-up of `ctrun run --rm` on a bridged network against `podman run --rm` on
+podman's default bridge, and container-to-host TCP throughput over ctrun's veth against the
+host's own loopback.
+
+(a) Start-up.  Wall time of the whole command, four arms interleaved with their order
+rotating every round (first --warmup rounds discarded), median / p10 / p90:
+  ctrun, bridge    ctrun run --rm --net ctbench busybox -- true
+  ctrun, --net none  the same without a network: what the network costs ctrun
+  podman, bridge   podman run --rm --pull=never IMAGE true   (podman's default network)
+  podman, none     the same with --network none: what the network costs podman
+Target: ctrun (bridge) median <= 0.5x podman (bridge) median.  IMAGE is the rootfs of
+ctrun's busybox image, tarred and `podman import`ed under a unique tag (no registry, no
+network access), so both run the same files.  After every podman run the benchmark waits
+(untimed) until podman's background processes for that container (conmon's exit command)
+are gone, so they do not spill into the next arm's time.
+
+(b) Throughput.  One detached container (`ctrun run -d --net ctbench --name ipf busybox --
+sleep 1000`); the busybox image has no iperf3, so the host's binary runs in the container's
+network namespace: `nsenter --net=/proc/PID/ns/net iperf3 -c GATEWAY -t 5 -J` against
+`iperf3 -s -B GATEWAY` on the host (container -> veth -> bridge -> host), alternating with
+`iperf3 -c 127.0.0.1 -t 5 -J` against `iperf3 -s -B 127.0.0.1` (the host's loopback), for
+--iperf-rounds rounds each.  Figures are the receiver's Gbit/s; target: median veth >= 0.8x
+median loopback.  The host side of the veth's byte counter is read around each veth round
+to check that the traffic really crossed it.
+
+Isolation.  As every benchmark: a private store and the cgroup parent ctrun-bench.  ctrun's
+network is a dedicated one, `ctrun network create ctbench --subnet 10.215.0.0/24` (bridge
+ct-ctbench), and CTRUN_NFT_TABLE=ctrun-bench keeps its nftables rules out of the host's
+`ip ctrun` table, so the host's ctrun0 and its rules are never touched; the benchmark
+refuses to start if that bridge or table already exists.  Podman runs as root with a
+private storage root, runroot, tmp_dir and network config dir in the workspace, and a
+containers.conf of its own (CONTAINERS_CONF) because Debian 12's podman 4.3 cannot run
+here with its defaults: default_ulimits must be set (root lacks CAP_SYS_RESOURCE in this
+kind of sandbox, so podman's own nofile/nproc defaults fail), cgroup_manager = "cgroupfs",
+events_logger = "file", runtime = "runc" (crun 1.8 refuses hybrid cgroup hosts), and
+network_backend = "netavark".  Rootful podman still writes a few things outside its
+storage: /dev/shm/libpod_lock, /run/containers/networks (netavark's IPAM db),
+/var/lib/containers/cache, cgroups /libpod_parent, iptables-nft chains NETAVARK* (in tables
+`ip nat` / `ip filter`, created if missing), the bridge podman0 while a container runs, and
+net.ipv4.ip_forward=1.  Everything of that which did not exist before the benchmark started
+is removed at the end (and listed as 'podman host cleanup'); iptables lines are removed only
+if they mention NETAVARK and were not there before.  On exit, error, Ctrl-C or SIGTERM the
+iperf3 servers are killed (they also die with the benchmark: PR_SET_PDEATHSIG), ctrun's
+containers are destroyed and its network removed, podman's containers and image removed.
+
+Caveats.
+- Podman's start-up includes its background cleanup only partly (see (a)); its per-run
+  state lives in a fresh private store, as on a host where podman is used for this image
+  only.  Its version (4.3.1, netavark 1.4) is what Debian 12 ships; newer podman is faster.
+- Loopback has an MTU of 65536 and no bridge, veth pair or netfilter hooks in the path;
+  the veth carries 1500-byte frames (the bridge's MTU), with GSO/GRO batching them.  Both
+  iperf3 ends share the host's CPUs (2 here), so the figures are CPU-bound and move with
+  anything else running.  The veth path crosses ctrun's nftables hooks (prerouting guard,
+  nat) and conntrack; loopback crosses conntrack too.
+- Wall-clock figures on a shared machine: compare runs from the same host; p10/p90 show
+  the spread.
+Run as root:  benchmarks/bench_network.py [--runs 20] [--warmup 3] [--iperf-time 5]
+              [--iperf-rounds 3] [--subnet 10.215.0.0/24] [--no-podman]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TARGET_VS_PODMAN = 0.5
+TARGET_VS_LOOPBACK = 0.8
+NET_NAME = "ctbench"
+BRIDGE = "ct-" + NET_NAME          # ctrun's bridge name for a network NAME (ct-NAME)
+NFT_TABLE = "ctrun-bench"
+DEFAULT_SUBNET = "10.215.0.0/24"
+IPF_NAME = "ipf"
+
+# what rootful podman 4.3 / netavark 1.4 create outside a private storage root (see above);
+# a child before its parent, so a new child of an existing parent is removed alone
+PODMAN_HOST_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/containers",
+                     "/var/lib/containers/cache", "/var/lib/containers",
+                     "/etc/containers/networks", "/run/libpod")
+PODMAN_BRIDGES = ("podman0", "cni-podman0")
+PODMAN_CGROUP = "libpod_parent"
+IPT_TABLES = ("nat", "filter")
+
+
+def run(argv, timeout=60, env=None, check=False):
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"`{shlex.join(argv)}` failed ({p.returncode}): "
+                           f"{p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+# ------------------------------------------------------------------ host state
+def nft_tables():
+    p = run(["nft", "-j", "list", "tables"])
+    if p.returncode != 0:
+        return set()
+    return {(o["table"]["family"], o["table"]["name"])
+            for o in json.loads(p.stdout).get("nftables", []) if "table" in o}
+
+
+def nft_table_has_rules(family, name):
+    p = run(["nft", "-j", "list", "table", family, name])
+    if p.returncode != 0:
+        return False
+    return any("rule" in o for o in json.loads(p.stdout).get("nftables", []))
+
+
+def ipt_lines(tool, table):
+    """`iptables -S` of one table as a list (iptables-nft does not create a missing table)."""
+    p = run([tool, "-w", "-t", table, "-S"])
+    return p.stdout.splitlines() if p.returncode == 0 else []
+
+
+def links():
+    return set(os.listdir("/sys/class/net"))
+
+
+def ip_forward():
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+
+
+def cgroup_roots():
+    return [Path(m) for m, _ in common.cgroup_mounts()]
+
+
+class HostState:
+    """What the benchmark (podman above all) may change outside its workspace, as it was
+    before; restore() puts back what was added and returns what it did."""
+
+    def __init__(self):
+        self.paths = {p: os.path.lexists(p) for p in PODMAN_HOST_PATHS}
+        self.tables = nft_tables()
+        self.links = links()
+        self.ip_forward = ip_forward()
+        self.ipt = {(tool, t): set(ipt_lines(tool, t))
+                    for tool in ("iptables", "ip6tables") if shutil.which(tool)
+                    for t in IPT_TABLES}
+        self.cgroups = {r: (r / PODMAN_CGROUP).is_dir() for r in cgroup_roots()}
+
+    def restore_podman(self, leaks):
+        done = []
+        for name in PODMAN_BRIDGES:  # netavark deletes its bridge with the last container
+            if name not in self.links and name in links():
+                leaks.append(f"podman left its bridge {name} after its last container")
+                run(["ip", "link", "del", name])
+        for (tool, t), before in self.ipt.items():
+            new = [ln for ln in ipt_lines(tool, t) if ln not in before and "NETAVARK" in ln]
+            for ln in new:  # rules first (they may jump to the chains), then the chains
+                if ln.startswith("-A "):
+                    run([tool, "-w", "-t", t, "-D", *shlex.split(ln)[1:]])
+            for ln in new:
+                if ln.startswith("-N "):
+                    chain = ln.split()[1]
+                    run([tool, "-w", "-t", t, "-F", chain])
+                    run([tool, "-w", "-t", t, "-X", chain])
+            if new:
+                done.append(f"{tool} -t {t}: removed {len(new)} NETAVARK rule(s)/chain(s)")
+        for fam, name in sorted(nft_tables() - self.tables):
+            if fam in ("ip", "ip6") and name in IPT_TABLES:
+                if nft_table_has_rules(fam, name):
+                    done.append(f"nft table {fam} {name} (new) kept: it holds other rules")
+                else:
+                    run(["nft", "delete", "table", fam, name])
+                    done.append(f"nft table {fam} {name} (created by iptables-nft for "
+                                "netavark, now empty) deleted")
+        for p, existed in self.paths.items():
+            if not existed and os.path.lexists(p):
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p)
+                done.append(f"removed {p}")
+        n_cg = 0
+        for root, existed in self.cgroups.items():
+            base = root / PODMAN_CGROUP
+            if existed or not base.is_dir():
+                continue
+            for dirpath, _, _ in sorted(os.walk(base), key=lambda w: -len(w[0])):
+                d = Path(dirpath)
+                if common.cgroup_procs(d):
+                    leaks.append(f"podman cgroup {d} still has processes "
+                                 f"{common.cgroup_procs(d)}: left in place")
+                    continue
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    n_cg += 1
+        if n_cg:
+            done.append(f"removed {n_cg} empty cgroup dir(s) /{PODMAN_CGROUP}")
+        return done
+
+    def restore_ip_forward(self):
+        now = ip_forward()
+        if now != self.ip_forward:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
+            return [f"net.ipv4.ip_forward was {now}, put back to {self.ip_forward}"]
+        return []
+
+
+# ------------------------------------------------------------------ podman
+class Podman:
+    """Rootful podman with private storage in the workspace and its own containers.conf."""
+
+    def __init__(self, ws):
+        self.dir = ws.tmp / "podman"
+        self.root, self.runroot = self.dir / "root", self.dir / "runroot"
+        for d in (self.root, self.runroot, self.dir / "tmp", self.dir / "netconf"):
+            d.mkdir(parents=True)
+        self.conf = self.dir / "containers.conf"
+        self.conf.write_text(
+            "[containers]\n"
+            'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            'runtime = "runc"\n'
+            f'tmp_dir = "{self.dir / "tmp"}"\n'
+            "[network]\n"
+            'network_backend = "netavark"\n'
+            f'network_config_dir = "{self.dir / "netconf"}"\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+        self.image = f"localhost/ctrun-bench-busybox:{os.getpid()}-{int(time.time())}"
+        self.imported = False
+
+    def cmd(self, *args):
+        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), *args]
+
+    def check(self, *args, timeout=120):
+        return run(self.cmd(*args), timeout=timeout, env=self.env, check=True).stdout
+
+    def import_rootfs(self, rootfs, tarball):
+        run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], timeout=120, check=True)
+        self.check("import", str(tarball), self.image)
+        self.imported = True
+
+    def background(self):
+        """podman/conmon processes still working on this store (e.g. conmon's exit command
+        `podman container cleanup` finishing after `podman run --rm` returned)."""
+        mark = str(self.root)
+        me = os.getpid()
+        return [p for p in common.pids() if p != me and mark in " ".join(common.cmdline(p))]
+
+    def settle(self, timeout=10):
+        return common.wait_gone(self.background(), timeout)
+
+    def teardown(self, leaks):
+        left = self.settle()
+        if left:
+            leaks.append(f"podman processes {left} still running 10 s after the last run: "
+                         "killed")
+            for p in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        ids = run(self.cmd("ps", "-aq"), env=self.env).stdout.split()
+        if ids:
+            leaks.append(f"podman containers left after `podman run --rm`: {', '.join(ids)}")
+            run(self.cmd("rm", "-af"), timeout=120, env=self.env)
+        if self.imported:
+            p = run(self.cmd("rmi", "-f", self.image), timeout=120, env=self.env)
+            if p.returncode != 0:
+                common.warn(f"podman rmi {self.image}: {p.stderr.strip()}")
+        # the storage itself is in the workspace, removed with it
+
+
+# ------------------------------------------------------------------ (a) start-up
+def time_startup(arms, runs, warmup, settle):
+    """Interleaved, order rotating each round: {arm: [s]}, {arm: failures}, [{arm: s}],
+    {arm: [failure messages]}."""
+    names = list(arms)
+    samples = {n: [] for n in names}
+    failed = {n: 0 for n in names}
+    messages = {n: [] for n in names}
+    rounds = []
+    total = warmup + runs
+    for rnd in range(total):
+        k = rnd % len(names)
+        this = {}
+        for n in names[k:] + names[:k]:
+            argv, env = arms[n]
+            dt, rc = common.timed(argv, env=env)
+            settle(n)
+            if rc != 0:
+                failed[n] += 1
+                # run once more untimed to capture what went wrong
+                ok, msg = common.probe(argv, env=env)
+                settle(n)
+                messages[n].append(f"round {rnd}: exit {rc}; rerun "
+                                   + ("succeeded" if ok else f"failed: {msg}"))
+            elif rnd >= warmup:
+                samples[n].append(dt)
+                this[n] = dt
+        if rnd >= warmup:
+            rounds.append(this)
+        if (rnd + 1) % 5 == 0:
+            print(f"  round {rnd + 1}/{total}", flush=True)
+    return samples, failed, rounds, messages
+
+
+def paired(rounds, a, b):
+    return [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
+
+
+def pstats(values):
+    return {"n": len(values), "median": common.percentile(values, 50),
+            "p10": common.percentile(values, 10), "p90": common.percentile(values, 90)}
+
+
+# ------------------------------------------------------------------ (b) throughput
+def free_port(addr):
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def listening(addr, port):
+    want = f"{int.from_bytes(socket.inet_aton(addr), sys.byteorder):08X}:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(ln.split()[1] == want and ln.split()[3] == "0A" for ln in list(f)[1:])
+
+
+def _die_with_parent():
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def start_server(addr, servers):
+    port = free_port(addr)
+    p = subprocess.Popen(["iperf3", "-s", "-B", addr, "-p", str(port)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    servers.append(p)
+    deadline = time.monotonic() + 5
+    while not listening(addr, port):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3 -s -B {addr} -p {port} did not start listening")
+        time.sleep(0.02)
+    return port
+
+
+def iperf_client(argv, seconds):
+    """(Gbit/s received, details) or (None, error message)."""
+    try:
+        p = run(argv, timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {seconds + 30}s"
+    try:
+        d = json.loads(p.stdout)
+    except ValueError:
+        return None, (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}")[:300]
+    if "error" in d or p.returncode != 0:
+        return None, d.get("error", f"exit {p.returncode}")
+    end = d["end"]
+    return end["sum_received"]["bits_per_second"] / 1e9, {
+        "received_bytes": end["sum_received"]["bytes"],
+        "sent_gbit_s": end["sum_sent"]["bits_per_second"] / 1e9,
+        "retransmits": end["sum_sent"].get("retransmits"),
+        "cpu_percent": end.get("cpu_utilization_percent")}
+
+
+def read_counter(ifname, name):
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/statistics/{name}").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def mtu(ifname):
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def throughput(ws, seconds, rounds, servers):
+    ws.ctrun_check("run", "-d", "--net", NET_NAME, "--name", IPF_NAME, "busybox", "--",
+                   "sleep", "1000")
+    info = json.loads(ws.ctrun_check("inspect", IPF_NAME))
+    pid, net = info.get("pid"), info.get("network") or {}
+    gw, veth = net.get("gateway"), net.get("veth")
+    if not pid or not gw or not veth:
+        raise RuntimeError(f"ctrun inspect {IPF_NAME}: no pid, network.gateway or "
+                           f"network.veth: {json.dumps({'pid': pid, 'network': net})}")
+    if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        raise RuntimeError(f"container {IPF_NAME} (pid {pid}) shares the host's network "
+                           "namespace")
+    port_veth = start_server(gw, servers)
+    port_lo = start_server("127.0.0.1", servers)
+    t = str(seconds)
+    arms = {
+        "container -> host (veth)": ["nsenter", f"--net=/proc/{pid}/ns/net", "iperf3", "-c",
+                                     gw, "-p", str(port_veth), "-t", t, "-J"],
+        "host loopback": ["iperf3", "-c", "127.0.0.1", "-p", str(port_lo), "-t", t, "-J"],
+    }
+    gbit = {n: [] for n in arms}
+    details = {n: [] for n in arms}
+    errors = {n: [] for n in arms}
+    counter = []
+    names = list(arms)
+    for rnd in range(rounds):
+        for n in (names if rnd % 2 else names[::-1]):  # loopback first, then alternate
+            before = read_counter(veth, "rx_bytes")
+            g, det = iperf_client(arms[n], seconds)
+            after = read_counter(veth, "rx_bytes")
+            if g is None:
+                errors[n].append(f"round {rnd}: {det}")
+                continue
+            gbit[n].append(g)
+            details[n].append(det)
+            if n.endswith("(veth)") and before is not None and after is not None:
+                counter.append({"veth_rx_bytes": after - before,
+                                "iperf_received_bytes": det["received_bytes"]})
+            print(f"  round {rnd + 1}/{rounds}: {n}: {g:.2f} Gbit/s", flush=True)
+    shown = {
+        "container -> host (veth)": f"nsenter --net=/proc/PID/ns/net iperf3 -c {gw} -t {t} -J"
+                                    f"   (server: iperf3 -s -B {gw})",
+        "host loopback": f"iperf3 -c 127.0.0.1 -t {t} -J   (server: iperf3 -s -B 127.0.0.1)",
+    }
+    return {"gbit": gbit, "details": details, "errors": errors, "counter": counter,
+            "commands": shown, "gateway": gw, "container_ip": net.get("ip"), "veth": veth,
+            "mtu": {"lo": mtu("lo"), "veth (host side)": mtu(veth), "bridge": mtu(BRIDGE)}}
+
+
+# ------------------------------------------------------------------ teardown
+class Teardown:
+    """One cleanup step, registered first so that it runs after the benchmark's others:
+    iperf3 servers, ctrun's containers and network, podman, then the host state."""
+
+    def __init__(self, ws, host):
+        self.ws, self.host = ws, host
+        self.servers = []
+        self.podman = None
+        self.veths = set()
+        self.host_cleanup = []
+
+    def __call__(self):
+        ws = self.ws
+        for step in (self._servers, self._ctrun, self._podman):
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - keep cleaning
+                common.warn(f"cleanup step {step.__name__} failed: {e}")
+        self.host_cleanup += self.host.restore_podman(ws.leaks)
+        self.host_cleanup += self.host.restore_ip_forward()
+        if self.host_cleanup:
+            print("\npodman host cleanup (state podman keeps outside its storage, removed "
+                  "because it did not exist before):", file=sys.stderr)
+            for line in self.host_cleanup:
+                print(f"  - {line}", file=sys.stderr)
+
+    def _servers(self):
+        for p in self.servers:
+            if p.poll() is None:
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+
+    def _ctrun(self):
+        ws = self.ws
+        for err in ws.destroy_all():
+            ws.leaks.append("cleanup: `ctrun destroy --force` failed: "
+                            + (err.splitlines() or ["?"])[-1][:200])
+        brif = Path("/sys/class/net") / BRIDGE / "brif"
+        ports = sorted(os.listdir(brif)) if brif.is_dir() else []
+        if ports:
+            ws.leaks.append(f"bridge {BRIDGE} still has port(s) {', '.join(ports)} after every "
+                            "container was destroyed")
+            self.veths.update(ports)
+        if (ws.store / "networks" / f"{NET_NAME}.json").exists():
+            p = run(ws.ctrun_cmd("network", "rm", NET_NAME), timeout=120)
+            if p.returncode != 0:
+                ws.leaks.append(f"`ctrun network rm {NET_NAME}` failed: "
+                                f"{p.stderr.strip() or p.stdout.strip()}")
+        for v in sorted(self.veths):
+            if v in links():
+                ws.leaks.append(f"veth {v} left after its container was destroyed")
+                run(["ip", "link", "del", v])
+        if BRIDGE in links():
+            ws.leaks.append(f"bridge {BRIDGE} left after `ctrun network rm {NET_NAME}`")
+            run(["ip", "link", "del", BRIDGE])
+        if ("ip", NFT_TABLE) in nft_tables():
+            ws.leaks.append(f"nft table ip {NFT_TABLE} left after ctrun's last network was "
+                            "removed")
+            run(["nft", "delete", "table", "ip", NFT_TABLE])
+        if (ws.store / "run" / "ip_forward.orig").exists():
+            ws.leaks.append("ctrun's saved ip_forward value (run/ip_forward.orig) was not "
+                            "restored when its last network was removed")
+
+    def _podman(self):
+        if self.podman is not None:
+            self.podman.teardown(self.ws.leaks)
+
+
+# ------------------------------------------------------------------ main
+def fmt_stats(s):
+    return [f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}", f"{s['p90_ms']:.1f}"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=20, help="measured start-ups per arm (20)")
+    ap.add_argument("--warmup", type=int, default=3, help="discarded rounds (default 3)")
+    ap.add_argument("--iperf-time", type=int, default=5, help="seconds per iperf3 run (5)")
+    ap.add_argument("--iperf-rounds", type=int, default=3,
+                    help="iperf3 runs per path, alternating (default 3)")
+    ap.add_argument("--subnet", default=DEFAULT_SUBNET,
+                    help=f"subnet of the benchmark's ctrun network (default {DEFAULT_SUBNET})")
+    ap.add_argument("--no-podman", action="store_true", help="skip the podman arms")
+    a = ap.parse_args()
+    if a.runs < 1 or a.warmup < 0 or a.iperf_time < 1 or a.iperf_rounds < 1:
+        common.die("--runs, --iperf-time and --iperf-rounds must be >= 1, --warmup >= 0")
+    common.require_root()
+    common.ctrun_bin()
+    for t in ("iperf3", "nsenter", "nft", "ip", "tar"):
+        common.require_tool(t, "install it (apt-get install iperf3 util-linux nftables "
+                               "iproute2 tar)")
+    if BRIDGE in links():
+        common.die(f"interface {BRIDGE} already exists (another bench_network running, or a "
+                   f"leftover: ip link del {BRIDGE})")
+    if ("ip", NFT_TABLE) in nft_tables():
+        common.die(f"nft table ip {NFT_TABLE} already exists (another bench_network "
+                   f"running, or a leftover: nft delete table ip {NFT_TABLE})")
+    # ctrun's rules go to a table of their own; the host's `ip ctrun` is never touched
+    os.environ["CTRUN_NFT_TABLE"] = NFT_TABLE
+    skipped = {}
+    if a.no_podman:
+        skipped["podman"] = "--no-podman given"
+    elif not shutil.which("podman"):
+        skipped["podman"] = "podman is not installed (apt-get install podman)"
+    host = HostState()
+
+    with common.Workspace("network") as ws:
+        td = Teardown(ws, host)
+        ws.on_cleanup(td)
+        rootfs = ws.build_image()
+        ws.ctrun_check("network", "create", NET_NAME, "--subnet", a.subnet)
+
+        # ---- probes: each tool runs once, and really is on a bridge
+        ok, msg = common.probe(ws.ctrun_cmd("run", "--rm", "--net", NET_NAME, "busybox", "--",
+                                            "ip", "-o", "-4", "addr", "show", "eth0"))
+        if not ok or "inet " not in msg:
+            raise RuntimeError(f"ctrun run --net {NET_NAME} failed or has no eth0 address: "
+                               f"{msg}")
+        ctrun_addr = msg.split("inet ")[1].split()[0]
+        podman_addr = None
+        pm = None
+        if "podman" not in skipped:
+            pm = td.podman = Podman(ws)
+            try:
+                pm.import_rootfs(rootfs, ws.tmp / "busybox-rootfs.tar")
+                ok, msg = common.probe(pm.cmd("run", "--rm", "--pull=never", pm.image, "ip",
+                                              "-o", "-4", "addr", "show", "eth0"), env=pm.env)
+                pm.settle()
+                if not ok or "inet " not in msg:
+                    raise RuntimeError(msg)
+                podman_addr = msg.split("inet ")[1].split()[0]
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                skipped["podman"] = str(e).strip()
+                print(f"podman: not measured: {skipped['podman']}", flush=True)
+
+        ct_cmd = ws.ctrun_cmd("run", "--rm", "--net", NET_NAME, "busybox", "--", "true")
+        ct_none = ws.ctrun_cmd("run", "--rm", "--net", "none", "busybox", "--", "true")
+        arms = {"ctrun, bridge": (ct_cmd, None), "ctrun, --net none": (ct_none, None)}
+        shown = {"ctrun, bridge": f"ctrun run --rm --net {NET_NAME} busybox -- true",
+                 "ctrun, --net none": "ctrun run --rm --net none busybox -- true"}
+        if "podman" not in skipped:
+            arms["podman, bridge"] = (pm.cmd("run", "--rm", "--pull=never", pm.image, "true"),
+                                      pm.env)
+            arms["podman, --network none"] = (pm.cmd("run", "--rm", "--pull=never",
+                                                     "--network", "none", pm.image, "true"),
+                                              pm.env)
+            shown["podman, bridge"] = f"podman run --rm --pull=never {pm.image} true"
+            shown["podman, --network none"] = (f"podman run --rm --pull=never --network none "
+                                               f"{pm.image} true")
+
+        def settle(arm):
+            if arm.startswith("podman"):
+                pm.settle()
+
+        print(f"bench_network: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
+              f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
+        samples, failed, rounds, fail_msgs = time_startup(arms, a.runs, a.warmup, settle)
+        ws.check_clean("after the start-up runs")
+
+        print(f"bench_network: (b) iperf3, {a.iperf_rounds} x {a.iperf_time} s per path "
+              "(alternating)", flush=True)
+        tp = throughput(ws, a.iperf_time, a.iperf_rounds, td.servers)
+        td.veths.add(tp["veth"])
+
+        versions = {"podman": common.tool_version(["podman", "--version"]),
+                    "netavark": common.tool_version(["/usr/lib/podman/netavark", "--version"]),
+                    "runc": common.tool_version(["runc", "--version"]),
+                    "iperf3": common.tool_version(["iperf3", "--version"])}
+        podman_conf = pm.conf.read_text() if pm else None
+        podman_info = None
+        if pm and "podman" not in skipped:
+            p = run(pm.cmd("info", "--format", "{{.Host.NetworkBackend}} "
+                           "{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}} "
+                           "{{.Store.GraphDriverName}}"), env=pm.env)
+            podman_info = p.stdout.strip() or p.stderr.strip()
+
+    # ------------------------------------------------------------ report (a)
+    stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
+    print("\n(a) start-up, wall time of the whole command")
+    rows = []
+    for n in ("ctrun, bridge", "ctrun, --net none", "podman, bridge", "podman, --network none"):
+        if n not in arms:
+            rows.append([n, "-", "-", "-", "-", "not measured (see below)"])
+        elif n not in stats:
+            rows.append([n, "-", "-", "-", failed[n], "every run failed: " + shown[n]])
+        else:
+            rows.append([n, *fmt_stats(stats[n]), failed[n], shown[n]])
+    print(common.table(["arm", "median ms", "p10 ms", "p90 ms", "failed", "command"], rows))
+    for n, msg in skipped.items():
+        print(f"{n}: not measured: {msg}")
+    for n, msgs in fail_msgs.items():
+        for m in msgs[:5]:
+            print(f"{n}: failed run, {m}")
+    med = {n: s["median_ms"] for n, s in stats.items()}
+    ratios, verdicts, net_cost = {}, {}, {}
+    print("\nratios of medians:")
+    if "ctrun, bridge" in med and "podman, bridge" in med:
+        r = med["ctrun, bridge"] / med["podman, bridge"]
+        ratios["ctrun bridge / podman bridge"] = r
+        verdicts["startup"] = "MET" if r <= TARGET_VS_PODMAN else "NOT MET"
+        print(f"  ctrun / podman, both bridged = {r:.2f}x   (target <= {TARGET_VS_PODMAN}x "
+              f"podman: {verdicts['startup']})")
+    else:
+        why = skipped.get("podman") or "a tool had no successful run"
+        verdicts["startup"] = f"not measured: {why}"
+        print(f"  ctrun / podman, both bridged: not measured ({why})")
+    if "ctrun, --net none" in med and "podman, --network none" in med:
+        r = med["ctrun, --net none"] / med["podman, --network none"]
+        ratios["ctrun none / podman none"] = r
+        print(f"  ctrun / podman, both without a network = {r:.2f}x   (context)")
+    for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
+                         ("podman", "podman, bridge", "podman, --network none")):
+        if a_ in med and b_ in med:
+            d = paired(rounds, a_, b_)
+            net_cost[tool] = {"difference_of_medians_ms": med[a_] - med[b_],
+                              "paired_ms": pstats(d)}
+            print(f"  network cost, {tool}: {med[a_] - med[b_]:+.1f} ms (difference of "
+                  f"medians); per-round paired: median {common.percentile(d, 50):+.1f}, p10 "
+                  f"{common.percentile(d, 10):+.1f}, p90 {common.percentile(d, 90):+.1f} ms")
+
+    # ------------------------------------------------------------ report (b)
+    print("\n(b) TCP throughput, receiver side, Gbit/s")
+    tstats = {n: pstats(v) for n, v in tp["gbit"].items() if v}
+    rows = []
+    for n, cmd in tp["commands"].items():
+        if n in tstats:
+            s = tstats[n]
+            rows.append([n, f"{s['median']:.2f}", f"{s['p10']:.2f}", f"{s['p90']:.2f}",
+                         len(tp["gbit"][n]), len(tp["errors"][n]), cmd])
+        else:
+            rows.append([n, "-", "-", "-", 0, len(tp["errors"][n]), cmd])
+    print(common.table(["path", "median", "p10", "p90", "runs", "failed", "command"], rows))
+    for n, errs in tp["errors"].items():
+        for e in errs[:5]:
+            print(f"{n}: failed, {e}")
+    veth_n, lo_n = "container -> host (veth)", "host loopback"
+    if veth_n in tstats and lo_n in tstats:
+        r = tstats[veth_n]["median"] / tstats[lo_n]["median"]
+        ratios["veth / loopback"] = r
+        verdicts["throughput"] = "MET" if r >= TARGET_VS_LOOPBACK else "NOT MET"
+        print(f"\n  veth / loopback = {r:.2f}x   (target >= {TARGET_VS_LOOPBACK}x loopback: "
+              f"{verdicts['throughput']})")
+    else:
+        verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
+        print(f"\n  veth / loopback: {verdicts['throughput']}")
+    crossed = [c for c in tp["counter"]
+               if c["veth_rx_bytes"] < 0.95 * c["iperf_received_bytes"]]
+    if crossed:
+        ws.leaks.append("the veth's rx byte counter grew less than iperf3 received in "
+                        f"{len(crossed)} round(s): the traffic may not have crossed the veth")
+    print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
+          f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
+          f"over host-side veth {tp['veth']}")
+
+    notes = [
+        f"ctrun's network: `ctrun network create {NET_NAME} --subnet {a.subnet}` (bridge "
+        f"{BRIDGE}) with CTRUN_NFT_TABLE={NFT_TABLE}; removed at the end",
+        f"probe addresses: ctrun container {ctrun_addr}, podman container {podman_addr}",
+        "both tools run the same files: ctrun's busybox rootfs, tarred and `podman import`ed",
+        "podman: rootful, private --root/--runroot/tmp_dir/network_config_dir in the "
+        "workspace, containers.conf (CONTAINERS_CONF) with default_ulimits, "
+        "cgroup_manager=cgroupfs, events_logger=file, runtime=runc, network_backend=netavark "
+        f"({podman_info or 'podman info unavailable'}: backend, runtime, cgroups, storage)",
+        "after each podman run the benchmark waits, untimed, for podman's background "
+        "processes on its store to finish, so they do not land in the next arm's time",
+        "arms rotate their order every round; warm-up rounds are discarded",
+        "throughput: receiver-side Gbit/s of one TCP stream, client in the container's "
+        "netns (host iperf3 binary via nsenter), server on the host bound to the bridge "
+        "gateway; loopback: both ends on the host, 127.0.0.1 (MTU 65536, no bridge/veth)",
+    ]
+    print("\nnotes:")
+    for n in notes:
+        print(f"  - {n}")
+    result = {
+        "params": {"runs": a.runs, "warmup": a.warmup, "iperf_time_s": a.iperf_time,
+                   "iperf_rounds": a.iperf_rounds, "subnet": a.subnet,
+                   "network": NET_NAME, "bridge": BRIDGE, "nft_table": NFT_TABLE},
+        "startup": {"commands": shown, "stats": stats, "failures": failed,
+                    "failure_messages": fail_msgs, "not_measured": skipped,
+                    "network_cost": net_cost,
+                    "samples_ms": {n: [round(x * 1000, 3) for x in s]
+                                   for n, s in samples.items()}},
+        "throughput": {"commands": tp["commands"], "stats_gbit_s": tstats,
+                       "samples_gbit_s": {n: [round(x, 3) for x in v]
+                                          for n, v in tp["gbit"].items()},
+                       "details": tp["details"], "errors": tp["errors"],
+                       "veth_counter_check": tp["counter"], "mtu": tp["mtu"],
+                       "gateway": tp["gateway"], "container_ip": tp["container_ip"],
+                       "veth": tp["veth"]},
+        "ratios": ratios, "verdicts": verdicts,
+        "targets": {"ctrun bridge / podman bridge": f"<= {TARGET_VS_PODMAN}",
+                    "veth / loopback": f">= {TARGET_VS_LOOPBACK}"},
+        "versions": versions, "podman_containers_conf": podman_conf,
+        "podman_info": podman_info, "podman_host_cleanup": td.host_cleanup,
+        "notes": notes, "leaks": ws.leaks}
+    common.write_result("bench_network", result)
+    return 1 if ws.leaks else 0
+
+
+if __name__ == "__main__":
+    common.run_main(main)
