@@ -309,6 +309,18 @@ def time_startup(arms, runs, warmup, settle):
     return samples, failed, rounds, messages
 
 
+def probe_addr(argv, env=None):
+    """Run `... ip -o -4 addr show eth0` once: (True, "ADDR/LEN") or (False, message)."""
+    try:
+        p = run(argv, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        return False, "timed out after 120s"
+    if p.returncode == 0 and "inet " in p.stdout:
+        return True, p.stdout.split("inet ")[1].split()[0]
+    msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
+    return False, (msg[-1] if msg else f"exit code {p.returncode}, no IPv4 address on eth0")
+
+
 def paired(rounds, a, b):
     return [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
 
@@ -548,24 +560,22 @@ def main():
         ws.ctrun_check("network", "create", NET_NAME, "--subnet", a.subnet)
 
         # ---- probes: each tool runs once, and really is on a bridge
-        ok, msg = common.probe(ws.ctrun_cmd("run", "--rm", "--net", NET_NAME, "busybox", "--",
-                                            "ip", "-o", "-4", "addr", "show", "eth0"))
-        if not ok or "inet " not in msg:
-            raise RuntimeError(f"ctrun run --net {NET_NAME} failed or has no eth0 address: "
-                               f"{msg}")
-        ctrun_addr = msg.split("inet ")[1].split()[0]
+        ok, ctrun_addr = probe_addr(ws.ctrun_cmd("run", "--rm", "--net", NET_NAME, "busybox",
+                                                 "--", "ip", "-o", "-4", "addr", "show", "eth0"))
+        if not ok:
+            raise RuntimeError(f"ctrun run --net {NET_NAME}: {ctrun_addr}")
         podman_addr = None
         pm = None
         if "podman" not in skipped:
             pm = td.podman = Podman(ws)
             try:
                 pm.import_rootfs(rootfs, ws.tmp / "busybox-rootfs.tar")
-                ok, msg = common.probe(pm.cmd("run", "--rm", "--pull=never", pm.image, "ip",
-                                              "-o", "-4", "addr", "show", "eth0"), env=pm.env)
+                ok, msg = probe_addr(pm.cmd("run", "--rm", "--pull=never", pm.image, "ip", "-o",
+                                            "-4", "addr", "show", "eth0"), env=pm.env)
                 pm.settle()
-                if not ok or "inet " not in msg:
+                if not ok:
                     raise RuntimeError(msg)
-                podman_addr = msg.split("inet ")[1].split()[0]
+                podman_addr = msg
             except (RuntimeError, subprocess.SubprocessError) as e:
                 skipped["podman"] = str(e).strip()
                 print(f"podman: not measured: {skipped['podman']}", flush=True)
@@ -598,6 +608,11 @@ def main():
               "(alternating)", flush=True)
         tp = throughput(ws, a.iperf_time, a.iperf_rounds, td.servers)
         td.veths.add(tp["veth"])
+        short = [c for c in tp["counter"]
+                 if c["veth_rx_bytes"] < 0.95 * c["iperf_received_bytes"]]
+        if short:
+            ws.leaks.append("the veth's rx byte counter grew less than iperf3 received in "
+                            f"{len(short)} round(s): the traffic may not have crossed it")
 
         versions = {"podman": common.tool_version(["podman", "--version"]),
                     "netavark": common.tool_version(["/usr/lib/podman/netavark", "--version"]),
@@ -680,11 +695,6 @@ def main():
     else:
         verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
         print(f"\n  veth / loopback: {verdicts['throughput']}")
-    crossed = [c for c in tp["counter"]
-               if c["veth_rx_bytes"] < 0.95 * c["iperf_received_bytes"]]
-    if crossed:
-        ws.leaks.append("the veth's rx byte counter grew less than iperf3 received in "
-                        f"{len(crossed)} round(s): the traffic may not have crossed the veth")
     print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
           f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
           f"over host-side veth {tp['veth']}")

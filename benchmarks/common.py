@@ -24,7 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-CGROUP_PARENT = "ctrun-bench"
+# one parent per benchmark process: two benchmarks run at once never sweep each other
+CGROUP_PARENT = f"ctrun-bench-{os.getpid()}"
 SETUP_HINT = "run ./setup.sh (as root) from the repository first"
 
 # Python bytecode: ctrun's start-up should be measured as users get it, with its modules'
