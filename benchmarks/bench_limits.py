@@ -84,30 +84,6 @@ def check_applied(ws, args, lim):
         raise RuntimeError("ctrun run did not apply the limits: " + "; ".join(wrong))
 
 
-def time_cli(arms, runs, warmup):
-    """Interleaved, order rotating each round: {arm: [s]}, {arm: failures}, [{arm: s}]."""
-    names = list(arms)
-    samples = {n: [] for n in names}
-    failed = {n: 0 for n in names}
-    rounds = []
-    total = warmup + runs
-    for rnd in range(total):
-        k = rnd % len(names)
-        this = {}
-        for n in names[k:] + names[:k]:
-            dt, rc = common.timed(arms[n])
-            if rc != 0:
-                failed[n] += 1
-            elif rnd >= warmup:
-                samples[n].append(dt)
-                this[n] = dt
-        if rnd >= warmup:
-            rounds.append(this)
-        if (rnd + 1) % 10 == 0:
-            print(f"  round {rnd + 1}/{total}", flush=True)
-    return samples, failed, rounds
-
-
 def paired(rounds, a, b):
     """Per-round differences a - b in ms, rounds where both succeeded."""
     return [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
@@ -218,7 +194,7 @@ def main():
                                     "'no limits')"}
         print(f"bench_limits: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
               f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
-        samples, failed, rounds = time_cli(arms, a.runs, a.warmup)
+        samples, failed, rounds = common.interleave(arms, a.runs, a.warmup, progress=True)
         ws.check_clean("after the CLI runs")
 
         print(f"bench_limits: (b) {a.api_runs} in-process cgroup cycles per arm "

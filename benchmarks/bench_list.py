@@ -18,20 +18,6 @@ import common  # noqa: E402
 TARGET_MS = 300.0
 
 
-def time_cmds(cmds, runs, warmup):
-    """Interleaved timing of {label: argv}; returns {label: [seconds]} and failures."""
-    samples = {k: [] for k in cmds}
-    failed = {k: 0 for k in cmds}
-    for rnd in range(warmup + runs):
-        for label, argv in cmds.items():
-            dt, rc = common.timed(argv)
-            if rc != 0:
-                failed[label] += 1
-            elif rnd >= warmup:
-                samples[label].append(dt)
-    return samples, failed
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=500, help="containers (default 500)")
@@ -75,7 +61,7 @@ def main():
 
         print(f"bench_list: timing {a.runs} runs (+{a.warmup} warm-up) of each listing, "
               "full and empty store interleaved", flush=True)
-        samples, failed = time_cmds(timed_cmds, a.runs, a.warmup)
+        samples, failed, _ = common.interleave(timed_cmds, a.runs, a.warmup)
 
         print(f"bench_list: destroying {a.count} containers through the Python API", flush=True)
         t0 = time.perf_counter()

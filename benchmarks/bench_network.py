@@ -15,8 +15,8 @@ network access), so both run the same files.  After every podman run the benchma
 (untimed) until podman's background processes for that container (conmon's exit command)
 are gone, so they do not spill into the next arm's time.
 
-(b) Throughput.  One detached container (`ctrun run -d --net ctbench --name ipf busybox --
-sleep 1000`); the busybox image has no iperf3, so the host's binary runs in the container's
+(b) Throughput.  One detached container (`ctrun run -d --net ctbench --name ipfPID busybox
+-- sleep 1000`); the busybox image has no iperf3, so the host's binary runs in the container's
 network namespace: `nsenter --net=/proc/PID/ns/net iperf3 -c GATEWAY -t 5 -J` against
 `iperf3 -s -B GATEWAY` on the host (container -> veth -> bridge -> host), alternating with
 `iperf3 -c 127.0.0.1 -t 5 -J` against `iperf3 -s -B 127.0.0.1` (the host's loopback), for
@@ -81,7 +81,9 @@ NET_NAME = "ctbench"
 BRIDGE = "ct-" + NET_NAME          # ctrun's bridge name for a network NAME (ct-NAME)
 NFT_TABLE = "ctrun-bench"
 DEFAULT_SUBNET = "10.215.0.0/24"
-IPF_NAME = "ipf"
+# unique: ctrun names a container's host-side veth after the container name alone, so an
+# "ipf" in another store on this host would collide with ours
+IPF_NAME = f"ipf{os.getpid()}"
 
 # what rootful podman 4.3 / netavark 1.4 create outside a private storage root (see above);
 # a child before its parent, so a new child of an existing parent is removed alone
@@ -176,14 +178,16 @@ class HostState:
                     run(["nft", "delete", "table", fam, name])
                     done.append(f"nft table {fam} {name} (created by iptables-nft for "
                                 "netavark, now empty) deleted")
-        for p, existed in self.paths.items():
-            if not existed and os.path.lexists(p):
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(p)
-                done.append(f"removed {p}")
+        new = [p for p, existed in self.paths.items() if not existed and os.path.lexists(p)]
+        for p in new:
+            if any(p.startswith(q + "/") for q in new):
+                continue  # goes with its (also new) parent
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            done.append(f"removed {p}")
         n_cg = 0
         for root, existed in self.cgroups.items():
             base = root / PODMAN_CGROUP
@@ -216,7 +220,8 @@ class Podman:
 
     def __init__(self, ws):
         self.dir = ws.tmp / "podman"
-        self.root, self.runroot = self.dir / "root", self.dir / "runroot"
+        # podman refuses a runroot longer than 50 characters: the workspace's /run dir
+        self.root, self.runroot = self.dir / "root", ws.run_dir / "podman"
         for d in (self.root, self.runroot, self.dir / "tmp", self.dir / "netconf"):
             d.mkdir(parents=True)
         self.conf = self.dir / "containers.conf"

@@ -23,20 +23,6 @@ import common  # noqa: E402
 TARGET_MS = 500.0
 
 
-def time_cmds(cmds, runs, warmup):
-    """Interleaved timing of {key: argv}; returns {key: [seconds]} and failures."""
-    samples = {k: [] for k in cmds}
-    failed = {k: 0 for k in cmds}
-    for rnd in range(warmup + runs):
-        for key, argv in cmds.items():
-            dt, rc = common.timed(argv)
-            if rc != 0:
-                failed[key] += 1
-            elif rnd >= warmup:
-                samples[key].append(dt)
-    return samples, failed
-
-
 def check_stats_output(ws, names):
     """One untimed `ctrun stats --format json`: every container, with a CPU percentage."""
     p = subprocess.run(ws.ctrun_cmd("stats", "--format", "json"), stdin=subprocess.DEVNULL,
@@ -99,7 +85,7 @@ def main():
 
         print(f"bench_stats: timing {a.runs} runs (+{a.warmup} warm-up) of each command, "
               "full and empty store interleaved", flush=True)
-        samples, failed = time_cmds(timed_cmds, a.runs, a.warmup)
+        samples, failed, _ = common.interleave(timed_cmds, a.runs, a.warmup)
 
         # what one pass over every container costs, without the CLI and the sleep
         api_pass = []

@@ -60,6 +60,32 @@ def run_main(main):
         die(f"ctrun API: {e}", 1)
 
 
+def interleave(arms, runs, warmup, progress=False):
+    """Time {arm: argv} interleaved, the order rotating each round so drift on the host hits
+    every arm alike; the first `warmup` rounds are discarded.
+    Returns ({arm: [seconds]}, {arm: failures}, [{arm: seconds} per timed round])."""
+    names = list(arms)
+    samples = {n: [] for n in names}
+    failed = {n: 0 for n in names}
+    rounds = []
+    total = warmup + runs
+    for rnd in range(total):
+        k = rnd % len(names)
+        this = {}
+        for n in names[k:] + names[:k]:
+            dt, rc = timed(arms[n])
+            if rc != 0:
+                failed[n] += 1
+            elif rnd >= warmup:
+                samples[n].append(dt)
+                this[n] = dt
+        if rnd >= warmup:
+            rounds.append(this)
+        if progress and (rnd + 1) % 10 == 0:
+            print(f"  round {rnd + 1}/{total}", flush=True)
+    return samples, failed, rounds
+
+
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 

@@ -104,6 +104,16 @@ class CLI:
     def json(self, *args):
         return json.loads(self(*args, check=True).stdout)
 
+    def wait_state(self, name, want="running", timeout=20.0):
+        """Poll `inspect` until the container reaches `want` (fails the test otherwise)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self("inspect", name)
+            if r.returncode == 0 and json.loads(r.stdout)["state"] == want:
+                return json.loads(r.stdout)
+            time.sleep(0.05)
+        raise AssertionError(f"container {name} did not become {want} in {timeout} s")
+
 
 @pytest.fixture
 def cli(store):

@@ -124,12 +124,7 @@ def test_killed_cli_during_run_is_repaired(cli, store):
     """SIGKILL the CLI of an attached run: the container dies with it or is found by gc."""
     p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run",
                           "--name", "orphaned", "busybox", "--", "sleep", "1000"])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r = cli("inspect", "orphaned")
-        if r.returncode == 0 and json.loads(r.stdout)["state"] == "running":
-            break
-        time.sleep(0.05)
+    cli.wait_state("orphaned")
     p.kill()
     p.wait()
     info = cli.json("inspect", "orphaned")
@@ -152,10 +147,7 @@ def test_lifecycle_restart_kill_and_list(cli, store):
     time.sleep(0.2)
     assert cli.json("inspect", "life")["state"] == "running"
     cli("kill", "life", check=True)  # SIGKILL
-    deadline = time.monotonic() + 10
-    while cli.json("inspect", "life")["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    info = cli.json("inspect", "life")
+    info = cli.wait_state("life", "stopped")
     assert info["state"] == "stopped" and info["exit_code"] == 137
     assert info["exit_reason"] == "killed by SIGKILL"
     table = cli("list", "--all", check=True).stdout

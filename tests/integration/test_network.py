@@ -126,18 +126,11 @@ def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net):
     p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run", "--name",
                           "orphan", "--net", net, "-p", f"{port}:80", "busybox", "--",
                           "sleep", "1000"])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r = cli("inspect", "orphan")
-        if r.returncode == 0 and json.loads(r.stdout)["state"] == "running":
-            break
-        time.sleep(0.1)
+    cli.wait_state("orphan")
     p.send_signal(signal.SIGKILL)
     p.wait()
     cli("kill", "orphan", check=True)  # the workload dies; no supervisor records it
-    deadline = time.monotonic() + 10
-    while cli.json("inspect", "orphan")["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    cli.wait_state("orphan", "stopped")
     table = os.environ["CTRUN_NFT_TABLE"]
     listing = lambda: subprocess.run(["nft", "list", "table", "ip", table],  # noqa: E731
                                      capture_output=True, text=True).stdout
