@@ -5,10 +5,10 @@ host's own loopback.
 
 (a) Start-up.  Wall time of the whole command, four arms interleaved with their order
 rotating every round (first --warmup rounds discarded), median / p10 / p90:
-  ctrun, bridge    ctrun run --rm --net ctbench busybox -- true
-  ctrun, --net none  the same without a network: what the network costs ctrun
-  podman, bridge   podman run --rm --pull=never IMAGE true   (podman's default network)
-  podman, none     the same with --network none: what the network costs podman
+  ctrun, bridge           ctrun run --rm --net ctbench busybox -- true
+  ctrun, --net none       the same without a network: what the network costs ctrun
+  podman, bridge          podman run --rm --pull=never IMAGE true (its default network)
+  podman, --network none  the same without a network: what the network costs podman
 Target: ctrun (bridge) median <= 0.5x podman (bridge) median.  IMAGE is the rootfs of
 ctrun's busybox image, tarred and `podman import`ed under a unique tag (no registry, no
 network access), so both run the same files.  After every podman run the benchmark waits
@@ -24,7 +24,7 @@ network namespace: `nsenter --net=/proc/PID/ns/net iperf3 -c GATEWAY -t 5 -J` ag
 median loopback.  The host side of the veth's byte counter is read around each veth round
 to check that the traffic really crossed it.
 
-Isolation.  As every benchmark: a private store and the cgroup parent ctrun-bench.  ctrun's
+Isolation.  As every benchmark: a private store and a cgroup parent of its own.  ctrun's
 network is a dedicated one, `ctrun network create ctbench --subnet 10.215.0.0/24` (bridge
 ct-ctbench), and CTRUN_NFT_TABLE=ctrun-bench keeps its nftables rules out of the host's
 `ip ctrun` table, so the host's ctrun0 and its rules are never touched; the benchmark
@@ -45,16 +45,18 @@ iperf3 servers are killed (they also die with the benchmark: PR_SET_PDEATHSIG), 
 containers are destroyed and its network removed, podman's containers and image removed.
 
 Caveats.
-- Podman's start-up includes its background cleanup only partly (see (a)); its per-run
-  state lives in a fresh private store, as on a host where podman is used for this image
-  only.  Its version (4.3.1, netavark 1.4) is what Debian 12 ships; newer podman is faster.
-- Loopback has an MTU of 65536 and no bridge, veth pair or netfilter hooks in the path;
-  the veth carries 1500-byte frames (the bridge's MTU), with GSO/GRO batching them.  Both
-  iperf3 ends share the host's CPUs (2 here), so the figures are CPU-bound and move with
-  anything else running.  The veth path crosses ctrun's nftables hooks (prerouting guard,
-  nat) and conntrack; loopback crosses conntrack too.
-- Wall-clock figures on a shared machine: compare runs from the same host; p10/p90 show
-  the spread.
+- Podman's time ends when `podman run --rm` exits; work its conmon starts after that (the
+  exit command) is not counted (the benchmark waits for it, untimed).  Podman keeps its
+  state in a fresh private store holding this one image.  The version measured is what
+  Debian 12 ships (podman 4.3.1, netavark 1.4, runc 1.1), printed in the JSON.
+- Loopback has an MTU of 65536 and no veth pair or bridge in the path; the veth and the
+  bridge have an MTU of 1500 (segmentation offload still hands larger TCP buffers through
+  the veth, so the MTU alone does not set the rate).  Both iperf3 ends share the host's
+  CPUs (2 here): the sender runs at ~100% of a CPU, so the figures are CPU-bound and move
+  with anything else running.  Each round's TCP retransmits and the kernel's backlog drops
+  (/proc/net/softnet_stat) are in the JSON: the veth path retransmits, loopback does not.
+- Wall-clock figures on a shared machine: compare runs from the same host; p10/p90 and the
+  per-round ratios show the spread.
 Run as root:  benchmarks/bench_network.py [--runs 20] [--warmup 3] [--iperf-time 5]
               [--iperf-rounds 3] [--subnet 10.215.0.0/24] [--no-podman]
 """
@@ -86,7 +88,7 @@ DEFAULT_SUBNET = "10.215.0.0/24"
 IPF_NAME = f"ipf{os.getpid()}"
 
 # what rootful podman 4.3 / netavark 1.4 create outside a private storage root (see above);
-# a child before its parent, so a new child of an existing parent is removed alone
+# a new one is removed with its parent when that is new too, alone otherwise
 PODMAN_HOST_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/containers",
                      "/var/lib/containers/cache", "/var/lib/containers",
                      "/etc/containers/networks", "/run/libpod")
@@ -244,7 +246,11 @@ class Podman:
         return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), *args]
 
     def check(self, *args, timeout=120):
-        return run(self.cmd(*args), timeout=timeout, env=self.env, check=True).stdout
+        p = run(self.cmd(*args), timeout=timeout, env=self.env)
+        if p.returncode != 0:
+            raise RuntimeError(f"podman {args[0]} failed ({p.returncode}): "
+                               f"{p.stderr.strip() or p.stdout.strip()}")
+        return p.stdout
 
     def import_rootfs(self, rootfs, tarball):
         run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], timeout=120, check=True)
@@ -394,6 +400,16 @@ def read_counter(ifname, name):
         return None
 
 
+def softnet_dropped():
+    """Packets the kernel dropped because a CPU's input backlog (netdev_max_backlog) was
+    full, summed over CPUs: the veth hands each frame to that queue, loopback does too."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return sum(int(ln.split()[1], 16) for ln in f)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def mtu(ifname):
     try:
         return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
@@ -422,31 +438,38 @@ def throughput(ws, seconds, rounds, servers):
         "host loopback": ["iperf3", "-c", "127.0.0.1", "-p", str(port_lo), "-t", t, "-J"],
     }
     gbit = {n: [] for n in arms}
+    per_round = []  # {arm: Gbit/s} of each round, for paired ratios
     details = {n: [] for n in arms}
     errors = {n: [] for n in arms}
     counter = []
     names = list(arms)
     for rnd in range(rounds):
+        per_round.append({})
         for n in (names if rnd % 2 else names[::-1]):  # loopback first, then alternate
-            before = read_counter(veth, "rx_bytes")
+            before, drops0 = read_counter(veth, "rx_bytes"), softnet_dropped()
             g, det = iperf_client(arms[n], seconds)
-            after = read_counter(veth, "rx_bytes")
+            after, drops1 = read_counter(veth, "rx_bytes"), softnet_dropped()
             if g is None:
                 errors[n].append(f"round {rnd}: {det}")
                 continue
+            if drops0 is not None and drops1 is not None:
+                det["softnet_dropped"] = drops1 - drops0
             gbit[n].append(g)
+            per_round[-1][n] = g
             details[n].append(det)
             if n.endswith("(veth)") and before is not None and after is not None:
                 counter.append({"veth_rx_bytes": after - before,
                                 "iperf_received_bytes": det["received_bytes"]})
-            print(f"  round {rnd + 1}/{rounds}: {n}: {g:.2f} Gbit/s", flush=True)
+            print(f"  round {rnd + 1}/{rounds}: {n}: {g:.2f} Gbit/s, {det['retransmits']} "
+                  f"retransmits", flush=True)
     shown = {
         "container -> host (veth)": f"nsenter --net=/proc/PID/ns/net iperf3 -c {gw} -t {t} -J"
                                     f"   (server: iperf3 -s -B {gw})",
         "host loopback": f"iperf3 -c 127.0.0.1 -t {t} -J   (server: iperf3 -s -B 127.0.0.1)",
     }
-    return {"gbit": gbit, "details": details, "errors": errors, "counter": counter,
-            "commands": shown, "gateway": gw, "container_ip": net.get("ip"), "veth": veth,
+    return {"gbit": gbit, "per_round": per_round, "details": details, "errors": errors,
+            "counter": counter, "commands": shown, "gateway": gw,
+            "container_ip": net.get("ip"), "veth": veth,
             "mtu": {"lo": mtu("lo"), "veth (host side)": mtu(veth), "bridge": mtu(BRIDGE)}}
 
 
@@ -557,6 +580,7 @@ def main():
     elif not shutil.which("podman"):
         skipped["podman"] = "podman is not installed (apt-get install podman)"
     host = HostState()
+    load0 = os.getloadavg()
 
     with common.Workspace("network") as ws:
         td = Teardown(ws, host)
@@ -697,6 +721,10 @@ def main():
         verdicts["throughput"] = "MET" if r >= TARGET_VS_LOOPBACK else "NOT MET"
         print(f"\n  veth / loopback = {r:.2f}x   (target >= {TARGET_VS_LOOPBACK}x loopback: "
               f"{verdicts['throughput']})")
+        pr = [x[veth_n] / x[lo_n] for x in tp["per_round"] if veth_n in x and lo_n in x]
+        ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
+        print(f"  per-round ratios (the two paths back to back): "
+              f"{', '.join(f'{x:.2f}' for x in pr)}")
     else:
         verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
         print(f"\n  veth / loopback: {verdicts['throughput']}")
@@ -707,25 +735,31 @@ def main():
     notes = [
         f"ctrun's network: `ctrun network create {NET_NAME} --subnet {a.subnet}` (bridge "
         f"{BRIDGE}) with CTRUN_NFT_TABLE={NFT_TABLE}; removed at the end",
-        f"probe addresses: ctrun container {ctrun_addr}, podman container {podman_addr}",
-        "both tools run the same files: ctrun's busybox rootfs, tarred and `podman import`ed",
-        "podman: rootful, private --root/--runroot/tmp_dir/network_config_dir in the "
-        "workspace, containers.conf (CONTAINERS_CONF) with default_ulimits, "
-        "cgroup_manager=cgroupfs, events_logger=file, runtime=runc, network_backend=netavark "
-        f"({podman_info or 'podman info unavailable'}: backend, runtime, cgroups, storage)",
-        "after each podman run the benchmark waits, untimed, for podman's background "
-        "processes on its store to finish, so they do not land in the next arm's time",
+        f"probe addresses: ctrun container {ctrun_addr}"
+        + (f", podman container {podman_addr}" if podman_addr else ""),
         "arms rotate their order every round; warm-up rounds are discarded",
         "throughput: receiver-side Gbit/s of one TCP stream, client in the container's "
         "netns (host iperf3 binary via nsenter), server on the host bound to the bridge "
-        "gateway; loopback: both ends on the host, 127.0.0.1 (MTU 65536, no bridge/veth)",
+        "gateway; loopback: both ends on the host, 127.0.0.1 (MTU 65536, no bridge/veth); "
+        "the sender is CPU-bound (see cpu_percent in the JSON), so the figures follow the "
+        "host's load",
     ]
+    if "podman" not in skipped:
+        notes[2:2] = [
+            "both tools run the same files: ctrun's busybox rootfs, tarred and "
+            "`podman import`ed",
+            "podman: rootful, private --root/--runroot/tmp_dir/network_config_dir in the "
+            "workspace, containers.conf (CONTAINERS_CONF) with default_ulimits, "
+            "cgroup_manager=cgroupfs, events_logger=file, runtime=runc, "
+            f"network_backend=netavark ({podman_info}: backend, runtime, cgroups, storage)",
+            "after each podman run the benchmark waits, untimed, for podman's background "
+            "processes on its store to finish, so they do not land in the next arm's time"]
     print("\nnotes:")
     for n in notes:
         print(f"  - {n}")
     result = {
-        "params": {"runs": a.runs, "warmup": a.warmup, "iperf_time_s": a.iperf_time,
-                   "iperf_rounds": a.iperf_rounds, "subnet": a.subnet,
+        "params": {"loadavg_at_start": load0, "runs": a.runs, "warmup": a.warmup,
+                   "iperf_time_s": a.iperf_time, "iperf_rounds": a.iperf_rounds, "subnet": a.subnet,
                    "network": NET_NAME, "bridge": BRIDGE, "nft_table": NFT_TABLE},
         "startup": {"commands": shown, "stats": stats, "failures": failed,
                     "failure_messages": fail_msgs, "not_measured": skipped,

@@ -232,15 +232,25 @@ class Ctrun:
         return self.inspect(name)
 
     def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,
-            interactive=False, **create_opts):
-        """create + start + wait; returns the workload's exit code (0 with detach)."""
+            interactive=False, plumber=None, **create_opts):
+        """create + start + wait; returns the workload's exit code (0 with detach).
+
+        plumber: a network.container.Plumber forked early by the caller, so pyroute2 loads
+        while the container is created (the CLI forks it before it imports this module)."""
         name = name or "ct-" + os.urandom(4).hex()
-        self.create(name, image=image, cmd=cmd, **create_opts)
+        try:
+            self.create(name, image=image, cmd=cmd, **create_opts)
+        except BaseException:
+            if plumber:
+                plumber.cancel()
+            raise
         try:
             if detach:
+                if plumber:
+                    plumber.cancel()
                 self.start(name)
                 return 0
-            return self._run_attached(name, tty, interactive)
+            return self._run_attached(name, tty, interactive, plumber)
         finally:
             if rm and not detach:
                 try:
@@ -248,7 +258,7 @@ class Ctrun:
                 except CtrunError:
                     pass
 
-    def _run_attached(self, name, tty, interactive):
+    def _run_attached(self, name, tty, interactive, plumber=None):
         """The CLI itself supervises: stdio inherited (or a pty), exit code returned."""
         import prctl
         from .runtime import process, reap, terminal
@@ -256,7 +266,11 @@ class Ctrun:
         with self.store.lock(name):
             cfg = self._config(cdir)
             from .network import container as netc
-            plumber = netc.plumber_for(cfg.net)  # imports pyroute2 meanwhile, on another CPU
+            if plumber is None:
+                plumber = netc.plumber_for(cfg.net)  # loads pyroute2 meanwhile, elsewhere
+            elif not netc.bridged(cfg.net):
+                plumber.cancel()
+                plumber = None
             try:
                 spec, mgr, bpf_path = self._prepare_start(name, cdir, cfg, tty=tty)
             except BaseException:

@@ -270,7 +270,7 @@ def dispatch(a):
     elif v == "run":
         code = ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm,
                       detach=a.detach, tty=a.tty, interactive=a.interactive,
-                      **_create_kwargs(a))
+                      plumber=getattr(a, "plumber", None), **_create_kwargs(a))
         return code
     elif v == "start":
         ct.start(a.name)
@@ -364,6 +364,11 @@ def main(argv=None):
         if os.geteuid() != 0:
             print("ctrun: error: ctrun must run as root (try: sudo ctrun ...)", file=sys.stderr)
             return 1
+        net = (a.net or os.environ.get("CTRUN_NETWORK") or "ctrun0") if a.verb == "run" else None
+        if a.verb == "run" and not a.detach and net not in ("none", "host"):
+            # start loading pyroute2 (~160 ms) in a helper now, before anything else
+            from .network.container import Plumber
+            a.plumber = Plumber()
         return dispatch(a) or 0
     except CtrunError as e:
         if a.debug:

@@ -79,7 +79,9 @@ def lease(store, name, net):
     n = networks.get(store, net["network"])
     ip = ipam.allocate(store, n["name"], name, net.get("ip"))
     from . import link
-    return {**net, "ip": ip, "mac": net.get("mac") or _mac_for(ip), "veth": link.veth_name(name),
+    # the store's root goes into the name: containers are unique within one store only
+    return {**net, "ip": ip, "mac": net.get("mac") or _mac_for(ip),
+            "veth": link.veth_name(f"{store.root}/{name}"),
             "gateway": n["gateway"], "prefix": int(n["subnet"].split("/")[1]),
             "bridge": n["bridge"]}
 
@@ -156,6 +158,12 @@ def down(store, name, net):
         from . import nft
         nft.unpublish(name)
     from . import link
+    # the kernel removes the pair with the namespace, a few ms after the last process
+    # is gone: wait for that rather than load pyroute2 (~160 ms) to delete it ourselves
+    import time
+    deadline = time.monotonic() + 1.0
+    while link.exists(net["veth"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
     if link.exists(net["veth"]):
         link.detach(net["veth"])
 
@@ -225,7 +233,11 @@ class Plumber:
         reply = {"ok": True}
         try:
             import pyroute2.iproute.linux  # noqa: F401 - the cost being moved off the path
-            from . import link  # noqa: F401
+            from . import link, nft  # noqa: F401
+            try:
+                nft._ctx()  # libnftables too, while the parent is still busy
+            except Exception:  # noqa: BLE001 - reported by up() if nftables is needed
+                pass
             # one line, not EOF: processes forked after this one (the container's init)
             # hold copies of the write end
             with os.fdopen(req_r, "rb") as f:
@@ -269,8 +281,10 @@ class Plumber:
             self._finish()
 
 
+def bridged(net):
+    return bool(net and net.get("network") not in MODES and net.get("ip"))
+
+
 def plumber_for(net):
     """A Plumber when the container joins a bridged network, else None."""
-    if net and net.get("network") not in MODES and net.get("ip"):
-        return Plumber()
-    return None
+    return Plumber() if bridged(net) else None
