@@ -49,7 +49,7 @@ def main():
         names = [f"c{i}" for i in range(a.count)]
         t0 = time.perf_counter()
         for i, n in enumerate(names):
-            ct.create(n)
+            ct.create(n, net="none")  # the listing is measured, not the network
             if (i + 1) % 100 == 0:
                 print(f"  {i + 1}/{a.count}", flush=True)
         create_s = time.perf_counter() - t0
