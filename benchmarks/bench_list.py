@@ -7,7 +7,6 @@ through the CLI, median of --runs runs after --warmup discarded ones, interleave
 Target: < 300 ms.  Run as root:  benchmarks/bench_list.py [--count 500] [--runs 10]
 """
 
-import argparse
 import os
 import sys
 import time
@@ -19,25 +18,13 @@ TARGET_MS = 300.0
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=500, help="containers (default 500)")
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
-    ap.add_argument("--warmup", type=int, default=2, help="discarded runs (default 2)")
-    a = ap.parse_args()
-    if a.count < 1 or a.runs < 1 or a.warmup < 0:
-        common.die("--count and --runs must be >= 1, --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    common.reexec_with_ctrun_python()
+    a = common.scale_args(__doc__, 500, "containers")
     from ctrun.api import Ctrun
 
     with common.Workspace("list") as ws:
         ws.build_image()
         ct = Ctrun(str(ws.store))
-        # an empty store next to the full one: both are timed in the same interleaved
-        # rounds, so the difference is what 500 containers cost and not host drift
-        empty_root = ws.tmp / "empty-store"
-        Ctrun(str(empty_root)).store.ensure()
+        empty_root = ws.empty_store()
         cmds = {"ctrun list --all": ws.ctrun_cmd("list", "--all"),
                 "ctrun list": ws.ctrun_cmd("list")}
         timed_cmds = {(label, scale): argv[:1] + (["--root", str(empty_root)]

@@ -10,7 +10,6 @@ container twice, 0.25 s apart, to compute CPU percentages: that interval is in t
 by design.  Run as root:  benchmarks/bench_stats.py [--count 100] [--runs 10]
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -42,24 +41,14 @@ def check_stats_output(ws, names):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=100, help="running containers (default 100)")
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
-    ap.add_argument("--warmup", type=int, default=2, help="discarded runs (default 2)")
-    a = ap.parse_args()
-    if a.count < 1 or a.runs < 1 or a.warmup < 0:
-        common.die("--count and --runs must be >= 1, --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    common.reexec_with_ctrun_python()
+    a = common.scale_args(__doc__, 100, "running containers")
     from ctrun.api import Ctrun
     from ctrun.stats import INTERVAL
 
     with common.Workspace("stats") as ws:
         ws.build_image()
         ct = Ctrun(str(ws.store))
-        empty_root = ws.tmp / "empty-store"
-        Ctrun(str(empty_root)).store.ensure()
+        empty_root = ws.empty_store()
         cmds = {"ctrun stats --format json": ws.ctrun_cmd("stats", "--format", "json"),
                 "ctrun stats": ws.ctrun_cmd("stats"),
                 "ctrun list": ws.ctrun_cmd("list")}

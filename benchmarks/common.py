@@ -60,6 +60,23 @@ def run_main(main):
         die(f"ctrun API: {e}", 1)
 
 
+def scale_args(doc, count, count_help):
+    """--count/--runs/--warmup for the benchmarks that time commands against a store of
+    `count` containers; checked, as root, and re-executed under ctrun's Python."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=count, help=f"{count_help} (default {count})")
+    ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
+    ap.add_argument("--warmup", type=int, default=2, help="discarded runs (default 2)")
+    a = ap.parse_args()
+    if a.count < 1 or a.runs < 1 or a.warmup < 0:
+        die("--count and --runs must be >= 1, --warmup >= 0")
+    require_root()
+    ctrun_bin()
+    reexec_with_ctrun_python()
+    return a
+
+
 def interleave(arms, runs, warmup, progress=False):
     """Time {arm: argv} interleaved, the order rotating each round so drift on the host hits
     every arm alike; the first `warmup` rounds are discarded.
@@ -525,6 +542,14 @@ class Workspace:
                   "itself; the benchmark has cleaned it up):", file=sys.stderr)
             for leak in self.leaks:
                 print(f"  - {leak}", file=sys.stderr)
+
+    def empty_store(self):
+        """A second, empty store: timed in the same rounds as the full one, the difference
+        is what the containers cost and not drift on the host."""
+        from ctrun.api import Ctrun
+        root = self.tmp / "empty-store"
+        Ctrun(str(root)).store.ensure()
+        return root
 
     def container_names(self):
         cdir = self.store / "containers"
