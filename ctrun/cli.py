@@ -144,9 +144,25 @@ def _image(p):
     q.add_argument("name")
     q.add_argument("--force", action="store_true")
     isub.add_parser("list", aliases=["ls"], help="list images")
-    q = isub.add_parser("rm", help="remove images")
+    q = isub.add_parser("rm", help="remove images (refused while containers use them)")
     q.add_argument("name", nargs="+")
     q.add_argument("-f", "--force", action="store_true")
+    q = isub.add_parser("import", help="import a rootfs tarball, OCI layout/archive or "
+                                       "docker save archive")
+    q.add_argument("file")
+    q.add_argument("name")
+    q.add_argument("--ref", help="which image of a multi-image archive (its ref name)")
+    q.add_argument("--trusted", action="store_true", help="keep device nodes")
+    q = isub.add_parser("export", help="write an image's root file system as a tarball")
+    q.add_argument("name")
+    q.add_argument("file", help="output (.tar, .tar.gz, .tar.xz)")
+    q = isub.add_parser("inspect", help="show an image as JSON")
+    q.add_argument("name")
+
+
+def _template(p):
+    p.add_argument("name", help="the new image")
+    p.add_argument("container", help="the container to make it from")
 
 
 def _set(p):
@@ -205,6 +221,7 @@ VERBS = {
     "network": ("manage bridged networks", (), _network),
     "gc": ("clean up what crashed commands left behind", (), None),
     "image": ("manage images", (), _image),
+    "template": ("make an image from a container (vzdump-style template)", (), _template),
     "demo": ("start a container and show what it sees next to the host", (), _demo),
 }
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
@@ -333,11 +350,25 @@ def dispatch(a):
             images.build(ct.store, a.name, force=a.force)
             print(a.name)
         elif a.image_verb in ("list", "ls"):
-            print(_table(images.list_images(ct.store), [("NAME", "name"),
-                                                        ("BUILT BY", "built_by")]))
+            rows = [{**i, "size": f"{i['size'] / 1048576:.1f}M"}
+                    for i in images.list_images(ct.store)]
+            print(_table(rows, [("NAME", "name"), ("BUILT BY", "built_by"), ("SIZE", "size"),
+                                ("CONTAINERS", "users")]))
         elif a.image_verb == "rm":
-            for n in a.name:
-                images.remove(ct.store, n, force=a.force)
+            return _each(a.name, lambda n: images.remove(ct.store, n, force=a.force))
+        elif a.image_verb == "import":
+            from .images import transfer
+            transfer.import_image(ct.store, a.file, a.name, ref=a.ref, trusted=a.trusted)
+            print(a.name)
+        elif a.image_verb == "export":
+            from .images import transfer
+            transfer.export_image(ct.store, a.name, a.file)
+        elif a.image_verb == "inspect":
+            print(json.dumps(images.inspect(ct.store, a.name), indent=1))
+    elif v == "template":
+        from .images import transfer
+        transfer.template(ct.store, a.container, a.name, ct._cdir(a.container))
+        print(a.name)
     elif v == "demo":
         from .demo import demo
         return demo(ct, keep=a.keep)

@@ -28,7 +28,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
     args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
     if cfg.init:
         args = ["/dev/init", "--"] + args
-    uid, gid = _user(cfg.user or image_cfg.get("user", "0:0"))
+    uid, gid = _user(cfg.user or image_cfg.get("user", "0:0"), image_rootfs)
     caps = effective_caps(cfg)
     mounts = [
         {"destination": "/etc/hosts", "type": "bind", "source": str(cdir / "etc/hosts"),
@@ -94,9 +94,30 @@ def _merge_env(base, extra):
     return [f"{k}={v}" for k, v in out.items()]
 
 
-def _user(s):
-    uid, _, gid = str(s).partition(":")
-    return int(uid), int(gid) if gid else 0
+def _user(s, rootfs=None):
+    """UID[:GID] as numbers; an image's user given by name (OCI "User": "nginx") is looked
+    up in the image's own /etc/passwd, resolved inside its root."""
+    user, _, group = str(s or "0").partition(":")
+    if user.isdigit() and (not group or group.isdigit()):
+        return int(user), int(group) if group else 0
+    entries = {}
+    if rootfs is not None:
+        from .runtime import paths
+        try:
+            fd = paths.open_in_root(str(rootfs), "/etc/passwd", os.O_RDONLY)
+            with os.fdopen(fd) as f:
+                for line in f:
+                    parts = line.split(":")
+                    if len(parts) >= 4:
+                        entries[parts[0]] = (int(parts[2]), int(parts[3]))
+        except (OSError, ValueError):
+            pass
+    if not user.isdigit() and user not in entries:
+        from .errors import InvalidInput
+        raise InvalidInput(f"user {user!r} of the image is not in its /etc/passwd; "
+                           "give --user UID[:GID]")
+    uid, gid = (int(user), 0) if user.isdigit() else entries[user]
+    return uid, int(group) if group.isdigit() else gid
 
 
 def host_resolvers():

@@ -35,15 +35,23 @@ def build(store, name, force=False):
         raise InvalidInput(f"image recipe '{name}' uses builder {rec.get('builder')!r}, "
                            "which this version of ctrun cannot run yet")
     from . import busybox
+    return install(store, name, lambda rootfs: busybox.build(rec, rootfs), replace=force)
+
+
+def install(store, name, fill, replace=False):
+    """Make image NAME: fill(rootfs_dir) -> image config, in a temp directory renamed into
+    place under the image's lock, so a failure or a crash never leaves a half image."""
+    from ..config import check_name
+    check_name(name, "image")
     store.ensure()
     with store.lock("image." + name):
         final = store.image_dir(name)
-        if (final / "image.json").exists() and not force:
+        if (final / "image.json").exists() and not replace:
             return read_json(final / "image.json")
         tmp = store.images / f".tmp-{name}-{os.urandom(4).hex()}"
         try:
             (tmp / "rootfs").mkdir(parents=True)
-            cfg = busybox.build(rec, tmp / "rootfs")
+            cfg = fill(tmp / "rootfs")
             cfg["name"] = name
             write_json(tmp / "image.json", cfg)
             if final.exists():
@@ -65,8 +73,32 @@ def list_images(store):
     for n in names:
         cfg = read_json(store.image_dir(n) / "image.json")
         if cfg is not None:
-            out.append({"name": n, **cfg})
+            out.append({"name": n, **cfg, "size": _du(store.image_dir(n) / "rootfs"),
+                        "users": len(users(store, n))})
     return out
+
+
+def inspect(store, name):
+    cfg = read_json(store.image_dir(name) / "image.json")
+    if cfg is None:
+        raise NotFound(f"image '{name}' not found; see: ctrun image list")
+    return {**cfg, "name": name, "dir": str(store.image_dir(name)),
+            "size": _du(store.image_dir(name) / "rootfs"), "containers": users(store, name)}
+
+
+def _du(path):
+    """Bytes used by a tree (allocated blocks; hard links counted once)."""
+    seen, total = set(), 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, n))
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
 
 
 def users(store, name):
