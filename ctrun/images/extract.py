@@ -520,7 +520,8 @@ class _Extractor:
         name, target = m.name, m.linkname
         tparts = self.parts(target, name, f" in its hardlink target {target!r}")
         if not tparts or tparts[:len(parts)] == parts:
-            self.fail(name, f"is a hardlink to {target!r}, which is itself or its parent")
+            self.fail(name, f"is a hardlink to {target!r}, which is the member itself "
+                            "or lies inside it")
         tpfd = self.dir(tparts[:-1], name, via=f"is a hardlink to {target!r}, beneath")
         try:
             if tpfd is None:
