@@ -11,7 +11,7 @@ PROBES = [
     ("PID 1", ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]),
     ("processes", ["sh", "-c", "ps -o pid,comm | head -8"]),
     ("mounts", ["sh", "-c", "cut -d' ' -f2,3 /proc/mounts | head -12"]),
-    ("interfaces", ["sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]),
+    ("interfaces", ["sh", "-c", "ip -o -4 addr | awk '{print $2, $4}'"]),
     ("capabilities", ["sh", "-c", "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status"]),
 ]
 
