@@ -732,6 +732,8 @@ class Ctrun:
                         done.append(f"recorded lost exit of {n}")
         known = set(self.store.container_names())
         done += _gc_network(self.store, known)
+        from .images import store as images
+        done += images.gc(self.store)
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
             for n in _cgroup_children(parent):
                 if n not in known:

@@ -143,6 +143,10 @@ def _image(p):
     q = isub.add_parser("build", help="build an image from a built-in recipe")
     q.add_argument("name")
     q.add_argument("--force", action="store_true")
+    q.add_argument("--suite", help="debian suite (default: the recipe's, bookworm)")
+    q.add_argument("--variant", help="debootstrap variant: minbase, buildd or default")
+    q.add_argument("--include", action="append", metavar="PKG,...",
+                   help="extra debian packages, added to the recipe's")
     isub.add_parser("list", aliases=["ls"], help="list images")
     q = isub.add_parser("rm", help="remove images (refused while containers use them)")
     q.add_argument("name", nargs="+")
@@ -347,7 +351,8 @@ def dispatch(a):
     elif v == "image":
         from .images import store as images
         if a.image_verb == "build":
-            images.build(ct.store, a.name, force=a.force)
+            images.build(ct.store, a.name, force=a.force, suite=a.suite, variant=a.variant,
+                         include=a.include)
             print(a.name)
         elif a.image_verb in ("list", "ls"):
             rows = [{**i, "size": f"{i['size'] / 1048576:.1f}M"}

@@ -15,7 +15,7 @@ RECIPE_FILE = "recipe.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # builder name -> module with build(recipe, rootfs) -> config; imported only when used
-BUILDERS = {"busybox": "ctrun.images.busybox"}
+BUILDERS = {"busybox": "ctrun.images.busybox", "debootstrap": "ctrun.images.debootstrap"}
 
 
 def search_dirs(images_dir: Path | None = None) -> list[Path]:

@@ -17,25 +17,69 @@ def get(store, name, build_missing=True):
     d = store.image_dir(name)
     cfg = read_json(d / "image.json")
     if cfg is None:
-        if not build_missing:
-            raise NotFound(f"image '{name}' not found; build it with: ctrun image build {name}")
+        if not build_missing or not _offline_recipe(name):
+            raise NotFound(f"image '{name}' not found; build it with: ctrun image build {name}"
+                           ", or import one: ctrun image import FILE {name}")
         build(store, name)
         cfg = read_json(d / "image.json")
     return d / "rootfs", cfg
 
 
-def build(store, name, force=False):
+def _offline_recipe(name):
+    """Only recipes that need no network are built on first use (busybox); a debootstrap
+    download of minutes is never started behind a user's back."""
+    from . import recipe as recipes
+    try:
+        return recipes.load_recipe(name).get("builder") == "busybox"
+    except (NotFound, InvalidInput):
+        return False
+
+
+def gc(store):
+    """Temp directories of image builds and removals that a killed command left."""
+    done = []
+    if not store.images.exists():
+        return done
+    from ..errors import Conflict
+    for entry in os.listdir(store.images):
+        if not entry.startswith((".tmp-", ".old-", ".rm-", ".work-")):
+            continue
+        name = entry.split("-", 1)[1].rsplit("-", 1)[0]
+        try:
+            with store.lock("image." + name, timeout=0):  # not while a build runs
+                shutil.rmtree(store.images / entry, ignore_errors=True)
+                done.append(f"removed leftover image directory {entry}")
+        except Conflict:
+            pass
+    return done
+
+
+def build(store, name, force=False, **options):
+    """Build image NAME from its recipe; options (suite, variant, include) go to the builder."""
     from . import recipe as recipes
     try:
         rec = recipes.load_recipe(name)
     except NotFound:
         raise NotFound(f"image '{name}' not found and no built-in recipe has that name; "
                        f"known recipes: {', '.join(recipes.list_recipes())}") from None
-    if rec.get("builder") != "busybox":
+    options = {k: v for k, v in options.items() if v is not None}
+    if rec.get("builder") == "busybox":
+        if options:
+            raise InvalidInput(f"image recipe '{name}' takes no "
+                               f"{', '.join('--' + k for k in options)}; drop it")
+        from . import busybox
+        fill = lambda rootfs: busybox.build(rec, rootfs)  # noqa: E731
+    elif rec.get("builder") == "debootstrap":
+        from . import debootstrap
+        fill = lambda rootfs: debootstrap.build(rec, rootfs, **options)  # noqa: E731
+    else:
         raise InvalidInput(f"image recipe '{name}' uses builder {rec.get('builder')!r}, "
                            "which this version of ctrun cannot run yet")
-    from . import busybox
-    return install(store, name, lambda rootfs: busybox.build(rec, rootfs), replace=force)
+    if options and not force and (store.image_dir(name) / "image.json").exists():
+        from ..errors import AlreadyExists
+        raise AlreadyExists(f"image '{name}' exists; add --force to rebuild it with "
+                            f"{', '.join('--' + k for k in options)}")
+    return install(store, name, fill, replace=force)
 
 
 def install(store, name, fill, replace=False):

@@ -99,8 +99,9 @@ def test_parallel_verbs_on_different_containers(cli, store):
 def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     """kill -9 of the CLI mid-create and mid-start: the next gc finishes the job."""
     from ctrun import cgroups
-    # a create killed before its rename leaves a .tmp directory
+    # a create killed before its rename leaves a .tmp directory; an image build likewise
     (store / "containers/.tmp-half-1234").mkdir(parents=True)
+    (store / "images/.tmp-halfimg-abcd/rootfs").mkdir(parents=True)
     # a start killed after the cgroup was made but before the monitor ran anything
     ct.create("halfstart", cmd=["sleep", "1000"])
     mgr = cgroups.manager("halfstart", parent=os.environ["CTRUN_CGROUP_PARENT"])
@@ -113,6 +114,7 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     out = cli("gc", check=True).stdout
     assert ".tmp-half-1234" in out and "halfstart" in out and "orphan" in out
     assert not (store / "containers/.tmp-half-1234").exists()
+    assert not (store / "images/.tmp-halfimg-abcd").exists()
     assert not mgr.exists() and not orphan.exists()
     info = cli.json("inspect", "halfstart")
     assert info["state"] == "stopped" and info["exit_reason"] == "start-interrupted"
