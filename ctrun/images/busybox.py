@@ -120,6 +120,15 @@ def _write(tree: _Tree, parts: tuple, data: bytes, mode: int):
         os.close(fd)
 
 
+def file_text(spec, what):
+    """The text of a recipe file entry: {"lines": [...]} or {"content": "..."}."""
+    if isinstance(spec.get("lines"), list):
+        return "".join(line + "\n" for line in spec["lines"])
+    if isinstance(spec.get("content"), str):
+        return spec["content"]
+    raise InvalidInput(f"image recipe {what} needs \"lines\" (a list) or \"content\"")
+
+
 def build(recipe: dict, rootfs: Path) -> dict:
     """Populate the empty directory rootfs from recipe; return the image's config."""
     binary, version, applets = host_busybox()
@@ -145,12 +154,7 @@ def build(recipe: dict, rootfs: Path) -> dict:
         for p, spec in recipe.get("files", {}).items():
             what = f"files {p!r}"
             spec = spec if isinstance(spec, dict) else {}
-            if isinstance(spec.get("lines"), list):
-                text = "".join(line + "\n" for line in spec["lines"])
-            elif isinstance(spec.get("content"), str):
-                text = spec["content"]
-            else:
-                raise InvalidInput(f"image recipe {what} needs \"lines\" (a list) or \"content\"")
+            text = file_text(spec, what)
             try:
                 _write(tree, _parts(p, what), text.encode(), _mode(spec.get("mode", "0644"), what))
             except FileExistsError:

@@ -340,17 +340,12 @@ def _replace_file(dfd, name, data: bytes, mode: int, what):
 def post_steps(recipe: dict, rootfs: Path):
     """The recipe's files (replaced), truncate (regular files emptied, if present) and clean
     (files matching a name pattern removed) steps."""
-    from .busybox import _mode, _parts
+    from .busybox import _mode, _parts, file_text
     for p, spec in recipe.get("files", {}).items():
         what = f"files {p!r}"
         parts = _parts(p, what)
         spec = spec if isinstance(spec, dict) else {}
-        if isinstance(spec.get("lines"), list):
-            text = "".join(line + "\n" for line in spec["lines"])
-        elif isinstance(spec.get("content"), str):
-            text = spec["content"]
-        else:
-            raise InvalidInput(f"image recipe {what} needs \"lines\" (a list) or \"content\"")
+        text = file_text(spec, what)
         try:
             dfd = _open_dir(rootfs, parts[:-1])
         except FileNotFoundError:
