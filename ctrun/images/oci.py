@@ -564,13 +564,9 @@ class Source:
             raise InvalidInput(f"the config of {ref} in {self.path} has media type {cmt!r}, "
                                "which is not a container image config (an OCI artifact?)")
         config = self._json_blob(cdesc, "image config")
-        diff_ids = _diff_ids(config, self.path)
         ldescs = doc.get("layers")
-        if not isinstance(ldescs, list) or len(ldescs) != len(diff_ids):
-            raise InvalidInput(f"manifest {desc['digest']} in {self.path} lists "
-                               f"{len(ldescs) if isinstance(ldescs, list) else 'no'} layers "
-                               f"but its config has {len(diff_ids)} diff_ids; the image is "
-                               "malformed")
+        diff_ids = _diff_ids(config, self.path, ldescs,
+                             f"manifest {desc['digest']} in {self.path} lists", "", "image")
         layers = []
         for i, (ld, diff_id) in enumerate(zip(ldescs, diff_ids), 1):
             lwhat = f"layer {i} of {ref}"
@@ -638,13 +634,9 @@ class Source:
         if not isinstance(config, dict):
             raise InvalidInput(f"image config {cname} in {self.path} is not a JSON object; "
                                "the archive is malformed")
-        diff_ids = _diff_ids(config, self.path)
         lnames = entry.get("Layers")
-        if not isinstance(lnames, list) or len(lnames) != len(diff_ids):
-            raise InvalidInput(f"manifest.json in {self.path} lists "
-                               f"{len(lnames) if isinstance(lnames, list) else 'no'} layers "
-                               f"for {ref} but its config has {len(diff_ids)} diff_ids; "
-                               "the archive is malformed")
+        diff_ids = _diff_ids(config, self.path, lnames, f"manifest.json in {self.path} lists",
+                             f" for {ref}", "archive")
         layers = []
         for i, (lname, diff_id) in enumerate(zip(lnames, diff_ids), 1):
             if not isinstance(lname, str):
@@ -720,13 +712,19 @@ def _norm_tag(ref):
     return ref
 
 
-def _diff_ids(config, path):
+def _diff_ids(config, path, layers, where, which, thing):
+    """The config's rootfs.diff_ids, checked to pair one to one with the manifest's
+    `layers` (named in errors as "<where> N layers<which> ...; the <thing> is malformed")."""
     rootfs = config.get("rootfs")
     ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if (not isinstance(ids, list)
             or not all(isinstance(i, str) and _DIGEST.fullmatch(i) for i in ids)):
         raise InvalidInput(f"the image config in {path} has no valid rootfs.diff_ids; "
                            "the image is malformed")
+    if not isinstance(layers, list) or len(layers) != len(ids):
+        raise InvalidInput(f"{where} {len(layers) if isinstance(layers, list) else 'no'} "
+                           f"layers{which} but its config has {len(ids)} diff_ids; the "
+                           f"{thing} is malformed")
     return ids
 
 
