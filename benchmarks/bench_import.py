@@ -458,9 +458,7 @@ def main():
                             "mtree manifest and writes a runtime config.json",
                             "disk usage is allocated blocks of the whole store, each inode "
                             "counted once (so hard links and shared files count once)"]}
-    result["leaks"] = ws.leaks
-    common.write_result("bench_import", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_import", result)
 
 
 if __name__ == "__main__":

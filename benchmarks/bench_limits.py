@@ -288,10 +288,9 @@ def main():
                        "difference_of_medians_us": cg_diff,
                        "samples_us": {k: [round(x, 1) for x in v] for k, v in cg.items()},
                        "parse_samples_us": [round(x, 1) for x in parse_us]},
-        "notes": notes, "leaks": ws.leaks,
+        "notes": notes,
         "ctrun_imported_from": os.path.dirname(sys.modules["ctrun"].__file__)}
-    common.write_result("bench_limits", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_limits", result)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,7 @@ def main():
                             "at an empty store, timed in the same interleaved rounds",
                             "all containers are in state 'created'; `ctrun list` still "
                             "reads every container to find the running ones"]}
-    result["leaks"] = ws.leaks
-    common.write_result("bench_list", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_list", result)
 
 
 if __name__ == "__main__":

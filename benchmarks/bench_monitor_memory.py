@@ -269,9 +269,7 @@ def main():
                                "conmon": common.tool_version(["conmon", "--version"])
                                if have_conmon else None},
                   "notes": notes}
-    result["leaks"] = ws.leaks
-    common.write_result("bench_monitor_memory", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_monitor_memory", result)
 
 
 if __name__ == "__main__":

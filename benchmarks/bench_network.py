@@ -494,11 +494,8 @@ class Teardown:
                 common.warn(f"cleanup step {step.__name__} failed: {e}")
         self.host_cleanup += self.host.restore_podman(ws.leaks)
         self.host_cleanup += self.host.restore_ip_forward()
-        if self.host_cleanup:
-            print("\npodman host cleanup (state podman keeps outside its storage, removed "
-                  "because it did not exist before):", file=sys.stderr)
-            for line in self.host_cleanup:
-                print(f"  - {line}", file=sys.stderr)
+        common.print_list("podman host cleanup (state podman keeps outside its storage, "
+                          "removed because it did not exist before):", self.host_cleanup)
 
     def _servers(self):
         for p in self.servers:
@@ -778,9 +775,8 @@ def main():
                     "veth / loopback": f">= {TARGET_VS_LOOPBACK}"},
         "versions": versions, "podman_containers_conf": podman_conf,
         "podman_info": podman_info, "podman_host_cleanup": td.host_cleanup,
-        "notes": notes, "leaks": ws.leaks}
-    common.write_result("bench_network", result)
-    return 1 if ws.leaks else 0
+        "notes": notes}
+    return ws.finish("bench_network", result)
 
 
 if __name__ == "__main__":

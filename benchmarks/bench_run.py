@@ -212,9 +212,7 @@ def main():
             "versions": {"runc": common.tool_version(["runc", "--version"]),
                          "crun": common.tool_version(["crun", "--version"])},
             "notes": notes}
-    result["leaks"] = ws.leaks
-    common.write_result("bench_run", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_run", result)
 
 
 if __name__ == "__main__":

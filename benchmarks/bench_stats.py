@@ -139,10 +139,9 @@ def main():
               "samples_ms": {f"{k[0]} [{k[1]}]": [round(x * 1000, 3) for x in v]
                              for k, v in samples.items()},
               "api_run_detach_s": start_s, "api_destroy_s": destroy_s,
-              "stats_json_bytes": out_bytes, "notes": notes, "leaks": ws.leaks,
+              "stats_json_bytes": out_bytes, "notes": notes,
               "ctrun_imported_from": os.path.dirname(sys.modules["ctrun"].__file__)}
-    common.write_result("bench_stats", result)
-    return 1 if ws.leaks else 0
+    return ws.finish("bench_stats", result)
 
 
 if __name__ == "__main__":

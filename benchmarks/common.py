@@ -103,6 +103,14 @@ def interleave(arms, runs, warmup, progress=False):
     return samples, failed, rounds
 
 
+def print_list(title, items):
+    """A titled list on stderr, when there is anything to list."""
+    if items:
+        print(f"\n{title}", file=sys.stderr)
+        for item in items:
+            print(f"  - {item}", file=sys.stderr)
+
+
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -537,11 +545,15 @@ class Workspace:
                 self.leaks.append(f"mount left at {m}")
                 subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
             shutil.rmtree(d, ignore_errors=True)
-        if self.leaks:
-            print("\nPROBLEMS (a failure, or something ctrun or a peer should have removed "
-                  "itself; the benchmark has cleaned it up):", file=sys.stderr)
-            for leak in self.leaks:
-                print(f"  - {leak}", file=sys.stderr)
+        print_list("PROBLEMS (a failure, or something ctrun or a peer should have removed "
+                   "itself; the benchmark has cleaned it up):", self.leaks)
+
+    def finish(self, name, result):
+        """Write the result JSON with what the clean-up found; the exit code (1 on leaks).
+        Called after the `with` block, once the clean-up has run."""
+        result["leaks"] = self.leaks
+        write_result(name, result)
+        return 1 if self.leaks else 0
 
     def empty_store(self):
         """A second, empty store: timed in the same rounds as the full one, the difference
