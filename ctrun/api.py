@@ -216,20 +216,21 @@ class Ctrun:
                     "root": str(self.store.root), "started_at": started, "bpf": bpf,
                     "cgroup_parent": "/".join(mgr.parent_parts)})
             except CtrunError:  # no monitor could be reached: nothing was started
-                write_json(cdir / "state.json", state)
-                mgr.kill_all()
-                mgr.remove()
+                self._undo_start(name, cdir, state, mgr, cfg.net)
                 raise
             # (interrupted while the monitor starts it: the monitor owns it now, and its
             # live/exit records under this start id tell the next verb what happened)
             if not reply.get("ok"):
-                write_json(cdir / "state.json", state)
-                mgr.kill_all()
-                mgr.remove()
-                from .network import container as netc
-                netc.down(self.store, name, cfg.net)
+                self._undo_start(name, cdir, state, mgr, cfg.net)
                 _raise(reply)
         return self.inspect(name)
+
+    def _undo_start(self, name, cdir, state, mgr, net):
+        """A start that failed: the state it had before, no process, cgroup or rules."""
+        from .network import container as netc
+        write_json(cdir / "state.json", state)
+        mgr.discard()
+        netc.down(self.store, name, net)
 
     def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,
             interactive=False, plumber=None, **create_opts):
@@ -298,10 +299,7 @@ class Ctrun:
             except BaseException:
                 if plumber:
                     plumber.cancel()
-                write_json(cdir / "state.json", {})
-                mgr.kill_all()
-                mgr.remove()
-                netc.down(self.store, name, cfg.net)
+                self._undo_start(name, cdir, {}, mgr, cfg.net)
                 raise
         pid = launched.pid
         if launched.master is not None:
@@ -692,10 +690,7 @@ class Ctrun:
 
     def _remove_cgroup(self, name, parent):
         from . import cgroups
-        mgr = cgroups.manager(name, parent=parent)
-        if mgr.exists():
-            mgr.kill_all()
-            mgr.remove()
+        cgroups.manager(name, parent=parent).discard()
 
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
@@ -717,10 +712,7 @@ class Ctrun:
             with self.store.lock(n):
                 st, state, live, ex = status(cdir)
                 if st != "running":
-                    mgr = cgroups.manager(n, parent=parent)
-                    if mgr.exists():
-                        mgr.kill_all()
-                        mgr.remove()
+                    if cgroups.manager(n, parent=parent).discard():
                         done.append(f"removed cgroup of stopped container {n}")
                     if state.get("start_id") and not (read_json(cdir / "exit.json") or {}).get(
                             "start_id") == state["start_id"]:
@@ -736,10 +728,7 @@ class Ctrun:
         done += images.gc(self.store)
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
             for n in _cgroup_children(parent):
-                if n not in known:
-                    mgr = cgroups.manager(n, parent=parent)
-                    mgr.kill_all()
-                    mgr.remove()
+                if n not in known and cgroups.manager(n, parent=parent).discard():
                     done.append(f"removed orphan cgroup {parent}/{n}")
         return done
 

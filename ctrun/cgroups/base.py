@@ -321,6 +321,14 @@ class CgroupManager(abc.ABC):
                     return False
             time.sleep(POLL)
 
+    def discard(self):
+        """Kill whatever is left and remove the cgroup; True if there was one."""
+        if not self.exists():
+            return False
+        self.kill_all()
+        self.remove()
+        return True
+
     def remove(self, timeout=None):
         """rmdir `<parent>/<name>` and everything below it, leaves first; fine if already gone."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)

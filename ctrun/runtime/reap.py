@@ -56,8 +56,7 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
     code, reason = classify(status, oom, state.get("stop_requested") == start_id)
     try:
         if mgr is not None:
-            mgr.kill_all()
-            mgr.remove()
+            mgr.discard()
     except Exception:  # noqa: BLE001 - `ctrun gc` retries what is left
         pass
     finally:
