@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import stat
-import subprocess
 import sys
 import tarfile
 import time

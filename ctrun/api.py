@@ -161,12 +161,11 @@ class Ctrun:
     # ---------------------------------------------------------------- start
     def _prepare_start(self, name, cdir, cfg, tty=False):
         """Cgroup, spec and seccomp program for a new start; returns (spec, mgr, bpf_path)."""
-        from . import cgroups, spec as specmod
+        from . import spec as specmod
         from .images import store as images
         from .runtime import seccomp
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
-        parent = read_json(cdir / "config.json").get("cgroup_parent", DEFAULT_CGROUP_PARENT)
-        mgr = cgroups.manager(name, parent=parent)
+        mgr = _manager(name, read_json(cdir / "config.json"))
         device_rules = mgr.supports_device_rules()
         mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
         try:
@@ -329,10 +328,8 @@ class Ctrun:
         return fd
 
     def _thaw_if_frozen(self, name, cdir):
-        from . import cgroups
-        conf = read_json(cdir / "config.json") or {}
         try:
-            mgr = cgroups.manager(name, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            mgr = _manager(name, read_json(cdir / "config.json"))
             if mgr.frozen():
                 mgr.thaw()
         except (CtrunError, OSError):
@@ -392,12 +389,9 @@ class Ctrun:
 
     # ---------------------------------------------------------------- limits
     def _running_mgr(self, name, cdir, what):
-        from . import cgroups
-        st = status(cdir)[0]
-        if st != "running":
+        if status(cdir)[0] != "running":
             raise Conflict(f"container '{name}' is not running; {what}")
-        conf = read_json(cdir / "config.json")
-        return cgroups.manager(name, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+        return _manager(name, read_json(cdir / "config.json"))
 
     def set(self, name, limits, save=True, ignore_unsupported=False):
         """Change limits (vzctl set): live on a running container, saved unless save=False.
@@ -415,8 +409,7 @@ class Ctrun:
             conf = read_json(cdir / "config.json")
             merged = Limits.from_dict(conf.get("limits") or {}).merged(new)
             if running:
-                mgr = self._running_mgr(name, cdir, "")
-                mgr.apply(new, skip=skip)
+                _manager(name, conf).apply(new, skip=skip)
             if save:
                 conf["limits"] = merged.to_dict()
                 conf["limits_skip"] = sorted(set(conf.get("limits_skip", [])) - set(
@@ -441,7 +434,6 @@ class Ctrun:
 
         strict: a named container that is not running is an error; otherwise it (and one
         that stops while being read) is left out.  only: the stat sections to read."""
-        from . import cgroups
         out = {}
         for n in names or self.store.container_names():
             cdir = self._cdir(n) if strict else self.store.container_dir(n)
@@ -450,8 +442,7 @@ class Ctrun:
                     raise Conflict(f"container '{n}' is not running; stats need a running "
                                    "container")
                 continue
-            conf = read_json(cdir / "config.json") or {}
-            mgr = cgroups.manager(n, parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            mgr = _manager(n, read_json(cdir / "config.json"))
             try:
                 out[n] = mgr.stats(only)
             except NotFound:
@@ -580,15 +571,13 @@ class Ctrun:
             "exit_reason": ex.get("exit_reason") if ex else None,
         }
         if full:
-            parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
-            from . import cgroups
             try:
-                paths = cgroups.manager(name, parent=parent).paths()
+                m = _manager(name, conf)
+                paths = m.paths()
             except CtrunError:
-                paths = {}
-            if st == "running":
+                m, paths = None, {}
+            if st == "running" and m is not None:
                 try:
-                    m = cgroups.manager(name, parent=parent)
                     out["limits"] = m.read_limits()
                     if m.frozen():
                         out["state"] = "frozen"
@@ -673,7 +662,7 @@ class Ctrun:
                     os.close(fd)
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
-            self._remove_cgroup(name, conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
+            _manager(name, conf).discard()
             net = conf.get("net") or {}
             if net.get("ip"):
                 from .network import container as netc
@@ -687,10 +676,6 @@ class Ctrun:
                 os.unlink(self.store.locks / f"{name}.lock")
             except FileNotFoundError:
                 pass
-
-    def _remove_cgroup(self, name, parent):
-        from . import cgroups
-        cgroups.manager(name, parent=parent).discard()
 
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
@@ -738,6 +723,13 @@ DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                 "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
 
 
+def _manager(name, conf):
+    """The cgroup manager of a container, under the parent recorded in its config."""
+    from . import cgroups
+    return cgroups.manager(name, parent=(conf or {}).get("cgroup_parent",
+                                                          DEFAULT_CGROUP_PARENT))
+
+
 def _check_limits(opts, ignore_unsupported):
     """(Limits, names to skip, warnings): refuse what this host cannot apply, unless told."""
     from .cgroups import detect
@@ -771,7 +763,7 @@ def _gc_network(store, known):
     nets_dir = store.root / "networks"
     if not nets_dir.exists():
         return done
-    from .network import container as netc, ipam, networks
+    from .network import ipam, networks
     for n in networks.list_networks(store):
         for ip, holder in ipam.leases(store, n["name"]).items():
             owner = holder.split("/")[0]

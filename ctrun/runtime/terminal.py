@@ -1,6 +1,5 @@
 """Pseudo-terminals: created inside the container's devpts, relayed by the host side."""
 
-import array
 import fcntl
 import os
 import select

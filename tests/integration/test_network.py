@@ -5,7 +5,6 @@ All traffic stays on this machine: between the host and the containers' namespac
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
