@@ -162,3 +162,9 @@ def remove(store, name, force=False):
     old = store.images / f".rm-{name}-{os.urandom(4).hex()}"
     os.rename(d, old)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def lowerdirs(store, name):
+    """The image's read-only layers, top first, as overlayfs lowerdir takes them."""
+    rootfs, _ = get(store, name, build_missing=False)
+    return [rootfs]
