@@ -50,13 +50,15 @@ class Ctrun:
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
                privileged=False, userns=False, limits=None, ignore_unsupported=False,
-               net=None, ip=None, mac=None, publish=(), dns=()):
+               net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto"):
         """Record a container and prepare its file system; no process yet.
 
         limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
         this host cannot apply are refused unless ignore_unsupported, then skipped and
         named in the result's "warnings".  net: a network name, "none" or "host" (default
-        $CTRUN_NETWORK or ctrun0); ip/mac/publish/dns as on the CLI."""
+        $CTRUN_NETWORK or ctrun0); ip/mac/publish/dns as on the CLI.  vm: boot the image
+        as a QEMU virtual machine; then limits' memory is guest RAM and cpus the vCPU
+        count, and accel is auto, kvm or tcg."""
         from .network import container as netc
         from .images import store as images
         cfgmod.check_name(name)
@@ -70,6 +72,19 @@ class Ctrun:
             privileged=bool(privileged), userns=bool(userns))
         netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
                                     publish, dns)
+        vmopts = None
+        if vm:
+            from .vm import machine
+            for opt, given in (("--volume", volumes), ("--userns", userns), ("--init", init),
+                               ("--privileged", privileged), ("--cap-add", cap_add),
+                               ("--cap-drop", cap_drop), ("--ulimit", ulimits)):
+                if given:
+                    raise InvalidInput(f"{opt} does not apply to a VM (--vm); drop it")
+            limits = dict(limits or {})
+            vmopts = machine.options(limits.pop("memory", None), limits.pop("cpus", None),
+                                     accel)
+            machine.check_host()
+            cfg.mode = "vm"
         lim, skip, warnings = _check_limits(limits or {}, ignore_unsupported)
         cfg.limits, cfg.limits_skip = lim.to_dict(), skip
         if workdir and not workdir.startswith("/"):
@@ -92,11 +107,13 @@ class Ctrun:
             leased = None
             try:
                 tmp.mkdir(mode=0o700)
-                for d in ("upper", "work", "rootfs", "logs"):
+                for d in ("logs",) if vm else ("upper", "work", "rootfs", "logs"):
                     (tmp / d).mkdir(mode=0o755 if d != "logs" else 0o700)
                 leased = cfg.net = netc.lease(self.store, name, netcfg)
                 from .spec import write_etc_files
                 write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
+                if vm:
+                    cfg.vm = machine.create(self.store, tmp, image, vmopts)
                 if cfg.userns:
                     cfg.userns_base = self._userns_setup(tmp, rootfs)
                 data = cfg.to_dict()
@@ -197,32 +214,86 @@ class Ctrun:
         return spec, mgr, bpf_path
 
     def start(self, name):
-        """Start a created or stopped container in the background (supervised by the monitor)."""
-        from . import monitor
+        """Start a created or stopped container in the background (supervised by the monitor);
+        a VM's start returns once its guest agent answers."""
         cdir = self._cdir(name)
         with self.store.lock(name):
             st, state, _, _ = status(cdir)
             if st == "running":
                 raise Conflict(f"container '{name}' is already running")
             cfg = self._config(cdir)
-            spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
-            sid = os.urandom(6).hex()
-            started = _now()
-            write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
-            try:
-                reply = monitor.request(self.store.root, {
-                    "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
-                    "root": str(self.store.root), "started_at": started, "bpf": bpf,
-                    "cgroup_parent": "/".join(mgr.parent_parts)})
-            except CtrunError:  # no monitor could be reached: nothing was started
-                self._undo_start(name, cdir, state, mgr, cfg.net)
-                raise
-            # (interrupted while the monitor starts it: the monitor owns it now, and its
-            # live/exit records under this start id tell the next verb what happened)
-            if not reply.get("ok"):
-                self._undo_start(name, cdir, state, mgr, cfg.net)
-                _raise(reply)
+            if cfg.mode == "vm":
+                sid = self._start_vm(name, cdir, cfg, state)
+            else:
+                self._start_container(name, cdir, cfg, state)
+        if cfg.mode == "vm":  # the guest boots without the lock held
+            self._vm_ready(name, cdir, sid)
         return self.inspect(name)
+
+    def _start_container(self, name, cdir, cfg, state):
+        spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
+        self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf)
+
+    def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None):
+        """Ask the store's monitor to launch and supervise this start; returns its id."""
+        from . import monitor
+        sid = os.urandom(6).hex()
+        started = _now()
+        write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+        try:
+            reply = monitor.request(self.store.root, {
+                "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
+                "root": str(self.store.root), "started_at": started, "bpf": bpf,
+                "cgroup_parent": "/".join(mgr.parent_parts)})
+        except CtrunError:  # no monitor could be reached: nothing was started
+            self._undo_start(name, cdir, state, mgr, net)
+            raise
+        # (interrupted while the monitor starts it: the monitor owns it now, and its
+        # live/exit records under this start id tell the next verb what happened)
+        if not reply.get("ok"):
+            self._undo_start(name, cdir, state, mgr, net)
+            _raise(reply)
+        return sid
+
+    def _start_vm(self, name, cdir, cfg, state):
+        """Start QEMU under the monitor (called with the container's lock held); returns
+        the start id."""
+        from .cgroups.limits import Limits
+        from .images import store as images
+        from .vm import machine
+        _, icfg = images.get(self.store, cfg.image, build_missing=False)
+        conf = read_json(cdir / "config.json")
+        accel, note = machine.prepare_start(self.store, cdir, conf, icfg)
+        mgr = _manager(name, conf)
+        mgr.create(device_rules=None)
+        try:
+            lim = dict(cfg.limits or {})
+            if lim.get("memory") in (None, -1):
+                lim["memory"] = machine.memory_limit(cfg.vm, accel)
+            mgr.apply(Limits.from_dict(lim), skip=cfg.limits_skip)
+        except BaseException:
+            mgr.discard()
+            raise
+        sid = self._hand_to_monitor(name, cdir, state, mgr, cfg.net)
+        if note:
+            self.warn(f"VM '{name}': {note}")
+        return sid
+
+    def _vm_ready(self, name, cdir, sid):
+        """Wait until the guest agent answers; a VM that never does is killed, and the
+        error carries the console's last lines."""
+        from .vm import machine
+        try:
+            machine.wait_ready(cdir, lambda: status(cdir)[0] == "running")
+        except CtrunError as e:
+            live = status(cdir)[2]
+            fd = self._signal(live, signal.SIGKILL) if live else None
+            if fd is not None:
+                select.select([fd], [], [], 10)
+                os.close(fd)
+            self._await_exit_record(cdir, sid)
+            from .errors import ContainerFailed
+            raise ContainerFailed(f"VM '{name}' did not become ready: {e}") from None
 
     def _undo_start(self, name, cdir, state, mgr, net):
         """A start that failed: the state it had before, no process, cgroup or rules."""
@@ -238,6 +309,9 @@ class Ctrun:
         plumber: a network.container.Plumber forked early by the caller, so pyroute2 loads
         while the container is created (the CLI forks it before it imports this module)."""
         name = name or "ct-" + os.urandom(4).hex()
+        if create_opts.get("vm") and not detach:
+            raise InvalidInput("run --vm needs -d: a VM boots its image's init; then use "
+                               "ctrun exec NAME -- CMD")
         try:
             self.create(name, image=image, cmd=cmd, **create_opts)
         except BaseException:
@@ -342,6 +416,9 @@ class Ctrun:
             st, _, live, _ = status(cdir)
             if st != "running":
                 raise Conflict(f"container '{name}' is not running; start it first")
+            if signum != signal.SIGKILL and self._is_vm(cdir):
+                from .vm import machine  # to the guest's init; SIGKILL ends QEMU itself
+                return machine.signal_guest(cdir, signum)
             fd = self._signal(live, signum)
             if fd is not None:
                 os.close(fd)
@@ -355,6 +432,10 @@ class Ctrun:
                 raise Conflict(f"container '{name}' is not running")
             write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
             self._thaw_if_frozen(name, cdir)
+            if self._is_vm(cdir):
+                self._stop_vm(name, cdir, live, timeout)
+                self._await_exit_record(cdir, state["start_id"])
+                return self.inspect(name)
             spec = read_json(cdir / "spec.json") or {}
             sig = cfgmod.parse_signal(
                 spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
@@ -370,6 +451,25 @@ class Ctrun:
                     os.close(fd)
             self._await_exit_record(cdir, state["start_id"])
         return self.inspect(name)
+
+    def _is_vm(self, cdir):
+        return (read_json(cdir / "config.json") or {}).get("mode") == "vm"
+
+    def _stop_vm(self, name, cdir, live, timeout):
+        from .images import store as images
+        from .vm import machine
+        conf = read_json(cdir / "config.json")
+        try:
+            icfg = images.get(self.store, conf["image"], build_missing=False)[1]
+        except CtrunError:
+            icfg = {}
+        sig = cfgmod.parse_signal(icfg.get("stop_signal") or "SIGTERM")
+        fd = self._signal(live, 0)
+        if fd is not None:
+            try:
+                machine.stop(cdir, fd, sig, timeout)
+            finally:
+                os.close(fd)
 
     def _await_exit_record(self, cdir, sid, timeout=10.0):
         """Wait until the supervisor has written exit.json (cgroup read and removed)."""
@@ -407,6 +507,13 @@ class Ctrun:
                 raise Conflict(f"container '{name}' is not running and --no-save keeps nothing;"
                                " drop --no-save to change its saved limits")
             conf = read_json(cdir / "config.json")
+            if conf.get("mode") == "vm" and new.memory is not None:
+                from .vm import machine  # guest RAM: the balloon, not the QEMU cgroup
+                if not running:
+                    raise Conflict(f"VM '{name}' is not running; its boot memory is fixed: "
+                                   "recreate it with another --memory")
+                machine.balloon(cdir, conf["vm"], new.memory)
+                new.memory = None
             merged = Limits.from_dict(conf.get("limits") or {}).merged(new)
             if running:
                 _manager(name, conf).apply(new, skip=skip)
@@ -442,12 +549,20 @@ class Ctrun:
                     raise Conflict(f"container '{n}' is not running; stats need a running "
                                    "container")
                 continue
-            mgr = _manager(n, read_json(cdir / "config.json"))
+            conf = read_json(cdir / "config.json")
+            mgr = _manager(n, conf)
             try:
                 out[n] = mgr.stats(only)
+                if conf.get("mode") == "vm" and (only is None or "guest" in only):
+                    from .vm import machine  # the guest's view next to QEMU's host cost
+                    out[n]["guest"] = machine.stats(cdir)
             except NotFound:
                 if strict and names:
                     raise
+            except CtrunError:
+                if strict and names:
+                    raise
+                out.pop(n, None)
         return out
 
     # ---------------------------------------------------------------- networks
@@ -513,7 +628,14 @@ class Ctrun:
             if st != "running":
                 raise Conflict(f"container '{name}' is not running; start it first: "
                                f"ctrun start {name}")
+            conf = read_json(cdir / "config.json")
             spec = read_json(cdir / "spec.json")
+        if conf.get("mode") == "vm":
+            from .images import store as images
+            from .vm import machine
+            icfg = images.get(self.store, conf["image"], build_missing=False)[1]
+            return machine.exec(cdir, conf, icfg, argv, env=env, cwd=workdir, user=user,
+                                tty=tty, stdin=interactive or tty)
         bpf = None
         if spec["annotations"].get("run.ctrun.seccomp"):
             from .runtime import seccomp
@@ -544,6 +666,8 @@ class Ctrun:
     def enter(self, name):
         shell = "/bin/bash"
         cdir = self._cdir(name)
+        if self._is_vm(cdir):
+            return self.exec(name, ["/bin/sh", "-l"], tty=sys.stdin.isatty(), interactive=True)
         rootfs = read_json(cdir / "spec.json", {}).get("root", {}).get("path")
         if not rootfs or not os.path.exists(os.path.join(str(cdir), "upper", "bin", "bash")):
             shell = "/bin/sh"
@@ -570,6 +694,13 @@ class Ctrun:
             "exit_code": ex.get("exit_code") if ex else None,
             "exit_reason": ex.get("exit_reason") if ex else None,
         }
+        vm = None
+        if out["mode"] == "vm":
+            from .vm import machine
+            vm = machine.describe(cdir, conf, st == "running")
+            out["accel"] = vm.pop("accel")
+        else:
+            out["accel"] = None
         if full:
             try:
                 m = _manager(name, conf)
@@ -593,6 +724,8 @@ class Ctrun:
             out.update({"config": conf, "cgroup": paths, "dir": str(cdir),
                         "log_path": str(cdir / "logs" / "console.log"),
                         "rootfs": str(cdir / "rootfs"), "upper": str(cdir / "upper")})
+            if vm is not None:
+                out.update(vm, qemu_pid=out["pid"], rootfs=None, upper=None)
         return out
 
     def list(self, all=False):
@@ -711,6 +844,8 @@ class Ctrun:
         done += _gc_network(self.store, known)
         from .images import store as images
         done += images.gc(self.store)
+        from .vm import disk
+        done += disk.gc(self.store)
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
             for n in _cgroup_children(parent):
                 if n not in known and cgroups.manager(n, parent=parent).discard():

@@ -22,6 +22,11 @@ def _create_opts(p):
                    help="all capabilities, no seccomp, no masked paths")
     p.add_argument("--userns", action="store_true",
                    help="map container root to an unprivileged host id range")
+    p.add_argument("--vm", action="store_true",
+                   help="boot the image as a virtual machine under QEMU (--memory is guest "
+                        "RAM, --cpus the vCPU count)")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
+                   help="VM accelerator: auto tries KVM (proven once), else TCG emulation")
     _limit_opts(p)
     _net_opts(p)
 
@@ -74,7 +79,8 @@ def _create_kwargs(a):
                 user=a.user, init=a.init, ulimits=a.ulimit, cap_add=a.cap_add,
                 cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns,
                 limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported,
-                net=a.net, ip=a.ip, mac=a.mac, publish=a.publish, dns=a.dns)
+                net=a.net, ip=a.ip, mac=a.mac, publish=a.publish, dns=a.dns, vm=a.vm,
+                accel=a.accel)
 
 
 def _cmd(rest):
@@ -312,7 +318,8 @@ def dispatch(a):
             print(json.dumps(rows, indent=1))
         else:
             print(_table(rows, [("NAME", "name"), ("STATE", "state"), ("PID", "pid"),
-                                ("IMAGE", "image"), ("MODE", "mode"), ("EXIT", "exit_code"),
+                                ("IMAGE", "image"), ("MODE", "mode"), ("ACCEL", "accel"),
+                                ("EXIT", "exit_code"),
                                 ("REASON", "exit_reason")]))
     elif v == "inspect":
         print(json.dumps(ct.inspect(a.name), indent=1))

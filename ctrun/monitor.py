@@ -204,28 +204,38 @@ def _launcher(cdir, req, out_w, err_w, res_w):
         from .runtime import process
         from .state import Store, read_json, write_json
         conf = read_json(cdir / "config.json") or {}
-        plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
-        spec = read_json(cdir / "spec.json")
-        bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
-        devnull = os.open("/dev/null", os.O_RDONLY)
-        try:
-            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
-        except BaseException:
-            if plumber:
-                plumber.cancel()
-            raise
-        if plumber:
+        launched = None
+        if conf.get("mode") == "vm":  # QEMU, in the VM's cgroup, as the supervised process
+            from . import cgroups
+            from .vm import machine
+            procs = cgroups.manager(req["name"], parent=req.get("cgroup_parent", "ctrun"))
+            pid, pid_start = machine.launch(Store(req["root"]), req["name"], cdir, conf,
+                                            procs.procs_files(), out_w, err_w)
+        else:
+            plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
+            spec = read_json(cdir / "spec.json")
+            bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
+            devnull = os.open("/dev/null", os.O_RDONLY)
             try:
-                plumber.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
+                launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
             except BaseException:
-                os.kill(launched.pid, signal.SIGKILL)
+                if plumber:
+                    plumber.cancel()
                 raise
-        write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": launched.pid,
-                                        "pid_start": launched.pid_start,
+            if plumber:
+                try:
+                    plumber.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
+                except BaseException:
+                    os.kill(launched.pid, signal.SIGKILL)
+                    raise
+            pid, pid_start = launched.pid, launched.pid_start
+        write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": pid,
+                                        "pid_start": pid_start,
                                         "started_at": req["started_at"], "monitor": "shared"},
                    durable=False)
-        launched.start()
-        result = {"ok": True, "pid": launched.pid, "pid_start": launched.pid_start}
+        if launched is not None:
+            launched.start()
+        result = {"ok": True, "pid": pid, "pid_start": pid_start}
     except Exception as e:  # noqa: BLE001
         result = {"ok": False, "kind": type(e).__name__, "message": str(e)}
     os.write(res_w, json.dumps(result).encode())

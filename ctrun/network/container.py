@@ -99,8 +99,9 @@ def release(store, name, net):
         ipam.release(store, net["network"], f"{name}/{extra}")
 
 
-def up(store, name, net, pid):
-    """Plumb a started (not yet running) container into its network."""
+def up(store, name, net, pid, tap=None):
+    """Plumb a started (not yet running) container into its network; a VM's tap device
+    (tap: its name, pid: QEMU's) joins the same bridge, and its guest sets the address."""
     if not net or net["network"] in MODES:
         return
     from . import link, networks
@@ -110,10 +111,13 @@ def up(store, name, net, pid):
         from . import nft
         with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
             nft.ensure_network(n, str(store.run))
-    link.attach(pid, n["bridge"], net["veth"], f"{net['ip']}/{n['subnet'].split('/')[1]}",
-                n["gateway"], mac=net.get("mac"), mtu=n.get("mtu", 1500))
-    for extra in net.get("extra_ips", []):
-        link.add_address(pid, f"{extra}/{n['subnet'].split('/')[1]}")
+    if tap:
+        link.enslave(tap, n["bridge"], n.get("mtu", 1500))
+    else:
+        link.attach(pid, n["bridge"], net["veth"], f"{net['ip']}/{n['subnet'].split('/')[1]}",
+                    n["gateway"], mac=net.get("mac"), mtu=n.get("mtu", 1500))
+        for extra in net.get("extra_ips", []):
+            link.add_address(pid, f"{extra}/{n['subnet'].split('/')[1]}")
     if net.get("publish"):
         from . import nft
         with store.lock(".nft"):

@@ -321,6 +321,40 @@ def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None,
     return {"veth": host_ifname, "ifname": ifname, "mac": mac, "ip": str(iface)}
 
 
+def open_tap(ifname):
+    """A tap device for a VM, created by opening /dev/net/tun (not persistent): it lives as
+    long as the returned fd, which QEMU inherits, so a VM that ends for any reason, even
+    SIGKILL, leaves no interface behind.  IFF_VNET_HDR lets virtio-net pass offloads."""
+    import fcntl
+    import struct
+    _check_name(ifname)
+    if exists(ifname):
+        raise Conflict(f"interface {ifname} already exists on the host; "
+                       f"remove it with `ip link del {ifname}`")
+    fd = os.open("/dev/net/tun", os.O_RDWR)  # inherited by QEMU: no O_CLOEXEC
+    try:
+        TUNSETIFF, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x400454CA, 0x0002, 0x1000, 0x4000
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(),
+                                               IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+    except OSError as e:
+        os.close(fd)
+        raise CtrunError(f"cannot create tap device {ifname}: {e.strerror}") from None
+    return fd
+
+
+def enslave(ifname, bridge, mtu=None):
+    """Put a host interface (a VM's tap) on bridge and bring it up."""
+    if not _is_bridge(bridge):
+        raise NotFound(f"bridge {bridge} does not exist; create its network first")
+    from pyroute2 import IPRoute, NetlinkError
+    try:
+        with IPRoute() as ipr:
+            ipr.link("set", index=_index_in(ipr, ifname), master=_sys_int(bridge, "ifindex"),
+                     mtu=mtu or _sys_int(bridge, "mtu"), state="up")
+    except (NetlinkError, OSError) as e:
+        raise CtrunError(f"cannot put {ifname} on bridge {bridge}: {_why(e)}") from None
+
+
 def detach(host_ifname):
     """Delete the host end of a container's veth pair (and so the pair) if it still exists."""
     if exists(host_ifname):

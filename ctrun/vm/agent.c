@@ -1,0 +1,554 @@
+/* ctrun guest agent: runs inside a ctrun VM and serves the host over virtio-serial ports.
+ *
+ * Why virtio-serial and several ports: vsock needs /dev/vhost-vsock on the host, which not
+ * every host has; a virtio-serial port is a plain byte stream to a unix socket that QEMU
+ * serves on the host, one client at a time.  Giving each VM a few ports ("ctrun.agent.N")
+ * lets several host clients (an exec, a stats call, a stop) talk at once with no
+ * multiplexer process on the host: a client takes a free port, says hello with a nonce,
+ * runs one session and hangs up; the guest sees the hang-up and ends that session.
+ *
+ * Frames both ways: 1 byte type, 4 bytes little-endian payload length, payload.
+ *   host -> guest  H nonce (reset the port's session, reply h nonce\0release)
+ *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
+ *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
+ *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
+ *   guest -> host  h hello reply   o stdout   e stderr   x exit code (decimal)
+ *                  s stats lines "key value"   d done
+ * Built static (gcc -static) on the host and put in the VM's initramfs; it is started before
+ * switch_root and chroots into the real root, so it runs whatever init the image has.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define MAXPORTS 16
+#define MAXFRAME 65536
+
+struct session {
+    int fd;                 /* the virtio port */
+    int connected;
+    unsigned char in[MAXFRAME + 6];
+    size_t inlen;
+    pid_t pid;              /* running command, 0 if none */
+    int status, exited;
+    int out, err, stdin_fd; /* -1 when closed; with a tty out == stdin_fd == pty master */
+    int tty;
+    char *pend;             /* stdin bytes not yet written */
+    size_t pendlen;
+    int stdin_eof;
+};
+
+static struct session ports[MAXPORTS];
+static int nports;
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                struct pollfd pf = {fd, POLLOUT, 0};
+                if (poll(&pf, 1, 1000) == 0 || (pf.revents & (POLLHUP | POLLERR)))
+                    return -1;
+                continue;
+            }
+            return -1;
+        }
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static void send_frame(struct session *s, char type, const void *data, uint32_t len)
+{
+    unsigned char h[5] = {type, len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, len >> 24};
+    if (!s->connected)
+        return;
+    if (write_all(s->fd, h, 5) < 0 || write_all(s->fd, data, len) < 0)
+        s->connected = 0;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void end_session(struct session *s)
+{
+    if (s->pid > 0 && !s->exited)
+        kill(-s->pid, SIGKILL), kill(s->pid, SIGKILL);
+    if (s->out == s->stdin_fd)
+        s->stdin_fd = -1;
+    close_fd(&s->out);
+    close_fd(&s->err);
+    close_fd(&s->stdin_fd);
+    free(s->pend);
+    s->pend = NULL;
+    s->pendlen = 0;
+    if (s->exited || s->pid <= 0)
+        s->pid = 0;  /* a killed child is forgotten when reaped */
+    s->exited = 0;
+    s->stdin_eof = 0;
+}
+
+static void maybe_exit(struct session *s)
+{
+    char buf[16];
+    int code;
+    if (s->pid <= 0 || !s->exited || s->out >= 0 || s->err >= 0)
+        return;
+    code = WIFEXITED(s->status) ? WEXITSTATUS(s->status) : 128 + WTERMSIG(s->status);
+    snprintf(buf, sizeof buf, "%d", code);
+    send_frame(s, 'x', buf, strlen(buf));
+    close_fd(&s->stdin_fd);
+    s->pid = 0;
+    s->exited = 0;
+}
+
+static void start_exec(struct session *s, char *p, uint32_t len)
+{
+    char *end = p + len, *fields[4096];
+    int n = 0, envc, i, errpipe[2], in[2] = {-1, -1}, out[2] = {-1, -1}, er[2] = {-1, -1};
+    int master = -1, slave = -1, e;
+    char *flags, *cwd, *user;
+    unsigned uid = 0, gid = 0;
+
+    if (s->pid > 0) {
+        const char m[] = "ctrun-agent: a command already runs on this port\n";
+        send_frame(s, 'e', m, sizeof m - 1);
+        send_frame(s, 'x', "125", 3);
+        return;
+    }
+    while (p < end && n < 4095) {
+        fields[n++] = p;
+        p += strnlen(p, end - p) + 1;
+    }
+    fields[n] = NULL;
+    if (n < 5)
+        goto bad;
+    flags = fields[0], cwd = fields[1], user = fields[2];
+    sscanf(user, "%u:%u", &uid, &gid);
+    for (envc = 3; envc < n && fields[envc][0]; envc++)
+        ;
+    if (envc >= n - 1)
+        goto bad;
+    s->tty = strchr(flags, 't') != NULL;
+    if (s->tty) {
+        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (master < 0 || grantpt(master) || unlockpt(master))
+            goto fail;
+        slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+        if (slave < 0)
+            goto fail;
+    } else if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(er, O_CLOEXEC)) {
+        goto fail;
+    }
+    if (pipe2(errpipe, O_CLOEXEC))
+        goto fail;
+    s->pid = fork();
+    if (s->pid == 0) {
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        setsid();
+        if (s->tty) {
+            ioctl(slave, TIOCSCTTY, 0);
+            dup2(slave, 0), dup2(slave, 1), dup2(slave, 2);
+        } else {
+            dup2(in[0], 0), dup2(out[1], 1), dup2(er[1], 2);
+        }
+        clearenv();
+        for (i = 3; i < envc; i++)
+            putenv(fields[i]);
+        if (!getenv("PATH"))
+            putenv("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        if ((cwd[0] && chdir(cwd)) || setgroups(0, NULL) || setgid(gid) || setuid(uid)) {
+            e = errno;
+            write(errpipe[1], &e, sizeof e);
+            _exit(126);
+        }
+        execvp(fields[envc + 1], fields + envc + 1);
+        e = errno;
+        write(errpipe[1], &e, sizeof e);
+        _exit(127);
+    }
+    close(errpipe[1]);
+    if (s->tty)
+        close(slave);
+    else
+        close(in[0]), close(out[1]), close(er[1]);
+    if (s->pid < 0) {
+        close(errpipe[0]);
+        goto fail;
+    }
+    if (read(errpipe[0], &e, sizeof e) == sizeof e) {
+        char m[512];
+        int l = snprintf(m, sizeof m, "ctrun-agent: cannot run %s: %s\n", fields[envc + 1],
+                         strerror(e));
+        close(errpipe[0]);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+        if (s->tty)
+            close(master);
+        else
+            close(in[1]), close(out[0]), close(er[0]);
+        send_frame(s, 'e', m, l);
+        send_frame(s, 'x', e == ENOENT ? "127" : "126", 3);
+        return;
+    }
+    close(errpipe[0]);
+    if (s->tty) {
+        s->out = s->stdin_fd = master;
+        s->err = -1;
+    } else {
+        s->stdin_fd = in[1], s->out = out[0], s->err = er[0];
+        if (!strchr(flags, 'i'))
+            close_fd(&s->stdin_fd);
+    }
+    if (s->stdin_fd >= 0)
+        fcntl(s->stdin_fd, F_SETFL, fcntl(s->stdin_fd, F_GETFL) | O_NONBLOCK);
+    return;
+bad:
+    send_frame(s, 'e', "ctrun-agent: bad exec request\n", 30);
+    send_frame(s, 'x', "125", 3);
+    return;
+fail:
+    e = errno;
+    {
+        char m[256];
+        int l = snprintf(m, sizeof m, "ctrun-agent: exec failed: %s\n", strerror(e));
+        send_frame(s, 'e', m, l);
+        send_frame(s, 'x', "125", 3);
+    }
+    close_fd(&master), close_fd(&slave);
+}
+
+static long meminfo(const char *key)
+{
+    char line[256];
+    long v = -1;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ':') {
+            v = atol(line + strlen(key) + 1);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+static void stats(struct session *s)
+{
+    char out[1024], line[512] = "";
+    unsigned long long u = 0, ni = 0, sy = 0, id = 0;
+    double up = 0;
+    int procs = 0, l;
+    FILE *f = fopen("/proc/stat", "r");
+    DIR *d;
+    struct dirent *de;
+    if (f) {
+        if (fgets(line, sizeof line, f))
+            sscanf(line, "cpu %llu %llu %llu %llu", &u, &ni, &sy, &id);
+        fclose(f);
+    }
+    if ((f = fopen("/proc/uptime", "r"))) {
+        if (fscanf(f, "%lf", &up) != 1)
+            up = 0;
+        fclose(f);
+    }
+    if ((d = opendir("/proc"))) {
+        while ((de = readdir(d)))
+            procs += de->d_name[0] >= '0' && de->d_name[0] <= '9';
+        closedir(d);
+    }
+    l = snprintf(out, sizeof out,
+                 "mem_total_kb %ld\nmem_available_kb %ld\ncpu_user_ticks %llu\n"
+                 "cpu_system_ticks %llu\ncpu_idle_ticks %llu\nclock_ticks %ld\n"
+                 "uptime %.2f\nprocesses %d\nonline_cpus %ld\n",
+                 meminfo("MemTotal"), meminfo("MemAvailable"), u + ni, sy, id,
+                 sysconf(_SC_CLK_TCK), up, procs, sysconf(_SC_NPROCESSORS_ONLN));
+    send_frame(s, 's', out, l);
+}
+
+static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
+{
+    char buf[512];
+    switch (type) {
+    case 'H': {
+        struct utsname u;
+        int l;
+        end_session(s);
+        uname(&u);
+        l = snprintf(buf, sizeof buf, "%.*s%c%s", (int)(len < 256 ? len : 256), p, 0,
+                     u.release);
+        send_frame(s, 'h', buf, l);
+        break;
+    }
+    case 'O':
+        p[len] = 0;
+        start_exec(s, p, len);
+        break;
+    case 'I':
+        if (s->stdin_fd >= 0 && len) {
+            s->pend = realloc(s->pend, s->pendlen + len);
+            memcpy(s->pend + s->pendlen, p, len);
+            s->pendlen += len;
+        }
+        break;
+    case 'E':
+        s->stdin_eof = 1;
+        if (s->tty && s->stdin_fd >= 0) {  /* a terminal has no EOF; send ^D as a user would */
+            s->pend = realloc(s->pend, s->pendlen + 1);
+            s->pend[s->pendlen++] = 4;
+            s->stdin_eof = 0;
+        }
+        break;
+    case 'R': {
+        struct winsize ws = {0};
+        snprintf(buf, sizeof buf, "%.*s", (int)(len < 64 ? len : 64), p);
+        if (s->tty && s->out >= 0 &&
+            sscanf(buf, "%hu %hu", &ws.ws_row, &ws.ws_col) == 2)
+            ioctl(s->out, TIOCSWINSZ, &ws);
+        break;
+    }
+    case 'K':
+        snprintf(buf, sizeof buf, "%.*s", (int)(len < 16 ? len : 16), p);
+        if (s->pid > 0 && !s->exited)
+            kill(s->pid, atoi(buf));
+        break;
+    case 'S':
+        stats(s);
+        break;
+    case 'D':
+        snprintf(buf, sizeof buf, "%.*s", (int)(len < 16 ? len : 16), p);
+        kill(1, atoi(buf) ? atoi(buf) : SIGTERM);
+        send_frame(s, 'd', "", 0);
+        break;
+    case 'P':
+        send_frame(s, 'd', "", 0);
+        sync();
+        reboot(RB_POWER_OFF);
+        break;
+    }
+}
+
+static void read_port(struct session *s)
+{
+    ssize_t n = read(s->fd, s->in + s->inlen, sizeof s->in - 1 - s->inlen);
+    size_t off = 0;
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            s->connected = 0;   /* the host hung up: end the session */
+            end_session(s);
+            s->inlen = 0;
+        }
+        return;
+    }
+    s->inlen += n;
+    while (s->inlen - off >= 5) {
+        unsigned char *h = s->in + off;
+        uint32_t len = h[1] | h[2] << 8 | h[3] << 16 | (uint32_t)h[4] << 24;
+        if (len > MAXFRAME) {   /* garbage: drop it all, the host re-syncs with H */
+            off = s->inlen;
+            break;
+        }
+        if (s->inlen - off < 5 + len)
+            break;
+        {
+            unsigned char save = h[5 + len];
+            frame(s, h[0], (char *)h + 5, len);
+            if (s->inlen - off > 5 + len)
+                h[5 + len] = save;
+        }
+        off += 5 + len;
+    }
+    memmove(s->in, s->in + off, s->inlen - off);
+    s->inlen -= off;
+}
+
+static void pump(struct session *s, int *fd, char type)
+{
+    char buf[32768];
+    ssize_t n = read(*fd, buf, sizeof buf);
+    if (n > 0) {
+        send_frame(s, type, buf, n);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (*fd == s->stdin_fd)  /* the pty master: done when the last slave closes (EIO) */
+        s->stdin_fd = -1;
+    close_fd(fd);
+    maybe_exit(s);
+}
+
+static void find_ports(void)
+{
+    DIR *d = opendir("/sys/class/virtio-ports");
+    struct dirent *de;
+    char path[512], name[128];
+    if (!d)
+        return;
+    while ((de = readdir(d)) && nports < MAXPORTS) {
+        FILE *f;
+        int fd;
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        name[0] = 0;
+        if (!fgets(name, sizeof name, f))
+            name[0] = 0;
+        fclose(f);
+        if (strncmp(name, "ctrun.agent.", 12))
+            continue;
+        snprintf(path, sizeof path, "/dev/%s", de->d_name);
+        fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        /* the kernel sends SIGIO when the host connects or hangs up */
+        fcntl(fd, F_SETOWN, getpid());
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
+        memset(&ports[nports], 0, sizeof ports[0]);
+        ports[nports].fd = fd;
+        ports[nports].out = ports[nports].err = ports[nports].stdin_fd = -1;
+        ports[nports].connected = 1;
+        nports++;
+    }
+    closedir(d);
+}
+
+int main(int argc, char **argv)
+{
+    sigset_t mask;
+    int sfd, i;
+
+    if (argc > 1 && (chroot(argv[1]) || chdir("/"))) {
+        perror("ctrun-agent: chroot");
+        return 1;
+    }
+    if (argc > 1 && fork() > 0)  /* the init script goes on to switch_root */
+        return 0;
+    setsid();
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGIO);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    for (i = 0; i < 50 && !nports; i++) {  /* udev-less: the ports appear as the driver probes */
+        find_ports();
+        if (!nports)
+            usleep(20000);
+    }
+    if (!nports) {
+        fprintf(stderr, "ctrun-agent: no ctrun.agent.N virtio port\n");
+        return 1;
+    }
+    for (;;) {
+        struct pollfd pf[1 + MAXPORTS * 4];
+        struct session *owner[1 + MAXPORTS * 4];
+        int *which[1 + MAXPORTS * 4];
+        int n = 0, timeout = -1;
+        pf[n] = (struct pollfd){sfd, POLLIN, 0}, owner[n] = NULL, which[n++] = NULL;
+        for (i = 0; i < nports; i++) {
+            struct session *s = &ports[i];
+            if (!s->connected) {
+                timeout = 1000;  /* a lost SIGIO must not strand a port */
+                continue;
+            }
+            pf[n] = (struct pollfd){s->fd, POLLIN, 0}, owner[n] = s, which[n++] = &s->fd;
+            if (s->out >= 0)
+                pf[n] = (struct pollfd){s->out, POLLIN, 0}, owner[n] = s, which[n++] = &s->out;
+            if (s->err >= 0)
+                pf[n] = (struct pollfd){s->err, POLLIN, 0}, owner[n] = s, which[n++] = &s->err;
+            if (s->stdin_fd >= 0 && s->stdin_fd != s->out && (s->pendlen || s->stdin_eof))
+                pf[n] = (struct pollfd){s->stdin_fd, POLLOUT, 0}, owner[n] = s,
+                which[n++] = &s->stdin_fd;
+            else if (s->stdin_fd >= 0 && s->stdin_fd == s->out && s->pendlen)
+                pf[n - 1 - (s->err >= 0)].events |= POLLOUT;
+        }
+        if (poll(pf, n, timeout) < 0 && errno != EINTR)
+            return 1;
+        if (pf[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == sizeof si)
+                ;
+        }
+        /* reap: a session's command, or an orphan re-parented to us */
+        for (;;) {
+            int st;
+            pid_t pid = waitpid(-1, &st, WNOHANG);
+            if (pid <= 0)
+                break;
+            for (i = 0; i < nports; i++)
+                if (ports[i].pid == pid) {
+                    ports[i].status = st, ports[i].exited = 1;
+                    if (!ports[i].connected)
+                        ports[i].pid = 0;
+                    maybe_exit(&ports[i]);
+                }
+        }
+        for (i = 0; i < nports; i++)  /* a port comes back when the host reconnects */
+            if (!ports[i].connected) {
+                struct pollfd p = {ports[i].fd, POLLIN, 0};
+                if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP))
+                    ports[i].connected = 1;
+            }
+        for (i = 1; i < n; i++) {
+            struct session *s = owner[i];
+            if (!pf[i].revents || !s->connected)
+                continue;
+            if (which[i] == &s->fd) {
+                if (pf[i].revents & POLLIN)
+                    read_port(s);
+                else if (pf[i].revents & (POLLHUP | POLLERR)) {
+                    s->connected = 0;
+                    end_session(s);
+                    s->inlen = 0;
+                }
+                continue;
+            }
+            if ((pf[i].revents & POLLOUT) && s->stdin_fd >= 0 && s->pendlen) {
+                ssize_t w = write(s->stdin_fd, s->pend, s->pendlen);
+                if (w > 0) {
+                    memmove(s->pend, s->pend + w, s->pendlen - w);
+                    s->pendlen -= w;
+                }
+            }
+            if (s->stdin_eof && !s->pendlen && s->stdin_fd >= 0 && s->stdin_fd != s->out)
+                close_fd(&s->stdin_fd);
+            if (*which[i] >= 0 && (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                which[i] != &s->stdin_fd)
+                pump(s, which[i], which[i] == &s->err ? 'e' : 'o');
+            else if (which[i] == &s->stdin_fd && (pf[i].revents & (POLLERR | POLLHUP)))
+                close_fd(&s->stdin_fd);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+"""The VM's root disk: an ext4 image of the image's files, shared read-only by every VM of
+that image, and a per-VM qcow2 overlay on top, so the image stays as it is (the VM-mode
+twin of a container's overlayfs upper directory).
+
+The ext4 image is made without mounting anything on the host: `mkfs.ext4 -d` copies a
+directory tree (owners, modes, xattrs, device nodes) into a new file system.  An image of
+several layers is first merged by a read-only overlay mounted in a private mount namespace
+that dies with the command, so no mount is ever left on the host.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import CtrunError, HostUnsupported
+from ..state import read_json
+
+HEADROOM = 1 << 30  # free space in the guest's root (sparse: costs nothing until written)
+
+
+def _tool(name, package):
+    if not shutil.which(name):
+        raise HostUnsupported(f"VM disks need {name}; run: apt-get install {package}")
+
+
+def _du(dirs):
+    total = 0
+    for top in dirs:
+        for d, _, files in os.walk(top):
+            for n in files:
+                try:
+                    total += os.lstat(os.path.join(d, n)).st_blocks * 512
+                except OSError:
+                    pass
+    return total
+
+
+def base_path(store, image):
+    """Where the shared disk of an image lives: keyed by the image's config, so a rebuilt
+    image gets a new disk and VMs made from the old one keep theirs."""
+    from . import cache
+    return store.root / "cache" / "vm" / \
+        f"disk-{image}-{cache.key(store.image_dir(image) / 'image.json')}.ext4"
+
+
+def base(store, image):
+    """The read-only ext4 disk of an image, made on first use."""
+    from ..images import store as images
+    out = base_path(store, image)
+    if out.exists():
+        return out
+    _tool("mkfs.ext4", "e2fsprogs")
+    lowers = [str(p) for p in images.lowerdirs(store, image)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with store.lock("vmdisk." + image):
+        if out.exists():
+            return out
+        size = int(_du(lowers) * 1.3) + HEADROOM
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        mkfs = ["mkfs.ext4", "-q", "-F", "-L", "ctrun-root", "-E", "nodiscard",
+                "-d", "{src}", str(tmp), f"{size // (1 << 20)}M"]
+        try:
+            if len(lowers) == 1:
+                cmd = [a.replace("{src}", lowers[0]) for a in mkfs]
+            else:  # merge the layers: overlayfs applies whiteouts and opaque dirs
+                merged = out.parent / f".merge{os.getpid()}"
+                merged.mkdir(exist_ok=True)
+                script = ('mount -t overlay -o "ro,lowerdir=$1" ctrun-vmdisk "$2" && shift 2 '
+                          '&& exec "$@"')
+                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                       "sh", ":".join(lowers), str(merged)] + \
+                      [a.replace("{src}", str(merged)) for a in mkfs]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                raise CtrunError(f"cannot make the VM disk of image '{image}': "
+                                 f"{(r.stderr.strip() or 'mkfs.ext4 failed').splitlines()[-1]}")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+            if len(lowers) > 1:
+                os.rmdir(merged)
+    return out
+
+
+def overlay(base_disk, dest):
+    """A qcow2 file backed by the shared disk: this VM's writes, and only those."""
+    _tool("qemu-img", "qemu-utils")
+    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(base_disk), str(dest)], capture_output=True, text=True)
+    if r.returncode:
+        raise CtrunError(f"cannot make the VM disk overlay {dest}: {r.stderr.strip()}")
+    return dest
+
+
+def gc(store):
+    """Remove shared disks that no VM uses and whose image changed or is gone."""
+    done = []
+    d = store.root / "cache" / "vm"
+    if not d.is_dir():
+        return done
+    used = set()
+    for n in store.container_names():
+        conf = read_json(store.container_dir(n) / "config.json") or {}
+        if conf.get("vm"):
+            used.add(conf["vm"].get("base_disk"))
+    for p in d.glob("disk-*.ext4"):
+        image = p.name[len("disk-"):].rsplit("-", 1)[0]
+        try:
+            current = base_path(store, image)
+        except OSError:
+            current = None
+        if str(p) not in used and p != current:
+            p.unlink(missing_ok=True)
+            done.append(f"removed unused VM disk {p.name}")
+    return done
