@@ -57,6 +57,22 @@ def _monitor_pids(root):
     return pids
 
 
+def _qemu_pids():
+    """QEMU processes of ctrun VMs whose working directory is in a test store."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if b"ctrun-vm" not in (p / "cmdline").read_bytes():
+                    continue
+                cwd = os.readlink(p / "cwd")
+            except OSError:
+                continue
+            if any(cwd.startswith(str(root)) for root in STORES):
+                pids.append(int(p.name))
+    return pids
+
+
 def cleanup_store(root):
     """Destroy every container of a test store and wait for its monitor to leave."""
     from ctrun.api import Ctrun
@@ -134,6 +150,8 @@ def leaks():
     for root in STORES:
         if root.exists():
             found.append(f"directory: {root}")
+    for pid in _qemu_pids():
+        found.append(f"process: qemu {pid} of a test VM")
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         name = line.split(": ")[1].split("@")[0]

@@ -13,7 +13,7 @@
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
  *   guest -> host  h hello reply   o stdout   e stderr   x exit code (decimal)
- *                  s stats lines "key value"   d done
+ *                  s stats lines "key value"   d done   r agent started (say hello again)
  * Built static (gcc -static) on the host and put in the VM's initramfs; it is started before
  * switch_root and chroots into the real root, so it runs whatever init the image has.
  */
@@ -470,6 +470,15 @@ int main(int argc, char **argv)
     if (!nports) {
         fprintf(stderr, "ctrun-agent: no ctrun.agent.N virtio port\n");
         return 1;
+    }
+    /* QEMU drops what a host client wrote before the guest opened the port: tell every
+     * client already connected that we are here, so it says hello again */
+    for (i = 0; i < nports; i++) {
+        struct pollfd p = {ports[i].fd, POLLOUT, 0};
+        if (poll(&p, 1, 0) < 0 || (p.revents & POLLHUP))
+            ports[i].connected = 0;
+        else
+            send_frame(&ports[i], 'r', "", 0);
     }
     for (;;) {
         struct pollfd pf[1 + MAXPORTS * 4];

@@ -71,6 +71,8 @@ class Agent:
             t, p = self.recv(max(0.05, deadline - time.monotonic()))
             if t == "h" and p.split(b"\0")[0] == nonce:
                 return p.split(b"\0")[1].decode()
+            if t == "r":  # the agent just started: our first hello may have been dropped
+                self.send("H", nonce)
 
     def close(self):
         if self.sock is not None:
@@ -123,7 +125,8 @@ class Agent:
 
     def signal_init(self, sig):
         self.send("D", str(int(sig)).encode())
-        self.recv(10)
+        while self.recv(10)[0] != "d":
+            pass
 
     def poweroff(self):
         self.send("P")
@@ -212,8 +215,8 @@ def wait_ready(vmdir, alive, timeout, console=None):
         if left <= 0:
             raise AgentError(f"the VM's guest agent did not answer within {timeout:.0f} s"
                              + _tail(console))
-        try:
-            with Agent(vmdir, timeout=min(left, 1.0)) as a:
+        try:  # one connection: the agent says "r" on it when it starts
+            with Agent(vmdir, timeout=min(left, 5.0)) as a:
                 return a.release
         except (AgentError, Conflict):
             time.sleep(0.02)

@@ -37,6 +37,9 @@ if [ -n "$CTRUN_PROBE" ]; then echo CTRUN-PROBE-OK; $B poweroff -f; fi
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do $B usleep 10000; i=$((i+1)); done
 $B mount -t ext4 -o noatime /dev/vda /newroot || fail "cannot mount the root disk /dev/vda"
 for d in dev proc sys; do $B mkdir -p /newroot/$d; $B mount --move /$d /newroot/$d; done
+$B mkdir -p /newroot/dev/pts /newroot/dev/shm
+$B mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
+$B mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm
 $B hostname "$CTRUN_HOSTNAME"
 $B ip link set lo up
 if [ -n "$CTRUN_IP" ]; then
