@@ -23,9 +23,10 @@ if [ $quick = 1 ]; then
   run_args=(--runs 10 --warmup 2); list_args=(--runs 5 --warmup 1)
   limits_args=(--runs 10 --warmup 2 --api-runs 50); stats_args=(--runs 5 --warmup 1)
   network_args=(--runs 8 --warmup 2 --iperf-time 3 --iperf-rounds 1)
-  import_args=(--runs 3 --warmup 1)
+  import_args=(--runs 3 --warmup 1); vm_args=(--runs 2 --warmup 0)
 else
   run_args=(); list_args=(); limits_args=(); stats_args=(); network_args=(); import_args=()
+  vm_args=()
 fi
 
 failed=()
@@ -42,6 +43,7 @@ bench bench_limits "${limits_args[@]}"
 bench bench_stats "${stats_args[@]}"
 bench bench_network "${network_args[@]}"
 bench bench_import "${import_args[@]}"
+bench bench_vm "${vm_args[@]}"
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

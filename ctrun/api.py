@@ -219,8 +219,9 @@ class Ctrun:
         cdir = self._cdir(name)
         with self.store.lock(name):
             st, state, _, _ = status(cdir)
-            if st == "running":
-                raise Conflict(f"container '{name}' is already running")
+            if st in ("running", "stopping"):
+                raise Conflict(f"container '{name}' is already {st}"
+                               + ("; wait for it to stop" if st == "stopping" else ""))
             cfg = self._config(cdir)
             if cfg.mode == "vm":
                 sid = self._start_vm(name, cdir, cfg, state)
@@ -784,6 +785,8 @@ class Ctrun:
         cdir = self._cdir(name)
         with self.store.lock(name):
             st, state, live, _ = status(cdir)
+            if st == "stopping":  # let the monitor finish recording the exit first
+                self._await_exit_record(cdir, state["start_id"], timeout=5)
             if st == "running":
                 if not force:
                     raise Conflict(f"container '{name}' is running; stop it first or use --force")

@@ -124,6 +124,21 @@ class Store:
             os.close(fd)
 
 
+def _monitor_alive(run):
+    """Does a monitor hold the store's monitor lock?"""
+    try:
+        fd = os.open(run / "monitor.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def status(cdir):
     """Derive a container's live status from its files: (status, state, live, exit)."""
     state = read_json(cdir / "state.json", {}) or {}
@@ -137,6 +152,9 @@ def status(cdir):
     if live and live.get("start_id") == sid:
         if alive(live["pid"], live["pid_start"]):
             return "running", state, live, None
+        if live.get("monitor") == "shared" and _monitor_alive(cdir.parent.parent / "run"):
+            # reaped, and the monitor is still recording the exit (cgroup, rules): not lost
+            return "stopping", state, live, None
         return "stopped", state, live, {"exit_code": None, "exit_reason": "monitor-lost",
                                         "finished_at": None}
     return "stopped", state, None, {"exit_code": None, "exit_reason": "start-interrupted",

@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated store per test, the CLI as a user runs it, and a session-wide
 leak check that fails the run if any test left a mount, cgroup, process or directory."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -134,6 +135,20 @@ class CLI:
 @pytest.fixture
 def cli(store):
     return CLI(store)
+
+
+@contextlib.contextmanager
+def bridge_network(cli, name, subnet):
+    """A network of the test's own (bridge, subnet, nftables rules); afterwards every
+    container of the store is destroyed and the network removed, which must succeed."""
+    cli("network", "create", name, "--subnet", subnet, check=True)
+    try:
+        yield name
+    finally:
+        for row in json.loads(cli("list", "-a", "--format", "json").stdout or "[]"):
+            cli("destroy", "-f", row["name"])
+        r = cli("network", "rm", name)
+        assert r.returncode == 0, r.stderr
 
 
 def leaks():

@@ -3,7 +3,6 @@
 All traffic stays on this machine: between the host and the containers' namespaces."""
 
 import concurrent.futures
-import json
 import os
 import subprocess
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import bridge_network
 from test_cli_errors import assert_clean_error
 
 SUBNET_BYTE = 200 + os.getpid() % 50
@@ -20,13 +20,8 @@ SUBNET_BYTE = 200 + os.getpid() % 50
 @pytest.fixture
 def net(cli):
     """A test network of its own (bridge, subnet, nftables rules), removed afterwards."""
-    name = f"tn{os.getpid() % 10000}"
-    cli("network", "create", name, "--subnet", f"10.214.{SUBNET_BYTE}.0/24", check=True)
-    yield name
-    for row in json.loads(cli("list", "-a", "--format", "json").stdout or "[]"):
-        cli("destroy", "-f", row["name"])
-    r = cli("network", "rm", name)
-    assert r.returncode == 0, r.stderr
+    with bridge_network(cli, f"tn{os.getpid() % 10000}", f"10.214.{SUBNET_BYTE}.0/24") as name:
+        yield name
 
 
 def web(cli, name, net, *extra):

@@ -4,9 +4,7 @@ driven through the CLI with the same verbs as a container.
 One VM is booted for the module and shared by the tests that only look at it (a boot costs
 seconds under emulation); the tests that end a VM come last in the file, in order."""
 
-import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -16,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, REPO, STORES, cleanup_store
+from conftest import CLI, REPO, STORES, bridge_network, cleanup_store
 from test_cli_errors import assert_clean_error, snapshot
+from test_container import _in_pty
 
 pytestmark = [pytest.mark.vm]
 
@@ -44,13 +43,8 @@ def vcli(vstore):
 
 @pytest.fixture(scope="module")
 def vnet(vcli):
-    name = f"vn{os.getpid() % 10000}"
-    vcli("network", "create", name, "--subnet", f"10.215.{SUBNET_BYTE}.0/24", check=True)
-    yield name
-    for row in json.loads(vcli("list", "-a", "--format", "json").stdout or "[]"):
-        vcli("destroy", "-f", row["name"])
-    r = vcli("network", "rm", name)
-    assert r.returncode == 0, r.stderr
+    with bridge_network(vcli, f"vn{os.getpid() % 10000}", f"10.215.{SUBNET_BYTE}.0/24") as n:
+        yield n
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +79,9 @@ def test_exec_exit_code_stdin_and_streams(vcli, vm):
 
 
 def test_exec_tty(vstore, vm):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(REPO)
-        os.execv(sys.executable, [sys.executable, "-m", "ctrun", "--root", str(vstore),
-                                  "exec", "-t", "vm1", "--", "sh", "-c", "tty; stty size"])
-    out = b""
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    _, st = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(st) == 0, out
-    assert b"/dev/pts/" in out, out
+    code, out = _in_pty([sys.executable, "-m", "ctrun", "--root", str(vstore), "exec", "-t",
+                         "vm1", "--", "sh", "-c", "tty; stty size; exit 4"])
+    assert code == 4 and b"/dev/pts/" in out, out
 
 
 def test_guest_processes_are_invisible_to_the_host(vcli, vm):
