@@ -206,6 +206,11 @@ def _network(p):
     q.add_argument("name", nargs="+")
 
 
+def _lab(p):
+    from .lab.main import add_arguments  # argparse only: the lab's work is imported later
+    add_arguments(p)
+
+
 def _demo(p):
     p.add_argument("--keep", action="store_true", help="leave the demo container running")
 
@@ -233,6 +238,7 @@ VERBS = {
     "image": ("manage images", (), _image),
     "template": ("make an image from a container (vzdump-style template)", (), _template),
     "demo": ("start a container and show what it sees next to the host", (), _demo),
+    "lab": ("compare host, container and VM: figures, isolation probes, report", (), _lab),
 }
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
 
@@ -381,6 +387,9 @@ def dispatch(a):
         from .images import transfer
         transfer.template(ct.store, a.container, a.name, ct._cdir(a.container))
         print(a.name)
+    elif v == "lab":
+        from .lab.main import run
+        return run(a)
     elif v == "demo":
         from .demo import demo
         return demo(ct, keep=a.keep)

@@ -1,0 +1,281 @@
+"""Runners: host, container and VM instances behind one interface, so every workload and
+probe is written once.
+
+An instance is created untimed, then start() (returns when a first command has run
+inside: the lab's "ready"), exec(argv) -> (exit code, output), put(local, dest), stop(),
+destroy(), memory() and cgroup().  Host mode runs busybox applets from a private applet
+directory on the host, in a cgroup of the lab's own, so it is measured like the others."""
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import CtrunError, HostUnsupported
+
+EXEC_TIMEOUT = 120.0
+
+
+def pss_kb(pid):
+    """PSS of one process in kB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def kmem_kb(dirs):
+    """Kernel memory charged to a cgroup: v1 memory.kmem.usage_in_bytes, else v2's
+    memory.stat "kernel" (None when neither hierarchy reports it)."""
+    for d in dirs:
+        try:
+            return int(Path(d, "memory.kmem.usage_in_bytes").read_text()) // 1024
+        except (OSError, ValueError):
+            pass
+        try:
+            for line in Path(d, "memory.stat").read_text().splitlines():
+                if line.startswith("kernel "):
+                    return int(line.split()[1]) // 1024
+        except OSError:
+            pass
+    return None
+
+
+def monitor_pids(store_root):
+    """The shared monitor of the lab's store: it serves every container and VM there."""
+    root = str(store_root).encode()
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ctrun.monitor" in cmd and root in cmd:
+                out.append(int(p.name))
+    return out
+
+
+def _read_capture(r, pid, timeout, what):
+    """Collect a child's output until EOF; kill it past the timeout."""
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise CtrunError(f"{what} did not finish within {timeout:.0f} s")
+            data = os.read(r, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(r)
+    _, st = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(st), b"".join(chunks).decode(errors="replace")
+
+
+class Instance:
+    kind = "?"
+    root_dir = "/"              # where its root file system is, as the instance sees it
+    helper = "/usr/local/bin/ctrun-lab"
+
+    def __init__(self, mode, name):
+        self.mode, self.name = mode, name
+
+    def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
+        raise NotImplementedError
+
+    def put(self, local, dest):
+        code, out = self.exec(["sh", "-c", f"cat > {dest} && chmod 755 {dest}"],
+                              stdin_path=local)
+        if code != 0:
+            raise CtrunError(f"could not copy {local} into {self.name}: {out.strip()}")
+
+    def memory(self):
+        """{pss_kb, kmem_kb, monitor_share_kb, total_kb} of this idle instance."""
+        mgr = self.cgroup()
+        pss = sum(pss_kb(p) for p in mgr.pids())
+        kmem = kmem_kb([str(d) for d in mgr.dirs().values()])
+        share = self.mode.monitor_share_kb()
+        return {"pss_kb": pss, "kmem_kb": kmem, "monitor_share_kb": share,
+                "total_kb": pss + (kmem or 0) + share}
+
+
+class HostMode:
+    """The baseline: busybox applets run directly on the host."""
+
+    name = "host"
+    accel = None
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.bin = lab.work / "host-bin"
+        self.busybox = shutil.which("busybox") or "/bin/busybox"
+        if not os.path.exists(self.busybox):
+            raise HostUnsupported("host mode needs busybox on the host; run: apt-get install "
+                                  "busybox-static")
+        if not self.bin.exists():
+            self.bin.mkdir()
+            subprocess.run([self.busybox, "--install", "-s", str(self.bin)], check=True)
+
+    def create(self, name):
+        return HostInstance(self, f"host-{name}")
+
+    def monitor_share_kb(self):
+        return 0
+
+
+class HostInstance(Instance):
+    kind = "host"
+
+    def __init__(self, mode, name):
+        super().__init__(mode, name)
+        from .. import cgroups
+        self.dir = mode.lab.work / name
+        self.dir.mkdir()
+        self.root_dir = str(self.dir) + "/"
+        self.helper = str(self.dir / "ctrun-lab")
+        self.mgr = cgroups.manager(name, parent=mode.lab.cgroup_parent)
+        self.proc = None
+
+    def _env(self):
+        return {"PATH": str(self.mode.bin), "HOME": str(self.dir), "LC_ALL": "C"}
+
+    def start(self):
+        self.mgr.create(device_rules=None)
+        procs = [str(f) for f in self.mgr.procs_files()]
+        self._join = lambda: [Path(f).write_text("0") for f in procs]
+        self.proc = subprocess.Popen(["sleep", "2147483647"], cwd=self.dir, env=self._env(),
+                                     preexec_fn=self._join, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     executable=str(self.mode.bin / "sleep"))
+        code, out = self.exec(["true"])
+        if code != 0:
+            raise CtrunError(f"host instance {self.name}: true failed: {out}")
+
+    def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        try:
+            p = subprocess.run(argv if "/" in argv[0] else [str(self.mode.bin / argv[0])]
+                               + list(argv[1:]), cwd=self.dir, env=self._env(),
+                               preexec_fn=self._join, stdin=stdin, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CtrunError(f"{argv[0]} in {self.name} did not finish within "
+                             f"{timeout:.0f} s") from None
+        finally:
+            if stdin_path:
+                stdin.close()
+        return p.returncode, p.stdout.decode(errors="replace")
+
+    def put(self, local, dest):
+        shutil.copy(local, dest)
+        os.chmod(dest, 0o755)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def destroy(self):
+        self.stop()
+        self.mgr.discard()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def cgroup(self):
+        return self.mgr
+
+
+class CtrunMode:
+    """Containers and VMs: both are ctrun instances in the lab's private store."""
+
+    def __init__(self, lab, vm=False):
+        from ..api import Ctrun
+        self.lab, self.vm = lab, vm
+        self.name = "vm" if vm else "container"
+        self.ct = Ctrun(lab.store, warn=lambda m: None)
+        self.accel = None
+        if vm:
+            from ..vm import accel as accelmod, kernel, machine
+            machine.check_host()
+            self.accel, self.accel_note = accelmod.choose(lab.accel, kernel.find())
+
+    def create(self, name):
+        name = f"{'vm' if self.vm else 'ct'}-{name}"
+        opts = {"net": self.lab.network or "none"}
+        if self.vm:
+            opts.update(vm=True, accel=self.accel, limits={"memory": self.lab.vm_memory,
+                                                            "cpus": "1"})
+        self.ct.create(name, image=self.lab.image, **opts)
+        return CtrunInstance(self, name)
+
+    def monitor_share_kb(self):
+        """The shared monitor's PSS divided among the instances it supervises now."""
+        n = max(1, len(self.ct.list()))
+        return sum(pss_kb(p) for p in monitor_pids(self.lab.store)) // n
+
+
+class CtrunInstance(Instance):
+    def __init__(self, mode, name):
+        super().__init__(mode, name)
+        self.kind = mode.name
+        self.ct = mode.ct
+
+    def start(self):
+        self.ct.start(self.name)
+        code, out = self.exec(["true"])
+        if code != 0:
+            raise CtrunError(f"{self.kind} {self.name}: first command failed: {out.strip()}")
+
+    def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
+        """ctrun exec in a child process, output captured, bounded by a timeout."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                os.dup2(w, 1)
+                os.dup2(w, 2)
+                if stdin_path:
+                    fd = os.open(stdin_path, os.O_RDONLY)
+                    os.dup2(fd, 0)
+                os._exit(self.ct.exec(self.name, list(argv), interactive=bool(stdin_path)))
+            except BaseException as e:  # noqa: BLE001 - the parent reads the message
+                os.write(2, f"{e}\n".encode())
+                os._exit(125)
+        os.close(w)
+        return _read_capture(r, pid, timeout, f"{argv[0]} in {self.kind} {self.name}")
+
+    def stop(self):
+        self.ct.stop(self.name, timeout=10)
+
+    def destroy(self):
+        try:
+            self.ct.destroy(self.name, force=True)
+        except CtrunError:
+            pass
+
+    def cgroup(self):
+        from .. import cgroups
+        conf = self.ct.inspect(self.name)["config"]
+        return cgroups.manager(self.name, parent=conf["cgroup_parent"])
+
+    def set_limits(self, limits):
+        self.ct.set(self.name, limits, save=False)
+
+
+def make(lab, name):
+    """The runner of a mode; a HostUnsupported error says why the mode cannot run here."""
+    if name == "host":
+        return HostMode(lab)
+    return CtrunMode(lab, vm=(name == "vm"))

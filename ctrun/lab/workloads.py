@@ -1,0 +1,130 @@
+"""The workloads: one static helper (helper.c), the same machine code in every mode.
+
+Each workload runs `repeat` times in an instance and yields figures; every loop is
+time-bounded and timed inside the instance (CLOCK_MONOTONIC), so neither the exec path
+nor a slow emulated guest distorts the arithmetic, only the figure itself."""
+
+import os
+import subprocess
+from pathlib import Path
+
+from ..errors import CtrunError, HostUnsupported
+
+HERE = Path(__file__).resolve().parent
+
+# figure name -> (title, unit, which is better)
+FIGURES = {
+    "ready": ("time to ready (start to first command inside)", "s", "lower"),
+    "stop": ("time to stop", "s", "lower"),
+    "memory": ("host memory per idle instance", "MiB", "lower"),
+    "cpu": ("CPU-bound loop (10^6 xorshift steps)", "ms/op", "lower"),
+    "getpid": ("getpid() loop", "ns/call", "lower"),
+    "openclose": ("open()+close() loop", "ns/pair", "lower"),
+    "forkexec": ("fork+exec+wait loop", "ms/op", "lower"),
+    "seq_write": ("sequential write, fsync'd (root fs)", "MB/s", "higher"),
+    "seq_read": ("sequential read (root fs, page cache)", "MB/s", "higher"),
+    "rand_read": ("random 4 KiB reads (root fs)", "kIOPS", "higher"),
+    "rand_write": ("random 4 KiB writes (root fs)", "kIOPS", "higher"),
+    "net_stream": ("TCP stream host->instance", "Mbit/s", "higher"),
+    "net_rr": ("TCP 1-byte round trip instance<->host", "us", "lower"),
+}
+
+# workload name (for --only) -> (description, figures it yields)
+WORKLOADS = {
+    "lifecycle": ("create untimed, then start to the first command inside, and stop",
+                  ("ready", "stop")),
+    "memory": ("PSS of every host process serving an idle instance + its cgroup's kernel "
+               "memory + its share of the shared monitor", ("memory",)),
+    "cpu": ("fixed compute chunks (xorshift), time-bounded", ("cpu",)),
+    "getpid": ("getpid() through syscall(2), time-bounded", ("getpid",)),
+    "openclose": ("open(\"/bin/sh\") + close(), time-bounded", ("openclose",)),
+    "forkexec": ("fork, exec the helper's no-op, wait; time-bounded", ("forkexec",)),
+    "fileio": ("a file in the instance's root fs: sequential write+fsync, read, random "
+               "4 KiB reads and writes", ("seq_write", "seq_read", "rand_read", "rand_write")),
+    "net": ("TCP to a server on the host over the lab bridge (loopback in host mode): "
+            "stream throughput and 1-byte round trips; iperf3 is not in the busybox image, "
+            "so the lab's own static helper is the client everywhere", ("net_stream", "net_rr")),
+    "density": ("idle instances started one after another: host memory and start time per "
+                "instance as the count grows", ()),
+}
+
+
+def build_helper(work):
+    """Compile helper.c static into the lab's work directory (gcc is in setup.sh's DEBS)."""
+    out = Path(work) / "ctrun-lab-helper"
+    try:
+        r = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(HERE / "helper.c")],
+                           capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise HostUnsupported("the lab builds a static helper with gcc; run: apt-get install "
+                              "gcc libc6-dev") from None
+    if r.returncode != 0:
+        raise HostUnsupported(f"building the lab helper failed: {r.stderr.strip()[-300:]}")
+    return out
+
+
+def parse(out):
+    """KEY=VALUE lines of the helper -> dict of strings."""
+    kv = {}
+    for line in out.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.replace("_", "").isalnum():
+            kv[k.strip()] = v.strip()
+    return kv
+
+
+def _run(inst, args, what):
+    code, out = inst.exec([inst.helper, *args])
+    kv = parse(out)
+    if code != 0:
+        raise CtrunError(f"{what} in {inst.kind} failed (exit {code}): "
+                         f"{out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+    return kv
+
+
+def run(name, inst, secs, lab):
+    """One sample of workload `name` in `inst`: {figure: value in the figure's unit}."""
+    s = f"{secs:g}"
+    if name == "cpu":
+        return {"cpu": float(_run(inst, ["cpu", s], name)["ns_per_op"]) / 1e6}
+    if name == "getpid":
+        return {"getpid": float(_run(inst, ["getpid", s], name)["ns_per_op"])}
+    if name == "openclose":
+        return {"openclose": float(_run(inst, ["openclose", s, "/bin/sh"], name)["ns_per_op"])}
+    if name == "forkexec":
+        kv = _run(inst, ["forkexec", s, inst.helper], name)
+        return {"forkexec": float(kv["ns_per_op"]) / 1e6}
+    if name == "fileio":
+        kv = _run(inst, ["fileio", s, inst.root_dir + "ctrun-lab-io.dat", str(lab.io_mb)], name)
+        return {"seq_write": float(kv["seq_write_mb_s"]), "seq_read": float(kv["seq_read_mb_s"]),
+                "rand_read": float(kv["rand_read_iops"]) / 1000,
+                "rand_write": float(kv["rand_write_iops"]) / 1000}
+    if name == "net":
+        ip, port = lab.server_for(inst)
+        kv = _run(inst, ["stream", s, ip, str(port)], name)
+        rr = _run(inst, ["rr", s, ip, str(port)], name)
+        return {"net_stream": float(kv["mbit_s"]), "net_rr": float(rr["ns_per_op"]) / 1000}
+    raise KeyError(name)
+
+
+class Server:
+    """The host end of the network workload: the same helper, `serve IP PORT`."""
+
+    def __init__(self, helper, ip):
+        import socket
+        with socket.socket() as s:  # a free port on that address
+            s.bind((ip, 0))
+            self.port = s.getsockname()[1]
+        self.ip = ip
+        self.proc = subprocess.Popen([str(helper), "serve", ip, str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.proc.stdout.readline().strip() != b"listening":
+            self.close()
+            raise CtrunError(f"the lab's TCP server could not listen on {ip}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)  # the server and its per-connection children
+        self.proc.wait()
+        self.proc.stdout.close()
