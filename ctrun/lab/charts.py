@@ -61,6 +61,7 @@ def density(dens, key, unit, title, path):
                           label=_label(m, d.get("accel")))
         plotted[m] = [[float(x), float(y)] for x, y in zip(*line.get_data())]
     ax.set_xscale("log")
+    ax.set_yscale("log")  # a VM and a container differ by two orders of magnitude
     ax.set_xlabel("idle instances")
     ax.set_ylabel(unit)
     ax.set_title(title, fontsize=9)

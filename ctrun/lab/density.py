@@ -21,8 +21,8 @@ def plan(counts, per_instance_kb, start_s, memory_budget_kb, time_budget_s):
     kept = [c for c in counts if c <= limit]
     if not kept or kept[-1] != limit:
         kept.append(limit)
-    reason = (f"capped at {limit}: memory budget {memory_budget_kb >> 10} MiB / "
-              f"{per_instance_kb >> 10} MiB per instance allows {by_mem}; time budget "
+    reason = (f"capped at {limit}: memory budget {int(memory_budget_kb) >> 10} MiB / "
+              f"{int(per_instance_kb) >> 10} MiB per instance allows {by_mem}; time budget "
               f"{time_budget_s:.0f} s / {start_s:.1f} s per start allows {by_time}")
     return kept, {"count": limit, "reason": reason}
 

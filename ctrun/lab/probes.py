@@ -97,7 +97,8 @@ def classify(name, obs):
             return "shared", (f"{n} of the host's {total} real mounts visible inside "
                               f"(e.g. {obs['matched'][0]})")
         if n:
-            return "isolated", (f"{n} mount(s) look alike, but the instance runs its own "
+            return "isolated", (f"{n} mount(s) look alike (same device number and path, "
+                                f"e.g. {obs['matched'][0]}), but the instance runs its own "
                                 f"kernel: its mount table is its own")
         return "isolated", f"none of the host's {total} real mounts is visible inside"
     if name == "procsys":
