@@ -7,6 +7,8 @@ the cap and its reason are recorded (never a silently shorter list)."""
 
 import time
 
+from ..errors import CtrunError
+
 GIB_KB = 1 << 20
 
 
@@ -31,19 +33,41 @@ def fit_in_1gib(per_instance_kb):
     return int(GIB_KB // per_instance_kb) if per_instance_kb else None
 
 
-def run(lab, mode, counts, cap, tick):
-    """Start instances up to each count; returns the density record of this mode."""
+def run(lab, mode, counts, cap, tick, time_budget_s=None):
+    """Start instances up to each count; returns the density record of this mode.  Starts
+    that slow down with the count can overrun the estimate: past twice the time budget the
+    run stops at the count it reached, and says so in the cap."""
     steps, live, i = [], [], 0
+    t_end = time.monotonic() + 2 * time_budget_s if time_budget_s else None
     try:
         for c in counts:
             starts = []
             while len(live) < c:
+                if t_end and time.monotonic() > t_end and live:
+                    cap = {"count": len(live), "reason": (
+                        f"stopped at {len(live)} of {c}: starts took longer than twice the "
+                        f"time budget of {time_budget_s:.0f} s")}
+                    c = len(live)
+                    break
                 i += 1
-                inst = mode.create(f"d{i}")
-                live.append(inst)
-                t0 = time.perf_counter()
-                inst.start()
+                inst = None
+                try:  # (an interrupted start is destroyed with the lab's store)
+                    inst = mode.create(f"d{i}")
+                    t0 = time.perf_counter()
+                    inst.start()
+                except CtrunError as e:  # keep what was measured up to here
+                    if inst is not None:
+                        inst.destroy()
+                    if not live:
+                        raise
+                    cap = {"count": len(live), "reason": f"stopped at {len(live)} of {c}: "
+                                                         f"start {i} failed: {e}"}
+                    c = len(live)
+                    break
                 starts.append(time.perf_counter() - t0)
+                live.append(inst)
+            if not starts and steps and steps[-1]["count"] == c:
+                break
             time.sleep(lab.settle_s)
             mems = [inst.memory() for inst in live]
             # the monitor's share is counted once in all (each instance holds 1/n of it)
@@ -53,6 +77,8 @@ def run(lab, mode, counts, cap, tick):
                           "start_median_s": sorted(starts)[len(starts) // 2] if starts
                           else None})
             tick(f"{mode.name}: density {c}")
+            if cap and cap["count"] == c:
+                break
     finally:
         for inst in live:
             inst.destroy()

@@ -33,7 +33,8 @@ class Settings:
         self.io_mb = 16 if quick else 64
         self.settle_s = 1.0 if quick else 3.0
         self.counts = [1, 10, 50] if quick else [1, 10, 50, 100, 200]
-        self.time_budget = {"host": 60, "container": 60, "vm": 15 if quick else 120}
+        self.time_budget = {"host": 60, "container": 60 if quick else 150,
+                            "vm": 15 if quick else 90}
 
 
 def check_options(modes, only, repeat):
@@ -428,13 +429,14 @@ class Lab:
         guess_mb = self.vm_memory_mb + 100 if name == "vm" else 16
         per_kb = (fig.get("median") or guess_mb) * 1024
         start = _median(ready) or 0
-        budget_kb = min(_mem_available_kb() // 4, 4 << 20)
+        budget_kb = min(_mem_available_kb() // 4, (2 if name == "vm" else 4) << 20)
         counts, cap = density.plan(self.cfg.counts, per_kb, start, budget_kb,
                                    self.cfg.time_budget[name])
         skipped = len(self.cfg.counts) - len([c for c in counts if c in self.cfg.counts])
         try:
             res["density"][name] = density.run(self, mode, counts, cap,
-                                               lambda lbl: progress.step(lbl))
+                                               lambda lbl: progress.step(lbl),
+                                               self.cfg.time_budget[name])
         except CtrunError as e:
             self.errors.append(f"{name}: density: {e}")
             res["density"][name] = {"accel": mode.accel, "steps": [], "cap": cap,

@@ -52,10 +52,11 @@ def density_rows(res):
         if d.get("unmeasured"):
             rows.append([_head(res, m), "-", "-", "-", "-", f"n/a: {d['unmeasured']}"])
             continue
-        for s in d["steps"]:
+        for i, s in enumerate(d["steps"]):
+            last = i == len(d["steps"]) - 1
             rows.append([_head(res, m), str(s["count"]), fmt(s["per_instance_kb"] / 1024),
-                         fmt(s["start_median_s"]), str(d["fit_in_1gib"]),
-                         d["cap"]["reason"] if d.get("cap") else ""])
+                         fmt(s["start_median_s"]), str(d["fit_in_1gib"]) if last else "",
+                         d["cap"]["reason"] if d.get("cap") and last else ""])
     return ["mode", "count", "MiB per instance", "median start s", "fit in 1 GiB", "note"], rows
 
 
