@@ -48,19 +48,20 @@ def kmem_kb(dirs):
     return None
 
 
-def monitor_pids(store_root):
-    """The shared monitor of the lab's store: it serves every container and VM there."""
-    root = str(store_root).encode()
-    out = []
+def proc_cmdlines():
+    """(pid, raw NUL-separated argv) of every process still there."""
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
-                cmd = (p / "cmdline").read_bytes()
+                yield int(p.name), (p / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ctrun.monitor" in cmd and root in cmd:
-                out.append(int(p.name))
-    return out
+
+
+def monitor_pids(store_root):
+    """The shared monitor of the lab's store: it serves every container and VM there."""
+    root = str(store_root).encode()
+    return [pid for pid, cmd in proc_cmdlines() if b"ctrun.monitor" in cmd and root in cmd]
 
 
 def _read_capture(r, pid, timeout, what):

@@ -200,16 +200,9 @@ def observe(name, inst, lab, kernel):
 
 def _find_marker(tag):
     """Host pids whose argv is `sleep TAG`."""
+    from .modes import proc_cmdlines
     want = b"sleep\0" + tag.encode() + b"\0"
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if (p / "cmdline").read_bytes().endswith(want):
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
+    return [pid for pid, cmd in proc_cmdlines() if cmd.endswith(want)]
 
 
 def _cgroup_of(pid, controller="memory"):

@@ -28,14 +28,9 @@ def lab_leftovers():
     found += [ln.split(": ")[1] for ln in links.splitlines() if ": ct-lab" in ln]
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     found += [t for t in tables.splitlines() if "ctrun-lab-" in t]
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ctrun-lab-" in cmd and (b"qemu" in cmd or b"ctrun.monitor" in cmd):
-                found.append(f"process {p.name}")
+    from ctrun.lab.modes import proc_cmdlines
+    found += [f"process {pid}" for pid, cmd in proc_cmdlines()
+              if b"ctrun-lab-" in cmd and (b"qemu" in cmd or b"ctrun.monitor" in cmd)]
     return found
 
 
