@@ -128,3 +128,51 @@ def test_charts_density_points_match(tmp_path):
     res = sample_results()
     rec = charts.density(res["density"], "per_instance_kb", "MiB", "t", tmp_path / "d.png")
     assert rec["plotted"]["vm"] == [[1.0, 280000 / 1024]]
+
+
+class _FakeInst:
+    def __init__(self, mode, name):
+        self.name, self.mode = name, mode
+
+    def start(self):
+        self.mode.started += 1
+        if self.mode.started > self.mode.fail_after:
+            from ctrun.errors import CtrunError
+            raise CtrunError("no room")
+
+    def memory(self):
+        return {"total_kb": 1000}
+
+    def destroy(self):
+        self.mode.destroyed += 1
+
+
+class _FakeMode:
+    name, accel = "container", None
+
+    def __init__(self, fail_after):
+        self.fail_after, self.started, self.destroyed = fail_after, 0, 0
+
+    def create(self, name):
+        return _FakeInst(self, name)
+
+
+class _FakeLab:
+    settle_s = 0
+
+
+def test_density_keeps_what_it_measured_when_a_start_fails():
+    mode = _FakeMode(fail_after=12)
+    d = density.run(_FakeLab(), mode, [1, 10, 50], None, lambda label: None)
+    assert [s["count"] for s in d["steps"]] == [1, 10, 12]
+    assert d["cap"]["count"] == 12 and "start 13 failed: no room" in d["cap"]["reason"]
+    assert d["fit_in_1gib"] == (1 << 20) // 1000
+    assert mode.destroyed == 13  # the 12 that ran and the one that failed
+
+
+def test_density_stops_past_twice_its_time_budget():
+    mode = _FakeMode(fail_after=10 ** 6)
+    d = density.run(_FakeLab(), mode, [1, 10, 50], None, lambda label: None,
+                    time_budget_s=1e-9)
+    assert [s["count"] for s in d["steps"]] == [1]
+    assert "longer than twice the time budget" in d["cap"]["reason"]
