@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import CtrunError, HostUnsupported, InvalidInput
+from ..errors import CtrunError, HostUnsupported, InvalidInput, NotFound
 from . import density, modes as modesmod, probes as probesmod, workloads as wl
 
 MODES = ("host", "container", "vm")
@@ -150,7 +150,14 @@ class Lab:
         self.marker, self._marker_proc = probesmod.host_marker()
         if set(self.modes) & {"container", "vm"}:
             from ..api import Ctrun
+            from ..images import store as images
             ct = Ctrun(self.store)
+            try:  # built now, in the private store: an unknown image fails before any run
+                images.get(ct.store, self.image)
+            except NotFound:
+                raise NotFound(f"image '{self.image}': the lab builds its own copy in a "
+                               "private store and can only build offline recipes "
+                               "(busybox)") from None
             name = f"lab{os.getpid() % 100000}"
             last = None
             for i in range(40):  # 10.216.0.0/14: clear of the defaults and the tests' nets

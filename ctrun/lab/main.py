@@ -62,10 +62,10 @@ def run(a):
     try:
         lab.setup()
         res = lab.run(progress)
-        progress.close()
         out.mkdir(parents=True, exist_ok=True)
         progress.show("writing the report")
         report.write(res, out)
+        progress.close()
     except BaseException:
         progress.close()
         if made and out.exists():

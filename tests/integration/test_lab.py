@@ -171,6 +171,7 @@ def test_list_and_schema():
     (("--only", "cpu,nope"), "unknown --only name 'nope'"),
     (("--repeat", "0"), "--repeat 0"),
     (("--compare", "/nonexistent/a.json", "/nonexistent/b.json"), "not found"),
+    (("--modes", "container", "--image", "nosuch"), "image 'nosuch'"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, msg):
     out = tmp_path / "out"
