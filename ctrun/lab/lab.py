@@ -471,6 +471,10 @@ class Lab:
             out.append("network: iperf3 is not in the busybox image, so the lab's own static "
                        "helper is the client in every mode and the server on the host; host "
                        "mode talks to it over loopback")
+        if "stop" in res["figures"]:
+            out.append("stop: the busybox image's init runs its own shutdown (TERM to all, a "
+                       "pause, KILL to all) in a container and in a VM; host mode only ends a "
+                       "sleep")
         if "seq_read" in res["figures"]:
             out.append("sequential and random reads hit the page cache (an instance cannot "
                        "drop the host's caches); writes are fsync'd")

@@ -60,6 +60,16 @@ def density_rows(res):
     return ["mode", "count", "MiB per instance", "median start s", "fit in 1 GiB", "note"], rows
 
 
+def memory_rows(res):
+    """Where an idle instance's host memory goes (the first sample of each mode)."""
+    mib = lambda kb: fmt(kb / 1024) if kb is not None else "not reported"  # noqa: E731
+    rows = [[_head(res, m), mib(d[0]["pss_kb"]), mib(d[0]["kmem_kb"]),
+             mib(d[0]["monitor_share_kb"]), mib(d[0]["total_kb"])]
+            for m, d in res["memory_detail"].items() if d]
+    return ["mode", "PSS of its processes", "kernel memory of its cgroup",
+            "share of the monitor", "total (MiB)"], rows
+
+
 def probe_rows(res, evidence=True):
     modes = res["options"]["modes"]
     rows = []
@@ -109,6 +119,9 @@ def markdown(res):
     out += ["", "## Caveats", ""] + [f"- {c}" for c in res["caveats"]]
     out += ["", "## Figures (median [min-max] over the repeats; ratio to host)", "",
             md_table(*figure_rows(res))]
+    if res["memory_detail"]:
+        out += ["", "## Host memory of one idle instance (MiB)", "",
+                md_table(*memory_rows(res))]
     if res["density"]:
         out += ["", "## Density", "", md_table(*density_rows(res))]
     if res["probes"]:
@@ -141,6 +154,9 @@ def html_page(res, outdir):
                                               for c in res["caveats"]) + "</ul>",
              "<h2>Figures</h2><p>median [min-max] over the repeats; ratio to host</p>",
              _html_table(*figure_rows(res))]
+    if res["memory_detail"]:
+        parts += ["<h2>Host memory of one idle instance (MiB)</h2>",
+                  _html_table(*memory_rows(res))]
     if res["density"]:
         parts += ["<h2>Density</h2>", _html_table(*density_rows(res))]
     if res["probes"]:
