@@ -172,13 +172,15 @@ class Lab:
             else:
                 raise HostUnsupported(f"no free subnet for the lab's network: {last}")
 
-    def server_for(self, inst):
-        """The host's TCP server for this instance: loopback for host mode, the bridge's
-        gateway otherwise (started on first use: the bridge exists once an instance runs)."""
+    def server_for(self, inst, kind="helper"):
+        """The host's TCP server (the helper's, or iperf3) for this instance: loopback for
+        host mode, the bridge's gateway otherwise (started on first use: the bridge exists
+        once an instance runs)."""
         ip = "127.0.0.1" if inst.kind == "host" else self.gateway
-        if ip not in self.servers:
-            self.servers[ip] = wl.Server(self.helper, ip)
-        return ip, self.servers[ip].port
+        if (kind, ip) not in self.servers:
+            self.servers[kind, ip] = (wl.Server(self.helper, ip) if kind == "helper"
+                                      else wl.Iperf3Server(ip))
+        return ip, self.servers[kind, ip].port
 
     def cleanup(self):
         """Tear down everything, in order; each step goes on when an earlier one failed."""
@@ -370,6 +372,8 @@ class Lab:
                     for _ in range(self.cfg.repeat):
                         for fig, v in wl.run(w, main, self.cfg.secs, self).items():
                             samples.setdefault(fig, []).append(v)
+                except wl.Unmeasured as e:
+                    why = str(e)
                 except (CtrunError, KeyError, ValueError) as e:
                     why = f"{w} failed: {e}"
                     self.errors.append(f"{name}: {why}")
@@ -468,9 +472,9 @@ class Lab:
         if cap:
             out.append(f"VM density {cap['reason']}")
         if "net" in {f["workload"] for f in res["figures"].values()}:
-            out.append("network: iperf3 is not in the busybox image, so the lab's own static "
-                       "helper is the client in every mode and the server on the host; host "
-                       "mode talks to it over loopback")
+            out.append("network: the lab's own static helper is the client in every mode "
+                       "and the server on the host (host mode over loopback), so the modes "
+                       "compare; iperf3 runs only where the instance has it")
         if "stop" in res["figures"]:
             out.append("stop: the busybox image's init runs its own shutdown (TERM to all, a "
                        "pause, KILL to all) in a container and in a VM; host mode only ends a "

@@ -95,6 +95,11 @@ class Instance:
     def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
         raise NotImplementedError
 
+    def which(self, tool):
+        """The tool's path inside the instance, or None."""
+        code, out = self.exec(["sh", "-c", f"command -v {tool}"])
+        return out.strip() if code == 0 and out.strip().startswith("/") else None
+
     def put(self, local, dest):
         code, out = self.exec(["sh", "-c", f"cat > {dest} && chmod 755 {dest}"],
                               stdin_path=local)
@@ -177,6 +182,9 @@ class HostInstance(Instance):
             if stdin_path:
                 stdin.close()
         return p.returncode, p.stdout.decode(errors="replace")
+
+    def which(self, tool):
+        return shutil.which(tool)  # the host's own tools, not only the busybox applets
 
     def put(self, local, dest):
         shutil.copy(local, dest)

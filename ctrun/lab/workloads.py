@@ -4,6 +4,7 @@ Each workload runs `repeat` times in an instance and yields figures; every loop 
 time-bounded and timed inside the instance (CLOCK_MONOTONIC), so neither the exec path
 nor a slow emulated guest distorts the arithmetic, only the figure itself."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -27,6 +28,8 @@ FIGURES = {
     "rand_write": ("random 4 KiB writes (root fs)", "kIOPS", "higher"),
     "net_stream": ("TCP stream host->instance", "Mbit/s", "higher"),
     "net_rr": ("TCP 1-byte round trip instance<->host", "us", "lower"),
+    "net_iperf3": ("TCP stream instance->host, iperf3 (where the image has it)", "Mbit/s",
+                   "higher"),
 }
 
 # workload name (for --only) -> (description, figures it yields)
@@ -42,11 +45,18 @@ WORKLOADS = {
     "fileio": ("a file in the instance's root fs: sequential write+fsync, read, random "
                "4 KiB reads and writes", ("seq_write", "seq_read", "rand_read", "rand_write")),
     "net": ("TCP to a server on the host over the lab bridge (loopback in host mode): "
-            "stream throughput and 1-byte round trips; iperf3 is not in the busybox image, "
-            "so the lab's own static helper is the client everywhere", ("net_stream", "net_rr")),
+            "stream throughput and 1-byte round trips, the lab's own static helper at both "
+            "ends in every mode", ("net_stream", "net_rr")),
+    "iperf3": ("iperf3 client in the instance, iperf3 server on the host, where the "
+               "instance has iperf3 (host mode: the host's); otherwise not measured, and why",
+               ("net_iperf3",)),
     "density": ("idle instances started one after another: host memory and start time per "
                 "instance as the count grows", ()),
 }
+
+
+class Unmeasured(Exception):
+    """A figure this instance cannot give (a tool it lacks): recorded with the reason."""
 
 
 def build_helper(work):
@@ -104,7 +114,51 @@ def run(name, inst, secs, lab):
         kv = _run(inst, ["stream", s, ip, str(port)], name)
         rr = _run(inst, ["rr", s, ip, str(port)], name)
         return {"net_stream": float(kv["mbit_s"]), "net_rr": float(rr["ns_per_op"]) / 1000}
+    if name == "iperf3":
+        iperf = inst.which("iperf3")
+        if not iperf:
+            raise Unmeasured(f"iperf3 is not in the {inst.kind}'s image ({lab.image}); the "
+                             "helper's net_stream is the comparable figure")
+        ip, port = lab.server_for(inst, "iperf3")
+        code, out = inst.exec([iperf, "-c", ip, "-p", str(port), "-J", "-t",
+                               str(max(1, round(secs)))])
+        try:
+            bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        except (ValueError, KeyError):
+            raise CtrunError(f"iperf3 in {inst.kind} failed (exit {code}): "
+                             f"{out.strip()[-200:]}") from None
+        return {"net_iperf3": bps / 1e6}
     raise KeyError(name)
+
+
+class Iperf3Server:
+    """The host's iperf3 (in setup.sh's DEBS), serving the lab for its whole run."""
+
+    def __init__(self, ip):
+        import shutil
+        import socket
+        import time
+        if not shutil.which("iperf3"):
+            raise Unmeasured("iperf3 is not installed on the host; run: apt-get install "
+                             "iperf3")
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(["iperf3", "-s", "-B", ip, "-p", str(self.port)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(100):  # until it listens
+            with socket.socket() as s:
+                if s.connect_ex((ip, self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.close()
+        raise CtrunError(f"iperf3 -s did not listen on {ip}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+        self.proc.wait()
 
 
 class Server:
