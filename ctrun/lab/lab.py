@@ -374,7 +374,7 @@ class Lab:
                             samples.setdefault(fig, []).append(v)
                 except wl.Unmeasured as e:
                     why = str(e)
-                except (CtrunError, KeyError, ValueError) as e:
+                except (CtrunError, OSError, KeyError, ValueError) as e:
                     why = f"{w} failed: {e}"
                     self.errors.append(f"{name}: {why}")
                 for fig in wl.WORKLOADS[w][1]:
@@ -427,7 +427,7 @@ class Lab:
             try:
                 obs = probesmod.observe(p, inst, self, kernel)
                 outcome, ev = probesmod.classify(p, obs)
-            except (CtrunError, KeyError, ValueError, IndexError) as e:
+            except (CtrunError, OSError, KeyError, ValueError, IndexError) as e:
                 obs, outcome, ev = {}, "error", f"probe failed: {e}"
                 self.errors.append(f"{name}: probe {p}: {e}")
             res["probes"][p]["modes"][name] = {"outcome": outcome, "evidence": ev,
@@ -475,6 +475,10 @@ class Lab:
             out.append("network: the lab's own static helper is the client in every mode "
                        "and the server on the host (host mode over loopback), so the modes "
                        "compare; iperf3 runs only where the instance has it")
+        if "ready" in res["figures"]:
+            out.append("ready and stop time ctrun's Python API calls (Ctrun.start, then a "
+                       "first exec; Ctrun.stop) inside the lab's process: the `ctrun` CLI "
+                       "adds its interpreter start-up on top")
         if "stop" in res["figures"]:
             out.append("stop: the busybox image's init runs its own shutdown (TERM to all, a "
                        "pause, KILL to all) in a container and in a VM; host mode only ends a "
