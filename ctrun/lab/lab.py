@@ -271,7 +271,8 @@ class Lab:
     def plan_steps(self):
         n = 0
         for _ in self.modes:
-            n += 2 + self.cfg.repeat  # start, stop, lifecycle repeats
+            # start, stop, the lifecycle's further repeats, the mode's end
+            n += 2 + (self.cfg.repeat if self.selected("lifecycle") else 1)
             n += sum(1 for w in wl.WORKLOADS if w not in ("lifecycle", "density")
                      and self.selected(w))
             n += sum(1 for p in probesmod.PROBES if self.selected(p))
@@ -347,7 +348,7 @@ class Lab:
         res["modes"][name] = {"status": "measured", "reason": None, "accel": mode.accel}
         acc = mode.accel
         ready, stops = [], []
-        main = None
+        main, failed = None, ""
         try:
             main = mode.create("main")
             t0 = time.perf_counter()
@@ -389,7 +390,7 @@ class Lab:
             progress.step(f"{name}: stopped")
             for sib in list(self._sibling):
                 self._sibling.pop(sib).destroy()
-            for k in range(1, self.cfg.repeat):
+            for k in range(1, self.cfg.repeat if self.selected("lifecycle") else 1):
                 inst = mode.create(f"l{k}")
                 try:
                     t0 = time.perf_counter()
@@ -405,11 +406,12 @@ class Lab:
         except CtrunError as e:
             self.errors.append(f"{name}: {e}")
             self._unmeasured(res, name, f"{name} failed: {e}", acc)
+            failed = f": {e}"
         finally:
             if main is not None:
                 main.destroy()
-        self._record(res, name, "ready", ready, acc, "no start succeeded")
-        self._record(res, name, "stop", stops, acc, "no stop was reached")
+        self._record(res, name, "ready", ready, acc, "no start succeeded" + failed)
+        self._record(res, name, "stop", stops, acc, "no stop was reached" + failed)
         if self.selected("density"):
             if ready:
                 self._density(name, mode, res, progress, ready)
