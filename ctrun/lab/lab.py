@@ -319,7 +319,7 @@ class Lab:
                                          "max": None, "ratio_to_host": None, "accel": accel,
                                          "unmeasured": why})
         for p in res["probes"].values():
-            p["modes"].setdefault(mode, {"outcome": "error", "evidence": why,
+            p["modes"].setdefault(mode, {"outcome": "not run", "evidence": why,
                                          "accel": accel, "observed": {}})
         if self.selected("density"):
             res["density"].setdefault(mode, {"accel": accel, "steps": [], "cap": None,

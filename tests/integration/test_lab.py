@@ -238,3 +238,23 @@ def test_vm_run_names_its_accelerator(tmp_path):
     assert p["clock"]["modes"]["host"]["outcome"] == "shared"
     assert p["kernel-fault"]["modes"]["vm"]["outcome"] == "isolated"
     assert lab_leftovers() == []
+
+
+def test_a_mode_that_cannot_run_says_why(tmp_path):
+    out = tmp_path / "novm"
+    r = subprocess.run([*LAB, "--modes", "host,vm", "--only", "cpu,kernel", "--repeat", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env={**os.environ, "CTRUN_VM_KERNEL": "/nonexistent"})
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    from ctrun.lab import schema
+    schema.validate(res)
+    assert res["modes"]["vm"]["status"] == "unavailable"
+    assert res["accel"] is None and "vm (not run)" in res["title"]
+    cpu = res["figures"]["cpu"]["modes"]
+    assert cpu["host"]["median"] > 0
+    assert cpu["vm"]["median"] is None and "CTRUN_VM_KERNEL" in cpu["vm"]["unmeasured"]
+    probe = res["probes"]["kernel"]["modes"]["vm"]
+    assert probe["outcome"] == "not run" and "CTRUN_VM_KERNEL" in probe["evidence"]
+    assert "n/a: vm mode unavailable here" in (out / "report.md").read_text()
+    assert lab_leftovers() == []
