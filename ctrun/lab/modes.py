@@ -156,10 +156,13 @@ class HostInstance(Instance):
     def _env(self):
         return {"PATH": str(self.mode.bin), "HOME": str(self.dir), "LC_ALL": "C"}
 
+    def _join(self):
+        """In the child, before exec: into the instance's cgroup ("0" moves the writer)."""
+        for f in self.mgr.procs_files():
+            Path(f).write_text("0")
+
     def start(self):
         self.mgr.create(device_rules=None)
-        procs = [str(f) for f in self.mgr.procs_files()]
-        self._join = lambda: [Path(f).write_text("0") for f in procs]
         self.proc = subprocess.Popen(["sleep", "2147483647"], cwd=self.dir, env=self._env(),
                                      preexec_fn=self._join, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
