@@ -87,6 +87,24 @@ static int cmd_forkexec(double secs, const char *self) {
     return 0;
 }
 
+/* 4 KiB at random block offsets for SECS; writes end with fdatasync.  Ops per second. */
+static double rand_io(int fd, char *buf, uint64_t blocks, double secs, int writing) {
+    static uint64_t x = 2463534242ULL;
+    long n = 0;
+    double t0 = now(), t;
+    do {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        off_t off = (off_t)(x % blocks) * 4096;
+        if ((writing ? pwrite(fd, buf, 4096, off) : pread(fd, buf, 4096, off)) != 4096) {
+            perror(writing ? "pwrite" : "pread");
+            return -1;
+        }
+        n++;
+    } while ((t = now()) - t0 < secs);
+    if (writing) { fdatasync(fd); t = now(); }
+    return n / (t - t0);
+}
+
 /* sequential write (fsync'd), then read back, then random 4 KiB reads and writes */
 static int cmd_fileio(const char *path, long mb, double secs) {
     static char buf[1 << 20];
@@ -104,26 +122,10 @@ static int cmd_fileio(const char *path, long mb, double secs) {
         if (read(fd, buf, sizeof buf) != sizeof buf) { perror("read"); return 1; }
     double tr = now() - t0;
     printf("seq_write_mb_s=%.3f\nseq_read_mb_s=%.3f\n", mb / tw, mb / tr);
-    uint64_t x = 2463534242ULL, blocks = (uint64_t)mb * 256;
-    long n = 0;
-    double t;
-    t0 = now();
-    do {
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-        if (pread(fd, buf, 4096, (off_t)(x % blocks) * 4096) != 4096) { perror("pread"); return 1; }
-        n++;
-    } while ((t = now()) - t0 < secs / 2);
-    printf("rand_read_iops=%.3f\n", n / (t - t0));
-    n = 0;
-    t0 = now();
-    do {
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-        if (pwrite(fd, buf, 4096, (off_t)(x % blocks) * 4096) != 4096) { perror("pwrite"); return 1; }
-        n++;
-    } while ((t = now()) - t0 < secs / 2);
-    fdatasync(fd);
-    t = now();
-    printf("rand_write_iops=%.3f\n", n / (t - t0));
+    uint64_t blocks = (uint64_t)mb * 256;
+    double r = rand_io(fd, buf, blocks, secs / 2, 0), w = rand_io(fd, buf, blocks, secs / 2, 1);
+    if (r < 0 || w < 0) return 1;
+    printf("rand_read_iops=%.3f\nrand_write_iops=%.3f\n", r, w);
     close(fd);
     unlink(path);
     return 0;
