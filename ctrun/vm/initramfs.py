@@ -40,6 +40,8 @@ for d in dev proc sys; do $B mkdir -p /newroot/$d; $B mount --move /$d /newroot/
 $B mkdir -p /newroot/dev/pts /newroot/dev/shm
 $B mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 $B mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm
+# a pure cgroup v2 system, as systemd would mount it (whatever init the image has)
+$B mount -t cgroup2 -o nsdelegate cgroup2 /newroot/sys/fs/cgroup
 $B hostname "$CTRUN_HOSTNAME"
 $B ip link set lo up
 if [ -n "$CTRUN_IP" ]; then
