@@ -62,7 +62,7 @@ def test_build_records_the_suite_and_cleans_up(debian):
     assert info["cmd"] == ["/usr/bin/tini", "--", "sleep", "infinity"]
     assert info["debian_version"].startswith("12")
     assert "tini" in info["include"] and info["mirror"].startswith(("http", "file"))
-    rootfs = Path(info["dir"]) / "rootfs"
+    (rootfs,) = map(Path, info["layer_dirs"])
     assert not list((rootfs / "var/cache/apt/archives").glob("*.deb"))
     assert not list((rootfs / "var/lib/apt/lists").glob("*_*"))
     assert (rootfs / "etc/resolv.conf").read_text() == ""   # not the host's
