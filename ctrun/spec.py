@@ -1,9 +1,10 @@
 """Build the OCI runtime-spec (config.json) for a container: the single input of the runtime.
 
 ctrun-specific facts that have no OCI field travel as annotations under "run.ctrun.":
-the overlay layers (lower: the layer directories, top first; the runtime mounts the overlay itself, inside the container's own mount
-namespace, so the kernel removes it with the namespace), the cgroup's procs files, the
-seccomp profile name and whether a tini reaper is bind-mounted.
+the overlay layers (lower: the image's layer directories, top first; the runtime mounts the
+overlay itself, inside the container's own mount namespace, so the kernel removes it with
+the namespace), the cgroup's procs files, the seccomp profile name and whether a tini
+reaper is bind-mounted.
 """
 
 import os

@@ -41,12 +41,12 @@ import stat
 import tarfile
 
 from ..errors import CtrunError, HostUnsupported, InvalidInput, NotFound
+from .layers import OPAQUE_XATTR
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPAQUE = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _MAX_PATH = 4000          # keeps every path usable by the kernel (PATH_MAX is 4096)
 _MAX_META = 1 << 20       # pax / GNU long-name headers are read whole by tarfile: bound them
 _FD_CACHE = 64

@@ -32,8 +32,9 @@ def error_line(r):
 
 def assert_no_image(cli, store):
     assert cli("image", "inspect", "debian").returncode == 3
-    images = store / "images"
-    assert not images.exists() or not list(images.iterdir())   # no temp dir left either
+    for d in (store / "images", store / "layers"):   # no temp dir or layer left either
+        assert not d.exists() or not list(d.iterdir()) or os.listdir(d) == ["sha256"] \
+            and not os.listdir(d / "sha256")
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,9 @@ def test_tampered_and_hostile_archives_leave_nothing(cli, store, bb, tmp_path):
     for name in ("tampered", "evil"):
         assert not (store / "images" / name).exists()
     assert not [p for p in (store / "images").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (store / "layers").iterdir() if p.name != "sha256"]
+    kept = ["sha256:" + p.name for p in (store / "layers/sha256").iterdir()]
+    assert kept == cli.json("image", "inspect", "busybox")["layers"]   # no layer of theirs
     assert_clean_error(cli("image", "import", str(tmp_path / "nope.tar"), "x"), "does not exist")
 
 
