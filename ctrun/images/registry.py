@@ -485,7 +485,9 @@ class Download:
         return done
 
     def _once(self):
-        have = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        if not os.path.exists(self.path):
+            open(self.path, "wb").close()
+        have = os.path.getsize(self.path)
         if have >= self.layer.size:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
