@@ -36,6 +36,9 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_HOPS = 40
 OPAQUE_XATTR = "trusted.overlay.opaque"
 LOCK = "layers"
+# a container's overlay names each layer as /proc/self/fd/N in one page of mount options:
+# ~210 fit (overlayfs itself stops at 500; Docker at 125)
+MAX_LAYERS = 200
 
 
 def root(store):

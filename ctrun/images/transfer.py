@@ -101,7 +101,11 @@ def stack_image(store, stage, img, trusted=False, fetch=None):
     -> binary file object of the blob (default: layer.open()).  Returns the image config
     (DEFAULTS overridden by what the image's config asks for)."""
     from . import extract, oci
-    from .layers import by_blob, exists
+    from .layers import MAX_LAYERS, by_blob, exists
+    if len({layer.diff_id for layer in img.layers}) > MAX_LAYERS:
+        raise InvalidInput(f"image {img.ref} has {len(img.layers)} layers, more than the "
+                           f"{MAX_LAYERS} a container's overlay can stack; flatten it first "
+                           "(e.g. export a container of it and import the tarball)")
     skipped = []
     for i, layer in enumerate(img.layers, 1):
         known = layer.diff_id if exists(store, layer.diff_id) else by_blob(store, layer.digest)

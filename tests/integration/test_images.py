@@ -66,16 +66,18 @@ def docker_save(path, busybox_rootfs):
               "Layers": ["l1/layer.tar", "l2/layer.tar"]}]).encode())
 
 
-def oci_layout(d, busybox_rootfs):
+def oci_layout(d, busybox_rootfs, tars=None):
+    """An OCI layout of the two test layers (or of `tars`), gzipped."""
     one, two = layers(busybox_rootfs)
+    tars = tars or [one, two]
     blobs = d / "blobs/sha256"
     blobs.mkdir(parents=True)
 
     def put(data):
         (blobs / sha(data)[7:]).write_bytes(data)
         return sha(data)
-    gz = [gzip.compress(x, mtime=0) for x in (one, two)]
-    cfg = dict(CONFIG, rootfs={"type": "layers", "diff_ids": [sha(one), sha(two)]})
+    gz = [gzip.compress(x, mtime=0) for x in tars]
+    cfg = dict(CONFIG, rootfs={"type": "layers", "diff_ids": [sha(t) for t in tars]})
     cfg_bytes = json.dumps(cfg).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -127,6 +129,20 @@ def test_docker_save_and_oci_layout_apply_layers_and_config(cli, bb, tmp_path):
         assert "No such file" in lines[3]  # the whiteout of layer 2 removed layer 1's file
         info = cli.json("image", "inspect", name)
         assert len(info["layers"]) == 2 and len(info["layer_dirs"]) == 2
+
+
+def test_many_layers_outgrow_a_page_of_full_paths(cli, store, bb, tmp_path):
+    """80 layers: their store paths alone would be ~8 kB of overlay options."""
+    one, _ = layers(bb)
+    tars = [one] + [layer_tar(files=[(f"etc/l{i}", f"{i}\n".encode())]) for i in range(79)]
+    oci_layout(tmp_path / "many", bb, tars)
+    cli("image", "import", str(tmp_path / "many"), "many", check=True)
+    assert len(cli.json("image", "inspect", "many")["layer_dirs"]) == 80
+    r = cli("run", "--rm", "many", "--", "sh", "-c", "cat /etc/l0 /etc/l78; ls /etc | wc -l")
+    assert r.returncode == 0 and r.stdout.split()[:2] == ["0", "78"], r.stderr
+    cli("image", "export", "many", str(tmp_path / "many.tar"), check=True)
+    with tarfile.open(tmp_path / "many.tar") as tf:
+        assert {"etc/l0", "etc/l78", "bin/busybox"} <= set(tf.getnames())
 
 
 def test_tampered_and_hostile_archives_leave_nothing(cli, store, bb, tmp_path):
