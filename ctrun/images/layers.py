@@ -317,8 +317,8 @@ def _parts(path):
 def merged(dirs, fn, scratch):
     """Run fn(path of the merged view of dirs, top first) in a forked child that has its own
     mount namespace, where the layers are stacked read-only by overlayfs on a directory made
-    under scratch; the mount dies with the child.  The child's error comes back as
-    InvalidInput (CtrunError subclasses keep their kind)."""
+    under scratch; the mount dies with the child.  The child's error comes back as one
+    line: a CtrunError keeps its kind, anything else becomes a CtrunError naming the copy."""
     dirs = [str(d) for d in dirs]
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     mnt = os.path.join(str(scratch), f".mnt-{os.getpid()}-{os.urandom(4).hex()}")
@@ -342,8 +342,14 @@ def merged(dirs, fn, scratch):
                     fn(mnt)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-                kind = type(e).__name__ if isinstance(e, CtrunError) else "InvalidInput"
-                os.write(w, f"{kind}\n{e}".encode())
+                if isinstance(e, CtrunError):
+                    kind, text = type(e).__name__, str(e)
+                else:
+                    kind = "CtrunError"
+                    text = (f"copying the image's merged layers failed: "
+                            f"{getattr(e, 'strerror', None) or e}"
+                            + (f" ({e.filename})" if getattr(e, "filename", None) else ""))
+                os.write(w, f"{kind}\n{text}".encode())
             os._exit(code)
         os.close(w)
         w = None
@@ -359,6 +365,6 @@ def merged(dirs, fn, scratch):
     if st != 0:
         from .. import errors
         kind, _, text = msg.decode(errors="replace").partition("\n")
-        raise getattr(errors, kind, InvalidInput)(text.strip().splitlines()[0] if text.strip()
-                                                  else f"a child copying the image failed "
-                                                       f"(status {st})")
+        raise getattr(errors, kind, CtrunError)(text.strip().splitlines()[0] if text.strip()
+                                                else "copying the image's merged layers "
+                                                     f"failed (status {st})")

@@ -9,6 +9,7 @@ copy per container (fine for small images; an idmapped mount of the image would 
 and is the planned improvement); in exchange the image stays shared and untouched.
 """
 
+import errno
 import os
 import stat
 
@@ -98,8 +99,19 @@ def _copy_file(src, dst):
         fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(fi).st_size
+            ranged = True
             while size > 0:
-                n = os.copy_file_range(fi, fo, size)
+                try:
+                    n = os.copy_file_range(fi, fo, size) if ranged else \
+                        os.sendfile(fo, fi, None, size)
+                except OSError as e:
+                    # between file systems (an image's merged overlay view to the store)
+                    # copy_file_range is refused: sendfile copies in the kernel too
+                    if not ranged or e.errno not in (errno.EXDEV, errno.EINVAL,
+                                                     errno.EOPNOTSUPP):
+                        raise
+                    ranged = False
+                    continue
                 if n == 0:
                     break
                 size -= n

@@ -114,7 +114,7 @@ def test_export_then_import_round_trip(cli, store, bb, tmp_path):
     assert "bb-tar-gz" in listing and "import" in listing
 
 
-def test_docker_save_and_oci_layout_apply_layers_and_config(cli, bb, tmp_path):
+def test_docker_save_and_oci_layout_apply_layers_and_config(cli, store, bb, tmp_path):
     docker_save(tmp_path / "saved.tar", bb)
     oci_layout(tmp_path / "layout", bb)
     with tarfile.open(tmp_path / "layout.tar", "w") as tf:
@@ -129,6 +129,11 @@ def test_docker_save_and_oci_layout_apply_layers_and_config(cli, bb, tmp_path):
         assert "No such file" in lines[3]  # the whiteout of layer 2 removed layer 1's file
         info = cli.json("image", "inspect", name)
         assert len(info["layers"]) == 2 and len(info["layer_dirs"]) == 2
+    # the same layers are stored once; --userns copies their merged view, shifted
+    assert len(os.listdir(store / "layers/sha256")) == 1 + 2
+    r = cli("run", "--rm", "--userns", "fromoci", "--", "sh", "-c",
+            "cat /etc/layer2; stat -c %u /etc/layer2; ls /etc/gone")
+    assert r.stdout.split() == ["second", "layer", "0"] and "No such file" in r.stderr, r.stderr
 
 
 def test_many_layers_outgrow_a_page_of_full_paths(cli, store, bb, tmp_path):
