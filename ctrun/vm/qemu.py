@@ -2,7 +2,8 @@
 
 One machine type, microvm (QEMU's minimal machine: no PCI, no firmware, virtio-mmio
 devices, the kernel entered through PVH), for the shortest boot and the smallest QEMU.
-ACPI stays on: the guest finds its virtio-mmio devices through it and powers down with it.
+ACPI stays on: the guest finds its virtio-mmio devices through it and powers down with it;
+the RTC too, or the guest's clock starts in 1970.
 """
 
 import os
@@ -54,7 +55,7 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
     khz = tsc_khz()
     if accel == "tcg" and khz:
         cmdline += f" tsc_early_khz={khz}"
-    a = [BINARY, "-name", "ctrun-vm", "-M", "microvm,acpi=on,x-option-roms=off,rtc=off",
+    a = [BINARY, "-name", "ctrun-vm", "-M", "microvm,acpi=on,x-option-roms=off,rtc=on",
          "-accel", "kvm" if accel == "kvm" else f"tcg,tb-size={TCG_TB_MB}",
          "-cpu", "host" if accel == "kvm" else "max",
          "-m", f"{memory_mb}M", "-smp", str(cpus), "-nodefaults", "-no-user-config",
