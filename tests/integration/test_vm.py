@@ -181,6 +181,24 @@ def test_qemu_killed_from_outside(vcli, vm):
     vcli("destroy", "vm1", check=True)
 
 
+def test_a_layered_image_boots_with_its_layers_merged(cli, store, tmp_path):
+    """The VM's disk is the merged view of the image's layers: a later layer's file is
+    there, a file it whites out is not."""
+    from ctrun.images import store as images
+    from test_images import oci_layout
+    from ctrun.api import Ctrun
+    images.get(Ctrun(store).store, "busybox")
+    (bb,) = images.lowerdirs(Ctrun(store).store, "busybox")
+    oci_layout(tmp_path / "layout", str(bb))
+    cli("image", "import", str(tmp_path / "layout"), "layered", check=True)
+    cli("create", "lv", "--vm", "--image", "layered", "--net", "none", "--", "/sbin/init",
+        check=True)
+    r = cli("start", "lv", timeout=180)
+    assert r.returncode == 0, r.stderr
+    r = cli("exec", "lv", "--", "sh", "-c", "cat /etc/layer2; ls /etc/gone")
+    assert r.stdout == "second layer\n" and "No such file" in r.stderr, (r.stdout, r.stderr)
+
+
 # ------------------------------------------------------------------ bad input and faults
 
 def test_bad_vm_input_is_refused_without_state(cli, store):
