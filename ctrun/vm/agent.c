@@ -12,6 +12,7 @@
  *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
+ *                  Q ping (answered q at once, whatever the session is doing)
  *   guest -> host  h hello reply   o stdout   e stderr   x exit code (decimal)
  *                  s stats lines "key value"   d done   r agent started (say hello again)
  * Built static (gcc -static) on the host and put in the VM's initramfs; it is started before
@@ -342,6 +343,9 @@ static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
         break;
     case 'S':
         stats(s);
+        break;
+    case 'Q':  /* are you there? (a host client waiting on a silent command asks) */
+        send_frame(s, 'q', "", 0);
         break;
     case 'D':
         snprintf(buf, sizeof buf, "%.*s", (int)(len < 16 ? len : 16), p);

@@ -19,6 +19,8 @@ from ..errors import CtrunError, Conflict
 from .qemu import PORTS
 
 MAXFRAME = 65536
+PING_EVERY = 2.0     # seconds of silence before an exec asks whether the agent is alive
+PING_TIMEOUT = 6.0   # seconds an unanswered ping may wait (TCG guests are slow)
 
 
 class AgentError(CtrunError):
@@ -157,11 +159,20 @@ class Agent:
             prev = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_w, b"w"))
             watch.append(wake_r)
             self._resize(inp)
+        ping_at = None  # a silent command is fine; a silent agent is not
         try:
             while True:
                 try:
-                    ready = select.select(watch, [], [])[0]
+                    ready = select.select(watch, [], [], PING_EVERY)[0]
                 except InterruptedError:
+                    continue
+                if not ready:
+                    if ping_at is None:
+                        ping_at = time.monotonic()
+                        self.send("Q")
+                    elif time.monotonic() - ping_at > PING_TIMEOUT:
+                        raise AgentError("the guest agent stopped answering (killed inside "
+                                         "the VM?); the command's fate is unknown")
                     continue
                 if wake_r is not None and wake_r in ready:
                     os.read(wake_r, 64)
@@ -181,6 +192,8 @@ class Agent:
                         _write_all(err, p)
                     elif t == "x":
                         return int(p)
+                    elif t == "q":
+                        ping_at = None
         finally:
             if old is not None:
                 import termios
