@@ -20,7 +20,7 @@ from ..errors import HostUnsupported
 from . import cache
 
 MODULES = ("virtio_mmio", "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
-           "virtio_balloon")
+           "virtio_balloon", "vmw_vsock_virtio_transport", "vsock_loopback")
 BUSYBOX = "/bin/busybox"
 AGENT_SRC = Path(__file__).with_name("agent.c")
 

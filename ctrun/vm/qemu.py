@@ -47,10 +47,17 @@ def tsc_khz():
     return None
 
 
+def agent_channel():
+    """vsock where the host has vhost-vsock (one connection per session, no port limit),
+    else virtio-serial ports served as unix sockets: checked, not assumed."""
+    return "vsock" if os.path.exists("/dev/vhost-vsock") else "serial"
+
+
 def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=None,
-         agent_ports=PORTS, qmp="qmp.sock"):
+         agent_ports=PORTS, qmp="qmp.sock", vsock_cid=None):
     """QEMU's argv; socket paths are relative to QEMU's working directory (the VM's run
-    directory), which keeps them under the 108-byte limit of a unix socket path."""
+    directory), which keeps them under the 108-byte limit of a unix socket path.  With
+    vsock_cid the agent is reached over vsock instead of virtio-serial ports."""
     cmdline = CMDLINE
     khz = tsc_khz()
     if accel == "tcg" and khz:
@@ -66,7 +73,9 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
     if disk:
         a += ["-drive", f"id=root,file={disk},format=qcow2,if=none,discard=unmap",
               "-device", "virtio-blk-device,drive=root"]
-    if agent_ports:
+    if vsock_cid is not None:
+        a += ["-device", f"vhost-vsock-device,guest-cid={vsock_cid}"]
+    elif agent_ports:
         a += ["-device", "virtio-serial-device,max_ports=" + str(agent_ports + 1)]
         for i in range(agent_ports):
             a += ["-chardev", f"socket,id=agent{i},path=agent{i}.sock,server=on,wait=off",
