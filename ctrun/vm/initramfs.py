@@ -166,7 +166,7 @@ def settings(conf, net=None, probe=False):
     hostname = conf.get("hostname") or conf["name"]
     v = {"CTRUN_HOSTNAME": hostname, "CTRUN_CMD": " ".join(map(shlex.quote, conf["argv"])),
          "CTRUN_PROBE": "1" if probe else "",
-         "CTRUN_HOSTS": f"127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
+         "CTRUN_HOSTS": "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
     if net.get("ip"):
         v["CTRUN_IP"] = f"{net['ip']}/{net['prefix']}"
         v["CTRUN_GATEWAY"] = net["gateway"]

@@ -9,7 +9,6 @@ overlay, the initramfs of the current start, QMP's and the agent's sockets.
 
 import os
 import signal
-import time
 
 from ..errors import ContainerFailed, CtrunError, HostUnsupported, InvalidInput
 from ..state import read_json, write_json
