@@ -63,7 +63,7 @@ def hand_written_boot(vmdir, accel, vmlinux, initrd, disk, timeout=180):
     from ctrun.vm import qemu
     cmdline = qemu.CMDLINE + (f" tsc_early_khz={qemu.tsc_khz()}" if accel == "tcg" else "")
     sock = os.path.join(vmdir, "hand.sock")
-    argv = ["qemu-system-x86_64", "-M", "microvm,acpi=on,x-option-roms=off,rtc=off",
+    argv = ["qemu-system-x86_64", "-M", "microvm,acpi=on,x-option-roms=off,rtc=on",
             "-accel", "kvm" if accel == "kvm" else f"tcg,tb-size={qemu.TCG_TB_MB}",
             "-cpu", "host" if accel == "kvm" else "max", "-m", "256M", "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

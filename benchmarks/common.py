@@ -491,7 +491,9 @@ class Workspace:
         return p.stdout
 
     def rootfs(self):
-        return self.store / "images" / "busybox" / "rootfs"
+        """The busybox image's root file system: its one layer."""
+        info = json.loads(self.ctrun_check("image", "inspect", "busybox"))
+        return Path(info["layer_dirs"][0])
 
     def build_image(self):
         self.ctrun_check("image", "build", "busybox")

@@ -154,7 +154,7 @@ class Ctrun:
             base = userns.allocate(b for b in used if b is not None)
             # held until the container directory (and its config) exists: see create()
             (self.store.locks / f"userns-{base}.claim").write_text(str(base))
-        userns.shifted_copy(str(image_rootfs), str(cdir / "lower"), base)
+        userns.shifted_copy(image_rootfs, str(cdir / "lower"), base, self.store.root / "tmp")
         for d in ("upper", "work", "rootfs", "etc", "etc/hosts", "etc/hostname",
                   "etc/resolv.conf"):
             os.chown(cdir / d, base, base)
@@ -171,7 +171,7 @@ class Ctrun:
             return  # it comes from a volume: the start-time lookup checks it
         env = dict(e.split("=", 1) for e in icfg.get("env", []) + cfg.env)
         try:
-            paths.lookup_command(str(rootfs), argv[0], env.get("PATH", "/usr/bin:/bin"))
+            paths.lookup_command(rootfs, argv[0], env.get("PATH", "/usr/bin:/bin"))
         except CommandNotFound as e:
             raise CommandNotFound(f"{e} (image '{cfg.image}')") from None
 

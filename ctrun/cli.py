@@ -163,6 +163,20 @@ def _image(p):
     q.add_argument("name")
     q.add_argument("--ref", help="which image of a multi-image archive (its ref name)")
     q.add_argument("--trusted", action="store_true", help="keep device nodes")
+    q = isub.add_parser("pull", help="pull an image from a registry (Docker Registry API v2)")
+    q.add_argument("reference", help="[HOST[:PORT]/]REPO[:TAG][@sha256:...]; docker.io "
+                                     "without a host")
+    q.add_argument("--name", help="the image's name in the store (default: the repository's "
+                                  "last part, with -TAG unless it is latest)")
+    q.add_argument("--creds", metavar="USER:PASSWORD", help="registry credentials")
+    q.add_argument("--authfile", help="containers-auth.json file (default: "
+                                      "$REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json)")
+    q.add_argument("--tls-verify", default="true", nargs="?", const="true",
+                   choices=["true", "false"],
+                   help="check the registry's TLS certificate; false also allows plain http")
+    q.add_argument("--platform", help="os/arch[/variant] of a multi-platform image "
+                                      "(default: this host's)")
+    q.add_argument("--trusted", action="store_true", help="keep device nodes")
     q = isub.add_parser("export", help="write an image's root file system as a tarball")
     q.add_argument("name")
     q.add_argument("file", help="output (.tar, .tar.gz, .tar.xz)")
@@ -378,6 +392,12 @@ def dispatch(a):
             from .images import transfer
             transfer.import_image(ct.store, a.file, a.name, ref=a.ref, trusted=a.trusted)
             print(a.name)
+        elif a.image_verb == "pull":
+            from .images import registry
+            cfg = registry.pull(ct.store, a.reference, name=a.name, creds=a.creds,
+                                authfile=a.authfile, tls_verify=a.tls_verify == "true",
+                                platform=a.platform, trusted=a.trusted)
+            print(cfg["name"])
         elif a.image_verb == "export":
             from .images import transfer
             transfer.export_image(ct.store, a.name, a.file)

@@ -200,8 +200,6 @@ def _launcher(cdir, req, out_w, err_w, res_w):
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from .network import container as netc
-        from .runtime import process
         from .state import Store, read_json, write_json
         conf = read_json(cdir / "config.json") or {}
         launched = None
@@ -212,6 +210,8 @@ def _launcher(cdir, req, out_w, err_w, res_w):
             pid, pid_start = machine.launch(Store(req["root"]), req["name"], cdir, conf,
                                             procs.procs_files(), out_w, err_w)
         else:
+            from .network import container as netc
+            from .runtime import process
             plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
             spec = read_json(cdir / "spec.json")
             bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None

@@ -1,9 +1,10 @@
 """Build the OCI runtime-spec (config.json) for a container: the single input of the runtime.
 
 ctrun-specific facts that have no OCI field travel as annotations under "run.ctrun.":
-the overlay layers (the runtime mounts the overlay itself, inside the container's own mount
-namespace, so the kernel removes it with the namespace), the cgroup's procs files, the
-seccomp profile name and whether a tini reaper is bind-mounted.
+the overlay layers (lower: the image's layer directories, top first; the runtime mounts the
+overlay itself, inside the container's own mount namespace, so the kernel removes it with
+the namespace), the cgroup's procs files, the seccomp profile name and whether a tini
+reaper is bind-mounted.
 """
 
 import os
@@ -23,7 +24,8 @@ NAMESPACES = ["pid", "mount", "uts", "ipc", "network", "cgroup"]
 
 
 def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=True):
-    """cfg: config.Config; image_cfg: the image's defaults; cdir: the container directory."""
+    """cfg: config.Config; image_cfg: the image's defaults; cdir: the container directory;
+    image_rootfs: the image's layers (ctrun.images.layers.View)."""
     env = _merge_env(image_cfg.get("env", []), cfg.env)
     args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
     if cfg.init:
@@ -44,7 +46,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
     if cfg.init:
         mounts.append({"destination": "/dev/init", "type": "bind", "source": TINI,
                        "options": ["bind", "ro"]})
-    lower = str(cdir / "lower") if cfg.userns else str(image_rootfs)
+    lower = [str(cdir / "lower")] if cfg.userns else list(image_rootfs.dirs)
     rlimits = [{"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
                for n, (s, h) in sorted(cfg.ulimits.items()) if n in RLIMITS]
     return {
@@ -96,21 +98,19 @@ def _merge_env(base, extra):
 
 def _user(s, rootfs=None):
     """UID[:GID] as numbers; an image's user given by name (OCI "User": "nginx") is looked
-    up in the image's own /etc/passwd, resolved inside its root."""
+    up in the image's own /etc/passwd, resolved in its merged layers (a layers.View)."""
     user, _, group = str(s or "0").partition(":")
     if user.isdigit() and (not group or group.isdigit()):
         return int(user), int(group) if group else 0
     entries = {}
     if rootfs is not None:
-        from .runtime import paths
+        from .errors import CtrunError
         try:
-            fd = paths.open_in_root(str(rootfs), "/etc/passwd", os.O_RDONLY)
-            with os.fdopen(fd) as f:
-                for line in f:
-                    parts = line.split(":")
-                    if len(parts) >= 4:
-                        entries[parts[0]] = (int(parts[2]), int(parts[3]))
-        except (OSError, ValueError):
+            for line in rootfs.read_text("/etc/passwd").splitlines():
+                parts = line.split(":")
+                if len(parts) >= 4:
+                    entries[parts[0]] = (int(parts[2]), int(parts[3]))
+        except (OSError, ValueError, CtrunError):
             pass
     if not user.isdigit() and user not in entries:
         from .errors import InvalidInput

@@ -5,8 +5,8 @@ import signal
 import time
 
 from ..errors import InvalidInput
-from .base import (POLL, SETTLE, CgroupManager, beancounter, read, read_keyed, read_num, write,
-                   write_if_present)
+from .base import (LEAF, POLL, SETTLE, CgroupManager, beancounter, read, read_keyed, read_num,
+                   write, write_if_present)
 
 KEY = "cgroup2"   # hierarchy key in paths(); /proc/<pid>/cgroup shows it as "0::"
 # io.max keys of the device_* limits
@@ -293,7 +293,10 @@ class V2Manager(CgroupManager):
         if section == "pids":
             current = int(read(d / "pids.current"))
             limit = read_num(d / "pids.max")
-            failcnt = read_keyed(d / "pids.events").get("max", 0)
+            # a refused fork is counted where the forking task lives (the leaf) up to
+            # Linux 6.8, at the cgroup whose limit refused it since 6.9: take both
+            failcnt = max(read_keyed(d / "pids.events").get("max", 0),
+                          read_keyed(d / LEAF / "pids.events").get("max", 0))
             return ({"current": current, "limit": limit, "failcnt": failcnt},
                     [beancounter("pids", current, read_num(d / "pids.peak"), None, limit,
                                  failcnt)])

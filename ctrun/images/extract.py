@@ -20,18 +20,28 @@ or an earlier one, is ever followed by the extractor.  Policy:
 - A root-directory entry ("./") applies its mode, owner and mtime to dest itself.
 - Extended attributes are not applied (counted in "skipped").
 - The archive must end with tar's end-of-archive block and its compressed stream must check
-  out to the end; anything less is "truncated or corrupt".
+  out to the end; anything less is "truncated or corrupt".  The uncompressed bytes are hashed
+  on the way (the layer's diff_id), and checked when the caller knows what they must be.
+
+Two ways to apply whiteouts.  Flattening (the default) deletes what they name from dest, the
+layers below having been applied there first.  overlay=True writes the layer into its own
+empty directory as overlayfs takes it as a lower layer: a whiteout becomes a 0:0 character
+device, an opaque directory gets the trusted.overlay.opaque="y" xattr.  The result depends on
+the tar alone, whatever it will be stacked on, so one stored copy serves every image listing
+it (so a parent the tar does not list is made 0755 root, as containerd does).
 
 On InvalidInput the layer is partly applied: the caller discards dest.
 """
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
 import tarfile
 
 from ..errors import CtrunError, HostUnsupported, InvalidInput, NotFound
+from .layers import OPAQUE_XATTR
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,13 +58,16 @@ class _Corrupt(Exception):
     """The byte stream itself is bad (decoder error, oversized header, decompressor failed)."""
 
 
-def extract_layer(src, dest, trusted=False, strip_setuid=False, compression=None, name=None):
+def extract_layer(src, dest, trusted=False, strip_setuid=False, compression=None, name=None,
+                  overlay=False, diff_id=None):
     """Apply the tar layer `src` (a path or a binary file object) onto the directory `dest`.
 
     compression: None to detect it from magic bytes, else one of none/gzip/xz/zstd/bzip2,
     which the content must match.  name: how messages call the layer (default: the path).
+    overlay: see the module's docstring.  diff_id: "sha256:..." the uncompressed tar
+    must hash to (InvalidInput otherwise).
     Returns {"files", "dirs", "symlinks", "hardlinks", "devices", "whiteouts", "bytes",
-    "skipped": [reason, ...]}.
+    "skipped": [reason, ...], "diff_id": "sha256:..." of the uncompressed tar}.
     """
     label = name or _label(src)
     want = None
@@ -77,7 +90,7 @@ def extract_layer(src, dest, trusted=False, strip_setuid=False, compression=None
         else:
             raw = src
         stream = _open_stream(raw, want, label)
-        ex = _Extractor(root_fd, label, dest, trusted, strip_setuid)
+        ex = _Extractor(root_fd, label, dest, trusted, strip_setuid, overlay)
         try:
             tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_Info)
             while True:
@@ -90,6 +103,11 @@ def extract_layer(src, dest, trusted=False, strip_setuid=False, compression=None
                 raise _Corrupt("the end-of-archive marker is missing")
             stream.drain()
             ex.finish()
+            ex.stats["diff_id"] = got = "sha256:" + stream.sha.hexdigest()
+            if diff_id is not None and got != diff_id:
+                raise InvalidInput(f"layer {label} does not match its diff_id {diff_id} (it "
+                                   f"unpacks to {got}); the image is corrupt or was tampered "
+                                   "with, get a fresh copy")
             return ex.stats
         except (tarfile.TarError, _Corrupt, EOFError) as e:
             raise InvalidInput(f"layer {label} is truncated or corrupt: {_one_line(e)}; "
@@ -169,14 +187,17 @@ class _Prefixed:
 
 
 class _Stream:
-    """Decompressed bytes for tarfile; decoder failures become _Corrupt."""
+    """Decompressed bytes for tarfile, hashed (the diff_id); decoder failures become _Corrupt."""
 
     def __init__(self, inner, finish=None, cleanup=None):
         self.inner, self._finish, self._cleanup = inner, finish, cleanup
+        self.sha = hashlib.sha256()
 
     def read(self, n=-1):
         try:
-            return self.inner.read(n)
+            b = self.inner.read(n)
+            self.sha.update(b)
+            return b
         except _Corrupt:
             raise
         except Exception as e:   # zlib, lzma, bz2, zstandard, EOFError: all mean bad input
@@ -299,9 +320,10 @@ class _Info(tarfile.TarInfo):
 # -- applying members ------------------------------------------------------------------------
 
 class _Extractor:
-    def __init__(self, root_fd, label, dest, trusted, strip_setuid):
+    def __init__(self, root_fd, label, dest, trusted, strip_setuid, overlay=False):
         self.root_fd, self.label, self.dest = root_fd, label, dest
-        self.trusted, self.strip_setuid = trusted, strip_setuid
+        self.trusted, self.strip_setuid, self.overlay = trusted, strip_setuid, overlay
+        self.whited = set()          # overlay: paths this layer put a whiteout at
         self.chown = os.geteuid() == 0
         self.fds = {(): root_fd}     # directory fds by path tuple; () is dest
         self.created = set()         # paths this layer wrote, and their parents
@@ -500,6 +522,8 @@ class _Extractor:
                 self.stats["dirs"] += 1
         fd = self.dir(parts, m.name)
         self.meta(fd, m, is_dir=True)
+        if parts in self.whited:   # this layer deleted the lower one and made a new one
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
         self.dir_times.append((parts, m.mtime))
 
     def symlink(self, pfd, parts, m):
@@ -562,6 +586,8 @@ class _Extractor:
         self.stats["devices"] += 1
 
     def whiteout(self, parent, leaf, member):
+        if self.overlay:
+            return self.overlay_whiteout(parent, leaf, member)
         if leaf == _OPAQUE:
             fd = self.dir(parent, member)
             if fd is not None:
@@ -585,6 +611,32 @@ class _Extractor:
                 self.remove(fd, parts)
             except FileNotFoundError:
                 pass
+
+    def overlay_whiteout(self, parent, leaf, member):
+        """Whiteouts as overlayfs markers in this layer's own directory."""
+        if leaf.startswith(".wh..wh.") and leaf != _OPAQUE:
+            self.stats["skipped"].append(f"{member}: aufs metadata not applied")
+            return
+        pfd = self.dir(parent, member, create=True)
+        self.stats["whiteouts"] += 1
+        if leaf == _OPAQUE:
+            os.setxattr(pfd, OPAQUE_XATTR, b"y")
+            self.mark(parent)
+            return
+        target = leaf[len(".wh."):]
+        if target in ("", ".", ".."):
+            self.fail(member, "is a whiteout of an invalid name")
+        parts = parent + (target,)
+        self.whited.add(parts)
+        if parts in self.created:    # only lower layers are hidden: this layer's entry stays
+            if parts in self.fds or stat.S_ISDIR(os.stat(target, dir_fd=pfd,
+                                                         follow_symlinks=False).st_mode):
+                os.setxattr(self.dir(parts, member), OPAQUE_XATTR, b"y")
+            return
+        try:
+            os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
+        except FileExistsError:   # a second whiteout of the same name
+            pass
 
     def prune(self, fd, parts, member):
         """Opaque directory: remove everything under it that this layer did not write."""

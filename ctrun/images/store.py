@@ -1,11 +1,15 @@
-"""The image store: read-only root file systems under <root>/images/NAME/rootfs.
+"""The image store: <root>/images/NAME/image.json, each image an ordered list of shared,
+content-addressed layers (ctrun.images.layers) plus the defaults of its containers.
 
-Containers never write here: each gets an overlay with its own upper directory.
-Built-in recipes (images/NAME/recipe.json) are built on first use, since they need no network.
+Containers never write here: each gets an overlay with the image's layers as its lower
+directories and its own upper directory.  Built-in recipes (images/NAME/recipe.json) are
+built on first use, since they need no network.  A store made before layers existed holds
+images as one flattened tree, <root>/images/NAME/rootfs: it still works as a single layer.
 """
 
 import os
 import shutil
+from pathlib import Path
 
 
 from ..errors import InvalidInput, NotFound
@@ -13,7 +17,9 @@ from ..state import read_json, write_json
 
 
 def get(store, name, build_missing=True):
-    """(rootfs path, image config) of an image, building a built-in recipe if absent."""
+    """(layers.View of its layers, image config) of an image, building a built-in recipe if
+    absent.  The view's .dirs are the layer directories, top first (see lowerdirs)."""
+    from .layers import View
     d = store.image_dir(name)
     cfg = read_json(d / "image.json")
     if cfg is None:
@@ -22,7 +28,23 @@ def get(store, name, build_missing=True):
                            ", or import one: ctrun image import FILE {name}")
         build(store, name)
         cfg = read_json(d / "image.json")
-    return d / "rootfs", cfg
+    return View(_dirs(store, name, cfg)), cfg
+
+
+def _dirs(store, name, cfg):
+    """Layer directories of an image, top first; a layer listed twice counts once, at its
+    topmost place (what it adds and hides there covers its lower copy), since overlayfs
+    refuses the same directory twice."""
+    from . import layers
+    ids = cfg.get("layers")
+    if not isinstance(ids, list):                      # a flattened image of an older store
+        return [store.image_dir(name) / "rootfs"]
+    out = []
+    for diff_id in reversed(ids):
+        d = layers.diff_dir(store, diff_id)
+        if d not in out:
+            out.append(d)
+    return out
 
 
 def _offline_recipe(name):
@@ -36,21 +58,38 @@ def _offline_recipe(name):
 
 
 def gc(store):
-    """Temp directories of image builds and removals that a killed command left."""
-    done = []
-    if not store.images.exists():
-        return done
+    """Temp directories of image builds and removals that a killed command left, and the
+    layers no image lists any more."""
+    from . import layers
     from ..errors import Conflict
-    for entry in os.listdir(store.images):
-        if not entry.startswith((".tmp-", ".old-", ".rm-", ".work-")):
-            continue
-        name = entry.split("-", 1)[1].rsplit("-", 1)[0]
+    done = []
+    for parent in (store.images, layers.root(store)):
         try:
-            with store.lock("image." + name, timeout=0):  # not while a build runs
-                shutil.rmtree(store.images / entry, ignore_errors=True)
-                done.append(f"removed leftover image directory {entry}")
-        except Conflict:
-            pass
+            entries = os.listdir(parent)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.startswith((".tmp-", ".old-", ".rm-", ".work-")):
+                continue
+            name = entry.split("-", 1)[1].rsplit("-", 1)[0]
+            try:
+                with store.lock("image." + name, timeout=0):  # not while a build runs
+                    shutil.rmtree(parent / entry, ignore_errors=True)
+                    done.append(f"removed leftover image directory {entry}")
+            except Conflict:
+                pass
+    try:
+        for entry in os.listdir(store.root / "tmp"):
+            if entry.startswith(".mnt-"):    # mount points of killed copies (empty)
+                try:
+                    os.rmdir(store.root / "tmp" / entry)
+                except OSError:
+                    pass
+    except FileNotFoundError:
+        pass
+    if layers.root(store).exists():
+        with store.lock(layers.LOCK):
+            done += [f"removed unused layer {d}" for d in layers.prune(store)]
     return done
 
 
@@ -83,28 +122,50 @@ def build(store, name, force=False, **options):
 
 
 def install(store, name, fill, replace=False):
-    """Make image NAME: fill(rootfs_dir) -> image config, in a temp directory renamed into
-    place under the image's lock, so a failure or a crash never leaves a half image."""
+    """Make image NAME of one layer: fill(empty dir) -> image config."""
+    from . import layers
+
+    def stack(stage):
+        temp = stage.temp()
+        cfg = fill(temp / "diff")
+        stage.add(cfg.pop("diff_id", None) or layers.tree_digest(temp / "diff"), temp)
+        return cfg
+    return install_layers(store, name, stack, replace)
+
+
+def install_layers(store, name, fill, replace=False):
+    """Make image NAME: fill(layers.Stage) stacks its layers and returns the image config.
+    Under the image's lock; the new layers and image.json are renamed into place under the
+    "layers" lock, so a failure or a crash never leaves a half image (at worst unused
+    layers or temp directories, which gc removes)."""
     from ..config import check_name
+    from . import layers
     check_name(name, "image")
     store.ensure()
     with store.lock("image." + name):
         final = store.image_dir(name)
         if (final / "image.json").exists() and not replace:
             return read_json(final / "image.json")
+        stage = layers.Stage(store, name)
         tmp = store.images / f".tmp-{name}-{os.urandom(4).hex()}"
         try:
-            (tmp / "rootfs").mkdir(parents=True)
-            cfg = fill(tmp / "rootfs")
+            cfg = fill(stage)
             cfg["name"] = name
+            cfg["layers"] = stage.diff_ids
+            tmp.mkdir()
             write_json(tmp / "image.json", cfg)
-            if final.exists():
-                old = store.images / f".old-{name}-{os.urandom(4).hex()}"
-                os.rename(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(tmp, final)
+            with store.lock(layers.LOCK):
+                stage.commit()
+                if final.exists():
+                    old = store.images / f".old-{name}-{os.urandom(4).hex()}"
+                    os.rename(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.rename(tmp, final)
+                if replace:
+                    layers.prune(store)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            stage.cleanup()
         return cfg
 
 
@@ -117,7 +178,7 @@ def list_images(store):
     for n in names:
         cfg = read_json(store.image_dir(n) / "image.json")
         if cfg is not None:
-            out.append({"name": n, **cfg, "size": _du(store.image_dir(n) / "rootfs"),
+            out.append({"name": n, **cfg, "size": _size(store, n, cfg),
                         "users": len(users(store, n))})
     return out
 
@@ -127,21 +188,17 @@ def inspect(store, name):
     if cfg is None:
         raise NotFound(f"image '{name}' not found; see: ctrun image list")
     return {**cfg, "name": name, "dir": str(store.image_dir(name)),
-            "size": _du(store.image_dir(name) / "rootfs"), "containers": users(store, name)}
+            "size": _size(store, name, cfg), "containers": users(store, name),
+            "layer_dirs": [str(d) for d in _dirs(store, name, cfg)]}
 
 
-def _du(path):
-    """Bytes used by a tree (allocated blocks; hard links counted once)."""
-    seen, total = set(), 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for n in dirnames + filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, n))
-            except FileNotFoundError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
+def _size(store, name, cfg):
+    """Bytes of the image's layers (shared layers counted in every image that lists them)."""
+    from . import layers
+    total = 0
+    for d in _dirs(store, name, cfg):
+        meta = read_json(d.parent / "layer.json")
+        total += meta["size"] if meta and "size" in meta else layers.du(d)
     return total
 
 
@@ -159,12 +216,16 @@ def remove(store, name, force=False):
         from ..errors import Conflict
         raise Conflict(f"image '{name}' is used by containers {', '.join(used)}; "
                        "destroy them first or use --force")
-    old = store.images / f".rm-{name}-{os.urandom(4).hex()}"
-    os.rename(d, old)
+    from . import layers
+    with store.lock(layers.LOCK):   # no layer of it is shared by an image being committed
+        old = store.images / f".rm-{name}-{os.urandom(4).hex()}"
+        os.rename(d, old)
+        layers.prune(store)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def lowerdirs(store, name):
-    """The image's read-only layers, top first, as overlayfs lowerdir takes them."""
-    rootfs, _ = get(store, name, build_missing=False)
-    return [rootfs]
+    """The image's read-only layers, top first, as overlayfs lowerdir takes them (for more
+    than a few layers name them by descriptor: layers.lower_option)."""
+    view, _ = get(store, name, build_missing=False)
+    return [Path(d) for d in view.dirs]

@@ -2,15 +2,17 @@
 archives, `docker save` archives), export, and templates made from containers.
 
 Every archive is hostile: layers are applied by ctrun.images.extract, member by member,
-through directory descriptors, into a fresh directory that only becomes the image when
-everything verified (ctrun.images.store.install renames it into place)."""
+through directory descriptors, each into a fresh directory that only becomes a stored layer
+when everything verified (ctrun.images.store.install_layers renames them into place).
+Layers the store already holds are not unpacked again."""
 
 import os
 import subprocess
 import tarfile
 
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, CtrunError, InvalidInput, NotFound
 from ..state import read_json
+from . import layers
 from . import store as images
 
 DEFAULTS = {"cmd": ["/bin/sh"], "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:"
@@ -65,12 +67,16 @@ def import_image(store, path, name, ref=None, trusted=False, replace=False):
         raise Conflict(f"image '{name}' already exists; remove it first (ctrun image rm "
                        f"{name}) or choose another name")
     kind = kind_of(path)
+    source = {"kind": kind, "path": os.path.abspath(path)}
 
-    def fill(rootfs):
+    def fill(stage):
         if kind == "rootfs":
-            stats = extract.extract_layer(path, str(rootfs), trusted=trusted)
-            cfg = dict(DEFAULTS, source={"kind": "rootfs", "path": os.path.abspath(path)},
-                       layers=1, skipped=stats.get("skipped", []))
+            temp = stage.temp()
+            stats = extract.extract_layer(path, str(temp / "diff"), trusted=trusted,
+                                          overlay=True)
+            extract.verify_tree(str(temp / "diff"))
+            stage.add(stats["diff_id"], temp)
+            cfg = dict(DEFAULTS, source=source, skipped=stats.get("skipped", []))
         else:
             from . import oci
             import shutil
@@ -79,82 +85,98 @@ def import_image(store, path, name, ref=None, trusted=False, replace=False):
             try:
                 with oci.open_source(path, work_dir=str(work)) as src:
                     img = src.select(ref)
-                    skipped = []
-                    for layer in img.layers:
-                        with layer.open() as f:
-                            skipped += extract.extract_layer(f, str(rootfs), trusted=trusted
-                                                             ).get("skipped", [])
+                    cfg = stack_image(store, stage, img, trusted)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            cfg = dict(DEFAULTS)
-            cfg.update({k: v for k, v in oci.image_defaults(img.config).items() if v})
-            cfg.update(source={"kind": kind, "path": os.path.abspath(path), "ref": img.ref},
-                       layers=len(img.layers), skipped=skipped,
-                       layer_digests=[layer.digest for layer in img.layers])
-        extract.verify_tree(str(rootfs))
+            cfg["source"] = dict(source, ref=img.ref)
         cfg["built_by"] = "import"
         return cfg
-    return images.install(store, name, fill, replace=replace)
+    return images.install_layers(store, name, fill, replace=replace)
+
+
+def stack_image(store, stage, img, trusted=False, fetch=None):
+    """Stack the layers of an oci.Image (bottom first) on stage: a layer the store holds
+    (by diff_id, or by the compressed digest it was imported from) is reused unread; the
+    others are extracted, each into its own directory, their diff_id verified.  fetch(layer)
+    -> binary file object of the blob (default: layer.open()).  Returns the image config
+    (DEFAULTS overridden by what the image's config asks for)."""
+    from . import extract, oci
+    from .layers import MAX_LAYERS, by_blob, exists
+    if len({layer.diff_id for layer in img.layers}) > MAX_LAYERS:
+        raise InvalidInput(f"image {img.ref} has {len(img.layers)} layers, more than the "
+                           f"{MAX_LAYERS} a container's overlay can stack; flatten it first "
+                           "(e.g. export a container of it and import the tarball)")
+    skipped = []
+    for i, layer in enumerate(img.layers, 1):
+        known = layer.diff_id if exists(store, layer.diff_id) else by_blob(store, layer.digest)
+        if known:
+            stage.add(known, blobs=[layer.digest])
+            continue
+        temp = stage.temp()
+        with (fetch or (lambda ly: ly.open()))(layer) as f:
+            stats = extract.extract_layer(f, str(temp / "diff"), trusted=trusted,
+                                          compression=layer.compression, overlay=True,
+                                          diff_id=layer.diff_id,
+                                          name=f"{i} of {img.ref} ({layer.digest})")
+        extract.verify_tree(str(temp / "diff"))
+        skipped += stats.get("skipped", [])
+        stage.add(layer.diff_id, temp, blobs=[layer.digest])
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in oci.image_defaults(img.config).items() if v})
+    cfg.update(skipped=skipped, layer_digests=[layer.digest for layer in img.layers])
+    if img.digest:
+        cfg["digest"] = img.digest
+    return cfg
 
 
 def export_image(store, name, out):
-    """Write image NAME's root file system as a tarball (compression from the suffix)."""
-    d = store.image_dir(name)
-    if read_json(d / "image.json") is None:
-        raise NotFound(f"image '{name}' not found; see: ctrun image list")
+    """Write image NAME's root file system (its layers merged) as a tarball (compression
+    from the suffix)."""
+    view, _ = _image(store, name)
     mode = {".gz": "w:gz", ".tgz": "w:gz", ".xz": "w:xz"}.get(os.path.splitext(out)[1], "w")
     tmp = f"{out}.{os.getpid()}.tmp"
-    try:
+
+    def write(rootfs):
         with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tf:
-            for entry in sorted(os.listdir(d / "rootfs")):
-                tf.add(d / "rootfs" / entry, arcname=entry)
+            for entry in sorted(os.listdir(rootfs)):
+                tf.add(os.path.join(rootfs, entry), arcname=entry)
+    try:
+        layers.merged(view.dirs, write, store.root / "tmp")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _image(store, name):
+    try:
+        return images.get(store, name, build_missing=False)
+    except NotFound:
+        raise NotFound(f"image '{name}' not found; see: ctrun image list") from None
+
+
 def template(store, container, name, cdir):
     """A new image from a container: its image with its upper layer on top (vzctl-style
-    templates).  The two are stacked read-only by overlayfs in a private mount namespace,
-    so the container's deletions (whiteouts) apply, and copied out."""
+    templates), stacked read-only by overlayfs in a private mount namespace, so the
+    container's deletions (whiteouts) apply, and copied out as one layer."""
     conf = read_json(cdir / "config.json") or {}
-    base = store.image_dir(conf.get("image", ""))
-    base_cfg = read_json(base / "image.json")
-    if base_cfg is None:
-        raise NotFound(f"the image of container '{container}' is gone; cannot make a template")
+    try:
+        view, base_cfg = images.get(store, conf.get("image", ""), build_missing=False)
+    except NotFound:
+        raise NotFound(f"the image of container '{container}' is gone; cannot make a "
+                       "template") from None
 
     def fill(rootfs):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            code = 1
-            try:
-                from .. import libc
-                libc.unshare(libc.CLONE_NEWNS)
-                libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-                merged = str(rootfs) + ".merged"
-                os.mkdir(merged)
-                libc.mount("overlay", merged, "overlay", libc.MS_RDONLY,
-                           f"lowerdir={cdir / 'upper'}:{base / 'rootfs'}")
-                subprocess.run(["cp", "-a", "--", merged + "/.", str(rootfs)], check=True,
-                               stderr=w)
-                code = 0
-            except BaseException as e:  # noqa: BLE001
-                os.write(w, str(e).encode())
-            os._exit(code)
-        os.close(w)
-        err = os.read(r, 4096).decode(errors="replace").strip()
-        os.close(r)
-        _, st = os.waitpid(pid, 0)
+        def copy(merged):
+            r = subprocess.run(["cp", "-a", "--", merged + "/.", str(rootfs)],
+                               stderr=subprocess.PIPE, text=True)
+            if r.returncode:
+                raise InvalidInput(r.stderr.strip() or f"cp exited with {r.returncode}")
         try:
-            os.rmdir(str(rootfs) + ".merged")
-        except OSError:
-            pass
-        if st != 0:
-            raise InvalidInput(f"cannot make a template of '{container}': {err}")
-        cfg = {k: v for k, v in base_cfg.items() if k not in ("name",)}
+            layers.merged([cdir / "upper"] + view.dirs, copy, store.root / "tmp")
+        except CtrunError as e:
+            raise InvalidInput(f"cannot make a template of '{container}': {e}") from None
+        cfg = {k: v for k, v in base_cfg.items() if k not in ("name", "layers", "digest")}
         if conf.get("cmd"):
             cfg["cmd"] = conf["cmd"]
         if conf.get("env"):

@@ -4,11 +4,12 @@ owners are shifted into that range.
 Container root (uid 0) becomes host uid BASE, 65536 ids per container, taken from the
 first free slot of ctrun's pool (or of root's /etc/subuid entry when the host has one).
 The image is read-only and owned by host root, so a container in a user namespace gets
-its own lower layer: a copy of the image with every owner moved up by BASE.  That costs a
+its own lower layer: a copy of the image (its layers merged) with every owner moved up by BASE.  That costs a
 copy per container (fine for small images; an idmapped mount of the image would avoid it
 and is the planned improvement); in exchange the image stays shared and untouched.
 """
 
+import errno
 import os
 import stat
 
@@ -49,8 +50,13 @@ def write_maps(pid, base):
             f.write(f"0 {base} {SIZE}\n")
 
 
-def shifted_copy(src, dst, base):
-    """Copy the tree at src to dst (which must not exist) with every uid/gid moved by base."""
+def shifted_copy(src, dst, base, scratch=None):
+    """Copy the tree at src to dst (which must not exist) with every uid/gid moved by base.
+    src may be an image's layers (ctrun.images.layers.View): their merged view is copied,
+    mounted in a private mount namespace under scratch."""
+    if hasattr(src, "dirs"):
+        from ..images import layers
+        return layers.merged(src.dirs, lambda m: shifted_copy(m, dst, base), scratch)
     os.mkdir(dst)
     _copy_dir(src, dst, base)
     st = os.lstat(src)
@@ -93,8 +99,19 @@ def _copy_file(src, dst):
         fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(fi).st_size
+            ranged = True
             while size > 0:
-                n = os.copy_file_range(fi, fo, size)
+                try:
+                    n = os.copy_file_range(fi, fo, size) if ranged else \
+                        os.sendfile(fo, fi, None, size)
+                except OSError as e:
+                    # between file systems (an image's merged overlay view to the store)
+                    # copy_file_range is refused: sendfile copies in the kernel too
+                    if not ranged or e.errno not in (errno.EXDEV, errno.EINVAL,
+                                                     errno.EOPNOTSUPP):
+                        raise
+                    ranged = False
+                    continue
                 if n == 0:
                     break
                 size -= n

@@ -246,8 +246,24 @@ def _is_executable(st):
     return stat.S_ISREG(st.st_mode) and st.st_mode & 0o111
 
 
+def _first_executable(open_path, candidates):
+    for c in candidates:
+        try:
+            fd = open_path(c)
+        except (OSError, InvalidInput):
+            continue
+        try:
+            if _is_executable(os.fstat(fd)):
+                return c
+        finally:
+            os.close(fd)
+    return None
+
+
 def lookup_command(root, argv0, path_env, cwd=None):
     """Find ``argv0`` inside ``root`` the way execvp would; return its in-container path.
+
+    ``root`` may also be an image's layers (ctrun.images.layers.View), looked up merged.
 
     An absolute ``argv0`` is checked as is; a bare name is searched in each absolute
     directory of ``path_env`` (DEFAULT_PATH when empty; relative entries such as "" or "."
@@ -276,18 +292,15 @@ def lookup_command(root, argv0, path_env, cwd=None):
                     return c
             except OSError:
                 continue
+    elif hasattr(root, "open"):   # an image's layers (ctrun.images.layers.View), merged
+        found = _first_executable(root.open, candidates)
+        if found:
+            return found
     else:
         with _Rooted(root) as rfd:
-            for c in candidates:
-                try:
-                    fd = _openat2(rfd, c, os.O_PATH)
-                except (OSError, InvalidInput):
-                    continue
-                try:
-                    if _is_executable(os.fstat(fd)):
-                        return c
-                finally:
-                    os.close(fd)
+            found = _first_executable(lambda c: _openat2(rfd, c, os.O_PATH), candidates)
+            if found:
+                return found
 
     if len(candidates) == 1 and "/" in argv0:
         raise CommandNotFound(f"command '{argv0}' not found or not executable in the container; "

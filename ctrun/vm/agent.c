@@ -7,11 +7,16 @@
  * multiplexer process on the host: a client takes a free port, says hello with a nonce,
  * runs one session and hangs up; the guest sees the hang-up and ends that session.
  *
+ * Where the host has vhost-vsock, QEMU gives the guest a vsock device instead: the agent
+ * listens on vsock port 1024 and every accepted connection is a session of its own, with
+ * the same frames (it listens whenever vsock works, so loopback can test it too).
+ *
  * Frames both ways: 1 byte type, 4 bytes little-endian payload length, payload.
  *   host -> guest  H nonce (reset the port's session, reply h nonce\0release)
  *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
+ *                  Q ping (answered q at once, whatever the session is doing)
  *   guest -> host  h hello reply   o stdout   e stderr   x exit code (decimal)
  *                  s stats lines "key value"   d done   r agent started (say hello again)
  * Built static (gcc -static) on the host and put in the VM's initramfs; it is started before
@@ -31,16 +36,20 @@
 #include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+#include <linux/vm_sockets.h>
 
-#define MAXPORTS 16
+#define MAXPORTS 24
 #define MAXFRAME 65536
+#define VSOCK_PORT 1024
 
 struct session {
-    int fd;                 /* the virtio port */
+    int fd;                 /* the virtio port, or an accepted vsock connection (-1: free) */
+    int vsock;              /* a connection: closed and its slot freed when the host hangs up */
     int connected;
     unsigned char in[MAXFRAME + 6];
     size_t inlen;
@@ -343,6 +352,9 @@ static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
     case 'S':
         stats(s);
         break;
+    case 'Q':  /* are you there? (a host client waiting on a silent command asks) */
+        send_frame(s, 'q', "", 0);
+        break;
     case 'D':
         snprintf(buf, sizeof buf, "%.*s", (int)(len < 16 ? len : 16), p);
         kill(1, atoi(buf) ? atoi(buf) : SIGTERM);
@@ -356,16 +368,60 @@ static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
     }
 }
 
+static void hangup(struct session *s)
+{
+    s->connected = 0;   /* the host hung up: end the session */
+    end_session(s);
+    s->inlen = 0;
+    if (s->vsock) {
+        close(s->fd);
+        s->fd = -1;
+        s->vsock = 0;
+    }
+}
+
+static void accept_vsock(int lfd)
+{
+    int i, fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    for (i = 0; i < MAXPORTS; i++)
+        if (ports[i].fd < 0 || i >= nports)
+            break;
+    if (i == MAXPORTS) {  /* every session slot busy */
+        close(fd);
+        return;
+    }
+    if (i == nports)
+        nports++;
+    memset(&ports[i], 0, sizeof ports[i]);
+    ports[i].fd = fd;
+    ports[i].vsock = 1;
+    ports[i].out = ports[i].err = ports[i].stdin_fd = -1;
+    ports[i].connected = 1;
+}
+
+static int listen_vsock(void)
+{
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
+                            .svm_port = VSOCK_PORT};
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 16)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void read_port(struct session *s)
 {
     ssize_t n = read(s->fd, s->in + s->inlen, sizeof s->in - 1 - s->inlen);
     size_t off = 0;
     if (n <= 0) {
-        if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-            s->connected = 0;   /* the host hung up: end the session */
-            end_session(s);
-            s->inlen = 0;
-        }
+        if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            hangup(s);
         return;
     }
     s->inlen += n;
@@ -446,7 +502,7 @@ static void find_ports(void)
 int main(int argc, char **argv)
 {
     sigset_t mask;
-    int sfd, i;
+    int sfd, lfd, i;
 
     if (argc > 1 && (chroot(argv[1]) || chdir("/"))) {
         perror("ctrun-agent: chroot");
@@ -462,13 +518,16 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGIO);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    lfd = listen_vsock();
     for (i = 0; i < 50 && !nports; i++) {  /* udev-less: the ports appear as the driver probes */
         find_ports();
-        if (!nports)
+        if (!nports && (lfd < 0 || access("/sys/class/virtio-ports", F_OK) == 0))
             usleep(20000);
+        else if (!nports)
+            break;  /* vsock only */
     }
-    if (!nports) {
-        fprintf(stderr, "ctrun-agent: no ctrun.agent.N virtio port\n");
+    if (!nports && lfd < 0) {
+        fprintf(stderr, "ctrun-agent: no ctrun.agent.N virtio port and no vsock\n");
         return 1;
     }
     /* QEMU drops what a host client wrote before the guest opened the port: tell every
@@ -481,13 +540,17 @@ int main(int argc, char **argv)
             send_frame(&ports[i], 'r', "", 0);
     }
     for (;;) {
-        struct pollfd pf[1 + MAXPORTS * 4];
-        struct session *owner[1 + MAXPORTS * 4];
-        int *which[1 + MAXPORTS * 4];
+        struct pollfd pf[2 + MAXPORTS * 4];
+        struct session *owner[2 + MAXPORTS * 4];
+        int *which[2 + MAXPORTS * 4];
         int n = 0, timeout = -1;
         pf[n] = (struct pollfd){sfd, POLLIN, 0}, owner[n] = NULL, which[n++] = NULL;
+        if (lfd >= 0)
+            pf[n] = (struct pollfd){lfd, POLLIN, 0}, owner[n] = NULL, which[n++] = &lfd;
         for (i = 0; i < nports; i++) {
             struct session *s = &ports[i];
+            if (s->fd < 0)
+                continue;
             if (!s->connected) {
                 timeout = 1000;  /* a lost SIGIO must not strand a port */
                 continue;
@@ -524,24 +587,23 @@ int main(int argc, char **argv)
                     maybe_exit(&ports[i]);
                 }
         }
+        if (lfd >= 0 && (pf[1].revents & POLLIN))
+            accept_vsock(lfd);
         for (i = 0; i < nports; i++)  /* a port comes back when the host reconnects */
-            if (!ports[i].connected) {
+            if (!ports[i].connected && !ports[i].vsock && ports[i].fd >= 0) {
                 struct pollfd p = {ports[i].fd, POLLIN, 0};
                 if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP))
                     ports[i].connected = 1;
             }
         for (i = 1; i < n; i++) {
             struct session *s = owner[i];
-            if (!pf[i].revents || !s->connected)
+            if (!s || !pf[i].revents || !s->connected || s->fd < 0)
                 continue;
             if (which[i] == &s->fd) {
                 if (pf[i].revents & POLLIN)
                     read_port(s);
-                else if (pf[i].revents & (POLLHUP | POLLERR)) {
-                    s->connected = 0;
-                    end_session(s);
-                    s->inlen = 0;
-                }
+                else if (pf[i].revents & (POLLHUP | POLLERR))
+                    hangup(s);
                 continue;
             }
             if ((pf[i].revents & POLLOUT) && s->stdin_fd >= 0 && s->pendlen) {

@@ -19,6 +19,9 @@ from ..errors import CtrunError, Conflict
 from .qemu import PORTS
 
 MAXFRAME = 65536
+VSOCK_PORT = 1024    # the agent's vsock port (agent.c)
+PING_EVERY = 2.0     # seconds of silence before an exec asks whether the agent is alive
+PING_TIMEOUT = 6.0   # seconds an unanswered ping may wait (TCG guests are slow)
 
 
 class AgentError(CtrunError):
@@ -30,6 +33,10 @@ class Agent:
         self.vmdir = str(vmdir)
         self.lock = self.sock = None
         deadline = time.monotonic() + timeout
+        from ..state import read_json
+        channel = (read_json(os.path.join(self.vmdir, "launch.json")) or {}).get("channel") or {}
+        if channel.get("kind") == "vsock":
+            self._connect_vsock(channel["cid"], deadline)
         while self.sock is None:
             for i in range(ports):
                 if self._try_port(i, deadline):
@@ -64,6 +71,18 @@ class Agent:
         self.lock, self.sock = fd, s
         return True
 
+    def _connect_vsock(self, cid, deadline):
+        """A vsock connection is a session of its own: no port to take, no lock."""
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            s.connect((cid, VSOCK_PORT))
+        except OSError as e:
+            s.close()
+            raise AgentError(f"the VM's agent does not answer on vsock {cid}:{VSOCK_PORT} "
+                             f"({e.strerror or e}); is it running? see: ctrun list") from None
+        self.sock = s
+
     def _hello(self, deadline):
         nonce = os.urandom(8).hex().encode()
         self.send("H", nonce)
@@ -77,7 +96,8 @@ class Agent:
     def close(self):
         if self.sock is not None:
             self.sock.close()
-            os.close(self.lock)
+            if self.lock is not None:
+                os.close(self.lock)
             self.sock = None
 
     def __enter__(self):
@@ -157,11 +177,20 @@ class Agent:
             prev = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_w, b"w"))
             watch.append(wake_r)
             self._resize(inp)
+        ping_at = None  # a silent command is fine; a silent agent is not
         try:
             while True:
                 try:
-                    ready = select.select(watch, [], [])[0]
+                    ready = select.select(watch, [], [], PING_EVERY)[0]
                 except InterruptedError:
+                    continue
+                if not ready:
+                    if ping_at is None:
+                        ping_at = time.monotonic()
+                        self.send("Q")
+                    elif time.monotonic() - ping_at > PING_TIMEOUT:
+                        raise AgentError("the guest agent stopped answering (killed inside "
+                                         "the VM?); the command's fate is unknown")
                     continue
                 if wake_r is not None and wake_r in ready:
                     os.read(wake_r, 64)
@@ -181,6 +210,8 @@ class Agent:
                         _write_all(err, p)
                     elif t == "x":
                         return int(p)
+                    elif t == "q":
+                        ping_at = None
         finally:
             if old is not None:
                 import termios

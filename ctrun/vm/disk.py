@@ -5,13 +5,12 @@ twin of a container's overlayfs upper directory).
 The ext4 image is made without mounting anything on the host: `mkfs.ext4 -d` copies a
 directory tree (owners, modes, xattrs, device nodes) into a new file system.  An image of
 several layers is first merged by a read-only overlay mounted in a private mount namespace
-that dies with the command, so no mount is ever left on the host.
+that dies with the copy (images.layers.merged), so no mount is ever left on the host.
 """
 
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from ..errors import CtrunError, HostUnsupported
 from ..state import read_json
@@ -46,40 +45,33 @@ def base_path(store, image):
 
 def base(store, image):
     """The read-only ext4 disk of an image, made on first use."""
-    from ..images import store as images
+    from ..images import layers, store as images
     out = base_path(store, image)
     if out.exists():
         return out
     _tool("mkfs.ext4", "e2fsprogs")
-    lowers = [str(p) for p in images.lowerdirs(store, image)]
+    lowers = images.lowerdirs(store, image)
     out.parent.mkdir(parents=True, exist_ok=True)
     with store.lock("vmdisk." + image):
         if out.exists():
             return out
         size = int(_du(lowers) * 1.3) + HEADROOM
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        mkfs = ["mkfs.ext4", "-q", "-F", "-L", "ctrun-root", "-E", "nodiscard",
-                "-d", "{src}", str(tmp), f"{size // (1 << 20)}M"]
-        try:
-            if len(lowers) == 1:
-                cmd = [a.replace("{src}", lowers[0]) for a in mkfs]
-            else:  # merge the layers: overlayfs applies whiteouts and opaque dirs
-                merged = out.parent / f".merge{os.getpid()}"
-                merged.mkdir(exist_ok=True)
-                script = ('mount -t overlay -o "ro,lowerdir=$1" ctrun-vmdisk "$2" && shift 2 '
-                          '&& exec "$@"')
-                cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                       "sh", ":".join(lowers), str(merged)] + \
-                      [a.replace("{src}", str(merged)) for a in mkfs]
-            r = subprocess.run(cmd, capture_output=True, text=True)
+
+        def mkfs(src):
+            r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ctrun-root", "-E", "nodiscard",
+                                "-d", src, str(tmp), f"{size // (1 << 20)}M"],
+                               capture_output=True, text=True)
             if r.returncode:
                 raise CtrunError(f"cannot make the VM disk of image '{image}': "
                                  f"{(r.stderr.strip() or 'mkfs.ext4 failed').splitlines()[-1]}")
+        try:
+            # several layers are merged by overlayfs (whiteouts, opaque dirs applied) in a
+            # private mount namespace that dies with the copy
+            layers.merged(lowers, mkfs, store.root / "tmp")
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
-            if len(lowers) > 1:
-                os.rmdir(merged)
     return out
 
 

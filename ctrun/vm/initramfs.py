@@ -20,7 +20,7 @@ from ..errors import HostUnsupported
 from . import cache
 
 MODULES = ("virtio_mmio", "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
-           "virtio_balloon")
+           "virtio_balloon", "vmw_vsock_virtio_transport", "vsock_loopback")
 BUSYBOX = "/bin/busybox"
 AGENT_SRC = Path(__file__).with_name("agent.c")
 
@@ -40,6 +40,8 @@ for d in dev proc sys; do $B mkdir -p /newroot/$d; $B mount --move /$d /newroot/
 $B mkdir -p /newroot/dev/pts /newroot/dev/shm
 $B mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /newroot/dev/pts
 $B mount -t tmpfs -o mode=1777,nosuid,nodev shm /newroot/dev/shm
+# a pure cgroup v2 system, as systemd would mount it (whatever init the image has)
+$B mount -t cgroup2 -o nsdelegate cgroup2 /newroot/sys/fs/cgroup
 $B hostname "$CTRUN_HOSTNAME"
 $B ip link set lo up
 if [ -n "$CTRUN_IP" ]; then
@@ -164,7 +166,7 @@ def settings(conf, net=None, probe=False):
     hostname = conf.get("hostname") or conf["name"]
     v = {"CTRUN_HOSTNAME": hostname, "CTRUN_CMD": " ".join(map(shlex.quote, conf["argv"])),
          "CTRUN_PROBE": "1" if probe else "",
-         "CTRUN_HOSTS": f"127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
+         "CTRUN_HOSTS": "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
     if net.get("ip"):
         v["CTRUN_IP"] = f"{net['ip']}/{net['prefix']}"
         v["CTRUN_GATEWAY"] = net["gateway"]

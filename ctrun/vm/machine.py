@@ -9,7 +9,6 @@ overlay, the initramfs of the current start, QMP's and the agent's sockets.
 
 import os
 import signal
-import time
 
 from ..errors import ContainerFailed, CtrunError, HostUnsupported, InvalidInput
 from ..state import read_json, write_json
@@ -76,11 +75,15 @@ def prepare_start(store, cdir, conf, icfg):
         "name": conf["name"], "hostname": conf.get("hostname"),
         "argv": guest_argv(conf, icfg), "resolv": netc.resolv_text(net) if bridged else ""},
         net if bridged else None)
+    channel = {"kind": qemu.agent_channel()}
+    if channel["kind"] == "vsock":  # a context id no other VM on this host is likely to hold
+        channel["cid"] = 3 + int.from_bytes(os.urandom(4), "little") % (0xFFFFFFF0 - 3)
     argv = qemu.argv(accel, kernel.vmlinux(k), initrd, vm["memory"] >> 20, vm["cpus"],
-                     disk="disk.qcow2", tap_fd=-1 if bridged else None, mac=net.get("mac"))
+                     disk="disk.qcow2", tap_fd=-1 if bridged else None, mac=net.get("mac"),
+                     vsock_cid=channel.get("cid"))
     write_json(vmdir / "launch.json", {"argv": argv, "accel": accel, "note": note,
                                        "tap": net.get("veth") if bridged else None,
-                                       "kernel": k.release}, durable=False)
+                                       "kernel": k.release, "channel": channel}, durable=False)
     for p in vmdir.glob("*.sock"):  # QEMU refuses to bind over a dead VM's sockets
         p.unlink()
     return accel, note
@@ -232,6 +235,7 @@ def balloon(cdir, vm, target):
 
 
 def describe(cdir, conf, running):
+    from . import agent
     vm = conf.get("vm") or {}
     launch_ = read_json(cdir / "vm" / "launch.json") or {}
     return {"accel": launch_.get("accel") if launch_ else None,
@@ -240,4 +244,6 @@ def describe(cdir, conf, running):
                    "disk": str(cdir / "vm" / "disk.qcow2"), "base_disk": vm.get("base_disk")},
             "tap": launch_.get("tap") if running else None,
             "console_log": str(cdir / "logs" / "console.log"),
-            "agent_channel": str(cdir / "vm" / "agent0.sock")}
+            "agent_channel": (f"vsock:{launch_['channel']['cid']}:{agent.VSOCK_PORT}"
+                              if (launch_.get("channel") or {}).get("kind") == "vsock"
+                              else str(cdir / "vm" / "agent0.sock"))}

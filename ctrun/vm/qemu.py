@@ -2,7 +2,8 @@
 
 One machine type, microvm (QEMU's minimal machine: no PCI, no firmware, virtio-mmio
 devices, the kernel entered through PVH), for the shortest boot and the smallest QEMU.
-ACPI stays on: the guest finds its virtio-mmio devices through it and powers down with it.
+ACPI stays on: the guest finds its virtio-mmio devices through it and powers down with it;
+the RTC too, or the guest's clock starts in 1970.
 """
 
 import os
@@ -46,15 +47,22 @@ def tsc_khz():
     return None
 
 
+def agent_channel():
+    """vsock where the host has vhost-vsock (one connection per session, no port limit),
+    else virtio-serial ports served as unix sockets: checked, not assumed."""
+    return "vsock" if os.path.exists("/dev/vhost-vsock") else "serial"
+
+
 def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=None,
-         agent_ports=PORTS, qmp="qmp.sock"):
+         agent_ports=PORTS, qmp="qmp.sock", vsock_cid=None):
     """QEMU's argv; socket paths are relative to QEMU's working directory (the VM's run
-    directory), which keeps them under the 108-byte limit of a unix socket path."""
+    directory), which keeps them under the 108-byte limit of a unix socket path.  With
+    vsock_cid the agent is reached over vsock instead of virtio-serial ports."""
     cmdline = CMDLINE
     khz = tsc_khz()
     if accel == "tcg" and khz:
         cmdline += f" tsc_early_khz={khz}"
-    a = [BINARY, "-name", "ctrun-vm", "-M", "microvm,acpi=on,x-option-roms=off,rtc=off",
+    a = [BINARY, "-name", "ctrun-vm", "-M", "microvm,acpi=on,x-option-roms=off,rtc=on",
          "-accel", "kvm" if accel == "kvm" else f"tcg,tb-size={TCG_TB_MB}",
          "-cpu", "host" if accel == "kvm" else "max",
          "-m", f"{memory_mb}M", "-smp", str(cpus), "-nodefaults", "-no-user-config",
@@ -65,7 +73,9 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
     if disk:
         a += ["-drive", f"id=root,file={disk},format=qcow2,if=none,discard=unmap",
               "-device", "virtio-blk-device,drive=root"]
-    if agent_ports:
+    if vsock_cid is not None:
+        a += ["-device", f"vhost-vsock-device,guest-cid={vsock_cid}"]
+    elif agent_ports:
         a += ["-device", "virtio-serial-device,max_ports=" + str(agent_ports + 1)]
         for i in range(agent_ports):
             a += ["-chardev", f"socket,id=agent{i},path=agent{i}.sock,server=on,wait=off",

@@ -100,7 +100,8 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     from ctrun import cgroups
     # a create killed before its rename leaves a .tmp directory; an image build likewise
     (store / "containers/.tmp-half-1234").mkdir(parents=True)
-    (store / "images/.tmp-halfimg-abcd/rootfs").mkdir(parents=True)
+    (store / "images/.tmp-halfimg-abcd").mkdir(parents=True)
+    (store / "layers/.tmp-halfimg-abcd/diff").mkdir(parents=True)
     # a start killed after the cgroup was made but before the monitor ran anything
     ct.create("halfstart", cmd=["sleep", "1000"])
     mgr = cgroups.manager("halfstart", parent=os.environ["CTRUN_CGROUP_PARENT"])
@@ -114,6 +115,7 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     assert ".tmp-half-1234" in out and "halfstart" in out and "orphan" in out
     assert not (store / "containers/.tmp-half-1234").exists()
     assert not (store / "images/.tmp-halfimg-abcd").exists()
+    assert not (store / "layers/.tmp-halfimg-abcd").exists()
     assert not mgr.exists() and not orphan.exists()
     info = cli.json("inspect", "halfstart")
     assert info["state"] == "stopped" and info["exit_reason"] == "start-interrupted"

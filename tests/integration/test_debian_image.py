@@ -32,8 +32,9 @@ def error_line(r):
 
 def assert_no_image(cli, store):
     assert cli("image", "inspect", "debian").returncode == 3
-    images = store / "images"
-    assert not images.exists() or not list(images.iterdir())   # no temp dir left either
+    for d in (store / "images", store / "layers"):   # no temp dir or layer left either
+        assert not d.exists() or not list(d.iterdir()) or os.listdir(d) == ["sha256"] \
+            and not os.listdir(d / "sha256")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_build_records_the_suite_and_cleans_up(debian):
     assert info["cmd"] == ["/usr/bin/tini", "--", "sleep", "infinity"]
     assert info["debian_version"].startswith("12")
     assert "tini" in info["include"] and info["mirror"].startswith(("http", "file"))
-    rootfs = Path(info["dir"]) / "rootfs"
+    (rootfs,) = map(Path, info["layer_dirs"])
     assert not list((rootfs / "var/cache/apt/archives").glob("*.deb"))
     assert not list((rootfs / "var/lib/apt/lists").glob("*_*"))
     assert (rootfs / "etc/resolv.conf").read_text() == ""   # not the host's

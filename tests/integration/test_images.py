@@ -66,16 +66,18 @@ def docker_save(path, busybox_rootfs):
               "Layers": ["l1/layer.tar", "l2/layer.tar"]}]).encode())
 
 
-def oci_layout(d, busybox_rootfs):
+def oci_layout(d, busybox_rootfs, tars=None):
+    """An OCI layout of the two test layers (or of `tars`), gzipped."""
     one, two = layers(busybox_rootfs)
+    tars = tars or [one, two]
     blobs = d / "blobs/sha256"
     blobs.mkdir(parents=True)
 
     def put(data):
         (blobs / sha(data)[7:]).write_bytes(data)
         return sha(data)
-    gz = [gzip.compress(x, mtime=0) for x in (one, two)]
-    cfg = dict(CONFIG, rootfs={"type": "layers", "diff_ids": [sha(one), sha(two)]})
+    gz = [gzip.compress(x, mtime=0) for x in tars]
+    cfg = dict(CONFIG, rootfs={"type": "layers", "diff_ids": [sha(t) for t in tars]})
     cfg_bytes = json.dumps(cfg).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -93,10 +95,11 @@ def oci_layout(d, busybox_rootfs):
 
 @pytest.fixture
 def bb(ct, store):
-    """The built-in image, built in this store; its rootfs path."""
+    """The built-in image, built in this store; its root file system (its one layer)."""
     from ctrun.images import store as images
     images.get(ct.store, "busybox")
-    return str(store / "images/busybox/rootfs")
+    (rootfs,) = images.lowerdirs(ct.store, "busybox")
+    return str(rootfs)
 
 
 def test_export_then_import_round_trip(cli, store, bb, tmp_path):
@@ -111,7 +114,7 @@ def test_export_then_import_round_trip(cli, store, bb, tmp_path):
     assert "bb-tar-gz" in listing and "import" in listing
 
 
-def test_docker_save_and_oci_layout_apply_layers_and_config(cli, bb, tmp_path):
+def test_docker_save_and_oci_layout_apply_layers_and_config(cli, store, bb, tmp_path):
     docker_save(tmp_path / "saved.tar", bb)
     oci_layout(tmp_path / "layout", bb)
     with tarfile.open(tmp_path / "layout.tar", "w") as tf:
@@ -125,7 +128,26 @@ def test_docker_save_and_oci_layout_apply_layers_and_config(cli, bb, tmp_path):
         assert lines[:3] == ["from-config", "second layer", "/tmp"], (name, r.stdout, r.stderr)
         assert "No such file" in lines[3]  # the whiteout of layer 2 removed layer 1's file
         info = cli.json("image", "inspect", name)
-        assert info["layers"] == 2
+        assert len(info["layers"]) == 2 and len(info["layer_dirs"]) == 2
+    # the same layers are stored once; --userns copies their merged view, shifted
+    assert len(os.listdir(store / "layers/sha256")) == 1 + 2
+    r = cli("run", "--rm", "--userns", "fromoci", "--", "sh", "-c",
+            "cat /etc/layer2; stat -c %u /etc/layer2; ls /etc/gone")
+    assert r.stdout.split() == ["second", "layer", "0"] and "No such file" in r.stderr, r.stderr
+
+
+def test_many_layers_outgrow_a_page_of_full_paths(cli, store, bb, tmp_path):
+    """80 layers: their store paths alone would be ~8 kB of overlay options."""
+    one, _ = layers(bb)
+    tars = [one] + [layer_tar(files=[(f"etc/l{i}", f"{i}\n".encode())]) for i in range(79)]
+    oci_layout(tmp_path / "many", bb, tars)
+    cli("image", "import", str(tmp_path / "many"), "many", check=True)
+    assert len(cli.json("image", "inspect", "many")["layer_dirs"]) == 80
+    r = cli("run", "--rm", "many", "--", "sh", "-c", "cat /etc/l0 /etc/l78; ls /etc | wc -l")
+    assert r.returncode == 0 and r.stdout.split()[:2] == ["0", "78"], r.stderr
+    cli("image", "export", "many", str(tmp_path / "many.tar"), check=True)
+    with tarfile.open(tmp_path / "many.tar") as tf:
+        assert {"etc/l0", "etc/l78", "bin/busybox"} <= set(tf.getnames())
 
 
 def test_tampered_and_hostile_archives_leave_nothing(cli, store, bb, tmp_path):
@@ -148,6 +170,9 @@ def test_tampered_and_hostile_archives_leave_nothing(cli, store, bb, tmp_path):
     for name in ("tampered", "evil"):
         assert not (store / "images" / name).exists()
     assert not [p for p in (store / "images").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (store / "layers").iterdir() if p.name != "sha256"]
+    kept = ["sha256:" + p.name for p in (store / "layers/sha256").iterdir()]
+    assert kept == cli.json("image", "inspect", "busybox")["layers"]   # no layer of theirs
     assert_clean_error(cli("image", "import", str(tmp_path / "nope.tar"), "x"), "does not exist")
 
 

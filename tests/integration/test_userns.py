@@ -29,7 +29,10 @@ def test_userns_maps_root_to_a_private_host_range(ct, store):
     # on the host, what the container wrote belongs to the mapped uid; the image is untouched
     upper = store / "containers/u1/upper/root/file"
     assert upper.stat().st_uid == b1
-    assert (store / "images/busybox/rootfs/bin/busybox").stat().st_uid == 0
+    from ctrun.images import store as images
+    from ctrun.state import Store
+    (layer,) = images.lowerdirs(Store(store), "busybox")
+    assert (layer / "bin/busybox").stat().st_uid == 0
 
 
 def test_userns_root_cannot_use_host_privileges(cli, tmp_path):

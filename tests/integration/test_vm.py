@@ -21,6 +21,7 @@ from test_container import _in_pty
 pytestmark = [pytest.mark.vm]
 
 SUBNET_BYTE = 150 + os.getpid() % 50
+PORT = 19000 + os.getpid() % 1000
 
 
 def _guest_release():
@@ -49,7 +50,8 @@ def vnet(vcli):
 
 @pytest.fixture(scope="module")
 def vm(vcli, vnet):
-    vcli("create", "vm1", "--vm", "--net", vnet, "--memory", "256M", check=True)
+    vcli("create", "vm1", "--vm", "--net", vnet, "--memory", "256M", "-p", f"{PORT}:80",
+         check=True)
     r = vcli("start", "vm1", timeout=180)
     assert r.returncode == 0, r.stderr
     return vcli.json("inspect", "vm1")
@@ -111,6 +113,10 @@ def test_container_and_vm_talk_tcp_over_the_bridge(vcli, vm, vnet):
              "&& exit 0; sleep 0.5; done; exit 1")
     assert r.returncode == 0 and "hello-from-vm" in r.stdout, r.stderr
     vcli("destroy", "-f", "web", check=True)
+    # the VM's published port, through the same nftables rules as a container's
+    from test_network import fetch
+    assert "hello-from-vm" in fetch(f"http://{vm['network']['ip']}/")
+    assert "hello-from-vm" in fetch(f"http://127.0.0.1:{PORT}/")
 
 
 def test_inspect_stats_and_logs(vcli, vm):
@@ -181,6 +187,35 @@ def test_qemu_killed_from_outside(vcli, vm):
     vcli("destroy", "vm1", check=True)
 
 
+def test_stop_falls_back_to_acpi_and_quit_without_the_agent(cli, store):
+    cli("create", "na", "--vm", "--net", "none", check=True)
+    assert cli("start", "na", timeout=180).returncode == 0
+    # the agent gone (its channel refuses): stop must still end the VM, through QMP
+    cli("exec", "na", "--", "sh", "-c", "kill -9 $(pidof ctrun-agent)")
+    r = cli("stop", "na", "--time", "4", timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = cli.json("inspect", "na")
+    assert info["state"] == "stopped" and info["exit_reason"] == "stopped", info
+
+
+def test_a_layered_image_boots_with_its_layers_merged(cli, store, tmp_path):
+    """The VM's disk is the merged view of the image's layers: a later layer's file is
+    there, a file it whites out is not."""
+    from ctrun.images import store as images
+    from test_images import oci_layout
+    from ctrun.api import Ctrun
+    images.get(Ctrun(store).store, "busybox")
+    (bb,) = images.lowerdirs(Ctrun(store).store, "busybox")
+    oci_layout(tmp_path / "layout", str(bb))
+    cli("image", "import", str(tmp_path / "layout"), "layered", check=True)
+    cli("create", "lv", "--vm", "--image", "layered", "--net", "none", "--", "/sbin/init",
+        check=True)
+    r = cli("start", "lv", timeout=180)
+    assert r.returncode == 0, r.stderr
+    r = cli("exec", "lv", "--", "sh", "-c", "cat /etc/layer2; ls /etc/gone")
+    assert r.stdout == "second layer\n" and "No such file" in r.stderr, (r.stdout, r.stderr)
+
+
 # ------------------------------------------------------------------ bad input and faults
 
 def test_bad_vm_input_is_refused_without_state(cli, store):
@@ -197,9 +232,13 @@ def test_bad_vm_input_is_refused_without_state(cli, store):
     assert_clean_error(r, "run --vm needs -d")
 
 
-def test_missing_kernel_names_the_package(cli, store, monkeypatch):
+def test_missing_kernel_or_qemu_names_the_package(cli, store, monkeypatch):
     monkeypatch.setenv("CTRUN_VM_KERNEL", "/nonexistent/vmlinuz")
     assert_clean_error(cli("create", "nok", "--vm", "--net", "none"), "CTRUN_VM_KERNEL")
+    monkeypatch.delenv("CTRUN_VM_KERNEL")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert_clean_error(cli("create", "noq", "--vm", "--net", "none"),
+                       "apt-get install qemu-system-x86")
     assert snapshot(store) == []
 
 

@@ -119,8 +119,11 @@ def test_log_records_and_rotation(tmp_path):
 
 def test_spec_defaults(tmp_path):
     cfg = config.Config(name="web1", env=["A=2"], init=True)
+    from ctrun.images.layers import View
+    img = View([tmp_path / "l2", tmp_path / "l1"])
     s = spec.build(cfg, {"cmd": ["/sbin/init"], "env": ["A=1", "PATH=/bin"]}, tmp_path,
-                   tmp_path / "img", ["/sys/fs/cgroup/pids/ctrun/web1/ct/cgroup.procs"])
+                   img, ["/sys/fs/cgroup/pids/ctrun/web1/ct/cgroup.procs"])
+    assert s["annotations"]["run.ctrun.overlay"]["lower"] == img.dirs   # top first
     assert s["process"]["args"] == ["/dev/init", "--", "/sbin/init"]
     assert s["process"]["env"] == ["A=2", "PATH=/bin"]
     assert s["hostname"] == "web1"
@@ -129,5 +132,5 @@ def test_spec_defaults(tmp_path):
     assert {n["type"] for n in s["linux"]["namespaces"]} == {
         "pid", "mount", "uts", "ipc", "network", "cgroup"}
     assert [m["destination"] for m in s["mounts"]][-1] == "/dev/init"
-    priv = spec.build(config.Config(name="p", privileged=True), {}, tmp_path, tmp_path, [])
+    priv = spec.build(config.Config(name="p", privileged=True), {}, tmp_path, img, [])
     assert priv["linux"]["maskedPaths"] == [] and priv["annotations"]["run.ctrun.seccomp"] is None

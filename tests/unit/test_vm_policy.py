@@ -60,3 +60,8 @@ def test_bad_vm_options(memory, cpus, accel, msg):
 
 def test_vm_options_defaults():
     assert machine.options() == {"memory": 256 << 20, "cpus": 1, "accel": "auto"}
+
+
+def test_vsock_replaces_the_serial_ports():
+    a = " ".join(qemu.argv("kvm", "/k", "/i", 256, 1, vsock_cid=1234))
+    assert "vhost-vsock-device,guest-cid=1234" in a and "virtserialport" not in a

@@ -1,0 +1,594 @@
+"""`ctrun image pull`: images from an OCI distribution registry (Docker Registry HTTP API v2).
+
+References: [HOST[:PORT]/]REPO[:TAG][@sha256:...]; without a host, docker.io (with library/
+for a one-part name).  Auth: anonymous, HTTP basic, or a bearer token fetched from the realm
+a 401 names (WWW-Authenticate: Bearer realm=...,service=...,scope=...); credentials from
+--creds or a containers-auth.json file (as skopeo and podman read it).  Manifest lists and
+OCI indexes resolve to this host's platform (or --platform).  Every manifest and blob is
+checked against its digest, layers also against their diff_id while they are extracted.
+
+Blobs download into <root>/tmp/blobs/<hex>.partial; a download cut short (or a killed
+pull) continues from there with an HTTP Range request.  Layers the store holds (by diff_id,
+or by the compressed digest they were imported from) are not downloaded at all.  A redirect
+to another host (a blob store) does not carry the Authorization header.
+
+Only the stdlib: http.client, so redirects and Range are explicit and nothing is imported
+that the other verbs would pay for (cli.py imports this module for `image pull` only).
+"""
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from ..errors import CtrunError, InvalidInput, NotFound
+from . import oci
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json"])
+ATTEMPTS = 3            # tries of one blob download (each one resumes the last)
+TIMEOUT = 60            # seconds without a byte from the registry
+_CHUNK = 1 << 20
+_REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
+                   r"[a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
+
+
+class RegistryError(CtrunError):
+    """The registry failed or refused us (unreachable, unauthorized, a server error)."""
+
+
+@dataclass
+class Reference:
+    registry: str       # as the user wrote it (docker.io for Docker Hub)
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    def __str__(self):
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += ":" + self.tag
+        return out + ("@" + self.digest if self.digest else "")
+
+    @property
+    def host(self):
+        """host[:port] the API is served from."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+
+def parse_reference(text):
+    """A Reference, or InvalidInput naming what is wrong."""
+    bad = (f"invalid image reference {text!r}: use [HOST[:PORT]/]REPOSITORY[:TAG][@sha256:"
+           "DIGEST], e.g. 127.0.0.1:5000/busybox:latest")
+    rest, _, digest = text.partition("@")
+    if digest and not _DIGEST.fullmatch(digest):
+        raise InvalidInput(bad + "; the digest must be sha256: and 64 hex digits")
+    first, sep, remainder = rest.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        registry, rest = first, remainder
+        if not _HOST.fullmatch(registry):
+            raise InvalidInput(bad)
+    else:
+        registry = DOCKER_HUB
+    if registry in ("index.docker.io", "registry-1.docker.io"):
+        registry = DOCKER_HUB
+    repo, tag = rest, None
+    if ":" in rest.rpartition("/")[2]:
+        repo, _, tag = rest.rpartition(":")
+        if not _TAG.fullmatch(tag):
+            raise InvalidInput(bad + f"; {tag!r} is not a valid tag")
+    if not _REPO.fullmatch(repo or "") or len(repo) > 255:
+        raise InvalidInput(bad + "; repository names are lower-case letters, digits and "
+                                 "separators")
+    if registry == DOCKER_HUB and "/" not in repo:
+        repo = "library/" + repo
+    if tag is None and not digest:
+        tag = "latest"
+    return Reference(registry, repo, tag, digest or None)
+
+
+def _loopback(host):
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in ("localhost", "[::1]") or name.startswith("127.")
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+def auth_files(authfile=None):
+    """Where credentials are looked for, first match wins (podman's and skopeo's order)."""
+    if authfile:
+        return [authfile]
+    out = []
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        out.append(os.environ["REGISTRY_AUTH_FILE"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        out.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers/auth.json"))
+    home = os.path.expanduser("~")
+    out += [os.path.join(home, ".config/containers/auth.json"),
+            os.path.join(home, ".docker/config.json")]
+    return out
+
+
+def credentials(ref, creds=None, authfile=None):
+    """(user, password) for the reference, or None for anonymous access."""
+    if creds is not None:
+        user, sep, password = creds.partition(":")
+        if not sep or not user:
+            raise InvalidInput("--creds takes USER:PASSWORD; give both")
+        return user, password
+    keys = [f"{ref.registry}/{ref.repository}"]
+    parts = ref.repository.split("/")
+    keys += [f"{ref.registry}/{'/'.join(parts[:i])}" for i in range(len(parts) - 1, 0, -1)]
+    keys += [ref.registry, f"https://{ref.registry}", f"http://{ref.registry}"]
+    if ref.registry == DOCKER_HUB:
+        keys += ["https://index.docker.io/v1/", "index.docker.io"]
+    for path in auth_files(authfile):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            if authfile:
+                raise NotFound(f"auth file {path} does not exist; give an existing "
+                               "--authfile") from None
+            continue
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"auth file {path} is not readable JSON ({e}); fix or "
+                               "remove it") from None
+        auths = doc.get("auths") if isinstance(doc, dict) else None
+        for key in keys:
+            entry = auths.get(key) if isinstance(auths, dict) else None
+            if isinstance(entry, dict) and isinstance(entry.get("auth"), str):
+                try:
+                    user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                except ValueError:
+                    sep = ""
+                if not sep:
+                    raise InvalidInput(f"the {key} entry of auth file {path} is not "
+                                       "base64 of USER:PASSWORD; log in again")
+                return user, password
+    return None
+
+
+def _challenge(header):
+    """('bearer'|'basic', {param: value}) of a WWW-Authenticate header."""
+    scheme, _, rest = (header or "").strip().partition(" ")
+    params = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', rest))
+    params.update((k, v) for k, v in re.findall(r'(\w+)\s*=\s*([^",\s]+)', rest)
+                  if k not in params)
+    return scheme.lower(), params
+
+
+# -- the HTTP client -------------------------------------------------------------------------
+
+class Client:
+    """One repository of one registry: requests with auth, redirects and scheme fallback."""
+
+    def __init__(self, ref, creds=None, tls_verify=True):
+        self.ref, self.creds = ref, creds
+        self.tls_verify = tls_verify
+        # like docker and skopeo: plain http is allowed for loopback registries and with
+        # --tls-verify=false, after https was tried
+        self.schemes = ["https"] + (["http"] if not tls_verify or _loopback(ref.host) else [])
+        self.auth = None            # the Authorization header that worked
+        self.scope = f"repository:{ref.repository}:pull"
+
+    def _connect(self, scheme, host):
+        if scheme == "https":
+            ctx = ssl.create_default_context()
+            if not self.tls_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(host, timeout=TIMEOUT, context=ctx)
+        return http.client.HTTPConnection(host, timeout=TIMEOUT)
+
+    def _send(self, url, headers):
+        """One GET (following redirects); returns (response, connection)."""
+        for _ in range(6):
+            u = urllib.parse.urlsplit(url)
+            conn = self._connect(u.scheme, u.netloc)
+            try:
+                conn.request("GET", (u.path or "/") + ("?" + u.query if u.query else ""),
+                             headers=headers)
+                resp = conn.getresponse()
+            except BaseException:
+                conn.close()
+                raise
+            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+                resp.read()
+                conn.close()
+                nxt = urllib.parse.urljoin(url, resp.getheader("Location"))
+                if urllib.parse.urlsplit(nxt).netloc != u.netloc:
+                    # a blob store on another host gets no credentials of ours
+                    headers = {k: v for k, v in headers.items() if k != "Authorization"}
+                url = nxt
+                continue
+            return resp, conn
+        raise RegistryError(f"registry {self.ref.registry} redirects too often for {url}; "
+                            "check the registry")
+
+    def get(self, path, headers=None):
+        """GET /v2/<repository>/<path>: (response, connection) of a 2xx or 206; errors are
+        one line naming the cause."""
+        headers = dict(headers or {})
+        last = None
+        for scheme in list(self.schemes):
+            url = f"{scheme}://{self.ref.host}/v2/{self.ref.repository}/{path}"
+            try:
+                return self._get(url, headers)
+            except (ssl.SSLError, ConnectionError, http.client.HTTPException) as e:
+                last = e        # try the next scheme, and keep to it for later requests
+                if scheme != self.schemes[-1]:
+                    self.schemes.remove(scheme)
+                    continue
+                break
+            except (OSError, http.client.HTTPException) as e:
+                last = e
+                break
+        if isinstance(last, ssl.SSLCertVerificationError):
+            raise RegistryError(f"cannot verify the TLS certificate of registry "
+                                f"{self.ref.registry} ({last.verify_message}); fix its "
+                                "certificate or pass --tls-verify=false") from None
+        raise RegistryError(f"cannot reach registry {self.ref.registry} "
+                            f"({_reason(last)}); check the network and the reference"
+                            ) from None
+
+    def _get(self, url, headers):
+        for _ in range(3):
+            h = dict(headers)
+            if self.auth:
+                h["Authorization"] = self.auth
+            resp, conn = self._send(url, h)
+            if resp.status == 401 and self._authenticate(resp):
+                conn.close()
+                continue
+            if resp.status in (200, 206):
+                return resp, conn
+            body = resp.read(65536)
+            conn.close()
+            raise self._refusal(resp.status, body, url)
+        raise RegistryError(f"registry {self.ref.registry} keeps refusing the credentials "
+                            "it asked for; check --creds or the auth file")
+
+    def _authenticate(self, resp):
+        """Set self.auth from a 401's challenge; False if nothing more can be tried."""
+        resp.read()
+        scheme, params = _challenge(resp.getheader("WWW-Authenticate"))
+        if scheme == "basic":
+            if not self.creds or self.auth:
+                return False
+            self.auth = "Basic " + base64.b64encode(":".join(self.creds).encode()).decode()
+            return True
+        if scheme != "bearer" or not params.get("realm") or (
+                self.auth and self.auth.startswith("Bearer") and "error" not in params):
+            return False
+        self.auth = "Bearer " + self._token(params)
+        return True
+
+    def _token(self, params):
+        query = {k: params[k] for k in ("service",) if params.get(k)}
+        query["scope"] = params.get("scope") or self.scope
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + \
+            urllib.parse.urlencode(query)
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("https", "http"):
+            raise RegistryError(f"registry {self.ref.registry} names token realm {url!r}, "
+                                "which is not an http(s) URL; check the registry")
+        headers = {}
+        if self.creds:
+            headers["Authorization"] = "Basic " + base64.b64encode(
+                ":".join(self.creds).encode()).decode()
+        try:
+            resp, conn = self._send(url, headers)
+            with contextlib.closing(conn):
+                body = resp.read(1 << 20)
+        except (OSError, http.client.HTTPException) as e:
+            raise RegistryError(f"cannot get a token from {u.netloc} for registry "
+                                f"{self.ref.registry} ({_reason(e)}); check the network"
+                                ) from None
+        if resp.status != 200:
+            raise self._refusal(resp.status, body, url)
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"the token service {u.netloc} of registry "
+                                f"{self.ref.registry} gave no token; check the registry")
+        return token
+
+    def _refusal(self, status, body, url):
+        try:
+            errs = json.loads(body).get("errors") or []
+            detail = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}".strip()
+                               for e in errs if isinstance(e, dict))
+        except (ValueError, AttributeError):
+            detail = ""
+        detail = (detail or http.client.responses.get(status, "")).replace("\n", " ")[:200]
+        if status == 401:
+            how = ("check --creds or the auth file" if self.creds else
+                   "give credentials with --creds USER:PASSWORD or --authfile FILE")
+            return InvalidInput(f"registry {self.ref.registry} refused access to "
+                                f"{self.ref.repository} (401 {detail}); {how}")
+        if status == 403:
+            return InvalidInput(f"registry {self.ref.registry} denies access to "
+                                f"{self.ref.repository} (403 {detail}); use an account with "
+                                "pull access")
+        if status == 404:
+            return NotFound(f"{self.ref} is not in registry {self.ref.registry} (404 "
+                            f"{detail}); check the repository, tag or digest")
+        return RegistryError(f"registry {self.ref.registry} answered {status} {detail} for "
+                             f"{urllib.parse.urlsplit(url).path}; try again later")
+
+
+def _reason(e):
+    if isinstance(e, socket.timeout):
+        return f"no answer within {TIMEOUT} s"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e).replace("\n", " ") or type(e).__name__
+
+
+# -- manifests and blobs ---------------------------------------------------------------------
+
+def _read_verified(client, path, digest, what, accept=None, limit=oci.MAX_JSON):
+    """(bytes, digest) of a small document; its sha256 must be `digest` when given."""
+    resp, conn = client.get(path, {"Accept": accept} if accept else None)
+    with contextlib.closing(conn):
+        try:
+            body = resp.read(limit + 1)
+        except (OSError, http.client.HTTPException) as e:
+            raise RegistryError(f"reading {what} from registry {client.ref.registry} failed "
+                                f"({_reason(e)}); try again") from None
+        if len(body) > limit:
+            raise InvalidInput(f"{what} of {client.ref} is over {limit} bytes; the registry "
+                               "serves something that is not an image")
+    got = "sha256:" + hashlib.sha256(body).hexdigest()
+    said = resp.getheader("Docker-Content-Digest")
+    if not digest and said and said.startswith("sha256:"):
+        digest = said           # by tag: the registry's own word is what we can check
+    if digest and got != digest:
+        raise InvalidInput(f"{what} of {client.ref} does not match its digest {digest} (it "
+                           f"hashes to {got}); the registry or the network corrupted it, "
+                           "pull again")
+    return body, got, resp.getheader("Content-Type", "").split(";")[0].strip()
+
+
+def _json(body, what, ref):
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise InvalidInput(f"{what} of {ref} is not valid JSON ({e}); the image is "
+                           "malformed") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what} of {ref} is not a JSON object; the image is malformed")
+    return doc
+
+
+def resolve(client, platform=None):
+    """The oci.Image the reference names (a manifest list resolved to one platform), its
+    layers not yet downloaded (Layer._opener is None)."""
+    ref = client.ref
+    plat = oci._platform(platform)
+    want = ref.digest
+    body, digest, ctype = _read_verified(client, f"manifests/{ref.digest or ref.tag}", want,
+                                         "the manifest", ACCEPT)
+    for _ in range(oci.MAX_DEPTH):
+        doc = _json(body, "the manifest", ref)
+        mt = doc.get("mediaType") or ctype
+        if doc.get("schemaVersion") == 1 or "signed" in mt or mt.endswith("v1+prettyjws"):
+            raise InvalidInput(f"{ref} is a docker schema 1 image, which ctrun does not "
+                               "pull; convert it with skopeo copy --format v2s2")
+        if mt in oci.INDEX_TYPES or (not mt and "manifests" in doc):
+            entries = [e for e in doc.get("manifests") or [] if isinstance(e, dict)]
+            if not entries:
+                raise InvalidInput(f"the image index of {ref} lists no images; the image is "
+                                   "malformed")
+            child = oci._pick_platform(entries, plat, str(ref))
+            if not isinstance(child.get("digest"), str) or not _DIGEST.fullmatch(
+                    child["digest"]):
+                raise InvalidInput(f"the image index of {ref} has digest "
+                                   f"{child.get('digest')!r}; only sha256 is supported")
+            body, digest, ctype = _read_verified(client, f"manifests/{child['digest']}",
+                                                 child["digest"], "the manifest", ACCEPT)
+            continue
+        if mt not in oci.MANIFEST_TYPES and not (not mt and "layers" in doc):
+            raise InvalidInput(f"{ref} has media type {mt!r}, which is not a container "
+                               "image; convert it with skopeo")
+        break
+    else:
+        raise InvalidInput(f"{ref} nests image indexes too deeply; the image is malformed")
+    cdesc = doc.get("config")
+    if not isinstance(cdesc, dict) or cdesc.get("mediaType") not in oci.CONFIG_TYPES:
+        raise InvalidInput(f"the config of {ref} has media type "
+                           f"{(cdesc or {}).get('mediaType')!r}, which is not a container "
+                           "image config (an OCI artifact?)")
+    _check_desc(cdesc, "the image config", ref)
+    cbody, _, _ = _read_verified(client, f"blobs/{cdesc['digest']}", cdesc["digest"],
+                                 "the image config")
+    config = _json(cbody, "the image config", ref)
+    ldescs = doc.get("layers")
+    diff_ids = oci._diff_ids(config, str(ref), ldescs, f"the manifest of {ref} lists", "",
+                             "image")
+    layers = []
+    for i, (ld, diff_id) in enumerate(zip(ldescs, diff_ids), 1):
+        _check_desc(ld, f"layer {i}", ref)
+        lmt = ld.get("mediaType")
+        if lmt not in oci.LAYER_TYPES:
+            raise InvalidInput(f"layer {i} of {ref} has media type {lmt!r}, which ctrun "
+                               "cannot unpack; convert the image with skopeo")
+        layers.append(oci.Layer(ld["digest"], lmt, ld["size"], oci.LAYER_TYPES[lmt], diff_id))
+    return oci.Image(config, layers, str(ref), digest, cdesc["digest"])
+
+
+def _check_desc(d, what, ref):
+    if not isinstance(d, dict) or not isinstance(d.get("digest"), str) or \
+            not _DIGEST.fullmatch(d["digest"]) or not isinstance(d.get("size"), int) or \
+            isinstance(d.get("size"), bool) or d["size"] < 0:
+        raise InvalidInput(f"{what} of {ref} has a bad descriptor (digest and size); only "
+                           "sha256 digests are supported, the image is malformed")
+
+
+class Download:
+    """One blob into <tmp>/<hex>.partial, continued where an earlier try stopped."""
+
+    def __init__(self, client, layer, tmp, progress):
+        self.client, self.layer, self.progress = client, layer, progress
+        self.path = os.path.join(tmp, layer.digest.partition(":")[2] + ".partial")
+
+    def fetch(self):
+        """The complete, verified blob's path (the .partial file, renamed when done)."""
+        done = self.path[:-len(".partial")]
+        if os.path.exists(done):
+            return done
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._once()
+                break
+            except RegistryError:
+                if attempt == ATTEMPTS:
+                    raise
+                time.sleep(0.5 * attempt)
+        have = os.path.getsize(self.path)
+        if have != self.layer.size:
+            os.unlink(self.path)
+            raise InvalidInput(f"layer {self.layer.digest} of {self.client.ref} has {have} "
+                               f"bytes but its descriptor says {self.layer.size}; the "
+                               "registry serves a corrupt image")
+        sha = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                sha.update(chunk)
+        if "sha256:" + sha.hexdigest() != self.layer.digest:
+            os.unlink(self.path)
+            raise InvalidInput(f"layer {self.layer.digest} of {self.client.ref} does not "
+                               f"match its digest (it hashes to sha256:{sha.hexdigest()}); "
+                               "the registry or the network corrupted it, pull again")
+        os.rename(self.path, done)
+        return done
+
+    def _once(self):
+        if not os.path.exists(self.path):
+            open(self.path, "wb").close()
+        have = os.path.getsize(self.path)
+        if have >= self.layer.size:
+            return
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        resp, conn = self.client.get(f"blobs/{self.layer.digest}", headers)
+        with contextlib.closing(conn):
+            if resp.status == 200:
+                have = 0          # the server ignored the range: start over
+            with open(self.path, "ab" if have else "wb") as out:
+                try:
+                    while chunk := resp.read(_CHUNK):
+                        if have + len(chunk) > self.layer.size:
+                            raise InvalidInput(
+                                f"layer {self.layer.digest} of {self.client.ref} is longer "
+                                f"than its descriptor's {self.layer.size} bytes; the registry "
+                                "serves a corrupt image")
+                        out.write(chunk)
+                        have += len(chunk)
+                        self.progress(self.layer, have)
+                except (OSError, http.client.HTTPException) as e:
+                    raise RegistryError(f"download of layer {self.layer.digest} from "
+                                        f"{self.client.ref.registry} broke off at {have} of "
+                                        f"{self.layer.size} bytes ({_reason(e)}); pull again "
+                                        "to resume") from None
+        if have < self.layer.size:
+            raise RegistryError(f"download of layer {self.layer.digest} from "
+                                f"{self.client.ref.registry} broke off at {have} of "
+                                f"{self.layer.size} bytes; pull again to resume")
+
+
+class Progress:
+    """One line per layer on a terminal, redrawn in place; silent otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.on = stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, layer, have, final=False):
+        if not self.on:
+            return
+        now = time.monotonic()
+        if not final and now - self.last < 0.1 and have < layer.size:
+            return
+        self.last = now
+        frac = have / layer.size if layer.size else 1.0
+        bar = "#" * int(frac * 30)
+        self.stream.write(f"\r{layer.digest[7:19]} [{bar:<30}] {have / 1048576:7.1f}/"
+                          f"{layer.size / 1048576:.1f} MiB")
+        if final or have >= layer.size:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+# -- the verb --------------------------------------------------------------------------------
+
+def default_name(ref):
+    """busybox for 127.0.0.1:5000/library/busybox:latest, busybox-1.36 for :1.36."""
+    base = ref.repository.rpartition("/")[2]
+    return base if ref.tag in (None, "latest") else f"{base}-{ref.tag}"
+
+
+def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True,
+         platform=None, trusted=False):
+    """Pull REFERENCE into the store as image NAME; returns its image config."""
+    from ..config import check_name
+    from ..errors import Conflict
+    from ..state import read_json
+    from . import store as images
+    from .transfer import stack_image
+    ref = parse_reference(reference)
+    name = name or default_name(ref)
+    check_name(name, "image")
+    old = read_json(store.image_dir(name) / "image.json")
+    if old is not None and (old.get("source") or {}).get("reference") != str(ref):
+        raise Conflict(f"image '{name}' already exists and was not pulled from {ref}; "
+                       f"choose another name with --name or remove it (ctrun image rm {name})")
+    client = Client(ref, credentials(ref, creds, authfile), tls_verify)
+    img = resolve(client, platform)
+    if old is not None and old.get("digest") == img.digest:
+        return old                              # up to date
+    tmp = store.root / "tmp" / "blobs"
+    tmp.mkdir(parents=True, exist_ok=True)
+    progress = Progress()
+    fetched = []
+
+    def fetch(layer):
+        with store.lock(f"blob.{layer.digest[7:23]}"):   # one download of a blob at a time
+            path = Download(client, layer, str(tmp), progress).fetch()
+        fetched.append(path)
+        return oci.BlobReader(open(path, "rb", buffering=0), layer.size, layer.digest,
+                              f"layer {layer.digest} of {ref}")
+
+    def fill(stage):
+        cfg = stack_image(store, stage, img, trusted, fetch)
+        cfg.update(source={"kind": "registry", "reference": str(ref)}, built_by="pull")
+        return cfg
+    try:
+        return images.install_layers(store, name, fill, replace=old is not None)
+    finally:
+        for path in fetched:                      # verified and applied (or refused): done
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
