@@ -50,7 +50,7 @@ def run(a):
     from .progress import Progress
     from . import report
     lab = Lab(image=a.image, modes=a.modes, repeat=a.repeat, quick=a.quick, only=a.only,
-              accel=a.accel)
+              accel=a.accel, source_root=a.root)
     out = Path(a.out or f"ctrun-lab-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"output directory {out} is not empty; give another --out")

@@ -34,9 +34,10 @@ def lab_leftovers():
     return found
 
 
-def run_lab(*args, timeout=600):
-    return subprocess.run([*LAB, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
+def run_lab(*args, timeout=600, root=None):
+    root = ["--root", str(root)] if root else []
+    return subprocess.run([*LAB[:3], *root, *LAB[3:], *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
@@ -257,4 +258,21 @@ def test_a_mode_that_cannot_run_says_why(tmp_path):
     probe = res["probes"]["kernel"]["modes"]["vm"]
     assert probe["outcome"] == "not run" and "CTRUN_VM_KERNEL" in probe["evidence"]
     assert "n/a: vm mode unavailable here" in (out / "report.md").read_text()
+    assert lab_leftovers() == []
+
+
+def test_an_image_of_the_users_store_is_shared_into_the_lab(cli, store, tmp_path):
+    """An image the lab cannot build offline comes from the store --root names: its layers
+    are hard-linked into the lab's private store (the user's store is left as it was)."""
+    cli("image", "build", "busybox", check=True)
+    cli("image", "export", "busybox", str(tmp_path / "bb.tar"), check=True)
+    cli("image", "import", str(tmp_path / "bb.tar"), "mine", check=True)
+    before = sorted(p.name for p in (store / "layers" / "sha256").iterdir())
+    out = tmp_path / "out"
+    r = run_lab("--modes", "container", "--only", "kernel", "--image", "mine", "--out",
+                str(out), root=store)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["options"]["image"] == "mine"
+    assert sorted(p.name for p in (store / "layers" / "sha256").iterdir()) == before
     assert lab_leftovers() == []
