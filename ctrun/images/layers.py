@@ -310,6 +310,20 @@ class View:
             return f.read()
 
 
+def drop_overlay_bookkeeping(tree):
+    """Remove overlayfs's private xattrs (origin, impure, nlink...) from a copied upper
+    directory, keeping what makes it a layer: the opaque marker (whiteouts are devices)."""
+    for d, dirs, files in os.walk(tree):
+        for n in [d] + [os.path.join(d, x) for x in dirs + files]:
+            try:
+                names = os.listxattr(n, follow_symlinks=False)
+            except OSError:
+                continue
+            for x in names:
+                if x.startswith("trusted.overlay.") and x != OPAQUE_XATTR:
+                    os.removexattr(n, x, follow_symlinks=False)
+
+
 def _parts(path):
     return [p for p in os.fspath(path).split("/") if p and p != "."]
 

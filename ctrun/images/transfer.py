@@ -156,32 +156,52 @@ def _image(store, name):
 
 
 def template(store, container, name, cdir):
-    """A new image from a container: its image with its upper layer on top (vzctl-style
-    templates), stacked read-only by overlayfs in a private mount namespace, so the
-    container's deletions (whiteouts) apply, and copied out as one layer."""
+    """A new image from a container (vzctl-style templates): the container's image layers,
+    shared as they are, with the container's changes on top as one new layer.  The upper
+    directory already is an overlayfs layer (whiteouts, opaque dirs); only overlayfs's own
+    bookkeeping xattrs are dropped from the copy.  A --userns container's files are owned
+    by its shifted ids, so its merged view is copied as one layer instead."""
     conf = read_json(cdir / "config.json") or {}
+    if conf.get("mode") == "vm":
+        raise InvalidInput(f"'{container}' is a VM: its changes live in a disk image, not in "
+                           "files a template can take; use a container")
     try:
         view, base_cfg = images.get(store, conf.get("image", ""), build_missing=False)
     except NotFound:
         raise NotFound(f"the image of container '{container}' is gone; cannot make a "
                        "template") from None
+    cfg = {k: v for k, v in base_cfg.items() if k not in ("name", "layers", "digest")}
+    if conf.get("cmd"):
+        cfg["cmd"] = conf["cmd"]
+    if conf.get("env"):
+        cfg["env"] = conf["env"]
+    cfg.update(built_by="template", source={"kind": "container", "container": container,
+                                            "image": conf.get("image")})
+    base_ids = base_cfg.get("layers") if isinstance(base_cfg.get("layers"), list) else None
 
-    def fill(rootfs):
-        def copy(merged):
-            r = subprocess.run(["cp", "-a", "--", merged + "/.", str(rootfs)],
-                               stderr=subprocess.PIPE, text=True)
-            if r.returncode:
-                raise InvalidInput(r.stderr.strip() or f"cp exited with {r.returncode}")
-        try:
-            layers.merged([cdir / "upper"] + view.dirs, copy, store.root / "tmp")
-        except CtrunError as e:
-            raise InvalidInput(f"cannot make a template of '{container}': {e}") from None
-        cfg = {k: v for k, v in base_cfg.items() if k not in ("name", "layers", "digest")}
-        if conf.get("cmd"):
-            cfg["cmd"] = conf["cmd"]
-        if conf.get("env"):
-            cfg["env"] = conf["env"]
-        cfg.update(built_by="template", source={"kind": "container", "container": container,
-                                                "image": conf.get("image")})
+    def cp(src, dst):
+        r = subprocess.run(["cp", "-a", "--", src + "/.", str(dst)],
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode:
+            raise InvalidInput(f"cannot make a template of '{container}': "
+                               f"{r.stderr.strip() or f'cp exited with {r.returncode}'}")
+
+    if conf.get("userns") or base_ids is None:
+        def fill(rootfs):
+            try:
+                layers.merged([cdir / "upper"] + view.dirs, lambda m: cp(m, rootfs),
+                              store.root / "tmp")
+            except CtrunError as e:
+                raise InvalidInput(f"cannot make a template of '{container}': {e}") from None
+            return cfg
+        return images.install(store, name, fill)
+
+    def stack(stage):
+        for diff_id in base_ids:
+            stage.add(diff_id)
+        t = stage.temp()
+        cp(str(cdir / "upper"), t / "diff")
+        layers.drop_overlay_bookkeeping(t / "diff")
+        stage.add(layers.tree_digest(t / "diff"), t)
         return cfg
-    return images.install(store, name, fill)
+    return images.install_layers(store, name, stack)

@@ -181,7 +181,22 @@ def test_template_from_a_container_and_rm_refused_while_used(cli, store, bb):
         check=True)
     assert cli("start", "tsrc").returncode == 0
     cli.wait_state("tsrc", "stopped")
+    before = set(os.listdir(store / "layers/sha256"))
     cli("template", "tpl", "tsrc", check=True)
     r = cli("run", "--rm", "tpl", "--", "sh", "-c", "cat /etc/extra; ls /etc/shells || true")
     assert "templated" in r.stdout and "No such file" in r.stderr
+    # the base image's layers are shared; the container's changes are one small new layer
+    base, tpl = cli.json("image", "inspect", "busybox"), cli.json("image", "inspect", "tpl")
+    assert tpl["layers"][:-1] == base["layers"] and len(tpl["layers"]) == len(base["layers"]) + 1
+    (new,) = set(os.listdir(store / "layers/sha256")) - before
+    added = json.loads((store / "layers/sha256" / new / "layer.json").read_text())["size"]
+    assert added < base["size"] / 10, (added, base["size"])
+    # and it stacks again: a template of a container of the template
+    cli("create", "tsrc2", "--image", "tpl", "--", "sh", "-c", "echo again > /etc/extra2",
+        check=True)
+    assert cli("start", "tsrc2").returncode == 0
+    cli.wait_state("tsrc2", "stopped")
+    cli("template", "tpl2", "tsrc2", check=True)
+    r = cli("run", "--rm", "tpl2", "--", "sh", "-c", "cat /etc/extra /etc/extra2; ls /etc/shells")
+    assert r.stdout.split() == ["templated", "again"] and "No such file" in r.stderr
     assert_clean_error(cli("image", "rm", "busybox"), "tsrc")

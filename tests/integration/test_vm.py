@@ -230,6 +230,9 @@ def test_bad_vm_input_is_refused_without_state(cli, store):
         assert snapshot(store) == []
     r = cli("run", "--vm", "--net", "none", "busybox")
     assert_clean_error(r, "run --vm needs -d")
+    cli("create", "tv", "--vm", "--net", "none", check=True)
+    assert_clean_error(cli("template", "fromvm", "tv"), "is a VM")
+    assert "fromvm" not in cli("image", "list", check=True).stdout
 
 
 def test_missing_kernel_or_qemu_names_the_package(cli, store, monkeypatch):
