@@ -287,39 +287,6 @@ class Podman:
 
 
 # ------------------------------------------------------------------ (a) start-up
-def time_startup(arms, runs, warmup, settle):
-    """Interleaved, order rotating each round: {arm: [s]}, {arm: failures}, [{arm: s}],
-    {arm: [failure messages]}."""
-    names = list(arms)
-    samples = {n: [] for n in names}
-    failed = {n: 0 for n in names}
-    messages = {n: [] for n in names}
-    rounds = []
-    total = warmup + runs
-    for rnd in range(total):
-        k = rnd % len(names)
-        this = {}
-        for n in names[k:] + names[:k]:
-            argv, env = arms[n]
-            dt, rc = common.timed(argv, env=env)
-            settle(n)
-            if rc != 0:
-                failed[n] += 1
-                # run once more untimed to capture what went wrong
-                ok, msg = common.probe(argv, env=env)
-                settle(n)
-                messages[n].append(f"round {rnd}: exit {rc}; rerun "
-                                   + ("succeeded" if ok else f"failed: {msg}"))
-            elif rnd >= warmup:
-                samples[n].append(dt)
-                this[n] = dt
-        if rnd >= warmup:
-            rounds.append(this)
-        if (rnd + 1) % 5 == 0:
-            print(f"  round {rnd + 1}/{total}", flush=True)
-    return samples, failed, rounds, messages
-
-
 def probe_addr(argv, env=None):
     """Run `... ip -o -4 addr show eth0` once: (True, "ADDR/LEN") or (False, message)."""
     try:
@@ -627,7 +594,9 @@ def main():
 
         print(f"bench_network: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
               f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
-        samples, failed, rounds, fail_msgs = time_startup(arms, a.runs, a.warmup, settle)
+        fail_msgs = {n: [] for n in arms}
+        samples, failed, rounds = common.interleave(arms, a.runs, a.warmup, progress=5,
+                                                    settle=settle, messages=fail_msgs)
         ws.check_clean("after the start-up runs")
 
         print(f"bench_network: (b) iperf3, {a.iperf_rounds} x {a.iperf_time} s per path "

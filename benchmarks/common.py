@@ -77,28 +77,42 @@ def scale_args(doc, count, count_help):
     return a
 
 
-def interleave(arms, runs, warmup, progress=False):
-    """Time {arm: argv} interleaved, the order rotating each round so drift on the host hits
-    every arm alike; the first `warmup` rounds are discarded.
+def interleave(arms, runs, warmup, progress=False, settle=None, messages=None):
+    """Time {arm: argv or (argv, env)} interleaved, the order rotating each round so drift
+    on the host hits every arm alike; the first `warmup` rounds are discarded.
+    progress: print every 10 rounds (True) or every N.  settle(arm): called after each
+    command, untimed.  messages: a dict to fill with {arm: [why a round failed]} (the
+    failed command is run once more, untimed, to capture its error).
     Returns ({arm: [seconds]}, {arm: failures}, [{arm: seconds} per timed round])."""
     names = list(arms)
     samples = {n: [] for n in names}
     failed = {n: 0 for n in names}
     rounds = []
     total = warmup + runs
+    every = 10 if progress is True else progress
     for rnd in range(total):
         k = rnd % len(names)
         this = {}
         for n in names[k:] + names[:k]:
-            dt, rc = timed(arms[n])
+            argv, env = arms[n] if isinstance(arms[n], tuple) else (arms[n], None)
+            dt, rc = timed(argv, env=env)
+            if settle:
+                settle(n)
             if rc != 0:
                 failed[n] += 1
+                if messages is not None:
+                    ok, msg = probe(argv, env=env)
+                    if settle:
+                        settle(n)
+                    messages.setdefault(n, []).append(
+                        f"round {rnd}: exit {rc}; rerun " + ("succeeded" if ok else
+                                                            f"failed: {msg}"))
             elif rnd >= warmup:
                 samples[n].append(dt)
                 this[n] = dt
         if rnd >= warmup:
             rounds.append(this)
-        if progress and (rnd + 1) % 10 == 0:
+        if every and (rnd + 1) % every == 0:
             print(f"  round {rnd + 1}/{total}", flush=True)
     return samples, failed, rounds
 
