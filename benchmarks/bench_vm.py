@@ -85,22 +85,6 @@ def hand_written_boot(vmdir, accel, vmlinux, initrd, disk, timeout=180):
     return dt if ok else None
 
 
-def kmem_bytes(cgdirs):
-    """Kernel memory charged to a cgroup: v1 memory.kmem.usage_in_bytes, v2 memory.stat."""
-    for d in cgdirs:
-        for f, key in (("memory.kmem.usage_in_bytes", None), ("memory.stat", "kernel")):
-            try:
-                text = open(os.path.join(d, f)).read()
-            except OSError:
-                continue
-            if key is None:
-                return int(text)
-            for line in text.splitlines():
-                if line.startswith(key + " "):
-                    return int(line.split()[1])
-    return 0
-
-
 def instance_memory(ws, name):
     """(PSS kB of the instance's processes, kernel memory kB of its cgroup)."""
     info = json.loads(ws.ctrun_check("inspect", name))
@@ -109,7 +93,8 @@ def instance_memory(ws, name):
     for d in dirs:
         procs |= set(common.cgroup_procs(Path(d) / "ct"))
     pss = sum((common.mem_kb(p) or {}).get("pss", 0) for p in procs)
-    return pss, kmem_bytes(dirs) // 1024
+    from ctrun.lab.modes import kmem_kb
+    return pss, kmem_kb(dirs) or 0
 
 
 def main():

@@ -57,6 +57,17 @@ def read_json(path, default=None):
         return default
 
 
+def proc_cmdlines():
+    """(pid, raw NUL-separated argv) of every process still there."""
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    yield int(p), f.read()
+            except OSError:
+                continue
+
+
 def proc_start_time(pid):
     """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone or a zombie."""
     try:

@@ -46,31 +46,24 @@ def _cgroup_dirs(parent):
 
 
 def _monitor_pids(root):
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"ctrun.monitor" in cmd and (root is None or str(root).encode() in cmd):
-                pids.append(int(p.name))
-    return pids
+    from ctrun.state import proc_cmdlines
+    return [pid for pid, cmd in proc_cmdlines()
+            if b"ctrun.monitor" in (argv := cmd.split(b"\0"))
+            and (root is None or str(root).encode() in argv)]
 
 
 def _qemu_pids():
     """QEMU processes of ctrun VMs whose working directory is in a test store."""
+    from ctrun.state import proc_cmdlines
     pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
+    for pid, cmd in proc_cmdlines():
+        if b"ctrun-vm" in cmd:
             try:
-                if b"ctrun-vm" not in (p / "cmdline").read_bytes():
-                    continue
-                cwd = os.readlink(p / "cwd")
+                cwd = os.readlink(f"/proc/{pid}/cwd")
             except OSError:
                 continue
             if any(cwd.startswith(str(root)) for root in STORES):
-                pids.append(int(p.name))
+                pids.append(pid)
     return pids
 
 

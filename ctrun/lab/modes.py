@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import CtrunError, HostUnsupported
+from ..state import proc_cmdlines  # noqa: F401 - probes and tests take it from here too
 
 EXEC_TIMEOUT = 120.0
 
@@ -46,16 +47,6 @@ def kmem_kb(dirs):
         except OSError:
             pass
     return None
-
-
-def proc_cmdlines():
-    """(pid, raw NUL-separated argv) of every process still there."""
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                yield int(p.name), (p / "cmdline").read_bytes()
-            except OSError:
-                continue
 
 
 def monitor_pids(store_root):

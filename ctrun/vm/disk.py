@@ -23,18 +23,6 @@ def _tool(name, package):
         raise HostUnsupported(f"VM disks need {name}; run: apt-get install {package}")
 
 
-def _du(dirs):
-    total = 0
-    for top in dirs:
-        for d, _, files in os.walk(top):
-            for n in files:
-                try:
-                    total += os.lstat(os.path.join(d, n)).st_blocks * 512
-                except OSError:
-                    pass
-    return total
-
-
 def base_path(store, image):
     """Where the shared disk of an image lives: keyed by the image's config, so a rebuilt
     image gets a new disk and VMs made from the old one keep theirs."""
@@ -55,7 +43,7 @@ def base(store, image):
     with store.lock("vmdisk." + image):
         if out.exists():
             return out
-        size = int(_du(lowers) * 1.3) + HEADROOM
+        size = int(sum(layers.du(d) for d in lowers) * 1.3) + HEADROOM
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
 
         def mkfs(src):
