@@ -288,10 +288,8 @@ class Ctrun:
             machine.wait_ready(cdir, lambda: status(cdir)[0] == "running")
         except CtrunError as e:
             live = status(cdir)[2]
-            fd = self._signal(live, signal.SIGKILL) if live else None
-            if fd is not None:
-                select.select([fd], [], [], 10)
-                os.close(fd)
+            if live:
+                self._kill_and_wait(name, cdir, live)
             self._await_exit_record(cdir, sid)
             from .errors import ContainerFailed
             raise ContainerFailed(f"VM '{name}' did not become ready: {e}") from None
@@ -401,6 +399,14 @@ class Ctrun:
         except ProcessLookupError:
             pass
         return fd
+
+    def _kill_and_wait(self, name, cdir, live, timeout=10):
+        """SIGKILL the init (or QEMU) and wait up to timeout for it to die."""
+        fd = self._signal(live, signal.SIGKILL)
+        self._thaw_if_frozen(name, cdir)  # a frozen task dies only once thawed
+        if fd is not None:
+            select.select([fd], [], [], timeout)
+            os.close(fd)
 
     def _thaw_if_frozen(self, name, cdir):
         try:
@@ -791,11 +797,7 @@ class Ctrun:
                 if not force:
                     raise Conflict(f"container '{name}' is running; stop it first or use --force")
                 write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
-                fd = self._signal(live, signal.SIGKILL)
-                self._thaw_if_frozen(name, cdir)  # a frozen task dies only once thawed
-                if fd is not None:
-                    select.select([fd], [], [], 10)
-                    os.close(fd)
+                self._kill_and_wait(name, cdir, live)
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
             _manager(name, conf).discard()
