@@ -1,5 +1,6 @@
 """Pseudo-terminals: created inside the container's devpts, relayed by the host side."""
 
+import contextlib
 import fcntl
 import os
 import select
@@ -54,65 +55,78 @@ def _copy_winsize(src_fd, dst_fd):
         pass
 
 
+@contextlib.contextmanager
+def user_terminal(fd):
+    """The user's terminal on fd in raw mode (when it is a terminal), restored on exit.
+    Yields the read end of a pipe that becomes readable at each SIGWINCH (a resize)."""
+    old = termios.tcgetattr(fd) if os.isatty(fd) else None
+    rd, wr = os.pipe()
+    os.set_blocking(wr, False)
+    prev = signal.signal(signal.SIGWINCH, lambda *_: os.write(wr, b"w"))
+    if old is not None:
+        tty.setraw(fd)
+    try:
+        yield rd
+    finally:
+        signal.signal(signal.SIGWINCH, prev)
+        if old is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        os.close(rd)
+        os.close(wr)
+
+
 def relay(master, child_done, forward_stdin=True):
     """Copy the user's terminal <-> master until the child exits; resize follows SIGWINCH.
 
     child_done() is polled; it returns the exit status once the process has ended.
     """
     stdin = sys.stdin.fileno()
-    stdout = sys.stdout.fileno()
     is_tty = os.isatty(stdin)
-    old = termios.tcgetattr(stdin) if is_tty else None
-    rd, wr = os.pipe()
-    os.set_blocking(wr, False)
-    prev = signal.signal(signal.SIGWINCH, lambda *_: os.write(wr, b"w"))
     if is_tty:
         _copy_winsize(stdin, master)
-        tty.setraw(stdin)
+    with user_terminal(stdin) as rd:
+        return _relay(master, child_done, forward_stdin, stdin, is_tty, rd)
+
+
+def _relay(master, child_done, forward_stdin, stdin, is_tty, rd):
+    stdout = sys.stdout.fileno()
     watch = [master, rd] + ([stdin] if forward_stdin else [])
-    try:
-        while True:
+    while True:
+        try:
+            ready, _, _ = select.select(watch, [], [], 0.1)
+        except InterruptedError:
+            continue
+        if rd in ready:
+            os.read(rd, 64)
+            if is_tty:
+                _copy_winsize(stdin, master)
+        if stdin in ready:
+            data = os.read(stdin, 65536)
+            if data:
+                os.write(master, data)
+            else:  # EOF on our stdin: send the terminal's EOF character
+                watch.remove(stdin)
+                os.write(master, b"\x04")
+        if master in ready:
             try:
-                ready, _, _ = select.select(watch, [], [], 0.1)
-            except InterruptedError:
-                continue
-            if rd in ready:
-                os.read(rd, 64)
-                if is_tty:
-                    _copy_winsize(stdin, master)
-            if stdin in ready:
-                data = os.read(stdin, 65536)
-                if data:
-                    os.write(master, data)
-                else:  # EOF on our stdin: send the terminal's EOF character
-                    watch.remove(stdin)
-                    os.write(master, b"\x04")
-            if master in ready:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every slave fd closed
+                data = b""
+            if not data:
+                watch.remove(master)
+            else:
+                os.write(stdout, data)
+        status = child_done()
+        if status is not None and master not in watch:
+            return status
+        if status is not None:
+            # drain what the process wrote before it exited
+            while select.select([master], [], [], 0)[0]:
                 try:
                     data = os.read(master, 65536)
-                except OSError:  # EIO: every slave fd closed
-                    data = b""
+                except OSError:
+                    break
                 if not data:
-                    watch.remove(master)
-                else:
-                    os.write(stdout, data)
-            status = child_done()
-            if status is not None and master not in watch:
-                return status
-            if status is not None:
-                # drain what the process wrote before it exited
-                while select.select([master], [], [], 0)[0]:
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    os.write(stdout, data)
-                return status
-    finally:
-        signal.signal(signal.SIGWINCH, prev)
-        if old is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, old)
-        os.close(rd)
-        os.close(wr)
+                    break
+                os.write(stdout, data)
+            return status

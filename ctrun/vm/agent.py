@@ -6,16 +6,17 @@ session on that port and skips anything a previous client left in the pipe) and 
 one exec, stats or shutdown request.
 """
 
+import contextlib
 import fcntl
 import os
 import select
-import signal
 import socket
 import struct
 import sys
 import time
 
 from ..errors import CtrunError, Conflict
+from ..runtime import terminal
 from .qemu import PORTS
 
 MAXFRAME = 65536
@@ -161,70 +162,58 @@ class Agent:
         out = out if out is not None else sys.stdout.fileno()
         err = err if err is not None else sys.stderr.fileno()
         inp = inp if inp is not None else sys.stdin.fileno()
-        old = None
-        wake_r = wake_w = None
-        prev = None
         watch = [self.sock]
         if stdin or tty:
             watch.append(inp)
-        if tty and os.isatty(inp):
-            import termios
-            import tty as ttymod
-            old = termios.tcgetattr(inp)
-            ttymod.setraw(inp)
-            wake_r, wake_w = os.pipe()
-            os.set_blocking(wake_w, False)
-            prev = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_w, b"w"))
-            watch.append(wake_r)
-            self._resize(inp)
+        raw = tty and os.isatty(inp)
+        with terminal.user_terminal(inp) if raw else contextlib.nullcontext() as wake_r:
+            if raw:
+                watch.append(wake_r)
+                self._resize(inp)
+            return self._relay(watch, inp, out, err, wake_r)
+
+    def _relay(self, watch, inp, out, err, wake_r):
+        """Pump frames and stdin until the exit frame; the exit code."""
         ping_at = None  # a silent command is fine; a silent agent is not
-        try:
-            while True:
-                try:
-                    ready = select.select(watch, [], [], PING_EVERY)[0]
-                except InterruptedError:
-                    continue
-                if not ready:
-                    if ping_at is None:
-                        ping_at = time.monotonic()
-                        self.send("Q")
-                    elif time.monotonic() - ping_at > PING_TIMEOUT:
-                        raise AgentError("the guest agent stopped answering (killed inside "
-                                         "the VM?); the command's fate is unknown")
-                    continue
-                if wake_r is not None and wake_r in ready:
-                    os.read(wake_r, 64)
-                    self._resize(inp)
-                if inp in ready:
-                    data = os.read(inp, 32768)
-                    if data:
-                        self.send("I", data)
-                    else:
-                        watch.remove(inp)
-                        self.send("E")
-                if self.sock in ready:
-                    t, p = self.recv()
-                    if t == "o":
-                        _write_all(out, p)
-                    elif t == "e":
-                        _write_all(err, p)
-                    elif t == "x":
-                        return int(p)
-                    elif t == "q":
-                        ping_at = None
-        finally:
-            if old is not None:
-                import termios
-                termios.tcsetattr(inp, termios.TCSADRAIN, old)
-                signal.signal(signal.SIGWINCH, prev)
-                os.close(wake_r)
-                os.close(wake_w)
+        while True:
+            try:
+                ready = select.select(watch, [], [], PING_EVERY)[0]
+            except InterruptedError:
+                continue
+            if not ready:
+                if ping_at is None:
+                    ping_at = time.monotonic()
+                    self.send("Q")
+                elif time.monotonic() - ping_at > PING_TIMEOUT:
+                    raise AgentError("the guest agent stopped answering (killed inside "
+                                     "the VM?); the command's fate is unknown")
+                continue
+            if wake_r is not None and wake_r in ready:
+                os.read(wake_r, 64)
+                self._resize(inp)
+            if inp in ready:
+                data = os.read(inp, 32768)
+                if data:
+                    self.send("I", data)
+                else:
+                    watch.remove(inp)
+                    self.send("E")
+            if self.sock in ready:
+                t, p = self.recv()
+                if t == "o":
+                    _write_all(out, p)
+                elif t == "e":
+                    _write_all(err, p)
+                elif t == "x":
+                    return int(p)
+                elif t == "q":
+                    ping_at = None
 
     def _resize(self, fd):
-        import fcntl as f
         import termios
         try:
-            rows, cols = struct.unpack("HHHH", f.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+            rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ,
+                                                           b"\0" * 8))[:2]
             self.send("R", f"{rows} {cols}".encode())
         except OSError:
             pass
