@@ -55,8 +55,7 @@ def create(store, tmp, image, vm):
 
 
 def guest_argv(conf, icfg):
-    argv = list(conf.get("cmd") or []) or list(icfg.get("cmd") or ["/sbin/init"])
-    return argv
+    return list(conf.get("cmd") or []) or list(icfg.get("cmd") or ["/sbin/init"])
 
 
 def prepare_start(store, cdir, conf, icfg):
@@ -162,7 +161,7 @@ def stop(cdir, pidfd, stop_signal, timeout):
     try:
         with agent.Agent(cdir / "vm", timeout=2) as a:
             a.signal_init(stop_signal)
-        if _wait_gone(pidfd, half if half else 0):
+        if _wait_gone(pidfd, half):
             return "agent"
     except CtrunError:
         pass
