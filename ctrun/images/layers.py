@@ -22,7 +22,6 @@ merged() mounts it in a private mount namespace for the verbs that copy it whole
 """
 
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -89,6 +88,7 @@ def tree_digest(tree):
     the content address of a layer a builder made as a tree."""
     class Sink:
         def __init__(self):
+            import hashlib  # loads OpenSSL: kept off the container start path
             self.sha = hashlib.sha256()
 
         def write(self, b):

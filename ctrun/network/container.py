@@ -236,8 +236,8 @@ class Plumber:
     def _serve(self, req_r, rep_w):
         reply = {"ok": True}
         try:
-            import pyroute2.iproute.linux  # noqa: F401 - the cost being moved off the path
-            from . import link, nft  # noqa: F401
+            from . import nft, rtnl
+            rtnl.messages()  # the cost being moved off the path
             try:
                 nft._ctx()  # libnftables too, while the parent is still busy
             except Exception:  # noqa: BLE001 - reported by up() if nftables is needed

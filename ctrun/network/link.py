@@ -9,8 +9,9 @@ into it and opens its own netlink socket there (a netlink socket talks to the na
 it was created in).  pyroute2's NetNS would do the same through helper processes, at a
 much higher cost.  The child reports back through a pipe as JSON and leaves with _exit.
 
-pyroute2 is imported inside the functions only: its import costs more than a CLI verb
-that never touches the network may spend.
+Requests go through rtnl (pyroute2's message classes on a plain netlink socket), imported
+inside the functions only: its import costs more than a CLI verb that never touches the
+network may spend.
 """
 
 import errno
@@ -99,14 +100,14 @@ def ensure_bridge(name, gateway_cidr, mtu=1500):
                            f"use ADDRESS/PREFIX, e.g. 10.199.0.1/24") from None
     if exists(name) and not _is_bridge(name):
         raise Conflict(f"interface {name} exists and is not a bridge; choose another bridge name")
-    from pyroute2 import IPRoute, NetlinkError
+    from .rtnl import NetlinkError, Rtnl
     created = False
     step = "create"
     try:
-        with IPRoute() as ipr:
+        with Rtnl() as nl:
             if not exists(name):
                 try:
-                    ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+                    nl.add_bridge(name, mtu)
                     created = True
                 except NetlinkError as e:
                     if e.code != errno.EEXIST:  # EEXIST: a concurrent start made it first
@@ -117,16 +118,16 @@ def ensure_bridge(name, gateway_cidr, mtu=1500):
             idx = _sys_int(name, "ifindex")
             if _sys_int(name, "mtu") != mtu:
                 step = f"set mtu {mtu} on"
-                ipr.link("set", index=idx, mtu=mtu)
+                nl.set_link(idx, mtu=mtu)
             step = f"add address {gw} to"
             try:
-                ipr.addr("add", index=idx, address=str(gw.ip), prefixlen=gw.network.prefixlen)
+                nl.address(True, idx, str(gw.ip), gw.network.prefixlen)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
             if not _sys_int(name, "flags", 16) & 1:  # IFF_UP
                 step = "bring up"
-                ipr.link("set", index=idx, state="up")
+                nl.set_link(idx, up=True)
     except CtrunError:
         raise
     except Exception as e:
@@ -146,11 +147,11 @@ def remove_bridge(name):
 
 def _delete_link(ifname):
     """Delete an interface of the host namespace, ignoring one that vanished meanwhile."""
-    from pyroute2 import IPRoute, NetlinkError
+    from .rtnl import NetlinkError, Rtnl
     try:
-        with IPRoute() as ipr:
+        with Rtnl() as nl:
             # by name: sysfs reads fail (EINVAL) while a dying namespace takes the pair away
-            ipr.link("del", ifname=ifname)
+            nl.del_link(ifname)
     except NetlinkError as e:
         if e.code != errno.ENODEV:
             raise CtrunError(f"cannot delete interface {ifname}: {_why(e)}") from None
@@ -189,10 +190,11 @@ class _StepFailed(Exception):
 
 
 def _in_netns(nsfd, steps):
-    """Run steps [(label, fn(ipr))] in order in a forked child that joined the namespace
-    behind nsfd and opened its own netlink socket there; raise _StepFailed naming the first
-    that failed."""
-    from pyroute2 import IPRoute  # imported before the fork so the child never pays for it
+    """Run steps [(label, fn(nl))] in order in a forked child that joined the namespace
+    behind nsfd and opened its own netlink socket (an rtnl.Rtnl) there; raise _StepFailed
+    naming the first that failed."""
+    from .rtnl import Rtnl, messages
+    messages()  # imported before the fork so the child never pays for it
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -203,9 +205,9 @@ def _in_netns(nsfd, steps):
             try:
                 libc.setns(nsfd, KINDS["network"][1])
                 label = "open netlink"
-                ipr = IPRoute()
+                nl = Rtnl()
                 for label, fn in steps:
-                    fn(ipr)
+                    fn(nl)
             except BaseException as e:
                 report = {"step": label, "errno": _errno_of(e), "why": _why(e)}
             os.write(w, json.dumps(report).encode())
@@ -242,13 +244,6 @@ def _in_netns(nsfd, steps):
         raise _StepFailed(report["step"], report["errno"], report["why"])
 
 
-def _index_in(ipr, ifname):
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-    return found[0]
-
-
 def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None, ifname="eth0"):
     """Connect the network namespace of netns_pid to bridge with a veth pair: host_ifname on
     the bridge, ifname inside (mac, mtu, ip_cidr, up, default route via gateway).
@@ -277,17 +272,15 @@ def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None,
     if exists(host_ifname):
         raise Conflict(f"interface {host_ifname} already exists on the host; "
                        f"remove it with `ip link del {host_ifname}`")
-    from pyroute2 import IPRoute, NetlinkError
+    from .rtnl import NetlinkError, Rtnl
     nsfd = _open_netns(netns_pid)
     created = False
     try:
-        with IPRoute() as ipr:
+        with Rtnl() as nl:
             try:
                 # one request: the host end joins the bridge and comes up; the container end
                 # is born in the container's namespace with its final name, mac and mtu
-                ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, state="up",
-                         master=_sys_int(bridge, "ifindex"),
-                         peer={"ifname": ifname, "net_ns_fd": nsfd, "address": mac, "mtu": mtu})
+                nl.add_veth(host_ifname, mtu, _sys_int(bridge, "ifindex"), ifname, nsfd, mac)
                 created = True
             except NetlinkError as e:
                 taken = e.code == errno.EEXIST  # the host name was free: the peer's is taken
@@ -301,13 +294,11 @@ def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None,
                            f"bridge {bridge}") from None
         try:
             _in_netns(nsfd, [
-                (f"bring {ifname} up", lambda ipr: ipr.link("set", index=peer, state="up")),
+                (f"bring {ifname} up", lambda nl: nl.set_link(peer, up=True)),
                 (f"add address {iface} to {ifname}",
-                 lambda ipr: ipr.addr("add", index=peer, address=str(iface.ip),
-                                      prefixlen=iface.network.prefixlen)),
+                 lambda nl: nl.address(True, peer, str(iface.ip), iface.network.prefixlen)),
                 (f"add the default route via {gw}",
-                 lambda ipr: ipr.route("add", dst="0.0.0.0", dst_len=0, gateway=str(gw),
-                                       oif=peer)),
+                 lambda nl: nl.add_default_route(str(gw), peer)),
             ])
         except _StepFailed as e:
             raise CtrunError(f"cannot attach process {netns_pid} to bridge {bridge}: "
@@ -346,12 +337,12 @@ def enslave(ifname, bridge, mtu=None):
     """Put a host interface (a VM's tap) on bridge and bring it up."""
     if not _is_bridge(bridge):
         raise NotFound(f"bridge {bridge} does not exist; create its network first")
-    from pyroute2 import IPRoute, NetlinkError
+    from .rtnl import Rtnl, ifindex
     try:
-        with IPRoute() as ipr:
-            ipr.link("set", index=_index_in(ipr, ifname), master=_sys_int(bridge, "ifindex"),
-                     mtu=mtu or _sys_int(bridge, "mtu"), state="up")
-    except (NetlinkError, OSError) as e:
+        with Rtnl() as nl:
+            nl.set_link(ifindex(ifname), up=True, master=_sys_int(bridge, "ifindex"),
+                        mtu=mtu or _sys_int(bridge, "mtu"))
+    except OSError as e:
         raise CtrunError(f"cannot put {ifname} on bridge {bridge}: {_why(e)}") from None
 
 
@@ -369,14 +360,13 @@ def _address_change(netns_pid, ip_cidr, ifname, add):
     except ValueError as e:
         raise InvalidInput(f"invalid address: {e}; "
                            f"use ADDRESS/PREFIX, e.g. 10.199.0.3/24") from None
-    verb = "add" if add else "del"
     # already there / already gone counts as done, so a retried `ctrun set` succeeds
     ok = errno.EEXIST if add else errno.EADDRNOTAVAIL
 
-    def change(ipr):
-        try:
-            ipr.addr(verb, index=_index_in(ipr, ifname), address=str(iface.ip),
-                     prefixlen=iface.network.prefixlen)
+    def change(nl):
+        from .rtnl import ifindex
+        try:  # ifindex asks the namespace this child joined
+            nl.address(add, ifindex(ifname), str(iface.ip), iface.network.prefixlen)
         except Exception as e:
             if _errno_of(e) != ok:
                 raise

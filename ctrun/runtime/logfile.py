@@ -4,8 +4,9 @@ F marks a full line, P a partial one (a write that did not end in a newline, or 
 longer than the record limit), as in the CRI log format that conmon writes.
 """
 
-import datetime
 import os
+
+from .reap import now
 
 MAX_RECORD = 16384
 
@@ -38,7 +39,7 @@ class LogWriter:
         self.partial.clear()
 
     def _record(self, stream, tag, text):
-        ts = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+        ts = now(6)
         return b"%s %s %s %s\n" % (ts.encode(), stream.encode(), tag, text)
 
     def _append(self, data):

@@ -4,14 +4,18 @@ Shared by the monitor (detached containers) and the CLI (attached `run`).  The O
 is read before the cgroup is removed, since the kernel's record goes with it.
 """
 
-import datetime
 import signal
+import time
 
 from ..state import read_json, write_json
 
 
-def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+def now(digits=3):
+    """UTC now in RFC 3339 with `digits` of fraction, truncated like datetime's isoformat
+    (whose import costs ~2 ms of every verb)."""
+    sec, ns = divmod(time.time_ns(), 10 ** 9)
+    frac = f".{ns // 10 ** (9 - digits):0{digits}d}" if digits else ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + frac + "+00:00"
 
 
 def classify(status, oom_kills, stop_requested):
