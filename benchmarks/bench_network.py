@@ -21,7 +21,10 @@ network namespace: `nsenter --net=/proc/PID/ns/net iperf3 -c GATEWAY -t 5 -J` ag
 `iperf3 -s -B GATEWAY` on the host (container -> veth -> bridge -> host), alternating with
 `iperf3 -c 127.0.0.1 -t 5 -J` against `iperf3 -s -B 127.0.0.1` (the host's loopback), for
 --iperf-rounds rounds each.  Figures are the receiver's Gbit/s; target: median veth >= 0.8x
-median loopback.  The host side of the veth's byte counter is read around each veth round
+median loopback.  A control path runs in the same rounds: a bare veth pair (made with
+`ip link`) into a namespace of the benchmark's own, with a link-local /30, no bridge, no
+ctrun and no nftables rule, which shows the kernel's own veth cost on this host: ctrun's
+path / control is what ctrun adds, control / loopback what no veth-based runtime avoids.  The host side of the veth's byte counter is read around each veth round
 to check that the traffic really crossed it.
 
 Isolation.  As every benchmark: a private store and a cgroup parent of its own.  ctrun's
@@ -86,6 +89,11 @@ DEFAULT_SUBNET = "10.215.0.0/24"
 # unique: ctrun names a container's host-side veth after the container name alone, so an
 # "ipf" in another store on this host would collide with ours
 IPF_NAME = f"ipf{os.getpid()}"
+# the control path: a bare veth pair into a namespace of the benchmark's own, no bridge, no
+# ctrun, no nftables rule: the kernel's own veth cost, which no runtime can go below
+CONTROL_NS = f"ctbench-veth{os.getpid()}"
+CONTROL_IF = f"ctbv{os.getpid() % 100000}"
+CONTROL_HOST, CONTROL_PEER = "169.254.215.1", "169.254.215.2"  # link-local /30: never routed
 
 # what rootful podman 4.3 / netavark 1.4 create outside a private storage root (see above);
 # a new one is removed with its parent when that is new too, alone otherwise
@@ -384,7 +392,22 @@ def mtu(ifname):
         return None
 
 
-def throughput(ws, seconds, rounds, servers):
+def control_pair(created):
+    """The bare veth pair of the control path; names go into `created` for the teardown."""
+    run(["ip", "netns", "add", CONTROL_NS], check=True)
+    created.append(("netns", CONTROL_NS))
+    run(["ip", "link", "add", CONTROL_IF, "type", "veth", "peer", "name", "eth0", "netns",
+         CONTROL_NS], check=True)
+    created.append(("link", CONTROL_IF))
+    for argv in (["ip", "addr", "add", f"{CONTROL_HOST}/30", "dev", CONTROL_IF],
+                 ["ip", "link", "set", CONTROL_IF, "up"],
+                 ["ip", "-n", CONTROL_NS, "addr", "add", f"{CONTROL_PEER}/30", "dev", "eth0"],
+                 ["ip", "-n", CONTROL_NS, "link", "set", "eth0", "up"],
+                 ["ip", "-n", CONTROL_NS, "link", "set", "lo", "up"]):
+        run(argv, check=True)
+
+
+def throughput(ws, seconds, rounds, servers, control):
     ws.ctrun_check("run", "-d", "--net", NET_NAME, "--name", IPF_NAME, "busybox", "--",
                    "sleep", "1000")
     info = json.loads(ws.ctrun_check("inspect", IPF_NAME))
@@ -396,13 +419,17 @@ def throughput(ws, seconds, rounds, servers):
     if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
         raise RuntimeError(f"container {IPF_NAME} (pid {pid}) shares the host's network "
                            "namespace")
+    control_pair(control)
     port_veth = start_server(gw, servers)
     port_lo = start_server("127.0.0.1", servers)
+    port_ctl = start_server(CONTROL_HOST, servers)
     t = str(seconds)
     arms = {
         "container -> host (veth)": ["nsenter", f"--net=/proc/{pid}/ns/net", "iperf3", "-c",
                                      gw, "-p", str(port_veth), "-t", t, "-J"],
         "host loopback": ["iperf3", "-c", "127.0.0.1", "-p", str(port_lo), "-t", t, "-J"],
+        "control: bare veth pair": ["ip", "netns", "exec", CONTROL_NS, "iperf3", "-c",
+                                    CONTROL_HOST, "-p", str(port_ctl), "-t", t, "-J"],
     }
     gbit = {n: [] for n in arms}
     per_round = []  # {arm: Gbit/s} of each round, for paired ratios
@@ -412,7 +439,7 @@ def throughput(ws, seconds, rounds, servers):
     names = list(arms)
     for rnd in range(rounds):
         per_round.append({})
-        for n in (names if rnd % 2 else names[::-1]):  # loopback first, then alternate
+        for n in (names if rnd % 2 else names[::-1]):  # order flips every round
             before, drops0 = read_counter(veth, "rx_bytes"), softnet_dropped()
             g, det = iperf_client(arms[n], seconds)
             after, drops1 = read_counter(veth, "rx_bytes"), softnet_dropped()
@@ -433,6 +460,8 @@ def throughput(ws, seconds, rounds, servers):
         "container -> host (veth)": f"nsenter --net=/proc/PID/ns/net iperf3 -c {gw} -t {t} -J"
                                     f"   (server: iperf3 -s -B {gw})",
         "host loopback": f"iperf3 -c 127.0.0.1 -t {t} -J   (server: iperf3 -s -B 127.0.0.1)",
+        "control: bare veth pair": f"ip netns exec NS iperf3 -c {CONTROL_HOST} -t {t} -J   "
+                                   f"(server: iperf3 -s -B {CONTROL_HOST})",
     }
     return {"gbit": gbit, "per_round": per_round, "details": details, "errors": errors,
             "counter": counter, "commands": shown, "gateway": gw,
@@ -451,10 +480,11 @@ class Teardown:
         self.podman = None
         self.veths = set()
         self.host_cleanup = []
+        self.control = []  # ("netns"|"link", name) of the control path, as created
 
     def __call__(self):
         ws = self.ws
-        for step in (self._servers, self._ctrun, self._podman):
+        for step in (self._servers, self._control, self._ctrun, self._podman):
             try:
                 step()
             except Exception as e:  # noqa: BLE001 - keep cleaning
@@ -470,6 +500,15 @@ class Teardown:
                 p.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
+
+    def _control(self):
+        for kind, name in reversed(self.control):
+            argv = ["ip", "link", "del", name] if kind == "link" else ["ip", "netns", "del", name]
+            if (name in links()) if kind == "link" else os.path.exists(f"/run/netns/{name}"):
+                p = run(argv)
+                if p.returncode != 0:
+                    self.ws.leaks.append(f"control path: `{shlex.join(argv)}` failed: "
+                                         f"{p.stderr.strip()}")
 
     def _ctrun(self):
         ws = self.ws
@@ -601,7 +640,7 @@ def main():
 
         print(f"bench_network: (b) iperf3, {a.iperf_rounds} x {a.iperf_time} s per path "
               "(alternating)", flush=True)
-        tp = throughput(ws, a.iperf_time, a.iperf_rounds, td.servers)
+        tp = throughput(ws, a.iperf_time, a.iperf_rounds, td.servers, td.control)
         td.veths.add(tp["veth"])
         short = [c for c in tp["counter"]
                  if c["veth_rx_bytes"] < 0.95 * c["iperf_received_bytes"]]
@@ -691,6 +730,15 @@ def main():
         ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
         print(f"  per-round ratios (the two paths back to back): "
               f"{', '.join(f'{x:.2f}' for x in pr)}")
+        ctl_n = "control: bare veth pair"
+        if ctl_n in tstats:
+            ctl = tstats[ctl_n]["median"]
+            ratios["control / loopback"] = ctl / tstats[lo_n]["median"]
+            ratios["veth / control"] = tstats[veth_n]["median"] / ctl
+            print(f"  control (bare veth pair, no bridge, no ctrun) / loopback = "
+                  f"{ratios['control / loopback']:.2f}x: the kernel's own veth cost here")
+            print(f"  ctrun's path / control = {ratios['veth / control']:.2f}x: what ctrun's "
+                  f"bridge and rules add")
     else:
         verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
         print(f"\n  veth / loopback: {verdicts['throughput']}")
