@@ -80,7 +80,7 @@ def main():
             tools["unshare wrapper"] = (fixed(common.crun_wrap(["/bin/true"])),
                                         "unshare -m sh -c 'umount ...; exec /bin/true'", False)
         py = common.ctrun_python()
-        tools["python floor"] = (fixed([py, "-c", "pass"]), f"{py} -c pass", False)
+        tools["python floor"] = (fixed([*py, "-c", "pass"]), f"{' '.join(py)} -c pass", False)
         empty = ws.tmp / "empty-store"
         empty.mkdir()
         tools["ctrun CLI floor"] = (fixed(ws.ctrun_cmd("--root", str(empty), "list")),

@@ -137,19 +137,21 @@ def ctrun_bin():
         if not os.access(env, os.X_OK):
             die(f"CTRUN_BIN={env} is not an executable file")
         return env
-    for cand in ("/opt/ctrun-venv/bin/ctrun", "/opt/ctrun/venv/bin/ctrun", "/usr/local/bin/ctrun"):
+    # /usr/local/bin/ctrun first: the launcher setup.sh writes, what users run
+    for cand in ("/usr/local/bin/ctrun", "/opt/ctrun/venv/bin/ctrun"):
         if os.access(cand, os.X_OK):
-            return os.path.realpath(cand) if cand.startswith("/usr/local") else cand
-    die(f"ctrun is not installed (no /opt/ctrun-venv/bin/ctrun and no CTRUN_BIN); {SETUP_HINT}")
+            return cand
+    die(f"ctrun is not installed (no /usr/local/bin/ctrun and no CTRUN_BIN); {SETUP_HINT}")
 
 
 def ctrun_python():
-    """The interpreter the ctrun console script runs with (its shebang)."""
+    """The interpreter the ctrun console script runs with, and its flags (its shebang:
+    setup.sh's launcher passes -sS)."""
     with open(ctrun_bin(), "rb") as f:
         first = f.readline().decode(errors="replace").strip()
     if first.startswith("#!") and os.access(first[2:].split()[0], os.X_OK):
-        return first[2:].split()[0]
-    return str(Path(ctrun_bin()).parent / "python")
+        return first[2:].split()
+    return [str(Path(ctrun_bin()).parent / "python")]
 
 
 def require_tool(name, hint=SETUP_HINT):
@@ -190,7 +192,7 @@ def reexec_with_ctrun_python():
         return
     except ImportError:
         pass
-    py = ctrun_python()  # a venv's python is a symlink: compare the paths, not their targets
+    py = ctrun_python()[0]  # a venv's python is a symlink: compare paths, not their targets
     if os.environ.get("CTRUN_BENCH_REEXEC") or os.path.abspath(py) == sys.executable:
         die(f"cannot import ctrun with {sys.executable}; {SETUP_HINT}")
     os.environ["CTRUN_BENCH_REEXEC"] = "1"
