@@ -115,7 +115,7 @@ class Ctrun:
                 if vm:
                     cfg.vm = machine.create(self.store, tmp, image, vmopts)
                 if cfg.userns:
-                    cfg.userns_base = self._userns_setup(tmp, rootfs)
+                    cfg.userns_base = self._userns_setup(tmp)
                 data = cfg.to_dict()
                 data["cgroup_parent"] = os.environ.get("CTRUN_CGROUP_PARENT",
                                                        DEFAULT_CGROUP_PARENT)
@@ -138,8 +138,9 @@ class Ctrun:
         out["warnings"] = warnings
         return out
 
-    def _userns_setup(self, cdir, image_rootfs):
-        """A private id range, a lower layer owned by it, and writable upper/work dirs."""
+    def _userns_setup(self, cdir):
+        """A private id range, and upper/work dirs (and /etc files) owned by its root; the
+        image's layers are shown through idmapped mounts at start (namespaces.userns)."""
         from .namespaces import userns
         for d in (self.store.root, self.store.containers):
             os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o011)  # traversable, still unlistable
@@ -154,11 +155,10 @@ class Ctrun:
             base = userns.allocate(b for b in used if b is not None)
             # held until the container directory (and its config) exists: see create()
             (self.store.locks / f"userns-{base}.claim").write_text(str(base))
-        userns.shifted_copy(image_rootfs, str(cdir / "lower"), base, self.store.root / "tmp")
         for d in ("upper", "work", "rootfs", "etc", "etc/hosts", "etc/hostname",
                   "etc/resolv.conf"):
             os.chown(cdir / d, base, base)
-        os.chmod(cdir, 0o711)  # the mapped root must traverse it to reach its layers
+        os.chmod(cdir, 0o711)  # the mapped root must traverse it to reach its rootfs
         self._claim = self.store.locks / f"userns-{base}.claim"
         return base
 

@@ -5,6 +5,7 @@ Each wrapper raises OSError with errno set, like the os module does.
 
 import ctypes
 import os
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -34,9 +35,11 @@ MNT_DETACH = 2
 
 # syscall numbers (x86_64; aarch64 uses the generic table)
 _NR = {
-    "x86_64": {"open_tree": 428, "move_mount": 429, "pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
+    "x86_64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+               "fsmount": 432, "mount_setattr": 442, "pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
                "pidfd_send_signal": 424, "seccomp": 317},
-    "aarch64": {"open_tree": 428, "move_mount": 429, "pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
+    "aarch64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+                "fsmount": 432, "mount_setattr": 442, "pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
                 "pidfd_send_signal": 424, "seccomp": 277},
 }[os.uname().machine]
 
@@ -105,6 +108,37 @@ def move_mount_fd(tree_fd, target_fd):
     the target is refused with EINVAL: the fds themselves must be given)."""
     _check(_libc.syscall(_NR["move_mount"], tree_fd, b"", target_fd, b"",
                          MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), "move_mount")
+
+
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+def idmap_tree(tree_fd, userns_fd):
+    """Make a detached tree (open_tree_clone) show its files' owners through the id map of
+    the user namespace behind userns_fd (an idmapped mount): the image stays owned by host
+    root on disk, and host uid 0 reads as the namespace's root inside."""
+    raw = struct.pack("=QQQQ", MOUNT_ATTR_IDMAP, 0, 0, userns_fd)  # struct mount_attr
+    _check(_libc.syscall(_NR["mount_setattr"], tree_fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                         ctypes.create_string_buffer(raw, len(raw)), len(raw)),
+           "mount_setattr (idmap)")
+
+
+FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
+
+
+def fsmount(fstype, options):
+    """A new detached mount of fstype ({key: value} options) as an fd, attached nowhere:
+    a crash leaves nothing mounted."""
+    fs = _check(_libc.syscall(_NR["fsopen"], _b(fstype), 1), f"fsopen {fstype}")  # CLOEXEC
+    try:
+        for key, value in options.items():
+            _check(_libc.syscall(_NR["fsconfig"], fs, FSCONFIG_SET_STRING, _b(key), _b(value),
+                                 0), f"{fstype} option {key}")
+        _check(_libc.syscall(_NR["fsconfig"], fs, FSCONFIG_CMD_CREATE, None, None, 0),
+               f"create {fstype}")
+        return _check(_libc.syscall(_NR["fsmount"], fs, 1, 0), f"fsmount {fstype}")  # CLOEXEC
+    finally:
+        os.close(fs)
 
 
 PR_CAPBSET_DROP = 24

@@ -46,7 +46,10 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
     if cfg.init:
         mounts.append({"destination": "/dev/init", "type": "bind", "source": TINI,
                        "options": ["bind", "ro"]})
-    lower = [str(cdir / "lower")] if cfg.userns else list(image_rootfs.dirs)
+    # a --userns container sees the image's layers idmapped; one made by an older ctrun
+    # has a copy with shifted owners instead (its `lower` directory)
+    copied = cfg.userns and (cdir / "lower").is_dir()
+    lower = [str(cdir / "lower")] if copied else list(image_rootfs.dirs)
     rlimits = [{"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
                for n, (s, h) in sorted(cfg.ulimits.items()) if n in RLIMITS]
     return {
@@ -76,7 +79,8 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
         "annotations": {
             "run.ctrun.name": cfg.name,
             "run.ctrun.overlay": {"lower": lower, "upper": str(cdir / "upper"),
-                                  "work": str(cdir / "work")},
+                                  "work": str(cdir / "work"),
+                                  "idmap": bool(cfg.userns and not copied)},
             "run.ctrun.cgroup_procs": [str(p) for p in cgroup_procs],
             "run.ctrun.seccomp": None if cfg.privileged else "default",
             "run.ctrun.mknod": privileged_devices and not cfg.userns,

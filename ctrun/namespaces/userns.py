@@ -1,17 +1,16 @@
 """User namespaces: one private host id range per container, and a root file system whose
-owners are shifted into that range.
+owners read right inside it.
 
 Container root (uid 0) becomes host uid BASE, 65536 ids per container, taken from the
 first free slot of ctrun's pool (or of root's /etc/subuid entry when the host has one).
-The image is read-only and owned by host root, so a container in a user namespace gets
-its own lower layer: a copy of the image (its layers merged) with every owner moved up by BASE.  That costs a
-copy per container (fine for small images; an idmapped mount of the image would avoid it
-and is the planned improvement); in exchange the image stays shared and untouched.
+The image's layers stay shared, owned by host root on disk: the container sees them
+through idmapped mounts (Linux 5.19+ for overlayfs layers), which show host uid N as
+BASE+N, so uid 0 reads as the container's root and nothing is copied.  Containers made
+by ctrun versions that copied the image with shifted owners (a `lower` directory) keep
+their copy.
 """
 
-import errno
 import os
-import stat
 
 from ..errors import Conflict
 
@@ -50,72 +49,25 @@ def write_maps(pid, base):
             f.write(f"0 {base} {SIZE}\n")
 
 
-def shifted_copy(src, dst, base, scratch=None):
-    """Copy the tree at src to dst (which must not exist) with every uid/gid moved by base.
-    src may be an image's layers (ctrun.images.layers.View): their merged view is copied,
-    mounted in a private mount namespace under scratch."""
-    if hasattr(src, "dirs"):
-        from ..images import layers
-        return layers.merged(src.dirs, lambda m: shifted_copy(m, dst, base), scratch)
-    os.mkdir(dst)
-    _copy_dir(src, dst, base)
-    st = os.lstat(src)
-    _own(dst, st, base)
+def overlay_tree(pid, overlay, idmap):
+    """The container's root file system as a detached overlay mount (an fd), made by the
+    caller as host root once pid's user namespace has its maps.
 
-
-def _own(path, st, base, follow=False):
-    if st.st_uid + base >= base + SIZE or st.st_gid >= SIZE:
-        uid, gid = base + SIZE - 2, base + SIZE - 2  # unmappable owners become nobody-ish
-    else:
-        uid, gid = st.st_uid + base, st.st_gid + base
-    os.lchown(path, uid, gid)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared setuid/setgid bits
-
-
-def _copy_dir(src, dst, base):
-    with os.scandir(src) as it:
-        for e in it:
-            s, d = e.path, os.path.join(dst, e.name)
-            st = e.stat(follow_symlinks=False)
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                os.mkdir(d)
-                _copy_dir(s, d, base)
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(s), d)
-            elif stat.S_ISREG(mode):
-                _copy_file(s, d)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                os.mknod(d, mode, st.st_rdev)
-            else:
-                continue  # sockets: nothing to copy
-            _own(d, st, base)
-
-
-def _copy_file(src, dst):
-    fi = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    Made here rather than inside the namespace: a mount there could not read overlayfs's
+    trusted.* xattrs, which mark the image layers' opaque directories.  With idmap, each
+    layer is an idmapped clone through pid's namespace; the upper directory is owned by the
+    mapped root already.  The container attaches the tree with move_mount."""
+    from .. import libc
+    ufd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    trees = []
     try:
-        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            size = os.fstat(fi).st_size
-            ranged = True
-            while size > 0:
-                try:
-                    n = os.copy_file_range(fi, fo, size) if ranged else \
-                        os.sendfile(fo, fi, None, size)
-                except OSError as e:
-                    # between file systems (an image's merged overlay view to the store)
-                    # copy_file_range is refused: sendfile copies in the kernel too
-                    if not ranged or e.errno not in (errno.EXDEV, errno.EINVAL,
-                                                     errno.EOPNOTSUPP):
-                        raise
-                    ranged = False
-                    continue
-                if n == 0:
-                    break
-                size -= n
-        finally:
-            os.close(fo)
+        for d in overlay["lower"]:
+            trees.append(libc.open_tree_clone(d))
+            if idmap:
+                libc.idmap_tree(trees[-1], ufd)
+        return libc.fsmount("overlay", {
+            "lowerdir": ":".join(f"/proc/self/fd/{t}" for t in trees),
+            "upperdir": overlay["upper"], "workdir": overlay["work"]})
     finally:
-        os.close(fi)
+        for fd in trees + [ufd]:
+            os.close(fd)

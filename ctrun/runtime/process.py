@@ -197,8 +197,10 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                 step = "creating the user namespace"
                 libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
                 cchan.send({"type": "userns", "pid": os.getpid()})
-                if (cchan.recv() or {}).get("type") != "mapped":
+                msg = cchan.recv() or {}
+                if msg.get("type") != "mapped" or "fd" not in msg:
                     os._exit(1)
+                rootfs.use_root_tree(msg["fd"])
                 os.setresgid(0, 0, 0)
                 os.setresuid(0, 0, 0)
                 os.setgroups([])
@@ -225,7 +227,12 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
             elif msg["type"] == "userns":
                 from ..namespaces import userns
                 userns.write_maps(msg["pid"], spec["annotations"]["run.ctrun.userns_base"])
-                chan.send({"type": "mapped"})
+                ov = spec["annotations"]["run.ctrun.overlay"]
+                tree = userns.overlay_tree(msg["pid"], ov, ov.get("idmap", False))
+                try:
+                    chan.send({"type": "mapped", "has_fd": True}, fd=tree)
+                finally:
+                    os.close(tree)
             elif msg["type"] == "pty":
                 master = msg["fd"]
             elif msg["type"] == "ready":

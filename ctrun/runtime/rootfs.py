@@ -45,6 +45,15 @@ def _mount_in(root_fd, target, source, fstype, flags=0, data=None):
 _SOURCES = {}
 
 
+# the root file system made by the parent as a detached mount (--userns: see
+# namespaces.userns.overlay_tree), attached instead of mounting the overlay here
+_ROOT_TREE = []
+
+
+def use_root_tree(fd):
+    _ROOT_TREE.append(fd)
+
+
 def open_sources(spec, extra=()):
     """Clone every bind source while still host root (before unshare(CLONE_NEWUSER))."""
     for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra):
@@ -141,14 +150,22 @@ def prepare(spec):
     ann = spec["annotations"]
     root = spec["root"]["path"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    ov = ann["run.ctrun.overlay"]
-    lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
-    try:
-        mount("overlay", root, "overlay", 0,
-              f"{lower_option(lower)},upperdir={ov['upper']},workdir={ov['work']}")
-    finally:
-        for fd in lower:
-            os.close(fd)
+    if _ROOT_TREE:
+        tree, target = _ROOT_TREE.pop(), os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            libc.move_mount_fd(tree, target)
+        finally:
+            os.close(target)
+            os.close(tree)
+    else:
+        ov = ann["run.ctrun.overlay"]
+        lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
+        try:
+            mount("overlay", root, "overlay", 0,
+                  f"{lower_option(lower)},upperdir={ov['upper']},workdir={ov['work']}")
+        finally:
+            for fd in lower:
+                os.close(fd)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -47,8 +47,10 @@ CONFIG = {"architecture": "amd64", "os": "linux",
 
 
 def layers(busybox_rootfs):
-    one = layer_tar(busybox_rootfs, files=[("etc/gone", b"x\n")])
-    two = layer_tar(files=[("etc/layer2", b"second layer\n")], whiteouts=["etc/gone"])
+    one = layer_tar(busybox_rootfs, files=[("etc/gone", b"x\n"), ("etc/opq/old", b"x\n")])
+    # layer 2 removes etc/gone (a whiteout) and hides etc/opq's old contents (opaque dir)
+    two = layer_tar(files=[("etc/layer2", b"second layer\n"), ("etc/opq/new", b"y\n")],
+                    whiteouts=["etc/gone", "etc/opq/.wh..opq"])
     return one, two
 
 
@@ -129,11 +131,14 @@ def test_docker_save_and_oci_layout_apply_layers_and_config(cli, store, bb, tmp_
         assert "No such file" in lines[3]  # the whiteout of layer 2 removed layer 1's file
         info = cli.json("image", "inspect", name)
         assert len(info["layers"]) == 2 and len(info["layer_dirs"]) == 2
-    # the same layers are stored once; --userns copies their merged view, shifted
+    # the same layers are stored once; --userns sees them through idmapped mounts, with
+    # the whiteout and the opaque directory (overlayfs xattrs) still applied
     assert len(os.listdir(store / "layers/sha256")) == 1 + 2
-    r = cli("run", "--rm", "--userns", "fromoci", "--", "sh", "-c",
-            "cat /etc/layer2; stat -c %u /etc/layer2; ls /etc/gone")
-    assert r.stdout.split() == ["second", "layer", "0"] and "No such file" in r.stderr, r.stderr
+    for userns in ([], ["--userns"]):
+        r = cli("run", "--rm", *userns, "fromoci", "--", "sh", "-c",
+                "cat /etc/layer2; stat -c %u /etc/layer2; ls /etc/opq; ls /etc/gone")
+        assert r.stdout.split() == ["second", "layer", "0", "new"], (userns, r.stdout, r.stderr)
+        assert "No such file" in r.stderr, r.stderr
 
 
 def test_many_layers_outgrow_a_page_of_full_paths(cli, store, bb, tmp_path):

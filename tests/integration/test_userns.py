@@ -33,6 +33,11 @@ def test_userns_maps_root_to_a_private_host_range(ct, store):
     from ctrun.state import Store
     (layer,) = images.lowerdirs(Store(store), "busybox")
     assert (layer / "bin/busybox").stat().st_uid == 0
+    # nothing of the image was copied for the container: its layers are idmapped mounts
+    cdir = store / "containers/u1"
+    assert not (cdir / "lower").exists()
+    size = sum(p.lstat().st_size for p in cdir.rglob("*"))
+    assert size < (layer / "bin/busybox").stat().st_size / 4, size
 
 
 def test_userns_root_cannot_use_host_privileges(cli, tmp_path):
@@ -44,3 +49,22 @@ def test_userns_root_cannot_use_host_privileges(cli, tmp_path):
     assert "DENIED" in r.stdout and "host only" not in r.stdout
     assert r.stdout.split()[-1] == "65534"  # host root is unmapped: nobody inside
     assert r.returncode == 0
+
+
+def test_userns_container_of_an_older_ctrun_keeps_its_shifted_copy(ct, store):
+    """Containers created before idmapped layers have `lower`: a copy of the image with
+    owners shifted into their range, used as their only layer."""
+    import subprocess
+    from ctrun.images import store as images
+    from ctrun.state import Store
+    ct.create("old", cmd=["sleep", "1000"], userns=True)
+    base = ct.inspect("old")["config"]["userns_base"]
+    (layer,) = images.lowerdirs(Store(store), "busybox")
+    lower = store / "containers/old/lower"
+    subprocess.run(["cp", "-a", f"{layer}/.", str(lower)], check=True)
+    (lower / "etc/copied").write_text("from the copy\n")
+    subprocess.run(["chown", "-R", f"{base}:{base}", str(lower)], check=True)
+    ct.start("old")
+    code, out = _exec(ct, "old", "sh", "-c", "cat /etc/copied; stat -c '%u' /bin/busybox")
+    assert code == 0, out
+    assert out.split() == ["from", "the", "copy", "0"]
