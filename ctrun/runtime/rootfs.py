@@ -61,17 +61,21 @@ def open_sources(spec, extra=()):
             _SOURCES[src] = [libc.open_tree_clone(src), os.path.isdir(src)]
 
 
+def _attach(tree, target_fd):
+    """Attach a detached mount onto target_fd; both fds are closed."""
+    try:
+        libc.move_mount_fd(tree, target_fd)
+    finally:
+        os.close(target_fd)
+        os.close(tree)
+
+
 def _bind(root_fd, src, target, readonly):
     """Bind a trusted host path onto a target resolved inside the root."""
     pre = _SOURCES.pop(src, None)
     if pre is not None:
         tree, is_dir = pre
-        tfd = paths.ensure_mount_target(root_fd, target, is_dir)
-        try:
-            libc.move_mount_fd(tree, tfd)
-        finally:
-            os.close(tfd)
-            os.close(tree)
+        _attach(tree, paths.ensure_mount_target(root_fd, target, is_dir))
     else:
         sfd = os.open(src, os.O_PATH | os.O_CLOEXEC)
         try:
@@ -151,12 +155,7 @@ def prepare(spec):
     root = spec["root"]["path"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _ROOT_TREE:
-        tree, target = _ROOT_TREE.pop(), os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            libc.move_mount_fd(tree, target)
-        finally:
-            os.close(target)
-            os.close(tree)
+        _attach(_ROOT_TREE.pop(), os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     else:
         ov = ann["run.ctrun.overlay"]
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
