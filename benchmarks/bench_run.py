@@ -38,6 +38,33 @@ def write_spec(bundle, spec, cid):
     (bundle / "config.json").write_text(json.dumps(spec))
 
 
+# one Python process running the same `run` again and again: every module already loaded,
+# its time is the work alone (what a warm command server would leave), as seconds per run
+WARM = """
+import json, sys, time
+from ctrun import cli
+args, n = json.loads(sys.argv[1]), int(sys.argv[2])
+out = []
+for i in range(n):
+    t = time.perf_counter()
+    if cli.main(args) != 0:
+        sys.exit("ctrun run failed in-process")
+    out.append(time.perf_counter() - t)
+print(json.dumps(out))
+"""
+
+
+def warm_runs(args, runs, warmup):
+    """Seconds of each in-process run (WARM), the first `warmup` dropped."""
+    p = subprocess.run([common.ctrun_python()[0], "-c", WARM, json.dumps(args),
+                        str(runs + warmup)], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else
+                           f"exit {p.returncode}")
+    return json.loads(p.stdout.strip().splitlines()[-1])[warmup:]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=30, help="measured runs per tool (default 30)")
@@ -133,6 +160,17 @@ def main():
             if (rnd + 1) % 10 == 0:
                 print(f"  round {rnd + 1}/{total}", flush=True)
 
+        print("  ctrun in-process (every module loaded), "
+              f"{a.runs} runs after {a.warmup}", flush=True)
+        warm_shown = "ctrun.cli.main(['run', '--rm', '--net', 'none', 'busybox', '--', " \
+                     "'true']) in one process"
+        try:
+            samples["ctrun, warm in-process"] = warm_runs(
+                ["run", "--rm", "--net", "none", "busybox", "--", "true"], a.runs, a.warmup)
+            failures["ctrun, warm in-process"] = 0
+        except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
+            skipped["ctrun, warm in-process"] = str(e)
+        tools["ctrun, warm in-process"] = (None, warm_shown, False)
         ws.check_clean("after the runs")
         stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
         rows = []
@@ -174,7 +212,7 @@ def main():
         if "ctrun" in med and "ctrun, no .pyc" in med:
             print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
                   f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
-        for floor in ("python floor", "ctrun CLI floor"):
+        for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
             if "ctrun" in med and floor in med:
                 print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
                       f"ctrun run's {med['ctrun']:.1f} ms")
@@ -188,7 +226,10 @@ def main():
             "likewise create, start, wait and delete",
             "context rows (not targets): 'python floor' is the interpreter ctrun runs on "
             "starting and exiting; 'ctrun CLI floor' is ctrun's start-up plus a listing of "
-            "an empty store; 'ctrun, no .pyc' is ctrun run with Python bytecode caching off",
+            "an empty store; 'ctrun, no .pyc' is ctrun run with Python bytecode caching off; "
+            "'ctrun, warm in-process' is one Python process running the same run again and "
+            "again with every module loaded: the work alone, without interpreter start-up "
+            "or imports (the floor of any warm-server design)",
             "ctrun runs with its .pyc files cached (a private PYTHONPYCACHEPREFIX), as on a "
             "user's host" + (f"; PYTHONDONTWRITEBYTECODE={common.ENV_DONTWRITEBYTECODE} from "
                              "this environment was overridden for it"
