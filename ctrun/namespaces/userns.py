@@ -58,13 +58,20 @@ def overlay_tree(pid, overlay, idmap):
     layer is an idmapped clone through pid's namespace; the upper directory is owned by the
     mapped root already.  The container attaches the tree with move_mount."""
     from .. import libc
+    from ..errors import HostUnsupported
     ufd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     trees = []
     try:
         for d in overlay["lower"]:
             trees.append(libc.open_tree_clone(d))
             if idmap:
-                libc.idmap_tree(trees[-1], ufd)
+                try:
+                    libc.idmap_tree(trees[-1], ufd)
+                except OSError as e:  # EINVAL/EPERM: the kernel or the file system cannot
+                    raise HostUnsupported(
+                        f"--userns needs idmapped mounts of the image layers ({e.strerror}): "
+                        f"Linux 5.19+ with the store on ext4, xfs, btrfs or (6.3+) tmpfs; "
+                        f"move the store (--root) or run without --userns") from None
         return libc.fsmount("overlay", {
             "lowerdir": ":".join(f"/proc/self/fd/{t}" for t in trees),
             "upperdir": overlay["upper"], "workdir": overlay["work"]})

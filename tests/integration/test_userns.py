@@ -68,3 +68,27 @@ def test_userns_container_of_an_older_ctrun_keeps_its_shifted_copy(ct, store):
     code, out = _exec(ct, "old", "sh", "-c", "cat /etc/copied; stat -c '%u' /bin/busybox")
     assert code == 0, out
     assert out.split() == ["from", "the", "copy", "0"]
+
+
+def test_userns_start_without_idmapped_mounts_fails_cleanly(ct, monkeypatch):
+    """A kernel or store file system without idmapped mounts (simulated: mount_setattr
+    refused) gives a one-line error naming the need and the fixes, and leaves no process."""
+    import errno
+
+    import pytest
+    from ctrun import libc
+    from ctrun.errors import HostUnsupported
+
+    def refuse(tree_fd, userns_fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(libc, "idmap_tree", refuse)
+    # an attached run launches in this process (a detached start, in the monitor)
+    with pytest.raises(HostUnsupported) as e:
+        ct.run(name="noidmap", cmd=["true"], userns=True)
+    assert "idmapped mounts" in str(e.value) and "--root" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert ct.inspect("noidmap")["state"] != "running"
+    assert not ct.inspect("noidmap")["cgroup"] or not any(
+        os.path.isdir(p) for p in ct.inspect("noidmap")["cgroup"].values())
+    monkeypatch.undo()
+    assert ct.start("noidmap")["pid"]  # the same container starts once the kernel allows it
