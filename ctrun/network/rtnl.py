@@ -9,7 +9,8 @@ in: open Rtnl after setns() to work inside a container's.
 
 `import pyroute2` would also import every API the package has (NDB, IPDB, conntrack,
 asyncio, ...); a bare package module standing in for its __init__ lets the message modules
-load alone.
+load alone.  The package's real __init__ runs on the first use of a name it defines, so a
+program that imports ctrun and then pyroute2's own API still gets all of it.
 """
 
 import os
@@ -40,7 +41,21 @@ def messages():
         if spec is not None and spec.submodule_search_locations:
             pkg = types.ModuleType("pyroute2")
             pkg.__spec__, pkg.__path__ = spec, list(spec.submodule_search_locations)
-            pkg.__file__ = spec.origin
+            pkg.__file__, pkg.__loader__ = spec.origin, spec.loader
+
+            def finish(name):  # PEP 562: a name the bare module lacks
+                if name.startswith("__") or importlib.machinery.PathFinder.find_spec(
+                        f"pyroute2.{name}", pkg.__path__):
+                    # a submodule (from pyroute2 import config): the import system loads it
+                    raise AttributeError(name)
+                del pkg.__getattr__
+                spec.loader.exec_module(pkg)  # the package's own __init__, now
+                try:
+                    return pkg.__dict__[name]
+                except KeyError:
+                    raise AttributeError(f"module 'pyroute2' has no attribute {name!r}") \
+                        from None
+            pkg.__getattr__ = finish
             sys.modules["pyroute2"] = pkg
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
