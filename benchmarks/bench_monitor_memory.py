@@ -62,7 +62,10 @@ def ctrun_phase(ws, counts, settle):
         while n < target:
             n += 1
             names.append(f"c{n}")
-            ws.ctrun_check("run", "-d", "--name", f"c{n}", "busybox", "--", *SLEEP)
+            # --net none: the monitor is measured, and a network would leave the default
+            # bridge and its nftables table behind on the host (they outlive the store)
+            ws.ctrun_check("run", "-d", "--net", "none", "--name", f"c{n}", "busybox", "--",
+                           *SLEEP)
         time.sleep(settle)
         rows = json.loads(ws.ctrun_check("list", "--format", "json"))
         running = [r for r in rows if r["state"] == "running"]
