@@ -348,11 +348,12 @@ def merged(dirs, fn, scratch):
                     fn(dirs[0])
                 else:
                     from .. import libc
-                    from ..runtime.rootfs import lower_option
+                    from ..runtime.rootfs import lowerdir
                     libc.unshare(libc.CLONE_NEWNS)
                     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
                     fds = [os.open(d, _DIR) for d in dirs]
-                    libc.mount("overlay", mnt, "overlay", libc.MS_RDONLY, lower_option(fds))
+                    libc.mount("overlay", mnt, "overlay", libc.MS_RDONLY,
+                               f"lowerdir={lowerdir(fds)}")
                     fn(mnt)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - everything goes back to the parent

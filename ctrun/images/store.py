@@ -226,7 +226,7 @@ def remove(store, name, force=False):
 
 def lowerdirs(store, name):
     """The image's read-only layers, top first, as overlayfs lowerdir takes them (for more
-    than a few layers name them by descriptor: layers.lower_option)."""
+    than a few layers name them by descriptor: runtime.rootfs.lowerdir)."""
     view, _ = get(store, name, build_missing=False)
     return [Path(d) for d in view.dirs]
 

@@ -59,6 +59,7 @@ def overlay_tree(pid, overlay, idmap):
     mapped root already.  The container attaches the tree with move_mount."""
     from .. import libc
     from ..errors import HostUnsupported
+    from ..runtime.rootfs import lowerdir
     ufd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     trees = []
     try:
@@ -73,7 +74,7 @@ def overlay_tree(pid, overlay, idmap):
                         f"Linux 5.19+ with the store on ext4, xfs, btrfs or (6.3+) tmpfs; "
                         f"move the store (--root) or run without --userns") from None
         return libc.fsmount("overlay", {
-            "lowerdir": ":".join(f"/proc/self/fd/{t}" for t in trees),
+            "lowerdir": lowerdir(trees),
             "upperdir": overlay["upper"], "workdir": overlay["work"]})
     finally:
         for fd in trees + [ufd]:

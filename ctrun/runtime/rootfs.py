@@ -25,11 +25,11 @@ def _fdp(fd):
     return f"/proc/self/fd/{fd}"
 
 
-def lower_option(fds):
-    """overlayfs's lowerdir= for open directory descriptors, top first.  Naming each layer
-    through /proc/self/fd keeps the option short: the kernel takes one page of options,
-    which ~200 of these fit in but only ~40 full store paths."""
-    return "lowerdir=" + ":".join(_fdp(fd) for fd in fds)
+def lowerdir(fds):
+    """overlayfs's lowerdir value for open directory descriptors (or detached mounts), top
+    first.  Naming each layer through /proc/self/fd keeps the option short: the kernel
+    takes one page of options, which ~200 of these fit in but only ~40 full store paths."""
+    return ":".join(_fdp(fd) for fd in fds)
 
 
 def _mount_in(root_fd, target, source, fstype, flags=0, data=None):
@@ -161,7 +161,7 @@ def prepare(spec):
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
         try:
             mount("overlay", root, "overlay", 0,
-                  f"{lower_option(lower)},upperdir={ov['upper']},workdir={ov['work']}")
+                  f"lowerdir={lowerdir(lower)},upperdir={ov['upper']},workdir={ov['work']}")
         finally:
             for fd in lower:
                 os.close(fd)
