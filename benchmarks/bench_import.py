@@ -21,7 +21,6 @@ Run as root:  benchmarks/bench_import.py [--runs 5] [--warmup 1] [--size-mb 100]
 """
 
 import argparse
-import ctypes
 import gzip
 import hashlib
 import io
@@ -297,38 +296,14 @@ def tree(root):
     return out
 
 
-def merged_tree(layer_dirs):
+def merged_tree(layer_dirs, scratch):
     """tree() of the merged view of layer directories (top first), as containers see it:
-    overlayfs in the mount namespace of a child, so no mount is ever visible outside."""
-    if len(layer_dirs) == 1:
-        return tree(layer_dirs[0])
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            mnt = f"/tmp/ctrun-bench-merged-{os.getpid()}"
-            os.mkdir(mnt)
-            if libc.unshare(0x20000) or libc.mount(None, b"/", None, 1 << 14 | 1 << 18, None) \
-                    or libc.mount(b"overlay", mnt.encode(), b"overlay", 1,
-                                  ("lowerdir=" + ":".join(map(str, layer_dirs))).encode()):
-                raise OSError(ctypes.get_errno(), "mounting the merged view")
-            out = json.dumps(tree(mnt)).encode()
-            with os.fdopen(w, "wb") as f:
-                f.write(out)
-            os._exit(0)
-        except BaseException as e:  # noqa: BLE001
-            print(f"merged view: {e}", file=sys.stderr)
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, st = os.waitpid(pid, 0)
-    os.rmdir(f"/tmp/ctrun-bench-merged-{pid}")
-    if st:
-        raise RuntimeError("could not mount the merged view of ctrun's image")
-    return {k: tuple(v) for k, v in json.loads(data).items()}
+    ctrun's layers.merged mounts it in a child's own mount namespace, so no mount is ever
+    visible outside."""
+    from ctrun.images import layers
+    out = scratch / "merged-tree.json"
+    layers.merged(layer_dirs, lambda m: out.write_text(json.dumps(tree(m))), scratch)
+    return {k: tuple(v) for k, v in json.loads(out.read_text()).items()}
 
 
 def compare_trees(a, b):
@@ -388,6 +363,7 @@ def fmt_mb(n):
 
 def main():
     a = parse_args()
+    common.reexec_with_ctrun_python()  # the merged view is ctrun's own layers.merged
     with common.Workspace("import") as ws:
         layout = ws.tmp / "layout"
         bundle = ws.tmp / "bundle"
@@ -435,7 +411,8 @@ def main():
             if not ok:
                 raise RuntimeError(f"`{' '.join(argv)}` failed: {msg}")
         inspect = json.loads(ws.ctrun_check("image", "inspect", name))
-        diffs = compare_trees(merged_tree(inspect["layer_dirs"]), tree(bundle / "rootfs"))
+        diffs = compare_trees(merged_tree(inspect["layer_dirs"], ws.tmp),
+                              tree(bundle / "rootfs"))
         if diffs:
             ws.leaks.append(f"ctrun's rootfs differs from umoci's in {len(diffs)} ways, e.g. "
                             + "; ".join(diffs[:3]))
