@@ -3,8 +3,7 @@
     <root>/layers/sha256/<hex>/diff/        the layer as overlayfs takes a lower layer
                                             (whiteouts: 0:0 char devices; opaque dirs:
                                             trusted.overlay.opaque="y")
-    <root>/layers/sha256/<hex>/layer.json   {"diff_id", "blobs": [compressed digests seen],
-                                             "size"}
+    <root>/layers/sha256/<hex>/layer.json   {"diff_id", "size"}
 
 <hex> is the sha256 of the uncompressed layer tar (its diff_id), checked while the layer is
 extracted; a tree made by a builder is keyed by the digest of a tar of it.  An image lists
@@ -75,14 +74,6 @@ def all_layers(store):
     return out
 
 
-def by_blob(store, digest):
-    """The diff_id of a stored layer that was imported from the compressed blob `digest`."""
-    for diff_id, meta in all_layers(store).items():
-        if digest == diff_id or digest in meta.get("blobs", []):
-            return diff_id
-    return None
-
-
 def tree_digest(tree):
     """sha256 of a deterministic tar of a directory (names sorted, symlinks not followed):
     the content address of a layer a builder made as a tree."""
@@ -111,7 +102,6 @@ class Stage:
         self.store, self.owner = store, owner
         self.diff_ids = []           # bottom first, what image.json lists
         self.staged = {}             # diff_id -> temp dir of a layer new to the store
-        self.blobs = {}              # diff_id -> compressed digests it was imported from
         self.temps = []
 
     def temp(self):
@@ -124,7 +114,7 @@ class Stage:
         self.temps.append(t)
         return t
 
-    def add(self, diff_id, temp=None, blobs=()):
+    def add(self, diff_id, temp=None):
         """Put a layer on top of the stack: extracted into temp (temp/diff), or, without
         temp, one already in the store."""
         if temp is not None:
@@ -132,28 +122,22 @@ class Stage:
                 shutil.rmtree(temp, ignore_errors=True)
             else:
                 self.staged[diff_id] = temp
-        self.blobs.setdefault(diff_id, set()).update(blobs)
         self.diff_ids.append(diff_id)
 
     def commit(self):
         """Rename the new layers into place; call with the "layers" lock held."""
-        for diff_id, blobs in self.blobs.items():
+        for diff_id in dict.fromkeys(self.diff_ids):
             final = path(self.store, diff_id)
             temp = self.staged.pop(diff_id, None)
             if exists(self.store, diff_id):     # known, or committed by another import
                 if temp is not None:
                     shutil.rmtree(temp, ignore_errors=True)
-                meta = read_json(final / "layer.json")
-                if not blobs <= set(meta.get("blobs", [])):
-                    meta["blobs"] = sorted(blobs | set(meta.get("blobs", [])))
-                    write_json(final / "layer.json", meta)
                 continue
             if temp is None:
                 from ..errors import Conflict
                 raise Conflict(f"layer {diff_id} was removed while this image was being made "
                                "(a concurrent image rm or gc); run the command again")
-            write_json(temp / "layer.json", {"diff_id": diff_id, "blobs": sorted(blobs),
-                                             "size": du(temp / "diff")})
+            write_json(temp / "layer.json", {"diff_id": diff_id, "size": du(temp / "diff")})
             final.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
             if final.exists():                  # a half-removed leftover without layer.json
                 _discard(self.store, final)

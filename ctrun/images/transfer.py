@@ -96,31 +96,31 @@ def import_image(store, path, name, ref=None, trusted=False, replace=False):
 
 def stack_image(store, stage, img, trusted=False, fetch=None):
     """Stack the layers of an oci.Image (bottom first) on stage: a layer the store holds
-    (by diff_id, or by the compressed digest it was imported from) is reused unread; the
-    others are extracted, each into its own directory, their diff_id verified.  fetch(layer)
-    -> binary file object of the blob (default: layer.open()).  Returns the image config
-    (DEFAULTS overridden by what the image's config asks for)."""
+    (by diff_id) is reused unread; the others are extracted, each into its own directory,
+    their diff_id verified.  fetch(layer) -> binary file object of the blob (default:
+    layer.open()).  Returns the image config (DEFAULTS overridden by what the image's
+    config asks for)."""
     from . import extract, oci
-    from .layers import MAX_LAYERS, by_blob, exists
+    from .layers import MAX_LAYERS, exists
+    fetch = fetch or (lambda ly: ly.open())
     if len({layer.diff_id for layer in img.layers}) > MAX_LAYERS:
         raise InvalidInput(f"image {img.ref} has {len(img.layers)} layers, more than the "
                            f"{MAX_LAYERS} a container's overlay can stack; flatten it first "
                            "(e.g. export a container of it and import the tarball)")
     skipped = []
     for i, layer in enumerate(img.layers, 1):
-        known = layer.diff_id if exists(store, layer.diff_id) else by_blob(store, layer.digest)
-        if known:
-            stage.add(known, blobs=[layer.digest])
+        if exists(store, layer.diff_id):
+            stage.add(layer.diff_id)
             continue
         temp = stage.temp()
-        with (fetch or (lambda ly: ly.open()))(layer) as f:
+        with fetch(layer) as f:
             stats = extract.extract_layer(f, str(temp / "diff"), trusted=trusted,
                                           compression=layer.compression, overlay=True,
                                           diff_id=layer.diff_id,
                                           name=f"{i} of {img.ref} ({layer.digest})")
         extract.verify_tree(str(temp / "diff"))
         skipped += stats.get("skipped", [])
-        stage.add(layer.diff_id, temp, blobs=[layer.digest])
+        stage.add(layer.diff_id, temp)
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in oci.image_defaults(img.config).items() if v})
     cfg.update(skipped=skipped, layer_digests=[layer.digest for layer in img.layers])
