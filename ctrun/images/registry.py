@@ -238,7 +238,7 @@ class Client:
                     self.schemes.remove(scheme)
                     continue
                 break
-            except (OSError, http.client.HTTPException) as e:
+            except OSError as e:
                 last = e
                 break
         if isinstance(last, ssl.SSLCertVerificationError):
@@ -525,18 +525,18 @@ class Progress:
         self.on = stream.isatty()
         self.last = 0.0
 
-    def __call__(self, layer, have, final=False):
+    def __call__(self, layer, have):
         if not self.on:
             return
         now = time.monotonic()
-        if not final and now - self.last < 0.1 and have < layer.size:
+        if now - self.last < 0.1 and have < layer.size:
             return
         self.last = now
         frac = have / layer.size if layer.size else 1.0
         bar = "#" * int(frac * 30)
         self.stream.write(f"\r{layer.digest[7:19]} [{bar:<30}] {have / 1048576:7.1f}/"
                           f"{layer.size / 1048576:.1f} MiB")
-        if final or have >= layer.size:
+        if have >= layer.size:
             self.stream.write("\n")
         self.stream.flush()
 
@@ -577,7 +577,8 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
         with store.lock(f"blob.{layer.digest[7:23]}"):   # one download of a blob at a time
             path = Download(client, layer, str(tmp), progress).fetch()
         fetched.append(path)
-        return oci.BlobReader(open(path, "rb", buffering=0), layer.size, layer.digest,
+        # Download verified the digest before the file took its final name: no second hash
+        return oci.BlobReader(open(path, "rb", buffering=0), layer.size, None,
                               f"layer {layer.digest} of {ref}")
 
     def fill(stage):

@@ -128,7 +128,7 @@ def install(store, name, fill, replace=False):
     def stack(stage):
         temp = stage.temp()
         cfg = fill(temp / "diff")
-        stage.add(cfg.pop("diff_id", None) or layers.tree_digest(temp / "diff"), temp)
+        stage.add(layers.tree_digest(temp / "diff"), temp)
         return cfg
     return install_layers(store, name, stack, replace)
 
