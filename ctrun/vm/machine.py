@@ -69,7 +69,7 @@ def prepare_start(store, cdir, conf, icfg):
     accel, note = accelmod.choose(vm["accel"], k)
     vmdir = cdir / "vm"
     net = conf.get("net") or {}
-    bridged = bool(net.get("ip")) and netc.bridged(net)
+    bridged = netc.bridged(net)
     initrd = initramfs.for_vm(k, vmdir / "initrd.img", {
         "name": conf["name"], "hostname": conf.get("hostname"),
         "argv": guest_argv(conf, icfg), "resolv": netc.resolv_text(net) if bridged else ""},
@@ -237,7 +237,7 @@ def describe(cdir, conf, running):
     from . import agent
     vm = conf.get("vm") or {}
     launch_ = read_json(cdir / "vm" / "launch.json") or {}
-    return {"accel": launch_.get("accel") if launch_ else None,
+    return {"accel": launch_.get("accel"),
             "vm": {"memory": vm.get("memory"), "cpus": vm.get("cpus"),
                    "accel_requested": vm.get("accel"), "kernel": launch_.get("kernel"),
                    "disk": str(cdir / "vm" / "disk.qcow2"), "base_disk": vm.get("base_disk")},

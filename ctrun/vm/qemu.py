@@ -59,8 +59,7 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
     directory), which keeps them under the 108-byte limit of a unix socket path.  With
     vsock_cid the agent is reached over vsock instead of virtio-serial ports."""
     cmdline = CMDLINE
-    khz = tsc_khz()
-    if accel == "tcg" and khz:
+    if accel == "tcg" and (khz := tsc_khz()):  # KVM guests read the TSC rate themselves
         cmdline += f" tsc_early_khz={khz}"
     a = [BINARY, "-name", "ctrun-vm", "-M", "microvm,acpi=on,x-option-roms=off,rtc=on",
          "-accel", "kvm" if accel == "kvm" else f"tcg,tb-size={TCG_TB_MB}",
@@ -91,7 +90,7 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
 class QMP:
     """A QMP session (QEMU's own Python client, qemu.qmp, used synchronously)."""
 
-    def __init__(self, vmdir, timeout=5.0):
+    def __init__(self, vmdir):
         from qemu.qmp.legacy import QEMUMonitorProtocol
         self._dirfd = os.open(vmdir, os.O_PATH | os.O_DIRECTORY)
         # connect through /proc/self/fd: the full path may exceed a socket path's limit
@@ -101,7 +100,6 @@ class QMP:
         except BaseException:
             os.close(self._dirfd)
             raise
-        self.timeout = timeout
 
     def cmd(self, name, **args):
         return self.q.cmd(name, **args)
