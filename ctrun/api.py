@@ -852,7 +852,7 @@ class Ctrun:
         from .vm import disk
         done += disk.gc(self.store)
         for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
-            for n in _cgroup_children(parent):
+            for n in cgroups.children(parent):
                 if n not in known and cgroups.manager(n, parent=parent).discard():
                     done.append(f"removed orphan cgroup {parent}/{n}")
         return done
@@ -936,19 +936,6 @@ def _layout_for_container(layout):
     """What the container init needs to mount its own view of the hierarchies."""
     return {"kind": layout.kind, "v1": {k: str(p) for k, p in layout.v1.items()},
             "v2": str(layout.v2) if layout.v2 else None}
-
-
-def _cgroup_children(parent):
-    """Names of the container cgroups below `parent` in any hierarchy."""
-    from .cgroups import detect
-    layout = detect()
-    names = set()
-    for mnt in list(layout.v1.values()) + ([layout.v2] if layout.v2 else []):
-        try:
-            names.update(e.name for e in os.scandir(mnt / parent) if e.is_dir())
-        except FileNotFoundError:
-            pass
-    return sorted(names)
 
 
 def _raise(reply):

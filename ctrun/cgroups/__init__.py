@@ -32,4 +32,17 @@ def manager(name, parent="ctrun", layout=None, root=None, timeout=None):
     return cls(name, parent, layout, timeout)
 
 
-__all__ = ["CgroupManager", "LEAF", "Layout", "detect", "manager"]
+def children(parent, layout=None):
+    """Names of the container cgroups below `parent` in any hierarchy."""
+    import os
+    layout = layout or detect()
+    names = set()
+    for mnt in list(layout.v1.values()) + ([layout.v2] if layout.v2 else []):
+        try:
+            names.update(e.name for e in os.scandir(mnt / parent) if e.is_dir())
+        except FileNotFoundError:
+            pass
+    return sorted(names)
+
+
+__all__ = ["CgroupManager", "LEAF", "Layout", "children", "detect", "manager"]

@@ -239,15 +239,12 @@ class Lab:
 
     def _cleanup_cgroups(self):
         from .. import cgroups
-        from ..cgroups import detect
-        lay = detect()
+        lay = cgroups.detect()
+        for name in cgroups.children(self.cgroup_parent, lay):
+            cgroups.manager(name, parent=self.cgroup_parent, layout=lay).discard()
         for mnt in list(lay.v1.values()) + ([lay.v2] if lay.v2 else []):
             top = Path(mnt) / self.cgroup_parent
             if top.is_dir():
-                for d in sorted((p for p in top.rglob("*") if p.is_dir()),
-                                key=lambda p: -len(p.parts)):
-                    name = d.relative_to(top).parts[0]
-                    cgroups.manager(name, parent=self.cgroup_parent).discard()
                 top.rmdir()
 
     # ------------------------------------------------------------------ probes' helpers

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import CtrunError, HostUnsupported
-from ..state import proc_cmdlines  # noqa: F401 - probes and tests take it from here too
+from ..state import proc_cmdlines
 
 EXEC_TIMEOUT = 120.0
 

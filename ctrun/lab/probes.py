@@ -190,7 +190,7 @@ def observe(name, inst, lab, kernel):
         code, out = inst.exec([inst.helper, "rawdisk", inst.root_dir.rstrip("/") or "/tmp"])
         return {**base, **parse(out)}
     if name == "cgroup-escape":
-        return {**base, **_escape(inst, lab, kernel["shared_kernel"])}
+        return {**base, **_escape(inst, kernel["shared_kernel"])}
     if name == "forkbomb":
         return {**base, **_forkbomb(inst, lab, kernel["shared_kernel"])}
     if name == "memhog":
@@ -200,7 +200,7 @@ def observe(name, inst, lab, kernel):
 
 def _find_marker(tag):
     """Host pids whose argv is `sleep TAG`."""
-    from .modes import proc_cmdlines
+    from ..state import proc_cmdlines
     want = b"sleep\0" + tag.encode() + b"\0"
     return [pid for pid, cmd in proc_cmdlines() if cmd.endswith(want)]
 
@@ -217,7 +217,7 @@ def _cgroup_of(pid, controller="memory"):
     return None
 
 
-def _escape(inst, lab, shared):
+def _escape(inst, shared):
     """The instance moves itself into the top of every cgroup hierarchy it can see and
     tries to lift the memory limit there; a marker `sleep` inherits wherever it landed.
     The host then checks where that sleep is and whether the limit moved."""

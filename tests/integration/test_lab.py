@@ -28,7 +28,7 @@ def lab_leftovers():
     found += [ln.split(": ")[1] for ln in links.splitlines() if ": ct-lab" in ln]
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     found += [t for t in tables.splitlines() if "ctrun-lab-" in t]
-    from ctrun.lab.modes import proc_cmdlines
+    from ctrun.state import proc_cmdlines
     found += [f"process {pid}" for pid, cmd in proc_cmdlines()
               if b"ctrun-lab-" in cmd and (b"qemu" in cmd or b"ctrun.monitor" in cmd)]
     return found
