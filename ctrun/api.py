@@ -651,24 +651,47 @@ class Ctrun:
         return process.join(live, spec, argv, env=env, cwd=workdir, user=user, tty=tty,
                             stdin=interactive or tty, bpf=bpf)
 
-    def exec_output(self, name, argv, **kw):
-        """exec with stdout and stderr captured: (exit code, combined output as text)."""
+    def exec_output(self, name, argv, timeout=None, stdin_path=None, **kw):
+        """exec with stdout and stderr captured: (exit code, combined output as text).
+
+        stdin_path: a file given to the command as its stdin.  timeout: seconds after which
+        the command is killed and CtrunError raised (the lab bounds every command)."""
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(r)
-            os.dup2(w, 1)
-            os.dup2(w, 2)
             try:
+                os.close(r)
+                os.dup2(w, 1)
+                os.dup2(w, 2)
+                if stdin_path:
+                    os.dup2(os.open(stdin_path, os.O_RDONLY), 0)
+                    kw["interactive"] = True
                 os._exit(self.exec(name, list(argv), **kw))
             except BaseException as e:  # noqa: BLE001 - the parent reads the message
                 os.write(2, f"{e}\n".encode())
                 os._exit(125)
         os.close(w)
-        with os.fdopen(r, errors="replace") as f:
-            out = f.read()
+        chunks = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([r], [], [], left)[0]:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        kind = "vm" if self._is_vm(self._cdir(name)) else "container"
+                        raise CtrunError(f"{argv[0]} in {kind} {name} did not finish within "
+                                         f"{timeout:.0f} s")
+                data = os.read(r, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(r)
         _, st = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(st), out
+        out = b"".join(chunks).decode(errors="replace")  # newlines as a text-mode read gives
+        return os.waitstatus_to_exitcode(st), out.replace("\r\n", "\n").replace("\r", "\n")
 
     def enter(self, name):
         shell = "/bin/bash"

@@ -7,11 +7,8 @@ destroy(), memory() and cgroup().  Host mode runs busybox applets from a private
 directory on the host, in a cgroup of the lab's own, so it is measured like the others."""
 
 import os
-import select
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from ..errors import CtrunError, HostUnsupported
@@ -53,26 +50,6 @@ def monitor_pids(store_root):
     """The shared monitor of the lab's store: it serves every container and VM there."""
     root = str(store_root).encode()
     return [pid for pid, cmd in proc_cmdlines() if b"ctrun.monitor" in cmd and root in cmd]
-
-
-def _read_capture(r, pid, timeout, what):
-    """Collect a child's output until EOF; kill it past the timeout."""
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise CtrunError(f"{what} did not finish within {timeout:.0f} s")
-            data = os.read(r, 65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(r)
-    _, st = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(st), b"".join(chunks).decode(errors="replace")
 
 
 class Instance:
@@ -241,23 +218,8 @@ class CtrunInstance(Instance):
             raise CtrunError(f"{self.kind} {self.name}: first command failed: {out.strip()}")
 
     def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
-        """ctrun exec in a child process, output captured, bounded by a timeout."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                os.dup2(w, 1)
-                os.dup2(w, 2)
-                if stdin_path:
-                    fd = os.open(stdin_path, os.O_RDONLY)
-                    os.dup2(fd, 0)
-                os._exit(self.ct.exec(self.name, list(argv), interactive=bool(stdin_path)))
-            except BaseException as e:  # noqa: BLE001 - the parent reads the message
-                os.write(2, f"{e}\n".encode())
-                os._exit(125)
-        os.close(w)
-        return _read_capture(r, pid, timeout, f"{argv[0]} in {self.kind} {self.name}")
+        """ctrun exec, output captured, bounded by a timeout."""
+        return self.ct.exec_output(self.name, argv, timeout=timeout, stdin_path=stdin_path)
 
     def stop(self):
         self.ct.stop(self.name, timeout=10)
