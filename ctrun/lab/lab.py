@@ -422,11 +422,11 @@ class Lab:
         wanted = [p for p in probesmod.PROBES if self.selected(p)]
         if not wanted:
             return
-        kernel = probesmod.kernel_facts(inst)
+        kernel, cache = probesmod.kernel_facts(inst), {}
         for p in wanted:
             progress.show(f"{name}: probe {p}")
             try:
-                obs = probesmod.observe(p, inst, self, kernel)
+                obs = probesmod.observe(p, inst, self, kernel, cache)
                 outcome, ev = probesmod.classify(p, obs)
             except (CtrunError, OSError, KeyError, ValueError, IndexError) as e:
                 obs, outcome, ev = {}, "error", f"probe failed: {e}"

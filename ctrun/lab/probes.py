@@ -154,8 +154,9 @@ def kernel_facts(inst):
             "host_boot_id": h["boot_id"], "shared_kernel": lines[1] == h["boot_id"]}
 
 
-def observe(name, inst, lab, kernel):
-    """Raw observations for probe `name` in `inst` (kernel: kernel_facts(inst))."""
+def observe(name, inst, lab, kernel, cache=None):
+    """Raw observations for probe `name` in `inst` (kernel: kernel_facts(inst)); cache: a
+    dict kept across the probes of one instance, for what several of them read."""
     base = {"shared_kernel": kernel["shared_kernel"]}
     if name in ("kernel", "kernel-fault"):
         return {**base, **kernel}
@@ -183,9 +184,11 @@ def observe(name, inst, lab, kernel):
             write = "EROFS" if " ro," in ro else "EPERM" if ro or kernel["shared_kernel"] \
                 else "EACCES"
         return {**base, "value": kv.get("value"), "write": write}
-    if name in ("module", "clock", "dmesg"):
-        code, out = inst.exec([inst.helper, "probe"])
-        return {**base, **parse(out)}
+    if name in ("module", "clock", "dmesg"):  # one `helper probe` run answers all three
+        cache = {} if cache is None else cache
+        if "helper probe" not in cache:
+            cache["helper probe"] = parse(inst.exec([inst.helper, "probe"])[1])
+        return {**base, **cache["helper probe"]}
     if name == "rawdisk":
         code, out = inst.exec([inst.helper, "rawdisk", inst.root_dir.rstrip("/") or "/tmp"])
         return {**base, **parse(out)}
