@@ -69,7 +69,8 @@ def run(lab, mode, counts, cap, tick, time_budget_s=None):
             if not starts and steps and steps[-1]["count"] == c:
                 break
             time.sleep(lab.settle_s)
-            mems = [inst.memory() for inst in live]
+            share = mode.monitor_share_kb()  # the same for every instance of the step
+            mems = [inst.memory(share) for inst in live]
             # the monitor's share is counted once in all (each instance holds 1/n of it)
             total = sum(m["total_kb"] for m in mems)
             steps.append({"count": c, "total_kb": total, "per_instance_kb": total // c,

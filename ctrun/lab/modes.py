@@ -74,12 +74,16 @@ class Instance:
         if code != 0:
             raise CtrunError(f"could not copy {local} into {self.name}: {out.strip()}")
 
-    def memory(self):
-        """{pss_kb, kmem_kb, monitor_share_kb, total_kb} of this idle instance."""
-        mgr = self.cgroup()
+    def cgroup(self):
+        return self.mgr
+
+    def memory(self, share=None):
+        """{pss_kb, kmem_kb, monitor_share_kb, total_kb} of this idle instance; share: the
+        mode's monitor_share_kb() when the caller has it already (one per density step)."""
+        mgr = self.mgr
         pss = sum(pss_kb(p) for p in mgr.pids())
         kmem = kmem_kb([str(d) for d in mgr.dirs().values()])
-        share = self.mode.monitor_share_kb()
+        share = self.mode.monitor_share_kb() if share is None else share
         return {"pss_kb": pss, "kmem_kb": kmem, "monitor_share_kb": share,
                 "total_kb": pss + (kmem or 0) + share}
 
@@ -172,9 +176,6 @@ class HostInstance(Instance):
         self.mgr.discard()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def cgroup(self):
-        return self.mgr
-
 
 class CtrunMode:
     """Containers and VMs: both are ctrun instances in the lab's private store."""
@@ -208,8 +209,11 @@ class CtrunMode:
 class CtrunInstance(Instance):
     def __init__(self, mode, name):
         super().__init__(mode, name)
+        from .. import cgroups
         self.kind = mode.name
         self.ct = mode.ct
+        # the lab sets CTRUN_CGROUP_PARENT to its own parent before making any instance
+        self.mgr = cgroups.manager(name, parent=mode.lab.cgroup_parent)
 
     def start(self):
         self.ct.start(self.name)
@@ -229,11 +233,6 @@ class CtrunInstance(Instance):
             self.ct.destroy(self.name, force=True)
         except CtrunError:
             pass
-
-    def cgroup(self):
-        from .. import cgroups
-        conf = self.ct.inspect(self.name)["config"]
-        return cgroups.manager(self.name, parent=conf["cgroup_parent"])
 
     def set_limits(self, limits):
         self.ct.set(self.name, limits, save=False)

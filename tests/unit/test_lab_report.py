@@ -140,7 +140,7 @@ class _FakeInst:
             from ctrun.errors import CtrunError
             raise CtrunError("no room")
 
-    def memory(self):
+    def memory(self, share=None):
         return {"total_kb": 1000}
 
     def destroy(self):
@@ -155,6 +155,9 @@ class _FakeMode:
 
     def create(self, name):
         return _FakeInst(self, name)
+
+    def monitor_share_kb(self):
+        return 0
 
 
 class _FakeLab:
