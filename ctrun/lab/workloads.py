@@ -131,8 +131,26 @@ def run(name, inst, secs, lab):
     raise KeyError(name)
 
 
-class Iperf3Server:
-    """The host's iperf3 (in setup.sh's DEBS), serving the lab for its whole run."""
+def _free_port(ip):
+    import socket
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+class _HostServer:
+    """A server the lab runs on the host, in a session of its own, for its whole run."""
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)  # the server and its per-connection children
+        self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+class Iperf3Server(_HostServer):
+    """The host's iperf3 (in setup.sh's DEBS)."""
 
     def __init__(self, ip):
         import shutil
@@ -141,9 +159,7 @@ class Iperf3Server:
         if not shutil.which("iperf3"):
             raise Unmeasured("iperf3 is not installed on the host; run: apt-get install "
                              "iperf3")
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port(ip)
         self.proc = subprocess.Popen(["iperf3", "-s", "-B", ip, "-p", str(self.port)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
@@ -155,30 +171,15 @@ class Iperf3Server:
         self.close()
         raise CtrunError(f"iperf3 -s did not listen on {ip}")
 
-    def close(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-        self.proc.wait()
 
-
-class Server:
+class Server(_HostServer):
     """The host end of the network workload: the same helper, `serve IP PORT`."""
 
     def __init__(self, helper, ip):
-        import socket
-        with socket.socket() as s:  # a free port on that address
-            s.bind((ip, 0))
-            self.port = s.getsockname()[1]
-        self.ip = ip
+        self.port = _free_port(ip)
         self.proc = subprocess.Popen([str(helper), "serve", ip, str(self.port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         if self.proc.stdout.readline().strip() != b"listening":
             self.close()
             raise CtrunError(f"the lab's TCP server could not listen on {ip}")
-
-    def close(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)  # the server and its per-connection children
-        self.proc.wait()
-        self.proc.stdout.close()
