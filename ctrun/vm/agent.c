@@ -9,15 +9,26 @@
  *
  * Where the host has vhost-vsock, QEMU gives the guest a vsock device instead: the agent
  * listens on vsock port 1024 and every accepted connection is a session of its own, with
- * the same frames (it listens whenever vsock works, so loopback can test it too).
+ * the same frames.
+ *
+ * Who may talk to it: only the host that started the VM.  Each start makes a fresh 32-byte
+ * key, puts it in the host's VM directory (root only, 0600) and in this start's initramfs as
+ * /ctrun/key (never on the kernel command line or QEMU's argv, which every user can read);
+ * the agent reads it before anything of the image runs, unlinks it and keeps it in memory.
+ * A session starts with a challenge: the agent answers the host's hello with a fresh random
+ * nonce, the host must return HMAC-SHA256(key, "ctrun-host" NUL agent-nonce host-nonce),
+ * and only then is any other frame obeyed; the agent proves the key back the same way.  A
+ * wrong proof ends the session (a vsock connection is closed).  On vsock only the host
+ * (CID 2) may connect at all: a guest process over vsock loopback is refused at accept.
  *
  * Frames both ways: 1 byte type, 4 bytes little-endian payload length, payload.
- *   host -> guest  H nonce (reset the port's session, reply h nonce\0release)
+ *   host -> guest  H nonce (reset the port's session, reply c agent-nonce(32) host-nonce)
+ *                  A proof (32 bytes; reply h agent-proof(32) release, or n and the end)
  *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
  *                  Q ping (answered q at once, whatever the session is doing)
- *   guest -> host  h hello reply   o stdout   e stderr   x exit code (decimal)
+ *   guest -> host  c challenge  h hello reply  n refused  o stdout  e stderr  x exit code
  *                  s stats lines "key value"   d done   r agent started (say hello again)
  * Built static (gcc -static) on the host and put in the VM's initramfs; it is started before
  * switch_root and chroots into the real root, so it runs whatever init the image has.
@@ -34,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -46,6 +58,10 @@
 #define MAXPORTS 24
 #define MAXFRAME 65536
 #define VSOCK_PORT 1024
+#define KEY_FILE "/ctrun/key"
+#define KEYLEN 32
+#define NONCE 32
+#define MAXHNONCE 64
 
 struct session {
     int fd;                 /* the virtio port, or an accepted vsock connection (-1: free) */
@@ -60,10 +76,136 @@ struct session {
     char *pend;             /* stdin bytes not yet written */
     size_t pendlen;
     int stdin_eof;
+    int challenged, authed;  /* a nonce is out; the host proved the key for this session */
+    unsigned char anonce[NONCE], hnonce[MAXHNONCE];
+    size_t hnlen;
 };
 
 static struct session ports[MAXPORTS];
 static int nports;
+static unsigned char key[KEYLEN];
+
+/* SHA-256 (FIPS 180-4) and HMAC (RFC 2104): a static guest binary has no crypto library,
+ * and the guest kernel's AF_ALG would need modules of its own in the initramfs */
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+struct sha256 {
+    uint32_t h[8];
+    unsigned char blk[64];
+    uint64_t bytes;
+};
+
+static uint32_t ror(uint32_t x, int n)
+{
+    return x >> n | x << (32 - n);
+}
+
+static void sha256_block(uint32_t *h, const unsigned char *p)
+{
+    uint32_t w[64], v[8], t1, t2;
+    int i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (; i < 64; i++)
+        w[i] = w[i - 16] + (ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ w[i - 15] >> 3) +
+               w[i - 7] + (ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ w[i - 2] >> 10);
+    memcpy(v, h, sizeof v);
+    for (i = 0; i < 64; i++) {  /* v: a b c d e f g h */
+        t1 = v[7] + (ror(v[4], 6) ^ ror(v[4], 11) ^ ror(v[4], 25)) +
+             ((v[4] & v[5]) ^ (~v[4] & v[6])) + K256[i] + w[i];
+        t2 = (ror(v[0], 2) ^ ror(v[0], 13) ^ ror(v[0], 22)) +
+             ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+        memmove(v + 1, v, 7 * sizeof v[0]);
+        v[4] += t1;
+        v[0] = t1 + t2;
+    }
+    for (i = 0; i < 8; i++)
+        h[i] += v[i];
+}
+
+static void sha256_init(struct sha256 *s)
+{
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, h0, sizeof h0);
+    s->bytes = 0;
+}
+
+static void sha256_update(struct sha256 *s, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    while (len--) {
+        s->blk[s->bytes++ % 64] = *p++;
+        if (s->bytes % 64 == 0)
+            sha256_block(s->h, s->blk);
+    }
+}
+
+static void sha256_final(struct sha256 *s, unsigned char out[32])
+{
+    unsigned char pad = 0x80, zero = 0, len[8];
+    uint64_t bits = s->bytes * 8;
+    int i;
+    sha256_update(s, &pad, 1);
+    while (s->bytes % 64 != 56)
+        sha256_update(s, &zero, 1);
+    for (i = 0; i < 8; i++)
+        len[i] = bits >> (56 - 8 * i);
+    sha256_update(s, len, 8);
+    for (i = 0; i < 32; i++)
+        out[i] = s->h[i / 4] >> (24 - 8 * (i % 4));
+}
+
+static void hmac_sha256(const unsigned char k[KEYLEN], const void *msg, size_t len,
+                        unsigned char out[32])
+{
+    unsigned char pad[64], inner[32];
+    struct sha256 s;
+    int i, pass;
+    for (pass = 0; pass < 2; pass++) {  /* inner: key ^ 0x36, message; outer: key ^ 0x5c */
+        for (i = 0; i < 64; i++)
+            pad[i] = (i < KEYLEN ? k[i] : 0) ^ (pass ? 0x5c : 0x36);
+        sha256_init(&s);
+        sha256_update(&s, pad, 64);
+        if (pass)
+            sha256_update(&s, inner, 32);
+        else
+            sha256_update(&s, msg, len);
+        sha256_final(&s, pass ? out : inner);
+    }
+}
+
+/* HMAC(key, label NUL a b): the proofs of the hello; a label per direction, so one
+ * side's proof can never be replayed as the other's */
+static void proof(const char *label, const unsigned char *a, size_t alen,
+                  const unsigned char *b, size_t blen, unsigned char out[32])
+{
+    unsigned char msg[32 + NONCE + MAXHNONCE];
+    size_t l = strlen(label) + 1;
+    memcpy(msg, label, l);
+    memcpy(msg + l, a, alen);
+    memcpy(msg + l + alen, b, blen);
+    hmac_sha256(key, msg, l + alen + blen, out);
+}
+
+static int same(const unsigned char *a, const unsigned char *b, size_t n)
+{
+    unsigned char d = 0;  /* constant time: a wrong proof must not tell how much was right */
+    while (n--)
+        d |= *a++ ^ *b++;
+    return d == 0;
+}
 
 static int write_all(int fd, const void *buf, size_t len)
 {
@@ -303,20 +445,59 @@ static void stats(struct session *s)
     send_frame(s, 's', out, l);
 }
 
-static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
+static void challenge(struct session *s, const char *p, uint32_t len)
+{
+    unsigned char buf[NONCE + MAXHNONCE];
+    end_session(s);
+    s->authed = 0;
+    s->hnlen = len < MAXHNONCE ? len : MAXHNONCE;
+    memcpy(s->hnonce, p, s->hnlen);
+    if (getrandom(s->anonce, NONCE, 0) != NONCE) {
+        s->challenged = 0;
+        return;  /* no nonce, no session: the host times out */
+    }
+    s->challenged = 1;
+    memcpy(buf, s->anonce, NONCE);
+    memcpy(buf + NONCE, s->hnonce, s->hnlen);
+    send_frame(s, 'c', buf, NONCE + s->hnlen);
+}
+
+/* the host's answer to the challenge: 0 when it holds the key */
+static int answer(struct session *s, const unsigned char *p, uint32_t len)
+{
+    unsigned char want[32], buf[32 + 65];
+    struct utsname u;
+    int l;
+    if (!s->challenged || len != 32)
+        return -1;
+    s->challenged = 0;  /* one try per nonce */
+    proof("ctrun-host", s->anonce, NONCE, s->hnonce, s->hnlen, want);
+    if (!same(want, p, 32))
+        return -1;
+    s->authed = 1;
+    proof("ctrun-agent", s->hnonce, s->hnlen, s->anonce, NONCE, buf);
+    uname(&u);
+    l = snprintf((char *)buf + 32, sizeof buf - 32, "%s", u.release);
+    send_frame(s, 'h', buf, 32 + (l < 65 ? l : 64));
+    return 0;
+}
+
+/* one frame from the host; -1: refused, the caller drops the session's input */
+static int frame(struct session *s, unsigned char type, char *p, uint32_t len)
 {
     char buf[512];
-    switch (type) {
-    case 'H': {
-        struct utsname u;
-        int l;
-        end_session(s);
-        uname(&u);
-        l = snprintf(buf, sizeof buf, "%.*s%c%s", (int)(len < 256 ? len : 256), p, 0,
-                     u.release);
-        send_frame(s, 'h', buf, l);
-        break;
+    if (type == 'H') {
+        challenge(s, p, len);
+        return 0;
     }
+    if (type == 'A' ? answer(s, (unsigned char *)p, len) : !s->authed) {
+        static const char m[] = "ctrun-agent: refused: this client did not prove the VM's key";
+        end_session(s);
+        s->authed = s->challenged = 0;
+        send_frame(s, 'n', m, sizeof m - 1);
+        return -1;
+    }
+    switch (type) {
     case 'O':
         p[len] = 0;
         start_exec(s, p, len);
@@ -366,13 +547,15 @@ static void frame(struct session *s, unsigned char type, char *p, uint32_t len)
         reboot(RB_POWER_OFF);
         break;
     }
+    return 0;
 }
 
 static void hangup(struct session *s)
 {
-    s->connected = 0;   /* the host hung up: end the session */
+    s->connected = 0;   /* the host hung up: end the session; the next client proves anew */
     end_session(s);
     s->inlen = 0;
+    s->authed = s->challenged = 0;
     if (s->vsock) {
         close(s->fd);
         s->fd = -1;
@@ -382,9 +565,15 @@ static void hangup(struct session *s)
 
 static void accept_vsock(int lfd)
 {
-    int i, fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_vm peer;
+    socklen_t plen = sizeof peer;
+    int i, fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return;
+    if (plen < sizeof peer || peer.svm_family != AF_VSOCK || peer.svm_cid != VMADDR_CID_HOST) {
+        close(fd);  /* a guest process over vsock loopback, or another VM: never a client */
+        return;
+    }
     for (i = 0; i < MAXPORTS; i++)
         if (ports[i].fd < 0 || i >= nports)
             break;
@@ -436,7 +625,12 @@ static void read_port(struct session *s)
             break;
         {
             unsigned char save = h[5 + len];
-            frame(s, h[0], (char *)h + 5, len);
+            if (frame(s, h[0], (char *)h + 5, len) < 0) {
+                s->inlen = 0;  /* nothing more from this client is read */
+                if (s->vsock)
+                    hangup(s);
+                return;
+            }
             if (s->inlen - off > 5 + len)
                 h[5 + len] = save;
         }
@@ -499,11 +693,30 @@ static void find_ports(void)
     closedir(d);
 }
 
-int main(int argc, char **argv)
+/* the start's key, from the initramfs (before the chroot), then gone from every view but
+ * this process's memory: nothing the image runs can read it from a file */
+static int load_key(void)
+{
+    int fd = open(KEY_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), n = -1;
+    if (fd >= 0) {
+        n = read(fd, key, KEYLEN);
+        close(fd);
+    }
+    unlink(KEY_FILE);
+    if (n != KEYLEN) {
+        fprintf(stderr, "ctrun-agent: no %d-byte key in %s\n", KEYLEN, KEY_FILE);
+        return -1;
+    }
+    return 0;
+}
+
+static int agent_main(int argc, char **argv)
 {
     sigset_t mask;
     int sfd, lfd, i;
 
+    if (load_key())
+        return 1;
     if (argc > 1 && (chroot(argv[1]) || chdir("/"))) {
         perror("ctrun-agent: chroot");
         return 1;
@@ -623,3 +836,33 @@ int main(int argc, char **argv)
         }
     }
 }
+
+#ifdef AGENT_SELFTEST
+/* for the unit tests: HMAC-SHA256 of argv[2] (hex) under the key argv[1] (hex), in hex */
+static void unhex(const char *h, unsigned char *out, size_t *n)
+{
+    unsigned v;
+    for (*n = 0; h[0] && h[1] && sscanf(h, "%2x", &v) == 1; h += 2)
+        out[(*n)++] = v;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned char msg[4096], mac[32];
+    size_t n, i;
+    if (argc != 3 || strlen(argv[1]) != 2 * KEYLEN || strlen(argv[2]) > 2 * sizeof msg)
+        return 2;
+    unhex(argv[1], key, &n);
+    unhex(argv[2], msg, &n);
+    hmac_sha256(key, msg, n, mac);
+    for (i = 0; i < 32; i++)
+        printf("%02x", mac[i]);
+    printf("\n");
+    return 0;
+}
+#else
+int main(int argc, char **argv)
+{
+    return agent_main(argc, argv);
+}
+#endif

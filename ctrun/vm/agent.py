@@ -2,12 +2,19 @@
 
 QEMU serves each port as a unix socket with room for one client; a client takes a free
 port by flock on its lock file, says hello with a fresh nonce (which resets the guest's
-session on that port and skips anything a previous client left in the pipe) and then runs
-one exec, stats or shutdown request.
+session on that port and skips anything a previous client left in the pipe), proves that
+it holds this start's key (vm/agent.key, root only) against the agent's challenge, checks
+the agent's proof in turn, and then runs one exec, stats or shutdown request.
+
+The guest is not trusted either (its root can replace the agent): every frame's length is
+bounded by its type before it is read, a frame the protocol does not allow ends the session
+with a one-line error, and no read waits without a deadline.
 """
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import os
 import select
 import socket
@@ -23,10 +30,47 @@ MAXFRAME = 65536
 VSOCK_PORT = 1024    # the agent's vsock port (agent.c)
 PING_EVERY = 2.0     # seconds of silence before an exec asks whether the agent is alive
 PING_TIMEOUT = 6.0   # seconds an unanswered ping may wait (TCG guests are slow)
+FRAME_TIMEOUT = 30.0  # seconds the rest of a frame may take once its first byte came
+KEY_FILE = "agent.key"
+KEY_BYTES = 32
+NONCE = 32           # the agent's challenge (agent.c)
+HOST_NONCE = 16
+# the most the host reads of each frame type the agent may send (agent.c sends output in
+# chunks of at most 32 KiB; a release is at most 64 bytes): anything else is refused
+LIMITS = {"o": MAXFRAME, "e": MAXFRAME, "x": 16, "q": 0, "s": 4096, "d": 0, "r": 0,
+          "c": NONCE + HOST_NONCE, "h": 32 + 64, "n": 256}
+# what a previous client's session may have left in the pipe before our hello's answer
+STALE = set("oexqsdrhcn")
 
 
 class AgentError(CtrunError):
     pass
+
+
+class AgentRefused(AgentError):
+    """The agent did not accept our proof of the key: retrying cannot help."""
+
+
+def new_key(vmdir):
+    """A fresh key for one start of the VM, readable by root only; returns its bytes."""
+    key = os.urandom(KEY_BYTES)
+    path = os.path.join(str(vmdir), KEY_FILE)
+    tmp = path + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        os.write(fd, key)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return key
+
+
+def proof(key, label, a, b):
+    """HMAC-SHA256(key, label NUL a b), as agent.c computes it."""
+    return hmac.new(key, label.encode() + b"\0" + a + b, hashlib.sha256).digest()
 
 
 class Agent:
@@ -47,7 +91,11 @@ class Agent:
                     raise Conflict(f"every agent channel of the VM is busy ({ports} sessions);"
                                    " try again when one ends")
                 time.sleep(0.05)
-        self.release = self._hello(deadline)
+        try:
+            self.release = self._hello(deadline)
+        except BaseException:
+            self.close()
+            raise
 
     def _try_port(self, i, deadline):
         fd = os.open(os.path.join(self.vmdir, f"agent{i}.lock"),
@@ -84,15 +132,49 @@ class Agent:
                              f"({e.strerror or e}); is it running? see: ctrun list") from None
         self.sock = s
 
+    def _key(self):
+        try:
+            with open(os.path.join(self.vmdir, KEY_FILE), "rb") as f:
+                key = f.read(KEY_BYTES + 1)
+        except FileNotFoundError:
+            key = b""
+        if len(key) != KEY_BYTES:
+            raise AgentRefused("the VM has no valid agent key (started by an older ctrun?); "
+                               "restart it: ctrun restart NAME")
+        return key
+
     def _hello(self, deadline):
-        nonce = os.urandom(8).hex().encode()
-        self.send("H", nonce)
+        """Challenge and response both ways; the guest's kernel release."""
+        key = self._key()
+        nonce = None
         while True:
-            t, p = self.recv(max(0.05, deadline - time.monotonic()))
-            if t == "h" and p.split(b"\0")[0] == nonce:
-                return p.split(b"\0")[1].decode()
-            if t == "r":  # the agent just started: our first hello may have been dropped
+            if nonce is None:  # a fresh nonce per hello: an older hello's answer is stale
+                nonce = os.urandom(HOST_NONCE)
                 self.send("H", nonce)
+            t, p = self.recv(deadline=deadline)
+            if t == "r":  # the agent just started: our hello may have been dropped
+                nonce = None
+            elif t == "c" and p[NONCE:] == nonce:
+                break
+            elif t not in STALE:
+                raise self._unexpected(t, "hello")
+        challenge = p[:NONCE]
+        self.send("A", proof(key, "ctrun-host", challenge, nonce))
+        t, p = self.recv(deadline=deadline)
+        if t == "n":
+            raise AgentRefused("the VM's agent refused this client's proof of the VM's key "
+                               "(was the VM restarted meanwhile?); try again")
+        if t != "h":
+            raise self._unexpected(t, "hello")
+        if not hmac.compare_digest(p[:32], proof(key, "ctrun-agent", nonce, challenge)):
+            raise AgentRefused("the VM's agent did not prove that it holds the VM's key; "
+                               "the guest may be compromised: ctrun stop it")
+        return p[32:].decode(errors="replace")
+
+    @staticmethod
+    def _unexpected(t, during):
+        return AgentError(f"the guest agent sent an unexpected frame {t!r} during {during}; "
+                          "session closed (a broken or hostile guest?)")
 
     def close(self):
         if self.sock is not None:
@@ -109,45 +191,73 @@ class Agent:
 
     # ---------------------------------------------------------------- frames
     def send(self, type_, payload=b""):
-        for off in range(0, max(len(payload), 1), MAXFRAME):
-            chunk = payload[off:off + MAXFRAME]
-            self.sock.sendall(type_.encode() + struct.pack("<I", len(chunk)) + chunk)
+        self.sock.settimeout(FRAME_TIMEOUT)  # a guest that stops reading must not wedge us
+        try:
+            for off in range(0, max(len(payload), 1), MAXFRAME):
+                chunk = payload[off:off + MAXFRAME]
+                self.sock.sendall(type_.encode() + struct.pack("<I", len(chunk)) + chunk)
+        except socket.timeout:
+            raise AgentError("the guest agent stopped reading its channel") from None
+        except OSError as e:
+            raise AgentError(f"the guest agent's channel broke ({e.strerror or e}); "
+                             "the VM stopped?") from None
 
-    def _read(self, n, timeout):
-        buf = b""
+    def _read(self, n, deadline):
+        buf = bytearray()
         while len(buf) < n:
-            if timeout is not None:
-                self.sock.settimeout(timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentError("the guest agent did not answer in time")
+            self.sock.settimeout(left)
             try:
-                data = self.sock.recv(n - len(buf))
+                data = self.sock.recv(min(n - len(buf), 1 << 16))
             except socket.timeout:
                 raise AgentError("the guest agent did not answer in time") from None
+            except OSError:
+                data = b""  # reset: as good as a hang-up
             if not data:
                 raise AgentError("the guest agent hung up (the VM stopped?)")
             buf += data
-        return buf
+        return bytes(buf)
 
-    def recv(self, timeout=None):
-        h = self._read(5, timeout)
-        n = struct.unpack("<I", h[1:])[0]
-        return chr(h[0]), self._read(n, timeout) if n else b""
+    def recv(self, timeout=FRAME_TIMEOUT, deadline=None):
+        """One frame, (type, payload): its length checked against its type's bound before
+        a byte of the payload is read."""
+        if deadline is None:
+            deadline = time.monotonic() + timeout
+        h = self._read(5, deadline)
+        t, n = chr(h[0]), struct.unpack("<I", h[1:])[0]
+        if t not in LIMITS:
+            raise AgentError(f"the guest agent sent an unknown frame type {h[0]:#04x}; "
+                             "session closed (a broken or hostile guest?)")
+        if n > LIMITS[t]:
+            raise AgentError(f"the guest agent sent a {n}-byte {t!r} frame (at most "
+                             f"{LIMITS[t]} allowed); session closed (a broken or hostile "
+                             "guest?)")
+        return t, self._read(n, deadline) if n else b""
+
+    def _expect(self, want, timeout, during):
+        t, p = self.recv(timeout)
+        if t != want:
+            raise self._unexpected(t, during)
+        return p
 
     # ---------------------------------------------------------------- requests
     def stats(self):
         self.send("S")
-        while True:
-            t, p = self.recv(10)
-            if t == "s":
-                out = {}
-                for line in p.decode().splitlines():
-                    k, _, v = line.partition(" ")
-                    out[k] = float(v) if "." in v else int(v)
-                return out
+        p = self._expect("s", 10, "stats")
+        out = {}
+        try:
+            for line in p.decode().splitlines():
+                k, _, v = line.partition(" ")
+                out[k] = float(v) if "." in v else int(v)
+        except (UnicodeDecodeError, ValueError):
+            raise AgentError("the guest agent sent unreadable stats") from None
+        return out
 
     def signal_init(self, sig):
         self.send("D", str(int(sig)).encode())
-        while self.recv(10)[0] != "d":
-            pass
+        self._expect("d", 10, "a signal to the guest's init")
 
     def poweroff(self):
         self.send("P")
@@ -205,9 +315,13 @@ class Agent:
                 elif t == "e":
                     _write_all(err, p)
                 elif t == "x":
+                    if not p.isdigit():
+                        raise AgentError(f"the guest agent sent a bad exit code {p[:16]!r}")
                     return int(p)
                 elif t == "q":
                     ping_at = None
+                else:
+                    raise self._unexpected(t, "exec")
 
     def _resize(self, fd):
         import termios
@@ -238,6 +352,8 @@ def wait_ready(vmdir, alive, timeout, console=None):
         try:  # one connection: the agent says "r" on it when it starts
             with Agent(vmdir, timeout=min(left, 5.0)) as a:
                 return a.release
+        except AgentRefused:
+            raise
         except (AgentError, Conflict):
             time.sleep(0.02)
 

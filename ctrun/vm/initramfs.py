@@ -8,6 +8,7 @@ start appends a tiny second cpio archive with that VM's settings (the kernel unp
 concatenated archives in order).
 """
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -175,15 +176,28 @@ def settings(conf, net=None, probe=False):
     return "".join(f"{k}={shlex.quote(val)}\n" for k, val in v.items())
 
 
-def for_vm(kernel, dest, conf, net=None, probe=False):
-    """dest := the cached base + this VM's settings archive."""
+def for_vm(kernel, dest, conf, net=None, probe=False, key=None):
+    """dest := the cached base + this VM's settings archive, holding the agent's key of
+    this start as /ctrun/key (the agent reads and unlinks it before the image runs).  The
+    result is root's alone (0600): it holds the key."""
     b = base(kernel)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(dest)) as tmp:
         t = Path(tmp) / "root"
         (t / "ctrun").mkdir(parents=True)
         (t / "ctrun/config").write_text(settings(conf, net, probe))
+        if key is not None:
+            _write_private(t / "ctrun/key", key)
         _cpio(t, Path(tmp) / "vm.cpio")
-        with open(dest, "wb") as out, open(b, "rb") as f1, open(Path(tmp) / "vm.cpio", "rb") as f2:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)  # a file of its own, created 0600, not an older one's mode
+        with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600),
+                  "wb") as out, open(b, "rb") as f1, open(Path(tmp) / "vm.cpio", "rb") as f2:
             shutil.copyfileobj(f1, out)
             shutil.copyfileobj(f2, out)
     return dest
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)

@@ -62,7 +62,7 @@ def prepare_start(store, cdir, conf, icfg):
     """Everything QEMU needs, decided in the CLI (so errors reach the user): the
     accelerator, the kernel, this start's initramfs; written to vm/launch.json for the
     monitor's launcher.  Returns a notice when KVM was asked for implicitly but unusable."""
-    from . import accel as accelmod, initramfs, kernel, qemu
+    from . import accel as accelmod, agent, initramfs, kernel, qemu
     from ..network import container as netc
     vm = conf["vm"]
     k = kernel.find()
@@ -70,10 +70,11 @@ def prepare_start(store, cdir, conf, icfg):
     vmdir = cdir / "vm"
     net = conf.get("net") or {}
     bridged = netc.bridged(net)
+    # a fresh agent key per start: only a client that read it from vm/ (root) is obeyed
     initrd = initramfs.for_vm(k, vmdir / "initrd.img", {
         "name": conf["name"], "hostname": conf.get("hostname"),
         "argv": guest_argv(conf, icfg), "resolv": netc.resolv_text(net) if bridged else ""},
-        net if bridged else None)
+        net if bridged else None, key=agent.new_key(vmdir))
     channel = {"kind": qemu.agent_channel()}
     if channel["kind"] == "vsock":  # a context id no other VM on this host is likely to hold
         channel["cid"] = 3 + int.from_bytes(os.urandom(4), "little") % (0xFFFFFFF0 - 3)
@@ -122,7 +123,9 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w):
             os.dup2(err_w, 2)
             os.setsid()
             import shutil
-            os.execv(shutil.which(argv[0]), argv)
+            path = shutil.which(argv[0])
+            drop_capabilities()
+            os.execv(path, argv)
         except BaseException as e:  # noqa: BLE001
             os.write(errw, f"cannot start QEMU: {e}".encode())
         os._exit(127)
@@ -141,6 +144,21 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w):
             os.kill(pid, signal.SIGKILL)
             raise
     return pid, proc_start_time(pid)
+
+
+def drop_capabilities():
+    """QEMU runs as root but with no capability at all (nor a way back to one): every file
+    it opens (disks, kernel, /dev/kvm, /dev/vhost-*) is root's own, its sockets are made in
+    root's directory, the tap arrives as an open fd and its cgroup is joined before exec.
+    An empty bounding set and inheritable set leave root nothing to gain at exec; lowering
+    the inheritable set clears the ambient set too (a capability is ambient only while it
+    is permitted and inheritable)."""
+    import prctl
+    from .. import libc
+    for cap in range(libc.cap_last_cap() + 1):
+        libc.capbset_drop(cap)
+    prctl.cap_inheritable.limit()
+    prctl.set_no_new_privs(1)
 
 
 def wait_ready(cdir, alive):

@@ -18,6 +18,10 @@ TCG_TB_MB = 64                # TCG's translation cache (QEMU's default is 1 GiB
 # QEMU's own memory above guest RAM, measured idle at 256 MiB guests (README, VM mode):
 # the cgroup limit is guest RAM plus this, so a runaway QEMU is stopped, the guest is not
 OVERHEAD = {"kvm": 64 << 20, "tcg": (64 + TCG_TB_MB * 2) << 20}
+# QEMU's seccomp filter: no obsolete system calls, no setuid/setgid/capset, no fork or exec
+# (the tap is handed over as an fd, no helper script runs), no scheduler or priority games;
+# a guest that takes over its QEMU is left with little more than it already had
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 CMDLINE = ("console=ttyS0 reboot=t panic=-1 cryptomgr.notests lsm=capability quiet "
            "8250.nr_uarts=1 random.trust_cpu=on")
 
@@ -66,6 +70,7 @@ def argv(accel, vmlinux, initrd, memory_mb, cpus, disk=None, tap_fd=None, mac=No
          "-cpu", "host" if accel == "kvm" else "max",
          "-m", f"{memory_mb}M", "-smp", str(cpus), "-nodefaults", "-no-user-config",
          "-display", "none", "-monitor", "none", "-no-reboot", "-serial", "stdio",
+         "-sandbox", SANDBOX,
          "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline,
          "-qmp", f"unix:{qmp},server=on,wait=off",
          "-device", "virtio-balloon-device"]

@@ -133,6 +133,127 @@ def test_inspect_stats_and_logs(vcli, vm):
     assert "ctrun-init: starting /sbin/init" in logs
 
 
+VSOCK_PROBE = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+int main(void)
+{
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_LOCAL,
+                            .svm_port = 1024};
+    struct timeval tv = {20, 0};
+    char hello[] = "H\5\0\0\0nonce", buf[64];
+    int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+    ssize_t n;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        printf("connect-failed %s\n", strerror(errno));
+        return 1;
+    }
+    write(fd, hello, sizeof hello - 1);
+    n = read(fd, buf, sizeof buf);
+    printf(n > 0 ? "answered\n" : n == 0 || errno == ECONNRESET ? "closed\n" : "timeout\n");
+    return 0;
+}
+"""
+
+
+def _agent_frame(t, payload=b""):
+    import struct
+    return t.encode() + struct.pack("<I", len(payload)) + payload
+
+
+def _unauthenticated_session(vmdir, frames):
+    """Talk to the agent's last port as a client without the key would: the frames it got
+    back before it went quiet."""
+    import fcntl
+    import socket
+    import struct
+    from ctrun.vm.qemu import PORTS
+    lock = os.open(vmdir / f"agent{PORTS - 1}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    got = []
+    try:
+        s.connect(str(vmdir / f"agent{PORTS - 1}.sock"))
+        s.settimeout(10)
+        buf = b""
+        for f in frames:
+            s.sendall(f)
+            before = len(got)
+            try:
+                while True:  # until the answer to this frame (or silence)
+                    while len(buf) >= 5 and len(buf) >= 5 + struct.unpack("<I", buf[1:5])[0]:
+                        n = struct.unpack("<I", buf[1:5])[0]
+                        got.append((chr(buf[0]), buf[5:5 + n]))
+                        buf = buf[5 + n:]
+                    if len(got) > before and got[-1][0] in "nchx":
+                        break
+                    buf += s.recv(65536)
+            except socket.timeout:
+                pass
+    finally:
+        s.close()
+        os.close(lock)
+    return got
+
+
+def test_the_agent_obeys_only_the_holder_of_the_vm_key(vstore, vcli, vm, tmp_path):
+    """Issue 12 item 5: the agent trusted whoever connected.  Now a per-start key (0600, in
+    the initramfs, never in an argv) must be proven first; QEMU runs sandboxed, with no
+    capability; a guest process cannot reach the agent over vsock loopback."""
+    cdir = vstore / "containers" / "vm1"
+    vmdir = cdir / "vm"
+    key = (vmdir / "agent.key").read_bytes()
+    assert len(key) == 32
+    for f in ("agent.key", "initrd.img"):
+        assert os.stat(vmdir / f).st_mode & 0o777 == 0o600, f
+    pid = vcli.json("inspect", "vm1")["qemu_pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"\0-sandbox\0on,obsolete=deny,elevateprivileges=deny,spawn=deny," \
+           b"resourcecontrol=deny\0" in cmdline
+    assert key not in cmdline and key.hex().encode() not in cmdline
+    status = dict(line.split(":\t", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    guest_cmdline = vcli("exec", "vm1", "--", "cat", "/proc/cmdline", check=True).stdout
+    assert "console=ttyS0" in guest_cmdline and key.hex() not in guest_cmdline
+    assert vcli("exec", "vm1", "--", "ls", "/ctrun/key").returncode != 0
+
+    # a command with no hello at all, and one after a wrong proof: refused, never run
+    got = _unauthenticated_session(vmdir, [
+        _agent_frame("O", b"\0/\0000:0\0\0touch\0/pwned-no-hello\0")])
+    assert [t for t, _ in got][-1:] == ["n"] and "x" not in [t for t, _ in got], got
+    got = _unauthenticated_session(vmdir, [
+        _agent_frame("H", b"0123456789abcdef"),
+        _agent_frame("A", b"\0" * 32),
+        _agent_frame("O", b"\0/\0000:0\0\0touch\0/pwned-bad-proof\0")])
+    assert [t for t, _ in got if t != "r"][:2] == ["c", "n"], got
+    assert "h" not in [t for t, _ in got] and "x" not in [t for t, _ in got], got
+    r = vcli("exec", "vm1", "--", "sh", "-c", "ls /pwned-*")
+    assert r.returncode != 0 and "pwned" not in r.stdout, r.stdout
+
+    # vsock from inside the guest (loopback, CID 1): accepted by the kernel, closed by the
+    # agent before it reads a byte
+    src = tmp_path / "probe.c"
+    src.write_text(VSOCK_PROBE)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp_path / "probe"), str(src)],
+                   check=True, capture_output=True)
+    p = subprocess.run([sys.executable, "-m", "ctrun", "--root", str(vstore), "exec", "-i",
+                        "vm1", "--", "sh", "-c", "cat > /tmp/vprobe && chmod +x /tmp/vprobe"],
+                       input=(tmp_path / "probe").read_bytes(), capture_output=True,
+                       timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    r = vcli("exec", "vm1", "--", "/tmp/vprobe", timeout=60)
+    assert r.stdout.strip() == "closed", (r.stdout, r.stderr)
+
+
 def test_set_memory_inflates_the_balloon(vcli, vm):
     before = vcli.json("stats", "vm1", "--format", "json")["vm1"]["guest"]["mem_total"]
     vcli("set", "vm1", "--memory", "160M", check=True)
