@@ -220,11 +220,11 @@ class Agent:
             buf += data
         return bytes(buf)
 
-    def recv(self, timeout=FRAME_TIMEOUT, deadline=None):
+    def recv(self, timeout=None, deadline=None):
         """One frame, (type, payload): its length checked against its type's bound before
         a byte of the payload is read."""
         if deadline is None:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + (timeout or FRAME_TIMEOUT)
         h = self._read(5, deadline)
         t, n = chr(h[0]), struct.unpack("<I", h[1:])[0]
         if t not in LIMITS:

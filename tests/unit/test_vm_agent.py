@@ -18,6 +18,7 @@ from ctrun.errors import CtrunError
 from ctrun.vm import agent, initramfs
 
 KEY = bytes(range(32))
+KEY_FILE = "agent.key"  # in the VM's directory, next to its agent sockets
 
 
 def frame(t, payload=b""):
@@ -40,7 +41,7 @@ class FakeAgent:
     Agent built around the other end (no VM, no port lock)."""
 
     def __init__(self, tmp_path, script, key=KEY):
-        (tmp_path / agent.KEY_FILE).write_bytes(key)  # the key the host holds
+        (tmp_path / KEY_FILE).write_bytes(key)  # the key the host holds
         host, self.guest = socket.socketpair()
         self.client = agent.Agent.__new__(agent.Agent)
         self.client.vmdir, self.client.lock, self.client.sock = str(tmp_path), None, host
@@ -152,8 +153,9 @@ def test_half_a_frame_then_silence_gives_up(tmp_path, monkeypatch):
 
     def script(s):
         s.sendall(b"o" + struct.pack("<I", 100) + b"only part")
-        stop.wait(60)  # silent, not gone
-    monkeypatch.setattr(agent, "FRAME_TIMEOUT", 0.5)
+        stop.wait(20)  # silent, not gone (for a while: a client without a deadline fails)
+        s.shutdown(socket.SHUT_WR)
+    monkeypatch.setattr(agent, "FRAME_TIMEOUT", 0.5, raising=False)
     f = FakeAgent(tmp_path, script)
     with pytest.raises(agent.AgentError, match="did not answer in time"):
         f.client.recv()
@@ -173,8 +175,8 @@ def test_bad_stats_and_exit_codes_are_errors(tmp_path):
 
 def test_the_key_is_private_and_in_the_initramfs_only(tmp_path, monkeypatch):
     key = agent.new_key(tmp_path)
-    assert stat.S_IMODE(os.stat(tmp_path / agent.KEY_FILE).st_mode) == 0o600
-    assert (tmp_path / agent.KEY_FILE).read_bytes() == key and len(key) == 32
+    assert stat.S_IMODE(os.stat(tmp_path / KEY_FILE).st_mode) == 0o600
+    assert (tmp_path / KEY_FILE).read_bytes() == key and len(key) == 32
     assert agent.new_key(tmp_path) != key  # a new one per start
     base = tmp_path / "base.cpio"
     base.write_bytes(b"")
@@ -211,5 +213,5 @@ def test_the_guest_hmac_is_hmac_sha256(tmp_path):
     for n in (0, 1, 55, 56, 57, 63, 64, 65, 96, 119, 120, 1000):
         key, msg = os.urandom(32), os.urandom(n)
         got = subprocess.run([str(exe), key.hex(), msg.hex()], capture_output=True,
-                             text=True, check=True).stdout.strip()
+                             text=True, check=True, timeout=20).stdout.strip()
         assert got == hmac.new(key, msg, hashlib.sha256).hexdigest(), n
