@@ -202,6 +202,7 @@ def _unauthenticated_session(vmdir, frames):
     return got
 
 
+@pytest.mark.slow
 def test_the_agent_obeys_only_the_holder_of_the_vm_key(vstore, vcli, vm, tmp_path):
     """Issue 12 item 5: the agent trusted whoever connected.  Now a per-start key (0600, in
     the initramfs, never in an argv) must be proven first; QEMU runs sandboxed, with no
