@@ -24,6 +24,7 @@ that the other verbs would pay for (cli.py imports this module for `image pull` 
 
 import base64
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -408,12 +409,16 @@ def _reason(e):
 
 # -- manifests and blobs ---------------------------------------------------------------------
 
-def _read_verified(client, path, digest, what, accept=None, limit=oci.MAX_JSON):
-    """(bytes, digest) of a small document; its sha256 must be `digest` when given."""
+def _read_verified(client, path, digest, what, accept=None, limit=oci.MAX_JSON, size=None):
+    """(bytes, digest) of a small document; its sha256 must be `digest` when given.  With
+    the descriptor's size, no more than that is read: the digest judges what came."""
+    if size is not None and size > limit:
+        raise InvalidInput(f"{what} of {client.ref} is over {limit} bytes; the registry "
+                           "serves something that is not an image")
     resp, conn = client.get(path, {"Accept": accept} if accept else None)
     with contextlib.closing(conn):
         try:
-            body = resp.read(limit + 1)
+            body = resp.read(limit + 1 if size is None else size)
         except (OSError, http.client.HTTPException) as e:
             raise RegistryError(f"reading {what} from registry {client.ref.registry} failed "
                                 f"({_reason(e)}); try again") from None
@@ -466,8 +471,10 @@ def resolve(client, platform=None):
                     child["digest"]):
                 raise InvalidInput(f"the image index of {ref} has digest "
                                    f"{child.get('digest')!r}; only sha256 is supported")
-            body, digest, ctype = _read_verified(client, f"manifests/{child['digest']}",
-                                                 child["digest"], "the manifest", ACCEPT)
+            size = child.get("size")
+            body, digest, ctype = _read_verified(
+                client, f"manifests/{child['digest']}", child["digest"], "the manifest",
+                ACCEPT, size=size if isinstance(size, int) and size >= 0 else None)
             continue
         if mt not in oci.MANIFEST_TYPES and not (not mt and "layers" in doc):
             raise InvalidInput(f"{ref} has media type {mt!r}, which is not a container "
@@ -482,7 +489,7 @@ def resolve(client, platform=None):
                            "image config (an OCI artifact?)")
     _check_desc(cdesc, "the image config", ref)
     cbody, _, _ = _read_verified(client, f"blobs/{cdesc['digest']}", cdesc["digest"],
-                                 "the image config")
+                                 "the image config", size=cdesc["size"])
     config = _json(cbody, "the image config", ref)
     ldescs = doc.get("layers")
     diff_ids = oci._diff_ids(config, str(ref), ldescs, f"the manifest of {ref} lists", "",
@@ -526,6 +533,12 @@ class Download:
                 if attempt == ATTEMPTS:
                     raise
                 time.sleep(0.5 * attempt)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # the disk, not the network: keep no part that holds on to the space
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                raise
         have = os.path.getsize(self.path)
         if have != self.layer.size:
             os.unlink(self.path)
@@ -555,22 +568,21 @@ class Download:
         with contextlib.closing(conn):
             if resp.status == 200:
                 have = 0          # the server ignored the range: start over
+            # the file is the store's disk: its errors (ENOSPC) are not the network's
             with open(self.path, "ab" if have else "wb") as out:
-                try:
-                    while chunk := resp.read(_CHUNK):
-                        if have + len(chunk) > self.layer.size:
-                            raise InvalidInput(
-                                f"layer {self.layer.digest} of {self.client.ref} is longer "
-                                f"than its descriptor's {self.layer.size} bytes; the registry "
-                                "serves a corrupt image")
-                        out.write(chunk)
-                        have += len(chunk)
-                        self.progress(self.layer, have)
-                except (OSError, http.client.HTTPException) as e:
-                    raise RegistryError(f"download of layer {self.layer.digest} from "
-                                        f"{self.client.ref.registry} broke off at {have} of "
-                                        f"{self.layer.size} bytes ({_reason(e)}); pull again "
-                                        "to resume") from None
+                while have < self.layer.size:   # never more than declared: cut off there
+                    try:
+                        chunk = resp.read(min(_CHUNK, self.layer.size - have))
+                    except (OSError, http.client.HTTPException) as e:
+                        raise RegistryError(f"download of layer {self.layer.digest} from "
+                                            f"{self.client.ref.registry} broke off at {have} "
+                                            f"of {self.layer.size} bytes ({_reason(e)}); pull "
+                                            "again to resume") from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    have += len(chunk)
+                    self.progress(self.layer, have)
         if have < self.layer.size:
             raise RegistryError(f"download of layer {self.layer.digest} from "
                                 f"{self.client.ref.registry} broke off at {have} of "
@@ -615,8 +627,7 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
     from ..config import check_name
     from ..errors import Conflict
     from ..state import read_json
-    from . import store as images
-    from .transfer import stack_image
+    from .transfer import store_space
     ref = parse_reference(reference)
     name = name or default_name(ref)
     check_name(name, "image")
@@ -628,6 +639,15 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
     img = resolve(client, platform)
     if old is not None and old.get("digest") == img.digest:
         return old                              # up to date
+    with store_space(store):
+        return _install(store, name, client, img, old is not None, trusted)
+
+
+def _install(store, name, client, img, replace, trusted):
+    """Download the layers the store lacks, stack them as image NAME."""
+    from . import store as images
+    from .transfer import stack_image
+    ref = client.ref
     tmp = store.root / "tmp" / "blobs"
     tmp.mkdir(parents=True, exist_ok=True)
     progress = Progress()
@@ -646,7 +666,7 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
         cfg.update(source={"kind": "registry", "reference": str(ref)}, built_by="pull")
         return cfg
     try:
-        return images.install_layers(store, name, fill, replace=old is not None)
+        return images.install_layers(store, name, fill, replace=replace)
     finally:
         for path in fetched:                      # verified and applied (or refused): done
             try:

@@ -1,9 +1,11 @@
 """`ctrun image pull` against a real registry: Debian's docker-registry on 127.0.0.1, images
 pushed by skopeo from layouts umoci built; htpasswd auth; the bearer-token flow through a
 token endpoint and an auth-checking proxy the test runs in front of the registry (which
-also corrupts a blob, cuts a download short, or redirects blobs to another host on request)."""
+also corrupts a blob, lengthens it, cuts a download short, or redirects blobs to another
+host on request); a store on a small tmpfs for a file system that fills up."""
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -247,6 +249,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = bytearray(body)
             body[len(body) // 2] ^= 0xFF
             body = bytes(body)
+        if "/blobs/" in path and resp.status == 200:
+            body += srv.append.get(digest, b"")
         headers = [(k, v) for k, v in resp.getheaders()
                    if k in ("Content-Type", "Docker-Content-Digest", "Content-Range")]
         if "/blobs/" in path and srv.cut.get(digest):
@@ -452,13 +456,18 @@ def test_manifest_list_picks_this_hosts_platform(cli, proxy):
     assert_clean_error(r, "linux/amd64, linux/arm64")
 
 
-def _layer_digests(proxy):
+def _manifest(proxy):
     c = http.client.HTTPConnection(proxy.upstream)
     c.request("GET", "/v2/test/busybox/manifests/latest",
               headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    manifest = json.loads(c.getresponse().read())
+    body = c.getresponse().read()
     c.close()
-    return [ly["digest"] for ly in manifest["layers"]]
+    return body
+
+
+def _layer_digests(proxy, sizes=False):
+    layers = json.loads(_manifest(proxy))["layers"]
+    return [(ly["digest"], ly["size"]) if sizes else ly["digest"] for ly in layers]
 
 
 def test_corrupt_blob_leaves_nothing(cli, store, proxy):
@@ -470,6 +479,29 @@ def test_corrupt_blob_leaves_nothing(cli, store, proxy):
     left = sorted(str(p.relative_to(store)) for p in (store / "layers").rglob("*"))
     assert left in ([], ["layers/sha256"])          # no layer, no temp directory
     assert os.listdir(store / "tmp/blobs") == []
+
+
+def _nothing_left(root, name):
+    """No image, layer, temp directory or blob is left by a failed pull or import."""
+    assert not (root / "images" / name).exists()
+    assert not [n for n in os.listdir(root / "images") if n.startswith(".")]
+    assert [p.name for p in (root / "layers").rglob("*")] in ([], ["sha256"])
+    assert [p.name for p in (root / "tmp").rglob("*")] in ([], ["blobs"])
+
+
+def test_a_blob_longer_than_declared_is_cut_off_at_its_size(cli, store, proxy):
+    layer = _layer_digests(proxy)[0]
+    config = json.loads(_manifest(proxy))["config"]["digest"]
+    garbage = os.urandom(1 << 20) * 8
+    proxy.append.update({layer: garbage, config: garbage})
+    cli("image", "pull", f"{proxy.host}/test/busybox:latest", check=True)   # the digest holds
+    assert cli("run", "--rm", "busybox", "--", "cat", "/etc/pulled").returncode == 0
+    assert os.listdir(store / "tmp/blobs") == []
+    cli("image", "rm", "busybox", check=True)
+    proxy.corrupt.add(layer)         # the first `size` bytes are wrong: the digest says so
+    r = cli("image", "pull", f"{proxy.host}/test/busybox:latest")
+    assert_clean_error(r, f"layer {layer}", "does not match its digest")
+    _nothing_left(store, "busybox")
 
 
 def test_cut_downloads_resume_with_range(cli, store, proxy):
@@ -487,6 +519,61 @@ def test_cut_downloads_resume_with_range(cli, store, proxy):
     assert ranges[-1] == f"bytes={have}-"
     assert cli("run", "--rm", "busybox", "--", "cat", "/etc/pulled").returncode == 0
     assert os.listdir(store / "tmp/blobs") == []
+
+
+@contextlib.contextmanager
+def nearly_full_fs(free):
+    """A 64 MiB tmpfs with all but about `free` bytes taken by a file: a store on it fills
+    up.  Named without "ctrun" and unmounted however the test ends."""
+    mnt = Path(tempfile.mkdtemp(prefix="fullfs-", dir="/var/tmp"))
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "fullfs",
+                        str(mnt)], check=True)
+        try:
+            st = os.statvfs(mnt)
+            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - free)
+            finally:
+                os.close(fd)
+            yield mnt / "store"
+        finally:
+            if subprocess.run(["umount", str(mnt)]).returncode:
+                subprocess.run(["umount", "-l", str(mnt)], check=True)
+    finally:
+        os.rmdir(mnt)
+
+
+def _full_store_error(r, root, name):
+    assert_clean_error(r, f"no space left on the store's file system ({root})", "--root")
+    _nothing_left(root, name)
+
+
+@pytest.mark.parametrize("kind", ["rootfs tarball", "compressed OCI archive"])
+def test_an_import_that_fills_the_store_stops_and_leaves_nothing(layout, tmp_path, kind):
+    from conftest import CLI
+    if kind == "rootfs tarball":
+        src = tmp_path / "rootfs"
+        (src / "bin").mkdir(parents=True)
+        (src / "bin/big").write_bytes(os.urandom(8 << 20))
+        archive, extra = tmp_path / "big.tar", []
+        subprocess.run(["tar", "-C", str(src), "-cf", str(archive), "."], check=True)
+    else:          # unpacked under the store before its layers are: that fills it first
+        archive, extra = tmp_path / "oci.tar.gz", ["--ref", "t"]
+        subprocess.run(["tar", "-C", str(layout), "-czf", str(archive), "."], check=True)
+    with nearly_full_fs(256 << 10) as root:
+        r = CLI(root)("image", "import", str(archive), "big", *extra)
+        _full_store_error(r, root, "big")
+
+
+@pytest.mark.parametrize("stage", ["download", "extraction"])
+def test_a_pull_that_fills_the_store_stops_and_leaves_nothing(proxy, stage):
+    from conftest import CLI
+    size = max(s for _, s in _layer_digests(proxy, sizes=True))
+    free = 64 << 10 if stage == "download" else size + (256 << 10)
+    with nearly_full_fs(free) as root:
+        r = CLI(root)("image", "pull", f"{proxy.host}/test/busybox:latest")
+        _full_store_error(r, root, "busybox")
 
 
 def test_bad_references_and_an_unreachable_registry(cli):
