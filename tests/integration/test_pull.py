@@ -421,7 +421,7 @@ def tls_pair(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=registry", "-addext", f"subjectAltName=IP:{addr}",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    yield addr, cert, key
+    return addr, cert, key
 
 
 def test_a_redirect_down_to_plain_http_on_the_same_host_drops_credentials(
