@@ -168,7 +168,10 @@ def _image(p):
                                      "without a host")
     q.add_argument("--name", help="the image's name in the store (default: the repository's "
                                   "last part, with -TAG unless it is latest)")
-    q.add_argument("--creds", metavar="USER:PASSWORD", help="registry credentials")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--creds", metavar="USER:PASSWORD", help="registry credentials; - reads "
+                                                            "them from stdin (kept out of ps)")
+    g.add_argument("--creds-file", metavar="FILE", help="read USER:PASSWORD from FILE")
     q.add_argument("--authfile", help="containers-auth.json file (default: "
                                       "$REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json)")
     q.add_argument("--tls-verify", default="true", nargs="?", const="true",
@@ -415,7 +418,8 @@ def dispatch(a):
             print(a.name)
         elif a.image_verb == "pull":
             from .images import registry
-            cfg = registry.pull(ct.store, a.reference, name=a.name, creds=a.creds,
+            cfg = registry.pull(ct.store, a.reference, name=a.name,
+                                creds=registry.read_creds(a.creds, a.creds_file),
                                 authfile=a.authfile, tls_verify=a.tls_verify == "true",
                                 platform=a.platform, trusted=a.trusted)
             print(cfg["name"])

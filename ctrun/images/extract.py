@@ -429,9 +429,11 @@ class _Extractor:
         try:
             self._apply(m, tf)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise          # a full disk: the caller knows which store it is and says so
+            if e.errno in (errno.EIO, errno.EROFS):
                 raise CtrunError(f"cannot write layer {self.label} into {self.dest}: "
-                                 f"{e.strerror}; free space or fix the store and retry") from None
+                                 f"{e.strerror}; fix the store's file system and retry") from None
             self.fail(m.name, f"cannot be extracted: {e.strerror or e}")
         except (ValueError, OverflowError) as e:   # NUL in a pax name, a uid past 2**32...
             self.fail(m.name, f"has an invalid header field ({_one_line(e)})")

@@ -8,9 +8,15 @@ OCI indexes resolve to this host's platform (or --platform).  Every manifest and
 checked against its digest, layers also against their diff_id while they are extracted.
 
 Blobs download into <root>/tmp/blobs/<hex>.partial; a download cut short (or a killed
-pull) continues from there with an HTTP Range request.  Layers the store holds (by diff_id,
-or by the compressed digest they were imported from) are not downloaded at all.  A redirect
-to another host (a blob store) does not carry the Authorization header.
+pull) continues from there with an HTTP Range request; no more than a blob's declared size
+is ever read (the rest of a longer answer is dropped, the digest decides).  Layers the store
+holds (by diff_id, or by the compressed digest they were imported from) are not downloaded
+at all.
+
+Credentials go only to the registry they were given for and to the token realm that
+registry's own 401 names, and only over https unless --tls-verify=false: a redirect to
+another host (a blob store) or down to plain http drops them, and a 401 from a host the
+registry redirected to is an error, never a reason to send them (or a token) elsewhere.
 
 Only the stdlib: http.client, so redirects and Range are explicit and nothing is imported
 that the other verbs would pay for (cli.py imports this module for `image pull` only).
@@ -18,6 +24,7 @@ that the other verbs would pay for (cli.py imports this module for `image pull` 
 
 import base64
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -126,6 +133,29 @@ def auth_files(authfile=None):
     return out
 
 
+def read_creds(creds=None, creds_file=None, stdin=None):
+    """USER:PASSWORD from --creds, from stdin (--creds -) or from --creds-file, so that a
+    secret need not sit in argv where `ps` shows it; None if none was given."""
+    if creds == "-" or creds_file is not None:
+        where = "stdin" if creds == "-" else f"--creds-file {creds_file}"
+        try:
+            if creds == "-":
+                text = (stdin or sys.stdin).readline(4096)
+            else:
+                with open(creds_file) as f:
+                    text = f.readline(4096)
+        except OSError as e:
+            raise NotFound(f"cannot read credentials from {where} ({e.strerror}); give a "
+                           "readable file holding USER:PASSWORD") from None
+        except ValueError:
+            raise InvalidInput(f"credentials from {where} are not text; give USER:PASSWORD "
+                               "on one line") from None
+        creds = text.rstrip("\r\n")
+        if not creds:
+            raise InvalidInput(f"no credentials on {where}; give USER:PASSWORD on one line")
+    return creds
+
+
 def credentials(ref, creds=None, authfile=None):
     """(user, password) for the reference, or None for anonymous access."""
     if creds is not None:
@@ -187,6 +217,8 @@ class Client:
         # --tls-verify=false, after https was tried
         self.schemes = ["https"] + (["http"] if not tls_verify or _loopback(ref.host) else [])
         self.auth = None            # the Authorization header that worked
+        self.secret = False         # self.auth stands for the credentials (not anonymous)
+        self.withheld = False       # credentials were not sent: plain http
         self.scope = f"repository:{ref.repository}:pull"
 
     def _connect(self, scheme, host):
@@ -198,8 +230,15 @@ class Client:
             return http.client.HTTPSConnection(host, timeout=TIMEOUT, context=ctx)
         return http.client.HTTPConnection(host, timeout=TIMEOUT)
 
-    def _send(self, url, headers):
-        """One GET (following redirects); returns (response, connection)."""
+    def _may_carry(self, url):
+        """Whether a secret of ours may travel to url's scheme: https, or plain http only
+        with --tls-verify=false (given for the registry: it names its realm itself)."""
+        return urllib.parse.urlsplit(url).scheme == "https" or not self.tls_verify
+
+    def _send(self, url, headers, secret=False):
+        """One GET (following redirects); returns (response, connection, final URL).  The
+        Authorization header stays on the host it was meant for, and a secret one (from
+        credentials) also never goes down to plain http."""
         for _ in range(6):
             u = urllib.parse.urlsplit(url)
             conn = self._connect(u.scheme, u.netloc)
@@ -214,12 +253,13 @@ class Client:
                 resp.read()
                 conn.close()
                 nxt = urllib.parse.urljoin(url, resp.getheader("Location"))
-                if urllib.parse.urlsplit(nxt).netloc != u.netloc:
+                if urllib.parse.urlsplit(nxt).netloc != u.netloc or (
+                        secret and not self._may_carry(nxt)):
                     # a blob store on another host gets no credentials of ours
                     headers = {k: v for k, v in headers.items() if k != "Authorization"}
                 url = nxt
                 continue
-            return resp, conn
+            return resp, conn, url
         raise RegistryError(f"registry {self.ref.registry} redirects too often for {url}; "
                             "check the registry")
 
@@ -252,10 +292,10 @@ class Client:
     def _get(self, url, headers):
         for _ in range(3):
             h = dict(headers)
-            if self.auth:
+            if self.auth and (not self.secret or self._may_carry(url)):
                 h["Authorization"] = self.auth
-            resp, conn = self._send(url, h)
-            if resp.status == 401 and self._authenticate(resp):
+            resp, conn, final = self._send(url, h, self.secret)
+            if resp.status == 401 and self._authenticate(resp, final):
                 conn.close()
                 continue
             if resp.status in (200, 206):
@@ -264,24 +304,43 @@ class Client:
             conn.close()
             raise self._refusal(resp.status, body, url)
         raise RegistryError(f"registry {self.ref.registry} keeps refusing the credentials "
-                            "it asked for; check --creds or the auth file")
+                            f"it asked for; {self._fix()}")
 
-    def _authenticate(self, resp):
-        """Set self.auth from a 401's challenge; False if nothing more can be tried."""
+    def _authenticate(self, resp, url):
+        """Set self.auth from a 401's challenge; False if nothing more can be tried.  Only
+        the registry's own 401 counts: a host it redirected to gets nothing of ours."""
         resp.read()
+        u = urllib.parse.urlsplit(url)
+        if u.netloc != self.ref.host:
+            # a refusal, not a hiccup: InvalidInput is not retried
+            raise InvalidInput(f"{u.netloc}, where registry {self.ref.registry} redirected "
+                               f"{u.path}, asks for credentials (401); ctrun gives them only "
+                               "to the registry itself and its token service, check the "
+                               "registry")
+        creds = self.creds if self._may_carry(url) else None
+        self.withheld = bool(self.creds) and not creds
         scheme, params = _challenge(resp.getheader("WWW-Authenticate"))
         if scheme == "basic":
-            if not self.creds or self.auth:
+            if not creds or self.auth:
                 return False
-            self.auth = "Basic " + base64.b64encode(":".join(self.creds).encode()).decode()
+            self.auth = "Basic " + base64.b64encode(":".join(creds).encode()).decode()
+            self.secret = True
             return True
         if scheme != "bearer" or not params.get("realm") or (
                 self.auth and self.auth.startswith("Bearer") and "error" not in params):
             return False
-        self.auth = "Bearer " + self._token(params)
+        self.auth = "Bearer " + self._token(params, creds)
         return True
 
-    def _token(self, params):
+    def _fix(self):
+        """How to fix a refusal: give credentials, check them, or let them travel."""
+        if self.withheld:
+            return ("ctrun sends credentials over https only; pass --tls-verify=false to "
+                    "send them over plain http")
+        return ("check --creds or the auth file" if self.creds else
+                "give credentials with --creds USER:PASSWORD or --authfile FILE")
+
+    def _token(self, params, creds):
         query = {k: params[k] for k in ("service",) if params.get(k)}
         query["scope"] = params.get("scope") or self.scope
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + \
@@ -291,11 +350,15 @@ class Client:
             raise RegistryError(f"registry {self.ref.registry} names token realm {url!r}, "
                                 "which is not an http(s) URL; check the registry")
         headers = {}
-        if self.creds:
+        # the realm this registry named is where its credentials go, but never in clear
+        if creds and self._may_carry(url):
             headers["Authorization"] = "Basic " + base64.b64encode(
-                ":".join(self.creds).encode()).decode()
+                ":".join(creds).encode()).decode()
+        elif creds:
+            self.withheld = True
+        self.secret = "Authorization" in headers    # the token stands for the credentials
         try:
-            resp, conn = self._send(url, headers)
+            resp, conn, _ = self._send(url, headers, secret=True)
             with contextlib.closing(conn):
                 body = resp.read(1 << 20)
         except (OSError, http.client.HTTPException) as e:
@@ -323,10 +386,8 @@ class Client:
             detail = ""
         detail = (detail or http.client.responses.get(status, "")).replace("\n", " ")[:200]
         if status == 401:
-            how = ("check --creds or the auth file" if self.creds else
-                   "give credentials with --creds USER:PASSWORD or --authfile FILE")
             return InvalidInput(f"registry {self.ref.registry} refused access to "
-                                f"{self.ref.repository} (401 {detail}); {how}")
+                                f"{self.ref.repository} (401 {detail}); {self._fix()}")
         if status == 403:
             return InvalidInput(f"registry {self.ref.registry} denies access to "
                                 f"{self.ref.repository} (403 {detail}); use an account with "
@@ -348,12 +409,16 @@ def _reason(e):
 
 # -- manifests and blobs ---------------------------------------------------------------------
 
-def _read_verified(client, path, digest, what, accept=None, limit=oci.MAX_JSON):
-    """(bytes, digest) of a small document; its sha256 must be `digest` when given."""
+def _read_verified(client, path, digest, what, accept=None, limit=oci.MAX_JSON, size=None):
+    """(bytes, digest) of a small document; its sha256 must be `digest` when given.  With
+    the descriptor's size, no more than that is read: the digest judges what came."""
+    if size is not None and size > limit:
+        raise InvalidInput(f"{what} of {client.ref} is over {limit} bytes; the registry "
+                           "serves something that is not an image")
     resp, conn = client.get(path, {"Accept": accept} if accept else None)
     with contextlib.closing(conn):
         try:
-            body = resp.read(limit + 1)
+            body = resp.read(limit + 1 if size is None else size)
         except (OSError, http.client.HTTPException) as e:
             raise RegistryError(f"reading {what} from registry {client.ref.registry} failed "
                                 f"({_reason(e)}); try again") from None
@@ -406,8 +471,10 @@ def resolve(client, platform=None):
                     child["digest"]):
                 raise InvalidInput(f"the image index of {ref} has digest "
                                    f"{child.get('digest')!r}; only sha256 is supported")
-            body, digest, ctype = _read_verified(client, f"manifests/{child['digest']}",
-                                                 child["digest"], "the manifest", ACCEPT)
+            size = child.get("size")
+            body, digest, ctype = _read_verified(
+                client, f"manifests/{child['digest']}", child["digest"], "the manifest",
+                ACCEPT, size=size if isinstance(size, int) and size >= 0 else None)
             continue
         if mt not in oci.MANIFEST_TYPES and not (not mt and "layers" in doc):
             raise InvalidInput(f"{ref} has media type {mt!r}, which is not a container "
@@ -422,7 +489,7 @@ def resolve(client, platform=None):
                            "image config (an OCI artifact?)")
     _check_desc(cdesc, "the image config", ref)
     cbody, _, _ = _read_verified(client, f"blobs/{cdesc['digest']}", cdesc["digest"],
-                                 "the image config")
+                                 "the image config", size=cdesc["size"])
     config = _json(cbody, "the image config", ref)
     ldescs = doc.get("layers")
     diff_ids = oci._diff_ids(config, str(ref), ldescs, f"the manifest of {ref} lists", "",
@@ -466,6 +533,12 @@ class Download:
                 if attempt == ATTEMPTS:
                     raise
                 time.sleep(0.5 * attempt)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # the disk, not the network: keep no part that holds on to the space
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                raise
         have = os.path.getsize(self.path)
         if have != self.layer.size:
             os.unlink(self.path)
@@ -495,22 +568,21 @@ class Download:
         with contextlib.closing(conn):
             if resp.status == 200:
                 have = 0          # the server ignored the range: start over
+            # the file is the store's disk: its errors (ENOSPC) are not the network's
             with open(self.path, "ab" if have else "wb") as out:
-                try:
-                    while chunk := resp.read(_CHUNK):
-                        if have + len(chunk) > self.layer.size:
-                            raise InvalidInput(
-                                f"layer {self.layer.digest} of {self.client.ref} is longer "
-                                f"than its descriptor's {self.layer.size} bytes; the registry "
-                                "serves a corrupt image")
-                        out.write(chunk)
-                        have += len(chunk)
-                        self.progress(self.layer, have)
-                except (OSError, http.client.HTTPException) as e:
-                    raise RegistryError(f"download of layer {self.layer.digest} from "
-                                        f"{self.client.ref.registry} broke off at {have} of "
-                                        f"{self.layer.size} bytes ({_reason(e)}); pull again "
-                                        "to resume") from None
+                while have < self.layer.size:   # never more than declared: cut off there
+                    try:
+                        chunk = resp.read(min(_CHUNK, self.layer.size - have))
+                    except (OSError, http.client.HTTPException) as e:
+                        raise RegistryError(f"download of layer {self.layer.digest} from "
+                                            f"{self.client.ref.registry} broke off at {have} "
+                                            f"of {self.layer.size} bytes ({_reason(e)}); pull "
+                                            "again to resume") from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    have += len(chunk)
+                    self.progress(self.layer, have)
         if have < self.layer.size:
             raise RegistryError(f"download of layer {self.layer.digest} from "
                                 f"{self.client.ref.registry} broke off at {have} of "
@@ -555,8 +627,7 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
     from ..config import check_name
     from ..errors import Conflict
     from ..state import read_json
-    from . import store as images
-    from .transfer import stack_image
+    from .transfer import store_space
     ref = parse_reference(reference)
     name = name or default_name(ref)
     check_name(name, "image")
@@ -568,6 +639,15 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
     img = resolve(client, platform)
     if old is not None and old.get("digest") == img.digest:
         return old                              # up to date
+    with store_space(store):
+        return _install(store, name, client, img, old is not None, trusted)
+
+
+def _install(store, name, client, img, replace, trusted):
+    """Download the layers the store lacks, stack them as image NAME."""
+    from . import store as images
+    from .transfer import stack_image
+    ref = client.ref
     tmp = store.root / "tmp" / "blobs"
     tmp.mkdir(parents=True, exist_ok=True)
     progress = Progress()
@@ -586,7 +666,7 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
         cfg.update(source={"kind": "registry", "reference": str(ref)}, built_by="pull")
         return cfg
     try:
-        return images.install_layers(store, name, fill, replace=old is not None)
+        return images.install_layers(store, name, fill, replace=replace)
     finally:
         for path in fetched:                      # verified and applied (or refused): done
             try:

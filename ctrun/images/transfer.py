@@ -4,8 +4,11 @@ archives, `docker save` archives), export, and templates made from containers.
 Every archive is hostile: layers are applied by ctrun.images.extract, member by member,
 through directory descriptors, each into a fresh directory that only becomes a stored layer
 when everything verified (ctrun.images.store.install_layers renames them into place).
-Layers the store already holds are not unpacked again."""
+Layers the store already holds are not unpacked again.  A store whose file system fills up
+ends the import (or pull) with one line naming it, and nothing of the image stays behind."""
 
+import contextlib
+import errno
 import os
 import subprocess
 import tarfile
@@ -47,6 +50,19 @@ def kind_of(path):
     if "manifest.json" in names:
         return "docker"
     return "rootfs"
+
+
+@contextlib.contextmanager
+def store_space(store):
+    """A full file system (ENOSPC, EDQUOT) anywhere in an import or pull becomes one line
+    naming the store and the fix; install_layers has removed the half image by then."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CtrunError(f"no space left on the store's file system ({store.root}); free "
+                         "space there or use another --root") from None
 
 
 def _open_tar(path):
@@ -91,7 +107,8 @@ def import_image(store, path, name, ref=None, trusted=False, replace=False):
             cfg["source"] = dict(source, ref=img.ref)
         cfg["built_by"] = "import"
         return cfg
-    return images.install_layers(store, name, fill, replace=replace)
+    with store_space(store):
+        return images.install_layers(store, name, fill, replace=replace)
 
 
 def stack_image(store, stage, img, trusted=False, fetch=None):

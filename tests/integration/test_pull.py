@@ -1,9 +1,11 @@
 """`ctrun image pull` against a real registry: Debian's docker-registry on 127.0.0.1, images
 pushed by skopeo from layouts umoci built; htpasswd auth; the bearer-token flow through a
 token endpoint and an auth-checking proxy the test runs in front of the registry (which
-also corrupts a blob, cuts a download short, or redirects blobs to another host on request)."""
+also corrupts a blob, lengthens it, cuts a download short, or redirects blobs to another
+host on request); a store on a small tmpfs for a file system that fills up."""
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -11,7 +13,9 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -170,14 +174,21 @@ class Proxy(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, upstream, addr="127.0.0.1", port=0, tls=None):
+        super().__init__((addr, port), _Handler)
+        if tls:                      # (cert, key): https
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.socket = ctx.wrap_socket(self.socket, server_side=True)
         self.upstream = upstream
         self.port = self.server_address[1]
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = f"{addr}:{self.port}"
         self.bearer = False          # require Authorization: Bearer TOKEN on /v2/
+        self.basic = None            # require Authorization: Basic of this "user:password"
         self.redirect = False        # blobs: 307 to localhost:PORT (another host name)
+        self.redirect_to = f"http://localhost:{self.port}"    # ... or to this origin
         self.corrupt = set()         # blob digests served with one byte flipped
+        self.append = {}             # blob digest -> bytes served after the blob
         self.cut = {}                # blob digest -> how many more responses to cut short
         self.seen = []               # (path, headers) of every request
         self.tokens = 0
@@ -188,6 +199,9 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self.thread.join()
+
+    def handle_error(self, request, client_address):
+        pass                         # a client that stops reading (as ctrun may): not news
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -217,10 +231,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', [(
                 "WWW-Authenticate", f'Bearer realm="http://{srv.host}/token",'
                                     f'service="test-registry",scope="repository:x:pull"')])
+        if srv.basic and not redirected and self.headers.get("Authorization") != \
+                "Basic " + base64.b64encode(srv.basic.encode()).decode():
+            return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                              [("WWW-Authenticate", 'Basic realm="test"')])
         digest = path.rpartition("/")[2]
         if "/blobs/" in path and srv.redirect and not redirected:
             return self.reply(307, headers=[("Location",
-                                             f"http://localhost:{srv.port}/redirected{path}")])
+                                             f"{srv.redirect_to}/redirected{path}")])
         up = http.client.HTTPConnection(srv.upstream, timeout=30)
         up.request("GET", path, headers={k: v for k, v in self.headers.items()
                                          if k in ("Accept", "Range")})
@@ -231,6 +249,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = bytearray(body)
             body[len(body) // 2] ^= 0xFF
             body = bytes(body)
+        if "/blobs/" in path and resp.status == 200:
+            body += srv.append.get(digest, b"")
         headers = [(k, v) for k, v in resp.getheaders()
                    if k in ("Content-Type", "Docker-Content-Digest", "Content-Range")]
         if "/blobs/" in path and srv.cut.get(digest):
@@ -284,28 +304,49 @@ def test_pull_runs_with_the_images_cmd_and_env_and_shares_layers(cli, store, pro
 
 def test_pull_with_htpasswd_auth(cli, auth_registry, tmp_path):
     ref = f"{auth_registry.host}/private/busybox:1"
+    plain = "--tls-verify=false"        # the registry speaks plain http: credentials need it
     assert_clean_error(cli("image", "pull", ref), "--creds")
-    assert_clean_error(cli("image", "pull", ref, "--creds", "alice:wrong"), "401")
-    assert cli("image", "pull", ref, "--creds", "alice:s3cret",
+    assert_clean_error(cli("image", "pull", ref, "--creds", "alice:wrong", plain), "401")
+    # over plain http credentials are not sent unless the user says so
+    assert_clean_error(cli("image", "pull", ref, "--creds", "alice:s3cret"), plain)
+    assert cli("image", "pull", ref, "--creds", "alice:s3cret", plain,
                check=True).stdout.strip() == "busybox-1"
     auth = tmp_path / "run/containers/auth.json"
     auth.parent.mkdir(parents=True)
     auth.write_text(json.dumps({"auths": {auth_registry.host: {
         "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
-    cli("image", "pull", ref, "--name", "viafile", "--authfile", str(auth), check=True)
+    cli("image", "pull", ref, "--name", "viafile", "--authfile", str(auth), plain, check=True)
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "run"))
     r = subprocess.run(["python3", "-m", "ctrun", "--root", str(cli.root), "image", "pull", ref,
-                        "--name", "viaxdg"], capture_output=True, text=True, env=env,
+                        "--name", "viaxdg", plain], capture_output=True, text=True, env=env,
                        cwd=Path(__file__).parents[2])
     assert r.returncode == 0, r.stderr
     assert cli("run", "--rm", "viaxdg", "--", "cat", "/etc/pulled").stdout == \
         "from the registry\n"
 
 
+def test_creds_from_stdin_or_a_file_stay_out_of_argv(cli, auth_registry, tmp_path):
+    ref = f"{auth_registry.host}/private/busybox:1"
+    args = ["image", "pull", ref, "--tls-verify=false", "--creds", "-"]
+    assert_clean_error(cli(*args, input=""), "stdin")
+    assert_clean_error(cli(*args, input="alice:wrong\n"), "401")
+    assert cli(*args, input="alice:s3cret\n", check=True).stdout.strip() == "busybox-1"
+    assert not any("s3cret" in a for a in args)
+    f = tmp_path / "creds"
+    f.write_text("alice:s3cret\n")
+    args = ["image", "pull", ref, "--tls-verify=false", "--name", "viafile", "--creds-file"]
+    cli(*args, str(f), check=True)
+    assert_clean_error(cli(*args, str(tmp_path / "missing")), "--creds-file")
+    r = cli(*args, str(f), "--creds", "alice:s3cret")
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+    assert cli("run", "--rm", "viafile", "--", "cat", "/etc/pulled").stdout == \
+        "from the registry\n"
+
+
 def test_bearer_token_flow_and_redirects_without_credentials(cli, proxy):
     proxy.bearer = proxy.redirect = True
     cli("image", "pull", f"{proxy.host}/test/busybox:latest", "--name", "tok",
-        "--creds", "bob:pw", check=True)
+        "--creds", "bob:pw", "--tls-verify=false", check=True)
     assert proxy.tokens >= 1
     token_req = next(h for p, h in proxy.seen if p.startswith("/token"))
     assert token_req["Authorization"] == "Basic " + base64.b64encode(b"bob:pw").decode()
@@ -315,6 +356,94 @@ def test_bearer_token_flow_and_redirects_without_credentials(cli, proxy):
     assert len(redirected) == 3       # config and two layers, fetched from "another host"
     assert not any("Authorization" in h for h in redirected)
     assert cli("run", "--rm", "tok", "--", "cat", "/etc/pulled").stdout == "from the registry\n"
+
+
+def test_a_plain_http_realm_gets_no_credentials_unless_tls_verify_is_off(cli, proxy):
+    proxy.bearer = True             # the realm is http://127.0.0.1:PORT/token
+    cli("image", "pull", f"{proxy.host}/test/busybox:latest", "--creds", "bob:pw", check=True)
+    token_reqs = [h for p, h in proxy.seen if p.startswith("/token")]
+    assert token_reqs and not any("Authorization" in h for h in token_reqs)
+
+
+class Stranger(http.server.ThreadingHTTPServer):
+    """A host a registry redirects to, fishing for credentials: every request gets a 401
+    whose bearer realm is this host itself; records every request's headers."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _StrangerHandler)
+        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        self.seen = []
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+        self.thread.join()
+
+
+class _StrangerHandler(_Handler):
+    def do_GET(self):
+        self.server.seen.append((self.path, dict(self.headers)))
+        if self.path.startswith("/token"):
+            return self.reply(200, json.dumps({"token": "stranger"}).encode())
+        self.reply(401, b"{}", [("WWW-Authenticate", f'Bearer realm="{self.server.origin}'
+                                 '/token",service="x",error="invalid_token"')])
+
+
+@pytest.mark.parametrize("registry_auth", ["anonymous", "bearer"])
+def test_credentials_never_reach_a_host_the_registry_redirects_to(cli, proxy, registry_auth):
+    stranger = Stranger()
+    try:
+        proxy.bearer = registry_auth == "bearer"
+        proxy.redirect, proxy.redirect_to = True, stranger.origin
+        # plain http allowed: only the host decides here
+        r = cli("image", "pull", f"{proxy.host}/test/busybox:latest", "--creds", "bob:pw",
+                "--tls-verify=false")
+        assert stranger.seen, "the registry did not redirect"
+        assert not any("Authorization" in h for _, h in stranger.seen), stranger.seen
+        assert not any(p.startswith("/token") for p, _ in stranger.seen)
+        assert_clean_error(r, stranger.origin[7:], "asks for credentials")
+    finally:
+        stranger.stop()
+
+
+@pytest.fixture
+def tls_pair(tmp_path):
+    """A registry at https://ADDR (port 443, certificate trusted through SSL_CERT_FILE) whose
+    blobs redirect to http://ADDR (port 80): the same host, down to plain http."""
+    if not shutil.which("openssl"):
+        pytest.skip("apt-get install openssl")
+    addr = f"127.{os.getpid() % 200 + 20}.{os.urandom(1)[0]}.7"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=registry", "-addext", f"subjectAltName=IP:{addr}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return addr, cert, key
+
+
+def test_a_redirect_down_to_plain_http_on_the_same_host_drops_credentials(
+        cli, registry, tls_pair, monkeypatch):
+    addr, cert, key = tls_pair
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))       # inherited by the CLI
+    secure = Proxy(registry.host, addr, 443, tls=(str(cert), str(key)))
+    try:
+        plain = Proxy(registry.host, addr, 80)
+    except BaseException:
+        secure.stop()
+        raise
+    try:
+        secure.basic, secure.redirect, secure.redirect_to = "bob:pw", True, f"http://{addr}"
+        cli("image", "pull", f"{addr}/test/busybox:latest", "--creds", "bob:pw", check=True)
+        assert any("Authorization" in h for _, h in secure.seen)    # https: they were used
+        assert len(plain.seen) == 3            # the config and two layers, over http...
+        assert not any("Authorization" in h for _, h in plain.seen), plain.seen
+        assert cli("run", "--rm", "busybox", "--", "cat", "/etc/pulled").returncode == 0
+    finally:
+        secure.stop()
+        plain.stop()
 
 
 def test_manifest_list_picks_this_hosts_platform(cli, proxy):
@@ -327,13 +456,18 @@ def test_manifest_list_picks_this_hosts_platform(cli, proxy):
     assert_clean_error(r, "linux/amd64, linux/arm64")
 
 
-def _layer_digests(proxy):
+def _manifest(proxy):
     c = http.client.HTTPConnection(proxy.upstream)
     c.request("GET", "/v2/test/busybox/manifests/latest",
               headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-    manifest = json.loads(c.getresponse().read())
+    body = c.getresponse().read()
     c.close()
-    return [ly["digest"] for ly in manifest["layers"]]
+    return body
+
+
+def _layer_digests(proxy, sizes=False):
+    layers = json.loads(_manifest(proxy))["layers"]
+    return [(ly["digest"], ly["size"]) if sizes else ly["digest"] for ly in layers]
 
 
 def test_corrupt_blob_leaves_nothing(cli, store, proxy):
@@ -345,6 +479,29 @@ def test_corrupt_blob_leaves_nothing(cli, store, proxy):
     left = sorted(str(p.relative_to(store)) for p in (store / "layers").rglob("*"))
     assert left in ([], ["layers/sha256"])          # no layer, no temp directory
     assert os.listdir(store / "tmp/blobs") == []
+
+
+def _nothing_left(root, name):
+    """No image, layer, temp directory or blob is left by a failed pull or import."""
+    assert not (root / "images" / name).exists()
+    assert not [n for n in os.listdir(root / "images") if n.startswith(".")]
+    assert [p.name for p in (root / "layers").rglob("*")] in ([], ["sha256"])
+    assert [p.name for p in (root / "tmp").rglob("*")] in ([], ["blobs"])
+
+
+def test_a_blob_longer_than_declared_is_cut_off_at_its_size(cli, store, proxy):
+    layer = _layer_digests(proxy)[0]
+    config = json.loads(_manifest(proxy))["config"]["digest"]
+    garbage = os.urandom(1 << 20) * 8
+    proxy.append.update({layer: garbage, config: garbage})
+    cli("image", "pull", f"{proxy.host}/test/busybox:latest", check=True)   # the digest holds
+    assert cli("run", "--rm", "busybox", "--", "cat", "/etc/pulled").returncode == 0
+    assert os.listdir(store / "tmp/blobs") == []
+    cli("image", "rm", "busybox", check=True)
+    proxy.corrupt.add(layer)         # the first `size` bytes are wrong: the digest says so
+    r = cli("image", "pull", f"{proxy.host}/test/busybox:latest")
+    assert_clean_error(r, f"layer {layer}", "does not match its digest")
+    _nothing_left(store, "busybox")
 
 
 def test_cut_downloads_resume_with_range(cli, store, proxy):
@@ -362,6 +519,61 @@ def test_cut_downloads_resume_with_range(cli, store, proxy):
     assert ranges[-1] == f"bytes={have}-"
     assert cli("run", "--rm", "busybox", "--", "cat", "/etc/pulled").returncode == 0
     assert os.listdir(store / "tmp/blobs") == []
+
+
+@contextlib.contextmanager
+def nearly_full_fs(free):
+    """A 64 MiB tmpfs with all but about `free` bytes taken by a file: a store on it fills
+    up.  Named without "ctrun" and unmounted however the test ends."""
+    mnt = Path(tempfile.mkdtemp(prefix="fullfs-", dir="/var/tmp"))
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "fullfs",
+                        str(mnt)], check=True)
+        try:
+            st = os.statvfs(mnt)
+            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, st.f_bavail * st.f_frsize - free)
+            finally:
+                os.close(fd)
+            yield mnt / "store"
+        finally:
+            if subprocess.run(["umount", str(mnt)]).returncode:
+                subprocess.run(["umount", "-l", str(mnt)], check=True)
+    finally:
+        os.rmdir(mnt)
+
+
+def _full_store_error(r, root, name):
+    assert_clean_error(r, f"no space left on the store's file system ({root})", "--root")
+    _nothing_left(root, name)
+
+
+@pytest.mark.parametrize("kind", ["rootfs tarball", "compressed OCI archive"])
+def test_an_import_that_fills_the_store_stops_and_leaves_nothing(layout, tmp_path, kind):
+    from conftest import CLI
+    if kind == "rootfs tarball":
+        src = tmp_path / "rootfs"
+        (src / "bin").mkdir(parents=True)
+        (src / "bin/big").write_bytes(os.urandom(8 << 20))
+        archive, extra = tmp_path / "big.tar", []
+        subprocess.run(["tar", "-C", str(src), "-cf", str(archive), "."], check=True)
+    else:          # unpacked under the store before its layers are: that fills it first
+        archive, extra = tmp_path / "oci.tar.gz", ["--ref", "t"]
+        subprocess.run(["tar", "-C", str(layout), "-czf", str(archive), "."], check=True)
+    with nearly_full_fs(256 << 10) as root:
+        r = CLI(root)("image", "import", str(archive), "big", *extra)
+        _full_store_error(r, root, "big")
+
+
+@pytest.mark.parametrize("stage", ["download", "extraction"])
+def test_a_pull_that_fills_the_store_stops_and_leaves_nothing(proxy, stage):
+    from conftest import CLI
+    size = max(s for _, s in _layer_digests(proxy, sizes=True))
+    free = 64 << 10 if stage == "download" else size + (256 << 10)
+    with nearly_full_fs(free) as root:
+        r = CLI(root)("image", "pull", f"{proxy.host}/test/busybox:latest")
+        _full_store_error(r, root, "busybox")
 
 
 def test_bad_references_and_an_unreachable_registry(cli):

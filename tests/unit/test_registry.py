@@ -96,3 +96,25 @@ def test_plain_http_only_for_loopback_or_when_asked():
     assert schemes("localhost:5000") == ["https", "http"]
     assert schemes("reg.example") == ["https"]
     assert schemes("reg.example", verify=False) == ["https", "http"]
+
+
+def test_creds_from_stdin_or_a_file(tmp_path):
+    import io
+    assert registry.read_creds("u:p") == "u:p"
+    assert registry.read_creds() is None
+    assert registry.read_creds("-", stdin=io.StringIO("u:p:q\r\nmore\n")) == "u:p:q"
+    with pytest.raises(InvalidInput, match="stdin") as e:
+        registry.read_creds("-", stdin=io.StringIO(""))
+    assert "\n" not in str(e.value)
+    (tmp_path / "c").write_text("alice:s3cret\n")
+    assert registry.read_creds(creds_file=str(tmp_path / "c")) == "alice:s3cret"
+    with pytest.raises(NotFound, match="--creds-file"):
+        registry.read_creds(creds_file=str(tmp_path / "missing"))
+
+
+def test_credentials_travel_over_plain_http_only_when_tls_verify_is_off():
+    ref = Reference("127.0.0.1:5000", "r", "t", None)
+    strict, lax = registry.Client(ref, ("u", "p")), registry.Client(ref, ("u", "p"), False)
+    assert strict._may_carry("https://127.0.0.1:5000/v2/") and \
+        not strict._may_carry("http://127.0.0.1:5000/v2/")
+    assert lax._may_carry("http://127.0.0.1:5000/v2/")
