@@ -568,8 +568,7 @@ def pull(store, reference, name=None, creds=None, authfile=None, tls_verify=True
     img = resolve(client, platform)
     if old is not None and old.get("digest") == img.digest:
         return old                              # up to date
-    tmp = store.root / "tmp" / "blobs"
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = store.private_dir("tmp", "blobs")
     progress = Progress()
     fetched = []
 

@@ -155,7 +155,16 @@ def prepare(spec):
     root = spec["root"]["path"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _ROOT_TREE:
-        _attach(_ROOT_TREE.pop(), os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        # --userns: the mapped root may not walk into the store (it is private), so the tree
+        # the parent made is stacked on this namespace's "/" and reached through its own
+        # descriptor; absolute paths still resolve on the host's root below it until
+        # pivot_root, which takes it as the new root like a tree mounted anywhere else
+        root_fd = _ROOT_TREE.pop()
+        top = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            libc.move_mount_fd(root_fd, top)
+        finally:
+            os.close(top)
     else:
         ov = ann["run.ctrun.overlay"]
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
@@ -165,7 +174,7 @@ def prepare(spec):
         finally:
             for fd in lower:
                 os.close(fd)
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -177,9 +186,9 @@ def prepare(spec):
         for m in spec["mounts"]:
             if m["type"] == "bind":
                 _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
+        os.fchdir(root_fd)
     finally:
         os.close(root_fd)
-    os.chdir(root)
     libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
     libc.umount2(".", MNT_DETACH)
     os.chdir("/")
