@@ -7,7 +7,9 @@ through file descriptors (ctrun.runtime.paths) and mounted via /proc/self/fd/N, 
 symlink planted in the image cannot redirect a mount onto the host.
 """
 
+import errno
 import os
+import re
 import stat
 
 from .. import libc
@@ -88,12 +90,40 @@ def _bind(root_fd, src, target, readonly):
         finally:
             os.close(sfd)
     if readonly:
-        # the new mount sits on top of the old target: resolve the path again to reach it
+        # the new mount sits on top of the old target: resolve the path again to reach it;
+        # read-only down to every mount below the source (a tmpfs mounted in the host dir)
         tfd = paths.open_in_root(root_fd, target)
         try:
-            mount(None, _fdp(tfd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+            libc.set_readonly_tree(tfd)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            _READONLY_LATER.append(target)  # Linux < 5.12: remounted one by one, see prepare
         finally:
             os.close(tfd)
+
+
+# read-only volumes whose mounts are remounted one at a time after pivot_root, where
+# /proc/self/mountinfo names them by their paths in the container
+_READONLY_LATER = []
+
+# flags of a mount (statvfs's ST_* -> MS_*) that a bind remount must repeat or it clears
+# them: in a user namespace, clearing a locked one is refused
+_KEEP_FLAGS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
+               os.ST_NOATIME: 1 << 10, os.ST_NODIRATIME: 1 << 11, os.ST_RELATIME: 1 << 21}
+
+
+def _readonly_walk(target):
+    """Remount read-only the mount at target and every mount below it."""
+    top = os.path.normpath(os.path.join("/", target))
+    with open("/proc/self/mountinfo") as f:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                  for line in f]
+    for p in points:
+        if p == top or p.startswith(top.rstrip("/") + "/"):
+            has = os.statvfs(p).f_flag
+            keep = sum(ms for st, ms in _KEEP_FLAGS.items() if has & st)
+            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
 
 
 def _mount_dev(root_fd, use_mknod):
@@ -192,6 +222,8 @@ def prepare(spec):
     libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
     libc.umount2(".", MNT_DETACH)
     os.chdir("/")
+    while _READONLY_LATER:
+        _readonly_walk(_READONLY_LATER.pop())
     if spec["root"].get("readonly"):
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
