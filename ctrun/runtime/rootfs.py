@@ -126,6 +126,25 @@ def _readonly_walk(target):
             mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
 
 
+# the container's null device (an O_PATH descriptor), bound over the masked files
+_NULL = []
+
+
+def null_device(dir_fd, name):
+    """An O_PATH descriptor of dir_fd/name, checked on the descriptor itself to be the null
+    device (char 1:3): masking binds it over host files, so anything else (the host's
+    /dev/null turned into a regular file, which --userns binds) would show there instead."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return fd
+    os.close(fd)
+    from ..errors import ContainerFailed
+    raise ContainerFailed(f"cannot mask /proc and /sys files: the container's /dev/{name} is "
+                          "not the null device (char 1:3); if the host's is not either, "
+                          "restore it: rm /dev/null && mknod -m 666 /dev/null c 1 3")
+
+
 def _mount_dev(root_fd, use_mknod):
     _mount_in(root_fd, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
               "mode=755,size=65536k")
@@ -138,6 +157,8 @@ def _mount_dev(root_fd, use_mknod):
             else:  # in a user namespace mknod is refused: bind the host's node instead
                 os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
                 mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
+        # held for mask(): taken now, before any volume can cover /dev or /dev/null
+        _NULL.append(null_device(dev, "null"))
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                              ("ptmx", "pts/ptmx")):
@@ -230,15 +251,20 @@ def prepare(spec):
 
 def mask(spec):
     """Hide /proc and /sys files that leak host state, make kernel knobs read-only."""
-    for p in spec["linux"].get("maskedPaths", []):
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
-        else:
-            mount("/dev/null", p, None, MS_BIND)
+    null = _NULL.pop() if _NULL else None
+    try:
+        for p in spec["linux"].get("maskedPaths", []):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
+            else:  # the node checked by _mount_dev, not whatever /dev/null names now
+                mount(_fdp(null), p, None, MS_BIND)
+    finally:
+        if null is not None:
+            os.close(null)
     for p in spec["linux"].get("readonlyPaths", []):
         if not os.path.exists(p):
             continue

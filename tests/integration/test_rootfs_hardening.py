@@ -1,5 +1,5 @@
 """The container's file system keeps its promises below the surface: a read-only volume is
-read-only in every mount it holds."""
+read-only in every mount it holds, and masking binds the real null device."""
 
 import errno
 import subprocess
@@ -50,3 +50,14 @@ def test_a_readonly_volume_without_mount_setattr_is_remounted_one_by_one(
     assert "touch: /v/y: Read-only file system" in err, err
     assert not (vol_with_submount / "sub/x").exists() and not (vol_with_submount / "y").exists()
 
+
+def test_masked_files_show_the_null_device_whatever_covers_dev_null(cli, tmp_path):
+    """A volume over /dev/null (here a file the container could have written in an earlier
+    run) used to be what masking bound over /proc's host-state files."""
+    fake = tmp_path / "fake-null"
+    fake.write_text("NOT THE NULL DEVICE\n")
+    r = cli("run", "--rm", "-v", f"{fake}:/dev/null", "busybox", "--", "sh", "-c",
+            "cat /proc/timer_list /proc/keys; stat -c '%F %t:%T' /proc/keys")
+    assert r.returncode == 0, r.stderr
+    assert "NOT THE NULL DEVICE" not in r.stdout
+    assert r.stdout.strip() == "character special file 1:3", r.stdout
