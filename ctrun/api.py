@@ -142,12 +142,8 @@ class Ctrun:
         """A private id range, and upper/work dirs (and /etc files) owned by its root; the
         image's layers are shown through idmapped mounts at start (namespaces.userns)."""
         from .namespaces import userns
-        for d in (self.store.root, self.store.containers):
-            os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o011)  # traversable, still unlistable
-        for d in self.store.root.parents:
-            if not os.stat(d).st_mode & 0o001:
-                raise InvalidInput(f"--userns needs every directory above the store to be "
-                                   f"traversable by other users; run: chmod o+x {d}")
+        # the store stays private: the mapped root never walks to it (the parent, as host
+        # root, builds the root file system and clones the bind sources for it)
         with self.store.lock(".userns-pool"):
             used = [(read_json(self.store.container_dir(n) / "config.json") or {}).get(
                 "userns_base") for n in self.store.container_names()]
@@ -158,7 +154,6 @@ class Ctrun:
         for d in ("upper", "work", "rootfs", "etc", "etc/hosts", "etc/hostname",
                   "etc/resolv.conf"):
             os.chown(cdir / d, base, base)
-        os.chmod(cdir, 0o711)  # the mapped root must traverse it to reach its rootfs
         self._claim = self.store.locks / f"userns-{base}.claim"
         return base
 

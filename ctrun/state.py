@@ -6,6 +6,13 @@ Layout below the root (default /var/lib/ctrun, or --root / CTRUN_ROOT):
   locks/NAME.lock        held by every verb that changes NAME (kept outside the container
                          directory so create and destroy can lock a name that has no directory)
   run/                   the monitor's socket, lock and log; the seccomp cache
+  layers/ tmp/ cache/ networks/   see ctrun.images.layers, ctrun.vm.disk, ctrun.network
+
+Nothing below the root is reachable by other users (the class of Docker's CVE-2021-41091:
+layer ids are public, so a setuid-root file of any image would be every local user's root
+shell): the root and every directory the store makes are 0700 (private_dir).  Trees that
+are a container's own files (a layer's diff/, a container's upper/ and rootfs/) keep the
+image's modes, below a private parent.
 
 Each file has one writer, so no verb ever waits for the monitor: state.json is written by
 CLI verbs under the lock, live.json/exit.json by whoever supervises the running process
@@ -17,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -86,6 +94,21 @@ def alive(pid, start_time):
     return bool(pid) and proc_start_time(pid) == start_time
 
 
+def private_dir(path):
+    """Make directory `path` (its parent must exist) that only root may enter, whatever the
+    umask; an existing one (a store of an older ctrun) loses group and other access.
+    Returns True if it had to change the mode of an existing directory."""
+    try:
+        os.mkdir(path, 0o700)
+        return False
+    except FileExistsError:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not mode & 0o077:
+            return False
+        os.chmod(path, mode & ~0o077)
+        return True
+
+
 class Store:
     def __init__(self, root=None):
         self.root = Path(root or default_root()).absolute()
@@ -95,11 +118,41 @@ class Store:
         self.run = self.root / "run"
 
     def ensure(self):
-        # 0711: a container's mapped root (--userns) must traverse to its own layers
-        for d in (self.root, self.containers):
-            d.mkdir(mode=0o711, exist_ok=True)
-        for d in (self.images, self.locks, self.run):
-            d.mkdir(mode=0o700, exist_ok=True)
+        """Create the store (or make an existing one private: see private_dir)."""
+        if private_dir(self.root):
+            self._make_private_below()
+        # made here even when unused, so a module that creates below them with its own
+        # mode (the seccomp cache, a builder's scratch) is still inside a private directory
+        for d in (self.images, self.containers, self.locks, self.run, self.root / "layers",
+                  self.root / "tmp", self.root / "cache"):
+            private_dir(d)
+
+    def private_dir(self, *parts):
+        """<root>/parts..., each level made by private_dir: the store's directories that
+        are not at its top level are made here."""
+        self.ensure()
+        d = self.root
+        for p in parts:
+            d = d / p
+            private_dir(d)
+        return d
+
+    def _make_private_below(self):
+        """A store made by an older ctrun (its root was 0711): take other users' access
+        away from the directories it made (0711 and 0755 ones: layers, containers, blobs,
+        disks), down to the layer and container directories; the trees inside those keep
+        their modes, since they are the containers' own files."""
+        for top in os.scandir(self.root):
+            if not top.is_dir(follow_symlinks=False):
+                continue
+            private_dir(top.path)
+            for sub in os.scandir(top.path):
+                if sub.is_dir(follow_symlinks=False):
+                    private_dir(sub.path)
+                    if sub.path == str(self.root / "layers" / "sha256"):
+                        for layer in os.scandir(sub.path):
+                            if layer.is_dir(follow_symlinks=False):
+                                private_dir(layer.path)
 
     def container_dir(self, name):
         return self.containers / name

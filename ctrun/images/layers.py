@@ -5,6 +5,9 @@
                                             trusted.overlay.opaque="y")
     <root>/layers/sha256/<hex>/layer.json   {"diff_id", "size"}
 
+layers/, sha256/ and each <hex>/ are 0700: diff/ keeps the image's mode for its root
+directory (it is the container's /), and its private parent keeps other users out.
+
 <hex> is the sha256 of the uncompressed layer tar (its diff_id), checked while the layer is
 extracted; a tree made by a builder is keyed by the digest of a tar of it.  An image lists
 its layers, bottom first, in image.json's "layers"; a layer lives as long as an image lists
@@ -27,7 +30,7 @@ import shutil
 import stat
 
 from ..errors import CtrunError, InvalidInput
-from ..state import read_json, write_json
+from ..state import private_dir, read_json, write_json
 
 _HEX = re.compile(r"sha256:([0-9a-f]{64})")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -106,11 +109,10 @@ class Stage:
 
     def temp(self):
         """A new empty temp directory for one layer; its tree goes in temp/diff."""
-        base = root(self.store)
-        base.mkdir(mode=0o711, exist_ok=True)
-        t = base / f".tmp-{self.owner}-{os.urandom(4).hex()}"
-        (t / "diff").mkdir(parents=True)
-        os.chmod(t / "diff", 0o755)
+        t = self.store.private_dir("layers") / f".tmp-{self.owner}-{os.urandom(4).hex()}"
+        private_dir(t)    # renamed to sha256/<hex>: what keeps other users out of diff/
+        (t / "diff").mkdir()
+        os.chmod(t / "diff", 0o755)  # the container's / (the layer's "./" entry may change it)
         self.temps.append(t)
         return t
 
@@ -138,7 +140,7 @@ class Stage:
                 raise Conflict(f"layer {diff_id} was removed while this image was being made "
                                "(a concurrent image rm or gc); run the command again")
             write_json(temp / "layer.json", {"diff_id": diff_id, "size": du(temp / "diff")})
-            final.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            self.store.private_dir("layers", "sha256")
             if final.exists():                  # a half-removed leftover without layer.json
                 _discard(self.store, final)
             os.rename(temp, final)
@@ -318,7 +320,7 @@ def merged(dirs, fn, scratch):
     under scratch; the mount dies with the child.  The child's error comes back as one
     line: a CtrunError keeps its kind, anything else becomes a CtrunError naming the copy."""
     dirs = [str(d) for d in dirs]
-    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    private_dir(scratch)
     mnt = os.path.join(str(scratch), f".mnt-{os.getpid()}-{os.urandom(4).hex()}")
     os.mkdir(mnt, 0o700)
     r, w = os.pipe()

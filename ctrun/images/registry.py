@@ -648,8 +648,7 @@ def _install(store, name, client, img, replace, trusted):
     from . import store as images
     from .transfer import stack_image
     ref = client.ref
-    tmp = store.root / "tmp" / "blobs"
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = store.private_dir("tmp", "blobs")
     progress = Progress()
     fetched = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from ..errors import InvalidInput, NotFound
-from ..state import read_json, write_json
+from ..state import private_dir, read_json, write_json
 
 
 def get(store, name, build_missing=True):
@@ -152,7 +152,7 @@ def install_layers(store, name, fill, replace=False):
             cfg = fill(stage)
             cfg["name"] = name
             cfg["layers"] = stage.diff_ids
-            tmp.mkdir()
+            private_dir(tmp)
             write_json(tmp / "image.json", cfg)
             with store.lock(layers.LOCK):
                 stage.commit()

@@ -7,7 +7,9 @@ through file descriptors (ctrun.runtime.paths) and mounted via /proc/self/fd/N, 
 symlink planted in the image cannot redirect a mount onto the host.
 """
 
+import errno
 import os
+import re
 import stat
 
 from .. import libc
@@ -88,12 +90,59 @@ def _bind(root_fd, src, target, readonly):
         finally:
             os.close(sfd)
     if readonly:
-        # the new mount sits on top of the old target: resolve the path again to reach it
+        # the new mount sits on top of the old target: resolve the path again to reach it;
+        # read-only down to every mount below the source (a tmpfs mounted in the host dir)
         tfd = paths.open_in_root(root_fd, target)
         try:
-            mount(None, _fdp(tfd), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+            libc.set_readonly_tree(tfd)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            _READONLY_LATER.append(target)  # Linux < 5.12: remounted one by one, see prepare
         finally:
             os.close(tfd)
+
+
+# read-only volumes whose mounts are remounted one at a time after pivot_root, where
+# /proc/self/mountinfo names them by their paths in the container
+_READONLY_LATER = []
+
+# flags of a mount (statvfs's ST_* -> MS_*) that a bind remount must repeat or it clears
+# them: in a user namespace, clearing a locked one is refused
+_KEEP_FLAGS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
+               os.ST_NOATIME: 1 << 10, os.ST_NODIRATIME: 1 << 11, os.ST_RELATIME: 1 << 21}
+
+
+def _readonly_walk(target):
+    """Remount read-only the mount at target and every mount below it."""
+    top = os.path.normpath(os.path.join("/", target))
+    with open("/proc/self/mountinfo") as f:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+                  for line in f]
+    for p in points:
+        if p == top or p.startswith(top.rstrip("/") + "/"):
+            has = os.statvfs(p).f_flag
+            keep = sum(ms for st, ms in _KEEP_FLAGS.items() if has & st)
+            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+
+
+# the container's null device (an O_PATH descriptor), bound over the masked files
+_NULL = []
+
+
+def null_device(dir_fd, name):
+    """An O_PATH descriptor of dir_fd/name, checked on the descriptor itself to be the null
+    device (char 1:3): masking binds it over host files, so anything else (the host's
+    /dev/null turned into a regular file, which --userns binds) would show there instead."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return fd
+    os.close(fd)
+    from ..errors import ContainerFailed
+    raise ContainerFailed(f"cannot mask /proc and /sys files: the container's /dev/{name} is "
+                          "not the null device (char 1:3); if the host's is not either, "
+                          "restore it: rm /dev/null && mknod -m 666 /dev/null c 1 3")
 
 
 def _mount_dev(root_fd, use_mknod):
@@ -108,6 +157,8 @@ def _mount_dev(root_fd, use_mknod):
             else:  # in a user namespace mknod is refused: bind the host's node instead
                 os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
                 mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
+        # held for mask(): taken now, before any volume can cover /dev or /dev/null
+        _NULL.append(null_device(dev, "null"))
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                              ("ptmx", "pts/ptmx")):
@@ -155,7 +206,16 @@ def prepare(spec):
     root = spec["root"]["path"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _ROOT_TREE:
-        _attach(_ROOT_TREE.pop(), os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        # --userns: the mapped root may not walk into the store (it is private), so the tree
+        # the parent made is stacked on this namespace's "/" and reached through its own
+        # descriptor; absolute paths still resolve on the host's root below it until
+        # pivot_root, which takes it as the new root like a tree mounted anywhere else
+        root_fd = _ROOT_TREE.pop()
+        top = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            libc.move_mount_fd(root_fd, top)
+        finally:
+            os.close(top)
     else:
         ov = ann["run.ctrun.overlay"]
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
@@ -165,7 +225,7 @@ def prepare(spec):
         finally:
             for fd in lower:
                 os.close(fd)
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -177,27 +237,34 @@ def prepare(spec):
         for m in spec["mounts"]:
             if m["type"] == "bind":
                 _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
+        os.fchdir(root_fd)
     finally:
         os.close(root_fd)
-    os.chdir(root)
     libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
     libc.umount2(".", MNT_DETACH)
     os.chdir("/")
+    while _READONLY_LATER:
+        _readonly_walk(_READONLY_LATER.pop())
     if spec["root"].get("readonly"):
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
 def mask(spec):
     """Hide /proc and /sys files that leak host state, make kernel knobs read-only."""
-    for p in spec["linux"].get("maskedPaths", []):
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
-        else:
-            mount("/dev/null", p, None, MS_BIND)
+    null = _NULL.pop() if _NULL else None
+    try:
+        for p in spec["linux"].get("maskedPaths", []):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
+            else:  # the node checked by _mount_dev, not whatever /dev/null names now
+                mount(_fdp(null), p, None, MS_BIND)
+    finally:
+        if null is not None:
+            os.close(null)
     for p in spec["linux"].get("readonlyPaths", []):
         if not os.path.exists(p):
             continue

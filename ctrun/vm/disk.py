@@ -23,6 +23,18 @@ def _tool(name, package):
         raise HostUnsupported(f"VM disks need {name}; run: apt-get install {package}")
 
 
+def _private_file(path):
+    """Create the disk file 0600 before its tool writes it (mkfs.ext4 and qemu-img keep the
+    mode of a file that exists; made by them it would be 0644): a disk holds an image's
+    files, and the VM's writes, which no other user may read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover of a killed build may have had another mode
+    finally:
+        os.close(fd)
+
+
 def base_path(store, image):
     """Where the shared disk of an image lives: keyed by the image's config, so a rebuilt
     image gets a new disk and VMs made from the old one keep theirs."""
@@ -39,7 +51,7 @@ def base(store, image):
         return out
     _tool("mkfs.ext4", "e2fsprogs")
     lowers = images.lowerdirs(store, image)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    store.private_dir("cache", "vm")
     with store.lock("vmdisk." + image):
         if out.exists():
             return out
@@ -54,6 +66,7 @@ def base(store, image):
                 raise CtrunError(f"cannot make the VM disk of image '{image}': "
                                  f"{(r.stderr.strip() or 'mkfs.ext4 failed').splitlines()[-1]}")
         try:
+            _private_file(tmp)
             # several layers are merged by overlayfs (whiteouts, opaque dirs applied) in a
             # private mount namespace that dies with the copy
             layers.merged(lowers, mkfs, store.root / "tmp")
@@ -66,6 +79,7 @@ def base(store, image):
 def overlay(base_disk, dest):
     """A qcow2 file backed by the shared disk: this VM's writes, and only those."""
     _tool("qemu-img", "qemu-utils")
+    _private_file(dest)
     r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                         str(base_disk), str(dest)], capture_output=True, text=True)
     if r.returncode:
