@@ -4,7 +4,6 @@ import errno
 import os
 import resource
 
-import pytest
 
 from ctrun import libc
 from ctrun.runtime import security
