@@ -4,7 +4,6 @@ import errno
 import os
 import resource
 
-
 from ctrun import libc
 from ctrun.runtime import security
 
