@@ -37,10 +37,10 @@ MNT_DETACH = 2
 _NR = {
     "x86_64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
                "fsmount": 432, "mount_setattr": 442, "pivot_root": 155, "setns": 308, "openat2": 437, "pidfd_open": 434,
-               "pidfd_send_signal": 424, "seccomp": 317},
+               "pidfd_send_signal": 424, "seccomp": 317, "close_range": 436},
     "aarch64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
                 "fsmount": 432, "mount_setattr": 442, "pivot_root": 41, "setns": 268, "openat2": 437, "pidfd_open": 434,
-                "pidfd_send_signal": 424, "seccomp": 277},
+                "pidfd_send_signal": 424, "seccomp": 277, "close_range": 436},
 }[os.uname().machine]
 
 
@@ -158,6 +158,28 @@ PR_CAPBSET_DROP = 24
 
 def capbset_drop(cap):
     _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+
+
+PR_SET_DUMPABLE = 4
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+
+
+def set_dumpable(on):
+    """Non-dumpable (on=False) makes /proc/PID/{exe,fd,mem,...} of this process reachable
+    only with CAP_SYS_PTRACE over the namespace it was started in, and forbids ptrace
+    attaching; fork keeps it and a plain execve resets it."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(bool(on)), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def clear_ambient_caps():
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+           "clear ambient capabilities")
+
+
+def close_range(first, last=0xFFFFFFFF, flags=0):
+    """close_range(2): every fd in [first, last]; last defaults to ~0U (no ceiling)."""
+    _check(_libc.syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
+                         ctypes.c_uint(flags)), "close_range")
 
 
 def cap_last_cap():

@@ -185,6 +185,47 @@ def mkdirs_in_root(root, path, mode=0o755):
         return _mkdirs(rfd, path, mode)
 
 
+def open_workdir(root, path):
+    """An O_PATH descriptor of the directory ``path`` inside ``root``, to fchdir into.
+
+    Stricter than open_in_root: the path is walked one component at a time, each symlink
+    expanded here, so that a ".." that would climb above the root, written or reached
+    through a symlink (``/w -> ../../..``), is an error and not a silent "/"; magic links
+    (``/w -> /proc/self/fd/N``) are refused by the kernel at each step.
+    """
+    orig, done, todo, hops = os.fspath(path), [], _parts(path), 0
+    with _Rooted(root) as rfd:
+        while todo:
+            name = todo.pop(0)
+            if name == "..":
+                if not done:
+                    raise InvalidInput(f"cannot resolve '{orig}' inside the container root: "
+                                       "it climbs above the root; give a path inside it")
+                done.pop()
+                continue
+            here = _join(done + [name])
+            fd = _openat2(rfd, here, os.O_PATH | os.O_NOFOLLOW)
+            try:
+                if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                    done.append(name)
+                    continue
+                try:
+                    os.close(_openat2(rfd, here, os.O_PATH))  # ELOOP here for a magic link
+                except FileNotFoundError:
+                    pass  # dangling: the walk below names what is missing
+                target = os.readlink("", dir_fd=fd)
+            finally:
+                os.close(fd)
+            hops += 1
+            if hops > _MAX_HOPS:
+                raise InvalidInput(f"cannot resolve '{orig}' inside the container root: too "
+                                   "many levels of symbolic links; fix the image's symlinks")
+            if target.startswith("/"):
+                done = []
+            todo[:0] = _parts(target)
+        return _openat2(rfd, _join(done), _DIR)
+
+
 def _kind(is_dir):
     return "a directory" if is_dir else "a file"
 

@@ -90,13 +90,20 @@ def _enter_workdir(chan, proc, cwd, tty, make):
     terminal from the container's own devpts when asked; returns the command's path.
     Errors name what failed (CommandNotFound, or the directory)."""
     exe = paths.lookup_command("/", proc["args"][0], _env_dict(proc["env"]).get("PATH", ""))
+    # entered through an fd resolved inside the root, never by a path the kernel would
+    # resolve through magic links (the cwd is checked again once the fds are closed)
     try:
-        if make:
-            os.close(paths.mkdirs_in_root("/", cwd))
-        os.chdir(cwd)
+        fd = paths.mkdirs_in_root("/", cwd) if make else paths.open_workdir("/", cwd)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+    except errors.InvalidInput as e:
+        raise errors.InvalidInput(f"cannot enter the working directory: {e}") from None
     except OSError as e:
-        raise errors.InvalidInput(f"cannot enter the working directory {cwd} in the container: "
-                                  f"{e.strerror}; give an existing directory") from None
+        raise errors.InvalidInput(f"cannot enter the working directory '{cwd}' in the "
+                                  f"container: {os.strerror(e.errno)}; give an existing "
+                                  "directory") from None
     if tty:
         master, slave = terminal.open_pty_inside()
         chan.send({"type": "pty", "has_fd": True}, fd=master)
@@ -113,6 +120,8 @@ def _final_exec(chan, proc, bpf, argv0_path, env):
         security.drop_privileges(proc)
         step = "closing inherited file descriptors"
         security.close_fds(keep={chan.sock.fileno()})
+        step = "checking the working directory"
+        security.check_cwd()
         step = "installing the seccomp filter"
         security.install_seccomp(bpf)
         step = f"executing {argv0_path}"
@@ -183,6 +192,8 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
         cchan = Channel(csock)
         step = "joining the container's cgroup"
         try:
+            # first: the init inherits it and keeps it until its execve
+            libc.set_dumpable(False)
             psock.close()
             # joined here, while still host root: the init inherits the cgroup
             for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
@@ -352,14 +363,30 @@ def _wait_forwarding(pid):
 
 
 def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
-    """Middle process of exec: enters the namespaces, forks the command, relays its status."""
+    """Middle process of exec: enters the namespaces, forks the command, relays its status.
+
+    The order is what keeps the host out of the container's reach:
+    1. non-dumpable, first of all: from here until the command's execve, neither this host
+       Python nor the child it forks can be ptraced by the container, nor its
+       /proc/PID/exe (the host's interpreter) or /proc/PID/fd/* opened, even once the
+       child holds no more capabilities than container root; this process never execs and
+       stays so for the life of the command;
+    2. every host fd closed but the channel, the namespace and cgroup fds, while still
+       wholly on the host: once inside, no host object is left to reach, neither for the
+       container nor for a path resolved in the container (a working directory linked to
+       /proc/self/fd/N, the CVE-2024-21626 pattern);
+    3. only then the namespaces are joined; the child closes the last ones (cgroup fds,
+       and the channel at its execve, which is close-on-exec).
+    """
     step = "joining the container's namespaces"
     try:
+        libc.set_dumpable(False)
         psock.close()
         if not stdin and not tty:
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
+        security.close_fds(keep={chan.sock.fileno(), *(fd for _, fd in ns_fds), *cg_fds})
         namespaces.join(ns_fds)
         step = "forking into the container's pid namespace"
         pid = os.fork()
@@ -376,6 +403,12 @@ def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
         for fd in cg_fds:
             os.write(fd, b"0")
             os.close(fd)
+        if not tty:
+            # a session of its own: the operator's terminal (still its stdio, as it must
+            # be) is not its controlling terminal, so TIOCSTI cannot type into it
+            os.setsid()
+        step = "setting rlimits"
+        security.set_rlimits(proc)
         step = "finding the command"
         exe = _enter_workdir(chan, proc, cwd, tty, make=False)
     except BaseException as e:  # noqa: BLE001

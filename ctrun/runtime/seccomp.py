@@ -89,7 +89,12 @@ def compile_bpf(caps, arch_note=None) -> bytes:
         if name in allowed or (num := nr(name)) is None:
             continue
         for index, op, *values in alternatives:
-            filt.add_rule(seccomp.ALLOW, num, seccomp.Arg(index, ops[op], *values))
+            if op == "not_in32":
+                for mask, value in _blocks_outside(values, 32):
+                    filt.add_rule(seccomp.ALLOW, num,
+                                  seccomp.Arg(index, seccomp.MASKED_EQ, mask, value))
+            else:
+                filt.add_rule(seccomp.ALLOW, num, seccomp.Arg(index, ops[op], *values))
 
     for name, err in profile.ERRNO_RULES.items():
         if name not in allowed and (num := nr(name)) is not None:
@@ -100,6 +105,28 @@ def compile_bpf(caps, arch_note=None) -> bytes:
         filt.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+def _blocks_outside(excluded, bits):
+    """(mask, value) pairs, masks over the low `bits` bits, that together match exactly the
+    numbers whose low `bits` bits are not in `excluded`.
+
+    libseccomp cannot give one call an allow rule and a deny rule, nor AND two tests of one
+    argument, so "all but these" becomes the aligned blocks around them: one per bit where a
+    number first leaves the excluded ones' common prefix (a few dozen for two values)."""
+    out = []
+
+    def split(depth, prefix, ex):
+        shift = bits - depth
+        if not ex:
+            out.append((((1 << depth) - 1) << shift, prefix << shift))
+        elif depth < bits:
+            for bit in (0, 1):
+                split(depth + 1, prefix << 1 | bit,
+                      [x for x in ex if (x >> (shift - 1)) & 1 == bit])
+
+    split(0, 0, sorted(set(excluded)))
+    return out
 
 
 def _libseccomp_version():

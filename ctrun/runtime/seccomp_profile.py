@@ -56,7 +56,7 @@ ALLOW = (
     # --- file descriptors and I/O ---
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
     "preadv2", "pwritev2", "lseek", "_llseek", "close", "close_range",
-    "dup", "dup2", "dup3", "fcntl", "fcntl64", "ioctl", "flock",
+    "dup", "dup2", "dup3", "fcntl", "fcntl64", "flock",  # ioctl: see ARG_RULES
     "fsync", "fdatasync", "sync", "syncfs", "sync_file_range", "sync_file_range2",
     "arm_sync_file_range", "fallocate", "ftruncate", "ftruncate64", "truncate", "truncate64",
     "sendfile", "sendfile64", "splice", "tee", "vmsplice", "copy_file_range", "readahead",
@@ -152,7 +152,13 @@ _NS_FLAGS = (0x00020000 | 0x04000000 | 0x08000000 | 0x10000000    # NEWNS UTS IP
 _CLONE_NEWTIME = 0x00000080  # unshare only: in clone's flags these bits hold the exit signal
 _M64 = 0xFFFFFFFFFFFFFFFF
 
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+
 ARG_RULES = {
+    # every request but TIOCSTI (types into a terminal: the operator's, if the container
+    # can reach it) and TIOCLINUX (the same through a virtual console's selection).
+    # The kernel reads the request as 32 bits: the upper half is ignored here too.
+    "ioctl": ((1, "not_in32", _TIOCSTI, _TIOCLINUX),),
     # threads and fork; arg 0 is the flags word on x86_64, aarch64 and arm (not s390)
     "clone": ((0, "masked_eq", _NS_FLAGS, 0),),
     # unshare(CLONE_FS/CLONE_FILES...) is harmless; new namespaces need CAP_SYS_ADMIN

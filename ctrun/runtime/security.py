@@ -1,5 +1,6 @@
 """The last steps before exec: rlimits, user, capabilities, no_new_privs, fds, seccomp."""
 
+import errno
 import os
 import resource
 
@@ -7,7 +8,7 @@ import resource
 # host's Python path no longer exists
 import prctl
 
-from .. import libc
+from .. import errors, libc
 
 
 def set_rlimits(proc):
@@ -34,6 +35,9 @@ def drop_privileges(proc):
         if cap not in keep_nums:
             libc.capbset_drop(cap)
     prctl.cap_inheritable.limit(*keep_nums)
+    # ambient capabilities would pass to a non-root workload across exec; whatever the
+    # caller of ctrun had raised, the container starts with none
+    libc.clear_ambient_caps()
     user = proc["user"]
     os.setgroups(user.get("additionalGids", []))
     os.setgid(user["gid"])
@@ -59,13 +63,37 @@ def reset_signals():
 
 
 def close_fds(keep):
-    """Close every inherited fd except stdio and `keep` (which is close-on-exec)."""
+    """Close every inherited fd except stdio and `keep`, up to the largest possible fd."""
     lo = 3
     for fd in sorted(keep):
-        if fd >= lo:
-            os.closerange(lo, fd)
-            lo = fd + 1
-    os.closerange(lo, 1 << 20)
+        if fd > lo:
+            _close_range(lo, fd - 1)
+        lo = max(lo, fd + 1)
+    _close_range(lo, 0xFFFFFFFF)
+
+
+def _close_range(first, last):
+    try:
+        libc.close_range(first, last)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+        # before linux 5.9 (or under a seccomp profile that predates it): one close per
+        # possible fd, up to the process's fd limit
+        os.closerange(first, min(last + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def check_cwd():
+    """The working directory must be inside the root once every fd is closed: a directory
+    fd leaked from the host and entered by the path /proc/self/fd/N (CVE-2024-21626) would
+    show here as an unreachable path."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+    if not cwd.startswith("/"):
+        raise errors.InvalidInput("the working directory is outside the container's root; "
+                                  "give a working directory inside the container")
 
 
 def install_seccomp(bpf):

@@ -405,3 +405,38 @@ def test_lookup_in_slash_root_uses_the_process_root():
     assert got in ("/usr/bin/sh", "/bin/sh")
     with pytest.raises(CommandNotFound):
         paths.lookup_command("/", "ctrun-no-such-command-" + uuid.uuid4().hex, "/usr/bin:/bin")
+
+
+def test_workdir_follows_links_that_stay_inside(root, root_fd):
+    os.makedirs(f"{root}/srv/app/sub")
+    os.symlink("/srv/app", f"{root}/abs")
+    os.symlink("app/sub", f"{root}/srv/rel")
+    os.symlink("../srv/rel/..", f"{root}/srv/up")
+    assert where(paths.open_workdir(root_fd, "/abs/sub")) == f"{root}/srv/app/sub"
+    assert where(paths.open_workdir(root_fd, "/srv/rel")) == f"{root}/srv/app/sub"
+    # ".." after a link is taken from where the link led, as the kernel does
+    assert where(paths.open_workdir(root, "/srv/up")) == f"{root}/srv/app"
+    assert where(paths.open_workdir(root_fd, "/")) == root
+
+
+def test_workdir_refuses_climbing_above_the_root(root, root_fd):
+    os.makedirs(f"{root}/a")
+    os.symlink("../../..", f"{root}/w")
+    os.symlink("../../../etc", f"{root}/a/e")
+    for p in ("/w", "/a/e", "/a/../..", "/w/a"):
+        with pytest.raises(InvalidInput, match="climbs above the root"):
+            paths.open_workdir(root_fd, p)
+
+
+def test_workdir_refuses_magic_links_loops_and_files(root, root_fd):
+    with pytest.raises(InvalidInput, match="magic link"):
+        paths.open_workdir("/", "/proc/self/cwd")
+    os.symlink("b", f"{root}/a")
+    os.symlink("a", f"{root}/b")
+    with pytest.raises(InvalidInput, match="symbolic links"):
+        paths.open_workdir(root_fd, "/a")
+    open(f"{root}/file", "w").close()
+    with pytest.raises(InvalidInput, match="not a directory"):
+        paths.open_workdir(root_fd, "/file")
+    with pytest.raises(FileNotFoundError):
+        paths.open_workdir(root_fd, "/missing")

@@ -265,3 +265,36 @@ def test_profile_names_are_real_and_dangerous_ones_absent():
                   "mount_setattr", "syslog", "mount", "setns", "pivot_root"}
     assert not gated_only & set(profile.ALLOW)
     assert len(set(profile.ALLOW)) == len(profile.ALLOW), "duplicate names in ALLOW"
+
+
+def test_terminal_injection_ioctls_are_refused(default_bpf):
+    """TIOCSTI and TIOCLINUX get EPERM, also with bits set above the 32 the kernel reads;
+    other ioctls still reach the terminal."""
+    import pty
+
+    def probe():
+        master, slave = pty.openpty()
+        try:
+            c = ctypes.c_char(b"\n")
+            ioctl = lambda req: _raw("ioctl", slave, req, ctypes.addressof(c))  # noqa: E731
+            return {"tiocsti": ioctl(0x5412), "tiocsti_hibits": ioctl((1 << 32) | 0x5412),
+                    "tioclinux": ioctl(0x541C), "tioclinux_hibits": ioctl((7 << 40) | 0x541C),
+                    "tiocgwinsz": _errno_of(lambda: __import__("fcntl").ioctl(
+                        slave, 0x5413, b"\0" * 8)),
+                    "fionread": ioctl(0x541B)}
+        finally:
+            os.close(master)
+            os.close(slave)
+
+    got = _in_filtered_child(default_bpf, probe)
+    assert got == {"tiocsti": errno.EPERM, "tiocsti_hibits": errno.EPERM,
+                   "tioclinux": errno.EPERM, "tioclinux_hibits": errno.EPERM,
+                   "tiocgwinsz": 0, "fionread": 0}
+
+
+def test_blocks_outside_cover_all_but_the_excluded():
+    blocks = sc._blocks_outside([0x5412, 0x541C], 32)
+    for x in (0, 1, 0x5411, 0x5412, 0x5413, 0x541B, 0x541C, 0x541D, 0xFFFFFFFF, 0x80045430):
+        matches = sum((x & mask) == value for mask, value in blocks)
+        assert matches == (0 if x in (0x5412, 0x541C) else 1), hex(x)
+    assert sc._blocks_outside([], 32) == [(0, 0)]
