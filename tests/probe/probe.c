@@ -2,6 +2,7 @@
  * and prints NAME=RESULT lines (0, or the errno name).  With a subcommand: sends or receives
  * forged frames for the bridge's anti-spoofing tests (containers keep CAP_NET_RAW):
  *   probe arp IFACE SENDER_IP [SENDER_MAC]        a gratuitous ARP request, broadcast
+ *                                   (SENDER_MAC: in the ARP body only)
  *   probe udp IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT TEXT   one raw IPv4 UDP datagram
  *   probe listen PORT SECONDS                     prints each UDP payload received
  * Built statically by the tests. */
@@ -87,13 +88,13 @@ static int garp(int argc, char **argv) {
         die("usage: probe arp IFACE SENDER_IP [SENDER_MAC]");
     unsigned char f[42] = {0}, own[6];
     own_mac(argv[2], own);
-    if (argc > 4)
-        mac(argv[4], own);
     memset(f, 0xff, 6);                        /* to everyone */
     memcpy(f + 6, own, 6);
     f[12] = 0x08, f[13] = 0x06;                /* ARP */
     f[14] = 0, f[15] = 1, f[16] = 8, f[17] = 0, f[18] = 6, f[19] = 4;
     f[20] = 0, f[21] = 1;                      /* request */
+    if (argc > 4)                              /* a sender MAC other than the frame's */
+        mac(argv[4], own);
     memcpy(f + 22, own, 6);
     ip4(argv[3], f + 28);                      /* sender ip == target ip: gratuitous */
     ip4(argv[3], f + 38);
