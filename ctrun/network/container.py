@@ -110,7 +110,7 @@ def up(store, name, net, pid, tap=None):
     port = tap or net["veth"]
     with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
         nft.ensure_network({**n, "allow_bridges": _allowed_bridges(store, n)}, str(store.run))
-        # before the port exists: its first frame is already checked
+        # before the port joins the bridge: its first frame is already checked
         nft.guard_port(name, port, net.get("mac") or _mac_for(net["ip"]),
                        [net["ip"]] + net.get("extra_ips", []))
     if tap:

@@ -37,6 +37,7 @@ from ..errors import CtrunError, HostUnsupported, InvalidInput, Conflict, NotFou
 
 DEFAULT_TABLE = "ctrun"
 FAMILY = "ip"
+BRIDGE_FAMILY = "bridge"  # the port guards' table, of the same name
 BASE_COMMENT = "ctrun base"
 LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 
@@ -468,7 +469,6 @@ def _is_ipv4(addr):
 
 # --- port guards: a container sends only from its own addresses (bridge family) ---------------
 
-BRIDGE_FAMILY = "bridge"
 PORTS_MAP = "ports"
 
 
