@@ -175,16 +175,13 @@ def test_no_host_access_blocks_the_host_but_replies_and_dns(cli, probe):
         # the host's own connections into the network get their replies
         assert "hello-from-srv" in fetch(f"http://{ip}/")
         # the nameserver a container was given on the gateway stays reachable, for it only
-        try:
-            dns = host_server(closed_rec["gateway"], 53, b"dns-hello")
-            dns.__enter__()
-        except OSError as e:
-            pytest.skip(f"port 53 of the gateway is taken on this host: {e}")
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(host_server(closed_rec["gateway"], 53, b"dns-hello"))
+            except OSError as e:
+                pytest.skip(f"port 53 of the gateway is taken on this host: {e}")
             assert nc(cli, "dns", closed_rec["gateway"], 53) == "dns-hello"
             assert nc(cli, "shut", closed_rec["gateway"], 53) == ""
-        finally:
-            dns.__exit__(None, None, None)
 
 
 def test_networks_are_apart_unless_allowed(cli):
