@@ -568,10 +568,11 @@ class Ctrun:
         return out
 
     # ---------------------------------------------------------------- networks
-    def network_create(self, name, subnet, gateway=None, nat=True):
+    def network_create(self, name, subnet, gateway=None, nat=True, **fences):
+        """fences: allow_from, host_access (see networks.create)."""
         from .network import networks
         self.store.ensure()
-        return networks.create(self.store, name, subnet, gateway=gateway, nat=nat)
+        return networks.create(self.store, name, subnet, gateway=gateway, nat=nat, **fences)
 
     def network_list(self):
         from .network import ipam, networks
@@ -937,7 +938,8 @@ def _gc_network(store, known):
                 pass
     try:
         from .network import nft
-        for owner in sorted({r["comment"][len("ctrun ct "):] for r in nft.rules("ctrun ct ")}):
+        ct_rules = nft.rules("ctrun ct ") + nft.rules("ctrun ct ", nft.BRIDGE_FAMILY)
+        for owner in sorted({r["comment"][len("ctrun ct "):] for r in ct_rules}):
             if owner not in known:
                 nft.unpublish(owner)
                 done.append(f"removed published ports of missing container {owner}")

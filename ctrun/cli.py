@@ -216,6 +216,10 @@ def _network(p):
     q.add_argument("--subnet", required=True, metavar="CIDR")
     q.add_argument("--gateway")
     q.add_argument("--no-nat", action="store_true", help="no outbound masquerade")
+    q.add_argument("--allow-from", action="append", default=[], metavar="NETWORK",
+                   help="let containers of NETWORK reach this one's (repeatable)")
+    q.add_argument("--no-host-access", action="store_true",
+                   help="containers cannot reach the host's addresses (but their DNS)")
     nsub.add_parser("list", aliases=["ls"], help="list networks")
     q = nsub.add_parser("inspect", help="show a network as JSON")
     q.add_argument("name")
@@ -386,7 +390,8 @@ def dispatch(a):
         ct.thaw(a.name)
     elif v == "network":
         if a.network_verb == "create":
-            ct.network_create(a.name, a.subnet, gateway=a.gateway, nat=not a.no_nat)
+            ct.network_create(a.name, a.subnet, gateway=a.gateway, nat=not a.no_nat,
+                              allow_from=a.allow_from, host_access=not a.no_host_access)
             print(a.name)
         elif a.network_verb in ("list", "ls"):
             print(_table(ct.network_list(), [("NAME", "name"), ("BRIDGE", "bridge"),

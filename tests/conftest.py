@@ -131,10 +131,11 @@ def cli(store):
 
 
 @contextlib.contextmanager
-def bridge_network(cli, name, subnet):
+def bridge_network(cli, name, subnet, *options):
     """A network of the test's own (bridge, subnet, nftables rules); afterwards every
-    container of the store is destroyed and the network removed, which must succeed."""
-    cli("network", "create", name, "--subnet", subnet, check=True)
+    container of the store is destroyed and the network removed, which must succeed.
+    options: more `network create` arguments."""
+    cli("network", "create", name, "--subnet", subnet, *options, check=True)
     try:
         yield name
     finally:

@@ -104,13 +104,15 @@ def up(store, name, net, pid, tap=None):
     (tap: its name, pid: QEMU's) joins the same bridge, and its guest sets the address."""
     if not net or net["network"] in MODES:
         return
-    from . import link, networks
+    from . import link, networks, nft
     n = networks.get(store, net["network"])
     link.ensure_bridge(n["bridge"], f"{n['gateway']}/{n['subnet'].split('/')[1]}", n.get("mtu", 1500))
-    if n.get("nat", True) or net.get("publish"):
-        from . import nft
-        with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
-            nft.ensure_network(n, str(store.run))
+    port = tap or net["veth"]
+    with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
+        nft.ensure_network({**n, "allow_bridges": _allowed_bridges(store, n)}, str(store.run))
+        # before the port joins the bridge: its first frame is already checked
+        nft.guard_port(name, port, net.get("mac") or _mac_for(net["ip"]),
+                       [net["ip"]] + net.get("extra_ips", []))
     if tap:
         link.enslave(tap, n["bridge"], n.get("mtu", 1500))
     else:
@@ -119,10 +121,23 @@ def up(store, name, net, pid, tap=None):
         for extra in net.get("extra_ips", []):
             link.add_address(pid, f"{extra}/{n['subnet'].split('/')[1]}")
     if net.get("publish"):
-        from . import nft
         with store.lock(".nft"):
             nft.publish(name, net["ip"], net["publish"])
+    if not n.get("host_access", True):
+        with store.lock(".nft"):
+            nft.allow_dns(name, n["bridge"], net["ip"], dns_servers(net))
     write_hosts(store, n["name"])
+
+
+def _allowed_bridges(store, n):
+    """The bridges of the networks n accepts traffic from (--allow-from) that still exist."""
+    from . import networks
+    out = []
+    for other in n.get("allow_from", []):
+        rec = networks._read(store, other)
+        if rec is not None:
+            out.append(rec["bridge"])
+    return out
 
 
 def change_ips(store, name, net, add, delete, pid):
@@ -138,6 +153,7 @@ def change_ips(store, name, net, add, delete, pid):
         ipam.allocate(store, net["network"], f"{name}/{ip}", ip)
         try:
             if pid:
+                _guard_ips(store, net, add=[ip])  # its port may send from it first
                 link.add_address(pid, f"{ip}/{prefix}")
         except BaseException:
             ipam.release(store, net["network"], f"{name}/{ip}")
@@ -149,18 +165,24 @@ def change_ips(store, name, net, add, delete, pid):
                                f"(its addresses: {', '.join([net['ip']] + extra)})")
         if pid:
             link.del_address(pid, f"{ip}/{prefix}")
+            _guard_ips(store, net, delete=[ip])
         ipam.release(store, net["network"], f"{name}/{ip}")
         extra.remove(ip)
     return {**net, "extra_ips": extra}
+
+
+def _guard_ips(store, net, add=(), delete=()):
+    from . import nft
+    with store.lock(".nft"):
+        nft.set_port_ips(net["veth"], add, delete)
 
 
 def down(store, name, net):
     """After the container's end: its rules go (its veth went with its namespace)."""
     if not net or net.get("network") in MODES:
         return
-    if net.get("publish"):
-        from . import nft
-        nft.unpublish(name)
+    from . import nft
+    nft.unpublish(name)  # published ports, DNS allowance and port guard
     from . import link
     # the kernel removes the pair with the namespace, a few ms after the last process
     # is gone: wait for that rather than load pyroute2 (~160 ms) to delete it ourselves
@@ -207,10 +229,14 @@ def write_hosts(store, network):
             os.close(fd)
 
 
-def resolv_text(net):
+def dns_servers(net):
+    """The nameservers a container is given: its --dns, else the host's reachable ones."""
     from ..spec import host_resolvers
-    servers = (net or {}).get("dns") or host_resolvers()
-    return "".join(f"nameserver {s}\n" for s in servers) or "# no resolvers\n"
+    return (net or {}).get("dns") or host_resolvers()
+
+
+def resolv_text(net):
+    return "".join(f"nameserver {s}\n" for s in dns_servers(net)) or "# no resolvers\n"
 
 
 class Plumber:

@@ -116,6 +116,7 @@ def ensure_bridge(name, gateway_cidr, mtu=1500):
                     raise Conflict(f"interface {name} exists and is not a bridge; "
                                    f"choose another bridge name")
             idx = _sys_int(name, "ifindex")
+            ignore_router_adverts(name)  # before it is up: no container's RA is ever taken
             if _sys_int(name, "mtu") != mtu:
                 step = f"set mtu {mtu} on"
                 nl.set_link(idx, mtu=mtu)
@@ -134,6 +135,16 @@ def ensure_bridge(name, gateway_cidr, mtu=1500):
         if created:
             _cleanup(name)
         raise CtrunError(f"cannot {step} bridge {name}: {_why(e)}") from None
+
+
+def ignore_router_adverts(ifname):
+    """accept_ra=0: a router advertisement a container sends on the bridge must not give the
+    host an IPv6 address or default route.  Nothing to do when the host has no IPv6."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{_check_name(ifname)}/accept_ra", "w") as f:
+            f.write("0\n")
+    except FileNotFoundError:
+        pass
 
 
 def remove_bridge(name):
@@ -287,6 +298,7 @@ def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None,
                 raise (Conflict if taken else CtrunError)(
                     f"cannot create veth {host_ifname} for process {netns_pid}: {_why(e)}"
                     + (f" ({ifname} exists in the container)" if taken else "")) from None
+        ignore_router_adverts(host_ifname)
         try:
             peer = _sys_int(host_ifname, "iflink")  # a veth's iflink: its peer's index
         except OSError:  # ENOENT or EINVAL: the pair is gone or going with the namespace
@@ -339,6 +351,7 @@ def enslave(ifname, bridge, mtu=None):
         raise NotFound(f"bridge {bridge} does not exist; create its network first")
     from .rtnl import Rtnl, ifindex
     try:
+        ignore_router_adverts(ifname)
         with Rtnl() as nl:
             nl.set_link(ifindex(ifname), up=True, master=_sys_int(bridge, "ifindex"),
                         mtu=mtu or _sys_int(bridge, "mtu"))

@@ -1,6 +1,8 @@
 """The network store: one JSON file per bridged network, and its checks.
 
-  <root>/networks/NAME.json         {"name", "bridge", "subnet", "gateway", "nat", "mtu"}
+  <root>/networks/NAME.json         {"name", "bridge", "subnet", "gateway", "nat", "mtu",
+                                     and when set: "allow_from" [networks whose containers
+                                     may reach this one's], "host_access" false}
   <root>/networks/NAME.leases.json  the IP leases (see ipam.py)
 
 The set of networks changes only under the store-wide lock ".networks", so two concurrent
@@ -248,16 +250,39 @@ def _check_args(name, subnet, gateway, nat, mtu, bridge):
     return net, gw
 
 
-def create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None):
-    """Record a new network (the bridge itself is made when a container first needs it)."""
+def create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None,
+           allow_from=(), host_access=True):
+    """Record a new network (the bridge itself is made when a container first needs it).
+
+    Traffic from another network's containers is dropped unless that network is in
+    allow_from; host_access=False drops the containers' traffic to the host's addresses."""
     _check_args(name, subnet, gateway, nat, mtu, bridge)
     with locked(store, NETWORKS_LOCK, "the network list"):
-        return _create(store, name, subnet, gateway, nat, mtu, bridge)
+        return _create(store, name, subnet, gateway, nat, mtu, bridge, allow_from, host_access)
 
 
-def _create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None):
+def _check_fences(store, name, allow_from, host_access):
+    if not isinstance(host_access, bool):
+        raise InvalidInput(f"invalid host_access {host_access!r}: use true or false")
+    out = []
+    for other in allow_from:
+        _check_name(other)
+        if other == name:
+            raise InvalidInput(f"--allow-from {other!r} names the network itself; its "
+                               "containers always reach each other: drop it")
+        if _read(store, other) is None:
+            raise NotFound(f"--allow-from network '{other}' not found; create it first "
+                           "(ctrun network list shows the networks)")
+        if other not in out:
+            out.append(other)
+    return out
+
+
+def _create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None,
+            allow_from=(), host_access=True):
     """create() with the network-list lock held."""
     net, gw = _check_args(name, subnet, gateway, nat, mtu, bridge)
+    allow_from = _check_fences(store, name, allow_from, host_access)
     if _read(store, name) is not None:
         raise AlreadyExists(f"network '{name}' already exists; inspect it with: "
                             f"ctrun network inspect {name}")
@@ -279,6 +304,10 @@ def _create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None):
                        "choose another subnet")
     rec = {"name": name, "bridge": bridge, "subnet": str(net), "gateway": str(gw),
            "nat": nat, "mtu": mtu}
+    if allow_from:
+        rec["allow_from"] = allow_from
+    if not host_access:
+        rec["host_access"] = False
     netdir(store).mkdir(mode=0o700, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(leases_path(store, name))  # never inherit leases of a half-removed namesake

@@ -20,6 +20,13 @@ Chains (created on demand; `add` is idempotent in nftables):
                                        127.0.0.1:PORT), DNATed traffic from the subnet back
                                        into it (hairpin between containers)
   forward      filter 0, policy accept  accept established and bridge traffic (no drops)
+  isolate      filter forward -10       drop traffic from one ctrun bridge to another unless
+                                       the receiving network allows the sender (--allow-from)
+  input        filter 0                 --no-host-access: drop a network's new traffic to the
+                                       host's own addresses; a container's DNS is let through
+
+A second table of the same name in the bridge family checks what each container's port (the
+host end of its veth, or a VM's tap) sends: see guard_port.
 """
 
 import ipaddress
@@ -30,6 +37,7 @@ from ..errors import CtrunError, HostUnsupported, InvalidInput, Conflict, NotFou
 
 DEFAULT_TABLE = "ctrun"
 FAMILY = "ip"
+BRIDGE_FAMILY = "bridge"  # the port guards' table, of the same name
 BASE_COMMENT = "ctrun base"
 LOOPBACK = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 
@@ -39,6 +47,8 @@ _CHAINS = {
     "output": {"type": "nat", "hook": "output", "prio": -100},
     "postrouting": {"type": "nat", "hook": "postrouting", "prio": 100},
     "forward": {"type": "filter", "hook": "forward", "prio": 0},
+    "isolate": {"type": "filter", "hook": "forward", "prio": -10},
+    "input": {"type": "filter", "hook": "input", "prio": 0},
 }
 
 _nft_ctx = None
@@ -88,10 +98,10 @@ def _error(err):
     return CtrunError(f"nftables failed: {msg}")
 
 
-def _list():
+def _list(family=FAMILY):
     """The table's objects as libnftables JSON dicts, or [] when the table does not exist."""
     rc, out, err = _ctx().json_cmd(
-        {"nftables": [{"list": {"table": {"family": FAMILY, "name": table()}}}]})
+        {"nftables": [{"list": {"table": {"family": family, "name": table()}}}]})
     if rc != 0:
         if "No such file or directory" in err:
             return []
@@ -143,11 +153,12 @@ _LOCAL_DADDR = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 
 # --- rules listing ---------------------------------------------------------------------------
 
-def rules(comment_prefix=None):
+def rules(comment_prefix=None, family=FAMILY):
     """ctrun's rules: [{"chain", "handle", "comment", "packets", "bytes", "expr"}], in table
-    order; comment_prefix keeps those whose comment starts with it (e.g. "ctrun ct ")."""
+    order; comment_prefix keeps those whose comment starts with it (e.g. "ctrun ct ").
+    family "bridge": the rules of the port guards (guard_port)."""
     out = []
-    for obj in _list():
+    for obj in _list(family):
         r = obj.get("rule")
         if not r:
             continue
@@ -212,8 +223,12 @@ def ensure_network(net, state_dir):
         cmds.append(_add_rule("forward", BASE_COMMENT, [
             _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
             _COUNTER, {"accept": None}]))
-    if not any(r["comment"] == net_comment(net["name"]) for r in existing):
+    cmds += _fence_base(existing)
+    mine = {r["chain"] for r in existing if r["comment"] == net_comment(net["name"])}
+    if not mine:
         cmds += _network_rules(net)
+    if "isolate" not in mine:  # also a table made by a ctrun that had no fences
+        cmds += _fence_rules(net)
     _run(cmds)
     _enable_forwarding(Path(state_dir))
     # lets DNATed 127.0.0.1 traffic leave by the bridge and its replies come back
@@ -224,13 +239,15 @@ def remove_network(net, state_dir, last=False):
     """Delete a network's rules; with last=True delete the whole table and put ip_forward back
     to the value saved by the first ensure_network.  Idempotent."""
     if last:
-        if _list():
-            _run([{"delete": {"table": {"family": FAMILY, "name": table()}}}])
+        for family in (FAMILY, BRIDGE_FAMILY):
+            if _list(family):
+                _run([{"delete": {"table": {"family": family, "name": table()}}}])
         _restore_forwarding(Path(state_dir))
     else:
         doomed = _owned(net_comment(net["name"]))
         if doomed:
             _run([_delete_rule(r) for r in doomed])
+        _unfence(net)
     localnet = _conf_dir(net["bridge"]) / "route_localnet"
     try:
         localnet.write_text("0\n")
@@ -360,7 +377,177 @@ def publish(container, ct_ip, ports):
 
 
 def unpublish(container):
-    """Delete every rule of the container; fine when there is none or no table."""
-    doomed = _owned(ct_comment(container))
+    """Delete every rule of the container, its port guards included; fine when there is none
+    or no table."""
+    comment = ct_comment(container)
+    doomed = _owned(comment)
     if doomed:
         _run([_delete_rule(r) for r in doomed])
+    for chain in sorted({r["chain"] for r in rules(comment, BRIDGE_FAMILY)
+                         if r["comment"] == comment and r["chain"].startswith("port-")}):
+        unguard_port(chain[len("port-"):])
+
+
+# --- networks apart from each other and from the host ----------------------------------------
+
+BRIDGES_SET = "bridges"  # every ctrun bridge with rules in this table
+FENCE_COMMENT = BASE_COMMENT + " isolate"
+_LOCAL_KINDS = {"set": ["local", "broadcast", "multicast"]}
+
+
+def _fence_base(existing):
+    """The set of ctrun bridges, and what crosses between networks whatever they allow:
+    replies, and DNATed traffic (published ports are open to whoever reaches the host)."""
+    t = table()
+    cmds = [{"add": {"set": {"family": FAMILY, "table": t, "name": BRIDGES_SET,
+                             "type": "ifname"}}}]
+    if not any(r["comment"] == FENCE_COMMENT for r in existing):
+        cmds += [
+            _add_rule("isolate", FENCE_COMMENT, [
+                _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
+                {"accept": None}]),
+            _add_rule("isolate", FENCE_COMMENT, [
+                _match({"ct": {"key": "status"}}, "dnat", op="in"), {"accept": None}])]
+    return cmds
+
+
+def _fence_rules(net):
+    """Traffic routed from another ctrun bridge into this network's is dropped unless it comes
+    from a bridge of net["allow_bridges"]; with net["host_access"] false, new traffic from the
+    network to the host's own addresses is dropped too (replies of the host's own connections
+    pass: they are established)."""
+    bridge, comment = net["bridge"], net_comment(net["name"])
+    iif, oif = _meta("iifname"), _meta("oifname")
+    allowed = [bridge] + [b for b in net.get("allow_bridges", ()) if b != bridge]
+    out = [{"add": {"element": {"family": FAMILY, "table": table(), "name": BRIDGES_SET,
+                                "elem": [bridge]}}},
+           _add_rule("isolate", comment, [
+               _match(iif, "@" + BRIDGES_SET), _match(oif, bridge),
+               _match(iif, {"set": allowed} if len(allowed) > 1 else bridge, op="!="),
+               _COUNTER, {"drop": None}])]
+    if not net.get("host_access", True):
+        out.append(_add_rule("input", comment, [
+            _match(iif, bridge),
+            _match({"ct": {"key": "state"}}, {"set": ["established", "related"]}, op="!="),
+            _match({"fib": {"result": "type", "flags": ["daddr"]}}, _LOCAL_KINDS),
+            _COUNTER, {"drop": None}]))
+    return out
+
+
+def _unfence(net):
+    """Take the network's bridge out of the bridges set (its rules went by comment)."""
+    for obj in _list():
+        s = obj.get("set")
+        if s and s["name"] == BRIDGES_SET and net["bridge"] in s.get("elem", []):
+            _run([{"delete": {"element": {"family": FAMILY, "table": table(),
+                                          "name": BRIDGES_SET, "elem": [net["bridge"]]}}}])
+
+
+def allow_dns(container, bridge, ct_ip, servers):
+    """Let a container of a --no-host-access network reach the nameservers it was given when
+    they are the host's own (the gateway, typically): inserted at the head of the input chain,
+    before its network's drop.  Removed with the container's other rules (unpublish)."""
+    servers = [s for s in servers if _is_ipv4(s)]
+    if not servers:
+        return
+    rule = _add_rule("input", ct_comment(container), [
+        _match(_meta("iifname"), bridge), _match(_ip("saddr"), ct_ip),
+        _match(_ip("daddr"), {"set": servers} if len(servers) > 1 else servers[0]),
+        _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+        _match({"payload": {"protocol": "th", "field": "dport"}}, 53),
+        _COUNTER, {"accept": None}])
+    _run(_skeleton() + [{"insert": rule["add"]}])
+
+
+def _is_ipv4(addr):
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        return False
+    return True
+
+
+# --- port guards: a container sends only from its own addresses (bridge family) ---------------
+
+PORTS_MAP = "ports"
+
+
+def _bridge_skeleton():
+    """Table, the ports verdict map and the base chain that dispatches on it: one lookup per
+    frame whatever the number of ports.  Idempotent (the chain is flushed and refilled)."""
+    t = table()
+    base = {"family": BRIDGE_FAMILY, "table": t, "name": "ports"}
+    return [
+        {"add": {"table": {"family": BRIDGE_FAMILY, "name": t}}},
+        {"add": {"map": {"family": BRIDGE_FAMILY, "table": t, "name": PORTS_MAP,
+                         "type": "ifname", "map": "verdict"}}},
+        # before anything else sees the frame, forwarding and delivery to the host alike
+        {"add": {"chain": {**base, "type": "filter", "hook": "prerouting", "prio": -300,
+                           "policy": "accept"}}},
+        {"flush": {"chain": base}},
+        {"add": {"rule": {"family": BRIDGE_FAMILY, "table": t, "chain": "ports", "expr": [
+            {"vmap": {"key": _meta("iifname"), "data": "@" + PORTS_MAP}}]}}},
+    ]
+
+
+def _port_objects(port):
+    t = table()
+    return ({"family": BRIDGE_FAMILY, "table": t, "name": f"port-{port}"},
+            {"family": BRIDGE_FAMILY, "table": t, "name": f"ip-{port}"})
+
+
+def guard_port(container, port, mac, ips):
+    """What enters the bridge from `port` must come from `mac` and one of `ips` (the set
+    ip-PORT, changed by set_port_ips): Ethernet source, ARP sender and IPv4 source.  Anything
+    but IPv4 and ARP is dropped: networks are IPv4 only, so no IPv6 source could be checked,
+    and a container's IPv6 router or neighbour advertisements would redirect its peers'
+    traffic.  Rules carry the container's comment; idempotent (the port's chain is
+    refilled)."""
+    chain, ipset = _port_objects(port)
+    comment = ct_comment(container)
+    addrs = "@" + ipset["name"]
+
+    def drop(*matches):
+        return {"add": {"rule": {"family": BRIDGE_FAMILY, "table": table(),
+                                 "chain": chain["name"], "comment": comment,
+                                 "expr": [*matches, _COUNTER, {"drop": None}]}}}
+
+    def field(proto, name):
+        return {"payload": {"protocol": proto, "field": name}}
+    _run(_bridge_skeleton() + [
+        {"add": {"set": {**ipset, "type": "ipv4_addr"}}},
+        {"flush": {"set": ipset}},
+        {"add": {"element": {**ipset, "elem": list(ips)}}},
+        {"add": {"chain": chain}},
+        {"flush": {"chain": chain}},
+        drop(_match(field("ether", "saddr"), mac, op="!=")),
+        drop(_match(field("ether", "type"), {"set": ["ip", "arp"]}, op="!=")),
+        drop(_match(field("arp", "saddr ether"), mac, op="!=")),
+        drop(_match(field("arp", "saddr ip"), addrs, op="!=")),
+        drop(_match(field("ip", "saddr"), addrs, op="!=")),
+        {"add": {"element": {"family": BRIDGE_FAMILY, "table": table(), "name": PORTS_MAP,
+                             "elem": [[port, {"jump": {"target": chain["name"]}}]]}}},
+    ])
+
+
+def set_port_ips(port, add=(), delete=()):
+    """Change the addresses a guarded port may send from (set --ip-add/--ip-del)."""
+    _, ipset = _port_objects(port)
+    cmds = ([{"add": {"element": {**ipset, "elem": list(add)}}}] if add else []) + \
+        ([{"delete": {"element": {**ipset, "elem": list(delete)}}}] if delete else [])
+    if cmds:
+        _run(cmds)
+
+
+def unguard_port(port):
+    """Remove a port's guard; fine when it (or the table) is already gone: the guard's
+    objects are made and removed in single transactions, so they exist all or none."""
+    chain, ipset = _port_objects(port)
+    try:
+        _run([{"delete": {"element": {"family": BRIDGE_FAMILY, "table": table(),
+                                      "name": PORTS_MAP, "elem": [port]}}},
+              {"flush": {"chain": chain}}, {"delete": {"chain": chain}},
+              {"delete": {"set": ipset}}])
+    except CtrunError as e:
+        if "No such file or directory" not in str(e):
+            raise

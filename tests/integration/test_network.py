@@ -84,21 +84,23 @@ def test_leases_are_unique_under_concurrent_creates(cli, net):
     assert_clean_error(cli("create", "outside", "--net", net, "--ip", "192.0.2.7"), "192.0.2.7")
 
 
+def nft_listing(family="ip"):
+    return subprocess.run(["nft", "list", "table", family, os.environ["CTRUN_NFT_TABLE"]],
+                          capture_output=True, text=True).stdout
+
+
 def test_destroy_removes_veth_rules_and_lease(cli, net):
     port = 19000 + os.getpid() % 1000
     info = web(cli, "gone", net, "-p", f"{port}:80")
     veth = info["network"]["veth"]
     assert Path(f"/sys/class/net/{veth}").exists()
-    table = os.environ["CTRUN_NFT_TABLE"]
-    rules = subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
-                           text=True).stdout
-    assert "ctrun ct gone" in rules
+    assert "ctrun ct gone" in nft_listing()
+    assert f"port-{veth}" in nft_listing("bridge")  # its anti-spoofing guard
     assert_clean_error(cli("network", "rm", net), "gone")  # refused while attached
     cli("destroy", "-f", "gone", check=True)
     assert not Path(f"/sys/class/net/{veth}").exists()
-    rules = subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
-                           text=True).stdout
-    assert "ctrun ct gone" not in rules
+    assert "ctrun ct gone" not in nft_listing()
+    assert veth not in nft_listing("bridge")
     assert info["network"]["ip"] not in cli.json("network", "inspect", net)["leases"]
 
 
@@ -112,22 +114,22 @@ def test_ip_add_and_del_on_a_running_container(cli, net):
     assert extra not in r.stdout
 
 
-def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net):
-    """kill -9 of an attached `ctrun run`: once its container is gone, gc drops its rules."""
+@pytest.mark.parametrize("publish", [True, False], ids=["published", "guard-only"])
+def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net, publish):
+    """kill -9 of an attached `ctrun run`: once its container is gone, gc drops its rules
+    (its port guard too, also when it had no published port)."""
     import signal
     import sys
     port = 17000 + os.getpid() % 1000
     p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run", "--name",
-                          "orphan", "--net", net, "-p", f"{port}:80", "busybox", "--",
-                          "sleep", "1000"])
+                          "orphan", "--net", net, *(["-p", f"{port}:80"] if publish else []),
+                          "busybox", "--", "sleep", "1000"])
     cli.wait_state("orphan")
     p.send_signal(signal.SIGKILL)
     p.wait()
     cli("kill", "orphan", check=True)  # the workload dies; no supervisor records it
     cli.wait_state("orphan", "stopped")
-    table = os.environ["CTRUN_NFT_TABLE"]
-    listing = lambda: subprocess.run(["nft", "list", "table", "ip", table],  # noqa: E731
-                                     capture_output=True, text=True).stdout
+    listing = lambda: nft_listing() + nft_listing("bridge")  # noqa: E731
     assert "ctrun ct orphan" in listing()
     out = cli("gc", check=True).stdout
     assert "orphan" in out and "ctrun ct orphan" not in listing()

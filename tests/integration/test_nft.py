@@ -130,7 +130,8 @@ def table(monkeypatch, tmp_path):
     try:
         yield tmp_path / "netstate"
     finally:
-        sh("nft", "delete", "table", "ip", TABLE, check=False)
+        for family in ("ip", "bridge"):
+            sh("nft", "delete", "table", family, TABLE, check=False)
         with open(IP_FORWARD, "w") as f:
             f.write(forward + "\n")
         assert sh("nft", "list", "table", "ip", TABLE, check=False).returncode != 0
@@ -288,3 +289,27 @@ def test_container_cannot_reach_host_loopback(topo, table):
         spoof()
         dropped = [r for r in nft.rules("ctrun net t") if r["chain"] == "guard"]
         assert sum(r["packets"] for r in dropped) == 1
+
+
+def test_port_guards_are_idempotent_and_removed_exactly(table):
+    def guards():
+        return sorted((r["chain"], r["comment"]) for r in nft.rules("ctrun ct ", "bridge"))
+    nft.unguard_port(TAG + "a")  # no table: nothing to do
+    nft.unpublish("a")
+    mac_a, mac_b = "02:42:0a:00:00:02", "02:42:0a:00:00:03"
+    nft.guard_port("a", TAG + "a", mac_a, [IP_A])
+    once = guards()
+    nft.guard_port("a", TAG + "a", mac_a, [IP_A])  # a restart: the same rules, not twice
+    assert guards() == once and len(once) == 5
+    nft.guard_port("ab", TAG + "b", mac_b, [IP_B])  # a name that starts with the other's
+    nft.set_port_ips(TAG + "a", add=[SUB + ".9"])
+    listing = sh("nft", "list", "set", "bridge", TABLE, f"ip-{TAG}a").stdout
+    assert IP_A in listing and SUB + ".9" in listing
+    nft.set_port_ips(TAG + "a", delete=[SUB + ".9"])
+    assert SUB + ".9" not in sh("nft", "list", "set", "bridge", TABLE, f"ip-{TAG}a").stdout
+    nft.unpublish("a")
+    assert {c for _, c in guards()} == {"ctrun ct ab"}
+    assert f"{TAG}a" not in sh("nft", "list", "table", "bridge", TABLE).stdout
+    nft.unguard_port(TAG + "a")  # idempotent
+    nft.remove_network(net(), table, last=True)  # the last network takes both tables
+    assert sh("nft", "list", "table", "bridge", TABLE, check=False).returncode != 0

@@ -6,18 +6,31 @@
  *   probe scan OUT     until OUT.stop exists, opens /proc/PID/exe and /proc/PID/fd/N of
  *                      every other process; writes to OUT each open that passed the
  *                      access check (other than a container binary or the fds 0-2 every
- *                      command is given), then "done opens=N denied=N leaks=N" */
+ *                      command is given), then "done opens=N denied=N leaks=N"
+ * Forged frames for the bridge's anti-spoofing tests (containers keep CAP_NET_RAW):
+ *   probe arp IFACE SENDER_IP [SENDER_MAC]        a gratuitous ARP request, broadcast
+ *                                   (SENDER_MAC: in the ARP body only)
+ *   probe udp IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT TEXT   one raw IPv4 UDP datagram
+ *   probe listen PORT SECONDS                     prints each UDP payload received */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netpacket/packet.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static void report(const char *name, long ret) {
@@ -130,10 +143,132 @@ static int scan(const char *out) {
     return 0;
 }
 
+static void die(const char *what) {
+    perror(what);
+    exit(2);
+}
+
+static void mac(const char *text, unsigned char *out) {
+    if (sscanf(text, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx",
+               &out[0], &out[1], &out[2], &out[3], &out[4], &out[5]) != 6)
+        die("bad mac");
+}
+
+static void ip4(const char *text, unsigned char *out) {
+    if (inet_pton(AF_INET, text, out) != 1)
+        die("bad ipv4 address");
+}
+
+static int packet_socket(void) {
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    if (s < 0)
+        die("socket");
+    return s;
+}
+
+static void own_mac(const char *iface, unsigned char *out) {
+    int s = packet_socket();
+    struct ifreq ifr = {0};
+    strncpy(ifr.ifr_name, iface, IFNAMSIZ - 1);
+    if (ioctl(s, SIOCGIFHWADDR, &ifr) < 0)
+        die("SIOCGIFHWADDR");
+    memcpy(out, ifr.ifr_hwaddr.sa_data, 6);
+    close(s);
+}
+
+static void send_frame(const char *iface, const unsigned char *frame, size_t len) {
+    int s = packet_socket();
+    struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = (int)if_nametoindex(iface),
+                             .sll_halen = 6};
+    memcpy(to.sll_addr, frame, 6);
+    if (sendto(s, frame, len, 0, (struct sockaddr *)&to, sizeof to) != (ssize_t)len)
+        die("sendto");
+    close(s);
+}
+
+static uint16_t checksum(const void *data, size_t len) {
+    const uint8_t *p = data;
+    uint32_t sum = 0;
+    for (size_t i = 0; i + 1 < len; i += 2)
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    if (len & 1)
+        sum += (uint32_t)(p[len - 1] << 8);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return htons((uint16_t)~sum);
+}
+
+static int garp(int argc, char **argv) {
+    if (argc < 4)
+        die("usage: probe arp IFACE SENDER_IP [SENDER_MAC]");
+    unsigned char f[42] = {0}, own[6];
+    own_mac(argv[2], own);
+    memset(f, 0xff, 6);                        /* to everyone */
+    memcpy(f + 6, own, 6);
+    f[12] = 0x08, f[13] = 0x06;                /* ARP */
+    f[14] = 0, f[15] = 1, f[16] = 8, f[17] = 0, f[18] = 6, f[19] = 4;
+    f[20] = 0, f[21] = 1;                      /* request */
+    if (argc > 4)                              /* a sender MAC other than the frame's */
+        mac(argv[4], own);
+    memcpy(f + 22, own, 6);
+    ip4(argv[3], f + 28);                      /* sender ip == target ip: gratuitous */
+    ip4(argv[3], f + 38);
+    send_frame(argv[2], f, sizeof f);
+    return 0;
+}
+
+static int udp(int argc, char **argv) {
+    if (argc != 9)
+        die("usage: probe udp IFACE SRC_MAC SRC_IP DST_MAC DST_IP PORT TEXT");
+    size_t n = strlen(argv[8]), len = 14 + 20 + 8 + n;
+    unsigned char *f = calloc(1, len), *ip = f + 14, *u = ip + 20;
+    mac(argv[5], f);
+    mac(argv[3], f + 6);
+    f[12] = 0x08, f[13] = 0x00;
+    ip[0] = 0x45, ip[8] = 64, ip[9] = 17;
+    *(uint16_t *)(ip + 2) = htons((uint16_t)(20 + 8 + n));
+    ip4(argv[4], ip + 12);
+    ip4(argv[6], ip + 16);
+    *(uint16_t *)(ip + 10) = checksum(ip, 20);
+    *(uint16_t *)(u + 0) = htons(40000);
+    *(uint16_t *)(u + 2) = htons((uint16_t)atoi(argv[7]));
+    *(uint16_t *)(u + 4) = htons((uint16_t)(8 + n));   /* checksum 0: none */
+    memcpy(u + 8, argv[8], n);
+    send_frame(argv[2], f, len);
+    return 0;
+}
+
+static int listen_udp(int argc, char **argv) {
+    if (argc != 4)
+        die("usage: probe listen PORT SECONDS");
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0)
+        die("bind");
+    struct timeval tv = {.tv_sec = atoi(argv[3])};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    printf("ready\n");
+    fflush(stdout);
+    char buf[512];
+    ssize_t got;
+    while ((got = recv(s, buf, sizeof buf - 1, 0)) >= 0) {
+        buf[got] = 0;
+        printf("got %s\n", buf);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "tty"))
         return tty();
     if (argc > 2 && !strcmp(argv[1], "scan"))
         return scan(argv[2]);
+    if (argc > 1 && !strcmp(argv[1], "arp"))
+        return garp(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "udp"))
+        return udp(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "listen"))
+        return listen_udp(argc, argv);
     return syscalls();
 }

@@ -337,3 +337,18 @@ def test_concurrent_allocations_get_distinct_addresses(tmp_path, host):
     assert leases == {ip: f"c{i}" for i, ip in enumerate(ips)}
     assert sorted(leases, key=ipaddress.IPv4Address) == [f"10.199.0.{n}" for n in range(2, 22)]
     assert [n["name"] for n in networks.list_networks(Store(root))] == ["ctrun0"]
+
+
+def test_fences_are_recorded_and_checked(st):
+    networks.create(st, "a", "10.50.1.0/24")
+    with pytest.raises(NotFound, match="'nosuch' not found"):
+        networks.create(st, "b", "10.50.2.0/24", allow_from=["nosuch"])
+    with pytest.raises(InvalidInput, match="itself"):
+        networks.create(st, "b", "10.50.2.0/24", allow_from=["b"])
+    with pytest.raises(InvalidInput, match="host_access"):
+        networks.create(st, "b", "10.50.2.0/24", host_access="no")
+    assert [n["name"] for n in networks.list_networks(st)] == ["a"]  # nothing half-made
+    b = networks.create(st, "b", "10.50.2.0/24", allow_from=["a", "a"], host_access=False)
+    assert b["allow_from"] == ["a"] and b["host_access"] is False
+    assert networks.get(st, "b") == b
+    assert "allow_from" not in networks.get(st, "a")  # defaults are not written
