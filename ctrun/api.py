@@ -18,8 +18,8 @@ import sys
 import time
 
 from . import config as cfgmod
-from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
-from .state import Store, read_json, status, write_json
+from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound, quote
+from .state import Store, read_json, stale_temp_files, status, write_json
 
 DEFAULT_CGROUP_PARENT = "ctrun"
 
@@ -42,6 +42,15 @@ class Ctrun:
         if not (d / "config.json").exists():
             raise NotFound(f"container '{name}' not found; see: ctrun list --all")
         return d
+
+    def _entry(self, name):
+        """The directory of any entry the store holds under `name`, even one this version
+        would refuse (a name an older version let in, a create's debris without a config),
+        so destroy and gc can always remove it; otherwise as _cdir."""
+        if (isinstance(name, str) and name and not name.startswith(".") and "/" not in name
+                and "\0" not in name and os.path.isdir(self.store.container_dir(name))):
+            return self.store.container_dir(name)
+        return self._cdir(name)
 
     def _config(self, cdir):
         return cfgmod.Config.from_dict(read_json(cdir / "config.json"))
@@ -550,7 +559,7 @@ class Ctrun:
         that stops while being read) is left out.  only: the stat sections to read."""
         out = {}
         for n in names or self.store.container_names():
-            cdir = self._cdir(n) if strict else self.store.container_dir(n)
+            cdir = self._cdir(n) if strict and names else self.store.container_dir(n)
             if status(cdir)[0] != "running":
                 if names and strict:
                     raise Conflict(f"container '{n}' is not running; stats need a running "
@@ -811,7 +820,7 @@ class Ctrun:
 
     # ---------------------------------------------------------------- destroy, gc
     def destroy(self, name, force=False):
-        cdir = self._cdir(name)
+        cdir = self._entry(name)
         with self.store.lock(name):
             st, state, live, _ = status(cdir)
             if st == "stopping":  # let the monitor finish recording the exit first
@@ -823,7 +832,8 @@ class Ctrun:
                 self._kill_and_wait(name, cdir, live)
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
-            _manager(name, conf).discard()
+            if conf:  # debris without a config never had a cgroup (start makes it)
+                _discard_cgroup(name, conf)
             net = conf.get("net") or {}
             if net.get("ip"):
                 from .network import container as netc
@@ -838,6 +848,18 @@ class Ctrun:
             except FileNotFoundError:
                 pass
 
+    def _gc_bad_entry(self, n, cdir, conf):
+        """An entry no verb but destroy can use: a directory without a config (a crashed
+        create's debris) or a name this version refuses.  Removed unless it runs."""
+        if conf is not None and status(cdir)[0] == "running":
+            return [f"kept running container {quote(n)}, whose name is invalid; remove it "
+                    f"with: ctrun destroy --force {quote(n)}"]
+        try:
+            self.destroy(n, force=True)
+        except CtrunError as e:  # one bad entry must not stop the rest of gc
+            return [f"could not remove {quote(n)}: {e}"]
+        return [f"removed {'invalid container' if conf else 'leftover directory'} {quote(n)}"]
+
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
         from . import cgroups
@@ -846,12 +868,16 @@ class Ctrun:
         for n in os.listdir(self.store.containers):
             if n.startswith((".tmp-", ".destroy-")):
                 shutil.rmtree(self.store.containers / n, ignore_errors=True)
-                done.append(f"removed leftover {n}")
+                done.append(f"removed leftover {quote(n)}")
         parents = set()
         for n in self.store.container_names():
             cdir = self.store.container_dir(n)
+            for tmp in stale_temp_files(cdir):  # a write killed (or failed) half-way
+                tmp.unlink(missing_ok=True)
+                done.append(f"removed stale temporary file {quote(n + '/' + tmp.name)}")
             conf = read_json(cdir / "config.json")
-            if conf is None:
+            if conf is None or not cfgmod.NAME_RE.fullmatch(n):
+                done += self._gc_bad_entry(n, cdir, conf)
                 continue
             parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
             parents.add(parent)
@@ -891,6 +917,15 @@ def _manager(name, conf):
     from . import cgroups
     return cgroups.manager(name, parent=(conf or {}).get("cgroup_parent",
                                                           DEFAULT_CGROUP_PARENT))
+
+
+def _discard_cgroup(name, conf):
+    """Remove a container's cgroup; a name the cgroup layer refuses never had one."""
+    try:
+        mgr = _manager(name, conf)
+    except InvalidInput:
+        return False
+    return mgr.discard()
 
 
 def _check_limits(opts, ignore_unsupported):

@@ -287,6 +287,18 @@ class _Parser(argparse.ArgumentParser):
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*a, **kw)  # sub-parsers are made of this class too
 
+    def error(self, message):
+        """One line, like every other error (argparse prints its usage first, and joins
+        unrecognized arguments raw, newlines and all)."""
+        _error(f"{message}; see: {self.prog} --help")
+        sys.exit(2)
+
+
+def _error(message):
+    """Print an error as exactly one line, whatever the message holds."""
+    from .errors import one_line
+    print(f"ctrun: error: {one_line(message)}", file=sys.stderr)
+
 
 def parser(only=None):
     """The argument parser; with a known verb `only`, that verb's sub-parser alone (each
@@ -323,7 +335,7 @@ def _each(names, fn):
         try:
             fn(n)
         except CtrunError as e:
-            print(f"ctrun: error: {e}", file=sys.stderr)
+            _error(e)
             code = e.exit_code
     return code
 
@@ -338,7 +350,7 @@ def dispatch(a):
     elif v == "run":
         code = ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm,
                       detach=a.detach, tty=a.tty, interactive=a.interactive,
-                      plumber=getattr(a, "plumber", None), **_create_kwargs(a))
+                      plumber=a.plumber, **_create_kwargs(a))
         return code
     elif v == "start":
         ct.start(a.name)
@@ -453,10 +465,11 @@ def main(argv=None):
     if a.debug:
         os.environ["CTRUN_DEBUG"] = "1"
     from .errors import CtrunError
+    a.plumber = None
     try:
         reads_only = a.verb == "lab" and (a.schema or a.list or a.compare)
         if os.geteuid() != 0 and not reads_only:
-            print("ctrun: error: ctrun must run as root (try: sudo ctrun ...)", file=sys.stderr)
+            _error("ctrun must run as root (try: sudo ctrun ...)")
             return 1
         net = (a.net or os.environ.get("CTRUN_NETWORK") or "ctrun0") if a.verb == "run" else None
         if a.verb == "run" and not a.detach and net not in ("none", "host"):
@@ -467,16 +480,20 @@ def main(argv=None):
     except CtrunError as e:
         if a.debug:
             raise
-        print(f"ctrun: error: {e}", file=sys.stderr)
+        _error(e)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         if a.debug:
             raise
-        print(f"ctrun: error: {e.strerror or e}{': ' + e.filename if e.filename else ''}"
-              " (rerun with --debug for details)", file=sys.stderr)
+        from .errors import quote
+        _error(f"{e.strerror or e}{': ' + quote(e.filename) if e.filename else ''}"
+               " (rerun with --debug for details)")
         return 1
+    finally:
+        if a.plumber is not None:  # a run refused before it used its helper: reap it
+            a.plumber.cancel()
 
 
 if __name__ == "__main__":
