@@ -255,6 +255,7 @@ VERBS = {
     "lab": ("compare host, container and VM: figures, isolation probes, report", (), _lab),
 }
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
+COMMAND_VERBS = ("create", "run", "exec")  # the verbs that take -- CMD [ARGS...]
 
 
 def _verb_in(argv):
@@ -451,16 +452,16 @@ def dispatch(a):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # everything after the first "--" is the command, options included (sh -c ...)
+    # everything after the first "--" is the command, options included (sh -c ...); a verb
+    # without a command keeps "--" as argparse's end of options (destroy -- -oddname)
     tail = []
-    if "--" in argv:
+    verb = _verb_in(argv)
+    if "--" in argv and verb in COMMAND_VERBS:
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]
-    ap = parser(_verb_in(argv))
+    ap = parser(verb)
     a = ap.parse_args(argv)
     if tail:
-        if not hasattr(a, "cmd"):
-            ap.error(f"'ctrun {a.verb}' takes no command after --")
         a.cmd = list(a.cmd or []) + tail
     if a.debug:
         os.environ["CTRUN_DEBUG"] = "1"

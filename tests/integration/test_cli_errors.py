@@ -156,3 +156,102 @@ def test_lifecycle_restart_kill_and_list(cli, store):
     table = cli("list", "--all", check=True).stdout
     assert "life" in table and "stopped" in table
     assert "life" not in cli("list", check=True).stdout
+
+
+# ---------------------------------------------------------------- issue 13
+def test_a_name_ending_in_a_newline_is_refused_and_leaves_nothing(cli, store):
+    assert_clean_error(cli("create", "abc\n"), "invalid container name", "'abc\\n'")
+    assert_clean_error(cli("run", "--rm", "--name", "abc\n", "busybox", "--", "true"),
+                       "'abc\\n'")
+    assert snapshot(store) == []
+
+
+def _plant(store, name, config=True):
+    """An entry an older ctrun let in: a directory under containers/, maybe a config."""
+    d = store / "containers" / name
+    d.mkdir(parents=True)
+    if config:
+        (d / "config.json").write_text(json.dumps({"name": name, "image": "busybox",
+                                                   "cmd": ["true"]}))
+        (d / "state.json").write_text("{}")
+    return d
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "sp ace", "-lead"])
+def test_gc_and_destroy_remove_entries_with_invalid_names(cli, store, bad):
+    cli("create", "good", "--", "sleep", "1000", check=True)
+    _plant(store, bad)
+    _plant(store, bad + "2", config=False)
+    _plant(store, "noconfig", config=False)  # a valid name without a config: debris
+    # no verb is blocked by them
+    assert "good" in cli("list", "-a", check=True).stdout
+    cli("start", "good", check=True)
+    cli("stats", "--format", "json", check=True)
+    out = cli("gc", check=True).stdout
+    assert repr(bad) in out and repr(bad + "2") in out and "noconfig" in out, out
+    assert snapshot(store) == ["containers/good"]
+    # and destroy --force reaches one by its name, with or without a config
+    _plant(store, bad)
+    _plant(store, bad + "2", config=False)
+    cli("destroy", "--force", "--", bad, bad + "2", check=True)
+    assert snapshot(store) == ["containers/good"]
+    cli("destroy", "--force", "good", check=True)
+
+
+def test_gc_removes_stale_temp_files_of_dead_writers(cli, store):
+    cli("create", "tmpfiles", check=True)
+    d = store / "containers/tmpfiles"
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True).stdout.strip()
+    stale = d / f".spec.json.{pid}.tmp"
+    live = d / f".state.json.{os.getpid()}.tmp"  # this process could still be writing it
+    stale.write_text("{")
+    live.write_text("{")
+    out = cli("gc", check=True).stdout
+    assert stale.name in out and not stale.exists() and live.exists()
+    live.unlink()
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--cpus", "-2\n"], "'-2\\n'"),
+    (["--cpus", "1e9\n"], "'1e9\\n'"),
+    (["-v", "/nonexistent\nchaos:/mnt"], "'/nonexistent\\nchaos'"),
+    (["--memory", "1\x1b[2J"], "'1\\x1b[2J'"),
+    (["-e", "A\n=1"], "'A\\n=1'"),
+    (["--hostname", "h\n"], "'h\\n'"),
+    (["--image", "busybox\n"], "'busybox\\n'"),
+    (["--no-such-option", "x\nctrun: forged"], "forged"),
+])
+def test_errors_quote_raw_input_on_one_line(cli, store, args, shown):
+    assert_clean_error(cli("create", "q1", *args), shown)
+    assert snapshot(store) == []
+
+
+def test_a_refused_run_leaves_no_child_behind(store, capsys):
+    """`run` forks its network helper before it parses the request; a run refused after
+    that (--vm without -d) must reap it, not leave it to the host's init."""
+    from ctrun import cli as climod
+
+    def children():
+        me = str(os.getpid())
+        out = []
+        for p in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if st[st.rindex(")") + 2:].split()[1] == me:
+                out.append(int(p))
+        return out
+    before = children()
+    try:
+        code = climod.main(["--root", str(store), "run", "--net", "ctrun0", "--vm",
+                            "busybox", "--", "true"])
+        assert code != 0
+        assert "-d" in capsys.readouterr().err
+        assert children() == before
+    finally:
+        for pid in set(children()) - set(before):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
