@@ -160,14 +160,11 @@ def test_quote_escapes_what_could_forge_a_line():
 
 @pytest.mark.parametrize("call, shown", [
     (lambda: config.parse_volume("/nonexistent\nchaos:/mnt"), "'/nonexistent\\nchaos'"),
-    (lambda: config.parse_ulimit("nofile=1\n:x"), "'nofile=1\\n:x'"),
     (lambda: config.parse_ulimit(f"nofile={(1 << 40)}\n"), None),
     (lambda: _limits(cpus="-2\n"), "'-2\\n'"),
     (lambda: _limits(cpus="1e9\n"), "'1e9\\n'"),
     (lambda: _limits(cpuset_cpus="0-999\n"), "'0-999'"),
     (lambda: _limits(device_read_bps=["/dev/no\nne:1mb"]), "'/dev/no\\nne'"),
-    (lambda: _limits(memory="-5\x1b[2J"), "'-5\\x1b[2J'"),
-    (lambda: config.parse_user("bad\nuser"), "'bad\\nuser'"),
 ])
 def test_errors_quote_the_input_they_show(call, shown):
     with pytest.raises(InvalidInput) as e:
