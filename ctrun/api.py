@@ -827,7 +827,8 @@ class Ctrun:
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             if st == "running":
                 if not force:
-                    raise Conflict(f"container '{name}' is running; stop it first or use --force")
+                    raise Conflict(f"container {quote(name)} is running; stop it first or "
+                                   "use --force")
                 write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
                 self._kill_and_wait(name, cdir, live)
                 self._await_exit_record(cdir, state["start_id"], timeout=5)

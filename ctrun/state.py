@@ -153,9 +153,9 @@ class Store:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        from .errors import Conflict
-                        raise Conflict(f"container '{name}' is locked by another ctrun command; "
-                                       "wait for it to finish") from None
+                        from .errors import Conflict, quote
+                        raise Conflict(f"container {quote(name)} is locked by another ctrun "
+                                       "command; wait for it to finish") from None
                     time.sleep(0.01)
             yield
         finally:

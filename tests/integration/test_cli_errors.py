@@ -254,3 +254,25 @@ def test_a_refused_run_leaves_no_child_behind(store, capsys):
         for pid in set(children()) - set(before):
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+
+
+def test_write_json_on_a_full_disk_leaves_no_temp_file(tmp_path):
+    from ctrun.state import write_json
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError):
+            write_json(mnt / "state.json", {"big": "x" * 100000})
+        assert os.listdir(mnt) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
