@@ -319,12 +319,15 @@ def parser(only=None):
 
 
 def _table(rows, cols):
-    widths = [max(len(c), *(len(str(r.get(k, "") if r.get(k) is not None else "-"))
-                            for r in rows)) if rows else len(c) for c, k in cols]
+    from .errors import one_line  # a name an older ctrun let in must not break a row
+
+    def cell(r, k):
+        return one_line(r.get(k)) if r.get(k) is not None else "-"
+    widths = [max(len(c), *(len(cell(r, k)) for r in rows)) if rows else len(c)
+              for c, k in cols]
     lines = ["  ".join(c.ljust(w) for (c, _), w in zip(cols, widths)).rstrip()]
     for r in rows:
-        lines.append("  ".join(str(r.get(k) if r.get(k) is not None else "-").ljust(w)
-                               for (_, k), w in zip(cols, widths)).rstrip())
+        lines.append("  ".join(cell(r, k).ljust(w) for (_, k), w in zip(cols, widths)).rstrip())
     return "\n".join(lines)
 
 

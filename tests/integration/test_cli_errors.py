@@ -183,8 +183,9 @@ def test_gc_and_destroy_remove_entries_with_invalid_names(cli, store, bad):
     _plant(store, bad)
     _plant(store, bad + "2", config=False)
     _plant(store, "noconfig", config=False)  # a valid name without a config: debris
-    # no verb is blocked by them
-    assert "good" in cli("list", "-a", check=True).stdout
+    # no verb is blocked by them, and a listing keeps one line per container
+    table = cli("list", "-a", check=True).stdout.splitlines()
+    assert len(table) == 3 and "good" in table[1] + table[2], table
     cli("start", "good", check=True)
     cli("stats", "--format", "json", check=True)
     out = cli("gc", check=True).stdout
