@@ -47,9 +47,11 @@ class Ctrun:
         """The directory of any entry the store holds under `name`, even one this version
         would refuse (a name an older version let in, a create's debris without a config),
         so destroy and gc can always remove it; otherwise as _cdir."""
-        if (isinstance(name, str) and name and not name.startswith(".") and "/" not in name
-                and "\0" not in name and os.path.isdir(self.store.container_dir(name))):
-            return self.store.container_dir(name)
+        if isinstance(name, str) and name and not name.startswith(".") and not (
+                set(name) & {"/", "\0"}):
+            d = self.store.container_dir(name)
+            if os.path.isdir(d) and not os.path.islink(d):
+                return d
         return self._cdir(name)
 
     def _config(self, cdir):

@@ -346,7 +346,8 @@ def _each(names, fn):
 
 def dispatch(a):
     from .api import Ctrun
-    ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {m}", file=sys.stderr))
+    from .errors import one_line
+    ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {one_line(m)}", file=sys.stderr))
     v = a.verb
     if v == "create":
         ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
