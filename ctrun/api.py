@@ -873,11 +873,10 @@ class Ctrun:
                 shutil.rmtree(self.store.containers / n, ignore_errors=True)
                 done.append(f"removed leftover {quote(n)}")
         parents = set()
+        done += _remove_stale_temps(self.store, [self.store.root / "networks"])
         for n in self.store.container_names():
             cdir = self.store.container_dir(n)
-            for tmp in stale_temp_files(cdir):  # a write killed (or failed) half-way
-                tmp.unlink(missing_ok=True)
-                done.append(f"removed stale temporary file {quote(n + '/' + tmp.name)}")
+            done += _remove_stale_temps(self.store, [cdir, cdir / "vm"])
             conf = read_json(cdir / "config.json")
             if conf is None or not cfgmod.NAME_RE.fullmatch(n):
                 done += self._gc_bad_entry(n, cdir, conf)
@@ -920,6 +919,16 @@ def _manager(name, conf):
     from . import cgroups
     return cgroups.manager(name, parent=(conf or {}).get("cgroup_parent",
                                                           DEFAULT_CGROUP_PARENT))
+
+
+def _remove_stale_temps(store, dirs):
+    """write_json temporary files whose writer died (killed half-way through a write)."""
+    done = []
+    for d in dirs:
+        for tmp in stale_temp_files(d):
+            tmp.unlink(missing_ok=True)
+            done.append(f"removed stale temporary file {quote(str(tmp.relative_to(store.root)))}")
+    return done
 
 
 def _discard_cgroup(name, conf):

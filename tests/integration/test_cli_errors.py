@@ -206,10 +206,13 @@ def test_gc_removes_stale_temp_files_of_dead_writers(cli, store):
                          capture_output=True, text=True).stdout.strip()
     stale = d / f".spec.json.{pid}.tmp"
     live = d / f".state.json.{os.getpid()}.tmp"  # this process could still be writing it
-    stale.write_text("{")
-    live.write_text("{")
+    (store / "networks").mkdir(mode=0o700, exist_ok=True)
+    stale_lease = store / "networks" / f".ctrun0.leases.json.{pid}.tmp"
+    for f in (stale, live, stale_lease):
+        f.write_text("{")
     out = cli("gc", check=True).stdout
-    assert stale.name in out and not stale.exists() and live.exists()
+    assert stale.name in out and not stale.exists() and not stale_lease.exists(), out
+    assert live.exists()
     live.unlink()
 
 
