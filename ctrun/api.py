@@ -44,13 +44,13 @@ class Ctrun:
         return d
 
     def _entry(self, name):
-        """The directory of any entry the store holds under `name`, even one this version
-        would refuse (a name an older version let in, a create's debris without a config),
+        """Any entry the store holds under `name`, even one this version would refuse (a
+        name an older version let in, a create's debris without a config, a stray file),
         so destroy and gc can always remove it; otherwise as _cdir."""
         if isinstance(name, str) and name and not name.startswith(".") and not (
                 set(name) & {"/", "\0"}):
             d = self.store.container_dir(name)
-            if os.path.isdir(d) and not os.path.islink(d):
+            if os.path.lexists(d):
                 return d
         return self._cdir(name)
 
@@ -824,6 +824,9 @@ class Ctrun:
     def destroy(self, name, force=False):
         cdir = self._entry(name)
         with self.store.lock(name):
+            if cdir.is_symlink() or not cdir.is_dir():  # a stray file: nothing ran from it
+                cdir.unlink(missing_ok=True)
+                return
             st, state, live, _ = status(cdir)
             if st == "stopping":  # let the monitor finish recording the exit first
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
@@ -861,7 +864,7 @@ class Ctrun:
             self.destroy(n, force=True)
         except CtrunError as e:  # one bad entry must not stop the rest of gc
             return [f"could not remove {quote(n)}: {e}"]
-        return [f"removed {'invalid container' if conf else 'leftover directory'} {quote(n)}"]
+        return [f"removed {'invalid container' if conf else 'leftover entry'} {quote(n)}"]
 
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""

@@ -64,7 +64,7 @@ def stale_temp_files(directory):
     """write_json temporary files in `directory` whose writer is gone."""
     try:
         entries = list(os.scandir(directory))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
     for e in entries:
@@ -78,7 +78,7 @@ def read_json(path, default=None):
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a stray file in containers/
         return default
     except ValueError:  # torn by a power loss (only non-durable files can be)
         return default

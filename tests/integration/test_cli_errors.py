@@ -280,3 +280,17 @@ def test_write_json_on_a_full_disk_leaves_no_temp_file(tmp_path):
         assert os.listdir(mnt) == ["filler"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_gc_removes_stray_files_and_links_in_the_store(cli, store, tmp_path):
+    cli("create", "kept", check=True)
+    (store / "containers/stray").write_text("")
+    target = tmp_path / "elsewhere"  # no config: not a container, whatever it holds
+    target.mkdir()
+    (target / "keep").write_text("")
+    (store / "containers/link").symlink_to(target)
+    cli("list", "-a", check=True)
+    out = cli("gc", check=True).stdout
+    assert "'stray'" in out and "'link'" in out, out
+    assert snapshot(store) == ["containers/kept"]
+    assert (target / "keep").exists()  # a link is removed, never followed
