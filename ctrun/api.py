@@ -862,6 +862,8 @@ class Ctrun:
                     f"with: ctrun destroy --force {quote(n)}"]
         try:
             self.destroy(n, force=True)
+        except NotFound:  # a destroy running meanwhile took it
+            return []
         except CtrunError as e:  # one bad entry must not stop the rest of gc
             return [f"could not remove {quote(n)}: {e}"]
         return [f"removed {'invalid container' if conf else 'leftover entry'} {quote(n)}"]
