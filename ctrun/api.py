@@ -18,8 +18,8 @@ import sys
 import time
 
 from . import config as cfgmod
-from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
-from .state import Store, read_json, status, write_json
+from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound, quote
+from .state import Store, read_json, stale_temp_files, status, write_json
 
 DEFAULT_CGROUP_PARENT = "ctrun"
 
@@ -42,6 +42,17 @@ class Ctrun:
         if not (d / "config.json").exists():
             raise NotFound(f"container '{name}' not found; see: ctrun list --all")
         return d
+
+    def _entry(self, name):
+        """Any entry the store holds under `name`, even one this version would refuse (a
+        name an older version let in, a create's debris without a config, a stray file),
+        so destroy and gc can always remove it; otherwise as _cdir."""
+        if isinstance(name, str) and name and not name.startswith(".") and not (
+                set(name) & {"/", "\0"}):
+            d = self.store.container_dir(name)
+            if os.path.lexists(d):
+                return d
+        return self._cdir(name)
 
     def _config(self, cdir):
         return cfgmod.Config.from_dict(read_json(cdir / "config.json"))
@@ -545,7 +556,7 @@ class Ctrun:
         that stops while being read) is left out.  only: the stat sections to read."""
         out = {}
         for n in names or self.store.container_names():
-            cdir = self._cdir(n) if strict else self.store.container_dir(n)
+            cdir = self._cdir(n) if strict and names else self.store.container_dir(n)
             if status(cdir)[0] != "running":
                 if names and strict:
                     raise Conflict(f"container '{n}' is not running; stats need a running "
@@ -807,19 +818,24 @@ class Ctrun:
 
     # ---------------------------------------------------------------- destroy, gc
     def destroy(self, name, force=False):
-        cdir = self._cdir(name)
+        cdir = self._entry(name)
         with self.store.lock(name):
+            if cdir.is_symlink() or not cdir.is_dir():  # a stray file: nothing ran from it
+                cdir.unlink(missing_ok=True)
+                return
             st, state, live, _ = status(cdir)
             if st == "stopping":  # let the monitor finish recording the exit first
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             if st == "running":
                 if not force:
-                    raise Conflict(f"container '{name}' is running; stop it first or use --force")
+                    raise Conflict(f"container {quote(name)} is running; stop it first or "
+                                   "use --force")
                 write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
                 self._kill_and_wait(name, cdir, live)
                 self._await_exit_record(cdir, state["start_id"], timeout=5)
             conf = read_json(cdir / "config.json") or {}
-            _manager(name, conf).discard()
+            if conf:  # debris without a config never had a cgroup (start makes it)
+                _discard_cgroup(name, conf)
             net = conf.get("net") or {}
             if net.get("ip"):
                 from .network import container as netc
@@ -834,6 +850,20 @@ class Ctrun:
             except FileNotFoundError:
                 pass
 
+    def _gc_bad_entry(self, n, cdir, conf):
+        """An entry no verb but destroy can use: a directory without a config (a crashed
+        create's debris) or a name this version refuses.  Removed unless it runs."""
+        if conf is not None and status(cdir)[0] == "running":
+            return [f"kept running container {quote(n)}, whose name is invalid; remove it "
+                    f"with: ctrun destroy --force {quote(n)}"]
+        try:
+            self.destroy(n, force=True)
+        except NotFound:  # a destroy running meanwhile took it
+            return []
+        except CtrunError as e:  # one bad entry must not stop the rest of gc
+            return [f"could not remove {quote(n)}: {e}"]
+        return [f"removed {'invalid container' if conf else 'leftover entry'} {quote(n)}"]
+
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
         from . import cgroups
@@ -842,12 +872,15 @@ class Ctrun:
         for n in os.listdir(self.store.containers):
             if n.startswith((".tmp-", ".destroy-")):
                 shutil.rmtree(self.store.containers / n, ignore_errors=True)
-                done.append(f"removed leftover {n}")
+                done.append(f"removed leftover {quote(n)}")
         parents = set()
+        done += _remove_stale_temps(self.store, [self.store.root / "networks"])
         for n in self.store.container_names():
             cdir = self.store.container_dir(n)
+            done += _remove_stale_temps(self.store, [cdir, cdir / "vm"])
             conf = read_json(cdir / "config.json")
-            if conf is None:
+            if conf is None or not cfgmod.NAME_RE.fullmatch(n):
+                done += self._gc_bad_entry(n, cdir, conf)
                 continue
             parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
             parents.add(parent)
@@ -887,6 +920,25 @@ def _manager(name, conf):
     from . import cgroups
     return cgroups.manager(name, parent=(conf or {}).get("cgroup_parent",
                                                           DEFAULT_CGROUP_PARENT))
+
+
+def _remove_stale_temps(store, dirs):
+    """write_json temporary files whose writer died (killed half-way through a write)."""
+    done = []
+    for d in dirs:
+        for tmp in stale_temp_files(d):
+            tmp.unlink(missing_ok=True)
+            done.append(f"removed stale temporary file {quote(str(tmp.relative_to(store.root)))}")
+    return done
+
+
+def _discard_cgroup(name, conf):
+    """Remove a container's cgroup; a name the cgroup layer refuses never had one."""
+    try:
+        mgr = _manager(name, conf)
+    except InvalidInput:
+        return False
+    return mgr.discard()
 
 
 def _check_limits(opts, ignore_unsupported):

@@ -262,6 +262,7 @@ VERBS = {
     "lab": ("compare host, container and VM: figures, isolation probes, report", (), _lab),
 }
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
+COMMAND_VERBS = ("create", "run", "exec")  # the verbs that take -- CMD [ARGS...]
 
 
 def _verb_in(argv):
@@ -294,6 +295,18 @@ class _Parser(argparse.ArgumentParser):
         kw.setdefault("formatter_class", _Formatter)
         super().__init__(*a, **kw)  # sub-parsers are made of this class too
 
+    def error(self, message):
+        """One line, like every other error (argparse prints its usage first, and joins
+        unrecognized arguments raw, newlines and all)."""
+        _error(f"{message}; see: {self.prog} --help")
+        sys.exit(2)
+
+
+def _error(message):
+    """Print an error as exactly one line, whatever the message holds."""
+    from .errors import one_line
+    print(f"ctrun: error: {one_line(message)}", file=sys.stderr)
+
 
 def parser(only=None):
     """The argument parser; with a known verb `only`, that verb's sub-parser alone (each
@@ -313,12 +326,15 @@ def parser(only=None):
 
 
 def _table(rows, cols):
-    widths = [max(len(c), *(len(str(r.get(k, "") if r.get(k) is not None else "-"))
-                            for r in rows)) if rows else len(c) for c, k in cols]
+    from .errors import one_line  # a name an older ctrun let in must not break a row
+
+    def cell(r, k):
+        return one_line(r.get(k)) if r.get(k) is not None else "-"
+    widths = [max(len(c), *(len(cell(r, k)) for r in rows)) if rows else len(c)
+              for c, k in cols]
     lines = ["  ".join(c.ljust(w) for (c, _), w in zip(cols, widths)).rstrip()]
     for r in rows:
-        lines.append("  ".join(str(r.get(k) if r.get(k) is not None else "-").ljust(w)
-                               for (_, k), w in zip(cols, widths)).rstrip())
+        lines.append("  ".join(cell(r, k).ljust(w) for (_, k), w in zip(cols, widths)).rstrip())
     return "\n".join(lines)
 
 
@@ -330,14 +346,15 @@ def _each(names, fn):
         try:
             fn(n)
         except CtrunError as e:
-            print(f"ctrun: error: {e}", file=sys.stderr)
+            _error(e)
             code = e.exit_code
     return code
 
 
 def dispatch(a):
     from .api import Ctrun
-    ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {m}", file=sys.stderr))
+    from .errors import one_line
+    ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {one_line(m)}", file=sys.stderr))
     v = a.verb
     if v == "create":
         ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
@@ -345,7 +362,7 @@ def dispatch(a):
     elif v == "run":
         code = ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm,
                       detach=a.detach, tty=a.tty, interactive=a.interactive,
-                      plumber=getattr(a, "plumber", None), **_create_kwargs(a))
+                      plumber=a.plumber, **_create_kwargs(a))
         return code
     elif v == "start":
         ct.start(a.name)
@@ -448,24 +465,25 @@ def dispatch(a):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # everything after the first "--" is the command, options included (sh -c ...)
+    # everything after the first "--" is the command, options included (sh -c ...); a verb
+    # without a command keeps "--" as argparse's end of options (destroy -- -oddname)
     tail = []
-    if "--" in argv:
+    verb = _verb_in(argv)
+    if "--" in argv and verb in COMMAND_VERBS:
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]
-    ap = parser(_verb_in(argv))
+    ap = parser(verb)
     a = ap.parse_args(argv)
     if tail:
-        if not hasattr(a, "cmd"):
-            ap.error(f"'ctrun {a.verb}' takes no command after --")
         a.cmd = list(a.cmd or []) + tail
     if a.debug:
         os.environ["CTRUN_DEBUG"] = "1"
     from .errors import CtrunError
+    a.plumber = None
     try:
         reads_only = a.verb == "lab" and (a.schema or a.list or a.compare)
         if os.geteuid() != 0 and not reads_only:
-            print("ctrun: error: ctrun must run as root (try: sudo ctrun ...)", file=sys.stderr)
+            _error("ctrun must run as root (try: sudo ctrun ...)")
             return 1
         net = (a.net or os.environ.get("CTRUN_NETWORK") or "ctrun0") if a.verb == "run" else None
         if a.verb == "run" and not a.detach and net not in ("none", "host"):
@@ -476,16 +494,20 @@ def main(argv=None):
     except CtrunError as e:
         if a.debug:
             raise
-        print(f"ctrun: error: {e}", file=sys.stderr)
+        _error(e)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         if a.debug:
             raise
-        print(f"ctrun: error: {e.strerror or e}{': ' + e.filename if e.filename else ''}"
-              " (rerun with --debug for details)", file=sys.stderr)
+        from .errors import quote
+        _error(f"{e.strerror or e}{': ' + quote(e.filename) if e.filename else ''}"
+               " (rerun with --debug for details)")
         return 1
+    finally:
+        if a.plumber is not None:  # a run refused before it used its helper: reap it
+            a.plumber.cancel()
 
 
 if __name__ == "__main__":

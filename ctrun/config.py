@@ -9,9 +9,10 @@ import re
 import resource
 import signal
 
-from .errors import InvalidInput
+from .errors import InvalidInput, quote
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# always fullmatch: "$" also matches before a trailing newline, which let "abc\n" in
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # Docker's default capability set: what a container's root keeps unless told otherwise.
 DEFAULT_CAPS = (
@@ -64,19 +65,20 @@ class Config:
 
 
 def check_name(name, what="container"):
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise InvalidInput(
-            f"invalid {what} name {name!r}: use 1-64 characters from letters, digits, "
+            f"invalid {what} name {quote(name)}: use 1-64 characters from letters, digits, "
             "'_', '.', '-', starting with a letter or digit")
     return name
 
 
 def check_hostname(h):
-    if h and not re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$", h):
-        raise InvalidInput(f"invalid hostname {h!r}: use letters, digits, '-' and dots (RFC 1123)")
+    if h and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                              r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*", h):
+        raise InvalidInput(f"invalid hostname {quote(h)}: use letters, digits, '-' and dots "
+                           "(RFC 1123)")
     if len(h) > 64:
-        raise InvalidInput(f"hostname {h!r} is longer than 64 characters; shorten it")
+        raise InvalidInput(f"hostname {quote(h)} is longer than 64 characters; shorten it")
     return h
 
 
@@ -84,8 +86,8 @@ def parse_env(items):
     out = []
     for item in items or []:
         k, sep, _ = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-            raise InvalidInput(f"invalid environment entry {item!r}: use KEY=VALUE")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise InvalidInput(f"invalid environment entry {quote(item)}: use KEY=VALUE")
         out.append(item)
     return out
 
@@ -93,17 +95,19 @@ def parse_env(items):
 def parse_volume(spec):
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidInput(f"invalid volume {spec!r}: use HOST_PATH:CONTAINER_PATH[:ro|rw]")
+        raise InvalidInput(f"invalid volume {quote(spec)}: use "
+                           "HOST_PATH:CONTAINER_PATH[:ro|rw]")
     src, dst = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
-        raise InvalidInput(f"invalid volume mode {mode!r} in {spec!r}: use ro or rw")
+        raise InvalidInput(f"invalid volume mode {quote(mode)} in {quote(spec)}: use ro or rw")
     if not os.path.isabs(src) or not os.path.isabs(dst):
-        raise InvalidInput(f"volume paths must be absolute in {spec!r}")
+        raise InvalidInput(f"volume paths must be absolute in {quote(spec)}")
     if not os.path.exists(src):
-        raise InvalidInput(f"volume source {src} does not exist on the host; create it first")
+        raise InvalidInput(f"volume source {quote(src)} does not exist on the host; "
+                           "create it first")
     if os.path.normpath(dst) == "/":
-        raise InvalidInput(f"volume target cannot be / in {spec!r}")
+        raise InvalidInput(f"volume target cannot be / in {quote(spec)}")
     return {"source": os.path.realpath(src), "target": os.path.normpath(dst),
             "readonly": mode == "ro"}
 
@@ -111,8 +115,8 @@ def parse_volume(spec):
 def parse_user(user):
     if not user:
         return ""
-    if not re.match(r"^\d+(:\d+)?$", user):
-        raise InvalidInput(f"invalid user {user!r}: use numeric UID or UID:GID")
+    if not re.fullmatch(r"[0-9]+(:[0-9]+)?", user):
+        raise InvalidInput(f"invalid user {quote(user)}: use numeric UID or UID:GID")
     return user
 
 
@@ -129,15 +133,17 @@ def parse_ulimit(spec):
     name, sep, val = spec.partition("=")
     name = name.lower()
     if not sep or name not in RLIMITS:
-        raise InvalidInput(f"invalid ulimit {spec!r}: use NAME=SOFT[:HARD] with NAME one of "
+        raise InvalidInput(f"invalid ulimit {quote(spec)}: use NAME=SOFT[:HARD] with NAME one "
+                           "of "
                            + ", ".join(sorted(RLIMITS)))
     try:
         vals = [resource.RLIM_INFINITY if v in ("unlimited", "-1") else int(v)
                 for v in val.split(":")]
     except ValueError:
-        raise InvalidInput(f"invalid ulimit {spec!r}: values must be integers or 'unlimited'") from None
+        raise InvalidInput(f"invalid ulimit {quote(spec)}: values must be integers or "
+                           "'unlimited'") from None
     if len(vals) not in (1, 2) or any(v < 0 and v != resource.RLIM_INFINITY for v in vals):
-        raise InvalidInput(f"invalid ulimit {spec!r}: use NAME=SOFT[:HARD]")
+        raise InvalidInput(f"invalid ulimit {quote(spec)}: use NAME=SOFT[:HARD]")
     soft, hard = (vals[0], vals[0]) if len(vals) == 1 else vals
 
     def big(v):
@@ -147,7 +153,7 @@ def parse_ulimit(spec):
     _, host_hard = resource.getrlimit(RLIMITS[name])
     if big(hard) > big(host_hard) and not _cap_sys_resource():
         raise InvalidInput(
-            f"ulimit {name} hard limit {val.split(':')[-1]} is above this host's hard limit "
+            f"ulimit {name} hard limit {hard} is above this host's hard limit "
             f"{'unlimited' if host_hard == resource.RLIM_INFINITY else host_hard} and ctrun lacks "
             f"CAP_SYS_RESOURCE to raise it; use at most {host_hard}")
     return name, [soft, hard]
@@ -162,7 +168,8 @@ def parse_caps(names):
             continue
         cap = n.upper() if n.upper().startswith("CAP_") else "CAP_" + n.upper()
         if cap not in valid:
-            raise InvalidInput(f"unknown capability {n!r}; see capabilities(7) for the names")
+            raise InvalidInput(f"unknown capability {quote(n)}; see capabilities(7) for the "
+                               "names")
         out.append(cap)
     return out
 
@@ -194,4 +201,5 @@ def parse_signal(sig):
             return signal.SIGRTMIN + int(s[9:])
         if hasattr(signal.Signals, s):
             return int(signal.Signals[s])
-    raise InvalidInput(f"unknown signal {sig!r}; use a name such as TERM or KILL, or a number")
+    raise InvalidInput(f"unknown signal {quote(sig)}; use a name such as TERM or KILL, or a "
+                       "number")

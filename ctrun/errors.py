@@ -39,3 +39,17 @@ class ContainerFailed(CtrunError):
 
 class CommandNotFound(CtrunError):
     exit_code = 127
+
+
+def quote(value):
+    """User input as a message shows it: quoted, repr-style, every control or otherwise
+    unprintable character escaped, so an error stays one line and input cannot forge
+    output lines (a name ending in a newline, an ANSI escape, a bidi override)."""
+    return repr(value if isinstance(value, str) else str(value))
+
+
+def one_line(text):
+    """A message with whatever unprintable characters it holds escaped: the CLI's last
+    defence, for a message some code built without quote()."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))

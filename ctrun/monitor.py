@@ -281,7 +281,11 @@ def _spawn(store):
     log = os.open(store.run / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     devnull = os.open("/dev/null", os.O_RDWR)
     pid = os.fork()
-    if pid == 0:  # double fork: the monitor must not stay a child (or zombie) of this CLI
+    # double fork: the monitor must not stay a child (or zombie) of this CLI; the
+    # intermediate is reaped right here.  The monitor outlives every ctrun process that
+    # could wait for it, so its own exit is reaped by whoever adopts it (the nearest
+    # subreaper, else PID 1): it is the only process ctrun leaves to another's reaping.
+    if pid == 0:
         try:
             os.setsid()
             if os.fork() == 0:

@@ -21,9 +21,11 @@ random start_id; live/exit files count only when their start_id matches state.js
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -44,22 +46,47 @@ def write_json(path, data, durable=True):
     a torn file as missing, which reads as "stopped".
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # TMP_RE below
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            if os.write(fd, data) != len(data):  # a full disk can take part of it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:  # a full disk, a bad path: no temp file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# write_json's temporary files; a process killed mid-write leaves one (gc removes it)
+TMP_RE = re.compile(r"\..+\.([0-9]+)\.tmp")
+
+
+def stale_temp_files(directory):
+    """write_json temporary files in `directory` whose writer is gone."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for e in entries:
+        m = TMP_RE.fullmatch(e.name)
+        if m and e.is_file(follow_symlinks=False) and not os.path.exists(f"/proc/{m[1]}"):
+            out.append(Path(e.path))
+    return out
 
 
 def read_json(path, default=None):
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a stray file in containers/
         return default
     except ValueError:  # torn by a power loss (only non-durable files can be)
         return default
@@ -179,9 +206,9 @@ class Store:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        from .errors import Conflict
-                        raise Conflict(f"container '{name}' is locked by another ctrun command; "
-                                       "wait for it to finish") from None
+                        from .errors import Conflict, quote
+                        raise Conflict(f"container {quote(name)} is locked by another ctrun "
+                                       "command; wait for it to finish") from None
                     time.sleep(0.01)
             yield
         finally:

@@ -8,7 +8,7 @@ import os
 import re
 import stat
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, quote
 
 SYSFS = "/sys"
 DEFAULT_PERIOD = 100000        # µs: the kernel's default CFS period
@@ -48,27 +48,27 @@ def parse_size(text, what="size"):
     Units are binary (k = 1024).  `what` names the option in the error.
     """
     if isinstance(text, bool):
-        raise InvalidInput(f"{what} {text!r} is not a size; give one such as 512M or 1G")
+        raise InvalidInput(f"{what} {quote(text)} is not a size; give one such as 512M or 1G")
     if isinstance(text, int):
         if text < -1:
-            raise InvalidInput(f"{what} {text} is negative; give a size such as 512M, "
+            raise InvalidInput(f"{what} {quote(text)} is negative; give a size such as 512M, "
                                "or -1 for no limit")
         return text
     s = str(text).strip().lower()
     if s in _NO_LIMIT:
         return -1
     if s.startswith("-"):
-        raise InvalidInput(f"{what} {text!r} is negative; give a size such as 512M, "
+        raise InvalidInput(f"{what} {quote(text)} is negative; give a size such as 512M, "
                            "or -1 for no limit")
     m = _SIZE.fullmatch(s)
     if not m:
-        raise InvalidInput(f"{what} {text!r} is not a size; give bytes or a number with a "
+        raise InvalidInput(f"{what} {quote(text)} is not a size; give bytes or a number with a "
                            "k, m, g or t suffix, such as 512M or 1.5G")
     number, unit = m[1], m[2]
     if "." in number:
         value = float(number) * _UNIT[unit]
         if value != int(value):
-            raise InvalidInput(f"{what} {text!r} is not a whole number of bytes; "
+            raise InvalidInput(f"{what} {quote(text)} is not a whole number of bytes; "
                                "use a larger unit, such as 1.5M")
         return int(value)
     return int(number) * _UNIT[unit]
@@ -177,13 +177,13 @@ def device_number(path, what=None, sysfs=None):
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InvalidInput(f"{what}device {path} does not exist; give a block device such "
+        raise InvalidInput(f"{what}device {quote(path)} does not exist; give a block device such "
                            f"as {_example_disk(sysfs)}") from None
     except OSError as e:
-        raise InvalidInput(f"{what}cannot look at device {path} ({e.strerror.lower()}); "
+        raise InvalidInput(f"{what}cannot look at device {quote(path)} ({e.strerror.lower()}); "
                            f"give a block device such as {_example_disk(sysfs)}") from None
     if not stat.S_ISBLK(st.st_mode):
-        raise InvalidInput(f"{what}{path} is not a block device; give one such as "
+        raise InvalidInput(f"{what}{quote(path)} is not a block device; give one such as "
                            f"{_example_disk(sysfs)}")
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
@@ -213,7 +213,7 @@ class Limits:
             setattr(self, f, None)
         for k, v in fields.items():
             if k not in FIELDS:
-                raise InvalidInput(f"unknown limit {k!r}; known limits: {', '.join(FIELDS)}")
+                raise InvalidInput(f"unknown limit {quote(k)}; known limits: {', '.join(FIELDS)}")
             setattr(self, k, v)
 
     def set_fields(self):
@@ -245,7 +245,7 @@ class Limits:
                 elif k not in ("cpuset_cpus", "cpuset_mems") and k in FIELDS:
                     v = int(v)
             except (TypeError, ValueError):
-                raise InvalidInput(f"limit {k} {v!r} is not a number; give bytes, CPUs or "
+                raise InvalidInput(f"limit {k} {quote(v)} is not a number; give bytes, CPUs or "
                                    "counts (from_options() reads sizes such as 64M)") from None
             fields[k] = v
         return cls(**fields)
@@ -287,7 +287,7 @@ def _int(field, value, lo, hi, hint):
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise InvalidInput(f"{opt} {value!r} is not a whole number; {hint}") from None
+        raise InvalidInput(f"{opt} {quote(value)} is not a whole number; {hint}") from None
     if not lo <= n <= hi:
         raise InvalidInput(f"{opt} {n} is out of range; {hint}")
     return n
@@ -301,7 +301,7 @@ def _cpuset(field, value, sysfs):
     except ValueError:
         wanted = set()
     if not wanted:
-        raise InvalidInput(f"{opt} {value!r} is not a list of {what}; use numbers and "
+        raise InvalidInput(f"{opt} {quote(value)} is not a list of {what}; use numbers and "
                            "ranges, such as 0-1 or 0,2")
     if field == "cpuset_cpus":
         have = _host_list(f"{sysfs}/devices/system/cpu/online", f"0-{(os.cpu_count() or 1) - 1}")
@@ -309,8 +309,8 @@ def _cpuset(field, value, sysfs):
         have = _host_list(f"{sysfs}/devices/system/node/online", "0")
     extra = wanted - have
     if extra:
-        raise InvalidInput(f"{opt} {text} names {what} {format_list(extra)} this host does not "
-                           f"have; it has {format_list(have)}")
+        raise InvalidInput(f"{opt} {quote(text)} names {what} {format_list(extra)} this host "
+                           f"does not have; it has {format_list(have)}")
     return text
 
 
@@ -324,28 +324,28 @@ def _devices(field, value, sysfs):
         for item in [value] if isinstance(value, str) else value:
             path, sep, rate = str(item).rpartition(":")
             if not sep or not path:
-                raise InvalidInput(f"{opt} {item!r} is not DEVICE:RATE; use e.g. "
+                raise InvalidInput(f"{opt} {quote(item)} is not DEVICE:RATE; use e.g. "
                                    f"{_example_disk(sysfs)}:"
                                    + ("10mb" if field.endswith("bps") else "100"))
             pairs.append((path, rate))
     out = {}
     for path, rate in pairs:
         if field.endswith("bps"):
-            n = parse_size(rate, f"{opt} rate for {path}")
+            n = parse_size(rate, f"{opt} rate for {quote(path)}")
             if n < 0:
-                raise InvalidInput(f"{opt} rate for {path} must be a size such as 10mb "
+                raise InvalidInput(f"{opt} rate for {quote(path)} must be a size such as 10mb "
                                    "(0 lifts the throttle)")
         else:
             n = _int(field, rate, 0, (1 << 63) - 1, "give operations per second, such as "
                      "100 (0 lifts the throttle)")
         if not str(path).startswith("/"):
-            raise InvalidInput(f"{opt}: device {path!r} must be a path such as "
+            raise InvalidInput(f"{opt}: device {quote(path)} must be a path such as "
                                f"{_example_disk(sysfs)}")
         majmin = device_number(path, opt, sysfs)
         if os.path.exists(f"{sysfs}/dev/block/{majmin}/partition"):
             disk = os.path.basename(os.path.dirname(
                 os.path.realpath(f"{sysfs}/dev/block/{majmin}")))
-            raise InvalidInput(f"{opt}: {path} is a partition; throttles apply to whole "
+            raise InvalidInput(f"{opt}: {quote(path)} is a partition; throttles apply to whole "
                                f"disks, give /dev/{disk}")
         out[str(path)] = n
     return out
@@ -380,15 +380,15 @@ def from_options(sysfs=None, **opts):
             try:
                 cpus = float(text)
             except ValueError:
-                raise InvalidInput(f"{opt} {v!r} is not a number of CPUs; give one such as "
+                raise InvalidInput(f"{opt} {quote(v)} is not a number of CPUs; give one such as "
                                    "0.5 or 2") from None
             ncpu = os.cpu_count() or 1
             if not cpus > 0:
-                raise InvalidInput(f"{opt} {v} must be above 0; 0.5 is half of one CPU "
+                raise InvalidInput(f"{opt} {quote(v)} must be above 0; 0.5 is half of one CPU "
                                    "(max for no limit)")
             if cpus > ncpu:
-                raise InvalidInput(f"{opt} {v} is more than this host's {ncpu} CPUs; give at "
-                                   f"most {ncpu}")
+                raise InvalidInput(f"{opt} {quote(v)} is more than this host's {ncpu} CPUs; "
+                                   f"give at most {ncpu}")
             lim.cpus = cpus
         elif k == "cpu_period":
             lim.cpu_period = _int(k, v, MIN_QUOTA, MAX_PERIOD,

@@ -27,9 +27,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 VARIANTS = ("minbase", "buildd", "default")   # "default": debootstrap's own (no --variant)
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 _NOT_INSTALLED = "debootstrap is not installed; run: apt-get install debootstrap"
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
-_PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,127}$")
-_MIRROR_RE = re.compile(r"^(https?|file)://[^\s,\"'\\]+$")
+_SUITE_RE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
+_PKG_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{1,127}")
+_MIRROR_RE = re.compile(r"(https?|file)://[^\s,\"'\\]+")
 # wget's defaults (20 tries, 900 s read timeout) make a black-holed archive look like a hang
 _WGETRC = "tries = 3\nconnect_timeout = 30\nread_timeout = 120\n"
 
@@ -44,7 +44,7 @@ def packages(recipe_include, include) -> list[str]:
         item = item.strip()
         if not item:
             continue
-        if not _PKG_RE.match(item):
+        if not _PKG_RE.fullmatch(item):
             raise InvalidInput(f"bad debian package name {item!r}; --include takes names like "
                                "curl,less (lower case, comma separated)")
         if item not in out:
@@ -116,7 +116,7 @@ def mirror_for(recipe, mirror=None) -> str:
     spec = {"default": spec} if isinstance(spec, str) else (spec or {})
     mirror = mirror or os.environ.get(MIRROR_ENV) or \
         (spec.get("from_host") and host_mirror()) or spec.get("default") or DEFAULT_MIRROR
-    if not _MIRROR_RE.match(mirror):
+    if not _MIRROR_RE.fullmatch(mirror):
         raise InvalidInput(f"bad debian mirror {mirror!r}; use a url like {DEFAULT_MIRROR} "
                            f"(set {MIRROR_ENV})")
     return mirror.rstrip("/")
@@ -395,7 +395,7 @@ def build(recipe: dict, rootfs: Path, suite=None, variant=None, include=None,
     and return the image's config."""
     rootfs = Path(rootfs)
     suite = suite or recipe.get("suite") or "bookworm"
-    if not _SUITE_RE.match(suite):
+    if not _SUITE_RE.fullmatch(suite):
         raise InvalidInput(f"bad debian suite {suite!r}; use a name like bookworm or trixie")
     variant = variant or recipe.get("variant") or "minbase"
     if variant not in VARIANTS:

@@ -21,7 +21,7 @@ import weakref
 import zlib
 from dataclasses import dataclass, field
 
-from ..errors import HostUnsupported, InvalidInput, NotFound
+from ..errors import HostUnsupported, InvalidInput, NotFound, quote
 
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json"}
@@ -381,7 +381,7 @@ def open_source(path, work_dir=None):
             else:
                 backend, tmp = _Tar(path), None
     except FileNotFoundError:
-        raise NotFound(f"{path} does not exist; give an OCI layout or a docker save "
+        raise NotFound(f"{quote(path)} does not exist; give an OCI layout or a docker save "
                        "archive") from None
     except PermissionError as e:
         raise InvalidInput(f"cannot read {path} ({e.strerror})") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import InvalidInput, NotFound
 
 RECIPE_FILE = "recipe.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # builder name -> module with build(recipe, rootfs) -> config; imported only when used
 BUILDERS = {"busybox": "ctrun.images.busybox", "debootstrap": "ctrun.images.debootstrap"}
@@ -34,13 +34,13 @@ def list_recipes(images_dir: Path | None = None) -> list[str]:
         except OSError:
             continue
         names.update(e.name for e in entries
-                     if _NAME_RE.match(e.name) and (e / RECIPE_FILE).is_file())
+                     if _NAME_RE.fullmatch(e.name) and (e / RECIPE_FILE).is_file())
     return sorted(names)
 
 
 def load_recipe(name: str, images_dir: Path | None = None) -> dict:
     path = None
-    if _NAME_RE.match(name):
+    if _NAME_RE.fullmatch(name):
         path = next((p for p in (d / name / RECIPE_FILE for d in search_dirs(images_dir))
                      if p.is_file()), None)
     if path is None:

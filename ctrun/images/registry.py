@@ -37,7 +37,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from ..errors import CtrunError, InvalidInput, NotFound
+from ..errors import CtrunError, InvalidInput, NotFound, quote
 from . import oci
 
 DOCKER_HUB = "docker.io"
@@ -175,7 +175,7 @@ def credentials(ref, creds=None, authfile=None):
                 doc = json.load(f)
         except FileNotFoundError:
             if authfile:
-                raise NotFound(f"auth file {path} does not exist; give an existing "
+                raise NotFound(f"auth file {quote(path)} does not exist; give an existing "
                                "--authfile") from None
             continue
         except (OSError, ValueError) as e:

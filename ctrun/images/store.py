@@ -25,7 +25,7 @@ def get(store, name, build_missing=True):
     if cfg is None:
         if not build_missing or not _offline_recipe(name):
             raise NotFound(f"image '{name}' not found; build it with: ctrun image build {name}"
-                           ", or import one: ctrun image import FILE {name}")
+                           f", or import one: ctrun image import FILE {name}")
         build(store, name)
         cfg = read_json(d / "image.json")
     return View(_dirs(store, name, cfg)), cfg

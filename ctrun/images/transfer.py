@@ -13,7 +13,7 @@ import os
 import subprocess
 import tarfile
 
-from ..errors import Conflict, CtrunError, InvalidInput, NotFound
+from ..errors import Conflict, CtrunError, InvalidInput, NotFound, quote
 from ..state import read_json
 from . import layers
 from . import store as images
@@ -28,10 +28,12 @@ def kind_of(path):
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "oci-layout")):
             return "oci"
-        raise InvalidInput(f"{path} is a directory but not an OCI image layout (no oci-layout "
-                           "file); give a tarball, an OCI layout or a docker save archive")
+        raise InvalidInput(f"{quote(path)} is a directory but not an OCI image layout (no "
+                           "oci-layout file); give a tarball, an OCI layout or a docker save "
+                           "archive")
     if not os.path.isfile(path):
-        raise NotFound(f"{path} does not exist; give the path of an image archive")
+        raise NotFound(f"{quote(path)} does not exist; give the path of an image "
+                       "archive")
     rootfs_dirs = {"bin", "etc", "usr", "lib", "sbin", "var", "root", "home"}
     try:
         names = set()
@@ -42,7 +44,7 @@ def kind_of(path):
                 if top in rootfs_dirs or "oci-layout" in names or "manifest.json" in names:
                     break  # docker save puts manifest.json last: read on until it is known
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise InvalidInput(f"{path} is not a readable tar archive ({e}); give a rootfs "
+        raise InvalidInput(f"{quote(path)} is not a readable tar archive ({e}); give a rootfs "
                            "tarball (tar, .gz, .xz, .zst), an OCI archive or a docker save "
                            "archive") from None
     if "oci-layout" in names:

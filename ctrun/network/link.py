@@ -27,7 +27,7 @@ from ..errors import Conflict, CtrunError, InvalidInput, NotFound
 from ..namespaces import KINDS
 
 _SYS = "/sys/class/net"
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _CHILD_TIMEOUT = 10.0  # seconds a netns child may take before it counts as stuck
 
 
@@ -274,7 +274,7 @@ def attach(netns_pid, bridge, host_ifname, ip_cidr, gateway, mac=None, mtu=None,
     if iface.version != 4 or gw.version != 4:
         raise InvalidInput(f"container networks are IPv4 only: {ip_cidr} via {gateway}")
     mac = (mac or mac_for_ip(iface.ip)).lower()
-    if not _MAC.match(mac) or int(mac[:2], 16) & 1:
+    if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1:
         raise InvalidInput(f"invalid mac address {mac!r}: use a unicast xx:xx:xx:xx:xx:xx")
     if not _is_bridge(bridge):
         raise NotFound(f"bridge {bridge} does not exist; create its network first")

@@ -156,3 +156,141 @@ def test_lifecycle_restart_kill_and_list(cli, store):
     table = cli("list", "--all", check=True).stdout
     assert "life" in table and "stopped" in table
     assert "life" not in cli("list", check=True).stdout
+
+
+# ---------------------------------------------------------------- issue 13
+def test_a_name_ending_in_a_newline_is_refused_and_leaves_nothing(cli, store):
+    assert_clean_error(cli("create", "abc\n"), "invalid container name", "'abc\\n'")
+    assert_clean_error(cli("run", "--rm", "--name", "abc\n", "busybox", "--", "true"),
+                       "'abc\\n'")
+    assert snapshot(store) == []
+
+
+def _plant(store, name, config=True):
+    """An entry an older ctrun let in: a directory under containers/, maybe a config."""
+    d = store / "containers" / name
+    d.mkdir(parents=True)
+    if config:
+        (d / "config.json").write_text(json.dumps({"name": name, "image": "busybox",
+                                                   "cmd": ["true"]}))
+        (d / "state.json").write_text("{}")
+    return d
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "sp ace", "-lead"])
+def test_gc_and_destroy_remove_entries_with_invalid_names(cli, store, bad):
+    cli("create", "good", "--", "sleep", "1000", check=True)
+    _plant(store, bad)
+    _plant(store, bad + "2", config=False)
+    _plant(store, "noconfig", config=False)  # a valid name without a config: debris
+    # no verb is blocked by them, and a listing keeps one line per container
+    table = cli("list", "-a", check=True).stdout.splitlines()
+    assert len(table) == 3 and "good" in table[1] + table[2], table
+    cli("start", "good", check=True)
+    cli("stats", "--format", "json", check=True)
+    out = cli("gc", check=True).stdout
+    assert repr(bad) in out and repr(bad + "2") in out and "noconfig" in out, out
+    assert snapshot(store) == ["containers/good"]
+    # and destroy --force reaches one by its name, with or without a config
+    _plant(store, bad)
+    _plant(store, bad + "2", config=False)
+    cli("destroy", "--force", "--", bad, bad + "2", check=True)
+    assert snapshot(store) == ["containers/good"]
+    cli("destroy", "--force", "good", check=True)
+
+
+def test_gc_removes_stale_temp_files_of_dead_writers(cli, store):
+    cli("create", "tmpfiles", check=True)
+    d = store / "containers/tmpfiles"
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True).stdout.strip()
+    stale = d / f".spec.json.{pid}.tmp"
+    live = d / f".state.json.{os.getpid()}.tmp"  # this process could still be writing it
+    (store / "networks").mkdir(mode=0o700, exist_ok=True)
+    stale_lease = store / "networks" / f".ctrun0.leases.json.{pid}.tmp"
+    for f in (stale, live, stale_lease):
+        f.write_text("{")
+    out = cli("gc", check=True).stdout
+    assert stale.name in out and not stale.exists() and not stale_lease.exists(), out
+    assert live.exists()
+    live.unlink()
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--cpus", "-2\n"], "'-2\\n'"),
+    (["--cpus", "1e9\n"], "'1e9\\n'"),
+    (["-v", "/nonexistent\nchaos:/mnt"], "'/nonexistent\\nchaos'"),
+    (["-e", "A\n=1"], "'A\\n=1'"),
+    (["--hostname", "h\n"], "'h\\n'"),
+    (["--image", "busybox\n"], "'busybox\\n'"),
+    (["--no-such-option", "x\nctrun: forged"], "forged"),
+])
+def test_errors_quote_raw_input_on_one_line(cli, store, args, shown):
+    assert_clean_error(cli("create", "q1", *args), shown)
+    assert snapshot(store) == []
+
+
+def test_a_refused_run_leaves_no_child_behind(store, capsys):
+    """`run` forks its network helper before it parses the request; a run refused after
+    that (--vm without -d) must reap it, not leave it to the host's init."""
+    from ctrun import cli as climod
+
+    def children():
+        me = str(os.getpid())
+        out = []
+        for p in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if st[st.rindex(")") + 2:].split()[1] == me:
+                out.append(int(p))
+        return out
+    before = children()
+    try:
+        code = climod.main(["--root", str(store), "run", "--net", "ctrun0", "--vm",
+                            "busybox", "--", "true"])
+        assert code != 0
+        assert "-d" in capsys.readouterr().err
+        assert children() == before
+    finally:
+        for pid in set(children()) - set(before):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+
+def test_write_json_on_a_full_disk_leaves_no_temp_file(tmp_path):
+    from ctrun.state import write_json
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # full
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError):
+            write_json(mnt / "state.json", {"big": "x" * 100000})
+        assert os.listdir(mnt) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_gc_removes_stray_files_and_links_in_the_store(cli, store, tmp_path):
+    cli("create", "kept", check=True)
+    (store / "containers/stray").write_text("")
+    target = tmp_path / "elsewhere"  # no config: not a container, whatever it holds
+    target.mkdir()
+    (target / "keep").write_text("")
+    (store / "containers/link").symlink_to(target)
+    cli("list", "-a", check=True)
+    out = cli("gc", check=True).stdout
+    assert "'stray'" in out and "'link'" in out, out
+    assert snapshot(store) == ["containers/kept"]
+    assert (target / "keep").exists()  # a link is removed, never followed

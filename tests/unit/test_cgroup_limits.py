@@ -58,7 +58,7 @@ def sysfs(tmp_path, monkeypatch):
 
     def device_number(path, what=None, sysfs=None):
         if path not in DEVICES:
-            raise InvalidInput(f"{what}: device {path} does not exist; give a block device "
+            raise InvalidInput(f"{what}: device {path!r} does not exist; give a block device "
                                "such as /dev/vda")
         return DEVICES[path]
     monkeypatch.setattr(L, "device_number", device_number)
@@ -216,7 +216,7 @@ def test_parse_size(text, n):
     ("abc", "'abc' is not a size; give bytes or a number with a k, m, g or t suffix"),
     ("12x", "is not a size"), ("", "is not a size"), ("1.5", "not a whole number of bytes"),
     ("-5M", "'-5M' is negative; give a size such as 512M, or -1 for no limit"),
-    (-2, "-2 is negative"), (True, "is not a size")])
+    (-2, "'-2' is negative"), (True, "is not a size")])
 def test_parse_size_rejects_nonsense(text, message):
     with pytest.raises(InvalidInput, match=message):
         parse_size(text, "--memory")
@@ -275,28 +275,28 @@ def test_from_options_parses_every_limit(sysfs):
     ({"memory": "-1", "memory_swap": "1G"}, "^--memory-swap 1G needs a --memory limit"),
     ({"memory": "64M", "memory_reservation": "128M"},
      "^--memory-reservation 128M is above --memory 64M"),
-    ({"cpus": "0"}, r"^--cpus 0 must be above 0; 0.5 is half of one CPU"),
-    ({"cpus": "-0.5"}, "^--cpus -0.5 must be above 0"),
-    ({"cpus": "4"}, "^--cpus 4 is more than this host's 2 CPUs; give at most 2$"),
+    ({"cpus": "0"}, r"^--cpus '0' must be above 0; 0.5 is half of one CPU"),
+    ({"cpus": "-0.5"}, "^--cpus '-0.5' must be above 0"),
+    ({"cpus": "4"}, "^--cpus '4' is more than this host's 2 CPUs; give at most 2$"),
     ({"cpus": "half"}, "^--cpus 'half' is not a number of CPUs"),
     ({"cpus": "0.005"}, "^--cpus 0.005 is below the kernel's minimum of 1 ms"),
     ({"cpu_period": "500"}, "^--cpu-period 500 is out of range; give microseconds between 1000"),
     ({"cpu_shares": "1"}, "^--cpu-shares 1 is out of range; give 2 to 262144"),
     ({"cpu_weight": "10001"}, "^--cpu-weight 10001 is out of range; give 1 to 10000"),
     ({"cpu_weight": "high"}, "^--cpu-weight 'high' is not a whole number"),
-    ({"cpuset_cpus": "0-3"}, "^--cpuset-cpus 0-3 names cpus 2-3 this host does not have; it has 0-1$"),
+    ({"cpuset_cpus": "0-3"}, "^--cpuset-cpus '0-3' names cpus 2-3 this host does not have; it has 0-1$"),
     ({"cpuset_cpus": "1-0"}, "^--cpuset-cpus '1-0' is not a list of cpus"),
-    ({"cpuset_mems": "1"}, "^--cpuset-mems 1 names memory nodes 1 this host does not have"),
+    ({"cpuset_mems": "1"}, "^--cpuset-mems '1' names memory nodes 1 this host does not have"),
     ({"pids_limit": "0"}, "^--pids-limit 0 would stop every process"),
     ({"pids_limit": "-7"}, "^--pids-limit -7 is out of range"),
     ({"blkio_weight": "5"}, "^--blkio-weight 5 is out of range; give 10 to 1000"),
     ({"device_read_bps": ["/dev/nope:1mb"]},
-     "^--device-read-bps: device /dev/nope does not exist; give a block device such as /dev/vda$"),
+     "^--device-read-bps: device '/dev/nope' does not exist; give a block device such as /dev/vda$"),
     ({"device_read_bps": ["/dev/vda"]}, "^--device-read-bps '/dev/vda' is not DEVICE:RATE"),
-    ({"device_read_bps": ["/dev/vda:fast"]}, "^--device-read-bps rate for /dev/vda 'fast' is not a size"),
+    ({"device_read_bps": ["/dev/vda:fast"]}, "^--device-read-bps rate for '/dev/vda' 'fast' is not a size"),
     ({"device_read_iops": ["/dev/vda:1k"]}, "^--device-read-iops '1k' is not a whole number"),
     ({"device_write_bps": ["/dev/vda1:1mb"]},
-     "^--device-write-bps: /dev/vda1 is a partition; throttles apply to whole disks, give /dev/vda$"),
+     "^--device-write-bps: '/dev/vda1' is a partition; throttles apply to whole disks, give /dev/vda$"),
     ({"swap": "1G"}, "^unknown limit option --swap"),
 ])
 def test_from_options_errors_name_the_option_and_the_fix(sysfs, opts, message):
@@ -306,10 +306,10 @@ def test_from_options_errors_name_the_option_and_the_fix(sysfs, opts, message):
 
 
 def test_real_device_lookup_rejects_missing_and_character_devices():
-    with pytest.raises(InvalidInput, match="^--device-read-bps: device /dev/nope does not exist; "
+    with pytest.raises(InvalidInput, match="^--device-read-bps: device '/dev/nope' does not exist; "
                                            "give a block device such as /dev/"):
         L.device_number("/dev/nope", "--device-read-bps")
-    with pytest.raises(InvalidInput, match="^/dev/null is not a block device; give one such as"):
+    with pytest.raises(InvalidInput, match="^'/dev/null' is not a block device; give one such as"):
         L.device_number("/dev/null")
 
 

@@ -134,3 +134,113 @@ def test_spec_defaults(tmp_path):
     assert [m["destination"] for m in s["mounts"]][-1] == "/dev/init"
     priv = spec.build(config.Config(name="p", privileged=True), {}, tmp_path, img, [])
     assert priv["linux"]["maskedPaths"] == [] and priv["annotations"]["run.ctrun.seccomp"] is None
+
+
+# ---------------------------------------------------------------- issue 13: input that sticks
+@pytest.mark.parametrize("check, value", [
+    (config.check_name, "abc\n"), (config.check_hostname, "host\n"),
+    (lambda v: config.parse_env([v]), "KEY\n=1"), (config.parse_user, "1000\n"),
+    (config.parse_user, "１０００")])
+def test_checks_match_the_whole_value(check, value):
+    """'$' also matches before a trailing newline: every check must match the whole value."""
+    with pytest.raises(InvalidInput):
+        check(value)
+
+
+def test_quote_escapes_what_could_forge_a_line():
+    from ctrun.errors import one_line, quote
+    assert quote("abc\n") == "'abc\\n'"
+    for hostile in ("a\nctrun: ok", "\r", "\x1b[2J", "\u2028", "\u202e", "\x00", "\udcff"):
+        q = quote(hostile)
+        assert q.isprintable() and q.startswith(("'", '"')), q
+    assert quote(3) == "'3'"
+    assert one_line("two\nlines\x1b") == "two\\nlines\\x1b"
+    assert one_line("naïve 'x'") == "naïve 'x'"
+
+
+@pytest.mark.parametrize("call, shown", [
+    (lambda: config.parse_volume("/nonexistent\nchaos:/mnt"), "'/nonexistent\\nchaos'"),
+    (lambda: config.parse_ulimit(f"nofile={(1 << 40)}\n"), None),
+    (lambda: _limits(cpus="-2\n"), "'-2\\n'"),
+    (lambda: _limits(cpus="1e9\n"), "'1e9\\n'"),
+    (lambda: _limits(cpuset_cpus="0-999\n"), "'0-999'"),
+    (lambda: _limits(device_read_bps=["/dev/no\nne:1mb"]), "'/dev/no\\nne'"),
+])
+def test_errors_quote_the_input_they_show(call, shown):
+    with pytest.raises(InvalidInput) as e:
+        call()
+    msg = str(e.value)
+    assert msg.isprintable(), msg  # one line: no newline, no escape sequence
+    if shown:
+        assert shown in msg, msg
+
+
+def _limits(**opts):
+    from ctrun.cgroups.limits import from_options
+    return from_options(**opts)
+
+
+def test_write_json_leaves_no_temp_file_when_it_fails(tmp_path, monkeypatch):
+    # the rename fails: the target is a non-empty directory
+    (tmp_path / "s.json").mkdir()
+    (tmp_path / "s.json" / "x").write_text("")
+    with pytest.raises(OSError):
+        state.write_json(tmp_path / "s.json", {"a": 1})
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["s.json"]
+    # a full disk takes part of the data: an error, never a torn file renamed into place
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:3]))
+    with pytest.raises(OSError):
+        state.write_json(tmp_path / "t.json", {"a": 1})
+    monkeypatch.undo()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["s.json"]
+
+
+def test_stale_temp_files_are_those_of_dead_writers(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f".state.json.{dead}.tmp").write_text("{")
+    (tmp_path / f".state.json.{os.getpid()}.tmp").write_text("{")  # a writer at work
+    (tmp_path / "state.json").write_text("{}")
+    assert [p.name for p in state.stale_temp_files(tmp_path)] == [f".state.json.{dead}.tmp"]
+
+
+def _dead_pid():
+    """A pid no process has (a reaped child's, unless recycled at once: then look on)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    while os.path.exists(f"/proc/{pid}"):
+        pid += 1
+    return pid
+
+
+def test_no_message_holds_an_unformatted_field():
+    """A plain string literal with a {field} in it is a missing f prefix (the image error
+    said `ctrun image import FILE {name}` literally); docstrings and .format() are fine."""
+    import ast
+    import io
+    import re
+    import tokenize
+    from pathlib import Path
+    field = re.compile(r"(?<!\{)\{[A-Za-z_][\w.]*(\[[^\]]*\])?(![rsa])?(:[^{}\s;]*)?\}(?!\})")
+    found = []
+    for path in sorted((Path(config.__file__).parent).rglob("*.py")):
+        text = path.read_text()
+        docstrings = {n.value.lineno for n in ast.walk(ast.parse(text))
+                      if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        toks = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+        for i, t in enumerate(toks):
+            if t.type != tokenize.STRING or t.start[0] in docstrings:
+                continue
+            prefix = t.string[:t.string.index(t.string[-1])].lower()
+            if "f" in prefix or not field.search(t.string):
+                continue
+            j = i + 1  # the literal's own .format(): skip the rest of its concatenation
+            while j < len(toks) and toks[j].type == tokenize.STRING:
+                j += 1
+            if j + 1 < len(toks) and toks[j].string == "." and toks[j + 1].string == "format":
+                continue
+            found.append(f"{path.name}:{t.start[0]}: {t.string}")
+    assert not found, "string literals with a {field} but no f prefix:\n" + "\n".join(found)
