@@ -64,6 +64,11 @@ def test_wget_with_a_timeout_fetches_from_the_gateway_by_address_and_name(cli, n
             f"echo '{gw} host.test' >> /etc/hosts && wget -qT10 -O- http://host.test:{port}/")
     assert r.returncode == 0, r.stderr
     assert r.stdout == BODY
+    # and typed at `ctrun enter`'s shell
+    cli("run", "-d", "--name", "box", "--net", name, "busybox", check=True)
+    r = cli("enter", "box", input=f"wget -qT10 -O- {url}\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(BODY)
 
 
 def test_wget_timeout_ends_a_silent_server_with_one_line(cli, net, server):
