@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a fresh Debian 12 machine, as root: installs everything ctrun needs (Debian
 # packages, a venv from /usr/bin/python3, /usr/local/bin/ctrun, the built-in image, the
-# peer runtimes the benchmarks compare against, QEMU and the guest kernel for --vm) and
+# peer runtimes the benchmarks compare against (podman with its network backend: without
+# netavark it cannot start a container), QEMU and the guest kernel for --vm) and
 # then runs the demo container.
 # `setup.sh --no-demo` installs only (the test command uses that).  Safe to run again.
 set -euo pipefail
@@ -9,7 +10,8 @@ cd "$(dirname "$0")"
 VENV=${CTRUN_VENV:-/opt/ctrun/venv}
 DEBS=(busybox-static tini python3-venv python3-dev python3-seccomp gcc libc6-dev libcap-dev
       libseccomp2 iproute2 procps nftables python3-nftables iperf3 zstd debootstrap
-      runc crun umoci skopeo conmon podman docker-registry apache2-utils openssl
+      runc crun umoci skopeo conmon podman netavark aardvark-dns docker-registry apache2-utils
+      openssl
       qemu-system-x86 qemu-utils linux-image-cloud-amd64 lz4 cpio e2fsprogs
       python3-matplotlib python3-jsonschema)
 

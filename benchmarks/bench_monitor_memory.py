@@ -213,8 +213,8 @@ def main():
         common.die("--counts must be >= 1")
     common.require_root()
     common.ctrun_bin()
-    common.require_tool("runc")
-    have_conmon = bool(shutil.which("conmon"))
+    peers = common.Peers()
+    have_conmon = peers.need("conmon + runc", "conmon", "runc")
 
     with common.Workspace("mem") as ws:
         rootfs = ws.build_image()
@@ -223,7 +223,10 @@ def main():
         cm = None
         if have_conmon:
             print(f"bench_monitor_memory: conmon + runc at {counts} containers", flush=True)
-            cm = conmon_phase(ws, rootfs, counts, a.settle)
+            try:
+                cm = conmon_phase(ws, rootfs, counts, a.settle)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                peers.fail("conmon + runc", e)   # its containers go with the workspace
 
         print()
         hdr = ["containers", "ctrun PSS kB", "ctrun kB/ct"]
@@ -238,8 +241,8 @@ def main():
                         f"{r['pss_kb'] / c['pss_kb']:.2f}x"]
             rows.append(row)
         print(common.table(hdr, rows))
-        if not have_conmon:
-            print("conmon: not installed (apt-get install conmon)")
+        for peer, why in peers.unavailable.items():
+            print(f"{peer}: not measured: {why}")
 
         last = ct[-1]
         verdict = "MET" if last["pss_kb_per_container"] <= TARGET_KB else "NOT MET"
@@ -267,7 +270,7 @@ def main():
             print(f"  - {n}")
         result = {"params": {"counts": counts, "settle_s": a.settle},
                   "target_kb_per_container": TARGET_KB, "ctrun": ct, "conmon": cm,
-                  "conmon_installed": have_conmon,
+                  "conmon_installed": have_conmon, "peers_unavailable": peers.unavailable,
                   "versions": {"runc": common.tool_version(["runc", "--version"]),
                                "conmon": common.tool_version(["conmon", "--version"])
                                if have_conmon else None},

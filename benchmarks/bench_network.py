@@ -578,10 +578,11 @@ def main():
     # ctrun's rules go to a table of their own; the host's `ip ctrun` is never touched
     os.environ["CTRUN_NFT_TABLE"] = NFT_TABLE
     skipped = {}
+    peers = common.Peers()
     if a.no_podman:
         skipped["podman"] = "--no-podman given"
-    elif not shutil.which("podman"):
-        skipped["podman"] = "podman is not installed (apt-get install podman)"
+    elif not peers.need("podman", "podman"):
+        skipped["podman"] = peers.unavailable["podman"]
     host = HostState()
     load0 = os.getloadavg()
 
@@ -608,9 +609,9 @@ def main():
                 if not ok:
                     raise RuntimeError(msg)
                 podman_addr = msg
-            except (RuntimeError, subprocess.SubprocessError) as e:
-                skipped["podman"] = str(e).strip()
-                print(f"podman: not measured: {skipped['podman']}", flush=True)
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                peers.fail("podman", e)
+                skipped["podman"] = peers.unavailable["podman"]
 
         ct_cmd = ws.ctrun_cmd("run", "--rm", "--net", NET_NAME, "busybox", "--", "true")
         ct_none = ws.ctrun_cmd("run", "--rm", "--net", "none", "busybox", "--", "true")
@@ -777,6 +778,7 @@ def main():
                    "network": NET_NAME, "bridge": BRIDGE, "nft_table": NFT_TABLE},
         "startup": {"commands": shown, "stats": stats, "failures": failed,
                     "failure_messages": fail_msgs, "not_measured": skipped,
+                    "peers_unavailable": peers.unavailable,
                     "network_cost": net_cost,
                     "samples_ms": {n: [round(x * 1000, 3) for x in s]
                                    for n, s in samples.items()}},

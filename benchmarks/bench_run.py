@@ -19,11 +19,12 @@ import common  # noqa: E402
 TARGET_VS_RUNC = 1.0
 
 
-def make_bundle(ws, rootfs):
-    """An OCI bundle whose config is runc's default spec, edited to run /bin/true."""
+def make_bundle(ws, rootfs, tool):
+    """An OCI bundle whose config is `tool spec`'s default (runc's where it is installed),
+    edited to run /bin/true."""
     bundle = ws.tmp / "bundle"
     bundle.mkdir()
-    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True,
+    subprocess.run([tool, "spec", "--bundle", str(bundle)], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True)
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = False
@@ -74,13 +75,14 @@ def main():
         common.die("--runs must be >= 1 and --warmup >= 0")
     common.require_root()
     common.ctrun_bin()
-    for t in ("runc", "crun", "unshare"):
-        common.require_tool(t)
+    common.require_tool("unshare")
+    peers = common.Peers()
+    oci_tools = [t for t in ("runc", "crun") if peers.need(t, t)]
     hybrid = common.cgroup_layout() == "hybrid"
 
     with common.Workspace("run") as ws:
         rootfs = ws.build_image()
-        bundle, spec = make_bundle(ws, rootfs)
+        bundle, spec = make_bundle(ws, rootfs, oci_tools[0]) if oci_tools else (None, None)
         seq = [0]
 
         def oci(tool, root):
@@ -129,6 +131,9 @@ def main():
         # one untimed probe each: a tool that cannot run here is reported, not timed
         skipped = {}
         for name, (factory, _, _) in tools.items():
+            if name in ("runc", "crun") and not peers.ok(name):
+                skipped[name] = peers.unavailable[name]
+                continue
             cid, argv, env = factory()
             ok, msg = common.probe(argv, env=env)
             if not ok:
@@ -137,9 +142,11 @@ def main():
                 if name == "ctrun":
                     raise RuntimeError(f"ctrun run failed: {msg}")
                 skipped[name] = msg
+                if name in ("runc", "crun"):
+                    peers.fail(name, msg)
+        if "crun" in skipped and "unshare wrapper" in tools:
+            skipped["unshare wrapper"] = "crun's wrapper: measured only with crun"
         active = [n for n in tools if n not in skipped]
-        if "crun" in skipped:
-            active = [n for n in active if n != "unshare wrapper"]
 
         samples = {n: [] for n in active}
         failures = {n: 0 for n in active}
@@ -248,6 +255,7 @@ def main():
             "params": {"runs": a.runs, "warmup": a.warmup},
             "commands": {n: tools[n][1] for n in tools},
             "stats": stats, "failures": failures, "not_measured": skipped,
+            "peers_unavailable": peers.unavailable,
             "ratios": ratios, "target": {"ctrun/runc": f"<= {TARGET_VS_RUNC}"},
             "samples_ms": {n: [round(x * 1000, 3) for x in s] for n, s in samples.items()},
             "versions": {"runc": common.tool_version(["runc", "--version"]),

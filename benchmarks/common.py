@@ -133,12 +133,13 @@ def warn(msg):
 def ctrun_bin():
     """The ctrun console script: $CTRUN_BIN, else the venv the project installs into."""
     env = os.environ.get("CTRUN_BIN")
+    venv = os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")   # setup.sh's default
     if env:
         if not os.access(env, os.X_OK):
             die(f"CTRUN_BIN={env} is not an executable file")
         return env
     # /usr/local/bin/ctrun first: the launcher setup.sh writes, what users run
-    for cand in ("/usr/local/bin/ctrun", "/opt/ctrun/venv/bin/ctrun"):
+    for cand in ("/usr/local/bin/ctrun", f"{venv}/bin/ctrun"):
         if os.access(cand, os.X_OK):
             return cand
     die(f"ctrun is not installed (no /usr/local/bin/ctrun and no CTRUN_BIN); {SETUP_HINT}")
@@ -159,6 +160,38 @@ def require_tool(name, hint=SETUP_HINT):
     if not path:
         die(f"'{name}' is not installed; {hint}")
     return path
+
+
+class Peers:
+    """The tools a benchmark compares ctrun with.  A peer that cannot run here (not
+    installed, or its probe fails) is announced as one loud line and left out; the
+    benchmark still measures everything else.  `unavailable` ({peer: why}) goes in the JSON."""
+
+    def __init__(self):
+        self.unavailable = {}
+
+    def fail(self, peer, why):
+        why = " ".join(str(why).split()) or "no reason given"
+        self.unavailable[peer] = why
+        print(f"PEER UNAVAILABLE: {peer}: {why}", flush=True)
+        return False
+
+    def ok(self, peer):
+        return peer not in self.unavailable
+
+    def need(self, peer, *tools):
+        """Every tool the peer runs is installed: True; else one loud line, False."""
+        for tool in tools:
+            if not shutil.which(tool):
+                return self.fail(peer, f"'{tool}' is not installed; {SETUP_HINT}")
+        return self.ok(peer)
+
+    def probe(self, peer, argv, env=None, timeout=60):
+        """One untimed run of the peer: True if it succeeded, else one loud line."""
+        if not self.ok(peer):
+            return False
+        ok, msg = probe(argv, timeout=timeout, env=env)
+        return ok or self.fail(peer, msg)
 
 
 def crun_wrap(argv):
@@ -311,6 +344,8 @@ def probe(argv, timeout=60, env=None):
                            timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return False, f"timed out after {timeout}s"
+    except OSError as e:   # not installed, not executable
+        return False, f"{argv[0]}: {e.strerror}"
     msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
     return p.returncode == 0, (msg[-1] if msg else f"exit code {p.returncode}")
 

@@ -2,8 +2,11 @@
 # Runs the ctrun benchmarks in turn, as root; results land in benchmarks/results/.
 #   sudo benchmarks/run_all.sh           full runs (30 start-ups per tool, 500 containers)
 #   sudo benchmarks/run_all.sh --quick   fewer repetitions, for a smoke check
-# CTRUN_BIN picks the ctrun to measure (default /opt/ctrun-venv/bin/ctrun).  Every benchmark
-# runs even if an earlier one failed; the exit status is non-zero if any of them failed.
+# CTRUN_BIN picks the ctrun to measure (default: setup.sh's launcher /usr/local/bin/ctrun,
+# else $CTRUN_VENV/bin/ctrun, the venv setup.sh makes, /opt/ctrun/venv unless set).  Every
+# benchmark runs even if an earlier one failed; the exit status is non-zero if any of them
+# failed.  A peer tool that cannot run is reported as a "PEER UNAVAILABLE:" line; the
+# benchmark measures the rest.
 set -uo pipefail
 cd "$(dirname "$0")"
 if [ "$(id -u)" != 0 ]; then
@@ -30,11 +33,18 @@ else
 fi
 
 failed=()
+log=$(mktemp)
+peers=$(mktemp)
+trap 'rm -f "$log" "$peers"' EXIT
 bench() {
   local name=$1; shift
   echo
   echo "================================================================ $name"
-  "$PY" "./$name.py" "$@" || failed+=("$name")
+  # the output is also kept, for its PEER UNAVAILABLE lines (listed again at the end);
+  # unbuffered, so stdout and stderr keep their order through the pipe
+  PYTHONUNBUFFERED=1 "$PY" "./$name.py" "$@" | tee "$log"
+  [ "${PIPESTATUS[0]}" = 0 ] || failed+=("$name")
+  grep "^PEER UNAVAILABLE" "$log" | sed "s/^/$name: /" >> "$peers"
 }
 bench bench_run "${run_args[@]}"
 bench bench_monitor_memory
@@ -46,6 +56,10 @@ bench bench_import "${import_args[@]}"
 bench bench_vm "${vm_args[@]}"
 
 echo
+if [ -s "$peers" ]; then
+  echo "run_all.sh: peers that could not run (the rest was measured):" >&2
+  sort -u "$peers" >&2
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "run_all.sh: failed: ${failed[*]}" >&2
   exit 1

@@ -708,9 +708,8 @@ class Ctrun:
         rootfs = read_json(cdir / "spec.json", {}).get("root", {}).get("path")
         if not rootfs or not os.path.exists(os.path.join(str(cdir), "upper", "bin", "bash")):
             shell = "/bin/sh"
-        try:
-            return self.exec(name, [shell, "-l"] if shell == "/bin/bash" else [shell],
-                             tty=sys.stdin.isatty(), interactive=True)
+        try:   # a login shell: the image's /etc/profile (PATH, prompt, busybox's wget)
+            return self.exec(name, [shell, "-l"], tty=sys.stdin.isatty(), interactive=True)
         except CommandNotFound:
             return self.exec(name, ["/bin/sh"], tty=sys.stdin.isatty(), interactive=True)
 
