@@ -106,11 +106,11 @@ def up(store, name, net, pid, tap=None):
         return
     from . import link, networks
     n = networks.get(store, net["network"])
-    link.ensure_bridge(n["bridge"], f"{n['gateway']}/{n['subnet'].split('/')[1]}", n.get("mtu", 1500))
+    networks.ensure_bridge(store, n)  # refused if another store owns a bridge of that name
     if n.get("nat", True) or net.get("publish"):
         from . import nft
         with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
-            nft.ensure_network(n, str(store.run))
+            nft.ensure_network(n, owner=store.short_id)
     if tap:
         link.enslave(tap, n["bridge"], n.get("mtu", 1500))
     else:
@@ -121,7 +121,7 @@ def up(store, name, net, pid, tap=None):
     if net.get("publish"):
         from . import nft
         with store.lock(".nft"):
-            nft.publish(name, net["ip"], net["publish"])
+            nft.publish(name, net["ip"], net["publish"], owner=store.short_id)
     write_hosts(store, n["name"])
 
 
@@ -160,7 +160,7 @@ def down(store, name, net):
         return
     if net.get("publish"):
         from . import nft
-        nft.unpublish(name)
+        nft.unpublish(name, owner=store.short_id)
     from . import link
     # the kernel removes the pair with the namespace, a few ms after the last process
     # is gone: wait for that rather than load pyroute2 (~160 ms) to delete it ourselves

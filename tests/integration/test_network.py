@@ -84,7 +84,13 @@ def test_leases_are_unique_under_concurrent_creates(cli, net):
     assert_clean_error(cli("create", "outside", "--net", net, "--ip", "192.0.2.7"), "192.0.2.7")
 
 
-def test_destroy_removes_veth_rules_and_lease(cli, net):
+def ct_comment(store, name):
+    """The nftables comment of a container's rules: its store's short id and its name."""
+    from ctrun.state import Store
+    return f"ctrun ct {Store(store).short_id}/{name}"
+
+
+def test_destroy_removes_veth_rules_and_lease(cli, store, net):
     port = 19000 + os.getpid() % 1000
     info = web(cli, "gone", net, "-p", f"{port}:80")
     veth = info["network"]["veth"]
@@ -92,13 +98,13 @@ def test_destroy_removes_veth_rules_and_lease(cli, net):
     table = os.environ["CTRUN_NFT_TABLE"]
     rules = subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
                            text=True).stdout
-    assert "ctrun ct gone" in rules
+    assert ct_comment(store, "gone") in rules
     assert_clean_error(cli("network", "rm", net), "gone")  # refused while attached
     cli("destroy", "-f", "gone", check=True)
     assert not Path(f"/sys/class/net/{veth}").exists()
     rules = subprocess.run(["nft", "list", "table", "ip", table], capture_output=True,
                            text=True).stdout
-    assert "ctrun ct gone" not in rules
+    assert ct_comment(store, "gone") not in rules
     assert info["network"]["ip"] not in cli.json("network", "inspect", net)["leases"]
 
 
@@ -128,6 +134,6 @@ def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net):
     table = os.environ["CTRUN_NFT_TABLE"]
     listing = lambda: subprocess.run(["nft", "list", "table", "ip", table],  # noqa: E731
                                      capture_output=True, text=True).stdout
-    assert "ctrun ct orphan" in listing()
+    assert ct_comment(store, "orphan") in listing()
     out = cli("gc", check=True).stdout
-    assert "orphan" in out and "ctrun ct orphan" not in listing()
+    assert "orphan" in out and ct_comment(store, "orphan") not in listing()
