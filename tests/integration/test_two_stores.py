@@ -106,6 +106,10 @@ def test_a_bridge_of_another_store_is_refused_not_taken_over(a_running, cli_b):
     assert_clean_error(r, f"bridge '{bridge}' belongs to another ctrun store",
                        str(a_running.cli.root), "--net none")
     assert not (cli_b.root / "networks" / f"{NET_A}.json").exists()
+    # A's subnet is routed on A's bridge: for B that is a host route like any other
+    assert_clean_error(cli_b("network", "create", NET_B, "--subnet", SUB_A),
+                       f"overlaps the host route {SUB_A} on {bridge} (bridge of the ctrun "
+                       f"store {a_running.cli.root})")
     alias = Path(f"/sys/class/net/{bridge}/ifalias").read_text()
     assert alias.startswith("ctrun:") and str(a_running.cli.root) in alias
     a_running.check("network create")
@@ -118,3 +122,36 @@ def test_the_store_id_is_made_once_and_kept(tmp_path):
     assert len(sid) == 32 and Store(tmp_path / "s").id == sid and s.short_id == sid[:8]
     assert (tmp_path / "s" / "store-id").read_text().strip() == sid
     assert Store(tmp_path / "t").id != sid
+
+
+def test_rules_of_two_stores_share_the_table_apart():
+    """The nft layer itself: comments carry the store, removal and listing keep to one
+    store, a host port is one store's or the other's, and the table outlives the first
+    store's last network."""
+    from ctrun.errors import Conflict
+    from ctrun.network import nft
+    a, b = "aaaa0001", "bbbb0002"
+    web = [{"host_ip": "0.0.0.0", "host_port": PORT + 1, "ct_port": 80, "proto": "tcp"}]
+    other = [{"host_ip": "0.0.0.0", "host_port": PORT + 2, "ct_port": 80, "proto": "tcp"}]
+    fake_net = {"name": "n", "bridge": "ctrtnobridge", "subnet": "10.222.0.0/24"}
+    try:
+        nft.publish("web", "10.222.0.2", web, owner=a)
+        nft.publish("web", "10.222.0.3", other, owner=b)  # same name, another store
+        with pytest.raises(Conflict, match="already published by container web of another "
+                                           "ctrun store"):
+            nft.publish("x", "10.222.0.4", web, owner=b)
+        assert nft.owned_names("ct", a) == nft.owned_names("ct", b) == ["web"]
+        assert {r["comment"] for r in nft.rules()} == {f"ctrun ct {a}/web", f"ctrun ct {b}/web"}
+        nft.unpublish("web", owner=b)
+        assert {r["comment"] for r in nft.rules()} == {f"ctrun ct {a}/web"}
+        nft.remove_network(fake_net, last=True, owner=b)  # B's last: A's rules stay
+        assert {r["comment"] for r in nft.rules()} == {f"ctrun ct {a}/web"}
+        # a rule from before store ids is its name's, whichever store removes that name
+        nft.publish("old", "10.222.0.5", other)
+        nft.unpublish("old", owner=a)
+        nft.unpublish("web", owner=a)
+        nft.remove_network(fake_net, last=True, owner=a)
+        assert nft._list() == []  # the last store's last network takes the table
+    finally:
+        if nft._list():
+            nft._run([{"delete": {"table": {"family": "ip", "name": nft.table()}}}])
