@@ -57,6 +57,18 @@ class Ctrun:
     def _config(self, cdir):
         return cfgmod.Config.from_dict(read_json(cdir / "config.json"))
 
+    def _cgroup_name(self, name):
+        from .cgroups import container_name
+        return container_name(name, self.store.short_id)
+
+    def cgroup_manager(self, name):
+        """The cgroup manager of container `name` (its recorded cgroup, or the one a create
+        would record now)."""
+        conf = read_json(self.store.container_dir(name) / "config.json") or {}
+        return _manager(name, conf or {"cgroup_name": self._cgroup_name(name),
+                                       "cgroup_parent": os.environ.get(
+                                           "CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)})
+
     # ---------------------------------------------------------------- create
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
@@ -130,6 +142,7 @@ class Ctrun:
                 data = cfg.to_dict()
                 data["cgroup_parent"] = os.environ.get("CTRUN_CGROUP_PARENT",
                                                        DEFAULT_CGROUP_PARENT)
+                data["cgroup_name"] = self._cgroup_name(name)
                 data["created_at"] = _now()
                 write_json(tmp / "config.json", data)
                 write_json(tmp / "state.json", {})
@@ -251,7 +264,7 @@ class Ctrun:
             reply = monitor.request(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": bpf,
-                "cgroup_parent": "/".join(mgr.parent_parts)})
+                "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name})
         except CtrunError:  # no monitor could be reached: nothing was started
             self._undo_start(name, cdir, state, mgr, net)
             raise
@@ -386,7 +399,8 @@ class Ctrun:
             os.close(launched.master)
         else:
             status_ = process._wait_forwarding(pid)
-        code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts))
+        code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts),
+                                mgr.name)
         return code
 
     # ---------------------------------------------------------------- signals
@@ -599,16 +613,16 @@ class Ctrun:
         return {**n, "leases": ipam.leases(self.store, name)}
 
     def network_rm(self, name):
-        """Refused while containers hold addresses; removes bridge and rules, and restores
-        ip_forward when the last network goes."""
-        from .network import link, networks
+        """Refused while containers hold addresses; removes this store's bridge and rules, and
+        restores ip_forward when the host's last ctrun network goes."""
+        from .network import networks
         n = networks.get(self.store, name, create_default=False)
         networks.remove(self.store, name)
-        link.remove_bridge(n["bridge"])
+        networks.remove_bridge(self.store, n)
         from .network import nft
         try:
-            nft.remove_network(n, str(self.store.run),
-                               last=not networks.list_networks(self.store))
+            nft.remove_network(n, last=not networks.list_networks(self.store),
+                               owner=self.store.short_id)
         except CtrunError:
             if n.get("nat", True):
                 raise
@@ -863,6 +877,22 @@ class Ctrun:
             return [f"could not remove {quote(n)}: {e}"]
         return [f"removed {'invalid container' if conf else 'leftover entry'} {quote(n)}"]
 
+    def _orphan_cgroup_removed(self, parent, cgroup):
+        """Remove one of this store's cgroups that no container recorded when gc looked;
+        re-checked under the name's lock, since a create and start may have made it since."""
+        from . import cgroups
+        name = cgroup[:-len(self.store.short_id) - 1]
+        try:
+            cfgmod.check_name(name)
+        except InvalidInput:  # no container can have that name: nothing to race with
+            return cgroups.manager(cgroup, parent=parent).discard()
+        with self.store.lock(name):
+            conf = read_json(self.store.container_dir(name) / "config.json") or {}
+            if conf and (conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT), conf.get(
+                    "cgroup_name") or name) == (parent, cgroup):
+                return False
+            return cgroups.manager(cgroup, parent=parent).discard()
+
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
         from . import cgroups
@@ -872,7 +902,7 @@ class Ctrun:
             if n.startswith((".tmp-", ".destroy-")):
                 shutil.rmtree(self.store.containers / n, ignore_errors=True)
                 done.append(f"removed leftover {quote(n)}")
-        parents = set()
+        parents, owned = set(), set()
         done += _remove_stale_temps(self.store, [self.store.root / "networks"])
         for n in self.store.container_names():
             cdir = self.store.container_dir(n)
@@ -883,10 +913,11 @@ class Ctrun:
                 continue
             parent = conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT)
             parents.add(parent)
+            owned.add((parent, conf.get("cgroup_name") or n))
             with self.store.lock(n):
                 st, state, live, ex = status(cdir)
                 if st != "running":
-                    if cgroups.manager(n, parent=parent).discard():
+                    if _manager(n, conf).discard():
                         done.append(f"removed cgroup of stopped container {n}")
                     if state.get("start_id") and not (read_json(cdir / "exit.json") or {}).get(
                             "start_id") == state["start_id"]:
@@ -902,9 +933,14 @@ class Ctrun:
         done += images.gc(self.store)
         from .vm import disk
         done += disk.gc(self.store)
-        for parent in parents or {os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)}:
-            for n in cgroups.children(parent):
-                if n not in known and cgroups.manager(n, parent=parent).discard():
+        # only cgroups named with this store's id: the parent is shared by every store on the
+        # host, and another store's (or a pre-store-id) cgroup is never an orphan of ours
+        parents.add(os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT))
+        for parent in sorted(parents):
+            for n in cgroups.children(parent, owner=self.store.short_id):
+                if (parent, n) in owned:
+                    continue
+                if self._orphan_cgroup_removed(parent, n):
                     done.append(f"removed orphan cgroup {parent}/{n}")
         return done
 
@@ -915,10 +951,12 @@ DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
 
 
 def _manager(name, conf):
-    """The cgroup manager of a container, under the parent recorded in its config."""
+    """The cgroup manager of a container: the name and parent recorded in its config (a
+    container made before store ids has a cgroup of its plain name)."""
     from . import cgroups
-    return cgroups.manager(name, parent=(conf or {}).get("cgroup_parent",
-                                                          DEFAULT_CGROUP_PARENT))
+    conf = conf or {}
+    return cgroups.manager(conf.get("cgroup_name") or name,
+                           parent=conf.get("cgroup_parent", DEFAULT_CGROUP_PARENT))
 
 
 def _remove_stale_temps(store, dirs):
@@ -989,14 +1027,20 @@ def _gc_network(store, known):
                 pass
     try:
         from .network import nft
-        ct_rules = nft.rules("ctrun ct ") + nft.rules("ctrun ct ", nft.BRIDGE_FAMILY)
-        for owner in sorted({r["comment"][len("ctrun ct "):] for r in ct_rules}):
+        # this store's rules only: the table is shared by every store on the host
+        for owner in nft.owned_names("ct", store.short_id):
             if owner not in known:
-                nft.unpublish(owner)
+                try:  # a create and start may have made it since gc listed the store
+                    with store.lock(owner, timeout=0):
+                        if (store.container_dir(owner) / "config.json").exists():
+                            continue
+                        nft.unpublish(owner, store.short_id)
+                except Conflict:
+                    continue
                 done.append(f"removed published ports of missing container {owner}")
             elif status(store.container_dir(owner))[0] != "running":
                 # its supervisor died with it (e.g. a killed `ctrun run`): nobody unpublished
-                nft.unpublish(owner)
+                nft.unpublish(owner, store.short_id)
                 done.append(f"removed published ports of stopped container {owner}")
     except CtrunError:
         pass

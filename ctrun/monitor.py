@@ -128,7 +128,8 @@ class Monitor:
             return result
         from .runtime.logfile import LogWriter
         rec = {"name": req["name"], "cdir": cdir, "start_id": req["start_id"],
-               "cgroup_parent": req.get("cgroup_parent", "ctrun"), "waiters": [],
+               "cgroup_parent": req.get("cgroup_parent", "ctrun"),
+               "cgroup_name": req.get("cgroup_name") or req["name"], "waiters": [],
                "log": LogWriter(cdir / "logs" / "console.log", req.get("log_max", 1 << 20)),
                "fds": {out_r: "stdout", err_r: "stderr"}}
         for fd in (out_r, err_r):
@@ -189,7 +190,7 @@ class Monitor:
         rec["log"].close()
         from .runtime.reap import finalize
         code, reason = finalize(rec["cdir"], rec["name"], rec["start_id"], status,
-                                rec["cgroup_parent"])
+                                rec["cgroup_parent"], rec["cgroup_name"])
         for conn in rec["waiters"]:
             self._reply(conn, {"ok": True, "running": False, "exit_code": code,
                                "exit_reason": reason})
@@ -206,7 +207,8 @@ def _launcher(cdir, req, out_w, err_w, res_w):
         if conf.get("mode") == "vm":  # QEMU, in the VM's cgroup, as the supervised process
             from . import cgroups
             from .vm import machine
-            procs = cgroups.manager(req["name"], parent=req.get("cgroup_parent", "ctrun"))
+            procs = cgroups.manager(req.get("cgroup_name") or req["name"],
+                                    parent=req.get("cgroup_parent", "ctrun"))
             pid, pid_start = machine.launch(Store(req["root"]), req["name"], cdir, conf,
                                             procs.procs_files(), out_w, err_w)
         else:

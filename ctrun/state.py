@@ -7,6 +7,10 @@ Layout below the root (default /var/lib/ctrun, or --root / CTRUN_ROOT):
                          directory so create and destroy can lock a name that has no directory)
   run/                   the monitor's socket, lock and log; the seccomp cache
   layers/ tmp/ cache/ networks/   see ctrun.images.layers, ctrun.vm.disk, ctrun.network
+  store-id               this store's random id, made at first use: it marks what the store
+                         makes outside itself (cgroup names, nftables rule comments, bridge
+                         aliases), so that one store's verbs never touch another's (two
+                         stores on one host share the cgroup parent and nftables table)
 
 Nothing below the root is reachable by other users (the class of Docker's CVE-2021-41091:
 layer ids are public, so a setuid-root file of any image would be every local user's root
@@ -180,6 +184,45 @@ class Store:
                         for layer in os.scandir(sub.path):
                             if layer.is_dir(follow_symlinks=False):
                                 private_dir(layer.path)
+
+    @property
+    def id(self):
+        """The store's id (32 hex digits), made on first use.
+
+        Written to a temp file and hard-linked into place: link() fails if a concurrent
+        first use won, and then both read the winner's id, never a torn file."""
+        if getattr(self, "_id", None):
+            return self._id
+        path = self.root / "store-id"
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            self.ensure()
+            tmp = path.with_name(f".store-id.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, os.urandom(16).hex().encode() + b"\n")
+                os.fsync(fd)  # the id outlives a power loss, or was never there
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+            value = path.read_text().strip()
+        if not (len(value) == 32 and all(c in "0123456789abcdef" for c in value)):
+            from .errors import CtrunError
+            raise CtrunError(f"store id file {path} is corrupt; if no container of this store "
+                             "is running, remove it and run the command again")
+        self._id = value
+        return value
+
+    @property
+    def short_id(self):
+        """The 8 hex digits that mark the store's cgroups, rules and bridges."""
+        return self.id[:8]
 
     def container_dir(self, name):
         return self.containers / name

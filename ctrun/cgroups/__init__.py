@@ -8,6 +8,15 @@ Resource control (limits.py parses and checks; each backend writes its own files
     lim = limits.from_options(memory="64M", cpus="0.5")
     m.apply(lim, skip=[p.field for p in limits.unsupported(lim, m.layout)])
     m.read_limits(); m.stats(); m.freeze(); m.thaw()
+
+Ownership: every store on a host shares the cgroup parent (CTRUN_CGROUP_PARENT, default
+`ctrun`), so a container's cgroup is named `<name>.<store id8>` (container_name()): two
+stores' containers of one name never share a cgroup, and a store's gc removes only the
+orphans that end in its own id (children(owner=...)).  A flat name rather than a
+`<parent>/<id8>/<name>` level keeps children() one scandir and leaves no per-store
+directory to remove (and race with a start) once its last container goes.  The name is
+recorded in the container's config ("cgroup_name"), so a container made before store ids
+keeps its plain `<name>` cgroup.
 """
 
 from .base import LEAF, CgroupManager
@@ -32,8 +41,14 @@ def manager(name, parent="ctrun", layout=None, root=None, timeout=None):
     return cls(name, parent, layout, timeout)
 
 
-def children(parent, layout=None):
-    """Names of the container cgroups below `parent` in any hierarchy."""
+def container_name(name, owner):
+    """The cgroup name of container `name` of the store whose short id is `owner`."""
+    return f"{name}.{owner}"
+
+
+def children(parent, layout=None, owner=None):
+    """Names of the container cgroups below `parent` in any hierarchy; with owner (a store's
+    short id), only those of that store's containers."""
     import os
     layout = layout or detect()
     names = set()
@@ -42,7 +57,10 @@ def children(parent, layout=None):
             names.update(e.name for e in os.scandir(mnt / parent) if e.is_dir())
         except FileNotFoundError:
             pass
+    if owner is not None:
+        names = {n for n in names if n.endswith("." + owner)}
     return sorted(names)
 
 
-__all__ = ["CgroupManager", "LEAF", "Layout", "children", "detect", "manager"]
+__all__ = ["CgroupManager", "LEAF", "Layout", "children", "container_name", "detect",
+           "manager"]

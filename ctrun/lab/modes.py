@@ -209,11 +209,11 @@ class CtrunMode:
 class CtrunInstance(Instance):
     def __init__(self, mode, name):
         super().__init__(mode, name)
-        from .. import cgroups
         self.kind = mode.name
         self.ct = mode.ct
-        # the lab sets CTRUN_CGROUP_PARENT to its own parent before making any instance
-        self.mgr = cgroups.manager(name, parent=mode.lab.cgroup_parent)
+        # the lab sets CTRUN_CGROUP_PARENT to its own parent before making any instance;
+        # the cgroup's name carries the store's id
+        self.mgr = self.ct.cgroup_manager(name)
 
     def start(self):
         self.ct.start(self.name)

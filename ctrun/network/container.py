@@ -106,13 +106,14 @@ def up(store, name, net, pid, tap=None):
         return
     from . import link, networks, nft
     n = networks.get(store, net["network"])
-    link.ensure_bridge(n["bridge"], f"{n['gateway']}/{n['subnet'].split('/')[1]}", n.get("mtu", 1500))
+    networks.ensure_bridge(store, n)  # refused if another store owns a bridge of that name
     port = tap or net["veth"]
     with store.lock(".nft"):  # one nftables writer at a time: rules are added by comment
-        nft.ensure_network({**n, "allow_bridges": _allowed_bridges(store, n)}, str(store.run))
+        nft.ensure_network({**n, "allow_bridges": _allowed_bridges(store, n)},
+                           owner=store.short_id)
         # before the port joins the bridge: its first frame is already checked
         nft.guard_port(name, port, net.get("mac") or _mac_for(net["ip"]),
-                       [net["ip"]] + net.get("extra_ips", []))
+                       [net["ip"]] + net.get("extra_ips", []), owner=store.short_id)
     if tap:
         link.enslave(tap, n["bridge"], n.get("mtu", 1500))
     else:
@@ -122,10 +123,10 @@ def up(store, name, net, pid, tap=None):
             link.add_address(pid, f"{extra}/{n['subnet'].split('/')[1]}")
     if net.get("publish"):
         with store.lock(".nft"):
-            nft.publish(name, net["ip"], net["publish"])
+            nft.publish(name, net["ip"], net["publish"], owner=store.short_id)
     if not n.get("host_access", True):
         with store.lock(".nft"):
-            nft.allow_dns(name, n["bridge"], net["ip"], dns_servers(net))
+            nft.allow_dns(name, n["bridge"], net["ip"], dns_servers(net), owner=store.short_id)
     write_hosts(store, n["name"])
 
 
@@ -182,7 +183,7 @@ def down(store, name, net):
     if not net or net.get("network") in MODES:
         return
     from . import nft
-    nft.unpublish(name)  # published ports, DNS allowance and port guard
+    nft.unpublish(name, owner=store.short_id)  # published ports, DNS allowance, port guard
     from . import link
     # the kernel removes the pair with the namespace, a few ms after the last process
     # is gone: wait for that rather than load pyroute2 (~160 ms) to delete it ourselves

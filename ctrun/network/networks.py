@@ -15,6 +15,15 @@ that fits the kernel's 15 characters, else "ct-" + its first 7 characters + "-" 
 a checksum of the whole name (so long names sharing a prefix still get distinct bridges).
 The prefix keeps ctrun's bridges recognisable and away from the host's own names (eth0...).
 
+Bridge ownership: bridge names are host-wide but networks live in a store, so two stores
+(say /var/lib/ctrun and a scratch --root) can both have a network whose bridge is ctrun0.
+The store that makes a bridge marks it with its id in the bridge's alias (IFLA_IFALIAS,
+`ctrun:<store id> <store root>`, shown by `ip link`); another store that wants a bridge of
+that name fails with a one-line error instead of taking it over (its containers would share
+the first store's bridge and addresses), and `network rm` deletes only its own store's
+bridge.  A ctrun bridge without an alias predates store ids: the first store to use it
+claims it.  The check and the claim hold a host-wide lock (/run/ctrun/bridges.lock).
+
 Pure Python: /proc/net/route and /sys/class/net are read directly, ipaddress is imported
 only inside the functions that need it (no verb that skips networking pays for it).
 """
@@ -168,17 +177,108 @@ def _overlap(store, subnet, own_bridge, skip=None):
     """What `subnet` (an IPv4Network) collides with, as a phrase, or None.
 
     Routes on the bridges of this store's networks (and on the network's own bridge, a
-    leftover ctrun will reuse) are ctrun's own, not the host's."""
+    leftover ctrun will reuse) are ctrun's own, not the host's; a bridge another store
+    owns is the host's like any other interface."""
     nets = [n for n in list_networks(store) if n["name"] != skip]
     import ipaddress
     for n in nets:
         if ipaddress.IPv4Network(n["subnet"]).overlaps(subnet):
             return f"network '{n['name']}' ({n['subnet']})"
-    ours = {n["bridge"] for n in nets} | {own_bridge}
+    ours = {b for b in {n["bridge"] for n in nets} | {own_bridge}
+            if bridge_owner(b)[0] in (None, store.id)}
     for iface, route in host_routes():
         if iface not in ours and route.overlaps(subnet):
-            return f"the host route {route} on {iface}"
+            theirs = bridge_owner(iface)
+            where = (f" (bridge of the ctrun store {theirs[1] or 'with id ' + theirs[0]})"
+                     if theirs[0] else "")
+            return f"the host route {route} on {iface}{where}"
     return None
+
+
+# ------------------------------------------------------------------ bridge ownership
+ALIAS_PREFIX = "ctrun:"
+BRIDGES_LOCK = "/run/ctrun/bridges.lock"
+
+
+def bridge_owner(bridge):
+    """(store id, store root) of the ctrun store that owns interface `bridge`; (None, None)
+    if no store does: no such interface, a ctrun bridge from before store ids, or one whose
+    store is gone (its root no longer holds that id: a removed scratch store must not keep
+    its bridge name from the others); ("", None) if its alias is the host's own label."""
+    try:
+        with open(os.path.join(SYS_NET, bridge, "ifalias")) as f:
+            alias = f.read().strip()
+    except OSError:  # no such interface (or an invalid name: nothing of ours)
+        return None, None
+    if not alias:
+        return None, None
+    if not alias.startswith(ALIAS_PREFIX):
+        return "", None
+    sid, _, root = alias[len(ALIAS_PREFIX):].partition(" ")
+    try:
+        with open(os.path.join(root, "store-id")) as f:
+            alive = f.read().strip() == sid
+    except OSError:
+        alive = False
+    return (sid, root) if alive else (None, None)
+
+
+def check_bridge_owner(store, bridge):
+    """Refuse a bridge that belongs to another ctrun store (or carries a host's label)."""
+    sid, root = bridge_owner(bridge)
+    if sid is None or sid == store.id:
+        return
+    if sid == "":
+        raise Conflict(f"bridge name {bridge} is already used by a host interface; "
+                       "create a network with another name: ctrun network create NAME "
+                       "--subnet CIDR, or use --net none")
+    raise Conflict(f"bridge '{bridge}' belongs to another ctrun store ({root or 'id ' + sid}); "
+                   "create a network with another name: ctrun network create NAME "
+                   "--subnet CIDR, or use --net none")
+
+
+@contextlib.contextmanager
+def _bridges_locked():
+    import fcntl
+    os.makedirs(os.path.dirname(BRIDGES_LOCK), mode=0o700, exist_ok=True)
+    fd = os.open(BRIDGES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_bridge(store, net):
+    """The network's bridge, up with its gateway address, and marked as this store's; a
+    bridge of that name owned by another store is a Conflict, never taken over."""
+    from . import link
+    with _bridges_locked():
+        check_bridge_owner(store, net["bridge"])
+        link.ensure_bridge(net["bridge"], f"{net['gateway']}/{net['subnet'].split('/')[1]}",
+                           net.get("mtu", 1500))
+        if bridge_owner(net["bridge"])[0] != store.id:
+            from .rtnl import Rtnl, ifindex
+            with Rtnl() as nl:
+                nl.set_alias(ifindex(net["bridge"]), f"{ALIAS_PREFIX}{store.id} {store.root}")
+
+
+def remove_bridge(store, net):
+    """Delete the network's bridge if this store owns it (or nobody does and nothing is
+    attached to it); another store's bridge of that name is left alone."""
+    from . import link
+    bridge = net["bridge"]
+    with _bridges_locked():
+        sid = bridge_owner(bridge)[0]
+        if sid == store.id or (sid is None and not _ports(bridge)):
+            link.remove_bridge(bridge)
+
+
+def _ports(bridge):
+    try:
+        return os.listdir(os.path.join(SYS_NET, bridge, "brif"))
+    except OSError:
+        return []
 
 
 def candidate_default_subnet(store):
@@ -292,6 +392,7 @@ def _create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None,
         if other["bridge"] == bridge:
             raise Conflict(f"bridge {bridge} is already used by network '{other['name']}'; "
                            "choose another bridge name")
+    check_bridge_owner(store, bridge)
     if interface_exists(bridge) and (explicit or not is_bridge(bridge)):
         # a bridge under the name ctrun derives is ctrun's own leftover (a removal that
         # crashed before its teardown): it is reused; anything else is the host's

@@ -1,9 +1,23 @@
 """NAT and published ports in one nftables table owned by ctrun (`ip ctrun`).
 
-Every rule carries a comment naming its owner, `ctrun net <network>` or `ctrun ct <container>`,
-so it is removed exactly, and so `gc` can find rules whose owner no longer exists.  Commands
-go through libnftables' JSON interface (python3-nftables), imported only when a network
-operation runs.  Callers serialise changes per owner (network lock, container lock).
+Every rule carries a comment naming its owner, `ctrun net <id8>/<network>` or
+`ctrun ct <id8>/<container>` (id8: the short id of the store that made it), so it is removed
+exactly, and so `gc` can find rules whose owner no longer exists, among its own store's
+rules only.  (Comments without an id were made before stores had one: the store that
+stops or removes an owner of that name removes them too; gc leaves them alone.)
+
+Every store on a host shares the table, rather than one table per store: base chains of
+several tables at one hook all see every packet (an accept in one table does not end the
+walk through another's), so per-store tables would multiply the per-packet cost and split
+what `nft list table ip ctrun` shows; and a host port published by two stores' containers
+is a conflict that only a shared table can see.  Because the table is shared, its changes
+take a host-wide lock (/run/ctrun), the table is deleted only once no other store has a
+rule in it, and the host's ip_forward value is saved host-wide, not in a store: whichever
+store removes the last rule puts it back.
+
+Commands go through libnftables' JSON interface (python3-nftables), imported only when a
+network operation runs.  Callers serialise changes per owner (network lock, container
+lock); the host-wide lock is always taken last, inside those.
 
 Chains (created on demand; `add` is idempotent in nftables):
   guard        filter prerouting -150  drop 127.0.0.0/8 source or destination arriving on a
@@ -29,6 +43,7 @@ A second table of the same name in the bridge family checks what each container'
 host end of its veth, or a VM's tap) sends: see guard_port.
 """
 
+import contextlib
 import ipaddress
 import os
 from pathlib import Path
@@ -59,12 +74,65 @@ def table():
     return os.environ.get("CTRUN_NFT_TABLE") or DEFAULT_TABLE
 
 
-def net_comment(name):
-    return f"ctrun net {name}"
+def _comment(kind, name, owner):
+    return f"ctrun {kind} {owner}/{name}" if owner else f"ctrun {kind} {name}"
 
 
-def ct_comment(name):
-    return f"ctrun ct {name}"
+def net_comment(name, owner=None):
+    """The comment of network `name`'s rules; owner: its store's short id."""
+    return _comment("net", name, owner)
+
+
+def ct_comment(name, owner=None):
+    """The comment of container `name`'s rules; owner: its store's short id."""
+    return _comment("ct", name, owner)
+
+
+def parse_comment(comment):
+    """(kind, owner or None, name) of a rule's comment, or None if it is no owner's."""
+    parts = comment.split(" ", 2)
+    if len(parts) != 3 or parts[0] != "ctrun" or parts[1] not in ("ct", "net"):
+        return None
+    owner, _, name = parts[2].rpartition("/")
+    return parts[1], owner or None, name
+
+
+def owned_names(kind, owner):
+    """Names of the containers (kind "ct") or networks ("net") of store `owner` that have
+    rules in the table (a container's port guards included)."""
+    found = rules() + (rules(family=BRIDGE_FAMILY) if kind == "ct" else [])
+    return sorted({p[2] for p in map(parse_comment, (r["comment"] for r in found))
+                   if p and p[0] == kind and p[1] == owner})
+
+
+def _mine(comment, kind, name, owner):
+    """Is comment a rule of `name` of store `owner` (or of `name` before store ids)?"""
+    return comment in (_comment(kind, name, owner), _comment(kind, name, None))
+
+
+# --- the host-wide lock and state ----------------------------------------------------------
+
+HOST_DIR = Path("/run/ctrun")
+
+
+def host_state_dir():
+    """Where the table's host-wide state lives (the saved ip_forward)."""
+    return HOST_DIR / ("nft-" + table().replace("/", "_"))
+
+
+@contextlib.contextmanager
+def _host_lock():
+    """One writer of the shared table at a time, whichever store it serves: a check and
+    the change it allows (a free host port, an empty table) must not interleave.  One lock
+    for every table name: the writes are short."""
+    import fcntl
+    HOST_DIR.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(HOST_DIR / "nft.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- libnftables ---------------------------------------------------------------------------
@@ -172,14 +240,15 @@ def rules(comment_prefix=None, family=FAMILY):
     return out
 
 
-def _owned(comment):
-    return [r for r in rules() if r["comment"] == comment]
+def _owned(kind, name, owner):
+    return [r for r in rules() if _mine(r["comment"], kind, name, owner)]
 
 
 # --- networks ---------------------------------------------------------------------------------
 
-def _network_rules(net):
-    bridge, subnet, comment = net["bridge"], _prefix(net["subnet"]), net_comment(net["name"])
+def _network_rules(net, owner=None):
+    bridge, subnet = net["bridge"], _prefix(net["subnet"])
+    comment = net_comment(net["name"], owner)
     iif, oif = _meta("iifname"), _meta("oifname")
     out = [
         _add_rule("guard", comment, [_match(iif, bridge), _match(_ip("saddr"), LOOPBACK),
@@ -204,10 +273,11 @@ def _network_rules(net):
     return out
 
 
-def ensure_network(net, state_dir):
+def ensure_network(net, state_dir=None, owner=None):
     """Install a network's rules once (found by comment), enable IPv4 forwarding (saving its
-    previous value in <state_dir>/ip_forward.orig the first time) and route_localnet on the
-    bridge, which must exist.  net: {"name", "bridge", "subnet", "nat"}."""
+    previous value in <state_dir>/ip_forward.orig the first time; default: host_state_dir())
+    and route_localnet on the bridge, which must exist.  net: {"name", "bridge", "subnet",
+    "nat"}; owner: the short id of the network's store."""
     conf = _conf_dir(net["bridge"])
     if not conf.is_dir():
         raise NotFound(f"bridge {net['bridge']} of network {net['name']} does not exist: "
@@ -217,37 +287,41 @@ def ensure_network(net, state_dir):
     except ValueError:
         raise InvalidInput(f"subnet {net['subnet']!r} of network {net['name']} is not an "
                            "IPv4 CIDR: use e.g. 10.199.0.0/24") from None
-    existing = rules()
-    cmds = _skeleton()
-    if not any(r["comment"] == BASE_COMMENT for r in existing):
-        cmds.append(_add_rule("forward", BASE_COMMENT, [
-            _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
-            _COUNTER, {"accept": None}]))
-    cmds += _fence_base(existing)
-    mine = {r["chain"] for r in existing if r["comment"] == net_comment(net["name"])}
-    if not mine:
-        cmds += _network_rules(net)
-    if "isolate" not in mine:  # also a table made by a ctrun that had no fences
-        cmds += _fence_rules(net)
-    _run(cmds)
-    _enable_forwarding(Path(state_dir))
+    with _host_lock():
+        existing = rules()
+        cmds = _skeleton()
+        if not any(r["comment"] == BASE_COMMENT for r in existing):
+            cmds.append(_add_rule("forward", BASE_COMMENT, [
+                _match({"ct": {"key": "state"}}, ["established", "related"], op="in"),
+                _COUNTER, {"accept": None}]))
+        cmds += _fence_base(existing)
+        mine = {r["chain"] for r in existing if r["comment"] == net_comment(net["name"], owner)}
+        if not mine:
+            cmds += _network_rules(net, owner)
+        if "isolate" not in mine:  # also a table made by a ctrun that had no fences
+            cmds += _fence_rules(net, owner)
+        _run(cmds)
+        _enable_forwarding(Path(state_dir or host_state_dir()))
     # lets DNATed 127.0.0.1 traffic leave by the bridge and its replies come back
     (conf / "route_localnet").write_text("1\n")
 
 
-def remove_network(net, state_dir, last=False):
-    """Delete a network's rules; with last=True delete the whole table and put ip_forward back
-    to the value saved by the first ensure_network.  Idempotent."""
-    if last:
-        for family in (FAMILY, BRIDGE_FAMILY):
-            if _list(family):
-                _run([{"delete": {"table": {"family": family, "name": table()}}}])
-        _restore_forwarding(Path(state_dir))
-    else:
-        doomed = _owned(net_comment(net["name"]))
+def remove_network(net, state_dir=None, last=False, owner=None):
+    """Delete a network's rules; with last=True (its store's last network) also delete the
+    tables (ip and bridge), unless another store still has rules in them, and then put
+    ip_forward back to the value saved by the first ensure_network.  owner: the network's
+    store's short id.  Idempotent."""
+    with _host_lock():
+        doomed = _owned("net", net["name"], owner)
         if doomed:
             _run([_delete_rule(r) for r in doomed])
         _unfence(net)
+        if last and not any(p and p[1] not in (None, owner)
+                            for p in (parse_comment(r["comment"]) for r in rules())):
+            for family in (FAMILY, BRIDGE_FAMILY):
+                if _list(family):
+                    _run([{"delete": {"table": {"family": family, "name": table()}}}])
+            _restore_forwarding(Path(state_dir or host_state_dir()))
     localnet = _conf_dir(net["bridge"]) / "route_localnet"
     try:
         localnet.write_text("0\n")
@@ -290,6 +364,9 @@ def _restore_forwarding(state_dir):
     if value in ("0", "1") and _IP_FORWARD.read_text().strip() != value:
         _IP_FORWARD.write_text(value + "\n")
     saved.unlink()
+    if state_dir == host_state_dir():
+        with contextlib.suppress(OSError):
+            state_dir.rmdir()
 
 
 # --- published ports --------------------------------------------------------------------------
@@ -338,27 +415,36 @@ def _overlaps(a, b):
     return a == b or (a[1:] == b[1:] and "0.0.0.0" in (a[0], b[0]))
 
 
-def publish(container, ct_ip, ports):
+def publish(container, ct_ip, ports, owner=None):
     """Set the container's published ports: DNAT in prerouting and output, replacing any
     earlier rules of that container in one transaction.  ports: [{"host_ip", "host_port",
-    "ct_port", "proto"}].  A host port another container already publishes is a Conflict."""
+    "ct_port", "proto"}]; owner: the container's store's short id.  A host port another
+    container (of any store) already publishes is a Conflict."""
     ports = _check_ports(ct_ip, ports)
-    comment = ct_comment(container)
+    with _host_lock():
+        _publish(container, ct_ip, ports, owner)
+
+
+def _publish(container, ct_ip, ports, owner):
+    comment = ct_comment(container, owner)
     existing = rules("ctrun ct ")
-    taken = {_published(r): r["comment"][len("ctrun ct "):]
-             for r in existing if r["chain"] == "output" and r["comment"] != comment}
+    taken = {_published(r): parse_comment(r["comment"]) for r in existing
+             if r["chain"] == "output" and not _mine(r["comment"], "ct", container, owner)}
     seen = []
     for p in ports:
         key = (p["host_ip"], p["host_port"], p["proto"])
-        owner = next((o for k, o in taken.items() if _overlaps(k, key)), None)
-        if owner is not None:
+        holder = next((o for k, o in taken.items() if _overlaps(k, key)), None)
+        if holder is not None:
+            theirs = "" if holder[1] == owner else " of another ctrun store"
             raise Conflict(f"host port {p['host_ip']}:{p['host_port']}/{p['proto']} is "
-                           f"already published by container {owner}: choose another host port")
+                           f"already published by container {holder[2]}{theirs}: "
+                           "choose another host port")
         if any(_overlaps(k, key) for k in seen):
             raise InvalidInput(f"host port {p['host_port']}/{p['proto']} is published twice: "
                                "publish each host port once")
         seen.append(key)
-    cmds = _skeleton() + [_delete_rule(r) for r in existing if r["comment"] == comment]
+    cmds = _skeleton() + [_delete_rule(r) for r in existing
+                          if _mine(r["comment"], "ct", container, owner)]
     for p in ports:
         tail = [_match({"payload": {"protocol": p["proto"], "field": "dport"}}, p["host_port"]),
                 _COUNTER, {"dnat": {"addr": ct_ip, "port": p["ct_port"]}}]
@@ -376,16 +462,17 @@ def publish(container, ct_ip, ports):
     _run(cmds)
 
 
-def unpublish(container):
-    """Delete every rule of the container, its port guards included; fine when there is none
-    or no table."""
-    comment = ct_comment(container)
-    doomed = _owned(comment)
-    if doomed:
-        _run([_delete_rule(r) for r in doomed])
-    for chain in sorted({r["chain"] for r in rules(comment, BRIDGE_FAMILY)
-                         if r["comment"] == comment and r["chain"].startswith("port-")}):
-        unguard_port(chain[len("port-"):])
+def unpublish(container, owner=None):
+    """Delete every rule of the container of store `owner`, its port guards included; fine
+    when there is none or no table."""
+    with _host_lock():
+        doomed = _owned("ct", container, owner)
+        if doomed:
+            _run([_delete_rule(r) for r in doomed])
+        for chain in sorted({r["chain"] for r in rules("ctrun ct ", BRIDGE_FAMILY)
+                             if _mine(r["comment"], "ct", container, owner)
+                             and r["chain"].startswith("port-")}):
+            unguard_port(chain[len("port-"):])
 
 
 # --- networks apart from each other and from the host ----------------------------------------
@@ -411,12 +498,12 @@ def _fence_base(existing):
     return cmds
 
 
-def _fence_rules(net):
+def _fence_rules(net, owner=None):
     """Traffic routed from another ctrun bridge into this network's is dropped unless it comes
     from a bridge of net["allow_bridges"]; with net["host_access"] false, new traffic from the
     network to the host's own addresses is dropped too (replies of the host's own connections
     pass: they are established)."""
-    bridge, comment = net["bridge"], net_comment(net["name"])
+    bridge, comment = net["bridge"], net_comment(net["name"], owner)
     iif, oif = _meta("iifname"), _meta("oifname")
     allowed = [bridge] + [b for b in net.get("allow_bridges", ()) if b != bridge]
     out = [{"add": {"element": {"family": FAMILY, "table": table(), "name": BRIDGES_SET,
@@ -443,14 +530,14 @@ def _unfence(net):
                                           "name": BRIDGES_SET, "elem": [net["bridge"]]}}}])
 
 
-def allow_dns(container, bridge, ct_ip, servers):
+def allow_dns(container, bridge, ct_ip, servers, owner=None):
     """Let a container of a --no-host-access network reach the nameservers it was given when
     they are the host's own (the gateway, typically): inserted at the head of the input chain,
     before its network's drop.  Removed with the container's other rules (unpublish)."""
     servers = [s for s in servers if _is_ipv4(s)]
     if not servers:
         return
-    rule = _add_rule("input", ct_comment(container), [
+    rule = _add_rule("input", ct_comment(container, owner), [
         _match(_meta("iifname"), bridge), _match(_ip("saddr"), ct_ip),
         _match(_ip("daddr"), {"set": servers} if len(servers) > 1 else servers[0]),
         _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
@@ -496,7 +583,7 @@ def _port_objects(port):
             {"family": BRIDGE_FAMILY, "table": t, "name": f"ip-{port}"})
 
 
-def guard_port(container, port, mac, ips):
+def guard_port(container, port, mac, ips, owner=None):
     """What enters the bridge from `port` must come from `mac` and one of `ips` (the set
     ip-PORT, changed by set_port_ips): Ethernet source, ARP sender and IPv4 source.  Anything
     but IPv4 and ARP is dropped: networks are IPv4 only, so no IPv6 source could be checked,
@@ -504,7 +591,7 @@ def guard_port(container, port, mac, ips):
     traffic.  Rules carry the container's comment; idempotent (the port's chain is
     refilled)."""
     chain, ipset = _port_objects(port)
-    comment = ct_comment(container)
+    comment = ct_comment(container, owner)
     addrs = "@" + ipset["name"]
 
     def drop(*matches):

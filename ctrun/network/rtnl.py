@@ -138,6 +138,11 @@ class Rtnl:
         self.request(self._link(index, up, [("IFLA_MTU", mtu), ("IFLA_MASTER", master)]),
                      RTM_NEWLINK)
 
+    def set_alias(self, index, alias):
+        """IFLA_IFALIAS: the free-text label `ip link` shows as "alias" (ctrun marks a
+        bridge's owner store with it)."""
+        self.request(self._link(index, attrs=[("IFLA_IFALIAS", alias)]), RTM_NEWLINK)
+
     def del_link(self, name):
         self.request(self._link(attrs=[("IFLA_IFNAME", name)]), RTM_DELLINK)
 

@@ -38,13 +38,14 @@ def classify(status, oom_kills, stop_requested):
     return code, reason
 
 
-def finalize(cdir, name, start_id, status, cgroup_parent="ctrun"):
-    """Record exit.json for this start, then tear down the container's cgroup."""
+def finalize(cdir, name, start_id, status, cgroup_parent="ctrun", cgroup_name=None):
+    """Record exit.json for this start, then tear down the container's cgroup (cgroup_name:
+    the one its config records, `<name>.<store id8>`; the plain name before store ids)."""
     from .. import cgroups
     oom = 0
     mgr = None
     try:
-        mgr = cgroups.manager(name, parent=cgroup_parent)
+        mgr = cgroups.manager(cgroup_name or name, parent=cgroup_parent)
         oom = mgr.oom_kills()
     except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record
         pass

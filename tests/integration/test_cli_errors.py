@@ -104,12 +104,13 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     (store / "layers/.tmp-halfimg-abcd/diff").mkdir(parents=True)
     # a start killed after the cgroup was made but before the monitor ran anything
     ct.create("halfstart", cmd=["sleep", "1000"])
-    mgr = cgroups.manager("halfstart", parent=os.environ["CTRUN_CGROUP_PARENT"])
+    mgr = ct.cgroup_manager("halfstart")
     mgr.create()
     from ctrun.state import write_json
     write_json(store / "containers/halfstart/state.json", {"start_id": "dead1"})
     # a cgroup with no container at all (destroy killed half-way)
-    orphan = cgroups.manager("orphan", parent=os.environ["CTRUN_CGROUP_PARENT"])
+    orphan = cgroups.manager(cgroups.container_name("orphan", ct.store.short_id),
+                             parent=os.environ["CTRUN_CGROUP_PARENT"])
     orphan.create()
     out = cli("gc", check=True).stdout
     assert ".tmp-half-1234" in out and "halfstart" in out and "orphan" in out

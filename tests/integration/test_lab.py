@@ -200,7 +200,7 @@ def test_ctrl_c_cleans_up(tmp_path):
         # wait until instances of the density run exist, then interrupt like Ctrl-C
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not list(
-                Path("/sys/fs/cgroup").glob(f"*/ctrun-lab-{p.pid}/ct-d3")):
+                Path("/sys/fs/cgroup").glob(f"*/ctrun-lab-{p.pid}/ct-d3.*")):  # <name>.<store id8>
             time.sleep(0.2)
         assert p.poll() is None, p.communicate()
         p.send_signal(signal.SIGINT)

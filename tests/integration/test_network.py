@@ -89,17 +89,24 @@ def nft_listing(family="ip"):
                           capture_output=True, text=True).stdout
 
 
-def test_destroy_removes_veth_rules_and_lease(cli, net):
+
+def ct_comment(store, name):
+    """The nftables comment of a container's rules: its store's short id and its name."""
+    from ctrun.state import Store
+    return f"ctrun ct {Store(store).short_id}/{name}"
+
+
+def test_destroy_removes_veth_rules_and_lease(cli, store, net):
     port = 19000 + os.getpid() % 1000
     info = web(cli, "gone", net, "-p", f"{port}:80")
     veth = info["network"]["veth"]
     assert Path(f"/sys/class/net/{veth}").exists()
-    assert "ctrun ct gone" in nft_listing()
+    assert ct_comment(store, "gone") in nft_listing()
     assert f"port-{veth}" in nft_listing("bridge")  # its anti-spoofing guard
     assert_clean_error(cli("network", "rm", net), "gone")  # refused while attached
     cli("destroy", "-f", "gone", check=True)
     assert not Path(f"/sys/class/net/{veth}").exists()
-    assert "ctrun ct gone" not in nft_listing()
+    assert ct_comment(store, "gone") not in nft_listing()
     assert veth not in nft_listing("bridge")
     assert info["network"]["ip"] not in cli.json("network", "inspect", net)["leases"]
 
@@ -130,6 +137,6 @@ def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net, publish):
     cli("kill", "orphan", check=True)  # the workload dies; no supervisor records it
     cli.wait_state("orphan", "stopped")
     listing = lambda: nft_listing() + nft_listing("bridge")  # noqa: E731
-    assert "ctrun ct orphan" in listing()
+    assert ct_comment(store, "orphan") in listing()
     out = cli("gc", check=True).stdout
-    assert "orphan" in out and "ctrun ct orphan" not in listing()
+    assert "orphan" in out and ct_comment(store, "orphan") not in listing()

@@ -352,3 +352,28 @@ def test_fences_are_recorded_and_checked(st):
     assert b["allow_from"] == ["a"] and b["host_access"] is False
     assert networks.get(st, "b") == b
     assert "allow_from" not in networks.get(st, "a")  # defaults are not written
+
+
+def test_a_bridge_belongs_to_the_live_store_its_alias_names(tmp_path, host):
+    """The alias marks the owner store; a bridge of a gone store, or from before store ids,
+    is nobody's; a host's own label makes it the host's."""
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    host.add_iface("ctrun0", bridge=True)
+    alias = host.sysnet / "ctrun0" / "ifalias"
+    alias.write_text("\n")
+    assert networks.bridge_owner("ctrun0") == (None, None)
+    networks.check_bridge_owner(b, "ctrun0")  # pre-store-id bridge: usable
+    alias.write_text(f"ctrun:{a.id} {a.root}\n")
+    assert networks.bridge_owner("ctrun0") == (a.id, str(a.root))
+    networks.check_bridge_owner(a, "ctrun0")
+    with pytest.raises(Conflict, match=rf"bridge 'ctrun0' belongs to another ctrun store "
+                                       rf"\({a.root}\).*--net none"):
+        networks.check_bridge_owner(b, "ctrun0")
+    with pytest.raises(Conflict, match="belongs to another ctrun store"):
+        networks.create(b, "ctrun0", "10.50.0.0/24")  # derives the bridge ctrun0
+    (a.root / "store-id").unlink()  # the store is gone: its bridge name is free again
+    assert networks.bridge_owner("ctrun0") == (None, None)
+    alias.write_text("uplink to the lab\n")
+    with pytest.raises(Conflict, match="used by a host interface"):
+        networks.check_bridge_owner(b, "ctrun0")
+    assert networks.bridge_owner("nonexistent") == (None, None)
