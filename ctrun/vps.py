@@ -121,8 +121,8 @@ def sethostname(live, hostname):
     finally:
         os.close(fd)
     if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
-        raise HostUnsupported(f"cannot set the hostname {hostname!r} in the running container"
-                              "; it is saved and applies at the next start")
+        raise HostUnsupported(f"cannot set the hostname {hostname!r} in the running "
+                              "container's UTS namespace; restart it to apply the saved one")
 
 
 # ------------------------------------------------------------------ the root

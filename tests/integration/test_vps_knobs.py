@@ -6,14 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from test_cli_errors import assert_clean_error
 
 with warnings.catch_warnings():
