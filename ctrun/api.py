@@ -665,6 +665,8 @@ class Ctrun:
         with self.store.lock(name):
             conf = read_json(cdir / "config.json")
             st, _, live, _ = status(cdir)
+            if st == "stopping":  # its overlay may still be mounted: not a second one
+                raise Conflict(f"container '{name}' is stopping; wait for it to stop")
             live = live if st == "running" else None
             if conf.get("mode") == "vm" and (hostname or nameserver is not None
                                              or searchdomain is not None or secret or keys):

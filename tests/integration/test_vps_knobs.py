@@ -178,10 +178,23 @@ def test_ssh_key_on_create(cli, store, keyfile):
     assert _key_state(cli, "k2").splitlines() == ["700 0 0", "600 0 0", KEY]
 
 
-def test_planted_symlinks_are_refused(cli, store, keyfile):
+def test_planted_symlinks_are_refused(cli, store, keyfile, tmp_path):
     up(cli, "k3")
+    # first links to decoys on the host: were ctrun to follow a link through the host's
+    # view, it would write there, not into the host's /etc (the cases after these)
+    decoy_dir, decoy_file = tmp_path / "decoy", tmp_path / "decoy-keys"
+    decoy_dir.mkdir(mode=0o755)
+    decoy_file.write_text("decoy\n")
+    inside(cli, "k3", f"ln -s {decoy_dir} /root/.ssh")
+    assert_clean_error(cli("set", "k3", "--ssh-key", keyfile), "/root/.ssh")
+    assert not list(decoy_dir.iterdir()) and decoy_dir.stat().st_mode & 0o777 == 0o755
+    inside(cli, "k3", f"rm /root/.ssh && mkdir /root/.ssh && "
+                      f"ln -s {decoy_file} /root/.ssh/authorized_keys")
+    assert_clean_error(cli("set", "k3", "--ssh-key", keyfile), "authorized_keys")
+    assert decoy_file.read_text() == "decoy\n"
+    # then the container's own /etc and /etc/shadow: left as they were
     before = inside(cli, "k3", "stat -c '%a %u %g' /etc; ls /etc; md5sum /etc/shadow")
-    inside(cli, "k3", "ln -s /etc /root/.ssh")
+    inside(cli, "k3", "rm -r /root/.ssh && ln -s /etc /root/.ssh")
     assert_clean_error(cli("set", "k3", "--ssh-key", keyfile), "/root/.ssh")
     inside(cli, "k3", "rm /root/.ssh && mkdir /root/.ssh && "
                       "ln -s /etc/shadow /root/.ssh/authorized_keys")
@@ -190,7 +203,6 @@ def test_planted_symlinks_are_refused(cli, store, keyfile):
                       "ln /etc/shadow /root/.ssh/authorized_keys")
     assert_clean_error(cli("set", "k3", "--ssh-key", keyfile), "hard link")
     assert inside(cli, "k3", "stat -c '%a %u %g' /etc; ls /etc; md5sum /etc/shadow") == before
-    # nothing written outside the container either: the host's /etc is untouched
     assert not os.path.exists("/etc/authorized_keys")
 
 
