@@ -79,7 +79,7 @@ class Ctrun:
         from . import vps
         cfg.onboot = cfgmod.parse_onboot(onboot)
         secret = vps.userpasswd_of(userpasswd)
-        keys = [k for f in ssh_key for k in vps.read_ssh_key(f)]
+        keys = vps.keys_from(ssh_key)
         if ip_add and netcfg["network"] in netc.MODES:
             raise InvalidInput(f"--ip-add needs a bridged network, not --net {netcfg['network']}")
         if (secret or keys) and (vm or userns):
@@ -660,7 +660,7 @@ class Ctrun:
                         else None)
         onboot = None if onboot is None else cfgmod.parse_onboot(onboot)
         secret = vps.userpasswd_of(userpasswd)
-        keys = [k for f in ssh_key for k in vps.read_ssh_key(f)]
+        keys = vps.keys_from(ssh_key)
         cdir = self._cdir(name)
         with self.store.lock(name):
             conf = read_json(cdir / "config.json")

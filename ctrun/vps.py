@@ -101,6 +101,13 @@ def apply_inside(store, cdir, name, conf, live, userpasswd=None, keys=(), key_us
             set_password(rfd, *userpasswd)
 
 
+def keys_from(files):
+    """The public keys of one key file (a path) or of several."""
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    return [k for f in files or () for k in read_ssh_key(os.fspath(f))]
+
+
 # ------------------------------------------------------------------ hostname
 def sethostname(live, hostname):
     """sethostname(2) inside the running container's UTS namespace, from a child that

@@ -277,7 +277,7 @@ def test_onboot_unit_passes_systemd_analyze_verify(cli, store, units):
 def test_vps_knobs_in_the_python_api(ct, units, keyfile):
     ct.create("api1", cmd=["sleep", "600"], hostname="one", nameserver=["192.0.2.7"],
               searchdomain=["x.example"], onboot=True, userpasswd=("root", SECRET),
-              ssh_key=[keyfile])
+              ssh_key=keyfile)
     ct.start("api1")
     ct.set_vps("api1", hostname="two", searchdomain=["y.example"])
     code, out = ct.exec_output("api1", ["sh", "-c", "hostname; cat /etc/resolv.conf "
