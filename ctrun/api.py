@@ -73,7 +73,9 @@ class Ctrun:
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
                privileged=False, userns=False, limits=None, ignore_unsupported=False,
-               net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto"):
+               net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto",
+               nameserver=(), searchdomain=(), onboot=False, userpasswd=None, ssh_key=(),
+               ssh_user="root", ip_add=()):
         """Record a container and prepare its file system; no process yet.
 
         limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
@@ -81,7 +83,9 @@ class Ctrun:
         named in the result's "warnings".  net: a network name, "none" or "host" (default
         $CTRUN_NETWORK or ctrun0); ip/mac/publish/dns as on the CLI.  vm: boot the image
         as a QEMU virtual machine; then limits' memory is guest RAM and cpus the vCPU
-        count, and accel is auto, kvm or tcg."""
+        count, and accel is auto, kvm or tcg.  VPS knobs (vzctl set's, see set_vps):
+        nameserver (more dns), searchdomain, onboot, userpasswd ("USER:PASSWORD"), ssh_key
+        (public key files, for ssh_user), ip_add (extra addresses, leased like ip)."""
         from .network import container as netc
         from .images import store as images
         cfgmod.check_name(name)
@@ -94,7 +98,16 @@ class Ctrun:
             cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
             privileged=bool(privileged), userns=bool(userns))
         netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
-                                    publish, dns)
+                                    publish, list(dns) + list(nameserver), searchdomain)
+        from . import vps
+        cfg.onboot = cfgmod.parse_onboot(onboot)
+        secret = vps.userpasswd_of(userpasswd)
+        keys = vps.keys_from(ssh_key)
+        if ip_add and netcfg["network"] in netc.MODES:
+            raise InvalidInput(f"--ip-add needs a bridged network, not --net {netcfg['network']}")
+        if (secret or keys) and (vm or userns):
+            raise InvalidInput("--userpasswd and --ssh-key on create need a container without "
+                               "--vm or --userns; start it, then run: ctrun set NAME ...")
         vmopts = None
         if vm:
             from .vm import machine
@@ -133,12 +146,17 @@ class Ctrun:
                 for d in ("logs",) if vm else ("upper", "work", "rootfs", "logs"):
                     (tmp / d).mkdir(mode=0o755 if d != "logs" else 0o700)
                 leased = cfg.net = netc.lease(self.store, name, netcfg)
+                for extra in ip_add:  # one by one: a failure releases those taken
+                    leased = cfg.net = netc.change_ips(self.store, name, cfg.net, [extra], (),
+                                                       None)
                 from .spec import write_etc_files
                 write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
                 if vm:
                     cfg.vm = machine.create(self.store, tmp, image, vmopts)
                 if cfg.userns:
                     cfg.userns_base = self._userns_setup(tmp)
+                vps.apply_inside(self.store, tmp, name, cfg.to_dict(), None, secret, keys,
+                                 ssh_user)
                 data = cfg.to_dict()
                 data["cgroup_parent"] = os.environ.get("CTRUN_CGROUP_PARENT",
                                                        DEFAULT_CGROUP_PARENT)
@@ -156,6 +174,9 @@ class Ctrun:
                 if claim is not None:
                     claim.unlink(missing_ok=True)
                     self._claim = None
+        if cfg.onboot:
+            from . import onboot as onbootmod
+            onbootmod.sync(self.store)
         for w in warnings:
             self.warn(w)
         out = self._describe(name, final, full=False)
@@ -643,6 +664,81 @@ class Ctrun:
                 conf["net"] = net
                 write_json(cdir / "config.json", conf)
 
+    # ---------------------------------------------------------------- VPS knobs
+    def set_vps(self, name, hostname=None, nameserver=None, searchdomain=None, onboot=None,
+                userpasswd=None, ssh_key=(), ssh_user="root", save=True):
+        """vzctl set's knobs, live on a running container and saved unless save=False.
+
+        hostname: sethostname in its UTS namespace, /etc/hostname and /etc/hosts;
+        nameserver/searchdomain (lists, replacing the old ones): its /etc/resolv.conf;
+        onboot: started by `ctrun start --onboot` at host boot (see ctrun.onboot);
+        userpasswd: "USER:PASSWORD", whose hash goes into its /etc/shadow; ssh_key: public
+        key files appended to ssh_user's ~/.ssh/authorized_keys.  The last two change the
+        container's files (running or not, not --userns while stopped) and are never saved
+        in its config."""
+        from . import vps
+        from .network import container as netc
+        hostname = cfgmod.check_hostname(hostname) if hostname is not None else None
+        if hostname == "":
+            raise InvalidInput("--hostname needs a name; give one such as web1")
+        nameserver = netc.check_nameservers(nameserver) if nameserver is not None else None
+        searchdomain = (cfgmod.parse_searchdomains(searchdomain) if searchdomain is not None
+                        else None)
+        onboot = None if onboot is None else cfgmod.parse_onboot(onboot)
+        secret = vps.userpasswd_of(userpasswd)
+        keys = vps.keys_from(ssh_key)
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            conf = read_json(cdir / "config.json")
+            st, _, live, _ = status(cdir)
+            if st == "stopping":  # its overlay may still be mounted: not a second one
+                raise Conflict(f"container '{name}' is stopping; wait for it to stop")
+            live = live if st == "running" else None
+            if conf.get("mode") == "vm" and (hostname or nameserver is not None
+                                             or searchdomain is not None or secret or keys):
+                raise InvalidInput(f"'{name}' is a VM (--vm): only --onboot and limits can be "
+                                   "set on it; change the guest from inside (ctrun exec)")
+            if not live and not save and (hostname or nameserver is not None
+                                          or searchdomain is not None or onboot is not None):
+                raise Conflict(f"container '{name}' is not running and --no-save keeps nothing;"
+                               " drop --no-save")
+            vps.apply_inside(self.store, cdir, name, conf, live, secret, keys, ssh_user)
+            new = dict(conf, net=dict(conf.get("net") or {}))
+            if hostname is not None:
+                new["hostname"] = hostname
+            if nameserver is not None:
+                new["net"]["dns"] = nameserver
+            if searchdomain is not None:
+                new["net"]["search"] = searchdomain
+            if onboot is not None:
+                new["onboot"] = onboot
+            if save and new != conf:
+                write_json(cdir / "config.json", new)
+            if hostname is not None or nameserver is not None or searchdomain is not None:
+                if live and hostname is not None:
+                    vps.sethostname(live, hostname)
+                # the /etc files are the container's own, bind-mounted: --no-save changes
+                # them too (they are written anew from the config at create only)
+                netc.rewrite_etc(self.store, name, new)
+            if onboot is not None and save:
+                from . import onboot as onbootmod
+                onbootmod.sync(self.store)
+
+    def start_onboot(self):
+        """Start every stopped container of the store marked onboot: [(name, error or None)],
+        one failure never stopping the rest (the boot hook, see ctrun.onboot)."""
+        from . import onboot
+        out = []
+        for n in onboot.marked(self.store):
+            if status(self.store.container_dir(n))[0] in ("running", "stopping"):
+                continue
+            try:
+                self.start(n)
+                out.append((n, None))
+            except CtrunError as e:
+                out.append((n, str(e)))
+        return out
+
     # ---------------------------------------------------------------- exec
     def exec(self, name, argv, tty=False, interactive=False, env=(), workdir=None, user=None):
         from .runtime import process
@@ -858,6 +954,9 @@ class Ctrun:
             trash = self.store.containers / f".destroy-{name}-{os.urandom(4).hex()}"
             os.rename(cdir, trash)
             shutil.rmtree(trash, ignore_errors=True)
+            if conf.get("onboot"):
+                from . import onboot
+                onboot.sync(self.store)
             try:
                 os.unlink(self.store.locks / f"{name}.lock")
             except FileNotFoundError:

@@ -29,6 +29,35 @@ def _create_opts(p):
                    help="VM accelerator: auto tries KVM (proven once), else TCG emulation")
     _limit_opts(p)
     _net_opts(p)
+    _vps_opts(p)
+
+
+# vzctl set's VPS knobs: on create, run and set (--hostname and --nameserver are with the
+# create options; set has its own); secrets come from stdin or a file, never from argv
+def _vps_opts(p, on_set=False):
+    if on_set:
+        p.add_argument("--hostname", help="live: the running container's hostname too")
+        p.add_argument("--nameserver", action="append", metavar="IP",
+                       help="resolv.conf nameservers (repeat; replaces the old list), live")
+    p.add_argument("--searchdomain", action="append", metavar="DOMAIN",
+                   help="resolv.conf search domains (repeat)" + (
+                       "; replaces the old list, live" if on_set else ""))
+    p.add_argument("--onboot", metavar="yes|no",
+                   help="start it at host boot (ctrun start --onboot, run by a systemd unit)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--userpasswd", metavar="-", help="- reads USER:PASSWORD from stdin and "
+                   "sets that user's password inside the container")
+    g.add_argument("--userpasswd-file", metavar="FILE", help="read USER:PASSWORD from FILE")
+    p.add_argument("--ssh-key", action="append", metavar="FILE",
+                   help="append a public key file to --ssh-user's ~/.ssh/authorized_keys")
+    p.add_argument("--ssh-user", default="root", help="whose authorized_keys (default root)")
+
+
+def _vps_kwargs(a):
+    from .vps import read_userpasswd
+    return dict(searchdomain=a.searchdomain, onboot=a.onboot,
+                userpasswd=read_userpasswd(a.userpasswd, a.userpasswd_file),
+                ssh_key=a.ssh_key or (), ssh_user=a.ssh_user)
 
 
 def _net_opts(p):
@@ -38,7 +67,10 @@ def _net_opts(p):
     p.add_argument("--mac", help="MAC address of eth0")
     p.add_argument("-p", "--publish", action="append", default=[],
                    metavar="[IP:]HOSTPORT:CTPORT[/tcp|udp]")
-    p.add_argument("--dns", action="append", default=[], metavar="IP")
+    p.add_argument("--ip-add", action="append", default=[], metavar="IP",
+                   help="an extra address of eth0 (repeat; like vzctl set --ipadd)")
+    p.add_argument("--dns", "--nameserver", dest="dns", action="append", default=[],
+                   metavar="IP", help="resolv.conf nameserver (repeat)")
 
 
 # resource limits: the same options on create, run and set (like vzctl set)
@@ -80,7 +112,7 @@ def _create_kwargs(a):
                 cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns,
                 limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported,
                 net=a.net, ip=a.ip, mac=a.mac, publish=a.publish, dns=a.dns, vm=a.vm,
-                accel=a.accel)
+                accel=a.accel, ip_add=a.ip_add, **_vps_kwargs(a))
 
 
 def _cmd(rest):
@@ -200,6 +232,19 @@ def _set(p):
     p.add_argument("--ip-del", action="append", default=[], metavar="IP")
     p.add_argument("--no-save", action="store_true",
                    help="change the running container only, not its saved config")
+    _vps_opts(p, on_set=True)
+
+
+def _set_vps_given(a):
+    return any(v not in (None, [], ()) for v in (
+        a.hostname, a.nameserver, a.searchdomain, a.onboot, a.userpasswd, a.userpasswd_file,
+        a.ssh_key))
+
+
+def _start(p):
+    p.add_argument("name", nargs="?")
+    p.add_argument("--onboot", action="store_true",
+                   help="start every container marked --onboot yes (the boot hook)")
 
 
 def _stats(p):
@@ -240,7 +285,7 @@ def _demo(p):
 VERBS = {
     "create": ("record a container and prepare its file system", (), _create),
     "run": ("create, start and attach in one step", (), _run),
-    "start": ("start a container in the background", (), _name),
+    "start": ("start a container in the background", (), _start),
     "stop": ("stop signal, then SIGKILL after --time seconds", (), _stop),
     "restart": ("stop then start", (), _stop),
     "kill": ("send a signal to the container's init", (), _kill),
@@ -250,7 +295,8 @@ VERBS = {
     "inspect": ("show a container as JSON", (), _name),
     "logs": ("stdout/stderr of a detached container", (), _logs),
     "destroy": ("remove a container", ("rm",), _destroy),
-    "set": ("change limits, live on a running container (like vzctl set)", (), _set),
+    "set": ("change limits and VPS knobs, live on a running container (like vzctl set)",
+            (), _set),
     "stats": ("resource usage and OpenVZ-style beancounters", (), _stats),
     "freeze": ("suspend every process of a container", (), _name),
     "thaw": ("resume a frozen container", (), _name),
@@ -365,7 +411,21 @@ def dispatch(a):
                       plumber=a.plumber, **_create_kwargs(a))
         return code
     elif v == "start":
-        ct.start(a.name)
+        if a.onboot == bool(a.name):
+            from .errors import InvalidInput
+            raise InvalidInput("start takes a container name or --onboot (every container "
+                               "marked onboot), not both and not neither")
+        if a.name:
+            ct.start(a.name)
+        else:
+            code = 0
+            for n, err in ct.start_onboot():
+                if err:
+                    print(f"ctrun: error: {n}: {err}", file=sys.stderr)
+                    code = 1
+                else:
+                    print(n)
+            return code
     elif v == "restart":
         ct.restart(a.name, a.time)
     elif v == "stop":
@@ -393,9 +453,13 @@ def dispatch(a):
     elif v in ("destroy", "rm"):
         return _each(a.name, lambda n: ct.destroy(n, force=a.force))
     elif v == "set":
+        vps = _set_vps_given(a)
+        if vps:
+            ct.set_vps(a.name, hostname=a.hostname, nameserver=a.nameserver,
+                       save=not a.no_save, **_vps_kwargs(a))
         if a.ip_add or a.ip_del:
             ct.set_ips(a.name, add=a.ip_add, delete=a.ip_del, save=not a.no_save)
-        if _limit_kwargs(a) or not (a.ip_add or a.ip_del):
+        if _limit_kwargs(a) or not (a.ip_add or a.ip_del or vps):
             ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
                    ignore_unsupported=a.ignore_unsupported)
     elif v == "stats":

@@ -34,7 +34,7 @@ _DEFAULTS = {
     "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
     "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
     "privileged": False, "userns": False, "userns_base": None, "mode": "container",
-    "limits": {}, "limits_skip": [], "net": {}, "vm": {},
+    "limits": {}, "limits_skip": [], "net": {}, "vm": {}, "onboot": False,
 }
 
 
@@ -80,6 +80,53 @@ def check_hostname(h):
     if len(h) > 64:
         raise InvalidInput(f"hostname {quote(h)} is longer than 64 characters; shorten it")
     return h
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def parse_searchdomains(items):
+    """--searchdomain values: DNS domain names, as resolv.conf's `search` line takes them."""
+    out = []
+    for d in items or []:
+        if not isinstance(d, str) or len(d) > 253 or not re.fullmatch(
+                rf"{_LABEL}(\.{_LABEL})*\.?", d):
+            raise InvalidInput(f"invalid --searchdomain {d!r}: give a domain name such as "
+                               "example.com")
+        out.append(d)
+    if len(" ".join(out)) > 1024:
+        raise InvalidInput("--searchdomain values are longer than 1024 characters together; "
+                           "give fewer domains")
+    return out
+
+
+def parse_onboot(value):
+    """--onboot yes|no (vzctl's words; true/false and on/off too) -> bool."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    v = str(value).lower() if value is not None else ""
+    if re.fullmatch(r"yes|true|on|1", v):
+        return True
+    if re.fullmatch(r"no|false|off|0", v):
+        return False
+    raise InvalidInput(f"invalid --onboot {value!r}: use yes or no")
+
+
+def parse_userpasswd(text, where):
+    """USER:PASSWORD read from stdin or a file -> (user, password); the password never
+    enters argv, the config or an error message."""
+    m = re.fullmatch(r"([a-z_][a-z0-9_.-]{0,31}\$?):([^\n\r\0]+)", text or "")
+    if not m:
+        user = (text or "").partition(":")[0]
+        if ":" not in (text or "") or not user:
+            raise InvalidInput(f"no USER:PASSWORD on {where}; give one line such as "
+                               "root:SECRET")
+        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}\$?", user):
+            raise InvalidInput(f"invalid user name {user!r} on {where}: use a login name "
+                               "such as root")
+        raise InvalidInput(f"the password on {where} is empty or holds a NUL or newline; "
+                           "give a non-empty one-line password")
+    return m.group(1), m.group(2)
 
 
 def parse_env(items):

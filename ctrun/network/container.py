@@ -28,9 +28,9 @@ def parse_publish(spec):
             "proto": proto or "tcp"}
 
 
-def parse_options(network, ip=None, mac=None, publish=(), dns=()):
+def parse_options(network, ip=None, mac=None, publish=(), dns=(), search=()):
     """The "net" part of a container's config, validated (no lease taken yet)."""
-    from ..config import check_name
+    from ..config import check_name, parse_searchdomains
     network = network or "ctrun0"
     if network not in MODES:
         check_name(network, "network")
@@ -41,18 +41,15 @@ def parse_options(network, ip=None, mac=None, publish=(), dns=()):
     if mac and int(mac[:2], 16) & 1:
         raise InvalidInput(f"--mac {mac} is a multicast address; use a unicast one (02:...)")
     import ipaddress
-    for d in dns:
-        try:
-            ipaddress.ip_address(d)
-        except ValueError:
-            raise InvalidInput(f"invalid --dns {d!r}: give a nameserver IP address") from None
+    dns = check_nameservers(dns)
     if ip:
         try:
             ipaddress.IPv4Address(ip)
         except ValueError:
             raise InvalidInput(f"invalid --ip {ip!r}: give an IPv4 address") from None
     return {"network": network, "ip": ip, "mac": mac.lower() if mac else None,
-            "publish": [parse_publish(p) for p in publish], "dns": list(dns)}
+            "publish": [parse_publish(p) for p in publish], "dns": dns,
+            **({"search": parse_searchdomains(search)} if search else {})}
 
 
 def check_ports_free(store, name, publish):
@@ -148,7 +145,10 @@ def change_ips(store, name, net, add, delete, pid):
     prefix = net["prefix"]
     extra = list(net.get("extra_ips", []))
     for ip in add:
-        ipaddress.IPv4Address(ip)
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise InvalidInput(f"invalid --ip-add {ip!r}: give an IPv4 address") from None
         if ip == net["ip"] or ip in extra:
             raise InvalidInput(f"{ip} is already an address of container '{name}'")
         ipam.allocate(store, net["network"], f"{name}/{ip}", ip)
@@ -200,7 +200,7 @@ def hosts_text(name, hostname, net, peers):
     if net and net.get("ip"):
         lines.append(f"{net['ip']}\t{hostname}" + (f" {name}" if name != hostname else ""))
     else:
-        lines.append(f"127.0.1.1\t{hostname}")
+        lines.append(f"127.0.1.1\t{hostname}" + (f" {name}" if name != hostname else ""))
     for ip, peer in sorted(peers.items()):
         if peer != name:
             lines.append(f"{ip}\t{peer}")
@@ -237,7 +237,47 @@ def dns_servers(net):
 
 
 def resolv_text(net):
-    return "".join(f"nameserver {s}\n" for s in dns_servers(net)) or "# no resolvers\n"
+    search = (net or {}).get("search") or []
+    return ("".join(f"nameserver {s}\n" for s in dns_servers(net)) or "# no resolvers\n") + (
+        f"search {' '.join(search)}\n" if search else "")
+
+
+def check_nameservers(servers):
+    import ipaddress
+    for d in servers:
+        try:
+            ipaddress.ip_address(d)
+        except ValueError:
+            raise InvalidInput(f"invalid --nameserver {d!r}: give a nameserver IP address"
+                               ) from None
+    return list(servers)
+
+
+def _rewrite(path, text):
+    """Rewrite a bind-mounted /etc file in place (same inode: the container sees it at
+    once); the store's copy is ours, yet never follow a link there."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def rewrite_etc(store, name, conf):
+    """After a --hostname, --nameserver or --searchdomain change: the container's generated
+    /etc/hostname, /etc/hosts and /etc/resolv.conf from its (new) config."""
+    etc = store.container_dir(name) / "etc"
+    hostname = conf.get("hostname") or name
+    net = conf.get("net") or {}
+    _rewrite(etc / "hostname", hostname + "\n")
+    _rewrite(etc / "resolv.conf", resolv_text(net))
+    if bridged(net):
+        write_hosts(store, net["network"])  # the peers' files name it too
+    elif net.get("network") != "host":
+        _rewrite(etc / "hosts", hosts_text(name, hostname, net, {}))
 
 
 class Plumber:
