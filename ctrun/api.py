@@ -393,13 +393,21 @@ class Ctrun:
             sid = os.urandom(6).hex()
             started = _now()
             write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
-            prctl.set_child_subreaper(1)
             bpf = open(bpf_path, "rb").read() if bpf_path else None
             stdin = 0
             if not interactive and not tty:
                 stdin = os.open("/dev/null", os.O_RDONLY)
             try:
-                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                # a subreaper only while the init is forked: its intermediate exits and the
+                # init becomes our child.  Kept on, a Python program calling run() would
+                # inherit every later orphan (each monitor it spawns) and never reap them.
+                was_reaper = prctl.get_child_subreaper()
+                prctl.set_child_subreaper(1)
+                try:
+                    launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                finally:
+                    if not was_reaper:
+                        prctl.set_child_subreaper(0)
                 if plumber:
                     plumber.up(self.store, name, cfg.net, launched.pid)
                     plumber = None

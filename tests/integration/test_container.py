@@ -283,3 +283,12 @@ def test_run_with_a_tty_and_enter(ct, store):
     ct.start("entered")
     code, out = _in_pty(base + ["enter", "entered"], send=b"echo inside-$((6*7)); exit\n")
     assert code == 0 and b"inside-42" in out
+
+
+def test_the_python_api_run_leaves_the_caller_no_subreaper(ct):
+    """run() makes its caller a child subreaper only while the init is forked: a program
+    that stayed one would inherit (and never reap) every monitor it spawns later."""
+    import prctl
+    assert prctl.get_child_subreaper() == 0
+    assert ct.run("busybox", ["true"], rm=True) == 0
+    assert prctl.get_child_subreaper() == 0
