@@ -107,3 +107,26 @@ def test_a_dead_lxcfs_is_replaced_at_the_next_start(store, tmp_path):
     finally:
         lxcfs.stop(base)
     assert os.path.join(base, "mnt") not in lxcfs._lxcfs_mounts()
+
+
+@needs_lxcfs
+def test_concurrent_first_starts_share_one_lxcfs(store, tmp_path):
+    base = str(tmp_path / "lxcfs")
+    env = {**os.environ, "CTRUN_LXCFS_DIR": base}
+    argv = [sys.executable, "-m", "ctrun", "--root", str(store), "run", "--rm", "--memory",
+            "64M", "busybox", "--", "cat", "/proc/meminfo"]
+    try:
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env, cwd=conftest.REPO) for _ in range(3)]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0 and err == "" and meminfo_total_kib(out) == 64 * 1024, err
+        mnt = os.path.join(base, "mnt")
+        assert [m for m in lxcfs._lxcfs_mounts() if m == mnt] == [mnt]
+        mounts = [ln for ln in open("/proc/self/mountinfo") if f" {mnt} " in ln]
+        assert len(mounts) == 1, mounts                  # not stacked by a second daemon
+        daemons = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                   and mnt.encode() in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert len(daemons) == 1, daemons
+    finally:
+        lxcfs.stop(base)
