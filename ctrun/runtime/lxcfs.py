@@ -160,7 +160,9 @@ def _start(base, mnt):
                         f.write("-1000")
                 except OSError:
                     pass
-                os.execv(exe, [exe, *OPTIONS, "-p", os.path.join(base, "lxcfs.pid"), mnt])
+                # an empty environment: a host service keeps nothing of the verb that
+                # happened to start it
+                os.execve(exe, [exe, *OPTIONS, "-p", os.path.join(base, "lxcfs.pid"), mnt], {})
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)

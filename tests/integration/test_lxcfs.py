@@ -14,6 +14,7 @@ import pytest
 
 import conftest
 from ctrun.runtime import lxcfs
+from ctrun.state import proc_cmdlines
 
 needs_lxcfs = pytest.mark.skipif(not os.path.exists("/usr/bin/lxcfs"),
                                  reason="lxcfs is not installed (apt-get install lxcfs)")
@@ -125,8 +126,7 @@ def test_concurrent_first_starts_share_one_lxcfs(store, tmp_path):
         assert [m for m in lxcfs._lxcfs_mounts() if m == mnt] == [mnt]
         mounts = [ln for ln in open("/proc/self/mountinfo") if f" {mnt} " in ln]
         assert len(mounts) == 1, mounts                  # not stacked by a second daemon
-        daemons = [pid for pid in os.listdir("/proc") if pid.isdigit()
-                   and mnt.encode() in open(f"/proc/{pid}/cmdline", "rb").read()]
+        daemons = [pid for pid, cmd in proc_cmdlines() if mnt.encode() in cmd]
         assert len(daemons) == 1, daemons
     finally:
         lxcfs.stop(base)
