@@ -220,7 +220,7 @@ class Ctrun:
         """Cgroup, spec and seccomp program for a new start; returns (spec, mgr, bpf_path)."""
         from . import spec as specmod
         from .images import store as images
-        from .runtime import seccomp
+        from .runtime import lxcfs, seccomp
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
         mgr = _manager(name, read_json(cdir / "config.json"))
         device_rules = mgr.supports_device_rules()
@@ -228,9 +228,11 @@ class Ctrun:
         try:
             if cfg.limits:
                 from .cgroups.limits import Limits
-                mgr.apply(Limits.from_dict(cfg.limits), skip=cfg.limits_skip)
+                lim = Limits.from_dict(cfg.limits)
+                mgr.apply(lim, skip=cfg.limits_skip)
+                lxcfs.spread_cpus(mgr, lim, name, cfg.limits_skip)
             spec = specmod.build(cfg, icfg, cdir, rootfs, mgr.procs_files(),
-                                 privileged_devices=True)
+                                 privileged_devices=True, lxcfs=lxcfs.binds(self.warn))
             if not device_rules and not cfg.privileged:
                 # no devices cgroup (cgroup v2 without a BPF device filter): no mknod at all
                 for k in ("bounding", "effective", "permitted"):
@@ -572,7 +574,11 @@ class Ctrun:
                 new.memory = None
             merged = Limits.from_dict(conf.get("limits") or {}).merged(new)
             if running:
-                _manager(name, conf).apply(new, skip=skip)
+                mgr = _manager(name, conf)
+                mgr.apply(new, skip=skip)
+                if new.cpus is not None:  # the cpuset that makes nproc say --cpus
+                    from .runtime import lxcfs
+                    lxcfs.spread_cpus(mgr, merged, name, skip)
             if save:
                 conf["limits"] = merged.to_dict()
                 conf["limits_skip"] = sorted(set(conf.get("limits_skip", [])) - set(

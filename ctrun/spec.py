@@ -23,9 +23,12 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 NAMESPACES = ["pid", "mount", "uts", "ipc", "network", "cgroup"]
 
 
-def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=True):
+def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=True,
+          lxcfs=()):
     """cfg: config.Config; image_cfg: the image's defaults; cdir: the container directory;
-    image_rootfs: the image's layers (ctrun.images.layers.View)."""
+    image_rootfs: the image's layers (ctrun.images.layers.View); lxcfs: [host file,
+    container file] pairs that give the container its own /proc view
+    (ctrun.runtime.lxcfs.binds)."""
     env = _merge_env(image_cfg.get("env", []), cfg.env)
     args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
     if cfg.init:
@@ -86,6 +89,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.mknod": privileged_devices and not cfg.userns,
             "run.ctrun.userns_base": cfg.userns_base if cfg.userns else None,
             "run.ctrun.stop_signal": image_cfg.get("stop_signal", "SIGTERM"),
+            "run.ctrun.lxcfs": [list(b) for b in lxcfs],
         },
     }
 

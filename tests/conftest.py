@@ -24,6 +24,10 @@ os.environ["CTRUN_NFT_TABLE"] = NFT_TABLE
 # the CLI subprocesses and the monitor they spawn must run this checkout, not the copy
 # installed in the venv
 os.environ["PYTHONPATH"] = str(REPO)
+# containers get this run's own LXCFS (ctrun.runtime.lxcfs), stopped at the end: the
+# host-wide one ctrun starts by default would outlive the run
+LXCFS_DIR = f"/run/ctrun-test-{os.getpid()}-lxcfs"
+os.environ["CTRUN_LXCFS_DIR"] = LXCFS_DIR
 STORES = []
 
 
@@ -181,6 +185,8 @@ def leaks():
 def leak_check():
     """Fails the run when anything a test created is still on the host afterwards."""
     yield
+    from ctrun.runtime import lxcfs
+    lxcfs.stop(LXCFS_DIR)
     time.sleep(0.2)
     found = leaks()
     for d in sorted(_cgroup_dirs(CGROUP_PARENT), key=lambda p: -len(p.parts)):

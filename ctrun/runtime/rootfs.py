@@ -200,6 +200,16 @@ def _mount_cgroups(root_fd, layout, userns_dirs=None):
         os.close(fd)
 
 
+def _bind_lxcfs(root_fd, binds):
+    """LXCFS's files over the container's /proc and /sys ones (ctrun.runtime.lxcfs).  One
+    LXCFS cannot serve (its daemon died since the start checked it) keeps the kernel's."""
+    for src, target in binds or ():
+        try:
+            _bind(root_fd, src, target, False)
+        except OSError:
+            pass
+
+
 def prepare(spec):
     """Build the container's root file system; returns with the process pivoted into it."""
     ann = spec["annotations"]
@@ -229,6 +239,7 @@ def prepare(spec):
     try:
         _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _bind_lxcfs(root_fd, ann.get("run.ctrun.lxcfs"))
         if ann.get("run.ctrun.cgroup_layout"):
             _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"],
                            ann.get("run.ctrun.cgroup_dirs") if ann.get("run.ctrun.userns_base")

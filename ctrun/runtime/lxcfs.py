@@ -1,0 +1,241 @@
+"""LXCFS: the container's own view of its memory, CPUs, uptime, load, swap and disks.
+
+The kernel fills /proc/meminfo, /proc/stat, /proc/uptime... with host-wide numbers, so
+`free`, `top` and `uptime` in a container show the host.  LXCFS is a FUSE file system that
+serves the same files computed from the cgroup of the process that reads them (its memory
+limit and usage, CPU quota and cpuset, the start of its init); ctrun binds them over the
+container's own files (ctrun.runtime.rootfs).
+
+One LXCFS serves every container of the host, whatever its store: it answers each reader
+from the reader's cgroup and holds no state of any container.  So it is a host service,
+started on demand by the first container that needs it and left running, like Debian's
+lxcfs.service; no store owns it and no store's gc or destroy stops it, because containers
+of other stores have its files bound (a stopped LXCFS leaves their /proc files failing with
+ENOTCONN until they restart).
+
+- A host that runs lxcfs.service has it mounted at /var/lib/lxcfs: that one is used.
+- Otherwise ctrun starts its own, mounted at /run/ctrun-lxcfs/mnt with its pid file, log
+  and start lock beside it.  CTRUN_LXCFS_DIR names another directory (then the host's is
+  not used); CTRUN_LXCFS_DIR=none turns LXCFS off.
+`nproc` counts the CPUs of sched_getaffinity, which only a cpuset narrows, and LXCFS too
+counts a CPU quota only where the reader's own cgroup (the `ct` leaf) holds it.  So a
+container with a quota (--cpus N) and no cpuset of its own also gets a cpuset of ceil(N)
+CPUs, as Incus's limits.cpu does (spread_cpus): nproc, cpuinfo, stat and cpu/online then
+all say N, at the cost of running on those CPUs only (--cpuset-cpus picks others).
+A missing or broken LXCFS never stops a container from starting: it gets the host's
+files, and the verb that starts it prints one warning.
+"""
+
+import fcntl
+import math
+import os
+import shutil
+import signal
+import time
+import zlib
+
+from ..errors import CtrunError, HostUnsupported
+from ..libc import MNT_DETACH, umount2
+
+HOST_MOUNT = "/var/lib/lxcfs"
+DEFAULT_DIR = "/run/ctrun-lxcfs"
+# the files bound over the container's own (as LXC's lxcfs hook does), where LXCFS has them
+FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg",
+         "proc/swaps", "proc/diskstats", "sys/devices/system/cpu/online")
+# -l: a per-cgroup load average; --enable-cfs: the CPU quota counts in cpuinfo, stat and
+# cpu/online (without it only the cpuset does)
+OPTIONS = ("-f", "-l", "--enable-cfs")
+START_TIMEOUT = 5.0
+
+
+def binds(warn):
+    """[[host file, container file], ...] for the container's spec; [] (after one warning)
+    when LXCFS is turned off or cannot serve."""
+    try:
+        mnt = ensure()
+    except HostUnsupported as e:
+        warn(f"{e}; the container sees the host's memory, CPUs, uptime and load")
+        return []
+    if mnt is None:
+        return []
+    return [[os.path.join(mnt, f), "/" + f] for f in FILES
+            if os.path.exists(os.path.join(mnt, f))]
+
+
+def spread_cpus(mgr, limits, name, skip=()):
+    """Give a container with a CPU quota and no cpuset of its own ceil(quota) CPUs (all of
+    them when the quota is lifted); containers start at a CPU chosen by name so they spread.
+    Best effort: where the cpuset cannot be set (no cpuset controller), the quota stays
+    alone and nproc shows the host's CPUs."""
+    if limits.cpus is None or limits.cpuset_cpus is not None or "cpus" in skip:
+        return
+    from ..cgroups.limits import Limits
+    allowed = sorted(os.sched_getaffinity(0))
+    n = len(allowed) if limits.cpus < 0 else min(len(allowed), math.ceil(limits.cpus))
+    first = zlib.crc32(name.encode()) % len(allowed)
+    cpus = sorted((allowed * 2)[first:first + n])
+    try:
+        mgr.apply(Limits(cpuset_cpus=",".join(map(str, cpus))))
+    except (CtrunError, OSError):
+        pass
+
+
+def base_dir():
+    """ctrun's own LXCFS directory, or None when turned off."""
+    d = os.environ.get("CTRUN_LXCFS_DIR", DEFAULT_DIR)
+    return None if d == "none" else d
+
+
+def ensure():
+    """The mount point of a serving LXCFS, started if needed; None when turned off."""
+    if "CTRUN_LXCFS_DIR" not in os.environ and _serving(HOST_MOUNT):
+        return HOST_MOUNT
+    base = base_dir()
+    if base is None:
+        return None
+    mnt = os.path.join(base, "mnt")
+    if _serving(mnt):
+        return mnt
+    try:
+        os.makedirs(base, 0o755, exist_ok=True)
+        lock = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise _unusable(base, e) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent starts: one starts it, the others wait
+        if _serving(mnt):
+            return mnt
+        if mnt in _lxcfs_mounts():  # its daemon died: the mount answers ENOTCONN
+            umount2(mnt, MNT_DETACH)
+        try:
+            os.makedirs(mnt, 0o755, exist_ok=True)
+        except OSError as e:
+            raise _unusable(mnt, e) from None
+        _start(base, mnt)
+        return mnt
+    finally:
+        os.close(lock)
+
+
+def _unusable(path, e):
+    return HostUnsupported(f"cannot make lxcfs's directory {path!r} ({e.strerror}); "
+                           "set CTRUN_LXCFS_DIR to a writable local directory")
+
+
+def stop(base):
+    """Stop ctrun's LXCFS of `base` and remove the directory (tests; never a store's gc)."""
+    mnt = os.path.join(base, "mnt")
+    pid = _pid(base)
+    if pid and _running(pid):
+        os.kill(pid, signal.SIGTERM)  # LXCFS unmounts itself on SIGTERM
+        deadline = time.monotonic() + START_TIMEOUT
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    if mnt in _lxcfs_mounts():
+        umount2(mnt, MNT_DETACH)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _start(base, mnt):
+    exe = shutil.which("lxcfs")
+    if exe is None:
+        raise HostUnsupported("lxcfs is not installed (apt-get install lxcfs)")
+    log = os.open(os.path.join(base, "lxcfs.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    r, w = os.pipe()
+    if os.fork() == 0:  # double fork and setsid: the daemon outlives this verb and its tty
+        try:
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                os.chdir("/")
+                null = os.open("/dev/null", os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.closerange(3, 1 << 16)  # the start lock above all: it must not be held on
+                try:  # like lxcfs.service; refused without CAP_SYS_RESOURCE, then kept as is
+                    with open("/proc/self/oom_score_adj", "w") as f:
+                        f.write("-1000")
+                except OSError:
+                    pass
+                # an empty environment: a host service keeps nothing of the verb that
+                # happened to start it
+                os.execve(exe, [exe, *OPTIONS, "-p", os.path.join(base, "lxcfs.pid"), mnt], {})
+            os.write(w, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(log)
+    try:
+        pid = int(os.read(r, 32) or 0)
+    finally:
+        os.close(r)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _serving(mnt):
+            return
+        if not pid or not _running(pid):
+            break
+        time.sleep(0.01)
+    if pid and _running(pid):
+        os.kill(pid, signal.SIGKILL)
+    raise HostUnsupported(f"lxcfs did not start on {mnt!r}: "
+                          f"{_last_line(os.path.join(base, 'lxcfs.log'))}")
+
+
+def _serving(mnt):
+    """An LXCFS is mounted at mnt and answers (a dead daemon's mount fails with ENOTCONN)."""
+    if mnt not in _lxcfs_mounts():
+        return False
+    try:
+        with open(os.path.join(mnt, "proc/uptime"), "rb") as f:
+            return bool(f.read(64))
+    except OSError:
+        return False
+
+
+def _lxcfs_mounts():
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "fuse.lxcfs":
+                out.add(_unescape(fields[4]))
+    return out
+
+
+def _unescape(field):
+    """mountinfo's octal escapes (\\040 for a space) decoded."""
+    parts = field.split("\\")
+    return parts[0] + "".join(chr(int(p[:3], 8)) + p[3:] for p in parts[1:])
+
+
+def _pid(base):
+    """The pid in base's pid file if it still is an lxcfs (a pid file outlives its process)."""
+    try:
+        with open(os.path.join(base, "lxcfs.pid")) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/comm") as f:
+            return pid if f.read().strip() == "lxcfs" else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def _running(pid):
+    """pid is alive and not a zombie (a daemon's parent is gone: init reaps it, late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "it exited without a message"
