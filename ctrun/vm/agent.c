@@ -26,7 +26,9 @@
  *                  A proof (32 bytes; reply h agent-proof(32) release, or n and the end)
  *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
- *                  S stats         D signal for PID 1 (orderly shutdown)   P power off now
+ *                  S stats         D signal for PID 1 (orderly shutdown; with " poweroff"
+                  after the number, systemd as PID 1 gets its power-off signal instead,
+                  and the reply is d "poweroff")   P power off now
  *                  Q ping (answered q at once, whatever the session is doing)
  *   guest -> host  c challenge  h hello reply  n refused  o stdout  e stderr  x exit code
  *                  s stats lines "key value"   d done   r agent started (say hello again)
@@ -482,6 +484,22 @@ static int answer(struct session *s, const unsigned char *p, uint32_t len)
     return 0;
 }
 
+/* Is the guest's PID 1 systemd?  A VM's stop must power the machine off: systemd takes
+ * SIGTERM as "re-execute yourself" and SIGRTMIN+3 as halt, which leaves the CPU halted
+ * and QEMU running; SIGRTMIN+4 is its orderly power-off. */
+static int init_is_systemd(void)
+{
+    char exe[4096], *base;
+    ssize_t n = readlink("/proc/1/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = 0;
+    if (n > 10 && !strcmp(exe + n - 10, " (deleted)"))  /* upgraded in the guest */
+        exe[n - 10] = 0;
+    base = strrchr(exe, '/');
+    return !strcmp(base ? base + 1 : exe, "systemd");
+}
+
 /* one frame from the host; -1: refused, the caller drops the session's input */
 static int frame(struct session *s, unsigned char type, char *p, uint32_t len)
 {
@@ -536,11 +554,19 @@ static int frame(struct session *s, unsigned char type, char *p, uint32_t len)
     case 'Q':  /* are you there? (a host client waiting on a silent command asks) */
         send_frame(s, 'q', "", 0);
         break;
-    case 'D':
-        snprintf(buf, sizeof buf, "%.*s", (int)(len < 16 ? len : 16), p);
-        kill(1, atoi(buf) ? atoi(buf) : SIGTERM);
+    case 'D': {
+        int sig;
+        snprintf(buf, sizeof buf, "%.*s", (int)(len < 32 ? len : 32), p);
+        sig = atoi(buf) ? atoi(buf) : SIGTERM;
+        if (strstr(buf, " poweroff") && init_is_systemd()) {
+            kill(1, SIGRTMIN + 4);  /* systemd's poweroff.target */
+            send_frame(s, 'd', "poweroff", 8);
+            break;
+        }
+        kill(1, sig);
         send_frame(s, 'd', "", 0);
         break;
+    }
     case 'P':
         send_frame(s, 'd', "", 0);
         sync();

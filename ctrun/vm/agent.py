@@ -37,7 +37,7 @@ NONCE = 32           # the agent's challenge (agent.c)
 HOST_NONCE = 16
 # the most the host reads of each frame type the agent may send (agent.c sends output in
 # chunks of at most 32 KiB; a release is at most 64 bytes): anything else is refused
-LIMITS = {"o": MAXFRAME, "e": MAXFRAME, "x": 16, "q": 0, "s": 4096, "d": 0, "r": 0,
+LIMITS = {"o": MAXFRAME, "e": MAXFRAME, "x": 16, "q": 0, "s": 4096, "d": 8, "r": 0,
           "c": NONCE + HOST_NONCE, "h": 32 + 64, "n": 256}
 # what a previous client's session may have left in the pipe before our hello's answer
 STALE = set("oexqsdrhcn")
@@ -255,9 +255,11 @@ class Agent:
             raise AgentError("the guest agent sent unreadable stats") from None
         return out
 
-    def signal_init(self, sig):
-        self.send("D", str(int(sig)).encode())
-        self._expect("d", 10, "a signal to the guest's init")
+    def signal_init(self, sig, poweroff=False):
+        """sig to the guest's PID 1; with poweroff, a PID 1 that is systemd is asked for
+        its power-off instead.  Returns True when that power-off was asked for."""
+        self.send("D", str(int(sig)).encode() + (b" poweroff" if poweroff else b""))
+        return self._expect("d", 10, "a signal to the guest's init") == b"poweroff"
 
     def poweroff(self):
         self.send("P")

@@ -22,6 +22,9 @@ from . import cache
 
 MODULES = ("virtio_mmio", "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
            "virtio_balloon", "vmw_vsock_virtio_transport", "vsock_loopback")
+# loaded when the kernel has them as modules: the image has no modules of the guest's
+# kernel, so systemd could not load autofs4 itself (its binfmt_misc automount needs it)
+OPTIONAL = ("autofs4",)
 BUSYBOX = "/bin/busybox"
 AGENT_SRC = Path(__file__).with_name("agent.c")
 
@@ -83,8 +86,9 @@ def _agent(cc="gcc"):
     return cache.publish(tmp, out)
 
 
-def module_order(modules_dir, names=MODULES):
-    """Module files (relative to modules_dir) with every dependency before its user."""
+def module_order(modules_dir, names=MODULES, optional=OPTIONAL):
+    """Module files (relative to modules_dir) with every dependency before its user; the
+    optional ones only where the kernel has them as modules."""
     deps = {}
     for line in (Path(modules_dir) / "modules.dep").read_text().splitlines():
         mod, _, rest = line.partition(":")
@@ -101,7 +105,7 @@ def module_order(modules_dir, names=MODULES):
         for d in deps[n][1]:
             visit(d)
         order.append(deps[n][0])
-    for n in names:
+    for n in list(names) + [n for n in optional if n in deps]:
         visit(n)
     return order
 

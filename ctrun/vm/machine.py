@@ -172,23 +172,30 @@ def _wait_gone(fd, timeout):
 
 
 def stop(cdir, pidfd, stop_signal, timeout):
-    """Orderly: the image's stop signal to the guest's init through the agent; then ACPI
-    power-down through QMP; then QMP quit; SIGKILL as the last resort."""
+    """Orderly: a power-off request to the guest's init through the agent (systemd's own
+    power-off signal when PID 1 is systemd, else the image's stop signal); then ACPI
+    power-down through QMP; then QMP quit; SIGKILL as the last resort.  A systemd that
+    took the power-off request gets the whole timeout: ACPI adds nothing to a shutdown
+    under way (and needs udev and logind in the guest to be heard at all), while a quit
+    cuts it off."""
     from . import agent
-    half = max(0.0, timeout) / 2
+    left = max(0.0, timeout)
     try:
         with agent.Agent(cdir / "vm", timeout=2) as a:
-            a.signal_init(stop_signal)
-        if _wait_gone(pidfd, half):
+            powering_off = a.signal_init(stop_signal, poweroff=True)
+        wait = left if powering_off else left / 2
+        if _wait_gone(pidfd, wait):
             return "agent"
+        left -= wait
     except CtrunError:
         pass
     try:
         from .qemu import QMP
-        with QMP(cdir / "vm") as q:
-            q.cmd("system_powerdown")
-        if _wait_gone(pidfd, max(timeout - half, 0)):
-            return "acpi"
+        if left > 0:
+            with QMP(cdir / "vm") as q:
+                q.cmd("system_powerdown")
+            if _wait_gone(pidfd, left):
+                return "acpi"
         with QMP(cdir / "vm") as q:
             q.cmd("quit")
         if _wait_gone(pidfd, 5):

@@ -22,8 +22,12 @@ OVERHEAD = {"kvm": 64 << 20, "tcg": (64 + TCG_TB_MB * 2) << 20}
 # (the tap is handed over as an fd, no helper script runs), no scheduler or priority games;
 # a guest that takes over its QEMU is left with little more than it already had
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# systemd.mask: the serial console is QEMU's stdout, logged and never read from (stdin is
+# /dev/null), so a login prompt there helps no one; and without udev in the image (Debian's
+# systemd does not pull it in) dev-ttyS0.device never appears and the getty would hold
+# the boot in `starting` for 90 s.  Other inits ignore the parameter.
 CMDLINE = ("console=ttyS0 reboot=t panic=-1 cryptomgr.notests lsm=capability quiet "
-           "8250.nr_uarts=1 random.trust_cpu=on")
+           "8250.nr_uarts=1 random.trust_cpu=on systemd.mask=serial-getty@ttyS0.service")
 
 
 def binary():

@@ -173,6 +173,18 @@ def test_bad_stats_and_exit_codes_are_errors(tmp_path):
     f.finish()
 
 
+@pytest.mark.parametrize("reply, took", [(b"poweroff", True), (b"", False)])
+def test_stop_asks_for_a_power_off_and_hears_whether_systemd_took_it(tmp_path, reply, took):
+    """The stop's request carries the image's signal and the power-off wish; the agent
+    answers whether PID 1 (systemd) was asked for its power-off instead."""
+    def script(s):
+        assert read_frame(s) == ("D", b"15 poweroff")
+        s.sendall(frame("d", reply))
+    f = FakeAgent(tmp_path, script)
+    assert f.client.signal_init(15, poweroff=True) is took
+    f.finish()
+
+
 def test_the_key_is_private_and_in_the_initramfs_only(tmp_path, monkeypatch):
     key = agent.new_key(tmp_path)
     assert stat.S_IMODE(os.stat(tmp_path / KEY_FILE).st_mode) == 0o600

@@ -25,6 +25,9 @@ def test_modules_come_after_their_dependencies(tmp_path):
     assert names[-1] == "virtio-rng.ko" and len(names) == len(set(names))
     with pytest.raises(HostUnsupported, match="virtio_blk"):
         initramfs.module_order(tmp_path, ["virtio_blk"])
+    # an optional module comes along where the kernel has it, and is no error where not
+    order = initramfs.module_order(tmp_path, ["virtio_ring"], optional=["autofs4", "virtio_rng"])
+    assert [p.rsplit("/", 1)[1] for p in order] == ["virtio_ring.ko", "virtio.ko", "virtio-rng.ko"]
 
 
 def test_settings_survive_hostile_strings():
