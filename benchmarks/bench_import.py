@@ -320,6 +320,34 @@ def fmt_mb(n):
     return f"{n / MIB:.1f} MiB"
 
 
+def measure_sharing(ws, layout):
+    """The store's usage (allocated, apparent, inodes) empty, with the image, with a second
+    one sharing its layers, and after both are removed; and the same for <store>/images."""
+    images = ws.store / "images"
+    # sharing: a second image made of the same 5 layers and a small sixth one
+    print("bench_import: importing the image and a second one sharing its layers, for "
+          "the store's usage", flush=True)
+    derive_layout(layout, ws.tmp / "layout2")
+    usage = {"empty": disk_usage(ws.store)}
+    images_usage = {"empty": disk_usage(images)}
+    for step, nm, src in (("one image", "shared-a", layout),
+                          ("two images", "shared-b", ws.tmp / "layout2")):
+        ws.ctrun_check("image", "import", str(src), nm, timeout=600)
+        os.sync()
+        usage[step] = disk_usage(ws.store)
+        images_usage[step] = disk_usage(images)
+    for nm in ("shared-a", "shared-b"):
+        ok, msg = common.probe(ws.ctrun_cmd("image", "rm", nm))
+        if not ok:
+            ws.leaks.append(f"`ctrun image rm {nm}` failed: {msg}")
+    usage["after rm"] = disk_usage(ws.store)
+    residue = usage["after rm"][0] - usage["empty"][0]
+    if residue > 64 * 1024:
+        ws.leaks.append(f"the store holds {residue} bytes more after `ctrun image rm` of "
+                        "both images than before they were imported")
+    return usage, images_usage
+
+
 def measure(b):
     a = b.args
     peers = b.peers
@@ -400,27 +428,7 @@ def measure(b):
                                 f"{'ok' if ok else msg}")
                 reset()
 
-        # sharing: a second image made of the same 5 layers and a small sixth one
-        print("bench_import: importing the image and a second one sharing its layers, for "
-              "the store's usage", flush=True)
-        derive_layout(layout, ws.tmp / "layout2")
-        usage = {"empty": disk_usage(ws.store)}
-        images_usage = {"empty": disk_usage(images)}
-        for step, nm, src in (("one image", "shared-a", layout),
-                              ("two images", "shared-b", ws.tmp / "layout2")):
-            ws.ctrun_check("image", "import", str(src), nm, timeout=600)
-            os.sync()
-            usage[step] = disk_usage(ws.store)
-            images_usage[step] = disk_usage(images)
-        for nm in ("shared-a", "shared-b"):
-            ok, msg = common.probe(ws.ctrun_cmd("image", "rm", nm))
-            if not ok:
-                ws.leaks.append(f"`ctrun image rm {nm}` failed: {msg}")
-        usage["after rm"] = disk_usage(ws.store)
-        residue = usage["after rm"][0] - usage["empty"][0]
-        if residue > 64 * 1024:
-            ws.leaks.append(f"the store holds {residue} bytes more after `ctrun image rm` of "
-                            "both images than before they were imported")
+        usage, images_usage = measure_sharing(ws, layout)
         ws.check_clean("after removing every image")
 
         # ---------------------------------------------------------------- report
@@ -439,8 +447,8 @@ def measure(b):
         ratio = None
         if "umoci unpack" in stats:
             ratio = stats["ctrun image import"]["median_ms"] / stats["umoci unpack"]["median_ms"]
-            print(f"\nctrun / umoci (medians): {ratio:.2f}x   target <= {TARGET_RATIO}x   "
-                  f"{common.verdict(ratio <= TARGET_RATIO)}")
+            print()
+            common.print_ratio("ctrun / umoci (medians)", ratio, TARGET_RATIO, of="umoci")
         else:
             print(f"\nctrun / umoci: not measured: {peers.unavailable['umoci']}")
         print(f"  (ctrun applies {mbps:.0f} MiB/s of layer tar; umoci also writes an mtree "

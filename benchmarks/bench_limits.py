@@ -140,6 +140,28 @@ def time_parse(opts, runs):
     return out
 
 
+def report_cgroups(cg, parse_us, lim, api_runs):
+    """(b)'s table: where the cgroup work's time goes."""
+    from ctrun.cgroups import detect
+    cgs = {k: common.spread(v, extremes=True) for k, v in cg.items()}
+    cgs["parse + host check [limits]"] = common.spread(parse_us, extremes=True)
+    order = ["create [none]", "remove [none]", "total [none]", "create [limits]",
+             "apply [limits]", "remove [limits]", "total [limits]",
+             "parse + host check [limits]"]
+    print(f"\n(b) cgroup work in-process (ctrun.cgroups, {detect().kind} layout), "
+          f"{api_runs} cycles per arm")
+    print(common.table(["step [arm]", "median us", "p10 us", "p90 us"],
+                       [[k, f"{cgs[k]['median']:.0f}", f"{cgs[k]['p10']:.0f}",
+                         f"{cgs[k]['p90']:.0f}"] for k in order]))
+    cg_diff = cgs["total [limits]"]["median"] - cgs["total [none]"]["median"]
+    print(f"\n  create + apply + remove minus create + remove: {cg_diff:+.0f} us "
+          f"(difference of medians); apply alone {cgs['apply [limits]']['median']:.0f} us "
+          f"for {len(lim.set_fields())} limits")
+    print(f"  parsing the options and checking the host (`ctrun create`): "
+          f"{cgs['parse + host check [limits]']['median']:.0f} us")
+    return cgs, cg_diff
+
+
 def measure(b):
     a = b.args
     from ctrun.cgroups import detect
@@ -209,23 +231,7 @@ def measure(b):
         print(f"  caution: the two identical arms' medians are {aa_diff:.1f} ms apart, so a "
               "difference of that size is noise here; more --runs narrows it")
 
-    # ---- (b)
-    cgs = {k: common.spread(v, extremes=True) for k, v in cg.items()}
-    cgs["parse + host check [limits]"] = common.spread(parse_us, extremes=True)
-    order = ["create [none]", "remove [none]", "total [none]", "create [limits]",
-             "apply [limits]", "remove [limits]", "total [limits]",
-             "parse + host check [limits]"]
-    print(f"\n(b) cgroup work in-process (ctrun.cgroups, {detect().kind} layout), "
-          f"{a.api_runs} cycles per arm")
-    print(common.table(["step [arm]", "median us", "p10 us", "p90 us"],
-                       [[k, f"{cgs[k]['median']:.0f}", f"{cgs[k]['p10']:.0f}",
-                         f"{cgs[k]['p90']:.0f}"] for k in order]))
-    cg_diff = cgs["total [limits]"]["median"] - cgs["total [none]"]["median"]
-    print(f"\n  create + apply + remove minus create + remove: {cg_diff:+.0f} us "
-          f"(difference of medians); apply alone {cgs['apply [limits]']['median']:.0f} us "
-          f"for {len(lim.set_fields())} limits")
-    print(f"  parsing the options and checking the host (`ctrun create`): "
-          f"{cgs['parse + host check [limits]']['median']:.0f} us")
+    cgs, cg_diff = report_cgroups(cg, parse_us, lim, a.api_runs)
 
     notes = [
         "(a) times the whole CLI: create (parse + check the limits, write the config), "

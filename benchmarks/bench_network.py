@@ -538,6 +538,51 @@ class Teardown:
             self.podman.teardown(self.ws.leaks)
 
 
+def report_throughput(tp, ratios, verdicts):
+    """(b)'s table and ratios, added to ratios and verdicts; returns the paths' stats."""
+    print("\n(b) TCP throughput, receiver side, Gbit/s")
+    tstats = {n: common.spread(v) for n, v in tp["gbit"].items() if v}
+    rows = []
+    for n, cmd in tp["commands"].items():
+        if n in tstats:
+            s = tstats[n]
+            rows.append([n, f"{s['median']:.2f}", f"{s['p10']:.2f}", f"{s['p90']:.2f}",
+                         len(tp["gbit"][n]), len(tp["errors"][n]), cmd])
+        else:
+            rows.append([n, "-", "-", "-", 0, len(tp["errors"][n]), cmd])
+    print(common.table(["path", "median", "p10", "p90", "runs", "failed", "command"], rows))
+    for n, errs in tp["errors"].items():
+        for e in errs[:5]:
+            print(f"{n}: failed, {e}")
+    veth_n, lo_n = "container -> host (veth)", "host loopback"
+    if veth_n in tstats and lo_n in tstats:
+        r = tstats[veth_n]["median"] / tstats[lo_n]["median"]
+        ratios["veth / loopback"] = r
+        print()
+        verdicts["throughput"] = common.print_ratio("veth / loopback", r, TARGET_VS_LOOPBACK,
+                                                    ">=", of="loopback")
+        pr = [x[veth_n] / x[lo_n] for x in tp["per_round"] if veth_n in x and lo_n in x]
+        ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
+        print(f"  per-round ratios (the two paths back to back): "
+              f"{', '.join(f'{x:.2f}' for x in pr)}")
+        ctl_n = "control: bare veth pair"
+        if ctl_n in tstats:
+            ctl = tstats[ctl_n]["median"]
+            ratios["control / loopback"] = ctl / tstats[lo_n]["median"]
+            ratios["veth / control"] = tstats[veth_n]["median"] / ctl
+            print(f"  control (bare veth pair, no bridge, no ctrun) / loopback = "
+                  f"{ratios['control / loopback']:.2f}x: the kernel's own veth cost here")
+            print(f"  ctrun's path / control = {ratios['veth / control']:.2f}x: what ctrun's "
+                  f"bridge and rules add")
+    else:
+        verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
+        print(f"\n  veth / loopback: {verdicts['throughput']}")
+    print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
+          f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
+          f"over host-side veth {tp['veth']}")
+    return tstats
+
+
 # ------------------------------------------------------------------ main
 def measure(b):
     a = b.args
@@ -648,9 +693,8 @@ def measure(b):
     if "ctrun, bridge" in med and "podman, bridge" in med:
         r = med["ctrun, bridge"] / med["podman, bridge"]
         ratios["ctrun bridge / podman bridge"] = r
-        verdicts["startup"] = common.verdict(r <= TARGET_VS_PODMAN)
-        print(f"  ctrun / podman, both bridged = {r:.2f}x   (target <= {TARGET_VS_PODMAN}x "
-              f"podman: {verdicts['startup']})")
+        verdicts["startup"] = common.print_ratio("ctrun / podman, both bridged", r,
+                                                 TARGET_VS_PODMAN, of="podman")
     else:
         why = skipped.get("podman") or "a tool had no successful run"
         verdicts["startup"] = f"not measured: {why}"
@@ -658,7 +702,7 @@ def measure(b):
     if "ctrun, --net none" in med and "podman, --network none" in med:
         r = med["ctrun, --net none"] / med["podman, --network none"]
         ratios["ctrun none / podman none"] = r
-        print(f"  ctrun / podman, both without a network = {r:.2f}x   (context)")
+        common.print_ratio("ctrun / podman, both without a network", r, note="   (context)")
     for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
                          ("podman", "podman, bridge", "podman, --network none")):
         if a_ in med and b_ in med:
@@ -668,47 +712,7 @@ def measure(b):
                   f"medians); per-round paired: median {d['median']:+.1f}, p10 "
                   f"{d['p10']:+.1f}, p90 {d['p90']:+.1f} ms")
 
-    # ------------------------------------------------------------ report (b)
-    print("\n(b) TCP throughput, receiver side, Gbit/s")
-    tstats = {n: common.spread(v) for n, v in tp["gbit"].items() if v}
-    rows = []
-    for n, cmd in tp["commands"].items():
-        if n in tstats:
-            s = tstats[n]
-            rows.append([n, f"{s['median']:.2f}", f"{s['p10']:.2f}", f"{s['p90']:.2f}",
-                         len(tp["gbit"][n]), len(tp["errors"][n]), cmd])
-        else:
-            rows.append([n, "-", "-", "-", 0, len(tp["errors"][n]), cmd])
-    print(common.table(["path", "median", "p10", "p90", "runs", "failed", "command"], rows))
-    for n, errs in tp["errors"].items():
-        for e in errs[:5]:
-            print(f"{n}: failed, {e}")
-    veth_n, lo_n = "container -> host (veth)", "host loopback"
-    if veth_n in tstats and lo_n in tstats:
-        r = tstats[veth_n]["median"] / tstats[lo_n]["median"]
-        ratios["veth / loopback"] = r
-        verdicts["throughput"] = common.verdict(r >= TARGET_VS_LOOPBACK)
-        print(f"\n  veth / loopback = {r:.2f}x   (target >= {TARGET_VS_LOOPBACK}x loopback: "
-              f"{verdicts['throughput']})")
-        pr = [x[veth_n] / x[lo_n] for x in tp["per_round"] if veth_n in x and lo_n in x]
-        ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
-        print(f"  per-round ratios (the two paths back to back): "
-              f"{', '.join(f'{x:.2f}' for x in pr)}")
-        ctl_n = "control: bare veth pair"
-        if ctl_n in tstats:
-            ctl = tstats[ctl_n]["median"]
-            ratios["control / loopback"] = ctl / tstats[lo_n]["median"]
-            ratios["veth / control"] = tstats[veth_n]["median"] / ctl
-            print(f"  control (bare veth pair, no bridge, no ctrun) / loopback = "
-                  f"{ratios['control / loopback']:.2f}x: the kernel's own veth cost here")
-            print(f"  ctrun's path / control = {ratios['veth / control']:.2f}x: what ctrun's "
-                  f"bridge and rules add")
-    else:
-        verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
-        print(f"\n  veth / loopback: {verdicts['throughput']}")
-    print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
-          f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
-          f"over host-side veth {tp['veth']}")
+    tstats = report_throughput(tp, ratios, verdicts)
 
     notes = [
         f"ctrun's network: `ctrun network create {NET_NAME} --subnet {a.subnet}` (bridge "

@@ -65,6 +65,36 @@ def warm_runs(args, runs, warmup):
     return json.loads(p.stdout.strip().splitlines()[-1])[warmup:]
 
 
+def print_ratios(stats, hybrid):
+    """The ratios of the medians to ctrun's, and the target's verdict."""
+    ratios = {}
+    med = {n: s["median_ms"] for n, s in stats.items()}
+    print("\nratios of medians:")
+    if "ctrun" in med and "runc" in med:
+        r = med["ctrun"] / med["runc"]
+        ratios["ctrun/runc"] = r
+        common.print_ratio("ctrun/runc", r, TARGET_VS_RUNC, of="runc")
+    if "ctrun" in med and "crun" in med:
+        r = med["ctrun"] / med["crun"]
+        ratios["ctrun/crun"] = r
+        common.print_ratio("ctrun/crun", r, note=" (crun timed inside its unshare "
+                           "wrapper)" if hybrid else "")
+        if "unshare wrapper" in med and med["crun"] > med["unshare wrapper"]:
+            bare = med["crun"] - med["unshare wrapper"]
+            ratios["ctrun/crun_minus_wrapper"] = med["ctrun"] / bare
+            print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
+                  f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
+                  f"(estimate: {bare:.1f} ms)")
+    if "ctrun" in med and "ctrun, no .pyc" in med:
+        print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
+              f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
+    for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
+        if "ctrun" in med and floor in med:
+            print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
+                  f"ctrun run's {med['ctrun']:.1f} ms")
+    return ratios
+
+
 def measure(b):
     a = b.args
     peers = b.peers
@@ -171,32 +201,7 @@ def measure(b):
         common.arm_table("tool", list(tools), stats, failures, shown, skipped)
         common.print_not_measured(skipped)
 
-        ratios = {}
-        med = {n: s["median_ms"] for n, s in stats.items()}
-        print("\nratios of medians:")
-        if "ctrun" in med and "runc" in med:
-            r = med["ctrun"] / med["runc"]
-            ratios["ctrun/runc"] = r
-            print(f"  ctrun/runc = {r:.2f}x   (target <= {TARGET_VS_RUNC:.1f}x runc: "
-                  f"{common.verdict(r <= TARGET_VS_RUNC)})")
-        if "ctrun" in med and "crun" in med:
-            r = med["ctrun"] / med["crun"]
-            ratios["ctrun/crun"] = r
-            note = " (crun timed inside its unshare wrapper)" if hybrid else ""
-            print(f"  ctrun/crun = {r:.2f}x{note}")
-            if "unshare wrapper" in med and med["crun"] > med["unshare wrapper"]:
-                bare = med["crun"] - med["unshare wrapper"]
-                ratios["ctrun/crun_minus_wrapper"] = med["ctrun"] / bare
-                print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
-                      f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
-                      f"(estimate: {bare:.1f} ms)")
-        if "ctrun" in med and "ctrun, no .pyc" in med:
-            print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
-                  f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
-        for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
-            if "ctrun" in med and floor in med:
-                print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
-                      f"ctrun run's {med['ctrun']:.1f} ms")
+        ratios = print_ratios(stats, hybrid)
 
         notes = [
             "all tools run the same busybox rootfs (ctrun's image): runc/crun mount it "

@@ -148,8 +148,7 @@ def measure(b):
     print(f"\nboot to agent-ready, accel={accel}, guest 256M/1 vCPU, kernel {k.release}")
     print(common.table(["arm", "runs", "median ms", "min ms", "failed"], rows))
     if ratio is not None:
-        verdict = common.verdict(ratio <= TARGET_RATIO)
-        print(f"ctrun / hand-written: {ratio:.2f}x (target <= {TARGET_RATIO:.2f}x: {verdict})")
+        common.print_ratio("ctrun / hand-written", ratio, TARGET_RATIO)
     if accel == "kvm":
         ms = med["ctrun start"] * 1000
         print(f"KVM agent-ready: {ms:.0f} ms (target <= {KVM_TARGET_MS} ms: "

@@ -372,6 +372,17 @@ def verdict(ok):
     return "MET" if ok else "NOT MET"
 
 
+def print_ratio(label, r, target=None, op="<=", of="", note=""):
+    """One line of a ratio, `  LABEL = R.RRx   (target <= Tx OF: MET)` when it has a
+    target (op "<=" or ">="); returns the verdict, or None without a target."""
+    if target is None:
+        print(f"  {label} = {r:.2f}x{note}")
+        return None
+    v = verdict(r <= target if op == "<=" else r >= target)
+    print(f"  {label} = {r:.2f}x{note}   (target {op} {target}x{' ' + of if of else ''}: {v})")
+    return v
+
+
 def print_notes(notes):
     print("\nnotes:")
     for n in notes:
