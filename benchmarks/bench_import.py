@@ -348,6 +348,32 @@ def measure_sharing(ws, layout):
     return usage, images_usage
 
 
+def report_sharing(usage, images_usage):
+    """What the second image added to the store, against the target; returns it for the
+    JSON."""
+    one = usage["one image"][0] - usage["empty"][0]
+    extra = usage["two images"][0] - usage["one image"][0]
+    share = extra / one if one else float("nan")
+    print()
+    print(common.table(
+        ["store", "allocated", "apparent", "inodes"],
+        [[k, fmt_mb(v[0]), fmt_mb(v[1]), v[2]] for k, v in usage.items()]))
+    print(f"\nsecond image sharing the layers adds {extra} bytes ({fmt_mb(extra)}), "
+          f"{share * 100:.1f}% of the first image's {fmt_mb(one)}   target: no duplicate "
+          f"bytes (<= {SHARE_TOLERANCE * 100:.0f}%)   "
+          f"{common.verdict(share <= SHARE_TOLERANCE)}")
+    img_extra = images_usage["two images"][0] - images_usage["one image"][0]
+    print(f"  (<store>/images alone: +{fmt_mb(img_extra)} for the second image, the rest "
+          "is its own sixth layer under <store>/layers; allocated blocks, each inode "
+          "counted once)")
+    fields = ("allocated", "apparent", "inodes")
+    return {"store_usage": {k: dict(zip(fields, v)) for k, v in usage.items()},
+            "images_usage": {k: dict(zip(fields, v)) for k, v in images_usage.items()},
+            "first_image_bytes": one, "second_image_extra_bytes": extra,
+            "extra_fraction": share, "tolerance_fraction": SHARE_TOLERANCE,
+            "met": share <= SHARE_TOLERANCE}
+
+
 def measure(b):
     a = b.args
     peers = b.peers
@@ -454,21 +480,7 @@ def measure(b):
         print(f"  (ctrun applies {mbps:.0f} MiB/s of layer tar; umoci also writes an mtree "
               "manifest of the rootfs and a runtime config.json)")
 
-        one = usage["one image"][0] - usage["empty"][0]
-        extra = usage["two images"][0] - usage["one image"][0]
-        share = extra / one if one else float("nan")
-        print()
-        print(common.table(
-            ["store", "allocated", "apparent", "inodes"],
-            [[k, fmt_mb(v[0]), fmt_mb(v[1]), v[2]] for k, v in usage.items()]))
-        print(f"\nsecond image sharing the layers adds {extra} bytes ({fmt_mb(extra)}), "
-              f"{share * 100:.1f}% of the first image's {fmt_mb(one)}   target: no duplicate "
-              f"bytes (<= {SHARE_TOLERANCE * 100:.0f}%)   "
-              f"{common.verdict(share <= SHARE_TOLERANCE)}")
-        img_extra = images_usage["two images"][0] - images_usage["one image"][0]
-        print(f"  (<store>/images alone: +{fmt_mb(img_extra)} for the second image, the rest "
-              "is its own sixth layer under <store>/layers; allocated blocks, each inode "
-              "counted once)")
+        sharing = report_sharing(usage, images_usage)
 
         result = {"params": {"runs": a.runs, "warmup": a.warmup, "size_mb": a.size_mb,
                              "seed": a.seed, "layers": LAYERS},
@@ -478,13 +490,7 @@ def measure(b):
                   "samples_ms": common.samples_ms(samples),
                   "tree_differences": diffs[:50], "tree_difference_count": len(diffs),
                   "imported_config": {k: inspect.get(k) for k in ("cmd", "env", "workdir")},
-                  "sharing": {"store_usage": {k: dict(zip(("allocated", "apparent", "inodes"), v))
-                                              for k, v in usage.items()},
-                              "images_usage": {k: dict(zip(("allocated", "apparent", "inodes"),
-                                                           v)) for k, v in images_usage.items()},
-                              "first_image_bytes": one, "second_image_extra_bytes": extra,
-                              "extra_fraction": share, "tolerance_fraction": SHARE_TOLERANCE,
-                              "met": share <= SHARE_TOLERANCE},
+                  "sharing": sharing,
                   "notes": ["page cache warm (warm-up runs discarded); `sync` untimed after "
                             "every round so no run pays for another's writeback",
                             "umoci unpack as root; it also hashes the unpacked rootfs into an "

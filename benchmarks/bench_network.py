@@ -538,6 +538,42 @@ class Teardown:
             self.podman.teardown(self.ws.leaks)
 
 
+def report_startup(arms, shown, skipped, stats, failed, fail_msgs, kept):
+    """(a)'s table and ratios; returns (ratios, verdicts, the network's cost per tool)."""
+    print("\n(a) start-up, wall time of the whole command")
+    names = ("ctrun, bridge", "ctrun, --net none", "podman, bridge", "podman, --network none")
+    common.arm_table("arm", names, stats, failed, shown, [n for n in names if n not in arms])
+    common.print_not_measured(skipped)
+    for n, msgs in fail_msgs.items():
+        for m in msgs[:5]:
+            print(f"{n}: failed run, {m}")
+    med = {n: s["median_ms"] for n, s in stats.items()}
+    ratios, verdicts, net_cost = {}, {}, {}
+    print("\nratios of medians:")
+    if "ctrun, bridge" in med and "podman, bridge" in med:
+        r = med["ctrun, bridge"] / med["podman, bridge"]
+        ratios["ctrun bridge / podman bridge"] = r
+        verdicts["startup"] = common.print_ratio("ctrun / podman, both bridged", r,
+                                                 TARGET_VS_PODMAN, of="podman")
+    else:
+        why = skipped.get("podman") or "a tool had no successful run"
+        verdicts["startup"] = f"not measured: {why}"
+        print(f"  ctrun / podman, both bridged: not measured ({why})")
+    if "ctrun, --net none" in med and "podman, --network none" in med:
+        r = med["ctrun, --net none"] / med["podman, --network none"]
+        ratios["ctrun none / podman none"] = r
+        common.print_ratio("ctrun / podman, both without a network", r, note="   (context)")
+    for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
+                         ("podman", "podman, bridge", "podman, --network none")):
+        if a_ in med and b_ in med:
+            d = common.spread(common.paired(kept, a_, b_))
+            net_cost[tool] = {"difference_of_medians_ms": med[a_] - med[b_], "paired_ms": d}
+            print(f"  network cost, {tool}: {med[a_] - med[b_]:+.1f} ms (difference of "
+                  f"medians); per-round paired: median {d['median']:+.1f}, p10 "
+                  f"{d['p10']:+.1f}, p90 {d['p90']:+.1f} ms")
+    return ratios, verdicts, net_cost
+
+
 def report_throughput(tp, ratios, verdicts):
     """(b)'s table and ratios, added to ratios and verdicts; returns the paths' stats."""
     print("\n(b) TCP throughput, receiver side, Gbit/s")
@@ -678,40 +714,9 @@ def measure(b):
                            "{{.Store.GraphDriverName}}"), env=pm.env)
             podman_info = p.stdout.strip() or p.stderr.strip()
 
-    # ------------------------------------------------------------ report (a)
     stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
-    print("\n(a) start-up, wall time of the whole command")
-    names = ("ctrun, bridge", "ctrun, --net none", "podman, bridge", "podman, --network none")
-    common.arm_table("arm", names, stats, failed, shown, [n for n in names if n not in arms])
-    common.print_not_measured(skipped)
-    for n, msgs in fail_msgs.items():
-        for m in msgs[:5]:
-            print(f"{n}: failed run, {m}")
-    med = {n: s["median_ms"] for n, s in stats.items()}
-    ratios, verdicts, net_cost = {}, {}, {}
-    print("\nratios of medians:")
-    if "ctrun, bridge" in med and "podman, bridge" in med:
-        r = med["ctrun, bridge"] / med["podman, bridge"]
-        ratios["ctrun bridge / podman bridge"] = r
-        verdicts["startup"] = common.print_ratio("ctrun / podman, both bridged", r,
-                                                 TARGET_VS_PODMAN, of="podman")
-    else:
-        why = skipped.get("podman") or "a tool had no successful run"
-        verdicts["startup"] = f"not measured: {why}"
-        print(f"  ctrun / podman, both bridged: not measured ({why})")
-    if "ctrun, --net none" in med and "podman, --network none" in med:
-        r = med["ctrun, --net none"] / med["podman, --network none"]
-        ratios["ctrun none / podman none"] = r
-        common.print_ratio("ctrun / podman, both without a network", r, note="   (context)")
-    for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
-                         ("podman", "podman, bridge", "podman, --network none")):
-        if a_ in med and b_ in med:
-            d = common.spread(common.paired(kept, a_, b_))
-            net_cost[tool] = {"difference_of_medians_ms": med[a_] - med[b_], "paired_ms": d}
-            print(f"  network cost, {tool}: {med[a_] - med[b_]:+.1f} ms (difference of "
-                  f"medians); per-round paired: median {d['median']:+.1f}, p10 "
-                  f"{d['p10']:+.1f}, p90 {d['p90']:+.1f} ms")
-
+    ratios, verdicts, net_cost = report_startup(arms, shown, skipped, stats, failed, fail_msgs,
+                                                kept)
     tstats = report_throughput(tp, ratios, verdicts)
 
     notes = [
