@@ -20,7 +20,6 @@ layers stacked read-only by overlayfs in a private mount namespace of a child pr
 Run as root:  benchmarks/bench_import.py [--runs 5] [--warmup 1] [--size-mb 100]
 """
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -45,25 +44,6 @@ MIB = 1 << 20
 # low-entropy text: 16 symbols, ~4 bits a byte, so gzip halves it and has real work to do
 TEXT = bytes.maketrans(bytes(range(256)), bytes(b"etaoinshrdlu \n.,"[i % 16]
                                                 for i in range(256)))
-
-
-def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per tool (default 5)")
-    ap.add_argument("--warmup", type=int, default=1, help="discarded runs (default 1)")
-    ap.add_argument("--size-mb", type=int, default=100,
-                    help="file content of the image in MiB, over 5 layers (default 100)")
-    ap.add_argument("--seed", type=int, default=1, help="seed of the generated image")
-    a = ap.parse_args()
-    if a.runs < 1 or a.warmup < 0 or a.size_mb < 5:
-        die("--runs must be >= 1, --warmup >= 0, --size-mb >= 5")
-    common.require_root()
-    common.ctrun_bin()
-    return a
-
-
-def die(msg):
-    common.die(msg)
 
 
 # ------------------------------------------------------------------ the generated image
@@ -336,34 +316,67 @@ def disk_usage(root):
 
 
 # ------------------------------------------------------------------ timing
-def timed_rounds(arms, runs, warmup, reset):
-    """common.interleave one round at a time, the order rotating each round, with reset()
-    (untimed) after every round; the first `warmup` rounds are discarded."""
-    names = list(arms)
-    samples, failed = {n: [] for n in names}, {n: 0 for n in names}
-    for rnd in range(warmup + runs):
-        k = rnd % len(names)
-        s, f, _ = common.interleave({n: arms[n] for n in names[k:] + names[:k]}, 1, 0)
-        reset()
-        for n in names:
-            failed[n] += f[n]
-            if rnd >= warmup:
-                samples[n] += s[n]
-        print(f"  round {rnd + 1}/{warmup + runs}"
-              f"{' (warm-up)' if rnd < warmup else ''}: "
-              + ", ".join(f"{n} {s[n][0]:.2f} s" if s[n] else f"{n} FAILED" for n in names),
-              flush=True)
-    return samples, failed
-
-
 def fmt_mb(n):
     return f"{n / MIB:.1f} MiB"
 
 
-def main():
-    a = parse_args()
-    common.reexec_with_ctrun_python()
-    peers = common.Peers()
+def measure_sharing(ws, layout):
+    """The store's usage (allocated, apparent, inodes) empty, with the image, with a second
+    one sharing its layers, and after both are removed; and the same for <store>/images."""
+    images = ws.store / "images"
+    # sharing: a second image made of the same 5 layers and a small sixth one
+    print("bench_import: importing the image and a second one sharing its layers, for "
+          "the store's usage", flush=True)
+    derive_layout(layout, ws.tmp / "layout2")
+    usage = {"empty": disk_usage(ws.store)}
+    images_usage = {"empty": disk_usage(images)}
+    for step, nm, src in (("one image", "shared-a", layout),
+                          ("two images", "shared-b", ws.tmp / "layout2")):
+        ws.ctrun_check("image", "import", str(src), nm, timeout=600)
+        os.sync()
+        usage[step] = disk_usage(ws.store)
+        images_usage[step] = disk_usage(images)
+    for nm in ("shared-a", "shared-b"):
+        ok, msg = common.probe(ws.ctrun_cmd("image", "rm", nm))
+        if not ok:
+            ws.leaks.append(f"`ctrun image rm {nm}` failed: {msg}")
+    usage["after rm"] = disk_usage(ws.store)
+    residue = usage["after rm"][0] - usage["empty"][0]
+    if residue > 64 * 1024:
+        ws.leaks.append(f"the store holds {residue} bytes more after `ctrun image rm` of "
+                        "both images than before they were imported")
+    return usage, images_usage
+
+
+def report_sharing(usage, images_usage):
+    """What the second image added to the store, against the target; returns it for the
+    JSON."""
+    one = usage["one image"][0] - usage["empty"][0]
+    extra = usage["two images"][0] - usage["one image"][0]
+    share = extra / one if one else float("nan")
+    print()
+    print(common.table(
+        ["store", "allocated", "apparent", "inodes"],
+        [[k, fmt_mb(v[0]), fmt_mb(v[1]), v[2]] for k, v in usage.items()]))
+    print(f"\nsecond image sharing the layers adds {extra} bytes ({fmt_mb(extra)}), "
+          f"{share * 100:.1f}% of the first image's {fmt_mb(one)}   target: no duplicate "
+          f"bytes (<= {SHARE_TOLERANCE * 100:.0f}%)   "
+          f"{common.verdict(share <= SHARE_TOLERANCE)}")
+    img_extra = images_usage["two images"][0] - images_usage["one image"][0]
+    print(f"  (<store>/images alone: +{fmt_mb(img_extra)} for the second image, the rest "
+          "is its own sixth layer under <store>/layers; allocated blocks, each inode "
+          "counted once)")
+    fields = ("allocated", "apparent", "inodes")
+    return {"store_usage": {k: dict(zip(fields, v)) for k, v in usage.items()},
+            "images_usage": {k: dict(zip(fields, v)) for k, v in images_usage.items()},
+            "first_image_bytes": one, "second_image_extra_bytes": extra,
+            "extra_fraction": share, "tolerance_fraction": SHARE_TOLERANCE,
+            "met": share <= SHARE_TOLERANCE}
+
+
+def measure(b):
+    a = b.args
+    peers = b.peers
     peers.need("umoci", "umoci")  # the merged view is ctrun's own layers.merged
     with common.Workspace("import") as ws:
         layout = ws.tmp / "layout"
@@ -425,7 +438,15 @@ def main():
 
         print(f"bench_import: timing {a.runs} runs (+{a.warmup} warm-up) of each, interleaved",
               flush=True)
-        samples, failed = timed_rounds(arms, a.runs, a.warmup, reset)
+
+        def after_round(rnd, this):
+            reset()
+            print(f"  round {rnd + 1}/{a.warmup + a.runs}"
+                  f"{' (warm-up)' if rnd < a.warmup else ''}: "
+                  + ", ".join(f"{n} {this[n]:.2f} s" if this[n] is not None else
+                              f"{n} FAILED" for n in arms), flush=True)
+        samples, failed, _ = common.rounds({n: common.command(argv) for n, argv in arms.items()},
+                                           a.runs, a.warmup, after_round=after_round)
         for label, n in failed.items():
             if n:
                 ok, msg = common.probe(arms[label], timeout=600)
@@ -433,27 +454,7 @@ def main():
                                 f"{'ok' if ok else msg}")
                 reset()
 
-        # sharing: a second image made of the same 5 layers and a small sixth one
-        print("bench_import: importing the image and a second one sharing its layers, for "
-              "the store's usage", flush=True)
-        derive_layout(layout, ws.tmp / "layout2")
-        usage = {"empty": disk_usage(ws.store)}
-        images_usage = {"empty": disk_usage(images)}
-        for step, nm, src in (("one image", "shared-a", layout),
-                              ("two images", "shared-b", ws.tmp / "layout2")):
-            ws.ctrun_check("image", "import", str(src), nm, timeout=600)
-            os.sync()
-            usage[step] = disk_usage(ws.store)
-            images_usage[step] = disk_usage(images)
-        for nm in ("shared-a", "shared-b"):
-            ok, msg = common.probe(ws.ctrun_cmd("image", "rm", nm))
-            if not ok:
-                ws.leaks.append(f"`ctrun image rm {nm}` failed: {msg}")
-        usage["after rm"] = disk_usage(ws.store)
-        residue = usage["after rm"][0] - usage["empty"][0]
-        if residue > 64 * 1024:
-            ws.leaks.append(f"the store holds {residue} bytes more after `ctrun image rm` of "
-                            "both images than before they were imported")
+        usage, images_usage = measure_sharing(ws, layout)
         ws.check_clean("after removing every image")
 
         # ---------------------------------------------------------------- report
@@ -472,52 +473,37 @@ def main():
         ratio = None
         if "umoci unpack" in stats:
             ratio = stats["ctrun image import"]["median_ms"] / stats["umoci unpack"]["median_ms"]
-            print(f"\nctrun / umoci (medians): {ratio:.2f}x   target <= {TARGET_RATIO}x   "
-                  f"{'MET' if ratio <= TARGET_RATIO else 'NOT MET'}")
+            print()
+            common.print_ratio("ctrun / umoci (medians)", ratio, TARGET_RATIO, of="umoci")
         else:
             print(f"\nctrun / umoci: not measured: {peers.unavailable['umoci']}")
         print(f"  (ctrun applies {mbps:.0f} MiB/s of layer tar; umoci also writes an mtree "
               "manifest of the rootfs and a runtime config.json)")
 
-        one = usage["one image"][0] - usage["empty"][0]
-        extra = usage["two images"][0] - usage["one image"][0]
-        share = extra / one if one else float("nan")
-        print()
-        print(common.table(
-            ["store", "allocated", "apparent", "inodes"],
-            [[k, fmt_mb(v[0]), fmt_mb(v[1]), v[2]] for k, v in usage.items()]))
-        print(f"\nsecond image sharing the layers adds {extra} bytes ({fmt_mb(extra)}), "
-              f"{share * 100:.1f}% of the first image's {fmt_mb(one)}   target: no duplicate "
-              f"bytes (<= {SHARE_TOLERANCE * 100:.0f}%)   "
-              f"{'MET' if share <= SHARE_TOLERANCE else 'NOT MET'}")
-        img_extra = images_usage["two images"][0] - images_usage["one image"][0]
-        print(f"  (<store>/images alone: +{fmt_mb(img_extra)} for the second image, the rest "
-              "is its own sixth layer under <store>/layers; allocated blocks, each inode "
-              "counted once)")
+        sharing = report_sharing(usage, images_usage)
 
         result = {"params": {"runs": a.runs, "warmup": a.warmup, "size_mb": a.size_mb,
                              "seed": a.seed, "layers": LAYERS},
                   "image": desc, "umoci_version": common.tool_version(["umoci", "--version"]),
                   "target_ratio": TARGET_RATIO, "stats": stats, "ratio_ctrun_over_umoci": ratio,
                   "peers_unavailable": peers.unavailable,
-                  "samples_ms": {k: [round(x * 1000, 3) for x in v] for k, v in samples.items()},
+                  "samples_ms": common.samples_ms(samples),
                   "tree_differences": diffs[:50], "tree_difference_count": len(diffs),
                   "imported_config": {k: inspect.get(k) for k in ("cmd", "env", "workdir")},
-                  "sharing": {"store_usage": {k: dict(zip(("allocated", "apparent", "inodes"), v))
-                                              for k, v in usage.items()},
-                              "images_usage": {k: dict(zip(("allocated", "apparent", "inodes"),
-                                                           v)) for k, v in images_usage.items()},
-                              "first_image_bytes": one, "second_image_extra_bytes": extra,
-                              "extra_fraction": share, "tolerance_fraction": SHARE_TOLERANCE,
-                              "met": share <= SHARE_TOLERANCE},
+                  "sharing": sharing,
                   "notes": ["page cache warm (warm-up runs discarded); `sync` untimed after "
                             "every round so no run pays for another's writeback",
                             "umoci unpack as root; it also hashes the unpacked rootfs into an "
                             "mtree manifest and writes a runtime config.json",
                             "disk usage is allocated blocks of the whole store, each inode "
                             "counted once (so hard links and shared files count once)"]}
-    return ws.finish("bench_import", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    b = common.Bench("bench_import", __doc__, runs=(5, "timed runs per tool"), warmup=1,
+                     warmup_help="discarded runs", imports_ctrun=True)
+    b.option("--size-mb", type=int, default=100, min=5,
+             help="file content of the image in MiB, over 5 layers (default 100)")
+    b.option("--seed", type=int, default=1, help="seed of the generated image")
+    b.main(measure)

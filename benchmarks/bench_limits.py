@@ -11,7 +11,6 @@ limits) + remove() against create() + remove(), alternating, to show where the c
 Run as root:  benchmarks/bench_limits.py [--runs 30] [--warmup 3] [--api-runs 200]
 """
 
-import argparse
 import os
 import sys
 import time
@@ -84,11 +83,6 @@ def check_applied(ws, args, lim):
         raise RuntimeError("ctrun run did not apply the limits: " + "; ".join(wrong))
 
 
-def paired(rounds, a, b):
-    """Per-round differences a - b in ms, rounds where both succeeded."""
-    return [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
-
-
 def time_cgroups(lim, runs, warmup):
     """{step: [µs]} of create/apply/remove with the limits and create/remove without."""
     from ctrun import cgroups
@@ -146,26 +140,30 @@ def time_parse(opts, runs):
     return out
 
 
-def summ(values):
-    return {"n": len(values), "median": common.percentile(values, 50),
-            "p10": common.percentile(values, 10), "p90": common.percentile(values, 90),
-            "min": min(values) if values else None, "max": max(values) if values else None}
+def report_cgroups(cg, parse_us, lim, api_runs):
+    """(b)'s table: where the cgroup work's time goes."""
+    from ctrun.cgroups import detect
+    cgs = {k: common.spread(v, extremes=True) for k, v in cg.items()}
+    cgs["parse + host check [limits]"] = common.spread(parse_us, extremes=True)
+    order = ["create [none]", "remove [none]", "total [none]", "create [limits]",
+             "apply [limits]", "remove [limits]", "total [limits]",
+             "parse + host check [limits]"]
+    print(f"\n(b) cgroup work in-process (ctrun.cgroups, {detect().kind} layout), "
+          f"{api_runs} cycles per arm")
+    print(common.table(["step [arm]", "median us", "p10 us", "p90 us"],
+                       [[k, f"{cgs[k]['median']:.0f}", f"{cgs[k]['p10']:.0f}",
+                         f"{cgs[k]['p90']:.0f}"] for k in order]))
+    cg_diff = cgs["total [limits]"]["median"] - cgs["total [none]"]["median"]
+    print(f"\n  create + apply + remove minus create + remove: {cg_diff:+.0f} us "
+          f"(difference of medians); apply alone {cgs['apply [limits]']['median']:.0f} us "
+          f"for {len(lim.set_fields())} limits")
+    print(f"  parsing the options and checking the host (`ctrun create`): "
+          f"{cgs['parse + host check [limits]']['median']:.0f} us")
+    return cgs, cg_diff
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=30, help="CLI runs per arm (default 30)")
-    ap.add_argument("--warmup", type=int, default=3, help="discarded CLI rounds (default 3)")
-    ap.add_argument("--api-runs", type=int, default=200,
-                    help="in-process cgroup cycles per arm (default 200)")
-    ap.add_argument("--device", help="block device for the --device-* throttles "
-                    "(default: the first disk in /sys/block)")
-    a = ap.parse_args()
-    if a.runs < 1 or a.warmup < 0 or a.api_runs < 1:
-        common.die("--runs and --api-runs must be >= 1, --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    common.reexec_with_ctrun_python()
+def measure(b):
+    a = b.args
     from ctrun.cgroups import detect
     from ctrun.cgroups.limits import from_options, unsupported
 
@@ -194,7 +192,7 @@ def main():
                                     "'no limits')"}
         print(f"bench_limits: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
               f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
-        samples, failed, rounds = common.interleave(arms, a.runs, a.warmup, progress=True)
+        samples, failed, kept = common.interleave(arms, a.runs, a.warmup, progress=True)
         ws.check_clean("after the CLI runs")
 
         print(f"bench_limits: (b) {a.api_runs} in-process cgroup cycles per arm "
@@ -210,23 +208,22 @@ def main():
     stats = {n: {**common.summary_ms(s), "failed": failed[n]} for n, s in samples.items()}
     print("\n(a) end to end, CLI wall time")
     print(common.table(["arm", "median ms", "p10 ms", "p90 ms", "failed"],
-                       [[n, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}", f"{s['p90_ms']:.1f}",
-                         s["failed"]] for n, s in stats.items()]))
+                       [[n, *common.fmt_ms(s), s["failed"]] for n, s in stats.items()]))
     med = {n: s["median_ms"] for n, s in stats.items()}
     diff = med["all limits"] - med["no limits"]
     ratio = med["all limits"] / med["no limits"]
-    d_pair = paired(rounds, "all limits", "no limits")
-    aa_pair = paired(rounds, "no limits (A/A)", "no limits")
-    verdict = "MET" if diff <= TARGET_MS else "NOT MET"
+    d_pair = common.spread(common.paired(kept, "all limits", "no limits"))
+    aa_pair = common.spread(common.paired(kept, "no limits (A/A)", "no limits"))
+    verdict = common.verdict(diff <= TARGET_MS)
     print(f"\n  difference of medians (all limits - no limits): {diff:+.2f} ms   "
           f"ratio {ratio:.3f}x")
-    print(f"  per-round paired differences (all limits - no limits), {len(d_pair)} rounds: "
-          f"median {common.percentile(d_pair, 50):+.2f} ms, p10 "
-          f"{common.percentile(d_pair, 10):+.2f}, p90 {common.percentile(d_pair, 90):+.2f}")
+    print(f"  per-round paired differences (all limits - no limits), {d_pair['n']} rounds: "
+          f"median {d_pair['median']:+.2f} ms, p10 {d_pair['p10']:+.2f}, p90 "
+          f"{d_pair['p90']:+.2f}")
     print(f"  A/A control (no limits again - no limits): difference of medians "
           f"{med['no limits (A/A)'] - med['no limits']:+.2f} ms; paired p10 "
-          f"{common.percentile(aa_pair, 10):+.2f}, median {common.percentile(aa_pair, 50):+.2f}, "
-          f"p90 {common.percentile(aa_pair, 90):+.2f} ms (the noise floor of one difference)")
+          f"{aa_pair['p10']:+.2f}, median {aa_pair['median']:+.2f}, p90 {aa_pair['p90']:+.2f} "
+          "ms (the noise floor of one difference)")
     print(f"  target: limits add <= {TARGET_MS:.0f} ms to `ctrun run` (difference of medians): "
           f"{verdict}")
     aa_diff = abs(med["no limits (A/A)"] - med["no limits"])
@@ -234,23 +231,7 @@ def main():
         print(f"  caution: the two identical arms' medians are {aa_diff:.1f} ms apart, so a "
               "difference of that size is noise here; more --runs narrows it")
 
-    # ---- (b)
-    cgs = {k: summ(v) for k, v in cg.items()}
-    cgs["parse + host check [limits]"] = summ(parse_us)
-    order = ["create [none]", "remove [none]", "total [none]", "create [limits]",
-             "apply [limits]", "remove [limits]", "total [limits]",
-             "parse + host check [limits]"]
-    print(f"\n(b) cgroup work in-process (ctrun.cgroups, {detect().kind} layout), "
-          f"{a.api_runs} cycles per arm")
-    print(common.table(["step [arm]", "median us", "p10 us", "p90 us"],
-                       [[k, f"{cgs[k]['median']:.0f}", f"{cgs[k]['p10']:.0f}",
-                         f"{cgs[k]['p90']:.0f}"] for k in order]))
-    cg_diff = cgs["total [limits]"]["median"] - cgs["total [none]"]["median"]
-    print(f"\n  create + apply + remove minus create + remove: {cg_diff:+.0f} us "
-          f"(difference of medians); apply alone {cgs['apply [limits]']['median']:.0f} us "
-          f"for {len(lim.set_fields())} limits")
-    print(f"  parsing the options and checking the host (`ctrun create`): "
-          f"{cgs['parse + host check [limits]']['median']:.0f} us")
+    cgs, cg_diff = report_cgroups(cg, parse_us, lim, a.api_runs)
 
     notes = [
         "(a) times the whole CLI: create (parse + check the limits, write the config), "
@@ -266,9 +247,7 @@ def main():
     ]
     if not disk:
         notes.append("no real block device was found: the --device-* throttles were left out")
-    print("\nnotes:")
-    for n in notes:
-        print(f"  - {n}")
+    common.print_notes(notes)
 
     result = {
         "params": {"runs": a.runs, "warmup": a.warmup, "api_runs": a.api_runs,
@@ -276,22 +255,22 @@ def main():
         "limits": lim.to_dict(), "limit_args": args,
         "commands": shown, "target": f"difference of medians <= {TARGET_MS} ms",
         "cli": {"stats": stats, "difference_of_medians_ms": diff, "ratio": ratio,
-                "paired_diff_ms": {"median": common.percentile(d_pair, 50),
-                                   "p10": common.percentile(d_pair, 10),
-                                   "p90": common.percentile(d_pair, 90), "n": len(d_pair)},
-                "aa_paired_diff_ms": {"median": common.percentile(aa_pair, 50),
-                                      "p10": common.percentile(aa_pair, 10),
-                                      "p90": common.percentile(aa_pair, 90)},
-                "verdict": verdict,
-                "samples_ms": {n: [round(x * 1000, 3) for x in s] for n, s in samples.items()}},
+                "paired_diff_ms": d_pair, "aa_paired_diff_ms": aa_pair, "verdict": verdict,
+                "samples_ms": common.samples_ms(samples)},
         "cgroups_us": {"layout": detect().kind, "stats": cgs,
                        "difference_of_medians_us": cg_diff,
                        "samples_us": {k: [round(x, 1) for x in v] for k, v in cg.items()},
                        "parse_samples_us": [round(x, 1) for x in parse_us]},
         "notes": notes,
         "ctrun_imported_from": os.path.dirname(sys.modules["ctrun"].__file__)}
-    return ws.finish("bench_limits", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    b = common.Bench("bench_limits", __doc__, runs=(30, "CLI runs per arm"), warmup=3,
+                     warmup_help="discarded CLI rounds", imports_ctrun=True)
+    b.option("--api-runs", type=int, default=200, min=1,
+             help="in-process cgroup cycles per arm (default 200)")
+    b.option("--device", help="block device for the --device-* throttles "
+             "(default: the first disk in /sys/block)")
+    b.main(measure)

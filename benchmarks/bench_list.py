@@ -17,20 +17,17 @@ import common  # noqa: E402
 TARGET_MS = 300.0
 
 
-def main():
-    a = common.scale_args(__doc__, 500, "containers")
+def measure(b):
+    a = b.args
     from ctrun.api import Ctrun
 
     with common.Workspace("list") as ws:
         ws.build_image()
         ct = Ctrun(str(ws.store))
-        empty_root = ws.empty_store()
         cmds = {"ctrun list --all": ws.ctrun_cmd("list", "--all"),
                 "ctrun list": ws.ctrun_cmd("list")}
-        timed_cmds = {(label, scale): argv[:1] + (["--root", str(empty_root)]
-                                                  if scale == "empty store" else []) + argv[1:]
-                      for label, argv in cmds.items()
-                      for scale in ("empty store", f"{a.count} created")}
+        full = f"{a.count} created"
+        timed_cmds = common.against_empty(cmds, full, ws.empty_store())
 
         print(f"bench_list: creating {a.count} containers through the Python API", flush=True)
         names = [f"c{i}" for i in range(a.count)]
@@ -57,49 +54,34 @@ def main():
         destroy_s = time.perf_counter() - t0
         ws.check_clean("after destroying every container")
 
-        stats = {}
-        rows = []
-        for (label, scale), argv in timed_cmds.items():
-            if not samples[(label, scale)]:
-                raise RuntimeError(f"every run of `{' '.join(argv)}` failed")
-            s = common.summary_ms(samples[(label, scale)])
-            stats[f"{label} [{scale}]"] = {**s, "failed": failed[(label, scale)]}
-            is_target = scale != "empty store"
-            verdict = ("MET" if s["median_ms"] < TARGET_MS else "NOT MET") if is_target else "-"
-            rows.append([label, scale, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}",
-                         f"{s['p90_ms']:.1f}", failed[(label, scale)],
-                         f"< {TARGET_MS:.0f} ms" if is_target else "-", verdict])
-        rows.sort(key=lambda r: (r[1] != "empty store", r[0]))
-        print()
-        print(common.table(["command", "store", "median ms", "p10 ms", "p90 ms", "failed",
-                            "target", "verdict"], rows))
+        stats = common.scale_report(timed_cmds, samples, failed,
+                                    lambda label, store: store == full, TARGET_MS, sort=True)
         print("\nratios of medians (full / empty store):")
         ratios = {}
         for label in cmds:
-            r = (stats[f"{label} [{a.count} created]"]["median_ms"]
-                 / stats[f"{label} [empty store]"]["median_ms"])
-            ratios[label] = r
-            per = (stats[f"{label} [{a.count} created]"]["median_ms"]
-                   - stats[f"{label} [empty store]"]["median_ms"]) / a.count * 1000
-            print(f"  {label}: {r:.2f}x  (~{per:.0f} us per container)")
+            m_full = stats[f"{label} [{full}]"]["median_ms"]
+            m_empty = stats[f"{label} [empty store]"]["median_ms"]
+            ratios[label] = m_full / m_empty
+            print(f"  {label}: {ratios[label]:.2f}x  "
+                  f"(~{(m_full - m_empty) / a.count * 1000:.0f} us per container)")
         for label in cmds:
-            m = stats[f"{label} [{a.count} created]"]["median_ms"]
+            m = stats[f"{label} [{full}]"]["median_ms"]
             print(f"  {label} at {a.count}: {m / TARGET_MS:.2f}x the {TARGET_MS:.0f} ms target")
         print(f"\n(informational) API create of {a.count}: {create_s:.1f} s "
               f"({create_s / a.count * 1000:.1f} ms each); API destroy: {destroy_s:.1f} s "
               f"({destroy_s / a.count * 1000:.1f} ms each)")
         result = {"params": {"count": a.count, "runs": a.runs, "warmup": a.warmup},
                   "target_ms": TARGET_MS, "stats": stats, "ratios_full_over_empty": ratios,
-                  "samples_ms": {f"{k[0]} [{k[1]}]": [round(x * 1000, 3) for x in v]
-                                 for k, v in samples.items()},
+                  "samples_ms": common.samples_ms({f"{k[0]} [{k[1]}]": v
+                                                   for k, v in samples.items()}),
                   "api_create_s": create_s, "api_destroy_s": destroy_s,
                   "notes": ["page cache warm (warm-up runs discarded)",
                             "the empty-store rows are the same commands with --root pointing "
                             "at an empty store, timed in the same interleaved rounds",
                             "all containers are in state 'created'; `ctrun list` still "
                             "reads every container to find the running ones"]}
-    return ws.finish("bench_list", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    common.scale_bench("bench_list", __doc__, 500, "containers").main(measure)

@@ -9,7 +9,6 @@ supervising runc containers of the same rootfs.  Target: <= 0.5 MB per container
 Run as root:  benchmarks/bench_monitor_memory.py [--counts 1,10,20] [--settle 1]
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ TARGET_KB = 512
 SLEEP = ["sleep", "100000"]
 
 
-def measure(owned):
+def memory(owned):
     """Sum PSS/RSS over pids; returns (total pss kB, total rss kB, per-process rows)."""
     rows = []
     for pid in sorted(owned):
@@ -73,8 +72,8 @@ def ctrun_phase(ws, counts, settle):
             raise RuntimeError(f"ctrun list shows {len(running)} running containers, "
                                f"expected {n}")
         owned, workload, monitors = ctrun_processes(ws, [r["pid"] for r in running])
-        pss, rss, procs = measure(owned)
-        wl_pss, _, _ = measure(workload)
+        pss, rss, procs = memory(owned)
+        wl_pss, _, _ = memory(workload)
         results.append({"containers": n, "pss_kb": pss, "rss_kb": rss,
                         "pss_kb_per_container": pss / n, "monitors": len(monitors),
                         "processes": procs, "workload_pss_kb": wl_pss})
@@ -191,29 +190,22 @@ def conmon_phase(ws, rootfs, counts, settle):
             n += 1
             cm.start(n)
         time.sleep(settle)
-        pss, rss, procs = measure(cm.pids())
+        pss, rss, procs = memory(cm.pids())
         results.append({"containers": n, "pss_kb": pss, "rss_kb": rss,
                         "pss_kb_per_container": pss / n, "processes": procs})
     cm.stop_all()
     return results
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--counts", default="1,10,20",
-                    help="container counts to measure at, ascending (default 1,10,20)")
-    ap.add_argument("--settle", type=float, default=1.0,
-                    help="seconds to wait before reading memory (default 1)")
-    a = ap.parse_args()
+def measure(b):
+    a = b.args
     try:
         counts = sorted({int(c) for c in a.counts.split(",")})
     except ValueError:
         common.die("--counts takes numbers separated by commas, e.g. 1,10,20")
     if counts[0] < 1:
         common.die("--counts must be >= 1")
-    common.require_root()
-    common.ctrun_bin()
-    peers = common.Peers()
+    peers = b.peers
     have_conmon = peers.need("conmon + runc", "conmon", "runc")
 
     with common.Workspace("mem") as ws:
@@ -241,11 +233,10 @@ def main():
                         f"{r['pss_kb'] / c['pss_kb']:.2f}x"]
             rows.append(row)
         print(common.table(hdr, rows))
-        for peer, why in peers.unavailable.items():
-            print(f"{peer}: not measured: {why}")
+        common.print_not_measured(peers.unavailable)
 
         last = ct[-1]
-        verdict = "MET" if last["pss_kb_per_container"] <= TARGET_KB else "NOT MET"
+        verdict = common.verdict(last["pss_kb_per_container"] <= TARGET_KB)
         print(f"\nctrun at {last['containers']} containers: "
               f"{last['pss_kb_per_container']:.0f} kB PSS per container "
               f"(target <= {TARGET_KB} kB = 0.5 MB: {verdict})")
@@ -265,9 +256,7 @@ def main():
                  "ctrun counts the shared monitor(s) of the store plus any other host "
                  "process of ctrun's (none besides the monitor were expected); conmon counts "
                  "every conmon process, one per container"]
-        print("\nnotes:")
-        for n in notes:
-            print(f"  - {n}")
+        common.print_notes(notes)
         result = {"params": {"counts": counts, "settle_s": a.settle},
                   "target_kb_per_container": TARGET_KB, "ctrun": ct, "conmon": cm,
                   "conmon_installed": have_conmon, "peers_unavailable": peers.unavailable,
@@ -275,8 +264,13 @@ def main():
                                "conmon": common.tool_version(["conmon", "--version"])
                                if have_conmon else None},
                   "notes": notes}
-    return ws.finish("bench_monitor_memory", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    b = common.Bench("bench_monitor_memory", __doc__)
+    b.option("--counts", default="1,10,20",
+             help="container counts to measure at, ascending (default 1,10,20)")
+    b.option("--settle", type=float, default=1.0,
+             help="seconds to wait before reading memory (default 1)")
+    b.main(measure)

@@ -64,7 +64,6 @@ Run as root:  benchmarks/bench_network.py [--runs 20] [--warmup 3] [--iperf-time
               [--iperf-rounds 3] [--subnet 10.215.0.0/24] [--no-podman]
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -307,15 +306,6 @@ def probe_addr(argv, env=None):
     return False, (msg[-1] if msg else f"exit code {p.returncode}, no IPv4 address on eth0")
 
 
-def paired(rounds, a, b):
-    return [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
-
-
-def pstats(values):
-    return {"n": len(values), "median": common.percentile(values, 50),
-            "p10": common.percentile(values, 10), "p90": common.percentile(values, 90)}
-
-
 # ------------------------------------------------------------------ (b) throughput
 def free_port(addr):
     with socket.socket() as s:
@@ -431,31 +421,33 @@ def throughput(ws, seconds, rounds, servers, control):
         "control: bare veth pair": ["ip", "netns", "exec", CONTROL_NS, "iperf3", "-c",
                                     CONTROL_HOST, "-p", str(port_ctl), "-t", t, "-J"],
     }
-    gbit = {n: [] for n in arms}
-    per_round = []  # {arm: Gbit/s} of each round, for paired ratios
     details = {n: [] for n in arms}
     errors = {n: [] for n in arms}
     counter = []
-    names = list(arms)
-    for rnd in range(rounds):
-        per_round.append({})
-        for n in (names if rnd % 2 else names[::-1]):  # order flips every round
+
+    def client(n):
+        def run_once(rnd):
             before, drops0 = read_counter(veth, "rx_bytes"), softnet_dropped()
             g, det = iperf_client(arms[n], seconds)
             after, drops1 = read_counter(veth, "rx_bytes"), softnet_dropped()
             if g is None:
                 errors[n].append(f"round {rnd}: {det}")
-                continue
+                return None
             if drops0 is not None and drops1 is not None:
                 det["softnet_dropped"] = drops1 - drops0
-            gbit[n].append(g)
-            per_round[-1][n] = g
             details[n].append(det)
             if n.endswith("(veth)") and before is not None and after is not None:
                 counter.append({"veth_rx_bytes": after - before,
                                 "iperf_received_bytes": det["received_bytes"]})
             print(f"  round {rnd + 1}/{rounds}: {n}: {g:.2f} Gbit/s, {det['retransmits']} "
                   f"retransmits", flush=True)
+            return g
+        return run_once
+
+    # the order flips every round, the first one reversed; per_round: {arm: Gbit/s} of
+    # each round, for paired ratios
+    gbit, _, per_round = common.rounds({n: client(n) for n in arms}, rounds, 0,
+                                       order=lambda names, rnd: common.alternate(names, rnd + 1))
     shown = {
         "container -> host (veth)": f"nsenter --net=/proc/PID/ns/net iperf3 -c {gw} -t {t} -J"
                                     f"   (server: iperf3 -s -B {gw})",
@@ -546,29 +538,90 @@ class Teardown:
             self.podman.teardown(self.ws.leaks)
 
 
+def report_startup(arms, shown, skipped, stats, failed, fail_msgs, kept):
+    """(a)'s table and ratios; returns (ratios, verdicts, the network's cost per tool)."""
+    print("\n(a) start-up, wall time of the whole command")
+    names = ("ctrun, bridge", "ctrun, --net none", "podman, bridge", "podman, --network none")
+    common.arm_table("arm", names, stats, failed, shown, [n for n in names if n not in arms])
+    common.print_not_measured(skipped)
+    for n, msgs in fail_msgs.items():
+        for m in msgs[:5]:
+            print(f"{n}: failed run, {m}")
+    med = {n: s["median_ms"] for n, s in stats.items()}
+    ratios, verdicts, net_cost = {}, {}, {}
+    print("\nratios of medians:")
+    if "ctrun, bridge" in med and "podman, bridge" in med:
+        r = med["ctrun, bridge"] / med["podman, bridge"]
+        ratios["ctrun bridge / podman bridge"] = r
+        verdicts["startup"] = common.print_ratio("ctrun / podman, both bridged", r,
+                                                 TARGET_VS_PODMAN, of="podman")
+    else:
+        why = skipped.get("podman") or "a tool had no successful run"
+        verdicts["startup"] = f"not measured: {why}"
+        print(f"  ctrun / podman, both bridged: not measured ({why})")
+    if "ctrun, --net none" in med and "podman, --network none" in med:
+        r = med["ctrun, --net none"] / med["podman, --network none"]
+        ratios["ctrun none / podman none"] = r
+        common.print_ratio("ctrun / podman, both without a network", r, note="   (context)")
+    for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
+                         ("podman", "podman, bridge", "podman, --network none")):
+        if a_ in med and b_ in med:
+            d = common.spread(common.paired(kept, a_, b_))
+            net_cost[tool] = {"difference_of_medians_ms": med[a_] - med[b_], "paired_ms": d}
+            print(f"  network cost, {tool}: {med[a_] - med[b_]:+.1f} ms (difference of "
+                  f"medians); per-round paired: median {d['median']:+.1f}, p10 "
+                  f"{d['p10']:+.1f}, p90 {d['p90']:+.1f} ms")
+    return ratios, verdicts, net_cost
+
+
+def report_throughput(tp, ratios, verdicts):
+    """(b)'s table and ratios, added to ratios and verdicts; returns the paths' stats."""
+    print("\n(b) TCP throughput, receiver side, Gbit/s")
+    tstats = {n: common.spread(v) for n, v in tp["gbit"].items() if v}
+    rows = []
+    for n, cmd in tp["commands"].items():
+        if n in tstats:
+            s = tstats[n]
+            rows.append([n, f"{s['median']:.2f}", f"{s['p10']:.2f}", f"{s['p90']:.2f}",
+                         len(tp["gbit"][n]), len(tp["errors"][n]), cmd])
+        else:
+            rows.append([n, "-", "-", "-", 0, len(tp["errors"][n]), cmd])
+    print(common.table(["path", "median", "p10", "p90", "runs", "failed", "command"], rows))
+    for n, errs in tp["errors"].items():
+        for e in errs[:5]:
+            print(f"{n}: failed, {e}")
+    veth_n, lo_n = "container -> host (veth)", "host loopback"
+    if veth_n in tstats and lo_n in tstats:
+        r = tstats[veth_n]["median"] / tstats[lo_n]["median"]
+        ratios["veth / loopback"] = r
+        print()
+        verdicts["throughput"] = common.print_ratio("veth / loopback", r, TARGET_VS_LOOPBACK,
+                                                    ">=", of="loopback")
+        pr = [x[veth_n] / x[lo_n] for x in tp["per_round"] if veth_n in x and lo_n in x]
+        ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
+        print(f"  per-round ratios (the two paths back to back): "
+              f"{', '.join(f'{x:.2f}' for x in pr)}")
+        ctl_n = "control: bare veth pair"
+        if ctl_n in tstats:
+            ctl = tstats[ctl_n]["median"]
+            ratios["control / loopback"] = ctl / tstats[lo_n]["median"]
+            ratios["veth / control"] = tstats[veth_n]["median"] / ctl
+            print(f"  control (bare veth pair, no bridge, no ctrun) / loopback = "
+                  f"{ratios['control / loopback']:.2f}x: the kernel's own veth cost here")
+            print(f"  ctrun's path / control = {ratios['veth / control']:.2f}x: what ctrun's "
+                  f"bridge and rules add")
+    else:
+        verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
+        print(f"\n  veth / loopback: {verdicts['throughput']}")
+    print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
+          f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
+          f"over host-side veth {tp['veth']}")
+    return tstats
+
+
 # ------------------------------------------------------------------ main
-def fmt_stats(s):
-    return [f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}", f"{s['p90_ms']:.1f}"]
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=20, help="measured start-ups per arm (20)")
-    ap.add_argument("--warmup", type=int, default=3, help="discarded rounds (default 3)")
-    ap.add_argument("--iperf-time", type=int, default=5, help="seconds per iperf3 run (5)")
-    ap.add_argument("--iperf-rounds", type=int, default=3,
-                    help="iperf3 runs per path, alternating (default 3)")
-    ap.add_argument("--subnet", default=DEFAULT_SUBNET,
-                    help=f"subnet of the benchmark's ctrun network (default {DEFAULT_SUBNET})")
-    ap.add_argument("--no-podman", action="store_true", help="skip the podman arms")
-    a = ap.parse_args()
-    if a.runs < 1 or a.warmup < 0 or a.iperf_time < 1 or a.iperf_rounds < 1:
-        common.die("--runs, --iperf-time and --iperf-rounds must be >= 1, --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    for t in ("iperf3", "nsenter", "nft", "ip", "tar"):
-        common.require_tool(t, "install it (apt-get install iperf3 util-linux nftables "
-                               "iproute2 tar)")
+def measure(b):
+    a = b.args
     if BRIDGE in links():
         common.die(f"interface {BRIDGE} already exists (another bench_network running, or a "
                    f"leftover: ip link del {BRIDGE})")
@@ -578,7 +631,7 @@ def main():
     # ctrun's rules go to a table of their own; the host's `ip ctrun` is never touched
     os.environ["CTRUN_NFT_TABLE"] = NFT_TABLE
     skipped = {}
-    peers = common.Peers()
+    peers = b.peers
     if a.no_podman:
         skipped["podman"] = "--no-podman given"
     elif not peers.need("podman", "podman"):
@@ -635,8 +688,8 @@ def main():
         print(f"bench_network: (a) {a.runs} runs + {a.warmup} warm-up rounds of "
               f"{', '.join(arms)} (interleaved, order rotating)", flush=True)
         fail_msgs = {n: [] for n in arms}
-        samples, failed, rounds = common.interleave(arms, a.runs, a.warmup, progress=5,
-                                                    settle=settle, messages=fail_msgs)
+        samples, failed, kept = common.interleave(arms, a.runs, a.warmup, progress=5,
+                                                  settle=settle, messages=fail_msgs)
         ws.check_clean("after the start-up runs")
 
         print(f"bench_network: (b) iperf3, {a.iperf_rounds} x {a.iperf_time} s per path "
@@ -661,91 +714,10 @@ def main():
                            "{{.Store.GraphDriverName}}"), env=pm.env)
             podman_info = p.stdout.strip() or p.stderr.strip()
 
-    # ------------------------------------------------------------ report (a)
     stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
-    print("\n(a) start-up, wall time of the whole command")
-    rows = []
-    for n in ("ctrun, bridge", "ctrun, --net none", "podman, bridge", "podman, --network none"):
-        if n not in arms:
-            rows.append([n, "-", "-", "-", "-", "not measured (see below)"])
-        elif n not in stats:
-            rows.append([n, "-", "-", "-", failed[n], "every run failed: " + shown[n]])
-        else:
-            rows.append([n, *fmt_stats(stats[n]), failed[n], shown[n]])
-    print(common.table(["arm", "median ms", "p10 ms", "p90 ms", "failed", "command"], rows))
-    for n, msg in skipped.items():
-        print(f"{n}: not measured: {msg}")
-    for n, msgs in fail_msgs.items():
-        for m in msgs[:5]:
-            print(f"{n}: failed run, {m}")
-    med = {n: s["median_ms"] for n, s in stats.items()}
-    ratios, verdicts, net_cost = {}, {}, {}
-    print("\nratios of medians:")
-    if "ctrun, bridge" in med and "podman, bridge" in med:
-        r = med["ctrun, bridge"] / med["podman, bridge"]
-        ratios["ctrun bridge / podman bridge"] = r
-        verdicts["startup"] = "MET" if r <= TARGET_VS_PODMAN else "NOT MET"
-        print(f"  ctrun / podman, both bridged = {r:.2f}x   (target <= {TARGET_VS_PODMAN}x "
-              f"podman: {verdicts['startup']})")
-    else:
-        why = skipped.get("podman") or "a tool had no successful run"
-        verdicts["startup"] = f"not measured: {why}"
-        print(f"  ctrun / podman, both bridged: not measured ({why})")
-    if "ctrun, --net none" in med and "podman, --network none" in med:
-        r = med["ctrun, --net none"] / med["podman, --network none"]
-        ratios["ctrun none / podman none"] = r
-        print(f"  ctrun / podman, both without a network = {r:.2f}x   (context)")
-    for tool, a_, b_ in (("ctrun", "ctrun, bridge", "ctrun, --net none"),
-                         ("podman", "podman, bridge", "podman, --network none")):
-        if a_ in med and b_ in med:
-            d = paired(rounds, a_, b_)
-            net_cost[tool] = {"difference_of_medians_ms": med[a_] - med[b_],
-                              "paired_ms": pstats(d)}
-            print(f"  network cost, {tool}: {med[a_] - med[b_]:+.1f} ms (difference of "
-                  f"medians); per-round paired: median {common.percentile(d, 50):+.1f}, p10 "
-                  f"{common.percentile(d, 10):+.1f}, p90 {common.percentile(d, 90):+.1f} ms")
-
-    # ------------------------------------------------------------ report (b)
-    print("\n(b) TCP throughput, receiver side, Gbit/s")
-    tstats = {n: pstats(v) for n, v in tp["gbit"].items() if v}
-    rows = []
-    for n, cmd in tp["commands"].items():
-        if n in tstats:
-            s = tstats[n]
-            rows.append([n, f"{s['median']:.2f}", f"{s['p10']:.2f}", f"{s['p90']:.2f}",
-                         len(tp["gbit"][n]), len(tp["errors"][n]), cmd])
-        else:
-            rows.append([n, "-", "-", "-", 0, len(tp["errors"][n]), cmd])
-    print(common.table(["path", "median", "p10", "p90", "runs", "failed", "command"], rows))
-    for n, errs in tp["errors"].items():
-        for e in errs[:5]:
-            print(f"{n}: failed, {e}")
-    veth_n, lo_n = "container -> host (veth)", "host loopback"
-    if veth_n in tstats and lo_n in tstats:
-        r = tstats[veth_n]["median"] / tstats[lo_n]["median"]
-        ratios["veth / loopback"] = r
-        verdicts["throughput"] = "MET" if r >= TARGET_VS_LOOPBACK else "NOT MET"
-        print(f"\n  veth / loopback = {r:.2f}x   (target >= {TARGET_VS_LOOPBACK}x loopback: "
-              f"{verdicts['throughput']})")
-        pr = [x[veth_n] / x[lo_n] for x in tp["per_round"] if veth_n in x and lo_n in x]
-        ratios["veth / loopback, per round"] = [round(x, 3) for x in pr]
-        print(f"  per-round ratios (the two paths back to back): "
-              f"{', '.join(f'{x:.2f}' for x in pr)}")
-        ctl_n = "control: bare veth pair"
-        if ctl_n in tstats:
-            ctl = tstats[ctl_n]["median"]
-            ratios["control / loopback"] = ctl / tstats[lo_n]["median"]
-            ratios["veth / control"] = tstats[veth_n]["median"] / ctl
-            print(f"  control (bare veth pair, no bridge, no ctrun) / loopback = "
-                  f"{ratios['control / loopback']:.2f}x: the kernel's own veth cost here")
-            print(f"  ctrun's path / control = {ratios['veth / control']:.2f}x: what ctrun's "
-                  f"bridge and rules add")
-    else:
-        verdicts["throughput"] = "not measured: every iperf3 run of a path failed"
-        print(f"\n  veth / loopback: {verdicts['throughput']}")
-    print(f"  MTU: lo {tp['mtu']['lo']}, veth {tp['mtu']['veth (host side)']}, bridge "
-          f"{tp['mtu']['bridge']}; container {tp['container_ip']} -> gateway {tp['gateway']} "
-          f"over host-side veth {tp['veth']}")
+    ratios, verdicts, net_cost = report_startup(arms, shown, skipped, stats, failed, fail_msgs,
+                                                kept)
+    tstats = report_throughput(tp, ratios, verdicts)
 
     notes = [
         f"ctrun's network: `ctrun network create {NET_NAME} --subnet {a.subnet}` (bridge "
@@ -769,9 +741,7 @@ def main():
             f"network_backend=netavark ({podman_info}: backend, runtime, cgroups, storage)",
             "after each podman run the benchmark waits, untimed, for podman's background "
             "processes on its store to finish, so they do not land in the next arm's time"]
-    print("\nnotes:")
-    for n in notes:
-        print(f"  - {n}")
+    common.print_notes(notes)
     result = {
         "params": {"loadavg_at_start": load0, "runs": a.runs, "warmup": a.warmup,
                    "iperf_time_s": a.iperf_time, "iperf_rounds": a.iperf_rounds, "subnet": a.subnet,
@@ -780,8 +750,7 @@ def main():
                     "failure_messages": fail_msgs, "not_measured": skipped,
                     "peers_unavailable": peers.unavailable,
                     "network_cost": net_cost,
-                    "samples_ms": {n: [round(x * 1000, 3) for x in s]
-                                   for n, s in samples.items()}},
+                    "samples_ms": common.samples_ms(samples)},
         "throughput": {"commands": tp["commands"], "stats_gbit_s": tstats,
                        "samples_gbit_s": {n: [round(x, 3) for x in v]
                                           for n, v in tp["gbit"].items()},
@@ -795,8 +764,18 @@ def main():
         "versions": versions, "podman_containers_conf": podman_conf,
         "podman_info": podman_info, "podman_host_cleanup": td.host_cleanup,
         "notes": notes}
-    return ws.finish("bench_network", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    b = common.Bench("bench_network", __doc__, runs=(20, "measured start-ups per arm"),
+                     warmup=3, tools=("iperf3", "nsenter", "nft", "ip", "tar"),
+                     tool_hint="install it (apt-get install iperf3 util-linux nftables "
+                               "iproute2 tar)")
+    b.option("--iperf-time", type=int, default=5, min=1, help="seconds per iperf3 run (5)")
+    b.option("--iperf-rounds", type=int, default=3, min=1,
+             help="iperf3 runs per path, alternating (default 3)")
+    b.option("--subnet", default=DEFAULT_SUBNET,
+             help=f"subnet of the benchmark's ctrun network (default {DEFAULT_SUBNET})")
+    b.option("--no-podman", action="store_true", help="skip the podman arms")
+    b.main(measure)

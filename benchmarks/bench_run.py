@@ -7,7 +7,6 @@ alike; the first --warmup rounds are discarded.  Target: ctrun median <= 1.0x ru
 Run as root:  benchmarks/bench_run.py [--runs 30] [--warmup 3]
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -66,17 +65,39 @@ def warm_runs(args, runs, warmup):
     return json.loads(p.stdout.strip().splitlines()[-1])[warmup:]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=30, help="measured runs per tool (default 30)")
-    ap.add_argument("--warmup", type=int, default=3, help="discarded rounds (default 3)")
-    a = ap.parse_args()
-    if a.runs < 1 or a.warmup < 0:
-        common.die("--runs must be >= 1 and --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    common.require_tool("unshare")
-    peers = common.Peers()
+def print_ratios(stats, hybrid):
+    """The ratios of the medians to ctrun's, and the target's verdict."""
+    ratios = {}
+    med = {n: s["median_ms"] for n, s in stats.items()}
+    print("\nratios of medians:")
+    if "ctrun" in med and "runc" in med:
+        r = med["ctrun"] / med["runc"]
+        ratios["ctrun/runc"] = r
+        common.print_ratio("ctrun/runc", r, TARGET_VS_RUNC, of="runc")
+    if "ctrun" in med and "crun" in med:
+        r = med["ctrun"] / med["crun"]
+        ratios["ctrun/crun"] = r
+        common.print_ratio("ctrun/crun", r, note=" (crun timed inside its unshare "
+                           "wrapper)" if hybrid else "")
+        if "unshare wrapper" in med and med["crun"] > med["unshare wrapper"]:
+            bare = med["crun"] - med["unshare wrapper"]
+            ratios["ctrun/crun_minus_wrapper"] = med["ctrun"] / bare
+            print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
+                  f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
+                  f"(estimate: {bare:.1f} ms)")
+    if "ctrun" in med and "ctrun, no .pyc" in med:
+        print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
+              f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
+    for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
+        if "ctrun" in med and floor in med:
+            print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
+                  f"ctrun run's {med['ctrun']:.1f} ms")
+    return ratios
+
+
+def measure(b):
+    a = b.args
+    peers = b.peers
     oci_tools = [t for t in ("runc", "crun") if peers.need(t, t)]
     hybrid = common.cgroup_layout() == "hybrid"
 
@@ -98,29 +119,29 @@ def main():
             return lambda: (None, cmd, env)
 
         ctrun_cmd = ws.ctrun_cmd("run", "--rm", "--net", "none", "busybox", "--", "true")
-        tools = {  # name -> (argv factory, shown command, is it a target row)
-            "ctrun": (fixed(ctrun_cmd), "ctrun run --rm --net none busybox -- true", True),
-            "runc": (oci("runc", ws.runc_root), "runc run --bundle B ID", True),
+        tools = {  # name -> (argv factory, shown command)
+            "ctrun": (fixed(ctrun_cmd), "ctrun run --rm --net none busybox -- true"),
+            "runc": (oci("runc", ws.runc_root), "runc run --bundle B ID"),
             "crun": (oci("crun", ws.crun_root),
                      ("unshare -m sh -c 'umount /sys/fs/cgroup/unified; exec crun run "
-                      "--bundle B ID'") if hybrid else "crun run --bundle B ID", True),
+                      "--bundle B ID'") if hybrid else "crun run --bundle B ID"),
         }
         if hybrid:
             tools["unshare wrapper"] = (fixed(common.crun_wrap(["/bin/true"])),
-                                        "unshare -m sh -c 'umount ...; exec /bin/true'", False)
+                                        "unshare -m sh -c 'umount ...; exec /bin/true'")
         py = common.ctrun_python()
-        tools["python floor"] = (fixed([*py, "-c", "pass"]), f"{' '.join(py)} -c pass", False)
+        tools["python floor"] = (fixed([*py, "-c", "pass"]), f"{' '.join(py)} -c pass")
         empty = ws.tmp / "empty-store"
         empty.mkdir()
         tools["ctrun CLI floor"] = (fixed(ws.ctrun_cmd("--root", str(empty), "list")),
-                                    "ctrun --root EMPTY list", False)
+                                    "ctrun --root EMPTY list")
         # what ctrun costs when Python may not cache its bytecode (PYTHONDONTWRITEBYTECODE)
         # (no PYTHONPYCACHEPREFIX: the standard library's own __pycache__ is still used)
         nopyc = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
         nopyc["PYTHONDONTWRITEBYTECODE"] = "1"
         tools["ctrun, no .pyc"] = (
             fixed(ctrun_cmd, nopyc),
-            "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm --net none busybox -- true", False)
+            "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm --net none busybox -- true")
 
         def cleanup_oci(name, cid):
             root = ws.runc_root if name == "runc" else ws.crun_root
@@ -130,7 +151,7 @@ def main():
 
         # one untimed probe each: a tool that cannot run here is reported, not timed
         skipped = {}
-        for name, (factory, _, _) in tools.items():
+        for name, (factory, _) in tools.items():
             if name in ("runc", "crun") and not peers.ok(name):
                 skipped[name] = peers.unavailable[name]
                 continue
@@ -146,26 +167,21 @@ def main():
                     peers.fail(name, msg)
         if "crun" in skipped and "unshare wrapper" in tools:
             skipped["unshare wrapper"] = "crun's wrapper: measured only with crun"
-        active = [n for n in tools if n not in skipped]
 
-        samples = {n: [] for n in active}
-        failures = {n: 0 for n in active}
-        total = a.warmup + a.runs
-        print(f"bench_run: {a.runs} runs + {a.warmup} warm-up rounds of {', '.join(active)} "
-              f"(interleaved)", flush=True)
-        for rnd in range(total):
-            for name in active:
+        def arm(name):
+            def run_once(rnd):
                 cid, argv, env = tools[name][0]()
                 dt, rc = common.timed(argv, env=env)
-                if rc != 0:
-                    failures[name] += 1
-                    if cid:
-                        cleanup_oci(name, cid)
-                    continue
-                if rnd >= a.warmup:
-                    samples[name].append(dt)
-            if (rnd + 1) % 10 == 0:
-                print(f"  round {rnd + 1}/{total}", flush=True)
+                if rc != 0 and cid:
+                    cleanup_oci(name, cid)
+                return dt if rc == 0 else None
+            return run_once
+
+        active = [n for n in tools if n not in skipped]
+        print(f"bench_run: {a.runs} runs + {a.warmup} warm-up rounds of {', '.join(active)} "
+              f"(interleaved)", flush=True)
+        samples, failures, _ = common.rounds({n: arm(n) for n in active}, a.runs, a.warmup,
+                                             order=common.fixed, progress=10)
 
         print("  ctrun in-process (every module loaded), "
               f"{a.runs} runs after {a.warmup}", flush=True)
@@ -177,52 +193,15 @@ def main():
             failures["ctrun, warm in-process"] = 0
         except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
             skipped["ctrun, warm in-process"] = str(e)
-        tools["ctrun, warm in-process"] = (None, warm_shown, False)
+        tools["ctrun, warm in-process"] = (None, warm_shown)
         ws.check_clean("after the runs")
         stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
-        rows = []
-        for name, (_, shown, _) in tools.items():
-            if name in skipped:
-                rows.append([name, "-", "-", "-", "-", "not measured (see below)"])
-                continue
-            if name not in stats:
-                rows.append([name, "-", "-", "-", str(failures[name]),
-                             "every run failed: " + shown])
-                continue
-            s = stats[name]
-            rows.append([name, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}",
-                         f"{s['p90_ms']:.1f}", str(failures[name]), shown])
+        shown = {n: t[1] for n, t in tools.items()}
         print()
-        print(common.table(["tool", "median ms", "p10 ms", "p90 ms", "failed", "command"], rows))
-        for name, msg in skipped.items():
-            print(f"{name}: not measured: {msg}")
+        common.arm_table("tool", list(tools), stats, failures, shown, skipped)
+        common.print_not_measured(skipped)
 
-        ratios = {}
-        med = {n: s["median_ms"] for n, s in stats.items()}
-        print("\nratios of medians:")
-        if "ctrun" in med and "runc" in med:
-            r = med["ctrun"] / med["runc"]
-            ratios["ctrun/runc"] = r
-            verdict = "MET" if r <= TARGET_VS_RUNC else "NOT MET"
-            print(f"  ctrun/runc = {r:.2f}x   (target <= {TARGET_VS_RUNC:.1f}x runc: {verdict})")
-        if "ctrun" in med and "crun" in med:
-            r = med["ctrun"] / med["crun"]
-            ratios["ctrun/crun"] = r
-            note = " (crun timed inside its unshare wrapper)" if hybrid else ""
-            print(f"  ctrun/crun = {r:.2f}x{note}")
-            if "unshare wrapper" in med and med["crun"] > med["unshare wrapper"]:
-                bare = med["crun"] - med["unshare wrapper"]
-                ratios["ctrun/crun_minus_wrapper"] = med["ctrun"] / bare
-                print(f"  ctrun/crun = {med['ctrun'] / bare:.2f}x if the wrapper's median "
-                      f"({med['unshare wrapper']:.1f} ms) is subtracted from crun's "
-                      f"(estimate: {bare:.1f} ms)")
-        if "ctrun" in med and "ctrun, no .pyc" in med:
-            print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
-                  f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
-        for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
-            if "ctrun" in med and floor in med:
-                print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
-                      f"ctrun run's {med['ctrun']:.1f} ms")
+        ratios = print_ratios(stats, hybrid)
 
         notes = [
             "all tools run the same busybox rootfs (ctrun's image): runc/crun mount it "
@@ -248,21 +227,20 @@ def main():
             notes.append("hybrid cgroup host: crun 1.8 refuses it, so crun runs in a "
                          "private mount namespace with /sys/fs/cgroup/unified unmounted; its "
                          "time includes that wrapper, measured alone as 'unshare wrapper'")
-        print("\nnotes:")
-        for n in notes:
-            print(f"  - {n}")
+        common.print_notes(notes)
         result = {
             "params": {"runs": a.runs, "warmup": a.warmup},
-            "commands": {n: tools[n][1] for n in tools},
+            "commands": shown,
             "stats": stats, "failures": failures, "not_measured": skipped,
             "peers_unavailable": peers.unavailable,
             "ratios": ratios, "target": {"ctrun/runc": f"<= {TARGET_VS_RUNC}"},
-            "samples_ms": {n: [round(x * 1000, 3) for x in s] for n, s in samples.items()},
+            "samples_ms": common.samples_ms(samples),
             "versions": {"runc": common.tool_version(["runc", "--version"]),
                          "crun": common.tool_version(["crun", "--version"])},
             "notes": notes}
-    return ws.finish("bench_run", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    common.Bench("bench_run", __doc__, runs=(30, "measured runs per tool"), warmup=3,
+                 tools=("unshare",)).main(measure)

@@ -40,22 +40,19 @@ def check_stats_output(ws, names):
     return len(p.stdout)
 
 
-def main():
-    a = common.scale_args(__doc__, 100, "running containers")
+def measure(b):
+    a = b.args
     from ctrun.api import Ctrun
     from ctrun.stats import INTERVAL
 
     with common.Workspace("stats") as ws:
         ws.build_image()
         ct = Ctrun(str(ws.store))
-        empty_root = ws.empty_store()
         cmds = {"ctrun stats --format json": ws.ctrun_cmd("stats", "--format", "json"),
                 "ctrun stats": ws.ctrun_cmd("stats"),
                 "ctrun list": ws.ctrun_cmd("list")}
-        scales = ("empty store", f"{a.count} running")
-        timed_cmds = {(label, scale): argv[:1] + (["--root", str(empty_root)]
-                                                  if scale == "empty store" else []) + argv[1:]
-                      for label, argv in cmds.items() for scale in scales}
+        full = f"{a.count} running"
+        timed_cmds = common.against_empty(cmds, full, ws.empty_store())
 
         print(f"bench_stats: starting {a.count} detached containers through the Python API",
               flush=True)
@@ -91,35 +88,25 @@ def main():
         destroy_s = time.perf_counter() - t0
         ws.check_clean("after destroying every container")
 
-    stats, rows = {}, []
-    for (label, scale), argv in timed_cmds.items():
-        if not samples[(label, scale)]:
-            raise RuntimeError(f"every run of `{' '.join(argv)}` failed")
-        s = common.summary_ms(samples[(label, scale)])
-        stats[f"{label} [{scale}]"] = {**s, "failed": failed[(label, scale)]}
-        is_target = label == "ctrun stats --format json" and scale != "empty store"
-        verdict = ("MET" if s["median_ms"] < TARGET_MS else "NOT MET") if is_target else "-"
-        rows.append([label, scale, f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}",
-                     f"{s['p90_ms']:.1f}", failed[(label, scale)],
-                     f"< {TARGET_MS:.0f} ms" if is_target else "-", verdict])
-    print()
-    print(common.table(["command", "store", "median ms", "p10 ms", "p90 ms", "failed",
-                        "target", "verdict"], rows))
-    full = stats[f"ctrun stats --format json [{a.count} running]"]["median_ms"]
-    empty = stats["ctrun stats --format json [empty store]"]["median_ms"]
+    stats = common.scale_report(
+        timed_cmds, samples, failed,
+        lambda label, store: label == "ctrun stats --format json" and store == full, TARGET_MS)
+    full_ms = stats[f"ctrun stats --format json [{full}]"]["median_ms"]
+    empty_ms = stats["ctrun stats --format json [empty store]"]["median_ms"]
     api = common.summary_ms(api_pass)
     interval_ms = INTERVAL * 1000
     print(f"\n  ctrun stats samples every container twice, {interval_ms:.0f} ms apart (CPU % "
           f"needs two readings): {interval_ms:.0f} ms of every stats figure is that interval, "
           "by design")
-    print(f"  ctrun stats --format json at {a.count}: {full:.1f} ms = {full / TARGET_MS:.2f}x "
-          f"the {TARGET_MS:.0f} ms target; {full - interval_ms:.1f} ms without the interval")
-    print(f"  what {a.count} containers add (full - empty store): {full - empty:.1f} ms, "
-          f"~{(full - empty) / a.count * 1000:.0f} us per container (two readings each)")
+    print(f"  ctrun stats --format json at {a.count}: {full_ms:.1f} ms = "
+          f"{full_ms / TARGET_MS:.2f}x the {TARGET_MS:.0f} ms target; "
+          f"{full_ms - interval_ms:.1f} ms without the interval")
+    print(f"  what {a.count} containers add (full - empty store): {full_ms - empty_ms:.1f} ms, "
+          f"~{(full_ms - empty_ms) / a.count * 1000:.0f} us per container (two readings each)")
     print(f"  one in-process pass, Ctrun.stats() over {a.count}: median {api['median_ms']:.1f} "
           f"ms (p10 {api['p10_ms']:.1f}, p90 {api['p90_ms']:.1f})")
     print(f"  ctrun list with {a.count} running: "
-          f"{stats[f'ctrun list [{a.count} running]']['median_ms']:.1f} ms (context, no target)")
+          f"{stats[f'ctrun list [{full}]']['median_ms']:.1f} ms (context, no target)")
     print(f"\n(informational) API run -d of {a.count}: {start_s:.1f} s "
           f"({start_s / a.count * 1000:.0f} ms each); API destroy --force: {destroy_s:.1f} s "
           f"({destroy_s / a.count * 1000:.0f} ms each); stats JSON output {out_bytes} bytes")
@@ -136,13 +123,13 @@ def main():
               "target_ms": TARGET_MS, "sampling_interval_ms": interval_ms, "stats": stats,
               "commands": {f"{k[0]} [{k[1]}]": " ".join(v) for k, v in timed_cmds.items()},
               "api_stats_pass_ms": api,
-              "samples_ms": {f"{k[0]} [{k[1]}]": [round(x * 1000, 3) for x in v]
-                             for k, v in samples.items()},
+              "samples_ms": common.samples_ms({f"{k[0]} [{k[1]}]": v
+                                               for k, v in samples.items()}),
               "api_run_detach_s": start_s, "api_destroy_s": destroy_s,
               "stats_json_bytes": out_bytes, "notes": notes,
               "ctrun_imported_from": os.path.dirname(sys.modules["ctrun"].__file__)}
-    return ws.finish("bench_stats", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    common.scale_bench("bench_stats", __doc__, 100, "running containers").main(measure)

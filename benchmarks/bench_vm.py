@@ -17,7 +17,6 @@ processes' PSS, its cgroup's kernel memory, and its share of the shared monitor)
 Run as root:  benchmarks/bench_vm.py [--runs 5] [--warmup 1] [--settle 5]
 """
 
-import argparse
 import json
 import os
 import socket
@@ -97,20 +96,8 @@ def instance_memory(ws, name):
     return pss, kmem_kb(dirs) or 0
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=5, help="timed boots per arm (default 5)")
-    ap.add_argument("--warmup", type=int, default=1, help="discarded rounds (default 1)")
-    ap.add_argument("--settle", type=float, default=5.0,
-                    help="seconds an idle instance settles before its memory is read")
-    a = ap.parse_args()
-    if a.runs < 1 or a.warmup < 0:
-        common.die("--runs must be >= 1 and --warmup >= 0")
-    common.require_root()
-    common.ctrun_bin()
-    common.reexec_with_ctrun_python()
-    for t in ("qemu-system-x86_64", "qemu-img"):
-        common.require_tool(t)
+def measure(b):
+    a = b.args
     from ctrun.vm import accel as accelmod, initramfs, kernel
     k = kernel.find()
     accel, _ = accelmod.choose("auto", k)
@@ -126,27 +113,23 @@ def main():
         initrd = initramfs.for_vm(k, str(hand / "initrd.img"),
                                   {"name": "ref", "argv": ["/sbin/init"]})
         base = conf["vm"]["base_disk"]
-        samples = {"ctrun start": [], "hand-written qemu": []}
-        failures = {n: 0 for n in samples}
-        for rnd in range(a.warmup + a.runs):
-            order = list(samples) if rnd % 2 == 0 else list(samples)[::-1]
-            for arm in order:
-                if arm == "ctrun start":
-                    ws.ctrun_check("create", f"b{rnd}", "--vm", "--net", "none")
-                    dt, rc = common.timed(ws.ctrun_cmd("start", f"b{rnd}"), timeout=300)
-                    ws.ctrun_check("destroy", "-f", f"b{rnd}")
-                    dt = dt if rc == 0 else None
-                else:
-                    disk = hand / "disk.qcow2"
-                    disk.unlink(missing_ok=True)
-                    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                                    "-b", base, str(disk)], check=True)
-                    dt = hand_written_boot(str(hand), accel, vmlinux, initrd, str(disk))
-                if dt is None:
-                    failures[arm] += 1
-                elif rnd >= a.warmup:
-                    samples[arm].append(dt)
-            print(f"  round {rnd + 1}/{a.warmup + a.runs}", flush=True)
+
+        def ctrun_boot(rnd):
+            ws.ctrun_check("create", f"b{rnd}", "--vm", "--net", "none")
+            dt, rc = common.timed(ws.ctrun_cmd("start", f"b{rnd}"), timeout=300)
+            ws.ctrun_check("destroy", "-f", f"b{rnd}")
+            return dt if rc == 0 else None
+
+        def hand_boot(rnd):
+            disk = hand / "disk.qcow2"
+            disk.unlink(missing_ok=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                            "-b", base, str(disk)], check=True)
+            return hand_written_boot(str(hand), accel, vmlinux, initrd, str(disk))
+
+        samples, failures, _ = common.rounds(
+            {"ctrun start": ctrun_boot, "hand-written qemu": hand_boot}, a.runs, a.warmup,
+            order=common.alternate, progress=1)
 
         # memory of one idle VM and one idle container
         ws.ctrun_check("start", "ref", timeout=300)
@@ -165,12 +148,11 @@ def main():
     print(f"\nboot to agent-ready, accel={accel}, guest 256M/1 vCPU, kernel {k.release}")
     print(common.table(["arm", "runs", "median ms", "min ms", "failed"], rows))
     if ratio is not None:
-        verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
-        print(f"ctrun / hand-written: {ratio:.2f}x (target <= {TARGET_RATIO:.2f}x: {verdict})")
+        common.print_ratio("ctrun / hand-written", ratio, TARGET_RATIO)
     if accel == "kvm":
         ms = med["ctrun start"] * 1000
         print(f"KVM agent-ready: {ms:.0f} ms (target <= {KVM_TARGET_MS} ms: "
-              f"{'met' if ms <= KVM_TARGET_MS else 'NOT met'})")
+              f"{common.verdict(ms <= KVM_TARGET_MS)})")
     else:
         print(f"KVM target (<= {KVM_TARGET_MS} ms) not measurable here: KVM cannot boot a guest")
     mem_rows = [["vm (QEMU)", vm_pss, vm_kmem, 0, vm_pss + vm_kmem],
@@ -182,8 +164,12 @@ def main():
               "memory_kb": {"vm": {"pss": vm_pss, "kmem": vm_kmem},
                             "container": {"pss": ct_pss, "kmem": ct_kmem, "monitor": mon}},
               "host": common.host_info()}
-    return ws.finish("vm", result)
+    return ws.finish(b.name, result)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    b = common.Bench("vm", __doc__, runs=(5, "timed boots per arm"), warmup=1,
+                     imports_ctrun=True, tools=("qemu-system-x86_64", "qemu-img"))
+    b.option("--settle", type=float, default=5.0,
+             help="seconds an idle instance settles before its memory is read")
+    b.main(measure)

@@ -44,10 +44,83 @@ def die(msg, code=2):
     sys.exit(code)
 
 
+# ------------------------------------------------------------------ the skeleton
+class Bench:
+    """What every benchmark shares around its measurement: the command line (--runs and
+    --warmup with the benchmark's defaults, its own options with their lower bounds), the
+    checks before anything runs (root, ctrun installed, the tools it needs, ctrun's Python
+    for the benchmarks that import ctrun), the peers it compares with, and the result.
+
+        b = common.Bench("bench_x", __doc__, runs=(30, "timed runs per arm"), warmup=3)
+        b.option("--size", type=int, default=5, help="...", min=1)
+        b.main(measure)      # measure(b) -> exit code; b.args holds the options
+
+    Errors become one line, Ctrl-C exits 130 (run_main)."""
+
+    def __init__(self, name, doc, runs=None, warmup=None, warmup_help="discarded rounds",
+                 imports_ctrun=False, tools=(), tool_hint=SETUP_HINT):
+        import argparse
+        self.name = name
+        self.ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        self._bounds = []
+        self.imports_ctrun = imports_ctrun
+        self.tools, self.tool_hint = tools, tool_hint
+        self.peers = Peers()
+        self.args = None
+        if runs is not None:
+            self.rounds_options(runs, warmup, warmup_help)
+
+    def rounds_options(self, runs, warmup, warmup_help="discarded rounds"):
+        """--runs (runs: (default, what a run is)) and --warmup."""
+        self.option("--runs", type=int, default=runs[0],
+                    help=f"{runs[1]} (default {runs[0]})", min=1)
+        self.option("--warmup", type=int, default=warmup,
+                    help=f"{warmup_help} (default {warmup})", min=0)
+
+    def option(self, *flags, min=None, **kw):
+        """An option of the benchmark's own; `min` is checked after parsing."""
+        action = self.ap.add_argument(*flags, **kw)
+        if min is not None:
+            self._bounds.append((action.dest, flags[0], min))
+        return action
+
+    def parse(self):
+        a = self.ap.parse_args()
+        low = [f"{flag} must be >= {m}" for dest, flag, m in self._bounds
+               if getattr(a, dest) < m]
+        if low:
+            die(", ".join(low))
+        require_root()
+        ctrun_bin()
+        for tool in self.tools:
+            require_tool(tool, self.tool_hint)
+        if self.imports_ctrun:
+            reexec_with_ctrun_python()
+        self.args = a
+        return a
+
+    def main(self, measure, parse=True):
+        """Parse the command line, then measure(self); its return is the exit code."""
+        def main():
+            if parse:
+                self.parse()
+            return measure(self)
+        run_main(main)
+
+
+def scale_bench(name, doc, count, count_help):
+    """The Bench of a benchmark that times commands against a store of --count
+    containers it makes through ctrun's Python API."""
+    b = Bench(name, doc, imports_ctrun=True)
+    b.option("--count", type=int, default=count, help=f"{count_help} (default {count})",
+             min=1)
+    b.rounds_options((10, "timed runs per command"), 2, "discarded runs")
+    return b
+
+
 def run_main(main):
     """Run a benchmark's main(): exit with its code; errors (tool failures, OSError, a
     CtrunError from the in-process API) become one line, Ctrl-C exits 130."""
-    import subprocess
     try:
         sys.exit(main())
     except KeyboardInterrupt:
@@ -60,61 +133,81 @@ def run_main(main):
         die(f"ctrun API: {e}", 1)
 
 
-def scale_args(doc, count, count_help):
-    """--count/--runs/--warmup for the benchmarks that time commands against a store of
-    `count` containers; checked, as root, and re-executed under ctrun's Python."""
-    import argparse
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=count, help=f"{count_help} (default {count})")
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per command (default 10)")
-    ap.add_argument("--warmup", type=int, default=2, help="discarded runs (default 2)")
-    a = ap.parse_args()
-    if a.count < 1 or a.runs < 1 or a.warmup < 0:
-        die("--count and --runs must be >= 1, --warmup >= 0")
-    require_root()
-    ctrun_bin()
-    reexec_with_ctrun_python()
-    return a
+# ------------------------------------------------------------------ interleaved rounds
+def rotate(names, rnd):
+    """Each round starts one arm later: every arm runs in every position alike."""
+    k = rnd % len(names)
+    return names[k:] + names[:k]
 
 
-def interleave(arms, runs, warmup, progress=False, settle=None, messages=None):
-    """Time {arm: argv or (argv, env)} interleaved, the order rotating each round so drift
-    on the host hits every arm alike; the first `warmup` rounds are discarded.
-    progress: print every 10 rounds (True) or every N.  settle(arm): called after each
-    command, untimed.  messages: a dict to fill with {arm: [why a round failed]} (the
-    failed command is run once more, untimed, to capture its error).
-    Returns ({arm: [seconds]}, {arm: failures}, [{arm: seconds} per timed round])."""
+def alternate(names, rnd):
+    """Every other round runs the arms in reverse."""
+    return names if rnd % 2 == 0 else names[::-1]
+
+
+def fixed(names, rnd):
+    return names
+
+
+def rounds(arms, runs, warmup, order=rotate, progress=0, after_round=None):
+    """Run {arm: fn} in `warmup + runs` interleaved rounds, fn(round) returning a figure
+    (seconds, Gbit/s) or None when that run failed; the first `warmup` rounds are discarded.
+    order(names, round): the arms' order in a round.  progress: a line every N rounds.
+    after_round(round, {arm: figure or None}): called untimed after each round.
+    Returns ({arm: [figures]}, {arm: failures, warm-up included}, [{arm: figure} per kept
+    round])."""
     names = list(arms)
     samples = {n: [] for n in names}
     failed = {n: 0 for n in names}
-    rounds = []
+    kept = []
     total = warmup + runs
-    every = 10 if progress is True else progress
     for rnd in range(total):
-        k = rnd % len(names)
         this = {}
-        for n in names[k:] + names[:k]:
-            argv, env = arms[n] if isinstance(arms[n], tuple) else (arms[n], None)
-            dt, rc = timed(argv, env=env)
-            if settle:
-                settle(n)
-            if rc != 0:
+        for n in order(names, rnd):
+            this[n] = arms[n](rnd)
+            if this[n] is None:
                 failed[n] += 1
-                if messages is not None:
-                    ok, msg = probe(argv, env=env)
-                    if settle:
-                        settle(n)
-                    messages.setdefault(n, []).append(
-                        f"round {rnd}: exit {rc}; rerun " + ("succeeded" if ok else
-                                                            f"failed: {msg}"))
             elif rnd >= warmup:
-                samples[n].append(dt)
-                this[n] = dt
+                samples[n].append(this[n])
         if rnd >= warmup:
-            rounds.append(this)
-        if every and (rnd + 1) % every == 0:
+            kept.append({n: v for n, v in this.items() if v is not None})
+        if after_round:
+            after_round(rnd, this)
+        if progress and (rnd + 1) % progress == 0:
             print(f"  round {rnd + 1}/{total}", flush=True)
-    return samples, failed, rounds
+    return samples, failed, kept
+
+
+def command(argv, env=None, settle=None, messages=None, name=None):
+    """An arm for rounds(): the wall time of one command.  settle(): called after it,
+    untimed.  messages: a list to append why a run failed (the command is run once more,
+    untimed, to capture its error)."""
+    def arm(rnd):
+        dt, rc = timed(argv, env=env)
+        if settle:
+            settle(name)
+        if rc == 0:
+            return dt
+        if messages is not None:
+            ok, msg = probe(argv, env=env)
+            if settle:
+                settle(name)
+            messages.append(f"round {rnd}: exit {rc}; rerun "
+                            + ("succeeded" if ok else f"failed: {msg}"))
+        return None
+    return arm
+
+
+def interleave(arms, runs, warmup, progress=False, settle=None, messages=None):
+    """rounds() of commands {arm: argv or (argv, env)}, the order rotating each round.
+    progress: a line every 10 rounds (True) or every N.  settle(arm): called after each
+    command, untimed.  messages: a dict to fill with {arm: [why a round failed]}."""
+    fns = {}
+    for n, spec in arms.items():
+        argv, env = spec if isinstance(spec, tuple) else (spec, None)
+        msgs = None if messages is None else messages.setdefault(n, [])
+        fns[n] = command(argv, env, settle, msgs, n)
+    return rounds(fns, runs, warmup, progress=10 if progress is True else progress)
 
 
 def print_list(title, items):
@@ -248,6 +341,102 @@ def summary_ms(seconds):
     return {"n": len(ms), "median_ms": percentile(ms, 50), "p10_ms": percentile(ms, 10),
             "p90_ms": percentile(ms, 90), "min_ms": min(ms) if ms else None,
             "max_ms": max(ms) if ms else None}
+
+
+def spread(values, extremes=False):
+    """Median, p10 and p90 of figures in any unit (min and max too with extremes)."""
+    out = {"n": len(values), "median": percentile(values, 50), "p10": percentile(values, 10),
+           "p90": percentile(values, 90)}
+    if extremes:
+        out.update(min=min(values) if values else None, max=max(values) if values else None)
+    return out
+
+
+def paired(kept, a, b):
+    """Per-round differences a - b in ms over rounds()' kept rounds where both succeeded:
+    drift on the host cancels out of each pair."""
+    return [(r[a] - r[b]) * 1000 for r in kept if a in r and b in r]
+
+
+def fmt_ms(s):
+    """median, p10, p90 of a summary_ms() as table cells."""
+    return [f"{s['median_ms']:.1f}", f"{s['p10_ms']:.1f}", f"{s['p90_ms']:.1f}"]
+
+
+def samples_ms(samples):
+    """{arm: [seconds]} as the JSON keeps it: milliseconds, to the microsecond."""
+    return {n: [round(x * 1000, 3) for x in s] for n, s in samples.items()}
+
+
+def verdict(ok):
+    return "MET" if ok else "NOT MET"
+
+
+def print_ratio(label, r, target=None, op="<=", of="", note=""):
+    """One line of a ratio, `  LABEL = R.RRx   (target <= Tx OF: MET)` when it has a
+    target (op "<=" or ">="); returns the verdict, or None without a target."""
+    if target is None:
+        print(f"  {label} = {r:.2f}x{note}")
+        return None
+    v = verdict(r <= target if op == "<=" else r >= target)
+    print(f"  {label} = {r:.2f}x{note}   (target {op} {target}x{' ' + of if of else ''}: {v})")
+    return v
+
+
+def print_notes(notes):
+    print("\nnotes:")
+    for n in notes:
+        print(f"  - {n}")
+
+
+def print_not_measured(skipped):
+    for name, why in skipped.items():
+        print(f"{name}: not measured: {why}")
+
+
+def arm_table(first, names, stats, failed, shown, skipped):
+    """The timing table of arms: a row each, 'not measured' for the skipped ones (the
+    caller says why, after it), 'every run failed' for those with no figure."""
+    rows = []
+    for n in names:
+        if n in skipped:
+            rows.append([n, "-", "-", "-", "-", "not measured (see below)"])
+        elif n not in stats:
+            rows.append([n, "-", "-", "-", failed[n], "every run failed: " + shown[n]])
+        else:
+            rows.append([n, *fmt_ms(stats[n]), failed[n], shown[n]])
+    print(table([first, "median ms", "p10 ms", "p90 ms", "failed", "command"], rows))
+
+
+# ------------------------------------------------------------------ commands at scale
+def against_empty(cmds, scale, empty_root):
+    """{(label, store): argv}: every ctrun command against the full store (`scale` names
+    it) and against an empty one, to be timed in the same rounds: the difference is what
+    the containers cost and not drift on the host."""
+    return {(label, sc): argv[:1] + (["--root", str(empty_root)] if sc == "empty store"
+                                     else []) + argv[1:]
+            for label, argv in cmds.items() for sc in ("empty store", scale)}
+
+
+def scale_report(timed_cmds, samples, failed, is_target, target_ms, sort=False):
+    """The table of against_empty()'s commands, with the target's verdict on the rows
+    is_target(label, store) picks; returns their stats, keyed "LABEL [STORE]"."""
+    stats, rows = {}, []
+    for (label, scale), argv in timed_cmds.items():
+        if not samples[(label, scale)]:
+            raise RuntimeError(f"every run of `{' '.join(argv)}` failed")
+        s = summary_ms(samples[(label, scale)])
+        stats[f"{label} [{scale}]"] = {**s, "failed": failed[(label, scale)]}
+        target = is_target(label, scale)
+        rows.append([label, scale, *fmt_ms(s), failed[(label, scale)],
+                     f"< {target_ms:.0f} ms" if target else "-",
+                     verdict(s["median_ms"] < target_ms) if target else "-"])
+    if sort:
+        rows.sort(key=lambda r: (r[1] != "empty store", r[0]))
+    print()
+    print(table(["command", "store", "median ms", "p10 ms", "p90 ms", "failed", "target",
+                 "verdict"], rows))
+    return stats
 
 
 def table(headers, rows):
