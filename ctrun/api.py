@@ -50,7 +50,8 @@ class Ctrun:
     def create(self, name, image="busybox", cmd=(), hostname="", env=(), volumes=(),
                workdir="", user="", init=False, ulimits=(), cap_add=(), cap_drop=(),
                privileged=False, userns=False, limits=None, ignore_unsupported=False,
-               net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto"):
+               net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto",
+               stop_signal=""):
         """Record a container and prepare its file system; no process yet.
 
         limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
@@ -58,7 +59,8 @@ class Ctrun:
         named in the result's "warnings".  net: a network name, "none" or "host" (default
         $CTRUN_NETWORK or ctrun0); ip/mac/publish/dns as on the CLI.  vm: boot the image
         as a QEMU virtual machine; then limits' memory is guest RAM and cpus the vCPU
-        count, and accel is auto, kvm or tcg."""
+        count, and accel is auto, kvm or tcg.  stop_signal: what stop sends PID 1 instead
+        of the image's (SIGRTMIN+3 when PID 1 is systemd)."""
         from .network import container as netc
         from .images import store as images
         cfgmod.check_name(name)
@@ -70,6 +72,9 @@ class Ctrun:
             ulimits=dict(cfgmod.parse_ulimit(u) for u in ulimits),
             cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
             privileged=bool(privileged), userns=bool(userns))
+        if stop_signal:
+            cfgmod.parse_signal(stop_signal)
+            cfg.stop_signal = str(stop_signal)
         netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
                                     publish, dns)
         vmopts = None
@@ -233,9 +238,11 @@ class Ctrun:
 
     def _start_container(self, name, cdir, cfg, state):
         spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
-        self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf)
+        console = {"console": True, "console_uid": cfg.userns_base if cfg.userns else 0} \
+            if spec["annotations"].get("run.ctrun.systemd") else {}
+        self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf, console)
 
-    def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None):
+    def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None, extra=None):
         """Ask the store's monitor to launch and supervise this start; returns its id."""
         from . import monitor
         sid = os.urandom(6).hex()
@@ -245,7 +252,7 @@ class Ctrun:
             reply = monitor.request(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": bpf,
-                "cgroup_parent": "/".join(mgr.parent_parts)})
+                "cgroup_parent": "/".join(mgr.parent_parts), **(extra or {})})
         except CtrunError:  # no monitor could be reached: nothing was started
             self._undo_start(name, cdir, state, mgr, net)
             raise
@@ -470,7 +477,8 @@ class Ctrun:
             icfg = images.get(self.store, conf["image"], build_missing=False)[1]
         except CtrunError:
             icfg = {}
-        sig = cfgmod.parse_signal(icfg.get("stop_signal") or "SIGTERM")
+        sig = cfgmod.parse_signal(conf.get("stop_signal") or icfg.get("stop_signal")
+                                  or "SIGTERM")
         fd = self._signal(live, 0)
         if fd is not None:
             try:

@@ -33,7 +33,7 @@ _DEFAULTS = {
     "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
     "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
     "privileged": False, "userns": False, "userns_base": None, "mode": "container",
-    "limits": {}, "limits_skip": [], "net": {}, "vm": {},
+    "limits": {}, "limits_skip": [], "net": {}, "vm": {}, "stop_signal": "",
 }
 
 
