@@ -656,8 +656,8 @@ class Ctrun:
             from .runtime import seccomp
             caps = spec["process"]["capabilities"]["bounding"]
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
-        return process.join(live, spec, argv, env=env, cwd=workdir, user=user, tty=tty,
-                            stdin=interactive or tty, bpf=bpf)
+        return process.join(live, _exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
+                            user=user, tty=tty, stdin=interactive or tty, bpf=bpf)
 
     def exec_output(self, name, argv, timeout=None, stdin_path=None, **kw):
         """exec with stdout and stderr captured: (exit code, combined output as text).
@@ -961,6 +961,19 @@ def _gc_network(store, known):
     except CtrunError:
         pass
     return done
+
+
+def _exec_cgroups(spec, pid):
+    """The spec with the cgroups an exec'd process joins: on cgroup2, the init's own cgroup
+    where the container's init (systemd) has delegated controllers below its root."""
+    ann = spec["annotations"]
+    v2 = (ann.get("run.ctrun.cgroup_layout") or {}).get("v2")
+    if not v2:
+        return spec
+    from .cgroups.v2 import joinable_procs
+    procs = [str(joinable_procs(p, v2, pid)) if p.startswith(v2.rstrip("/") + "/") else p
+             for p in ann.get("run.ctrun.cgroup_procs", [])]
+    return {**spec, "annotations": {**ann, "run.ctrun.cgroup_procs": procs}}
 
 
 def _layout_for_container(layout):
