@@ -702,18 +702,24 @@ class Ctrun:
         return os.waitstatus_to_exitcode(st), out.replace("\r\n", "\n").replace("\r", "\n")
 
     def enter(self, name):
-        shell = "/bin/bash"
+        """A login shell as root, as `vzctl enter` gives: root's shell from the container's
+        /etc/passwd (bash as a login shell, in root's home with its profile) when present,
+        else /bin/sh."""
         cdir = self._cdir(name)
+        tty = sys.stdin.isatty()
         if self._is_vm(cdir):
-            return self.exec(name, ["/bin/sh", "-l"], tty=sys.stdin.isatty(), interactive=True)
-        rootfs = read_json(cdir / "spec.json", {}).get("root", {}).get("path")
-        if not rootfs or not os.path.exists(os.path.join(str(cdir), "upper", "bin", "bash")):
-            shell = "/bin/sh"
+            return self.exec(name, ["/bin/sh", "-l"], tty=tty, interactive=True)
+        st, _, live, _ = status(cdir)
+        if st != "running":
+            raise Conflict(f"container '{name}' is not running; start it first: "
+                           f"ctrun start {name}")
+        home, shell = _root_login(f"/proc/{live['pid']}/root")
+        env = [f"HOME={home}", "USER=root", "LOGNAME=root", f"SHELL={shell}"]
         try:
-            return self.exec(name, [shell, "-l"] if shell == "/bin/bash" else [shell],
-                             tty=sys.stdin.isatty(), interactive=True)
+            return self.exec(name, [shell, "-l"], tty=tty, interactive=True, env=env,
+                             workdir=home)
         except CommandNotFound:
-            return self.exec(name, ["/bin/sh"], tty=sys.stdin.isatty(), interactive=True)
+            return self.exec(name, ["/bin/sh"], tty=tty, interactive=True)
 
     # ---------------------------------------------------------------- queries
     def inspect(self, name):
@@ -961,6 +967,30 @@ def _gc_network(store, known):
     except CtrunError:
         pass
     return done
+
+
+def _root_login(root):
+    """(home, shell) of root in the /etc/passwd of the container whose root directory is
+    `root`, read without leaving it; "/" and /bin/sh stand in for what is missing there."""
+    from .runtime import paths
+    entry = []
+    try:
+        with os.fdopen(paths.open_in_root(root, "/etc/passwd", os.O_RDONLY),
+                       errors="replace") as f:
+            entry = next((line.rstrip("\n").split(":") for line in f
+                          if line.startswith("root:")), [])
+    except (OSError, CtrunError):
+        pass
+    home, shell = entry[5:7] if len(entry) == 7 else ("/", "/bin/sh")
+    try:
+        paths.lookup_command(root, shell, "")
+    except CtrunError:
+        shell = "/bin/sh"
+    try:
+        os.close(paths.open_in_root(root, home, os.O_PATH | os.O_DIRECTORY))
+    except (OSError, CtrunError):
+        home = "/"
+    return home, shell
 
 
 def _exec_cgroups(spec, pid):

@@ -87,6 +87,9 @@ def test_systemd_boots_in_a_default_container_and_halts_cleanly(server, opts):
         assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
         logs = cli("logs", name, check=True).stdout
         assert "Reached target multi-user.target" in logs, logs[-3000:]
+        # enter: the distribution's login shell, as root in root's home
+        r = cli("enter", name, input='echo "$HOME $PWD $0"; shopt -q login_shell && echo LOGIN\n')
+        assert r.stdout.split() == ["/root", "/root", "/bin/bash", "LOGIN"], r
         info = cli.json("inspect", name)
         pid, cgroups = info["pid"], [Path(p) for p in info["cgroup"].values()]
         _exec_after_delegation(cli, name, info["cgroup"].get("cgroup2"))
