@@ -386,7 +386,12 @@ class Ctrun:
                                      forward_stdin=interactive or tty)
             os.close(launched.master)
         else:
-            status_ = process._wait_forwarding(pid)
+            # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI
+            # (timeout, Ctrl-C) means stop, and becomes its stop signal
+            stop = cfgmod.parse_signal(spec["annotations"]["run.ctrun.stop_signal"])
+            status_ = process._wait_forwarding(pid, {signal.SIGTERM: stop, signal.SIGINT: stop}
+                                               if spec["annotations"].get("run.ctrun.systemd")
+                                               else None)
         code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts))
         return code
 

@@ -5,6 +5,9 @@ minute or more and needs Debian's archive: it is built once for the module, mark
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +124,25 @@ def _exec_after_delegation(cli, name, v2):
     own = [x for x in _out(cli, name, "cat", "/proc/self/cgroup").splitlines()
            if x.startswith("0::")]
     assert own == ["0::/init.scope"]
+
+
+def test_attached_run_stops_on_sigterm(server):
+    """`timeout N ctrun run --rm` of a systemd image: the CLI's SIGTERM becomes systemd's stop
+    signal (systemd ignores SIGTERM as PID 1), so the run ends, and --rm removes it."""
+    cli = server
+    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(cli.root), "run", "--rm",
+                          "--name", "att", "debian-server"], cwd=conftest.REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _booted(cli, "att")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+        assert cli("inspect", "att").returncode != 0   # --rm removed it
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        cli("destroy", "--force", "att")
 
 
 def test_stop_signal_option(server):
