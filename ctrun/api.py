@@ -977,13 +977,16 @@ def _gc_network(store, known):
 def _root_login(root):
     """(home, shell) of root in the /etc/passwd of the container whose root directory is
     `root`, read without leaving it; "/" and /bin/sh stand in for what is missing there."""
+    import stat
     from .runtime import paths
     entry = []
-    try:
-        with os.fdopen(paths.open_in_root(root, "/etc/passwd", os.O_RDONLY),
-                       errors="replace") as f:
-            entry = next((line.rstrip("\n").split(":") for line in f
-                          if line.startswith("root:")), [])
+    try:   # a regular file only, read in bounds: the container may have planted a FIFO
+        with os.fdopen(paths.open_in_root(root, "/etc/passwd", os.O_RDONLY | os.O_NONBLOCK),
+                       "rb") as f:
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                entry = next((line.decode(errors="replace").rstrip("\n").split(":")
+                              for line in f.read(1 << 20).splitlines()
+                              if line.startswith(b"root:")), [])
     except (OSError, CtrunError):
         pass
     home, shell = entry[5:7] if len(entry) == 7 else ("/", "/bin/sh")

@@ -9,6 +9,7 @@ SIGRTMIN+3 as the stop signal, since it ignores SIGTERM as PID 1.
 """
 
 import os
+import stat
 
 MANAGER = "ctrun"
 STOP_SIGNAL = "SIGRTMIN+3"
@@ -104,12 +105,15 @@ def setup_inside(spec):
 
 
 def _has_machine_id():
+    """Whether the image's /etc/machine-id holds one (a FIFO or device is not read: nothing
+    the image planted may block or feed the init)."""
     try:
-        fd = os.open("/etc/machine-id", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open("/etc/machine-id", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                     os.O_CLOEXEC)
     except OSError:
         return False
-    with os.fdopen(fd) as f:
-        return len(f.read(64).strip()) == 32
+    with os.fdopen(fd, "rb") as f:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and len(f.read(64).strip()) == 32
 
 
 def _write(path, text, mode):

@@ -89,3 +89,20 @@ def test_not_systemd_keeps_the_image_defaults(tmp_path, image):
                    image, [])
     assert "run.ctrun.systemd" not in s["annotations"]
 
+
+
+def test_enter_takes_roots_login_shell_from_the_container(tmp_path):
+    from ctrun.api import _root_login
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "root").mkdir()
+    _exe(tmp_path / "bin/bash")
+    passwd = tmp_path / "etc/passwd"
+    passwd.write_text("daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n"
+                      "root:x:0:0:root:/root:/bin/bash\n")
+    assert _root_login(str(tmp_path)) == ("/root", "/bin/bash")
+    # what the container lacks or planted is not used: a missing shell or home, a FIFO
+    passwd.write_text("root:x:0:0:root:/nohome:/bin/zsh\n")
+    assert _root_login(str(tmp_path)) == ("/", "/bin/sh")
+    passwd.unlink()
+    os.mkfifo(passwd)
+    assert _root_login(str(tmp_path)) == ("/", "/bin/sh")
