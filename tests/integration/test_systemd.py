@@ -1,7 +1,8 @@
 """systemd as PID 1 of a default (not privileged) container: the debian-server image boots to
 `running`, journald works, `ctrun logs` shows the boot from /dev/console, and `ctrun stop`
-ends in systemd's own clean halt, leaving no process or cgroup; the same with --userns.  The image build takes a
-minute or more and needs Debian's archive: it is built once for the module, marked slow."""
+ends in systemd's own clean halt, leaving no process or cgroup; the same with --userns.
+The image build takes a minute or more and needs Debian's archive: it is built once for the
+module, marked slow."""
 
 import json
 import re
