@@ -75,7 +75,7 @@ class Ctrun:
                privileged=False, userns=False, limits=None, ignore_unsupported=False,
                net=None, ip=None, mac=None, publish=(), dns=(), vm=False, accel="auto",
                nameserver=(), searchdomain=(), onboot=False, userpasswd=None, ssh_key=(),
-               ssh_user="root", ip_add=()):
+               ssh_user="root", ip_add=(), stop_signal=""):
         """Record a container and prepare its file system; no process yet.
 
         limits: CLI-style resource options ({"memory": "64M", "pids_limit": "64"}); limits
@@ -85,7 +85,8 @@ class Ctrun:
         as a QEMU virtual machine; then limits' memory is guest RAM and cpus the vCPU
         count, and accel is auto, kvm or tcg.  VPS knobs (vzctl set's, see set_vps):
         nameserver (more dns), searchdomain, onboot, userpasswd ("USER:PASSWORD"), ssh_key
-        (public key files, for ssh_user), ip_add (extra addresses, leased like ip)."""
+        (public key files, for ssh_user), ip_add (extra addresses, leased like ip).  stop_signal:
+        what stop sends PID 1 instead of the image's (SIGRTMIN+3 when PID 1 is systemd)."""
         from .network import container as netc
         from .images import store as images
         cfgmod.check_name(name)
@@ -97,6 +98,9 @@ class Ctrun:
             ulimits=dict(cfgmod.parse_ulimit(u) for u in ulimits),
             cap_add=cfgmod.parse_caps(cap_add), cap_drop=cfgmod.parse_caps(cap_drop),
             privileged=bool(privileged), userns=bool(userns))
+        if stop_signal:
+            cfgmod.parse_signal(stop_signal)
+            cfg.stop_signal = str(stop_signal)
         netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
                                     publish, list(dns) + list(nameserver), searchdomain)
         from . import vps
@@ -275,9 +279,11 @@ class Ctrun:
 
     def _start_container(self, name, cdir, cfg, state):
         spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
-        self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf)
+        console = {"console": True, "console_uid": cfg.userns_base if cfg.userns else 0} \
+            if spec["annotations"].get("run.ctrun.systemd") else {}
+        self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf, console)
 
-    def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None):
+    def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None, extra=None):
         """Ask the store's monitor to launch and supervise this start; returns its id."""
         from . import monitor
         sid = os.urandom(6).hex()
@@ -287,7 +293,8 @@ class Ctrun:
             reply = monitor.request(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": bpf,
-                "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name})
+                "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name,
+                **(extra or {})})
         except CtrunError:  # no monitor could be reached: nothing was started
             self._undo_start(name, cdir, state, mgr, net)
             raise
@@ -429,7 +436,12 @@ class Ctrun:
                                      forward_stdin=interactive or tty)
             os.close(launched.master)
         else:
-            status_ = process._wait_forwarding(pid)
+            # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI
+            # (timeout, Ctrl-C) means stop, and becomes its stop signal
+            stop = cfgmod.parse_signal(spec["annotations"]["run.ctrun.stop_signal"])
+            status_ = process._wait_forwarding(pid, {signal.SIGTERM: stop, signal.SIGINT: stop}
+                                               if spec["annotations"].get("run.ctrun.systemd")
+                                               else None)
         code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts),
                                 mgr.name)
         return code
@@ -521,7 +533,8 @@ class Ctrun:
             icfg = images.get(self.store, conf["image"], build_missing=False)[1]
         except CtrunError:
             icfg = {}
-        sig = cfgmod.parse_signal(icfg.get("stop_signal") or "SIGTERM")
+        sig = cfgmod.parse_signal(conf.get("stop_signal") or icfg.get("stop_signal")
+                                  or "SIGTERM")
         fd = self._signal(live, 0)
         if fd is not None:
             try:
@@ -779,8 +792,8 @@ class Ctrun:
             from .runtime import seccomp
             caps = spec["process"]["capabilities"]["bounding"]
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
-        return process.join(live, spec, argv, env=env, cwd=workdir, user=user, tty=tty,
-                            stdin=interactive or tty, bpf=bpf)
+        return process.join(live, _exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
+                            user=user, tty=tty, stdin=interactive or tty, bpf=bpf)
 
     def exec_output(self, name, argv, timeout=None, stdin_path=None, **kw):
         """exec with stdout and stderr captured: (exit code, combined output as text).
@@ -825,17 +838,24 @@ class Ctrun:
         return os.waitstatus_to_exitcode(st), out.replace("\r\n", "\n").replace("\r", "\n")
 
     def enter(self, name):
-        shell = "/bin/bash"
+        """A login shell as root, as `vzctl enter` gives: root's shell from the container's
+        /etc/passwd (bash as a login shell, in root's home with its profile) when present,
+        else /bin/sh."""
         cdir = self._cdir(name)
+        tty = sys.stdin.isatty()
         if self._is_vm(cdir):
-            return self.exec(name, ["/bin/sh", "-l"], tty=sys.stdin.isatty(), interactive=True)
-        rootfs = read_json(cdir / "spec.json", {}).get("root", {}).get("path")
-        if not rootfs or not os.path.exists(os.path.join(str(cdir), "upper", "bin", "bash")):
-            shell = "/bin/sh"
-        try:   # a login shell: the image's /etc/profile (PATH, prompt, busybox's wget)
-            return self.exec(name, [shell, "-l"], tty=sys.stdin.isatty(), interactive=True)
+            return self.exec(name, ["/bin/sh", "-l"], tty=tty, interactive=True)
+        st, _, live, _ = status(cdir)
+        if st != "running":
+            raise Conflict(f"container {quote(name)} is not running; start it first: "
+                           f"ctrun start {quote(name)}")
+        home, shell = _root_login(f"/proc/{live['pid']}/root")
+        env = [f"HOME={home}", "USER=root", "LOGNAME=root", f"SHELL={shell}"]
+        try:
+            return self.exec(name, [shell, "-l"], tty=tty, interactive=True, env=env,
+                             workdir=home)
         except CommandNotFound:
-            return self.exec(name, ["/bin/sh"], tty=sys.stdin.isatty(), interactive=True)
+            return self.exec(name, ["/bin/sh"], tty=tty, interactive=True)
 
     # ---------------------------------------------------------------- queries
     def inspect(self, name):
@@ -1158,6 +1178,46 @@ def _gc_network(store, known):
     except CtrunError:
         pass
     return done
+
+
+def _root_login(root):
+    """(home, shell) of root in the /etc/passwd of the container whose root directory is
+    `root`, read without leaving it; "/" and /bin/sh stand in for what is missing there."""
+    import stat
+    from .runtime import paths
+    entry = []
+    try:   # a regular file only, read in bounds: the container may have planted a FIFO
+        with os.fdopen(paths.open_in_root(root, "/etc/passwd", os.O_RDONLY | os.O_NONBLOCK),
+                       "rb") as f:
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                entry = next((line.decode(errors="replace").rstrip("\n").split(":")
+                              for line in f.read(1 << 20).splitlines()
+                              if line.startswith(b"root:")), [])
+    except (OSError, CtrunError):
+        pass
+    home, shell = entry[5:7] if len(entry) == 7 else ("/", "/bin/sh")
+    try:
+        paths.lookup_command(root, shell, "")
+    except CtrunError:
+        shell = "/bin/sh"
+    try:
+        os.close(paths.open_in_root(root, home, os.O_PATH | os.O_DIRECTORY))
+    except (OSError, CtrunError):
+        home = "/"
+    return home, shell
+
+
+def _exec_cgroups(spec, pid):
+    """The spec with the cgroups an exec'd process joins: on cgroup2, the init's own cgroup
+    where the container's init (systemd) has delegated controllers below its root."""
+    ann = spec["annotations"]
+    v2 = (ann.get("run.ctrun.cgroup_layout") or {}).get("v2")
+    if not v2:
+        return spec
+    from .cgroups.v2 import joinable_procs
+    procs = [str(joinable_procs(p, v2, pid)) if p.startswith(v2.rstrip("/") + "/") else p
+             for p in ann.get("run.ctrun.cgroup_procs", [])]
+    return {**spec, "annotations": {**ann, "run.ctrun.cgroup_procs": procs}}
 
 
 def _layout_for_container(layout):

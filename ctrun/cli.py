@@ -15,6 +15,8 @@ def _create_opts(p):
     p.add_argument("-w", "--workdir", default="")
     p.add_argument("-u", "--user", default="", metavar="UID[:GID]")
     p.add_argument("--init", action="store_true", help="run a minimal reaper (tini) as PID 1")
+    p.add_argument("--stop-signal", default="", metavar="SIGNAL",
+                   help="what `stop` sends PID 1 (default: the image's; SIGRTMIN+3 to systemd)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]")
     p.add_argument("--cap-add", action="append", default=[])
     p.add_argument("--cap-drop", action="append", default=[])
@@ -110,6 +112,7 @@ def _create_kwargs(a):
     return dict(hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 user=a.user, init=a.init, ulimits=a.ulimit, cap_add=a.cap_add,
                 cap_drop=a.cap_drop, privileged=a.privileged, userns=a.userns,
+                stop_signal=a.stop_signal,
                 limits=_limit_kwargs(a), ignore_unsupported=a.ignore_unsupported,
                 net=a.net, ip=a.ip, mac=a.mac, publish=a.publish, dns=a.dns, vm=a.vm,
                 accel=a.accel, ip_add=a.ip_add, **_vps_kwargs(a))

@@ -34,7 +34,7 @@ _DEFAULTS = {
     "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
     "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
     "privileged": False, "userns": False, "userns_base": None, "mode": "container",
-    "limits": {}, "limits_skip": [], "net": {}, "vm": {}, "onboot": False,
+    "limits": {}, "limits_skip": [], "net": {}, "vm": {}, "onboot": False, "stop_signal": "",
 }
 
 

@@ -112,10 +112,11 @@ class Monitor:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
+        console = _console(req)
         pid = os.fork()
         if pid == 0:
             os.close(res_r)
-            _launcher(cdir, req, out_w, err_w, res_w)  # never returns
+            _launcher(cdir, req, out_w, err_w, res_w, console)  # never returns
         self.launchers.add(pid)
         for fd in (out_w, err_w, res_w):
             os.close(fd)
@@ -123,16 +124,18 @@ class Monitor:
             result = json.loads(f.read() or b'{"ok": false, "kind": "ContainerFailed", '
                                 b'"message": "container launcher died"}')
         if not result.get("ok"):
-            os.close(out_r)
-            os.close(err_r)
+            for fd in (out_r, err_r) + (console or ()):
+                os.close(fd)
             return result
         from .runtime.logfile import LogWriter
         rec = {"name": req["name"], "cdir": cdir, "start_id": req["start_id"],
                "cgroup_parent": req.get("cgroup_parent", "ctrun"),
                "cgroup_name": req.get("cgroup_name") or req["name"], "waiters": [],
                "log": LogWriter(cdir / "logs" / "console.log", req.get("log_max", 1 << 20)),
-               "fds": {out_r: "stdout", err_r: "stderr"}}
-        for fd in (out_r, err_r):
+               "fds": {out_r: "stdout", err_r: "stderr"}, "console": console}
+        if console:
+            rec["fds"][console[0]] = "console"
+        for fd in rec["fds"]:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, lambda fd, rec=rec: self._pump(rec, fd))
         self.running[result["pid"]] = rec
@@ -153,7 +156,7 @@ class Monitor:
         except BlockingIOError:
             return
         if data:
-            rec["log"].write(rec["fds"][fd], data)
+            _log(rec, fd, data)
         else:
             self.sel.unregister(fd)
             os.close(fd)
@@ -184,9 +187,11 @@ class Monitor:
                     break
                 if not data:
                     break
-                rec["log"].write(rec["fds"][fd], data)
+                _log(rec, fd, data)
             self.sel.unregister(fd)
             os.close(fd)
+        if rec["console"]:
+            os.close(rec["console"][1])
         rec["log"].close()
         from .runtime.reap import finalize
         code, reason = finalize(rec["cdir"], rec["name"], rec["start_id"], status,
@@ -196,7 +201,31 @@ class Monitor:
                                "exit_reason": reason})
 
 
-def _launcher(cdir, req, out_w, err_w, res_w):
+def _console(req):
+    """(master, slave) of a host pty for a container that asked for a console (systemd
+    writes its boot to /dev/console), or None.  The monitor keeps the slave open while the
+    container runs, so the master never reads EIO or hangs up between the container's own
+    opens; the slave is owned by the container's root (a --userns one is a mapped uid)."""
+    if not req.get("console"):
+        return None
+    import termios
+    master, slave = os.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[3] &= ~(termios.ECHO | termios.ICANON)  # nobody types: nothing to echo back
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    uid = req.get("console_uid") or 0
+    os.fchown(slave, uid, uid)
+    return master, slave
+
+
+def _log(rec, fd, data):
+    stream = rec["fds"][fd]
+    if stream == "console":   # the tty's output processing ends lines with CR LF
+        stream, data = "stdout", data.replace(b"\r\n", b"\n")
+    rec["log"].write(stream, data)
+
+
+def _launcher(cdir, req, out_w, err_w, res_w, console=None):
     """Forked from the monitor: set the container up, start it, report its pid, exit."""
     try:
         signal.set_wakeup_fd(-1)
@@ -216,6 +245,9 @@ def _launcher(cdir, req, out_w, err_w, res_w):
             from .runtime import process
             plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
             spec = read_json(cdir / "spec.json")
+            if console:
+                os.close(console[0])
+                spec["annotations"]["run.ctrun.console"] = os.ttyname(console[1])
             bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
             devnull = os.open("/dev/null", os.O_RDONLY)
             try:

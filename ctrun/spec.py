@@ -10,6 +10,7 @@ reaper is bind-mounted.
 import os
 
 from .config import RLIMITS, effective_caps
+from .runtime import systemd
 
 TINI = "/usr/bin/tini-static"
 
@@ -55,7 +56,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
     lower = [str(cdir / "lower")] if copied else list(image_rootfs.dirs)
     rlimits = [{"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
                for n, (s, h) in sorted(cfg.ulimits.items()) if n in RLIMITS]
-    return {
+    spec = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -88,10 +89,18 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.seccomp": None if cfg.privileged else "default",
             "run.ctrun.mknod": privileged_devices and not cfg.userns,
             "run.ctrun.userns_base": cfg.userns_base if cfg.userns else None,
-            "run.ctrun.stop_signal": image_cfg.get("stop_signal", "SIGTERM"),
+            "run.ctrun.stop_signal": cfg.stop_signal or image_cfg.get("stop_signal", "SIGTERM"),
             "run.ctrun.lxcfs": [list(b) for b in lxcfs],
         },
     }
+    if not cfg.init and systemd.is_systemd(image_rootfs, args, _env_dict(env).get("PATH", "")):
+        systemd.adjust(spec, cdir)
+        spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or systemd.STOP_SIGNAL
+    return spec
+
+
+def _env_dict(env):
+    return dict(e.split("=", 1) for e in env)
 
 
 def _merge_env(base, extra):

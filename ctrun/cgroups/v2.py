@@ -41,6 +41,27 @@ def _weight(path):
     return int(first[-1]) if first and first[-1].isdigit() else None
 
 
+def joinable_procs(procs, mount, pid):
+    """The cgroup.procs a new process of a container can join in the cgroup2 hierarchy at
+    `mount`: `procs` itself, unless the container's init delegated controllers below it
+    (systemd does, after moving itself to init.scope): then the kernel refuses processes
+    there (the no-internal-processes rule, EBUSY), and the init's own cgroup is joined."""
+    from pathlib import Path
+    procs, mount = Path(procs), Path(mount)
+    try:
+        if not read(procs.with_name("cgroup.subtree_control")).strip():
+            return procs
+        with open(f"/proc/{pid}/cgroup") as f:
+            rel = next(line[3:].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return procs
+    own = mount / rel.lstrip("/")
+    # only a cgroup inside the container's own subtree, never one it could point elsewhere
+    if own != procs.parent and procs.parent in own.parents and ".." not in rel.split("/"):
+        return own / "cgroup.procs"
+    return procs
+
+
 class V2Manager(CgroupManager):
     def mounts(self):
         return {KEY: self.layout.v2} if self.layout.v2 is not None else {}

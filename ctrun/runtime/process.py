@@ -343,11 +343,11 @@ def _poll(pid):
     return status if p else None
 
 
-def _wait_forwarding(pid):
-    """Wait for pid, passing SIGINT/SIGTERM/SIGHUP on to it."""
+def _wait_forwarding(pid, translate=None):
+    """Wait for pid, passing SIGINT/SIGTERM/SIGHUP on to it (as translate[sig] if given)."""
     def fwd(sig, _):
         try:
-            os.kill(pid, sig)
+            os.kill(pid, (translate or {}).get(sig, sig))
         except ProcessLookupError:
             pass
     old = {s: signal.signal(s, fwd) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}

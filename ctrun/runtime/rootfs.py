@@ -15,7 +15,7 @@ import stat
 from .. import libc
 from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                     MS_REC, MS_REMOUNT, MS_STRICTATIME, mount)
-from . import paths
+from . import paths, systemd
 
 DEVICES = (  # name, major, minor
     ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
@@ -58,7 +58,9 @@ def use_root_tree(fd):
 
 def open_sources(spec, extra=()):
     """Clone every bind source while still host root (before unshare(CLONE_NEWUSER))."""
-    for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra):
+    console = spec["annotations"].get("run.ctrun.console")
+    for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra) + \
+            ([console] if console else []):
         if src not in _SOURCES:
             _SOURCES[src] = [libc.open_tree_clone(src), os.path.isdir(src)]
 
@@ -245,9 +247,14 @@ def prepare(spec):
                            ann.get("run.ctrun.cgroup_dirs") if ann.get("run.ctrun.userns_base")
                            is not None else None)
         _mount_dev(root_fd, ann.get("run.ctrun.mknod", True))
+        if ann.get("run.ctrun.console"):  # a pty slave of the monitor's, which logs the master
+            _bind(root_fd, ann["run.ctrun.console"], "/dev/console", False)
         for m in spec["mounts"]:
             if m["type"] == "bind":
                 _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
+            elif m["type"] == "tmpfs":
+                _mount_in(root_fd, m["destination"], "tmpfs", "tmpfs",
+                          *systemd.tmpfs_args(m["options"]))
         os.fchdir(root_fd)
     finally:
         os.close(root_fd)
@@ -256,6 +263,7 @@ def prepare(spec):
     os.chdir("/")
     while _READONLY_LATER:
         _readonly_walk(_READONLY_LATER.pop())
+    systemd.setup_inside(spec)
     if spec["root"].get("readonly"):
         mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
