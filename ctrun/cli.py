@@ -56,9 +56,11 @@ def _vps_opts(p, on_set=False):
 
 
 def _vps_kwargs(a):
-    from .vps import read_userpasswd
-    return dict(searchdomain=a.searchdomain, onboot=a.onboot,
-                userpasswd=read_userpasswd(a.userpasswd, a.userpasswd_file),
+    userpasswd = None
+    if a.userpasswd is not None or a.userpasswd_file is not None:
+        from .vps import read_userpasswd  # ctypes and more: not on every run's start path
+        userpasswd = read_userpasswd(a.userpasswd, a.userpasswd_file)
+    return dict(searchdomain=a.searchdomain, onboot=a.onboot, userpasswd=userpasswd,
                 ssh_key=a.ssh_key or (), ssh_user=a.ssh_user)
 
 
