@@ -1,5 +1,10 @@
 """A container's persistent description (OpenVZ's per-container config), and input checks.
 
+Config is the one reader and writer of a container's config.json: every key the store holds
+is a field, so no module reads the file raw and a key cannot be spelled two ways.  Each
+file records the VERSION that wrote it; a field missing from an older file takes its
+default (a field is only ever added with a default that means "as before").
+
 Everything a user types is validated here, before anything is written, so bad input never
 leaves partial state behind.
 """
@@ -30,12 +35,19 @@ def all_caps():
     return tuple("CAP_" + n.upper() for n in prctl.ALL_CAP_NAMES if n != "last_cap")
 
 
+DEFAULT_CGROUP_PARENT = "ctrun"
+
 _DEFAULTS = {
     "image": "busybox", "hostname": "", "cmd": [], "env": [], "volumes": [], "workdir": "",
     "user": "", "init": False, "ulimits": {}, "cap_add": [], "cap_drop": [],
     "privileged": False, "userns": False, "userns_base": None, "mode": "container",
     "limits": {}, "limits_skip": [], "net": {}, "vm": {}, "onboot": False, "stop_signal": "",
+    # where its cgroup lives (recorded at create: $CTRUN_CGROUP_PARENT may change later)
+    "cgroup_parent": DEFAULT_CGROUP_PARENT, "cgroup_name": "", "created_at": None, "version": 0,
 }
+# 1: cgroup_parent, cgroup_name, created_at and version itself became fields
+VERSION = 1
+FILE = "config.json"
 
 
 class Config:
@@ -62,6 +74,30 @@ class Config:
 
     def __eq__(self, other):
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    @classmethod
+    def load(cls, cdir):
+        """The config of container directory `cdir`, or None when it has none (a crashed
+        create's debris, a stray entry) or a torn one."""
+        from .state import read_json
+        d = read_json(os.path.join(cdir, FILE))
+        if not isinstance(d, dict):
+            return None
+        return cls(d.get("name") or os.path.basename(cdir),
+                   **{k: v for k, v in d.items() if k in _DEFAULTS})
+
+    def save(self, cdir):
+        from .state import write_json
+        self.version = VERSION
+        write_json(os.path.join(cdir, FILE), self.to_dict())
+
+    def cgroup(self):
+        """(parent, name) of the container's cgroup."""
+        return self.cgroup_parent, self.cgroup_name or self.name
+
+
+def load(cdir):
+    return Config.load(cdir)
 
 
 def check_name(name, what="container"):

@@ -230,39 +230,11 @@ def _launcher(cdir, req, out_w, err_w, res_w, console=None):
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from .state import Store, read_json, write_json
-        conf = read_json(cdir / "config.json") or {}
-        launched = None
-        if conf.get("mode") == "vm":  # QEMU, in the VM's cgroup, as the supervised process
-            from . import cgroups
-            from .vm import machine
-            procs = cgroups.manager(req.get("cgroup_name") or req["name"],
-                                    parent=req.get("cgroup_parent", "ctrun"))
-            pid, pid_start = machine.launch(Store(req["root"]), req["name"], cdir, conf,
-                                            procs.procs_files(), out_w, err_w)
-        else:
-            from .network import container as netc
-            from .runtime import process
-            plumber = netc.plumber_for(conf.get("net"))  # pyroute2 loads meanwhile
-            spec = read_json(cdir / "spec.json")
-            if console:
-                os.close(console[0])
-                spec["annotations"]["run.ctrun.console"] = os.ttyname(console[1])
-            bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
-            devnull = os.open("/dev/null", os.O_RDONLY)
-            try:
-                launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
-            except BaseException:
-                if plumber:
-                    plumber.cancel()
-                raise
-            if plumber:
-                try:
-                    plumber.up(Store(req["root"]), req["name"], conf["net"], launched.pid)
-                except BaseException:
-                    os.kill(launched.pid, signal.SIGKILL)
-                    raise
-            pid, pid_start = launched.pid, launched.pid_start
+        from . import backends, config
+        from .state import write_json
+        cfg = config.load(cdir) or config.Config(req["name"])
+        pid, pid_start, launched = backends.for_mode(cfg.mode)(None).launch(
+            req, cdir, cfg, out_w, err_w, console)
         write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": pid,
                                         "pid_start": pid_start,
                                         "started_at": req["started_at"], "monitor": "shared"},

@@ -13,7 +13,8 @@ import re
 import shutil
 import sys
 
-from .state import DEFAULT_ROOT, read_json
+from . import config
+from .state import DEFAULT_ROOT
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -70,8 +71,8 @@ def marked(store):
     """Names of the store's containers marked onboot, sorted."""
     out = []
     for n in store.container_names():
-        conf = read_json(store.container_dir(n) / "config.json")
-        if conf and conf.get("onboot"):
+        cfg = config.load(store.container_dir(n))
+        if cfg and cfg.onboot:
             out.append(n)
     return sorted(out)
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 
+from .. import config
 from ..errors import InvalidInput, NotFound
 from ..state import private_dir, read_json, write_json
 
@@ -204,7 +205,7 @@ def _size(store, name, cfg):
 
 def users(store, name):
     return [c for c in store.container_names()
-            if (read_json(store.container_dir(c) / "config.json") or {}).get("image") == name]
+            if getattr(config.load(store.container_dir(c)), "image", None) == name]
 
 
 def remove(store, name, force=False):

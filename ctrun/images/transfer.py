@@ -14,7 +14,7 @@ import subprocess
 import tarfile
 
 from ..errors import Conflict, CtrunError, InvalidInput, NotFound, quote
-from ..state import read_json
+from .. import config
 from . import layers
 from . import store as images
 
@@ -180,22 +180,19 @@ def template(store, container, name, cdir):
     directory already is an overlayfs layer (whiteouts, opaque dirs); only overlayfs's own
     bookkeeping xattrs are dropped from the copy.  A --userns container's files are owned
     by its shifted ids, so its merged view is copied as one layer instead."""
-    conf = read_json(cdir / "config.json") or {}
-    if conf.get("mode") == "vm":
-        raise InvalidInput(f"'{container}' is a VM: its changes live in a disk image, not in "
-                           "files a template can take; use a container")
+    conf = config.load(cdir) or config.Config(container, image="")
     try:
-        view, base_cfg = images.get(store, conf.get("image", ""), build_missing=False)
+        view, base_cfg = images.get(store, conf.image, build_missing=False)
     except NotFound:
         raise NotFound(f"the image of container '{container}' is gone; cannot make a "
                        "template") from None
     cfg = {k: v for k, v in base_cfg.items() if k not in ("name", "layers", "digest")}
-    if conf.get("cmd"):
-        cfg["cmd"] = conf["cmd"]
-    if conf.get("env"):
-        cfg["env"] = conf["env"]
+    if conf.cmd:
+        cfg["cmd"] = conf.cmd
+    if conf.env:
+        cfg["env"] = conf.env
     cfg.update(built_by="template", source={"kind": "container", "container": container,
-                                            "image": conf.get("image")})
+                                            "image": conf.image})
     base_ids = base_cfg.get("layers") if isinstance(base_cfg.get("layers"), list) else None
 
     def cp(src, dst):
@@ -205,7 +202,7 @@ def template(store, container, name, cdir):
             raise InvalidInput(f"cannot make a template of '{container}': "
                                f"{r.stderr.strip() or f'cp exited with {r.returncode}'}")
 
-    if conf.get("userns") or base_ids is None:
+    if conf.userns or base_ids is None:
         def fill(rootfs):
             try:
                 layers.merged([cdir / "upper"] + view.dirs, lambda m: cp(m, rootfs),

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from ..errors import CtrunError, HostUnsupported
-from ..state import read_json
+from .. import config
 
 HEADROOM = 1 << 30  # free space in the guest's root (sparse: costs nothing until written)
 
@@ -95,9 +95,9 @@ def gc(store):
         return done
     used = set()
     for n in store.container_names():
-        conf = read_json(store.container_dir(n) / "config.json") or {}
-        if conf.get("vm"):
-            used.add(conf["vm"].get("base_disk"))
+        cfg = config.load(store.container_dir(n))
+        if cfg and cfg.vm:
+            used.add(cfg.vm.get("base_disk"))
     for p in d.glob("disk-*.ext4"):
         image = p.name[len("disk-"):].rsplit("-", 1)[0]
         try:

@@ -1,0 +1,18 @@
+"""The backends: what a container's process is (an init in namespaces, or QEMU), chosen once
+from the container's recorded mode by for_mode; the lifecycle (ctrun.api) calls no other."""
+
+MODES = ("container", "vm")
+
+
+def for_mode(mode):
+    """The backend class of a container whose config records `mode`."""
+    if mode == "vm":
+        from .vm import VMBackend
+        return VMBackend
+    from .container import ContainerBackend
+    return ContainerBackend
+
+
+def for_create(vm):
+    """The backend a new container gets from the front end's --vm flag."""
+    return for_mode("vm" if vm else "container")
