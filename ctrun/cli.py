@@ -1,5 +1,6 @@
-"""The `ctrun` command line: parse, call ctrun.api, print.  Errors are one line; --debug
-shows the traceback.  Heavy modules are imported by the verbs that need them."""
+"""The `ctrun` command line: a table of verbs (VERBS: help and arguments; DO: what each
+does), each one parse, call ctrun.api, print.  Errors are one line; --debug shows the
+traceback.  Heavy modules are imported by the verbs that need them."""
 
 import argparse
 import json
@@ -313,6 +314,7 @@ VERBS = {
     "lab": ("compare host, container and VM: figures, isolation probes, report", (), _lab),
 }
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
+SUB_ALIASES = {"ls": "list"}  # of the image and network actions
 COMMAND_VERBS = ("create", "run", "exec")  # the verbs that take -- CMD [ARGS...]
 
 
@@ -402,134 +404,174 @@ def _each(names, fn):
     return code
 
 
+def _print_json(obj):
+    print(json.dumps(obj, indent=1))
+
+
+def _do_create(ct, a):
+    ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
+    print(a.name)
+
+
+def _do_run(ct, a):
+    return ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm, detach=a.detach,
+                  tty=a.tty, interactive=a.interactive, plumber=a.plumber, **_create_kwargs(a))
+
+
+def _do_start(ct, a):
+    if a.onboot == bool(a.name):
+        from .errors import InvalidInput
+        raise InvalidInput("start takes a container name or --onboot (every container "
+                           "marked onboot), not both and not neither")
+    if a.name:
+        ct.start(a.name)
+        return 0
+    code = 0
+    for n, err in ct.start_onboot():
+        if err:
+            print(f"ctrun: error: {n}: {err}", file=sys.stderr)
+            code = 1
+        else:
+            print(n)
+    return code
+
+
+def _do_list(ct, a):
+    rows = ct.list(all=a.all)
+    if a.format == "json":
+        return _print_json(rows)
+    print(_table(rows, [("NAME", "name"), ("STATE", "state"), ("PID", "pid"),
+                        ("IMAGE", "image"), ("MODE", "mode"), ("ACCEL", "accel"),
+                        ("EXIT", "exit_code"), ("REASON", "exit_reason")]))
+
+
+def _do_set(ct, a):
+    vps = _set_vps_given(a)
+    if vps:
+        ct.set_vps(a.name, hostname=a.hostname, nameserver=a.nameserver, save=not a.no_save,
+                   **_vps_kwargs(a))
+    if a.ip_add or a.ip_del:
+        ct.set_ips(a.name, add=a.ip_add, delete=a.ip_del, save=not a.no_save)
+    if _limit_kwargs(a) or not (a.ip_add or a.ip_del or vps):
+        ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
+               ignore_unsupported=a.ignore_unsupported)
+
+
+def _do_stats(ct, a):
+    from .stats import show
+    return show(ct, a.name, fmt=a.format, watch=a.watch)
+
+
+def _do_gc(ct, a):
+    for line in ct.gc():
+        print(line)
+
+
+def _network_create(ct, a):
+    ct.network_create(a.name, a.subnet, gateway=a.gateway, nat=not a.no_nat,
+                      allow_from=a.allow_from, host_access=not a.no_host_access)
+    print(a.name)
+
+
+def _network_list(ct, a):
+    print(_table(ct.network_list(), [("NAME", "name"), ("BRIDGE", "bridge"),
+                                     ("SUBNET", "subnet"), ("GATEWAY", "gateway"),
+                                     ("NAT", "nat"), ("CONTAINERS", "containers")]))
+
+
+NETWORK_DO = {
+    "create": _network_create,
+    "list": _network_list,
+    "inspect": lambda ct, a: _print_json(ct.network_inspect(a.name)),
+    "rm": lambda ct, a: _each(a.name, ct.network_rm),
+}
+
+
+def _image_build(ct, a):
+    ct.image_build(a.name, force=a.force, suite=a.suite, variant=a.variant, include=a.include)
+    print(a.name)
+
+
+def _image_list(ct, a):
+    rows = [{**i, "size": f"{i['size'] / 1048576:.1f}M"} for i in ct.image_list()]
+    print(_table(rows, [("NAME", "name"), ("BUILT BY", "built_by"), ("SIZE", "size"),
+                        ("CONTAINERS", "users")]))
+
+
+def _image_import(ct, a):
+    ct.image_import(a.file, a.name, ref=a.ref, trusted=a.trusted)
+    print(a.name)
+
+
+def _image_pull(ct, a):
+    from .images.registry import read_creds
+    cfg = ct.image_pull(a.reference, name=a.name, creds=read_creds(a.creds, a.creds_file),
+                        authfile=a.authfile, tls_verify=a.tls_verify == "true",
+                        platform=a.platform, trusted=a.trusted)
+    print(cfg["name"])
+
+
+IMAGE_DO = {
+    "build": _image_build,
+    "list": _image_list,
+    "rm": lambda ct, a: _each(a.name, lambda n: ct.image_rm(n, force=a.force)),
+    "import": _image_import,
+    "pull": _image_pull,
+    "export": lambda ct, a: ct.image_export(a.name, a.file),
+    "inspect": lambda ct, a: _print_json(ct.image_inspect(a.name)),
+}
+
+
+def _do_template(ct, a):
+    ct.template(a.container, a.name)
+    print(a.name)
+
+
+def _do_lab(ct, a):
+    from .lab.main import run
+    return run(a)
+
+
+def _do_demo(ct, a):
+    from .demo import demo
+    return demo(ct, keep=a.keep)
+
+
+# verb -> what it does: parse (done by argparse from VERBS), call the API, print; the
+# returned value (None: 0) is the exit code
+DO = {
+    "create": _do_create,
+    "run": _do_run,
+    "start": _do_start,
+    "stop": lambda ct, a: ct.stop(a.name, a.time),
+    "restart": lambda ct, a: ct.restart(a.name, a.time),
+    "kill": lambda ct, a: ct.kill(a.name, a.signal),
+    "exec": lambda ct, a: ct.exec(a.name, _cmd(a.cmd), tty=a.tty, interactive=a.interactive,
+                                  env=a.env, workdir=a.workdir, user=a.user),
+    "enter": lambda ct, a: ct.enter(a.name),
+    "list": _do_list,
+    "inspect": lambda ct, a: _print_json(ct.inspect(a.name)),
+    "logs": lambda ct, a: ct.logs(a.name, follow=a.follow),
+    "destroy": lambda ct, a: _each(a.name, lambda n: ct.destroy(n, force=a.force)),
+    "set": _do_set,
+    "stats": _do_stats,
+    "freeze": lambda ct, a: ct.freeze(a.name),
+    "thaw": lambda ct, a: ct.thaw(a.name),
+    "network": lambda ct, a: NETWORK_DO[SUB_ALIASES.get(a.network_verb, a.network_verb)](ct, a),
+    "gc": _do_gc,
+    "image": lambda ct, a: IMAGE_DO[SUB_ALIASES.get(a.image_verb, a.image_verb)](ct, a),
+    "template": _do_template,
+    "demo": _do_demo,
+    "lab": _do_lab,
+}
+
+
 def dispatch(a):
     from .api import Ctrun
     from .errors import one_line
     ct = Ctrun(a.root, warn=lambda m: print(f"ctrun: warning: {one_line(m)}", file=sys.stderr))
-    v = a.verb
-    if v == "create":
-        ct.create(a.name, image=a.image, cmd=_cmd(a.cmd), **_create_kwargs(a))
-        print(a.name)
-    elif v == "run":
-        code = ct.run(image=a.image_pos, cmd=_cmd(a.cmd), name=a.name, rm=a.rm,
-                      detach=a.detach, tty=a.tty, interactive=a.interactive,
-                      plumber=a.plumber, **_create_kwargs(a))
-        return code
-    elif v == "start":
-        if a.onboot == bool(a.name):
-            from .errors import InvalidInput
-            raise InvalidInput("start takes a container name or --onboot (every container "
-                               "marked onboot), not both and not neither")
-        if a.name:
-            ct.start(a.name)
-        else:
-            code = 0
-            for n, err in ct.start_onboot():
-                if err:
-                    print(f"ctrun: error: {n}: {err}", file=sys.stderr)
-                    code = 1
-                else:
-                    print(n)
-            return code
-    elif v == "restart":
-        ct.restart(a.name, a.time)
-    elif v == "stop":
-        ct.stop(a.name, a.time)
-    elif v == "kill":
-        ct.kill(a.name, a.signal)
-    elif v == "exec":
-        return ct.exec(a.name, _cmd(a.cmd), tty=a.tty, interactive=a.interactive, env=a.env,
-                       workdir=a.workdir, user=a.user)
-    elif v == "enter":
-        return ct.enter(a.name)
-    elif v in ("list", "ls"):
-        rows = ct.list(all=a.all)
-        if a.format == "json":
-            print(json.dumps(rows, indent=1))
-        else:
-            print(_table(rows, [("NAME", "name"), ("STATE", "state"), ("PID", "pid"),
-                                ("IMAGE", "image"), ("MODE", "mode"), ("ACCEL", "accel"),
-                                ("EXIT", "exit_code"),
-                                ("REASON", "exit_reason")]))
-    elif v == "inspect":
-        print(json.dumps(ct.inspect(a.name), indent=1))
-    elif v == "logs":
-        ct.logs(a.name, follow=a.follow)
-    elif v in ("destroy", "rm"):
-        return _each(a.name, lambda n: ct.destroy(n, force=a.force))
-    elif v == "set":
-        vps = _set_vps_given(a)
-        if vps:
-            ct.set_vps(a.name, hostname=a.hostname, nameserver=a.nameserver,
-                       save=not a.no_save, **_vps_kwargs(a))
-        if a.ip_add or a.ip_del:
-            ct.set_ips(a.name, add=a.ip_add, delete=a.ip_del, save=not a.no_save)
-        if _limit_kwargs(a) or not (a.ip_add or a.ip_del or vps):
-            ct.set(a.name, _limit_kwargs(a), save=not a.no_save,
-                   ignore_unsupported=a.ignore_unsupported)
-    elif v == "stats":
-        from .stats import show
-        return show(ct, a.name, fmt=a.format, watch=a.watch)
-    elif v == "freeze":
-        ct.freeze(a.name)
-    elif v == "thaw":
-        ct.thaw(a.name)
-    elif v == "network":
-        if a.network_verb == "create":
-            ct.network_create(a.name, a.subnet, gateway=a.gateway, nat=not a.no_nat,
-                              allow_from=a.allow_from, host_access=not a.no_host_access)
-            print(a.name)
-        elif a.network_verb in ("list", "ls"):
-            print(_table(ct.network_list(), [("NAME", "name"), ("BRIDGE", "bridge"),
-                                             ("SUBNET", "subnet"), ("GATEWAY", "gateway"),
-                                             ("NAT", "nat"), ("CONTAINERS", "containers")]))
-        elif a.network_verb == "inspect":
-            print(json.dumps(ct.network_inspect(a.name), indent=1))
-        else:
-            return _each(a.name, ct.network_rm)
-    elif v == "gc":
-        for line in ct.gc():
-            print(line)
-    elif v == "image":
-        from .images import store as images
-        if a.image_verb == "build":
-            images.build(ct.store, a.name, force=a.force, suite=a.suite, variant=a.variant,
-                         include=a.include)
-            print(a.name)
-        elif a.image_verb in ("list", "ls"):
-            rows = [{**i, "size": f"{i['size'] / 1048576:.1f}M"}
-                    for i in images.list_images(ct.store)]
-            print(_table(rows, [("NAME", "name"), ("BUILT BY", "built_by"), ("SIZE", "size"),
-                                ("CONTAINERS", "users")]))
-        elif a.image_verb == "rm":
-            return _each(a.name, lambda n: images.remove(ct.store, n, force=a.force))
-        elif a.image_verb == "import":
-            from .images import transfer
-            transfer.import_image(ct.store, a.file, a.name, ref=a.ref, trusted=a.trusted)
-            print(a.name)
-        elif a.image_verb == "pull":
-            from .images import registry
-            cfg = registry.pull(ct.store, a.reference, name=a.name,
-                                creds=registry.read_creds(a.creds, a.creds_file),
-                                authfile=a.authfile, tls_verify=a.tls_verify == "true",
-                                platform=a.platform, trusted=a.trusted)
-            print(cfg["name"])
-        elif a.image_verb == "export":
-            from .images import transfer
-            transfer.export_image(ct.store, a.name, a.file)
-        elif a.image_verb == "inspect":
-            print(json.dumps(images.inspect(ct.store, a.name), indent=1))
-    elif v == "template":
-        from .images import transfer
-        transfer.template(ct.store, a.container, a.name, ct._cdir(a.container))
-        print(a.name)
-    elif v == "lab":
-        from .lab.main import run
-        return run(a)
-    elif v == "demo":
-        from .demo import demo
-        return demo(ct, keep=a.keep)
-    return 0
+    result = DO[ALIASES.get(a.verb, a.verb)](ct, a)
+    return result if type(result) is int else 0
 
 
 def main(argv=None):
