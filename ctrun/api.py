@@ -23,6 +23,8 @@ from . import backends, config as cfgmod, lifecycle
 from .backends import base
 from .backends.container import DEVICE_ALLOW, _root_login  # noqa: F401 - public names
 from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
+from .lifecycle import State
+from .shared import SharedVerbs
 from .state import Store, status, write_json
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
@@ -37,7 +39,7 @@ def _cgroup_parent():
     return os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)
 
 
-class Ctrun:
+class Ctrun(SharedVerbs):
     def __init__(self, root=None, warn=None):
         self.store = Store(root)
         # where non-fatal notices go (skipped --ignore-unsupported limits); the CLI prints them
@@ -70,14 +72,6 @@ class Ctrun:
 
     def _backend(self, cfg):
         return backends.for_mode(cfg.mode)(self.store, self.warn)
-
-    def _locked(self, name, verb):
-        """(cdir, cfg, status, state, live) of a container, checked for `verb`; call with
-        the name's lock held."""
-        cdir = self._cdir(name)
-        st, state, live, _ = status(cdir)
-        lifecycle.require(verb, name, st)
-        return cdir, self._config(cdir), st, state, live
 
     def cgroup_manager(self, name):
         """The cgroup manager of container `name` (its recorded cgroup, or the one a create
@@ -292,7 +286,7 @@ class Ctrun:
 
     def restart(self, name, timeout=10.0):
         cdir = self._cdir(name)
-        if status(cdir)[0] == "running":
+        if status(cdir)[0] == State.RUNNING:
             self.stop(name, timeout)
         return self.start(name)
 
@@ -307,7 +301,7 @@ class Ctrun:
         with self.store.lock(name):
             new, skip, warnings = _check_limits(limits, ignore_unsupported)
             st = status(cdir)[0]
-            running = st == "running"
+            running = st == State.RUNNING
             if not save:
                 lifecycle.require("set-live", name, st, " to change its saved limits")
             cfg = self._config(cdir)
@@ -459,7 +453,7 @@ class Ctrun:
             "exit_reason": ex.get("exit_reason") if ex else None,
         }
         row, detail = self._backend(cfg).describe(
-            cdir, cfg, out["pid"] if st == lifecycle.State.RUNNING else None)
+            cdir, cfg, out["pid"] if st == State.RUNNING else None)
         out.update(row)
         if not full:
             return out
@@ -469,11 +463,11 @@ class Ctrun:
         except CtrunError:
             m, paths = None, {}
         out["limits"] = None
-        if st == lifecycle.State.RUNNING and m is not None:
+        if st == State.RUNNING and m is not None:
             try:
                 out["limits"] = m.read_limits()
                 if m.frozen():
-                    out["state"] = str(lifecycle.State.FROZEN)
+                    out["state"] = str(State.FROZEN)
             except (CtrunError, OSError):
                 out["limits"] = None
         net = cfg.net
@@ -493,7 +487,7 @@ class Ctrun:
             if not (cdir / cfgmod.FILE).exists():
                 continue
             d = self._describe(n, cdir, full=False)
-            if all or d["state"] == "running":
+            if all or d["state"] == State.RUNNING:
                 rows.append(d)
         return rows
 
@@ -518,7 +512,7 @@ class Ctrun:
         pos = path.stat().st_size if path.exists() else 0
         ino = path.stat().st_ino if path.exists() else None
         while True:
-            running = status(cdir)[0] == "running"
+            running = status(cdir)[0] == State.RUNNING
             if path.exists():
                 st = path.stat()
                 if st.st_ino != ino:  # rotated
@@ -546,11 +540,11 @@ class Ctrun:
                 return
             st, state, live, _ = status(cdir)
             cfg = cfgmod.load(cdir)  # None: debris of a create, which never had a cgroup
-            if st == lifecycle.State.STOPPING:  # let the monitor finish recording the exit
+            if st == State.STOPPING:  # let the monitor finish recording the exit
                 base.await_exit_record(cdir, state["start_id"], timeout=5)
             if not force:
                 lifecycle.require("destroy", name, st)
-            if st == lifecycle.State.RUNNING:
+            if st == State.RUNNING:
                 write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
                 base.kill_and_wait(cfg, live)
                 base.await_exit_record(cdir, state["start_id"], timeout=5)
@@ -577,41 +571,6 @@ class Ctrun:
         from . import gc
         return gc.collect(self)
 
-    # ---------------------------------------------------------------- networks
-    def network_create(self, name, subnet, gateway=None, nat=True, **fences):
-        """fences: allow_from, host_access (see networks.create)."""
-        from .network import networks
-        self.store.ensure()
-        return networks.create(self.store, name, subnet, gateway=gateway, nat=nat, **fences)
-
-    def network_list(self):
-        from .network import ipam, networks
-        out = []
-        for n in networks.list_networks(self.store):
-            users = sorted({c.split("/")[0] for c in ipam.leases(self.store, n["name"]).values()})
-            out.append({**n, "containers": ",".join(users) or "-"})
-        return out
-
-    def network_inspect(self, name):
-        from .network import ipam, networks
-        n = networks.get(self.store, name, create_default=False)
-        return {**n, "leases": ipam.leases(self.store, name)}
-
-    def network_rm(self, name):
-        """Refused while containers hold addresses; removes this store's bridge and rules, and
-        restores ip_forward when the host's last ctrun network goes."""
-        from .network import networks
-        n = networks.get(self.store, name, create_default=False)
-        networks.remove(self.store, name)
-        networks.remove_bridge(self.store, n)
-        from .network import nft
-        try:
-            nft.remove_network(n, last=not networks.list_networks(self.store),
-                               owner=self.store.short_id)
-        except CtrunError:
-            if n.get("nat", True):
-                raise
-
     def set_ips(self, name, add=(), delete=(), save=True):
         """Add or remove extra addresses on eth0 (vzctl set --ipadd/--ipdel)."""
         from .network import container as netc
@@ -623,7 +582,7 @@ class Ctrun:
                 raise InvalidInput(f"container '{name}' has no bridged network; --ip-add needs one")
             st, _, live, _ = status(cdir)
             net = netc.change_ips(self.store, name, net, add, delete,
-                                  live["pid"] if st == "running" else None)
+                                  live["pid"] if st == State.RUNNING else None)
             if save:
                 cfg.net = net
                 cfg.save(cdir)
@@ -657,7 +616,7 @@ class Ctrun:
             conf = cfg.to_dict()
             st, _, live, _ = status(cdir)
             lifecycle.require("edit", name, st)  # its overlay may still be mounted
-            live = live if st == "running" else None
+            live = live if st == State.RUNNING else None
             self._backend(cfg).check_edit(name, {
                 "hostname": hostname, "nameserver": nameserver is not None,
                 "searchdomain": searchdomain is not None, "userpasswd": secret,
@@ -701,42 +660,6 @@ class Ctrun:
             except CtrunError as e:
                 out.append((n, str(e)))
         return out
-
-    # ---------------------------------------------------------------- images
-    def image_build(self, name, force=False, suite=None, variant=None, include=None):
-        """Build image `name` from a built-in recipe (see ctrun.images.recipe)."""
-        from .images import store as images
-        return images.build(self.store, name, force=force, suite=suite, variant=variant,
-                            include=include)
-
-    def image_list(self):
-        from .images import store as images
-        return images.list_images(self.store)
-
-    def image_inspect(self, name):
-        from .images import store as images
-        return images.inspect(self.store, name)
-
-    def image_rm(self, name, force=False):
-        """Refused while containers use it, unless force."""
-        from .images import store as images
-        return images.remove(self.store, name, force=force)
-
-    def image_import(self, path, name, ref=None, trusted=False):
-        """A rootfs tarball, OCI layout or archive, or docker save archive as image `name`."""
-        from .images import transfer
-        return transfer.import_image(self.store, path, name, ref=ref, trusted=trusted)
-
-    def image_pull(self, reference, name=None, creds=None, authfile=None, tls_verify=True,
-                   platform=None, trusted=False):
-        """Pull from a registry; returns the image's config (its "name" is the store's)."""
-        from .images import registry
-        return registry.pull(self.store, reference, name=name, creds=creds, authfile=authfile,
-                             tls_verify=tls_verify, platform=platform, trusted=trusted)
-
-    def image_export(self, name, path):
-        from .images import transfer
-        return transfer.export_image(self.store, name, path)
 
     def template(self, container, name):
         """Image `name` from a container's changes on its image (vzdump-style template)."""

@@ -7,6 +7,7 @@ import shutil
 from . import config as cfgmod
 from .backends import base
 from .errors import Conflict, CtrunError, InvalidInput, NotFound, quote
+from .lifecycle import State
 from .state import read_json, stale_temp_files, status, write_json
 
 
@@ -35,7 +36,7 @@ def collect(ct):
         owned.add((parent, cgroup))
         with store.lock(n):
             st, state, live, ex = status(cdir)
-            if st != "running":
+            if st != State.RUNNING:
                 if base.manager(cfg).discard():
                     done.append(f"removed cgroup of stopped container {n}")
                 if state.get("start_id") and not (read_json(cdir / "exit.json") or {}).get(
@@ -67,7 +68,7 @@ def collect(ct):
 def _bad_entry(ct, n, cdir, cfg):
     """An entry no verb but destroy can use: a directory without a config (a crashed
     create's debris) or a name this version refuses.  Removed unless it runs."""
-    if cfg is not None and status(cdir)[0] == "running":
+    if cfg is not None and status(cdir)[0] == State.RUNNING:
         return [f"kept running container {quote(n)}, whose name is invalid; remove it "
                 f"with: ctrun destroy --force {quote(n)}"]
     try:
@@ -128,7 +129,7 @@ def _network(store, known):
                 except Conflict:
                     continue
                 done.append(f"removed published ports of missing container {owner}")
-            elif status(store.container_dir(owner))[0] != "running":
+            elif status(store.container_dir(owner))[0] != State.RUNNING:
                 # its supervisor died with it (e.g. a killed `ctrun run`): nobody unpublished
                 nft.unpublish(owner, store.short_id)
                 done.append(f"removed published ports of stopped container {owner}")

@@ -6,6 +6,7 @@ import signal
 
 from .. import config as cfgmod
 from ..errors import ContainerFailed, Conflict, CtrunError, InvalidInput
+from ..lifecycle import State
 from . import base
 
 # create options that have no meaning for a guest kernel
@@ -58,7 +59,7 @@ class VMBackend(base.Backend):
         from ..state import status
         from ..vm import machine
         try:
-            machine.wait_ready(cdir, lambda: status(cdir)[0] == "running")
+            machine.wait_ready(cdir, lambda: status(cdir)[0] == State.RUNNING)
         except CtrunError as e:
             live = status(cdir)[2]
             if live:
