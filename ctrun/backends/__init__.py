@@ -1,5 +1,10 @@
 """The backends: what a container's process is (an init in namespaces, or QEMU), chosen once
-from the container's recorded mode by for_mode; the lifecycle (ctrun.api) calls no other."""
+from the container's recorded mode by for_mode; the lifecycle (ctrun.api) calls no other.
+
+The monitor hand-off stays in the lifecycle rather than in a backend: the monitor's
+launcher calls a backend's launch, so a backend that called the monitor would close an
+import circle.  There is no backend destroy: all a backend makes lives in the container
+directory or its cgroup, which the lifecycle removes the same way for both."""
 
 MODES = ("container", "vm")
 
