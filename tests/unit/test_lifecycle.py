@@ -61,3 +61,53 @@ def test_config_keeps_every_key_the_store_holds(tmp_path):
     assert config.load(tmp_path / "missing") is None
     (tmp_path / "config.json").write_text("[1]")  # not a config: as missing
     assert config.load(tmp_path) is None
+
+
+class Recorder:
+    """A backend that records the lifecycle's calls; its process is this test's own."""
+
+    mode = "recorder"
+    calls = []
+
+    def __init__(self, store, warn=None):
+        self.store = store
+
+    def signal(self, cdir, live, signum):
+        self.calls.append(("signal", live["pid"], signum))
+
+    def stop(self, name, cdir, cfg, live, timeout):
+        from ctrun.state import read_json, write_json
+        self.calls.append(("stop", name, timeout))
+        sid = read_json(cdir / "state.json")["start_id"]
+        write_json(cdir / "exit.json", {"start_id": sid, "exit_code": 0,
+                                        "exit_reason": "exited", "finished_at": None})
+
+    def describe(self, cdir, cfg, pid):
+        return {"accel": None}, {}
+
+
+def test_the_lifecycle_calls_the_backend_its_mode_chose(tmp_path, monkeypatch):
+    """kill and stop on a running container (this process stands in for its init) reach
+    the chosen backend once each, under the lifecycle's state checks; no root needed."""
+    import os
+    import signal
+    from ctrun import state
+    from ctrun.api import Ctrun
+    monkeypatch.setattr(backends, "for_mode", lambda mode: Recorder)
+    Recorder.calls = []
+    ct = Ctrun(root=tmp_path)
+    cdir = tmp_path / "containers" / "web1"
+    cdir.mkdir(parents=True)
+    config.Config("web1", mode="recorder").save(cdir)
+    state.write_json(cdir / "state.json", {})
+    with pytest.raises(Conflict, match="is not running; start it first"):
+        ct.kill("web1", "TERM")
+    state.write_json(cdir / "state.json", {"start_id": "s1"})
+    state.write_json(cdir / "live.json", {"start_id": "s1", "pid": os.getpid(),
+                                          "pid_start": state.proc_start_time(os.getpid())})
+    ct.kill("web1", "TERM")
+    monkeypatch.setattr("ctrun.backends.base.thaw_if_frozen", lambda cfg: None)
+    assert ct.stop("web1", timeout=3)["state"] == "stopped"
+    assert Recorder.calls == [("signal", os.getpid(), signal.SIGTERM), ("stop", "web1", 3)]
+    with pytest.raises(Conflict, match="is not running$"):
+        ct.stop("web1")
