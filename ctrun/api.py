@@ -228,7 +228,7 @@ class Ctrun(SharedVerbs):
         plumber: a network.container.Plumber forked early by the caller, so pyroute2 loads
         while the container is created (the CLI forks it before it imports this module)."""
         name = name or "ct-" + os.urandom(4).hex()
-        if create_opts.get("vm") and not detach:
+        if not detach and not backends.for_create(create_opts.get("vm")).attachable:
             raise InvalidInput("run --vm needs -d: a VM boots its image's init; then use "
                                "ctrun exec NAME -- CMD")
         try:

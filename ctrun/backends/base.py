@@ -54,9 +54,17 @@ class Backend:
         an object whose start() lets it run, or None)."""
         raise NotImplementedError
 
+    # can the caller supervise the process itself (run without -d: attach, wait_attached)
+    attachable = False
+
     def attach(self, name, cdir, cfg, tty, interactive, plumber):
-        raise InvalidInput("run --vm needs -d: a VM boots its image's init; then use "
-                           "ctrun exec NAME -- CMD")
+        """Start with the caller as supervisor (called with the lock held); returns what
+        wait_attached needs."""
+        raise NotImplementedError
+
+    def wait_attached(self, name, cdir, attached, tty, interactive):
+        """Relay and wait (without the lock); the workload's exit code."""
+        raise NotImplementedError
 
     # ---- a running process
     def signal(self, cdir, live, signum):

@@ -17,6 +17,7 @@ DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
 class ContainerBackend(base.Backend):
     mode = "container"
     dirs = ("upper", "work", "rootfs", "logs")
+    attachable = True
     _claim = None
 
     # ---------------------------------------------------------------- create
@@ -119,8 +120,7 @@ class ContainerBackend(base.Backend):
         return launched.pid, launched.pid_start, launched
 
     def attach(self, name, cdir, cfg, tty, interactive, plumber):
-        """Start with the caller as supervisor (called with the lock held): stdio inherited
-        (or a pty); returns what wait_attached needs."""
+        """stdio inherited (or a pty)."""
         import prctl
         from ..network import container as netc
         from ..runtime import process
@@ -171,7 +171,6 @@ class ContainerBackend(base.Backend):
         return launched, spec, mgr, sid
 
     def wait_attached(self, name, cdir, attached, tty, interactive):
-        """Relay and wait (without the lock); the workload's exit code."""
         from ..runtime import process, reap, terminal
         launched, spec, mgr, sid = attached
         pid = launched.pid
