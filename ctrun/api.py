@@ -12,6 +12,7 @@ ends (the CLI, the lab, Python programs) call this class and nothing below it.
 Every method raises a ctrun.errors.CtrunError subclass with a one-line message.
 """
 
+import contextlib
 import os
 import select
 import shutil
@@ -72,6 +73,17 @@ class Ctrun(SharedVerbs):
 
     def _backend(self, cfg):
         return backends.for_mode(cfg.mode)(self.store, self.warn)
+
+    @contextlib.contextmanager
+    def _held(self, name, verb=None):
+        """The name's lock, and the container as it is under it: (cdir, Config, Status)
+        where Status is (status, state, live), checked for `verb` by the lifecycle."""
+        cdir = self._cdir(name)
+        with self.store.lock(name):
+            st, state, live, _ = status(cdir)
+            if verb:
+                lifecycle.require(verb, name, st)
+            yield cdir, self._config(cdir), (st, state, live)
 
     def cgroup_manager(self, name):
         """The cgroup manager of container `name` (its recorded cgroup, or the one a create
@@ -188,11 +200,7 @@ class Ctrun(SharedVerbs):
     def start(self, name):
         """Start a created or stopped container in the background (supervised by the monitor);
         a VM's start returns once its guest agent answers."""
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            st, state, _, _ = status(cdir)
-            lifecycle.require("start", name, st)
-            cfg = self._config(cdir)
+        with self._held(name, "start") as (cdir, cfg, (_, state, _)):
             backend = self._backend(cfg)
             mgr, extra = backend.prepare_start(name, cdir, cfg)
             sid = self._hand_to_monitor(name, cdir, state, mgr, cfg.net, extra)
@@ -254,9 +262,7 @@ class Ctrun(SharedVerbs):
     def _run_attached(self, name, tty, interactive, plumber=None):
         """Start with this process as the supervisor: stdio inherited (or a pty), the
         workload's exit code returned."""
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            cfg = self._config(cdir)
+        with self._held(name) as (cdir, cfg, _):
             backend = self._backend(cfg)
             attached = backend.attach(name, cdir, cfg, tty, interactive, plumber)
         return backend.wait_attached(name, cdir, attached, tty, interactive)
@@ -264,21 +270,14 @@ class Ctrun(SharedVerbs):
     # ---------------------------------------------------------------- signals
     def kill(self, name, sig="KILL"):
         signum = cfgmod.parse_signal(sig)
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            st, _, live, _ = status(cdir)
-            lifecycle.require("kill", name, st)
-            return self._backend(self._config(cdir)).signal(cdir, live, signum)
+        with self._held(name, "kill") as (cdir, cfg, (_, _, live)):
+            return self._backend(cfg).signal(cdir, live, signum)
 
     def stop(self, name, timeout=10.0):
         """The image's stop signal (a VM: its guest's power-off), then SIGKILL after
         `timeout` seconds."""
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            st, state, live, _ = status(cdir)
-            lifecycle.require("stop", name, st)
+        with self._held(name, "stop") as (cdir, cfg, (_, state, live)):
             write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
-            cfg = self._config(cdir)
             base.thaw_if_frozen(cfg)
             self._backend(cfg).stop(name, cdir, cfg, live, timeout)
             base.await_exit_record(cdir, state["start_id"])
@@ -322,19 +321,13 @@ class Ctrun(SharedVerbs):
             self.warn(w)
         return warnings
 
-    def _freezer(self, cdir, name, verb):
-        lifecycle.require(verb, name, status(cdir)[0])
-        return base.manager(self._config(cdir))
-
     def freeze(self, name):
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            self._freezer(cdir, name, "freeze").freeze()
+        with self._held(name, "freeze") as (_, cfg, _):
+            base.manager(cfg).freeze()
 
     def thaw(self, name):
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            self._freezer(cdir, name, "thaw").thaw()
+        with self._held(name, "thaw") as (_, cfg, _):
+            base.manager(cfg).thaw()
 
     def stats(self, names=(), strict=True, only=None):
         """{name: stats} of running containers (all of them when names is empty).
@@ -370,12 +363,10 @@ class Ctrun(SharedVerbs):
             raise InvalidInput("exec needs a command: ctrun exec NAME -- CMD [ARGS...]")
         cfgmod.parse_env(env)
         cfgmod.parse_user(user)
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            st, _, live, _ = status(cdir)
-            lifecycle.require("exec", name, st)
-            cfg = self._config(cdir)
-        return self._backend(cfg).exec(cdir, cfg, live, argv, tty=tty, interactive=interactive,
+        with self._held(name, "exec") as (cdir, cfg, (_, _, live)):
+            backend = self._backend(cfg)
+        # without the lock: an exec may run for as long as it likes
+        return backend.exec(cdir, cfg, live, argv, tty=tty, interactive=interactive,
                                        env=env, workdir=workdir, user=user)
 
     def exec_output(self, name, argv, timeout=None, stdin_path=None, **kw):
@@ -574,13 +565,10 @@ class Ctrun(SharedVerbs):
     def set_ips(self, name, add=(), delete=(), save=True):
         """Add or remove extra addresses on eth0 (vzctl set --ipadd/--ipdel)."""
         from .network import container as netc
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            cfg = self._config(cdir)
+        with self._held(name) as (cdir, cfg, (st, _, live)):
             net = cfg.net
             if not net.get("ip"):
                 raise InvalidInput(f"container '{name}' has no bridged network; --ip-add needs one")
-            st, _, live, _ = status(cdir)
             net = netc.change_ips(self.store, name, net, add, delete,
                                   live["pid"] if st == State.RUNNING else None)
             if save:
@@ -610,12 +598,8 @@ class Ctrun(SharedVerbs):
         onboot = None if onboot is None else cfgmod.parse_onboot(onboot)
         secret = vps.userpasswd_of(userpasswd)
         keys = vps.keys_from(ssh_key)
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            cfg = self._config(cdir)
-            conf = cfg.to_dict()
-            st, _, live, _ = status(cdir)
-            lifecycle.require("edit", name, st)  # its overlay may still be mounted
+        with self._held(name, "edit") as (cdir, cfg, (st, _, live)):
+            conf = cfg.to_dict()  # its overlay may still be mounted
             live = live if st == State.RUNNING else None
             self._backend(cfg).check_edit(name, {
                 "hostname": hostname, "nameserver": nameserver is not None,
