@@ -91,8 +91,7 @@ class Monitor:
             reply = getattr(self, "op_" + req.get("op", "none"), self.op_none)(req, conn)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the monitor
             reply = {"ok": False, "kind": "CtrunError", "message": f"monitor: {e}"}
-        if reply is not None:
-            self._reply(conn, reply)
+        self._reply(conn, reply)
 
     def _reply(self, conn, reply):
         try:
@@ -103,9 +102,6 @@ class Monitor:
 
     def op_none(self, req, conn):
         return {"ok": False, "kind": "InvalidInput", "message": "monitor: unknown request"}
-
-    def op_ping(self, req, conn):
-        return {"ok": True, "pid": os.getpid(), "containers": len(self.running)}
 
     def op_start(self, req, conn):
         cdir = Path(req["cdir"])
@@ -130,7 +126,7 @@ class Monitor:
         from .runtime.logfile import LogWriter
         rec = {"name": req["name"], "cdir": cdir, "start_id": req["start_id"],
                "cgroup_parent": req.get("cgroup_parent", "ctrun"),
-               "cgroup_name": req.get("cgroup_name") or req["name"], "waiters": [],
+               "cgroup_name": req.get("cgroup_name") or req["name"],
                "log": LogWriter(cdir / "logs" / "console.log", req.get("log_max", 1 << 20)),
                "fds": {out_r: "stdout", err_r: "stderr"}, "console": console}
         if console:
@@ -142,13 +138,6 @@ class Monitor:
         if result["pid"] in self.orphans:
             self._finish(result["pid"], self.orphans.pop(result["pid"]))
         return result
-
-    def op_wait(self, req, conn):
-        for rec in self.running.values():
-            if rec["name"] == req["name"] and rec["start_id"] == req.get("start_id"):
-                rec["waiters"].append(conn)
-                return None
-        return {"ok": True, "running": False}
 
     def _pump(self, rec, fd):
         try:
@@ -194,11 +183,8 @@ class Monitor:
             os.close(rec["console"][1])
         rec["log"].close()
         from .runtime.reap import finalize
-        code, reason = finalize(rec["cdir"], rec["name"], rec["start_id"], status,
-                                rec["cgroup_parent"], rec["cgroup_name"])
-        for conn in rec["waiters"]:
-            self._reply(conn, {"ok": True, "running": False, "exit_code": code,
-                               "exit_reason": reason})
+        finalize(rec["cdir"], rec["name"], rec["start_id"], status, rec["cgroup_parent"],
+                 rec["cgroup_name"])
 
 
 def _console(req):
