@@ -153,7 +153,7 @@ class Ctrun:
                 for extra in ip_add:  # one by one: a failure releases those taken
                     leased = cfg.net = netc.change_ips(self.store, name, cfg.net, [extra], (),
                                                        None)
-                from .spec import write_etc_files
+                from .network.etc import write_etc_files
                 write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
                 if vm:
                     cfg.vm = machine.create(self.store, tmp, image, vmopts)
