@@ -25,7 +25,8 @@ def open_all(pid, kinds):
     except FileNotFoundError:
         for _, fd in fds:
             os.close(fd)
-        raise Conflict("the container's init exited while ctrun was joining it; start it again") from None
+        raise Conflict("the container's init exited while ctrun was joining it; "
+                       "start it again") from None
     return fds
 
 

@@ -199,8 +199,11 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
             psock.close()
             # joined here, while still host root: the init inherits the cgroup
             for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-                with open(p, "w") as f:
-                    f.write("0")
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    linux.cgroup_attach(fd)
+                finally:
+                    os.close(fd)
             step = "creating the pid namespace"
             if spec["annotations"].get("run.ctrun.userns_base") is not None:
                 step = "opening volume sources"

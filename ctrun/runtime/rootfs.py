@@ -318,4 +318,5 @@ def mask(spec):
         if not os.path.exists(p):
             continue
         linux.mount(p, p, None, MS_BIND | MS_REC)
-        linux.mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        linux.mount(None, p, None,
+                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

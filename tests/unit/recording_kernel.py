@@ -8,7 +8,9 @@ the child's whole path; execve and exit end it by raising Exited, as the real ca
 return.
 """
 
+import inspect
 import os
+import re
 
 from ctrun.kernel import Kernel, linux
 
@@ -58,8 +60,16 @@ class RecordingKernel:
 
     def _recorder(self, name):
         fd_args = _FD_ARGS.get(name, ())
+        try:  # logged with their defaults: mount(None, "/") shows all five
+            sig = inspect.signature(getattr(Kernel, name))
+        except ValueError:
+            sig = None
 
         def call(*args):
+            if sig is not None:
+                bound = sig.bind(*args)
+                bound.apply_defaults()
+                args = bound.args
             self.calls.append((name, tuple(_shown(a, i in fd_args) for i, a in enumerate(args))))
             if name in ("execve", "exit"):
                 raise Exited((name, args))
@@ -76,8 +86,6 @@ class RecordingKernel:
 def _shown(arg, is_fd):
     if is_fd and isinstance(arg, int):
         return os.readlink(f"/proc/self/fd/{arg}")
-    if isinstance(arg, str) and arg.startswith("/proc/self/fd/"):
-        head, _, tail = arg[len("/proc/self/fd/"):].partition("/")
-        return os.path.join(os.readlink(f"/proc/self/fd/{head}"), tail) if tail else \
-            os.readlink(f"/proc/self/fd/{head}")
+    if isinstance(arg, str):  # in a target, or in overlayfs's lowerdir=
+        return re.sub(r"/proc/self/fd/(\d+)", lambda m: os.readlink(m.group(0)), arg)
     return arg
