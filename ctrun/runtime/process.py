@@ -18,7 +18,6 @@ import struct
 
 from .. import errors, libc, namespaces
 from ..kernel import linux
-from ..namespaces import join as nsjoin
 from . import paths, rootfs, security, terminal
 
 
@@ -297,6 +296,7 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
     if user:
         uid, _, gid = user.partition(":")
         proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
+    from ..namespaces import join as nsjoin  # exec only: not on the start path
     kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
     ns_fds = nsjoin.open_all(live["pid"], kinds)
     cg_fds = []
@@ -392,6 +392,7 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
             os.dup2(devnull, 0)
             os.close(devnull)
         security.close_fds(keep={chan.sock.fileno(), *(fd for _, fd in ns_fds), *cg_fds})
+        from ..namespaces import join as nsjoin  # loaded by join() before the fork
         nsjoin.join(ns_fds)
         step = "forking into the container's pid namespace"
         pid = linux.fork()
