@@ -29,7 +29,10 @@ peer is started in, so it holds the peer's tool as well).
 This host: PID 1 is not systemd and there is no machined, so nspawn runs with
 --register=no --keep-unit; LXC's cgroups go below the benchmark's cgroup parent
 (lxc.cgroup.dir.*).  What nspawn leaves of its cgroups on such a host is removed after each
-of its boots.  Run as root:  benchmarks/bench_boot.py [--runs 10] [--warmup 1] [--settle 5]
+of its boots.  ctrun's shared monitor exits 0.5 s after its last container, so by default
+each `ctrun start` here also starts the monitor (a host's first server); --warm-monitor keeps
+an idle busybox container running through the rounds, as on a host already serving servers.
+Run as root:  benchmarks/bench_boot.py [--runs 10] [--warmup 1] [--settle 5] [--warm-monitor]
 """
 
 import json
@@ -63,15 +66,17 @@ def system_state(pid):
     return p.stdout.strip() or "no answer"
 
 
-def wait_booted(find_pid1, deadline):
-    """Poll until systemd says its boot is over; (state, PID1)."""
+def wait_booted(find_pid1, gone, deadline):
+    """Poll until systemd says its boot is over, or the server is gone(); (state, PID1)."""
     state, pid = "not started", None
     while time.monotonic() < deadline:
-        pid = find_pid1()
+        pid = find_pid1() or pid
         if pid:
             state = system_state(pid)
             if state in BOOTED:
                 return state, pid
+        if gone(pid):
+            return "exited before it had booted", pid
         time.sleep(POLL_S)
     return state, pid
 
@@ -102,7 +107,7 @@ class Host:
 
     def __init__(self, ws, rootfs):
         self.ws, self.rootfs = ws, rootfs
-        self.mounts, self.procs = [], []
+        self.mounts, self.procs, self.cgroups = [], [], {"lxc-pivot"}
 
     def overlay(self, name):
         d = self.ws.tmp / "ov" / name
@@ -121,6 +126,7 @@ class Host:
                 if not m.endswith("/cpuset")]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
+        self.cgroups.add(name)
         return dirs
 
     @staticmethod
@@ -149,7 +155,8 @@ class Host:
             rm_cgroup_tree(name)
 
     def cleanup(self):
-        """On any exit: end the peers' processes left, then their overlays."""
+        """On any exit (an interrupted boot skips its own release): end the peers'
+        processes left, then remove their overlays and cgroups."""
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -160,6 +167,8 @@ class Host:
         for m in list(self.mounts):
             subprocess.run(["umount", "-l", str(m)], check=False)
             self.mounts.remove(m)
+        for name in self.cgroups:
+            rm_cgroup_tree(name)
 
 
 def rm_cgroup_tree(name):
@@ -180,11 +189,20 @@ def rm_cgroup_tree(name):
 
 
 def wait_exit(p, timeout):
+    """Whether p exits within timeout; woken by a pidfd at once (Popen.wait polls)."""
+    import select
     try:
-        p.wait(timeout=timeout)
+        fd = os.pidfd_open(p.pid)
+    except ProcessLookupError:
+        p.wait()
         return True
-    except subprocess.TimeoutExpired:
-        return False
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            return False
+    finally:
+        os.close(fd)
+    p.wait()
+    return True
 
 
 class CtrunArm:
@@ -207,7 +225,8 @@ class CtrunArm:
         dt, rc = common.timed(self.ws.ctrun_cmd("start", tag), timeout=BOOT_TIMEOUT_S)
         if rc != 0:
             raise RuntimeError(f"ctrun start {tag} failed ({rc})")
-        state, pid = wait_booted(pid1, time.monotonic() + BOOT_TIMEOUT_S)
+        state, pid = wait_booted(pid1, lambda pid: pid and not os.path.exists(f"/proc/{pid}"),
+                                 time.monotonic() + BOOT_TIMEOUT_S)
         return time.perf_counter() - t0, state, pid
 
     def memory(self, tag, pid):
@@ -241,7 +260,7 @@ class PeerArm:
         t0 = time.perf_counter()
         p = self.host.spawn(argv, cg)
         self.live[tag] = (p, root, cg)
-        state, pid = wait_booted(lambda: ns_init_below(p.pid),
+        state, pid = wait_booted(lambda: ns_init_below(p.pid), lambda pid: p.poll() is not None,
                                  time.monotonic() + BOOT_TIMEOUT_S)
         return time.perf_counter() - t0, state, pid
 
@@ -256,8 +275,12 @@ class PeerArm:
             return None  # it never started
         p, root, cg = self.live.pop(tag)
         t0 = time.perf_counter()
-        self.request_stop(tag, p)
-        ok = wait_exit(p, 60)
+        # asked again every second: a PID 1 ignores the halt signal until systemd has set
+        # its handlers, early in a boot (a Ctrl-C can stop the benchmark there)
+        for _ in range(60):
+            self.request_stop(tag, p)
+            if ok := wait_exit(p, 1.0):
+                break
         dt = time.perf_counter() - t0
         if not ok:
             os.killpg(p.pid, signal.SIGKILL)
@@ -398,8 +421,13 @@ def measure(b):
             if state not in BOOTED:
                 b.peers.fail(name, f"its server did not boot here ({state})")
                 del arms[name]
+        if a.warm_monitor:  # an idle container keeps the store's monitor up between boots
+            ws.ctrun_check("run", "-d", "--name", "keep", "--net", "none", "busybox", "--",
+                           "sleep", "1000000")
         samples, failed, kept = common.rounds({n: arm_fn(n) for n in arms}, a.runs,
                                               a.warmup, progress=1)
+        if a.warm_monitor:
+            ws.ctrun_check("destroy", "-f", "keep")
 
         memory = {}
         for name, arm in arms.items():
@@ -415,7 +443,8 @@ def measure(b):
                 arm.stop(tag)
         ws.check_clean("after the last server")
     report(b, a, samples, failed, kept, states, stops, memory, problems, source)
-    return ws.finish(b.name, {"samples_ms": common.samples_ms(samples), "failures": failed,
+    return ws.finish(b.name, {"warm_monitor": a.warm_monitor,
+                              "samples_ms": common.samples_ms(samples), "failures": failed,
                               "states": states, "stop_samples_ms": common.samples_ms(stops),
                               "memory_kb": memory, "problems": problems, "image": IMAGE,
                               "image_source": source, "target_ratio": TARGET_RATIO,
@@ -424,7 +453,9 @@ def measure(b):
 
 def report(b, a, samples, failed, kept, states, stops, memory, problems, source):
     print(f"\nboot to `systemctl is-system-running` = running/degraded, {IMAGE} "
-          f"({source}), {a.runs} rounds")
+          f"({source}), {a.runs} rounds; ctrun's monitor "
+          + ("kept up by an idle container" if a.warm_monitor else
+             "started by each `ctrun start` (it exits 0.5 s after its last container)"))
     rows = []
     for n in samples:
         s = common.summary_ms(samples[n]) if samples[n] else None
@@ -472,4 +503,7 @@ if __name__ == "__main__":
     b.option("--source-root", default=os.environ.get("CTRUN_ROOT") or "/var/lib/ctrun",
              help="store to take the debian-server image from (default: $CTRUN_ROOT or "
                   "/var/lib/ctrun); built in the benchmark's store when it is not there")
+    b.option("--warm-monitor", action="store_true",
+             help="keep an idle busybox container running through the rounds, so ctrun's "
+                  "shared monitor is up at each start (a host already serving servers)")
     b.main(measure)
