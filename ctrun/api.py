@@ -169,7 +169,7 @@ class Ctrun(SharedVerbs):
                 for extra in ip_add:  # one by one: a failure releases those taken
                     leased = cfg.net = netc.change_ips(self.store, name, cfg.net, [extra], (),
                                                        None)
-                from .spec import write_etc_files
+                from .network.etc import write_etc_files
                 write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
                 backend.prepare(tmp, cfg, prepared)
                 vps.apply_inside(self.store, tmp, name, cfg.to_dict(), None, secret, keys,

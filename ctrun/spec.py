@@ -7,8 +7,6 @@ the namespace), the cgroup's procs files, the seccomp profile name and whether a
 reaper is bind-mounted.
 """
 
-import os
-
 from .config import RLIMITS, effective_caps
 from .runtime import systemd
 
@@ -137,31 +135,9 @@ def _user(s, rootfs=None):
     return uid, int(group) if group.isdigit() else gid
 
 
-def host_resolvers():
-    """The host's nameservers a container can reach: loopback resolvers are skipped."""
-    out = []
-    try:
-        with open("/etc/resolv.conf") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver" and not (
-                        parts[1].startswith("127.") or parts[1] == "::1"):
-                    out.append(parts[1])
-    except OSError:
-        pass
-    return out
-
-
-def write_etc_files(cdir, name, hostname, net):
-    """The per-container /etc/hosts, /etc/hostname and /etc/resolv.conf that get bind-mounted."""
-    from .network.container import hosts_text, resolv_text
-    etc = cdir / "etc"
-    etc.mkdir(exist_ok=True)
-    (etc / "hostname").write_text(hostname + "\n")
-    if (net or {}).get("network") == "host":
-        (etc / "hosts").write_text(open("/etc/hosts").read())
-    else:
-        (etc / "hosts").write_text(hosts_text(name, hostname, net, {}))
-    (etc / "resolv.conf").write_text(resolv_text(net))
-    for f in ("hostname", "hosts", "resolv.conf"):
-        os.chmod(etc / f, 0o644)
+def __getattr__(name):
+    """host_resolvers and write_etc_files moved to ctrun.network.etc (the /etc files)."""
+    if name in ("host_resolvers", "write_etc_files"):
+        from .network import etc
+        return getattr(etc, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

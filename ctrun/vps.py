@@ -19,7 +19,8 @@ import stat
 import sys
 import time
 
-from . import libc
+from .kernel import linux
+from .namespaces import join as nsjoin
 from .errors import Conflict, HostUnsupported, InvalidInput, NotFound
 from .runtime import paths
 
@@ -120,8 +121,8 @@ def sethostname(live, hostname):
         pid = os.fork()
         if pid == 0:
             try:
-                libc.setns(fd, libc.CLONE_NEWUTS)
-                libc.sethostname(hostname)
+                nsjoin.enter(fd, "uts")
+                linux.sethostname(hostname)
                 os._exit(0)
             except BaseException:  # noqa: BLE001 - the exit status carries it
                 os._exit(1)
@@ -160,7 +161,7 @@ def container_root(store, cdir, name, conf, live):
     view, _ = images.get(store, conf["image"], build_missing=False)
     lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in view.dirs]
     try:
-        fd = libc.fsmount("overlay", {"lowerdir": lowerdir(lower),
+        fd = linux.fsmount("overlay", {"lowerdir": lowerdir(lower),
                                       "upperdir": str(cdir / "upper"),
                                       "workdir": str(cdir / "work")})
     finally:

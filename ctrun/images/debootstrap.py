@@ -234,9 +234,8 @@ def failure(output: list[str], log: list[str], suite, variant, mirror) -> CtrunE
 
 def _private_mounts():
     """preexec_fn: a mount namespace of debootstrap's own, mounts not shared back."""
-    from .. import libc
-    libc.unshare(libc.CLONE_NEWNS)
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    from .. import namespaces
+    namespaces.private_mounts()
 
 
 def _wgetrc(tmpdir):
@@ -271,7 +270,7 @@ def _exit_on(signum, frame):
 
 def run(argv, progress) -> tuple[int, list[str]]:
     """Run debootstrap; (exit status, its last lines of output)."""
-    from .. import libc  # noqa: F401 - imported before fork, used by _private_mounts
+    from .. import namespaces  # noqa: F401 - imported before fork, used by _private_mounts
     path = os.pathsep.join([os.environ.get("PATH", "/usr/bin:/bin"), *SBIN])
     exe = shutil.which("debootstrap", path=path)
     if exe is None:

@@ -333,13 +333,13 @@ def merged(dirs, fn, scratch):
                 if len(dirs) == 1:           # overlayfs wants two lowers without an upper
                     fn(dirs[0])
                 else:
-                    from .. import libc
+                    from .. import libc, namespaces
+                    from ..kernel import linux
                     from ..runtime.rootfs import lowerdir
-                    libc.unshare(libc.CLONE_NEWNS)
-                    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+                    namespaces.private_mounts()
                     fds = [os.open(d, _DIR) for d in dirs]
-                    libc.mount("overlay", mnt, "overlay", libc.MS_RDONLY,
-                               f"lowerdir={lowerdir(fds)}")
+                    linux.mount("overlay", mnt, "overlay", libc.MS_RDONLY,
+                                f"lowerdir={lowerdir(fds)}")
                     fn(mnt)
                 code = 0
             except BaseException as e:  # noqa: BLE001 - everything goes back to the parent

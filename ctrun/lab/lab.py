@@ -19,6 +19,8 @@ from . import density, modes as modesmod, probes as probesmod, workloads as wl
 
 MODES = ("host", "container", "vm")
 SCHEMA_ID = "ctrun-lab/1"
+# how long a server may take to finish booting: a TCG guest boots Debian in ~15 s here
+BOOT_TIMEOUT_S = {"container": 120, "vm": 300}
 TCG_CAVEAT = ("VMs ran under TCG (software emulation): CPU, syscall and I/O ratios of the VM "
               "column measure QEMU's emulator, not KVM; under KVM a guest runs near host speed")
 
@@ -138,7 +140,9 @@ class Lab:
         self.errors = []
 
     def selected(self, name):
-        return self.only is None or name in self.only
+        if self.only is None:
+            return not (self.cfg.quick and name in wl.QUICK_OFF)
+        return name in self.only
 
     # ------------------------------------------------------------------ environment
     def setup(self):
@@ -272,8 +276,9 @@ class Lab:
         for _ in self.modes:
             # start, stop, the lifecycle's further repeats, the mode's end
             n += 2 + (self.cfg.repeat if self.selected("lifecycle") else 1)
-            n += sum(1 for w in wl.WORKLOADS if w not in ("lifecycle", "density")
+            n += sum(1 for w in wl.WORKLOADS if w not in ("lifecycle", "density", "boot")
                      and self.selected(w))
+            n += self.cfg.repeat if self.selected("boot") else 0
             n += sum(1 for p in probesmod.PROBES if self.selected(p))
             n += len(self.cfg.counts) if self.selected("density") else 0
         return n
@@ -289,7 +294,8 @@ class Lab:
                            "settle_s": self.settle_s, "vm_memory_mb": self.vm_memory_mb,
                            "density_counts": self.cfg.counts},
                "host": host_facts(), "accel": None, "accel_note": None, "caveats": [],
-               "modes": {}, "figures": {}, "memory_detail": {}, "density": {},
+               "modes": {}, "figures": {}, "memory_detail": {}, "boot_detail": {},
+               "density": {},
                "probes": {}, "charts": [], "errors": self.errors}
         for fig, (title, unit, better) in wl.FIGURES.items():
             wname = next(w for w, (_, figs) in wl.WORKLOADS.items() if fig in figs)
@@ -364,7 +370,7 @@ class Lab:
                 res["memory_detail"][name] = mems
                 self._record(res, name, "memory", [m["total_kb"] / 1024 for m in mems], acc)
             for w in wl.WORKLOADS:
-                if w in ("lifecycle", "memory", "density") or not self.selected(w):
+                if w in ("lifecycle", "memory", "density", "boot") or not self.selected(w):
                     continue
                 progress.show(f"{name}: {w}")
                 samples, why = {}, None
@@ -417,6 +423,68 @@ class Lab:
             else:
                 self._unmeasured(res, name, f"{name}: no instance started, so no density", acc)
                 progress.step(n=len(self.cfg.counts))
+        self._boot(name, mode, res, progress)
+
+    def _boot(self, name, mode, res, progress):
+        """Time to a booted server and its idle memory: `repeat` servers of the debian-server
+        image, one at a time (the mode's other instances are gone by now, so the monitor's
+        share is the server's alone), each booted, settled, measured, stopped, destroyed."""
+        if not self.selected("boot"):
+            return
+        acc, times, mems, states, why = mode.accel, [], [], [], None
+        if name == "host":
+            why = ("not applicable: host mode runs the workloads on the host's own init; it "
+                   "has no server of its own to boot")
+        else:
+            try:
+                source = self._server_image(progress)
+                res["boot_detail"][name] = {"image": wl.SERVER_IMAGE, "image_source": source,
+                                            "states": states, "memory": mems}
+                for k in range(self.cfg.repeat):
+                    progress.show(f"{name}: booting server {k + 1}")
+                    inst = mode.create(f"srv{k}", image=wl.SERVER_IMAGE)
+                    try:
+                        t0 = time.monotonic()
+                        states.append(inst.boot(t0 + BOOT_TIMEOUT_S[name]))
+                        dt = time.monotonic() - t0
+                        if states[-1] not in modesmod.BOOTED:
+                            raise CtrunError(
+                                f"server {k + 1} had not booted after "
+                                f"{BOOT_TIMEOUT_S[name]} s (is-system-running: {states[-1]})")
+                        times.append(dt)
+                        time.sleep(self.settle_s)
+                        mems.append(inst.memory())
+                        inst.stop(timeout=60)  # systemd's clean halt, a power-off in a VM
+                    finally:
+                        inst.destroy()
+                    progress.step(f"{name}: server {k + 1} booted")
+            except CtrunError as e:
+                why = f"boot failed: {e}"
+                self.errors.append(f"{name}: {why}")
+        self._record(res, name, "boot", times, acc, why)
+        self._record(res, name, "boot_memory", [m["total_kb"] / 1024 for m in mems], acc, why)
+        progress.step(n=self.cfg.repeat - len(times))
+
+    def _server_image(self, progress):
+        """The server image in the lab's private store, and where it came from: the user's
+        store (hard-linked layers), else built here once by debootstrap."""
+        from ..api import Ctrun
+        from ..images import store as images
+        from ..state import Store
+        ct = Ctrun(self.store)
+        try:
+            images.get(ct.store, wl.SERVER_IMAGE, build_missing=False)
+            return "the lab's private store (built earlier in this run)"
+        except NotFound:
+            pass
+        try:
+            images.copy_image(Store(self.source_root), ct.store, wl.SERVER_IMAGE)
+            return "the user's store (layers hard-linked into the lab's private store)"
+        except NotFound:
+            pass
+        progress.show(f"building {wl.SERVER_IMAGE} with debootstrap (once; minutes)")
+        images.build(ct.store, wl.SERVER_IMAGE)
+        return "built by debootstrap in the lab's private store"
 
     def _probes(self, name, inst, res, progress, acc):
         wanted = [p for p in probesmod.PROBES if self.selected(p)]
@@ -484,6 +552,13 @@ class Lab:
             out.append("stop: the busybox image's init runs its own shutdown (TERM to all, a "
                        "pause, KILL to all) in a container and in a VM; host mode only ends a "
                        "sleep")
+        if "boot" in res["figures"]:
+            out.append("boot: ctrun start of the debian-server image (systemd as PID 1) until "
+                       "`systemctl is-system-running --wait`, run through ctrun exec, answers "
+                       "running or degraded; the idle memory is read after the settle time "
+                       "(the same accounting as the memory figure); servers boot one at a "
+                       "time, each stopped (a clean systemd halt; a power-off in a VM) and "
+                       "destroyed before the next")
         if "seq_read" in res["figures"]:
             out.append("sequential and random reads hit the page cache (an instance cannot "
                        "drop the host's caches); writes are fsync'd")

@@ -9,12 +9,15 @@ directory on the host, in a cgroup of the lab's own, so it is measured like the 
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from ..errors import CtrunError, HostUnsupported
 from ..state import proc_cmdlines
 
 EXEC_TIMEOUT = 120.0
+# what `systemctl is-system-running` says once a boot is over (degraded: some unit failed)
+BOOTED = ("running", "degraded")
 
 
 def pss_kb(pid):
@@ -191,13 +194,14 @@ class CtrunMode:
             machine.check_host()
             self.accel, self.accel_note = accelmod.choose(lab.accel, kernel.find())
 
-    def create(self, name):
+    def create(self, name, image=None):
+        """An instance of the lab's image, or of `image` (the booted server's)."""
         name = f"{'vm' if self.vm else 'ct'}-{name}"
         opts = {"net": self.lab.network or "none"}
         if self.vm:
             opts.update(vm=True, accel=self.accel, limits={"memory": self.lab.vm_memory,
                                                             "cpus": "1"})
-        self.ct.create(name, image=self.lab.image, **opts)
+        self.ct.create(name, image=image or self.lab.image, **opts)
         return CtrunInstance(self, name)
 
     def monitor_share_kb(self):
@@ -221,12 +225,27 @@ class CtrunInstance(Instance):
         if code != 0:
             raise CtrunError(f"{self.kind} {self.name}: first command failed: {out.strip()}")
 
+    def boot(self, deadline, poll=0.05):
+        """Start, then wait until systemd inside says its boot is over: the state
+        `systemctl is-system-running` ends with (running, degraded; another state once the
+        monotonic deadline passed).  --wait blocks until the boot is over, but answers at
+        once while systemd's bus is not up yet: then it is asked again every `poll` s."""
+        self.ct.start(self.name)
+        while True:
+            left = deadline - time.monotonic()
+            code, out = self.exec(["systemctl", "is-system-running", "--wait"],
+                                  timeout=max(1.0, left))
+            state = (out.strip().splitlines() or ["no answer"])[-1]
+            if state in BOOTED or left <= 0:
+                return state
+            time.sleep(poll)
+
     def exec(self, argv, timeout=EXEC_TIMEOUT, stdin_path=None):
         """ctrun exec, output captured, bounded by a timeout."""
         return self.ct.exec_output(self.name, argv, timeout=timeout, stdin_path=stdin_path)
 
-    def stop(self):
-        self.ct.stop(self.name, timeout=10)
+    def stop(self, timeout=10):
+        self.ct.stop(self.name, timeout=timeout)
 
     def destroy(self):
         try:

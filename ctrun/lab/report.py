@@ -70,6 +70,30 @@ def memory_rows(res):
             "share of the monitor", "total (MiB)"], rows
 
 
+def boot_rows(res):
+    """Per mode: the booted servers' time, how each boot ended, where their idle memory
+    goes (median of each part) and where the image came from."""
+    mib = lambda kb: fmt(kb / 1024) if kb is not None else "not reported"  # noqa: E731
+    med = lambda ms, k: (None if any(m[k] is None for m in ms)  # noqa: E731
+                         else sorted(m[k] for m in ms)[len(ms) // 2])
+    figs = res["figures"]
+    rows = []
+    for m in res["options"]["modes"]:
+        b = figs.get("boot", {}).get("modes", {}).get(m)
+        if b is None:
+            continue
+        d = res.get("boot_detail", {}).get(m, {})
+        ms = d.get("memory") or []
+        parts = [mib(med(ms, k)) for k in ("pss_kb", "kmem_kb", "monitor_share_kb")] \
+            if ms else ["-"] * 3
+        rows.append([_head(res, m), cell(b), ", ".join(d.get("states") or []) or "-", *parts,
+                     cell(figs.get("boot_memory", {}).get("modes", {}).get(m)),
+                     d.get("image_source", "-")])
+    return ["mode", "time to booted (s)", "is-system-running", "PSS of its processes",
+            "kernel memory of its cgroup", "share of the monitor", "total (MiB)",
+            "image from"], rows
+
+
 def probe_rows(res, evidence=True):
     modes = res["options"]["modes"]
     rows = []
@@ -122,6 +146,9 @@ def markdown(res):
     if res["memory_detail"]:
         out += ["", "## Host memory of one idle instance (MiB)", "",
                 md_table(*memory_rows(res))]
+    if "boot" in res["figures"]:
+        out += ["", "## Booted servers (debian-server, systemd as PID 1)", "",
+                md_table(*boot_rows(res))]
     if res["density"]:
         out += ["", "## Density", "", md_table(*density_rows(res))]
     if res["probes"]:
@@ -157,6 +184,9 @@ def html_page(res, outdir):
     if res["memory_detail"]:
         parts += ["<h2>Host memory of one idle instance (MiB)</h2>",
                   _html_table(*memory_rows(res))]
+    if "boot" in res["figures"]:
+        parts += ["<h2>Booted servers (debian-server, systemd as PID 1)</h2>",
+                  _html_table(*boot_rows(res))]
     if res["density"]:
         parts += ["<h2>Density</h2>", _html_table(*density_rows(res))]
     if res["probes"]:

@@ -30,6 +30,9 @@ FIGURES = {
     "net_rr": ("TCP 1-byte round trip instance<->host", "us", "lower"),
     "net_iperf3": ("TCP stream instance->host, iperf3 (where the image has it)", "Mbit/s",
                    "higher"),
+    "boot": ("time to a booted server (debian-server: start to is-system-running)", "s",
+             "lower"),
+    "boot_memory": ("host memory per idle booted server (debian-server)", "MiB", "lower"),
 }
 
 # workload name (for --only) -> (description, figures it yields)
@@ -52,7 +55,18 @@ WORKLOADS = {
                ("net_iperf3",)),
     "density": ("idle instances started one after another: host memory and start time per "
                 "instance as the count grows", ()),
+    "boot": ("the debian-server image (systemd, sshd, cron, rsyslog) from start to `systemctl "
+             "is-system-running` answering running or degraded, then the host memory of the "
+             "idle booted server; host mode: not applicable. Off in --quick unless named in "
+             "--only: its image comes from your store, or is built once by debootstrap in "
+             "the lab's private store (minutes, needs Debian's archive)",
+             ("boot", "boot_memory")),
 }
+
+# workloads --quick leaves out unless --only names them
+QUICK_OFF = ("boot",)
+# the booted server's image recipe (images/debian-server)
+SERVER_IMAGE = "debian-server"
 
 
 class Unmeasured(Exception):

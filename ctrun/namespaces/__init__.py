@@ -1,9 +1,8 @@
-"""Namespace flags, and joining the namespaces of a running container (setns)."""
-
-import os
+"""Namespace kinds and creating them (unshare); joining a running container's is in
+join.py, user namespaces' id ranges and maps in userns.py."""
 
 from .. import libc
-from ..errors import Conflict
+from ..kernel import linux
 
 # OCI namespace type -> (/proc/PID/ns name, clone flag)
 KINDS = {
@@ -15,9 +14,6 @@ KINDS = {
     "cgroup": ("cgroup", libc.CLONE_NEWCGROUP),
     "mount": ("mnt", libc.CLONE_NEWNS),
 }
-# setns order: user first (it grants the rights to join the rest), mount last (it changes
-# the paths every later step would resolve).
-JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "mount")
 
 
 def unshare_flags(spec_namespaces, skip=("pid", "user")):
@@ -33,25 +29,7 @@ def unshare_flags(spec_namespaces, skip=("pid", "user")):
     return flags
 
 
-def open_all(pid, kinds):
-    """Open /proc/PID/ns/* for a running container; only namespaces that differ from ours."""
-    fds = []
-    try:
-        for kind in JOIN_ORDER:
-            if kind not in kinds:
-                continue
-            name = KINDS[kind][0]
-            if os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
-                continue
-            fds.append((kind, os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)))
-    except FileNotFoundError:
-        for _, fd in fds:
-            os.close(fd)
-        raise Conflict("the container's init exited while ctrun was joining it; start it again") from None
-    return fds
-
-
-def join(fds):
-    for kind, fd in fds:
-        libc.setns(fd, KINDS[kind][1])
-        os.close(fd)
+def private_mounts():
+    """A mount namespace of this process's own whose mounts never propagate to the host."""
+    linux.unshare(libc.CLONE_NEWNS)
+    linux.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)

@@ -1,5 +1,5 @@
 """User namespaces: one private host id range per container, and a root file system whose
-owners read right inside it.
+owners read right inside it (its tree is made by runtime.rootfs.overlay_tree).
 
 Container root (uid 0) becomes host uid BASE, 65536 ids per container, taken from the
 first free slot of ctrun's pool (or of root's /etc/subuid entry when the host has one).
@@ -9,8 +9,6 @@ BASE+N, so uid 0 reads as the container's root and nothing is copied.  Container
 by ctrun versions that copied the image with shifted owners (a `lower` directory) keep
 their copy.
 """
-
-import os
 
 from ..errors import Conflict
 
@@ -47,35 +45,3 @@ def write_maps(pid, base):
     for kind in ("gid_map", "uid_map"):
         with open(f"/proc/{pid}/{kind}", "w") as f:
             f.write(f"0 {base} {SIZE}\n")
-
-
-def overlay_tree(pid, overlay, idmap):
-    """The container's root file system as a detached overlay mount (an fd), made by the
-    caller as host root once pid's user namespace has its maps.
-
-    Made here rather than inside the namespace: a mount there could not read overlayfs's
-    trusted.* xattrs, which mark the image layers' opaque directories.  With idmap, each
-    layer is an idmapped clone through pid's namespace; the upper directory is owned by the
-    mapped root already.  The container attaches the tree with move_mount."""
-    from .. import libc
-    from ..errors import HostUnsupported
-    from ..runtime.rootfs import lowerdir
-    ufd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    trees = []
-    try:
-        for d in overlay["lower"]:
-            trees.append(libc.open_tree_clone(d))
-            if idmap:
-                try:
-                    libc.idmap_tree(trees[-1], ufd)
-                except OSError as e:  # EINVAL/EPERM: the kernel or the file system cannot
-                    raise HostUnsupported(
-                        f"--userns needs idmapped mounts of the image layers ({e.strerror}): "
-                        f"Linux 5.19+ with the store on ext4, xfs, btrfs or (6.3+) tmpfs; "
-                        f"move the store (--root) or run without --userns") from None
-        return libc.fsmount("overlay", {
-            "lowerdir": lowerdir(trees),
-            "upperdir": overlay["upper"], "workdir": overlay["work"]})
-    finally:
-        for fd in trees + [ufd]:
-            os.close(fd)

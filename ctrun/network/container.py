@@ -8,6 +8,8 @@ import os
 import re
 
 from ..errors import Conflict, InvalidInput
+from .etc import (check_nameservers, dns_servers, hosts_text, resolv_text,  # noqa: F401
+                  rewrite_in_place, write_hosts)
 
 MODES = ("none", "host")
 
@@ -132,7 +134,7 @@ def _allowed_bridges(store, n):
     from . import networks
     out = []
     for other in n.get("allow_from", []):
-        rec = networks._read(store, other)
+        rec = networks.read(store, other)
         if rec is not None:
             out.append(rec["bridge"])
     return out
@@ -195,89 +197,18 @@ def down(store, name, net):
         link.detach(net["veth"])
 
 
-def hosts_text(name, hostname, net, peers):
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    if net and net.get("ip"):
-        lines.append(f"{net['ip']}\t{hostname}" + (f" {name}" if name != hostname else ""))
-    else:
-        lines.append(f"127.0.1.1\t{hostname}" + (f" {name}" if name != hostname else ""))
-    for ip, peer in sorted(peers.items()):
-        if peer != name:
-            lines.append(f"{ip}\t{peer}")
-    return "\n".join(lines) + "\n"
-
-
-def write_hosts(store, network):
-    """Every container on `network` learns every other by name through its /etc/hosts.
-
-    The file is bind-mounted, so it is rewritten in place (same inode), never replaced."""
-    from ..state import read_json
-    from . import ipam
-    peers = {ip: c for ip, c in ipam.leases(store, network).items() if "/" not in c}
-    for ip, cname in peers.items():
-        cdir = store.container_dir(cname)
-        conf = read_json(cdir / "config.json")
-        if not conf:
-            continue
-        text = hosts_text(cname, conf.get("hostname") or cname, conf.get("net"), peers)
-        try:
-            fd = os.open(cdir / "etc" / "hosts", os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
-def dns_servers(net):
-    """The nameservers a container is given: its --dns, else the host's reachable ones."""
-    from ..spec import host_resolvers
-    return (net or {}).get("dns") or host_resolvers()
-
-
-def resolv_text(net):
-    search = (net or {}).get("search") or []
-    return ("".join(f"nameserver {s}\n" for s in dns_servers(net)) or "# no resolvers\n") + (
-        f"search {' '.join(search)}\n" if search else "")
-
-
-def check_nameservers(servers):
-    import ipaddress
-    for d in servers:
-        try:
-            ipaddress.ip_address(d)
-        except ValueError:
-            raise InvalidInput(f"invalid --nameserver {d!r}: give a nameserver IP address"
-                               ) from None
-    return list(servers)
-
-
-def _rewrite(path, text):
-    """Rewrite a bind-mounted /etc file in place (same inode: the container sees it at
-    once); the store's copy is ours, yet never follow a link there."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def rewrite_etc(store, name, conf):
     """After a --hostname, --nameserver or --searchdomain change: the container's generated
     /etc/hostname, /etc/hosts and /etc/resolv.conf from its (new) config."""
     etc = store.container_dir(name) / "etc"
     hostname = conf.get("hostname") or name
     net = conf.get("net") or {}
-    _rewrite(etc / "hostname", hostname + "\n")
-    _rewrite(etc / "resolv.conf", resolv_text(net))
+    rewrite_in_place(etc / "hostname", hostname + "\n")
+    rewrite_in_place(etc / "resolv.conf", resolv_text(net))
     if bridged(net):
         write_hosts(store, net["network"])  # the peers' files name it too
     elif net.get("network") != "host":
-        _rewrite(etc / "hosts", hosts_text(name, hostname, net, {}))
+        rewrite_in_place(etc / "hosts", hosts_text(name, hostname, net, {}))
 
 
 class Plumber:

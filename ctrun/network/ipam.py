@@ -7,7 +7,7 @@ never get the same address.  The gateway, network and broadcast addresses are ne
 """
 
 from ..errors import Conflict, InvalidInput, NotFound
-from ..state import read_json, write_json
+from ..state import write_json
 from . import networks
 
 
@@ -18,8 +18,7 @@ def _ip_key(ip):
 def _read(store, name):
     from ..config import check_name
     check_name(name, "network")  # the name becomes a path
-    data = read_json(networks.leases_path(store, name), {})
-    return data if isinstance(data, dict) else {}
+    return networks.read_leases(store, name)
 
 
 def leases(store, network):
@@ -55,7 +54,7 @@ def allocate(store, network, container, requested=None):
         raise InvalidInput(f"invalid lease holder {container!r}")
     networks.get(store, name)  # creates the default network on first use, outside our lock
     with networks.locked(store, networks.lock_key(name), f"network '{name}'"):
-        net = networks._read(store, name)
+        net = networks.read(store, name)
         if net is None:  # removed since the get above
             raise NotFound(f"network '{name}' not found; create it with: "
                                     f"ctrun network create {name} --subnet CIDR")

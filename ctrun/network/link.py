@@ -22,9 +22,8 @@ import select
 import signal
 import time
 
-from .. import libc
 from ..errors import Conflict, CtrunError, InvalidInput, NotFound
-from ..namespaces import KINDS
+from ..namespaces import join as nsjoin
 
 _SYS = "/sys/class/net"
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -214,7 +213,7 @@ def _in_netns(nsfd, steps):
             report = {}
             label = "join the network namespace"
             try:
-                libc.setns(nsfd, KINDS["network"][1])
+                nsjoin.enter(nsfd, "network")
                 label = "open netlink"
                 nl = Rtnl()
                 for label, fn in steps:

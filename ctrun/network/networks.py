@@ -93,20 +93,28 @@ def _check_name(name):
     return name
 
 
-def _read(store, name):
+def read(store, name):
+    """The record of network NAME, or None; never creates the default one (see get)."""
     net = read_json(net_path(store, name))
     return net if isinstance(net, dict) and net.get("name") == name else None
+
+
+def read_leases(store, name):
+    """{ip: holder} as the leases file holds it ({} when there is none); ipam.py
+    allocates and releases them."""
+    data = read_json(leases_path(store, name), {})
+    return data if isinstance(data, dict) else {}
 
 
 def get(store, name, create_default=True):
     """The network NAME; the default one is created on first use."""
     _check_name(name)
-    net = _read(store, name)
+    net = read(store, name)
     if net is not None:
         return net
     if name == DEFAULT and create_default:
         with locked(store, NETWORKS_LOCK, "the network list"):
-            net = _read(store, name)  # a concurrent first use may have won
+            net = read(store, name)  # a concurrent first use may have won
             if net is None:
                 net = _create(store, name, candidate_default_subnet(store))
         return net
@@ -123,7 +131,7 @@ def list_networks(store):
     for f in files:
         if f.startswith(".") or not f.endswith(".json") or f.endswith(LEASES_SUFFIX + ".json"):
             continue
-        net = _read(store, f[:-len(".json")])
+        net = read(store, f[:-len(".json")])
         if net is not None:  # not a network file (state another module keeps here)
             out.append(net)
     return out
@@ -370,7 +378,7 @@ def _check_fences(store, name, allow_from, host_access):
         if other == name:
             raise InvalidInput(f"--allow-from {other!r} names the network itself; its "
                                "containers always reach each other: drop it")
-        if _read(store, other) is None:
+        if read(store, other) is None:
             raise NotFound(f"--allow-from network '{other}' not found; create it first "
                            "(ctrun network list shows the networks)")
         if other not in out:
@@ -383,7 +391,7 @@ def _create(store, name, subnet, gateway=None, nat=True, mtu=1500, bridge=None,
     """create() with the network-list lock held."""
     net, gw = _check_args(name, subnet, gateway, nat, mtu, bridge)
     allow_from = _check_fences(store, name, allow_from, host_access)
-    if _read(store, name) is not None:
+    if read(store, name) is not None:
         raise AlreadyExists(f"network '{name}' already exists; inspect it with: "
                             f"ctrun network inspect {name}")
     explicit = bridge is not None
@@ -422,14 +430,13 @@ def remove(store, name, in_use=None):
     in_use: optional predicate container -> bool; leases of containers it reports gone
     (a crashed create) do not block the removal.  The caller tears down the bridge and
     rules of the returned record."""
-    from . import ipam
     _check_name(name)
     with locked(store, NETWORKS_LOCK, "the network list"), \
             locked(store, lock_key(name), f"network '{name}'"):
-        net = _read(store, name)
+        net = read(store, name)
         if net is None:
             raise NotFound(f"network '{name}' not found; list networks with: ctrun network list")
-        users = sorted({holder.split("/")[0] for holder in ipam.leases(store, name).values()})
+        users = sorted({holder.split("/")[0] for holder in read_leases(store, name).values()})
         if in_use is not None:
             users = [u for u in users if in_use(u)]
         if users:

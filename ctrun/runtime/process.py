@@ -17,6 +17,7 @@ import socket
 import struct
 
 from .. import errors, libc, namespaces
+from ..kernel import linux
 from . import paths, rootfs, security, terminal
 
 
@@ -73,7 +74,7 @@ def _report(chan, step, exc):
         chan.send({"type": "error", "kind": kind, "message": text})
     except OSError:
         pass
-    os._exit(126)
+    linux.exit(126)
 
 
 def _loopback_up():
@@ -95,7 +96,7 @@ def _enter_workdir(chan, proc, cwd, tty, make):
     try:
         fd = paths.mkdirs_in_root("/", cwd) if make else paths.open_workdir("/", cwd)
         try:
-            os.fchdir(fd)
+            linux.fchdir(fd)
         finally:
             os.close(fd)
     except errors.InvalidInput as e:
@@ -125,7 +126,7 @@ def _final_exec(chan, proc, bpf, argv0_path, env):
         step = "installing the seccomp filter"
         security.install_seccomp(bpf)
         step = f"executing {argv0_path}"
-        os.execve(argv0_path, proc["args"], _env_dict(env))
+        linux.execve(argv0_path, proc["args"], _env_dict(env))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         _report(chan, step, e)
 
@@ -142,15 +143,15 @@ def _init_main(chan, spec, stdio, tty, bpf):
             for i, fd in enumerate(stdio):
                 if fd != i:
                     os.dup2(fd, i)
-        os.setsid()
+        linux.setsid()
         step = "creating namespaces"
-        libc.unshare(namespaces.unshare_flags(spec["linux"]["namespaces"]))
+        linux.unshare(namespaces.unshare_flags(spec["linux"]["namespaces"]))
         step = "preparing the root file system"
         rootfs.prepare(spec)
         step = "masking /proc and /sys paths"
         rootfs.mask(spec)
         step = "setting the hostname"
-        libc.sethostname(spec["hostname"])
+        linux.sethostname(spec["hostname"])
         step = "bringing up loopback"
         _loopback_up()
         proc = spec["process"]
@@ -161,7 +162,7 @@ def _init_main(chan, spec, stdio, tty, bpf):
         chan.send({"type": "ready"})
         msg = chan.recv()
         if not msg or msg.get("type") != "start":
-            os._exit(1)
+            linux.exit(1)
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
     _final_exec(chan, proc, bpf, exe, proc["env"])
@@ -187,18 +188,21 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
-    mid = os.fork()
+    mid = linux.fork()
     if mid == 0:
         cchan = Channel(csock)
         step = "joining the container's cgroup"
         try:
             # first: the init inherits it and keeps it until its execve
-            libc.set_dumpable(False)
+            linux.set_dumpable(False)
             psock.close()
             # joined here, while still host root: the init inherits the cgroup
             for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-                with open(p, "w") as f:
-                    f.write("0")
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    linux.cgroup_attach(fd)
+                finally:
+                    os.close(fd)
             step = "creating the pid namespace"
             if spec["annotations"].get("run.ctrun.userns_base") is not None:
                 step = "opening volume sources"
@@ -206,22 +210,22 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                                            or {}).values())
                 # the user namespace comes first so that it owns every other namespace
                 step = "creating the user namespace"
-                libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
+                linux.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
                 cchan.send({"type": "userns", "pid": os.getpid()})
                 msg = cchan.recv() or {}
                 if msg.get("type") != "mapped" or "fd" not in msg:
-                    os._exit(1)
+                    linux.exit(1)
                 rootfs.use_root_tree(msg["fd"])
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
-                os.setgroups([])
+                linux.setresgid(0, 0, 0)
+                linux.setresuid(0, 0, 0)
+                linux.setgroups([])
             else:
-                libc.unshare(libc.CLONE_NEWPID)
-            pid = os.fork()
+                linux.unshare(libc.CLONE_NEWPID)
+            pid = linux.fork()
             if pid == 0:
                 _init_main(cchan, spec, stdio, tty, bpf)
             cchan.send({"type": "pid", "pid": pid})
-            os._exit(0)
+            linux.exit(0)
         except BaseException as e:  # noqa: BLE001
             _report(cchan, step, e)
     csock.close()
@@ -239,7 +243,7 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                 from ..namespaces import userns
                 userns.write_maps(msg["pid"], spec["annotations"]["run.ctrun.userns_base"])
                 ov = spec["annotations"]["run.ctrun.overlay"]
-                tree = userns.overlay_tree(msg["pid"], ov, ov.get("idmap", False))
+                tree = rootfs.overlay_tree(msg["pid"], ov, ov.get("idmap", False))
                 try:
                     chan.send({"type": "mapped", "has_fd": True}, fd=tree)
                 finally:
@@ -292,8 +296,9 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
     if user:
         uid, _, gid = user.partition(":")
         proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
+    from ..namespaces import join as nsjoin  # exec only: not on the start path
     kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
-    ns_fds = namespaces.open_all(live["pid"], kinds)
+    ns_fds = nsjoin.open_all(live["pid"], kinds)
     cg_fds = []
     try:
         if not alive(live["pid"], live["pid_start"]):
@@ -301,7 +306,7 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
         for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
             cg_fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
         psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        mid = os.fork()
+        mid = linux.fork()
         if mid == 0:
             _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd or proc["cwd"],
                          tty, stdin, bpf)
@@ -380,19 +385,20 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
     """
     step = "joining the container's namespaces"
     try:
-        libc.set_dumpable(False)
+        linux.set_dumpable(False)
         psock.close()
         if not stdin and not tty:
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
         security.close_fds(keep={chan.sock.fileno(), *(fd for _, fd in ns_fds), *cg_fds})
-        namespaces.join(ns_fds)
+        from ..namespaces import join as nsjoin  # loaded by join() before the fork
+        nsjoin.join(ns_fds)
         step = "forking into the container's pid namespace"
-        pid = os.fork()
+        pid = linux.fork()
         if pid == 0:
             _join_child(chan, cg_fds, proc, cwd, tty, bpf)
-        os._exit(exit_code(_wait_forwarding(pid)))
+        linux.exit(exit_code(_wait_forwarding(pid)))
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
 
@@ -401,12 +407,12 @@ def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
     step = "joining the container's cgroup"
     try:
         for fd in cg_fds:
-            os.write(fd, b"0")
+            linux.cgroup_attach(fd)
             os.close(fd)
         if not tty:
             # a session of its own: the operator's terminal (still its stdio, as it must
             # be) is not its controlling terminal, so TIOCSTI cannot type into it
-            os.setsid()
+            linux.setsid()
         step = "setting rlimits"
         security.set_rlimits(proc)
         step = "finding the command"

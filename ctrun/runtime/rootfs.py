@@ -12,9 +12,9 @@ import os
 import re
 import stat
 
-from .. import libc
+from ..kernel import linux
 from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                    MS_REC, MS_REMOUNT, MS_STRICTATIME, mount)
+                    MS_REC, MS_REMOUNT, MS_STRICTATIME)
 from . import paths, systemd
 
 DEVICES = (  # name, major, minor
@@ -37,7 +37,7 @@ def lowerdir(fds):
 def _mount_in(root_fd, target, source, fstype, flags=0, data=None):
     fd = paths.mkdirs_in_root(root_fd, target)
     try:
-        mount(source, _fdp(fd), fstype, flags, data)
+        linux.mount(source, _fdp(fd), fstype, flags, data)
     finally:
         os.close(fd)
 
@@ -48,7 +48,7 @@ _SOURCES = {}
 
 
 # the root file system made by the parent as a detached mount (--userns: see
-# namespaces.userns.overlay_tree), attached instead of mounting the overlay here
+# overlay_tree below), attached instead of mounting the overlay here
 _ROOT_TREE = []
 
 
@@ -62,13 +62,43 @@ def open_sources(spec, extra=()):
     for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra) + \
             ([console] if console else []):
         if src not in _SOURCES:
-            _SOURCES[src] = [libc.open_tree_clone(src), os.path.isdir(src)]
+            _SOURCES[src] = [linux.open_tree_clone(src), os.path.isdir(src)]
+
+
+def overlay_tree(pid, overlay, idmap):
+    """The container's root file system as a detached overlay mount (an fd), made by the
+    caller as host root once pid's user namespace has its maps.
+
+    Made here rather than inside the namespace: a mount there could not read overlayfs's
+    trusted.* xattrs, which mark the image layers' opaque directories.  With idmap, each
+    layer is an idmapped clone through pid's namespace; the upper directory is owned by the
+    mapped root already.  The container attaches the tree with move_mount."""
+    from ..errors import HostUnsupported
+    ufd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    trees = []
+    try:
+        for d in overlay["lower"]:
+            trees.append(linux.open_tree_clone(d))
+            if idmap:
+                try:
+                    linux.idmap_tree(trees[-1], ufd)
+                except OSError as e:  # EINVAL/EPERM: the kernel or the file system cannot
+                    raise HostUnsupported(
+                        f"--userns needs idmapped mounts of the image layers ({e.strerror}): "
+                        f"Linux 5.19+ with the store on ext4, xfs, btrfs or (6.3+) tmpfs; "
+                        f"move the store (--root) or run without --userns") from None
+        return linux.fsmount("overlay", {
+            "lowerdir": lowerdir(trees),
+            "upperdir": overlay["upper"], "workdir": overlay["work"]})
+    finally:
+        for fd in trees + [ufd]:
+            os.close(fd)
 
 
 def _attach(tree, target_fd):
     """Attach a detached mount onto target_fd; both fds are closed."""
     try:
-        libc.move_mount_fd(tree, target_fd)
+        linux.move_mount_fd(tree, target_fd)
     finally:
         os.close(target_fd)
         os.close(tree)
@@ -86,7 +116,7 @@ def _bind(root_fd, src, target, readonly):
             is_dir = stat.S_ISDIR(os.fstat(sfd).st_mode)
             tfd = paths.ensure_mount_target(root_fd, target, is_dir)
             try:
-                mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
+                linux.mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
             finally:
                 os.close(tfd)
         finally:
@@ -96,7 +126,7 @@ def _bind(root_fd, src, target, readonly):
         # read-only down to every mount below the source (a tmpfs mounted in the host dir)
         tfd = paths.open_in_root(root_fd, target)
         try:
-            libc.set_readonly_tree(tfd)
+            linux.set_readonly_tree(tfd)
         except OSError as e:
             if e.errno != errno.ENOSYS:
                 raise
@@ -125,7 +155,7 @@ def _readonly_walk(target):
         if p == top or p.startswith(top.rstrip("/") + "/"):
             has = os.statvfs(p).f_flag
             keep = sum(ms for st, ms in _KEEP_FLAGS.items() if has & st)
-            mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+            linux.mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
 
 
 # the container's null device (an O_PATH descriptor), bound over the masked files
@@ -158,7 +188,7 @@ def _mount_dev(root_fd, use_mknod):
                 os.chmod(name, 0o666, dir_fd=dev)
             else:  # in a user namespace mknod is refused: bind the host's node instead
                 os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
-                mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
+                linux.mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
         # held for mask(): taken now, before any volume can cover /dev or /dev/null
         _NULL.append(null_device(dev, "null"))
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -197,7 +227,7 @@ def _mount_cgroups(root_fd, layout, userns_dirs=None):
                   "cgroup2", flags)
     fd = paths.open_in_root(root_fd, "/sys/fs/cgroup")
     try:  # the tmpfs holding the mount points is read-only, like Docker's
-        mount(None, _fdp(fd), None, MS_REMOUNT | MS_RDONLY | flags, "mode=755,size=64k")
+        linux.mount(None, _fdp(fd), None, MS_REMOUNT | MS_RDONLY | flags, "mode=755,size=64k")
     finally:
         os.close(fd)
 
@@ -216,7 +246,7 @@ def prepare(spec):
     """Build the container's root file system; returns with the process pivoted into it."""
     ann = spec["annotations"]
     root = spec["root"]["path"]
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _ROOT_TREE:
         # --userns: the mapped root may not walk into the store (it is private), so the tree
         # the parent made is stacked on this namespace's "/" and reached through its own
@@ -225,14 +255,14 @@ def prepare(spec):
         root_fd = _ROOT_TREE.pop()
         top = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            libc.move_mount_fd(root_fd, top)
+            linux.move_mount_fd(root_fd, top)
         finally:
             os.close(top)
     else:
         ov = ann["run.ctrun.overlay"]
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
         try:
-            mount("overlay", root, "overlay", 0,
+            linux.mount("overlay", root, "overlay", 0,
                   f"lowerdir={lowerdir(lower)},upperdir={ov['upper']},workdir={ov['work']}")
         finally:
             for fd in lower:
@@ -255,17 +285,17 @@ def prepare(spec):
             elif m["type"] == "tmpfs":
                 _mount_in(root_fd, m["destination"], "tmpfs", "tmpfs",
                           *systemd.tmpfs_args(m["options"]))
-        os.fchdir(root_fd)
+        linux.fchdir(root_fd)
     finally:
         os.close(root_fd)
-    libc.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
-    libc.umount2(".", MNT_DETACH)
-    os.chdir("/")
+    linux.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
+    linux.umount2(".", MNT_DETACH)
+    linux.chdir("/")
     while _READONLY_LATER:
         _readonly_walk(_READONLY_LATER.pop())
     systemd.setup_inside(spec)
     if spec["root"].get("readonly"):
-        mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        linux.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
 
 def mask(spec):
@@ -278,14 +308,15 @@ def mask(spec):
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
+                linux.mount("tmpfs", p, "tmpfs", MS_RDONLY, "size=0")
             else:  # the node checked by _mount_dev, not whatever /dev/null names now
-                mount(_fdp(null), p, None, MS_BIND)
+                linux.mount(_fdp(null), p, None, MS_BIND)
     finally:
         if null is not None:
             os.close(null)
     for p in spec["linux"].get("readonlyPaths", []):
         if not os.path.exists(p):
             continue
-        mount(p, p, None, MS_BIND | MS_REC)
-        mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        linux.mount(p, p, None, MS_BIND | MS_REC)
+        linux.mount(None, p, None,
+                    MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -9,11 +9,12 @@ import resource
 import prctl
 
 from .. import errors, libc
+from ..kernel import linux
 
 
 def set_rlimits(proc):
     for r in proc.get("rlimits", []):
-        resource.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
+        linux.setrlimit(getattr(resource, r["type"]), (r["soft"], r["hard"]))
 
 
 def _cap_numbers(names):
@@ -33,20 +34,20 @@ def drop_privileges(proc):
     # (CAP_CHECKPOINT_RESTORE...) that python-prctl has no name for
     for cap in range(libc.cap_last_cap() + 1):
         if cap not in keep_nums:
-            libc.capbset_drop(cap)
-    prctl.cap_inheritable.limit(*keep_nums)
+            linux.capbset_drop(cap)
+    linux.cap_limit("inheritable", keep_nums)
     # ambient capabilities would pass to a non-root workload across exec; whatever the
     # caller of ctrun had raised, the container starts with none
-    libc.clear_ambient_caps()
+    linux.clear_ambient_caps()
     user = proc["user"]
-    os.setgroups(user.get("additionalGids", []))
-    os.setgid(user["gid"])
-    os.setuid(user["uid"])
+    linux.setgroups(user.get("additionalGids", []))
+    linux.setgid(user["gid"])
+    linux.setuid(user["uid"])
     if user["uid"] == 0:
-        prctl.cap_effective.limit(*keep_nums)  # effective first: it must stay within permitted
-        prctl.cap_permitted.limit(*keep_nums)
+        linux.cap_limit("effective", keep_nums)  # first: it must stay within permitted
+        linux.cap_limit("permitted", keep_nums)
     if proc.get("noNewPrivileges"):
-        prctl.set_no_new_privs(1)
+        linux.set_no_new_privs()
 
 
 def reset_signals():
@@ -74,7 +75,7 @@ def close_fds(keep):
 
 def _close_range(first, last):
     try:
-        libc.close_range(first, last)
+        linux.close_range(first, last)
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EPERM):
             raise
@@ -88,7 +89,7 @@ def check_cwd():
     fd leaked from the host and entered by the path /proc/self/fd/N (CVE-2024-21626) would
     show here as an unreachable path."""
     try:
-        cwd = os.getcwd()
+        cwd = linux.getcwd()
     except OSError:
         cwd = ""
     if not cwd.startswith("/"):
@@ -98,4 +99,4 @@ def check_cwd():
 
 def install_seccomp(bpf):
     if bpf:
-        libc.load_seccomp_bpf(bpf)
+        linux.seccomp(bpf)

@@ -68,7 +68,9 @@ def test_quick_run_writes_three_valid_files(quick):
 def test_every_sample_and_every_figure_is_there_or_says_why(quick):
     _, _, res = quick
     from ctrun.lab import workloads
-    assert set(res["figures"]) == set(workloads.FIGURES)
+    # --quick leaves out the booted server (its image may need a debootstrap build)
+    off = {f for w in workloads.QUICK_OFF for f in workloads.WORKLOADS[w][1]}
+    assert off and set(res["figures"]) == set(workloads.FIGURES) - off
     for name, f in res["figures"].items():
         for mode in ("host", "container"):
             r = f["modes"][mode]

@@ -76,12 +76,12 @@ def test_userns_start_without_idmapped_mounts_fails_cleanly(ct, monkeypatch):
     import errno
 
     import pytest
-    from ctrun import libc
     from ctrun.errors import HostUnsupported
+    from ctrun.kernel import linux
 
     def refuse(tree_fd, userns_fd):
         raise OSError(errno.EINVAL, "Invalid argument")
-    monkeypatch.setattr(libc, "idmap_tree", refuse)
+    monkeypatch.setattr(linux, "idmap_tree", refuse)
     # an attached run launches in this process (a detached start, in the monitor)
     with pytest.raises(HostUnsupported) as e:
         ct.run(name="noidmap", cmd=["true"], userns=True)

@@ -4,7 +4,7 @@ import errno
 import os
 import resource
 
-from ctrun import libc
+from ctrun.kernel import linux
 from ctrun.runtime import security
 
 
@@ -17,7 +17,7 @@ def _closed_ranges(monkeypatch, fail_close_range=False):
             raise OSError(errno.ENOSYS, "close_range")
         got.append((first, last))
 
-    monkeypatch.setattr(libc, "close_range", close_range, raising=False)
+    monkeypatch.setattr(linux, "close_range", close_range)
     monkeypatch.setattr(os, "closerange", lambda lo, hi: got.append((lo, hi - 1)))
     security.close_fds({5, 9, 1})
     return got

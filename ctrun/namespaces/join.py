@@ -1,0 +1,42 @@
+"""Joining the namespaces of a running container (setns)."""
+
+import os
+
+from ..errors import Conflict
+from ..kernel import linux
+from . import KINDS
+
+# setns order: user first (it grants the rights to join the rest), mount last (it changes
+# the paths every later step would resolve).
+JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "mount")
+
+
+def open_all(pid, kinds):
+    """Open /proc/PID/ns/* for a running container; only namespaces that differ from ours."""
+    fds = []
+    try:
+        for kind in JOIN_ORDER:
+            if kind not in kinds:
+                continue
+            name = KINDS[kind][0]
+            if os.stat(f"/proc/{pid}/ns/{name}").st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+                continue
+            fds.append((kind, os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)))
+    except FileNotFoundError:
+        for _, fd in fds:
+            os.close(fd)
+        raise Conflict("the container's init exited while ctrun was joining it; "
+                       "start it again") from None
+    return fds
+
+
+def join(fds):
+    """Enter each (kind, fd) of open_all, in its order, closing the fds."""
+    for kind, fd in fds:
+        enter(fd, kind)
+        os.close(fd)
+
+
+def enter(fd, kind):
+    """Join the one namespace of `kind` (an OCI type: "network", "uts"...) behind fd."""
+    linux.setns(fd, KINDS[kind][1])
