@@ -2,14 +2,13 @@
 `running`, journald works, `ctrun logs` shows the boot from /dev/console, and `ctrun stop`
 ends in systemd's own clean halt, leaving no process or cgroup; the same with --userns.
 The image build takes a minute or more and needs Debian's archive: it is built once for the
-module, marked slow."""
+session (conftest's debian_server_store), marked slow."""
 
 import json
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,19 +25,11 @@ pytestmark = [pytest.mark.slow, needs_debootstrap]
 
 
 @pytest.fixture(scope="module")
-def server():
-    """A CLI on a store holding the debian-server image, built once for the module."""
-    root = Path(tempfile.mkdtemp(prefix="ctrun-store-", dir="/var/tmp"))
-    conftest.STORES.append(root)
-    try:
-        cli = conftest.CLI(root)
-        r = cli("image", "build", "debian-server", timeout=1800)
-        if r.returncode != 0 and "cannot reach the Debian archive" in r.stderr:
-            pytest.skip("no Debian archive reachable: " + r.stderr.splitlines()[-1])
-        assert r.returncode == 0, r.stderr[-3000:]
-        yield cli
-    finally:
-        conftest.cleanup_store(root)
+def server(debian_server_store):
+    """A CLI on a store of the module's own holding the session's debian-server image."""
+    with conftest.own_store() as root:
+        conftest.copy_image(debian_server_store, root, "debian-server")
+        yield conftest.CLI(root)
 
 
 def _booted(cli, name, timeout=90):
@@ -156,3 +147,4 @@ def test_stop_signal_option(server):
     r = cli("create", "bad", "--image", "debian-server", "--stop-signal", "NOPE")
     assert_clean_error(r, "'NOPE'")
     assert cli("inspect", "bad").returncode != 0
+
