@@ -280,7 +280,7 @@ class Ctrun:
     def _start_container(self, name, cdir, cfg, state):
         spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
         console = {"console": True, "console_uid": cfg.userns_base if cfg.userns else 0} \
-            if spec["annotations"].get("run.ctrun.systemd") else {}
+            if spec["annotations"].get("run.ctrun.init") else {}
         self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf, console)
 
     def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None, extra=None):
@@ -506,10 +506,13 @@ class Ctrun:
                 self._stop_vm(name, cdir, live, timeout)
                 self._await_exit_record(cdir, state["start_id"])
                 return self.inspect(name)
-            spec = read_json(cdir / "spec.json") or {}
-            sig = cfgmod.parse_signal(
-                spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
-            fd = self._signal(live, sig)
+            from .runtime import sysvinit
+            ann = (read_json(cdir / "spec.json") or {}).get("annotations", {})
+            sig = cfgmod.parse_signal(ann.get("run.ctrun.stop_signal", "SIGTERM"))
+            # sysvinit halts on a runlevel request, not a signal: the signal only when the
+            # request cannot be written
+            fd = self._signal(live, 0 if ann.get("run.ctrun.halt") == "initctl" and
+                              sysvinit.request_halt(live["pid"], live["pid_start"]) else sig)
             if fd is not None:
                 try:
                     if not select.select([fd], [], [], max(0.0, float(timeout)))[0]:

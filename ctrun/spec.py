@@ -10,7 +10,7 @@ reaper is bind-mounted.
 import os
 
 from .config import RLIMITS, effective_caps
-from .runtime import systemd
+from .runtime import pid1, systemd, sysvinit
 
 TINI = "/usr/bin/tini-static"
 
@@ -93,9 +93,15 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.lxcfs": [list(b) for b in lxcfs],
         },
     }
-    if not cfg.init and systemd.is_systemd(image_rootfs, args, _env_dict(env).get("PATH", "")):
+    init = None if cfg.init else pid1.kind(image_rootfs, args, _env_dict(env).get("PATH", ""))
+    if init == pid1.SYSTEMD:
         systemd.adjust(spec, cdir)
         spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or systemd.STOP_SIGNAL
+    elif init == pid1.SYSVINIT:
+        sysvinit.adjust(spec, cdir, cfg.cap_drop if not cfg.privileged else ())
+        if cfg.stop_signal:   # the user's signal, not the runlevel request
+            spec["annotations"]["run.ctrun.halt"] = None
+        spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or sysvinit.STOP_SIGNAL
     return spec
 
 
