@@ -148,3 +148,45 @@ def test_stop_signal_option(server):
     assert_clean_error(r, "'NOPE'")
     assert cli("inspect", "bad").returncode != 0
 
+
+def _ssh(key, ip, *argv):
+    return subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                           "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{ip}",
+                           *argv], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("opts", [(), ("--userns",)], ids=["default", "userns"])
+def test_server_answers_ssh_and_sees_its_own_resources(server, tmp_path, opts):
+    """The VPS of an OpenVZ host: booted on a bridge, reached by ssh from the host with the
+    key --ssh-key gave, and free and nproc inside show its --memory and --cpus (one boot
+    for all of it)."""
+    import os
+    cli, name = server, "vps"
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ctrun-test",
+                    "-f", str(key)], check=True)
+    sub = f"10.221.{100 + os.getpid() % 100}.0/24"
+    with conftest.bridge_network(cli, f"vs{os.getpid() % 10000}", sub) as net:
+        # a --userns container's files are written once it runs: its key is set live
+        on_create = [] if opts else ["--ssh-key", f"{key}.pub"]
+        cli("run", "-d", "--name", name, "--net", net, *on_create,
+            "--memory", "512M", "--cpus", "1", *opts, "debian-server", check=True)
+        _booted(cli, name)
+        if opts:
+            cli("set", name, "--ssh-key", f"{key}.pub", check=True)
+        ip = cli.json("inspect", name)["network"]["ip"]
+        deadline = time.monotonic() + 60   # sshd may still be binding once systemd is up
+        while True:
+            r = _ssh(key, ip, "cat", "/proc/1/comm")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert (r.returncode, r.stdout) == (0, "systemd\n"), (r, _out(cli, name, "systemctl",
+                                                              "status", "ssh", "--no-pager"))
+        mem = [line.split() for line in _ssh(key, ip, "free", "-m").stdout.splitlines()
+               if line.startswith("Mem:")]
+        assert mem and mem[0][1] == "512", mem
+        assert _ssh(key, ip, "nproc").stdout.strip() == "1"
+        cli("stop", name, timeout=60, check=True)
+        assert cli.json("inspect", name)["exit_code"] == 0
