@@ -166,7 +166,7 @@ def test_server_answers_ssh_and_sees_its_own_resources(server, tmp_path, opts):
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ctrun-test",
                     "-f", str(key)], check=True)
-    sub = f"10.221.{100 + os.getpid() % 100}.0/24"
+    sub = f"10.223.{os.getpid() % 250}.0/24"   # a /16 no other test uses
     with conftest.bridge_network(cli, f"vs{os.getpid() % 10000}", sub) as net:
         # a --userns container's files are written once it runs: its key is set live
         on_create = [] if opts else ["--ssh-key", f"{key}.pub"]
@@ -190,3 +190,44 @@ def test_server_answers_ssh_and_sees_its_own_resources(server, tmp_path, opts):
         assert _ssh(key, ip, "nproc").stdout.strip() == "1"
         cli("stop", name, timeout=60, check=True)
         assert cli.json("inspect", name)["exit_code"] == 0
+
+
+def test_attached_tty_run_shows_the_boot(server):
+    """`ctrun run -it debian-server`: the run's terminal is systemd's /dev/console too, so the
+    user watches the boot as on a machine's console."""
+    import os
+    import pty
+    import select
+    cli = server
+    pid, fd = pty.fork()
+    if pid == 0:   # the CLI as a user runs it, on a terminal
+        try:
+            os.chdir(conftest.REPO)
+            os.execv(sys.executable, [sys.executable, "-m", "ctrun", "--root", str(cli.root),
+                                      "run", "-it", "--rm", "--name", "tty", "debian-server"])
+        finally:
+            os._exit(127)
+    seen, deadline = b"", time.monotonic() + 90
+    try:
+        while b"Reached target" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:   # EIO: the run ended
+                    break
+        assert b"Welcome to Debian" in seen and b"Reached target" in seen, seen[-3000:]
+        cli("stop", "tty", timeout=60, check=True)
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            try:   # keep draining: a full terminal would block the relay
+                select.select([fd], [], [], 0.2)[0] and os.read(fd, 65536)
+            except OSError:
+                time.sleep(0.1)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, done
+        pid = None
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+        cli("destroy", "--force", "tty")
