@@ -432,8 +432,15 @@ class Ctrun:
                 raise
         pid = launched.pid
         if launched.master is not None:
-            status_ = terminal.relay(launched.master, lambda: process._poll(pid),
-                                     forward_stdin=interactive or tty)
+            # an init's /dev/console is this terminal (rootfs.console_on_terminal)
+            peer = terminal.open_peer(launched.master) \
+                if spec["annotations"].get("run.ctrun.init") else None
+            try:
+                status_ = terminal.relay(launched.master, lambda: process._poll(pid),
+                                         forward_stdin=interactive or tty)
+            finally:
+                if peer is not None:
+                    os.close(peer)
             os.close(launched.master)
         else:
             # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI

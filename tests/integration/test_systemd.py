@@ -192,6 +192,21 @@ def test_server_answers_ssh_and_sees_its_own_resources(server, tmp_path, opts):
         assert cli.json("inspect", name)["exit_code"] == 0
 
 
+def _where(pid):
+    """What a stuck process and its children wait on (for a failure message)."""
+    out = []
+    for p in [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                      .split()] if Path(f"/proc/{pid}").exists() else []:
+        try:
+            state = [x for x in Path(f"/proc/{p}/status").read_text().splitlines()
+                     if x.startswith("State")]
+            out.append((p, Path(f"/proc/{p}/cmdline").read_bytes()[:120], state,
+                        Path(f"/proc/{p}/wchan").read_text()))
+        except OSError:
+            pass
+    return out
+
+
 def test_attached_tty_run_shows_the_boot(server):
     """`ctrun run -it debian-server`: the run's terminal is systemd's /dev/console too, so the
     user watches the boot as on a machine's console."""
@@ -215,7 +230,8 @@ def test_attached_tty_run_shows_the_boot(server):
                     seen += os.read(fd, 65536)
                 except OSError:   # EIO: the run ended
                     break
-        assert b"Welcome to Debian" in seen and b"Reached target" in seen, seen[-3000:]
+        assert b"Welcome to Debian" in seen and b"Reached target" in seen, (
+            seen[-3000:], _where(pid), cli("list", "-a").stdout)
         cli("stop", "tty", timeout=60, check=True)
         deadline = time.monotonic() + 60
         while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
