@@ -226,6 +226,7 @@ class Ctrun:
         from .images import store as images
         from .runtime import lxcfs, seccomp
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
+        _systemd_hierarchy(cfg, icfg, rootfs)
         mgr = _manager(name, read_json(cdir / "config.json"))
         device_rules = mgr.supports_device_rules()
         mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
@@ -1228,6 +1229,18 @@ def _exec_cgroups(spec, pid):
     procs = [str(joinable_procs(p, v2, pid)) if p.startswith(v2.rstrip("/") + "/") else p
              for p in ann.get("run.ctrun.cgroup_procs", [])]
     return {**spec, "annotations": {**ann, "run.ctrun.cgroup_procs": procs}}
+
+
+def _systemd_hierarchy(cfg, icfg, rootfs):
+    """systemd as PID 1 on a cgroup v1 or hybrid host without a name=systemd hierarchy:
+    mount one first (ctrun.cgroups.named), so the container's cgroups include it."""
+    from .cgroups import named
+    from .cgroups.detect import detect, forget
+    from .runtime import pid1
+    from .spec import init_of
+    if named.needed(detect()) and init_of(cfg, icfg, rootfs) == pid1.SYSTEMD and \
+            named.ensure(detect()):
+        forget()
 
 
 def _layout_for_container(layout):

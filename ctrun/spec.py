@@ -93,7 +93,7 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.lxcfs": [list(b) for b in lxcfs],
         },
     }
-    init = None if cfg.init else pid1.kind(image_rootfs, args, _env_dict(env).get("PATH", ""))
+    init = init_of(cfg, image_cfg, image_rootfs)
     if init == pid1.SYSTEMD:
         systemd.adjust(spec, cdir)
         spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or systemd.STOP_SIGNAL
@@ -103,6 +103,16 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             spec["annotations"]["run.ctrun.halt"] = None
         spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or sysvinit.STOP_SIGNAL
     return spec
+
+
+def init_of(cfg, image_cfg, image_rootfs):
+    """Which init system (pid1.SYSTEMD, pid1.SYSVINIT or None) the container's command
+    starts as PID 1; none under --init (tini is PID 1 then)."""
+    if cfg.init:
+        return None
+    env = _merge_env(image_cfg.get("env", []), cfg.env)
+    args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
+    return pid1.kind(image_rootfs, args, _env_dict(env).get("PATH", ""))
 
 
 def _env_dict(env):
