@@ -226,6 +226,7 @@ class Ctrun:
         from .images import store as images
         from .runtime import lxcfs, seccomp
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
+        _systemd_hierarchy(cfg, icfg, rootfs)
         mgr = _manager(name, read_json(cdir / "config.json"))
         device_rules = mgr.supports_device_rules()
         mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
@@ -280,7 +281,7 @@ class Ctrun:
     def _start_container(self, name, cdir, cfg, state):
         spec, mgr, bpf = self._prepare_start(name, cdir, cfg)
         console = {"console": True, "console_uid": cfg.userns_base if cfg.userns else 0} \
-            if spec["annotations"].get("run.ctrun.systemd") else {}
+            if spec["annotations"].get("run.ctrun.init") else {}
         self._hand_to_monitor(name, cdir, state, mgr, cfg.net, bpf, console)
 
     def _hand_to_monitor(self, name, cdir, state, mgr, net, bpf=None, extra=None):
@@ -432,8 +433,15 @@ class Ctrun:
                 raise
         pid = launched.pid
         if launched.master is not None:
-            status_ = terminal.relay(launched.master, lambda: process._poll(pid),
-                                     forward_stdin=interactive or tty)
+            # an init's /dev/console is this terminal (rootfs.console_on_terminal)
+            peer = terminal.open_peer(launched.master) \
+                if spec["annotations"].get("run.ctrun.init") else None
+            try:
+                status_ = terminal.relay(launched.master, lambda: process._poll(pid),
+                                         forward_stdin=interactive or tty)
+            finally:
+                if peer is not None:
+                    os.close(peer)
             os.close(launched.master)
         else:
             # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI
@@ -506,10 +514,13 @@ class Ctrun:
                 self._stop_vm(name, cdir, live, timeout)
                 self._await_exit_record(cdir, state["start_id"])
                 return self.inspect(name)
-            spec = read_json(cdir / "spec.json") or {}
-            sig = cfgmod.parse_signal(
-                spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
-            fd = self._signal(live, sig)
+            from .runtime import sysvinit
+            ann = (read_json(cdir / "spec.json") or {}).get("annotations", {})
+            sig = cfgmod.parse_signal(ann.get("run.ctrun.stop_signal", "SIGTERM"))
+            # sysvinit halts on a runlevel request, not a signal: the signal only when the
+            # request cannot be written
+            fd = self._signal(live, 0 if ann.get("run.ctrun.halt") == "initctl" and
+                              sysvinit.request_halt(live["pid"], live["pid_start"]) else sig)
             if fd is not None:
                 try:
                     if not select.select([fd], [], [], max(0.0, float(timeout)))[0]:
@@ -1218,6 +1229,18 @@ def _exec_cgroups(spec, pid):
     procs = [str(joinable_procs(p, v2, pid)) if p.startswith(v2.rstrip("/") + "/") else p
              for p in ann.get("run.ctrun.cgroup_procs", [])]
     return {**spec, "annotations": {**ann, "run.ctrun.cgroup_procs": procs}}
+
+
+def _systemd_hierarchy(cfg, icfg, rootfs):
+    """systemd as PID 1 on a cgroup v1 or hybrid host without a name=systemd hierarchy:
+    mount one first (ctrun.cgroups.named), so the container's cgroups include it."""
+    from .cgroups import named
+    from .cgroups.detect import detect, forget
+    from .runtime import pid1
+    from .spec import init_of
+    if named.needed(detect()) and init_of(cfg, icfg, rootfs) == pid1.SYSTEMD and \
+            named.ensure(detect()):
+        forget()
 
 
 def _layout_for_container(layout):
