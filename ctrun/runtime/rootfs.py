@@ -214,7 +214,7 @@ def console_on_terminal(fd):
     try:
         os.close(os.open("console", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW |
                          os.O_CLOEXEC, 0o600, dir_fd=dev))
-        mount(_fdp(fd), f"{_fdp(dev)}/console", None, MS_BIND)
+        linux.mount(_fdp(fd), f"{_fdp(dev)}/console", None, MS_BIND)
     finally:
         os.close(dev)
 
