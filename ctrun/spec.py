@@ -8,7 +8,7 @@ reaper is bind-mounted.
 """
 
 from .config import RLIMITS, effective_caps
-from .runtime import systemd
+from .runtime import pid1, systemd, sysvinit
 
 TINI = "/usr/bin/tini-static"
 
@@ -91,10 +91,26 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.lxcfs": [list(b) for b in lxcfs],
         },
     }
-    if not cfg.init and systemd.is_systemd(image_rootfs, args, _env_dict(env).get("PATH", "")):
+    init = init_of(cfg, image_cfg, image_rootfs)
+    if init == pid1.SYSTEMD:
         systemd.adjust(spec, cdir)
         spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or systemd.STOP_SIGNAL
+    elif init == pid1.SYSVINIT:
+        sysvinit.adjust(spec, cdir, cfg.cap_drop if not cfg.privileged else ())
+        if cfg.stop_signal:   # the user's signal, not the runlevel request
+            spec["annotations"]["run.ctrun.halt"] = None
+        spec["annotations"]["run.ctrun.stop_signal"] = cfg.stop_signal or sysvinit.STOP_SIGNAL
     return spec
+
+
+def init_of(cfg, image_cfg, image_rootfs):
+    """Which init system (pid1.SYSTEMD, pid1.SYSVINIT or None) the container's command
+    starts as PID 1; none under --init (tini is PID 1 then)."""
+    if cfg.init:
+        return None
+    env = _merge_env(image_cfg.get("env", []), cfg.env)
+    args = list(cfg.cmd) or list(image_cfg.get("cmd") or ["/bin/sh"])
+    return pid1.kind(image_rootfs, args, _env_dict(env).get("PATH", ""))
 
 
 def _env_dict(env):

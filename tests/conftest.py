@@ -89,12 +89,58 @@ def cleanup_store(root):
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def store(tmp_path_factory):
+@contextlib.contextmanager
+def own_store():
+    """A store of its own in /var/tmp, destroyed afterwards (the leak check knows it)."""
     root = Path(tempfile.mkdtemp(prefix="ctrun-store-", dir="/var/tmp"))
     STORES.append(root)
-    yield root
-    cleanup_store(root)
+    try:
+        yield root
+    finally:
+        cleanup_store(root)
+
+
+@pytest.fixture
+def store(tmp_path_factory):
+    with own_store() as root:
+        yield root
+
+
+def build_debootstrap_image(root, name, *options):
+    """`ctrun image build NAME OPTIONS` into store root: the test is skipped when Debian's
+    archive cannot be reached, fails on any other error."""
+    r = CLI(root)("image", "build", name, *options, timeout=1800)
+    if r.returncode != 0 and "cannot reach the Debian archive" in r.stderr:
+        pytest.skip("no Debian archive reachable: " + r.stderr.splitlines()[-1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def copy_image(src_root, dst_root, name):
+    """Image NAME of one store into another: its layers hard-linked, in a second or two."""
+    from ctrun.images import store as images
+    from ctrun.state import Store
+    images.copy_image(Store(src_root), Store(dst_root), name)
+
+
+# A debootstrap build takes a minute or more: each image the tests boot is built once per
+# session, in a store of its own, and copied (hard links) into the stores that use it.
+
+@pytest.fixture(scope="session")
+def debian_server_store():
+    """A store holding the debian-server image (systemd, sshd, cron, rsyslog)."""
+    with own_store() as root:
+        build_debootstrap_image(root, "debian-server")
+        yield root
+
+
+@pytest.fixture(scope="session")
+def debian_store():
+    """A store holding the debian image (tini as its command) with sysvinit-core added,
+    which `run debian -- /sbin/init` boots."""
+    with own_store() as root:
+        build_debootstrap_image(root, "debian", "--include", "sysvinit-core")
+        yield root
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ class ContainerBackend(base.Backend):
         from ..images import store as images
         from ..runtime import lxcfs, seccomp
         rootfs, icfg = images.get(self.store, cfg.image, build_missing=False)
+        _systemd_hierarchy(cfg, icfg, rootfs)
         mgr = base.manager(cfg)
         device_rules = mgr.supports_device_rules()
         mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
@@ -89,7 +90,7 @@ class ContainerBackend(base.Backend):
             mgr.remove()
             raise
         extra = {"bpf": bpf_path}
-        if spec["annotations"].get("run.ctrun.systemd"):
+        if spec["annotations"].get("run.ctrun.init"):
             extra.update(console=True, console_uid=cfg.userns_base if cfg.userns else 0)
         return mgr, extra
 
@@ -175,8 +176,15 @@ class ContainerBackend(base.Backend):
         launched, spec, mgr, sid = attached
         pid = launched.pid
         if launched.master is not None:
-            status_ = terminal.relay(launched.master, lambda: process._poll(pid),
-                                     forward_stdin=interactive or tty)
+            # an init's /dev/console is this terminal (rootfs.console_on_terminal)
+            peer = terminal.open_peer(launched.master) \
+                if spec["annotations"].get("run.ctrun.init") else None
+            try:
+                status_ = terminal.relay(launched.master, lambda: process._poll(pid),
+                                         forward_stdin=interactive or tty)
+            finally:
+                if peer is not None:
+                    os.close(peer)
             os.close(launched.master)
         else:
             # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI
@@ -192,10 +200,13 @@ class ContainerBackend(base.Backend):
     # ---------------------------------------------------------------- running
     def stop(self, name, cdir, cfg, live, timeout):
         import select
-        spec = read_json(cdir / "spec.json") or {}
-        sig = cfgmod.parse_signal(
-            spec.get("annotations", {}).get("run.ctrun.stop_signal", "SIGTERM"))
-        fd = base.signal_pid(live, sig)
+        from ..runtime import sysvinit
+        ann = (read_json(cdir / "spec.json") or {}).get("annotations", {})
+        sig = cfgmod.parse_signal(ann.get("run.ctrun.stop_signal", "SIGTERM"))
+        # sysvinit halts on a runlevel request, not a signal: the signal only when the
+        # request cannot be written
+        fd = base.signal_pid(live, 0 if ann.get("run.ctrun.halt") == "initctl" and
+                             sysvinit.request_halt(live["pid"], live["pid_start"]) else sig)
         if fd is not None:
             try:
                 if not select.select([fd], [], [], max(0.0, float(timeout)))[0]:
@@ -275,6 +286,18 @@ def _exec_cgroups(spec, pid):
     procs = [str(joinable_procs(p, v2, pid)) if p.startswith(v2.rstrip("/") + "/") else p
              for p in ann.get("run.ctrun.cgroup_procs", [])]
     return {**spec, "annotations": {**ann, "run.ctrun.cgroup_procs": procs}}
+
+
+def _systemd_hierarchy(cfg, icfg, rootfs):
+    """systemd as PID 1 on a cgroup v1 or hybrid host without a name=systemd hierarchy:
+    mount one first (ctrun.cgroups.named), so the container's cgroups include it."""
+    from ..cgroups import named
+    from ..cgroups.detect import detect, forget
+    from ..runtime import pid1
+    from ..spec import init_of
+    if named.needed(detect()) and init_of(cfg, icfg, rootfs) == pid1.SYSTEMD and \
+            named.ensure(detect()):
+        forget()
 
 
 def _layout_for_container(layout):

@@ -119,3 +119,9 @@ def detect(mountinfo=MOUNTINFO, root=None):
     if mountinfo == MOUNTINFO:
         _cache[key] = layout
     return layout
+
+
+def forget():
+    """Drop the cached layout: the host mounted a hierarchy since (ctrun.cgroups.named),
+    or a long-lived process (the monitor) must see the host as it is now."""
+    _cache.clear()

@@ -159,6 +159,9 @@ def _init_main(chan, spec, stdio, tty, bpf):
         security.set_rlimits(proc)
         step = "finding the command"
         exe = _enter_workdir(chan, proc, proc["cwd"], tty, make=True)
+        if tty and spec["annotations"].get("run.ctrun.init"):
+            step = "binding the terminal to /dev/console"
+            rootfs.console_on_terminal(0)
         chan.send({"type": "ready"})
         msg = chan.recv()
         if not msg or msg.get("type") != "start":

@@ -45,6 +45,10 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun", cgroup_name=No
     oom = 0
     mgr = None
     try:
+        # a long-lived monitor's cached layout may predate a name=systemd hierarchy
+        # mounted for this container (ctrun.cgroups.named): its cgroup there goes too
+        from ..cgroups.detect import forget
+        forget()
         mgr = cgroups.manager(cgroup_name or name, parent=cgroup_parent)
         oom = mgr.oom_kills()
     except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record

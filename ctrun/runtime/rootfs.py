@@ -206,6 +206,19 @@ def _mount_dev(root_fd, use_mknod):
     _mount_in(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
+def console_on_terminal(fd):
+    """/dev/console onto the terminal `fd` (an attached -t run's pty, from the container's
+    own devpts): an init (systemd, sysvinit) writes its boot there, so the user sees it.
+    In the container after pivot_root, while /dev is still only the runtime's tmpfs."""
+    dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.close(os.open("console", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW |
+                         os.O_CLOEXEC, 0o600, dir_fd=dev))
+        linux.mount(_fdp(fd), f"{_fdp(dev)}/console", None, MS_BIND)
+    finally:
+        os.close(dev)
+
+
 def _mount_cgroups(root_fd, layout, userns_dirs=None):
     """Mount the container's view of the cgroup hierarchies (its cgroup namespace root).
 

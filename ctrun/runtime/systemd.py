@@ -23,27 +23,15 @@ TMPFS = (
 
 
 def is_systemd(view, argv, path_env):
-    """Whether argv[0] is systemd in the image's layers (a layers.View): named `systemd`,
-    or an `init` whose symlinks, resolved inside the image, end at a file named systemd."""
-    from . import paths
-    from ..errors import CtrunError
-    if not argv:
-        return False
-    base = os.path.basename(argv[0])
-    if base == "systemd":
-        return True
-    if base != "init":
-        return False
-    try:
-        found = paths.lookup_command(view, argv[0], path_env)
-        _, real = view.resolve(found)   # symlinks expanded in the merged view, never the host's
-    except (OSError, CtrunError):
-        return False
-    return os.path.basename(real) == "systemd"
+    """Whether argv[0] is systemd in the image's layers (a layers.View): see pid1.kind."""
+    from . import pid1
+    return pid1.kind(view, argv, path_env) == pid1.SYSTEMD
 
 
-def adjust(spec, cdir):
-    """Give a spec whose PID 1 is systemd what systemd needs (see the module's comment)."""
+def adjust(spec, cdir, init="systemd"):
+    """Give a spec whose PID 1 is systemd what systemd needs (see the module's comment).
+    sysvinit (init="sysvinit") boots from the same: a fresh /run, a console for its boot
+    messages, container= for scripts that ask."""
     proc = spec["process"]
     proc["env"] = [e for e in proc["env"] if not e.startswith("container=")] + \
         [f"container={MANAGER}"]
@@ -51,7 +39,9 @@ def adjust(spec, cdir):
                            "options": ["nosuid", "nodev"] + opts.split(",")}
                           for d, opts in TMPFS]
     ann = spec["annotations"]
-    ann["run.ctrun.systemd"] = True
+    ann["run.ctrun.init"] = init
+    if init == "systemd":
+        ann["run.ctrun.systemd"] = True
     ann["run.ctrun.machine_id"] = machine_id(cdir)
 
 
@@ -92,7 +82,7 @@ def setup_inside(spec):
     the runtime's fresh tmpfs; /etc is the container's own (opened without following a
     final symlink, so a planted one cannot aim the write elsewhere)."""
     ann = spec["annotations"]
-    if not ann.get("run.ctrun.systemd"):
+    if not ann.get("run.ctrun.init"):
         return
     os.makedirs("/run/host", mode=0o755, exist_ok=True)
     _write("/run/host/container-manager", MANAGER + "\n", 0o444)

@@ -14,6 +14,7 @@ import tty
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
 TIOCSCTTY = 0x540E
+TIOCGPTPEER = 0x5441
 
 
 def open_pty_inside():
@@ -73,6 +74,14 @@ def user_terminal(fd):
             termios.tcsetattr(fd, termios.TCSADRAIN, old)
         os.close(rd)
         os.close(wr)
+
+
+def open_peer(master):
+    """The slave of `master`, opened through the master itself (TIOCGPTPEER: no path
+    into the container's devpts is followed).  Held by the side that relays an init's
+    console: an init closes its stdio before it opens /dev/console, and with no slave
+    open for that moment the master reads EIO, which ends the relay."""
+    return fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
 
 
 def relay(master, child_done, forward_stdin=True):

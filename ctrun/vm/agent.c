@@ -28,7 +28,8 @@
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown; with " poweroff"
                   after the number, systemd as PID 1 gets its power-off signal instead,
-                  and the reply is d "poweroff")   P power off now
+                  sysvinit a runlevel-0 request, and the reply is d "poweroff")
+ *                  P power off now
  *                  Q ping (answered q at once, whatever the session is doing)
  *   guest -> host  c challenge  h hello reply  n refused  o stdout  e stderr  x exit code
  *                  s stats lines "key value"   d done   r agent started (say hello again)
@@ -51,6 +52,7 @@
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -500,6 +502,24 @@ static int init_is_systemd(void)
     return !strcmp(base ? base + 1 : exe, "systemd");
 }
 
+/* Ask a sysvinit PID 1 for runlevel 0 on its control FIFO, as `telinit 0` does: its init
+ * ignores SIGTERM, and Debian's inittab turns SIGINT into a reboot and SIGPWR into a
+ * script Debian does not ship.  The halt script's reboot(RB_POWER_OFF) then ends QEMU.
+ * 0 when the request was written (no FIFO, as under other inits: -1). */
+static int sysvinit_halt(void)
+{
+    struct stat st;
+    unsigned char req[384] = {0};  /* sysvinit's struct init_request */
+    int v[4] = {0x03091969, 1 /* INIT_CMD_RUNLVL */, '0', 3 /* s between TERM and KILL */};
+    int ok, fd = open("/run/initctl", O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    memcpy(req, v, sizeof v);
+    ok = !fstat(fd, &st) && S_ISFIFO(st.st_mode) && write(fd, req, sizeof req) == sizeof req;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
 /* one frame from the host; -1: refused, the caller drops the session's input */
 static int frame(struct session *s, unsigned char type, char *p, uint32_t len)
 {
@@ -560,6 +580,10 @@ static int frame(struct session *s, unsigned char type, char *p, uint32_t len)
         sig = atoi(buf) ? atoi(buf) : SIGTERM;
         if (strstr(buf, " poweroff") && init_is_systemd()) {
             kill(1, SIGRTMIN + 4);  /* systemd's poweroff.target */
+            send_frame(s, 'd', "poweroff", 8);
+            break;
+        }
+        if (strstr(buf, " poweroff") && !sysvinit_halt()) {
             send_frame(s, 'd', "poweroff", 8);
             break;
         }

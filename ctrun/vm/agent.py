@@ -257,7 +257,8 @@ class Agent:
 
     def signal_init(self, sig, poweroff=False):
         """sig to the guest's PID 1; with poweroff, a PID 1 that is systemd is asked for
-        its power-off instead.  Returns True when that power-off was asked for."""
+        its power-off, and a sysvinit for runlevel 0, instead.  Returns True when that
+        power-off was asked for."""
         self.send("D", str(int(sig)).encode() + (b" poweroff" if poweroff else b""))
         return self._expect("d", 10, "a signal to the guest's init") == b"poweroff"
 

@@ -173,9 +173,9 @@ def _wait_gone(fd, timeout):
 
 def stop(cdir, pidfd, stop_signal, timeout):
     """Orderly: a power-off request to the guest's init through the agent (systemd's own
-    power-off signal when PID 1 is systemd, else the image's stop signal); then ACPI
-    power-down through QMP; then QMP quit; SIGKILL as the last resort.  A systemd that
-    took the power-off request gets the whole timeout: ACPI adds nothing to a shutdown
+    power-off signal when PID 1 is systemd, a runlevel-0 request to sysvinit, else the
+    image's stop signal); then ACPI power-down through QMP; then QMP quit; SIGKILL as the
+    last resort.  An init that took the power-off request gets the whole timeout: ACPI adds nothing to a shutdown
     under way (and needs udev and logind in the guest to be heard at all), while a quit
     cuts it off."""
     from . import agent

@@ -2,14 +2,13 @@
 `running`, journald works, `ctrun logs` shows the boot from /dev/console, and `ctrun stop`
 ends in systemd's own clean halt, leaving no process or cgroup; the same with --userns.
 The image build takes a minute or more and needs Debian's archive: it is built once for the
-module, marked slow."""
+session (conftest's debian_server_store), marked slow."""
 
 import json
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,19 +25,11 @@ pytestmark = [pytest.mark.slow, needs_debootstrap]
 
 
 @pytest.fixture(scope="module")
-def server():
-    """A CLI on a store holding the debian-server image, built once for the module."""
-    root = Path(tempfile.mkdtemp(prefix="ctrun-store-", dir="/var/tmp"))
-    conftest.STORES.append(root)
-    try:
-        cli = conftest.CLI(root)
-        r = cli("image", "build", "debian-server", timeout=1800)
-        if r.returncode != 0 and "cannot reach the Debian archive" in r.stderr:
-            pytest.skip("no Debian archive reachable: " + r.stderr.splitlines()[-1])
-        assert r.returncode == 0, r.stderr[-3000:]
-        yield cli
-    finally:
-        conftest.cleanup_store(root)
+def server(debian_server_store):
+    """A CLI on a store of the module's own holding the session's debian-server image."""
+    with conftest.own_store() as root:
+        conftest.copy_image(debian_server_store, root, "debian-server")
+        yield conftest.CLI(root)
 
 
 def _booted(cli, name, timeout=90):
@@ -156,3 +147,103 @@ def test_stop_signal_option(server):
     r = cli("create", "bad", "--image", "debian-server", "--stop-signal", "NOPE")
     assert_clean_error(r, "'NOPE'")
     assert cli("inspect", "bad").returncode != 0
+
+
+def _ssh(key, ip, *argv):
+    return subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                           "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{ip}",
+                           *argv], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("opts", [(), ("--userns",)], ids=["default", "userns"])
+def test_server_answers_ssh_and_sees_its_own_resources(server, tmp_path, opts):
+    """The VPS of an OpenVZ host: booted on a bridge, reached by ssh from the host with the
+    key --ssh-key gave, and free and nproc inside show its --memory and --cpus (one boot
+    for all of it)."""
+    import os
+    cli, name = server, "vps"
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ctrun-test",
+                    "-f", str(key)], check=True)
+    sub = f"10.223.{os.getpid() % 250}.0/24"   # a /16 no other test uses
+    with conftest.bridge_network(cli, f"vs{os.getpid() % 10000}", sub) as net:
+        # a --userns container's files are written once it runs: its key is set live
+        on_create = [] if opts else ["--ssh-key", f"{key}.pub"]
+        cli("run", "-d", "--name", name, "--net", net, *on_create,
+            "--memory", "512M", "--cpus", "1", *opts, "debian-server", check=True)
+        _booted(cli, name)
+        if opts:
+            cli("set", name, "--ssh-key", f"{key}.pub", check=True)
+        ip = cli.json("inspect", name)["network"]["ip"]
+        deadline = time.monotonic() + 60   # sshd may still be binding once systemd is up
+        while True:
+            r = _ssh(key, ip, "cat", "/proc/1/comm")
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert (r.returncode, r.stdout) == (0, "systemd\n"), (r, _out(cli, name, "systemctl",
+                                                              "status", "ssh", "--no-pager"))
+        mem = [line.split() for line in _ssh(key, ip, "free", "-m").stdout.splitlines()
+               if line.startswith("Mem:")]
+        assert mem and mem[0][1] == "512", mem
+        assert _ssh(key, ip, "nproc").stdout.strip() == "1"
+        cli("stop", name, timeout=60, check=True)
+        assert cli.json("inspect", name)["exit_code"] == 0
+
+
+def _where(pid):
+    """What a stuck process and its children wait on (for a failure message)."""
+    out = []
+    for p in [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text()
+                      .split()] if Path(f"/proc/{pid}").exists() else []:
+        try:
+            state = [x for x in Path(f"/proc/{p}/status").read_text().splitlines()
+                     if x.startswith("State")]
+            out.append((p, Path(f"/proc/{p}/cmdline").read_bytes()[:120], state,
+                        Path(f"/proc/{p}/wchan").read_text()))
+        except OSError:
+            pass
+    return out
+
+
+def test_attached_tty_run_shows_the_boot(server):
+    """`ctrun run -it debian-server`: the run's terminal is systemd's /dev/console too, so the
+    user watches the boot as on a machine's console."""
+    import os
+    import pty
+    import select
+    cli = server
+    pid, fd = pty.fork()
+    if pid == 0:   # the CLI as a user runs it, on a terminal
+        try:
+            os.chdir(conftest.REPO)
+            os.execv(sys.executable, [sys.executable, "-m", "ctrun", "--root", str(cli.root),
+                                      "run", "-it", "--rm", "--name", "tty", "debian-server"])
+        finally:
+            os._exit(127)
+    seen, deadline = b"", time.monotonic() + 90
+    try:
+        while b"Reached target" not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:   # EIO: the run ended
+                    break
+        assert b"Welcome to Debian" in seen and b"Reached target" in seen, (
+            seen[-3000:], _where(pid), cli("list", "-a").stdout)
+        cli("stop", "tty", timeout=60, check=True)
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            try:   # keep draining: a full terminal would block the relay
+                select.select([fd], [], [], 0.2)[0] and os.read(fd, 65536)
+            except OSError:
+                time.sleep(0.1)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, done
+        pid = None
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+        cli("destroy", "--force", "tty")

@@ -90,6 +90,51 @@ def test_not_systemd_keeps_the_image_defaults(tmp_path, image):
     assert "run.ctrun.systemd" not in s["annotations"]
 
 
+@pytest.fixture
+def sysv(tmp_path):
+    """An image whose /sbin/init is sysvinit's (its version mark inside); others named init
+    that are not: a script, a FIFO planted in its place, a link leaving the image."""
+    root = tmp_path / "sysv"
+    _exe(root / "usr/sbin/init", "\x7fELF...INIT_VERSION=sysvinit-3.06\0...")
+    os.symlink("usr/sbin", root / "sbin")
+    _exe(root / "opt/plain/init")
+    (root / "opt/fifo").mkdir(parents=True)
+    os.mkfifo(root / "opt/fifo/init")
+    _exe(tmp_path / "host/init", "INIT_VERSION=sysvinit-3.06")
+    (root / "opt/out").mkdir(parents=True)
+    os.symlink("../../../host/init", root / "opt/out/init")
+    return View([root])
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["/sbin/init"], "sysvinit"), (["init"], "sysvinit"), (["/opt/plain/init"], None),
+    (["/opt/fifo/init"], None), (["/opt/out/init"], None),
+])
+def test_detects_sysvinit(sysv, argv, want):
+    from ctrun.runtime import pid1
+    assert pid1.kind(sysv, argv, "/usr/sbin:/usr/bin") == want
+
+
+def test_spec_of_a_sysvinit_container(tmp_path, sysv):
+    s = _build(tmp_path, sysv)
+    ann = s["annotations"]
+    assert (ann["run.ctrun.init"], ann["run.ctrun.halt"]) == ("sysvinit", "initctl")
+    assert ann["run.ctrun.stop_signal"] == "SIGPWR" and "run.ctrun.systemd" not in ann
+    assert sorted(m["destination"] for m in s["mounts"] if m["type"] == "tmpfs") == \
+        ["/run", "/run/lock", "/tmp"]
+    # CAP_SYS_BOOT: its halt's reboot(2) ends the container's PID namespace, nothing more
+    caps = s["process"]["capabilities"]
+    assert all("CAP_SYS_BOOT" in caps[k] for k in ("bounding", "effective", "permitted"))
+    assert "CAP_SYS_ADMIN" not in caps["bounding"]
+    for drop in (["CAP_SYS_BOOT"], ["ALL"]):
+        s = _build(tmp_path, sysv, cap_drop=drop)
+        assert "CAP_SYS_BOOT" not in s["process"]["capabilities"]["bounding"]
+    # the user's stop signal replaces the runlevel request
+    s = _build(tmp_path, sysv, stop_signal="SIGRTMIN+4")
+    assert s["annotations"]["run.ctrun.stop_signal"] == "SIGRTMIN+4"
+    assert not s["annotations"]["run.ctrun.halt"]
+
+
 
 def test_enter_takes_roots_login_shell_from_the_container(tmp_path):
     from ctrun.api import _root_login
