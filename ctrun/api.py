@@ -22,7 +22,8 @@ import time
 
 from . import backends, config as cfgmod, lifecycle
 from .backends import base
-from .backends.container import DEVICE_ALLOW, _root_login  # noqa: F401 - public names
+from .backends.container import (  # noqa: F401 - names tests and benchmarks import here
+    DEVICE_ALLOW, _root_login, _systemd_hierarchy)
 from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
 from .lifecycle import State
 from .shared import SharedVerbs
