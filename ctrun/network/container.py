@@ -56,15 +56,15 @@ def parse_options(network, ip=None, mac=None, publish=(), dns=(), search=()):
 
 def check_ports_free(store, name, publish):
     """Refuse a host port another container of this store already publishes."""
-    from ..state import read_json
+    from ..config import Config
     wanted = {(p["host_port"], p["proto"]) for p in publish}
     if not wanted:
         return
     for other in store.container_names():
         if other == name:
             continue
-        conf = read_json(store.container_dir(other) / "config.json") or {}
-        for p in (conf.get("net") or {}).get("publish", []):
+        conf = Config.load(store.container_dir(other))
+        for p in ((conf.net if conf else None) or {}).get("publish", []):
             if (p["host_port"], p["proto"]) in wanted:
                 raise Conflict(f"host port {p['host_port']}/{p['proto']} is already published by "
                                f"container '{other}'; choose another port")

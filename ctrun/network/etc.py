@@ -51,16 +51,16 @@ def write_hosts(store, network):
     """Every container on `network` learns every other by name through its /etc/hosts.
 
     The file is bind-mounted, so it is rewritten in place (same inode), never replaced."""
-    from ..state import read_json
+    from ..config import Config
     from . import ipam
     peers = {ip: c for ip, c in ipam.leases(store, network).items() if "/" not in c}
     for ip, cname in peers.items():
         cdir = store.container_dir(cname)
-        conf = read_json(cdir / "config.json")
-        if not conf:
+        conf = Config.load(cdir)
+        if conf is None:
             continue
         rewrite_in_place(cdir / "etc" / "hosts",
-                         hosts_text(cname, conf.get("hostname") or cname, conf.get("net"), peers))
+                         hosts_text(cname, conf.hostname or cname, conf.net, peers))
 
 
 def dns_servers(net):

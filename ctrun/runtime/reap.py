@@ -54,7 +54,8 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun", cgroup_name=No
     except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record
         pass
     state = read_json(cdir / "state.json", {}) or {}
-    net = (read_json(cdir / "config.json") or {}).get("net") or {}
+    from ..config import Config
+    net = getattr(Config.load(cdir), "net", None) or {}
     if net.get("ip"):
         try:
             from ..network import container as netc
