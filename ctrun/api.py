@@ -113,7 +113,6 @@ class Ctrun(SharedVerbs):
         nameserver (more dns), searchdomain, onboot, userpasswd ("USER:PASSWORD"), ssh_key
         (public key files, for ssh_user), ip_add (extra addresses, leased like ip).  stop_signal:
         what stop sends PID 1 instead of the image's (SIGRTMIN+3 when PID 1 is systemd)."""
-        from . import vps
         from .images import store as images
         from .network import container as netc
         cfgmod.check_name(name)
@@ -131,8 +130,10 @@ class Ctrun(SharedVerbs):
         netcfg = netc.parse_options(net or os.environ.get("CTRUN_NETWORK") or "ctrun0", ip, mac,
                                     publish, list(dns) + list(nameserver), searchdomain)
         cfg.onboot = cfgmod.parse_onboot(onboot)
-        secret = vps.userpasswd_of(userpasswd)
-        keys = vps.keys_from(ssh_key)
+        secret, keys = None, []
+        if userpasswd is not None or ssh_key:  # ctrun.vps loads ctypes: not on every create
+            from . import vps
+            secret, keys = vps.userpasswd_of(userpasswd), vps.keys_from(ssh_key)
         if ip_add and netcfg["network"] in netc.MODES:
             raise InvalidInput(f"--ip-add needs a bridged network, not --net {netcfg['network']}")
         if (secret or keys) and (vm or userns):
@@ -173,8 +174,9 @@ class Ctrun(SharedVerbs):
                 from .network.etc import write_etc_files
                 write_etc_files(tmp, name, cfg.hostname or name, cfg.net)
                 backend.prepare(tmp, cfg, prepared)
-                vps.apply_inside(self.store, tmp, name, cfg.to_dict(), None, secret, keys,
-                                 ssh_user)
+                if secret or keys:
+                    vps.apply_inside(self.store, tmp, name, cfg.to_dict(), None, secret, keys,
+                                     ssh_user)
                 from .cgroups import container_name
                 cfg.cgroup_parent = _cgroup_parent()
                 cfg.cgroup_name = container_name(name, self.store.short_id)
