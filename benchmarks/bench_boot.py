@@ -178,14 +178,7 @@ def rm_cgroup_tree(name):
         top = Path(m) / common.CGROUP_PARENT / name
         for d in sorted((Path(p) for p, _, _ in os.walk(top)),
                         key=lambda x: len(x.parts), reverse=True):
-            for _ in range(40):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            common.rmdir_cgroup(d)
 
 
 def wait_exit(p, timeout):

@@ -656,6 +656,19 @@ def cgroup_dirs(parent=CGROUP_PARENT):
     return sorted(out, key=lambda p: len(p.parts), reverse=True)
 
 
+def rmdir_cgroup(d, tries=40):
+    """Remove one empty cgroup directory, retrying while the kernel still holds it (a cgroup
+    lingers for a moment after its last process exits); fine when it is already gone."""
+    for _ in range(tries):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def cgroup_procs(d):
     try:
         return [int(x) for x in (d / "cgroup.procs").read_text().split()]
@@ -878,14 +891,7 @@ class Workspace:
                 _kill(p)
             if procs:
                 wait_gone(procs, 5)
-            for _ in range(20):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            rmdir_cgroup(d, tries=20)
         for i, (rel, (n, procs)) in enumerate(sorted(left.items())):
             if i == 8:
                 self.leaks.append(f"... and {len(left) - 8} more cgroup paths left")

@@ -14,7 +14,7 @@ import re
 import resource
 import signal
 
-from .errors import InvalidInput, quote
+from .errors import InvalidInput, NotFound, quote
 
 # always fullmatch: "$" also matches before a trailing newline, which let "abc\n" in
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -146,6 +146,22 @@ def parse_onboot(value):
     if re.fullmatch(r"no|false|off|0", v):
         return False
     raise InvalidInput(f"invalid --onboot {value!r}: use yes or no")
+
+
+def read_secret_line(path, where, stdin=None):
+    """The first line (USER:PASSWORD) of file `path`, or of stdin when path is None, without
+    its line end and bounded: how a secret reaches ctrun without showing in `ps`."""
+    import sys
+    try:
+        if path is None:
+            return (stdin or sys.stdin).readline(4096).rstrip("\r\n")
+        with open(path) as f:
+            return f.readline(4096).rstrip("\r\n")
+    except OSError as e:
+        raise NotFound(f"cannot read {where} ({e.strerror}); give a readable file holding "
+                       "USER:PASSWORD") from None
+    except ValueError:
+        raise InvalidInput(f"{where} is not text; give USER:PASSWORD on one line") from None
 
 
 def parse_userpasswd(text, where):

@@ -16,7 +16,6 @@ import errno
 import os
 import re
 import stat
-import sys
 import time
 
 from .kernel import linux
@@ -33,7 +32,7 @@ def read_userpasswd(value=None, path=None, stdin=None):
     """USER:PASSWORD from `--userpasswd -` (stdin) or `--userpasswd-file FILE`, as
     (user, password); None when neither is given.  A password typed in argv is refused:
     every user of the host can read it in ps."""
-    from .config import parse_userpasswd
+    from .config import parse_userpasswd, read_secret_line
     if value is None and path is None:
         return None
     if value is not None and value != "-":
@@ -41,18 +40,7 @@ def read_userpasswd(value=None, path=None, stdin=None):
                            "--userpasswd-file FILE): a password in the command line shows "
                            "in ps")
     where = "stdin" if path is None else f"--userpasswd-file {path!r}"
-    try:
-        if path is None:
-            text = (stdin or sys.stdin).readline(4096)
-        else:
-            with open(path) as f:
-                text = f.readline(4096)
-    except OSError as e:
-        raise NotFound(f"cannot read {where} ({e.strerror}); give a readable file holding "
-                       "USER:PASSWORD") from None
-    except ValueError:
-        raise InvalidInput(f"{where} is not text; give USER:PASSWORD on one line") from None
-    return parse_userpasswd(text.rstrip("\r\n"), where)
+    return parse_userpasswd(read_secret_line(path, where, stdin), where)
 
 
 def read_ssh_key(path):

@@ -137,20 +137,10 @@ def read_creds(creds=None, creds_file=None, stdin=None):
     """USER:PASSWORD from --creds, from stdin (--creds -) or from --creds-file, so that a
     secret need not sit in argv where `ps` shows it; None if none was given."""
     if creds == "-" or creds_file is not None:
-        where = "stdin" if creds == "-" else f"--creds-file {creds_file}"
-        try:
-            if creds == "-":
-                text = (stdin or sys.stdin).readline(4096)
-            else:
-                with open(creds_file) as f:
-                    text = f.readline(4096)
-        except OSError as e:
-            raise NotFound(f"cannot read credentials from {where} ({e.strerror}); give a "
-                           "readable file holding USER:PASSWORD") from None
-        except ValueError:
-            raise InvalidInput(f"credentials from {where} are not text; give USER:PASSWORD "
-                               "on one line") from None
-        creds = text.rstrip("\r\n")
+        from ..config import read_secret_line
+        where = "stdin" if creds == "-" else f"--creds-file {creds_file!r}"
+        creds = read_secret_line(None if creds == "-" else creds_file,
+                                 f"credentials from {where}", stdin)
         if not creds:
             raise InvalidInput(f"no credentials on {where}; give USER:PASSWORD on one line")
     return creds
