@@ -187,12 +187,20 @@ class ContainerBackend(base.Backend):
                     os.close(peer)
             os.close(launched.master)
         else:
-            # systemd ignores SIGTERM and takes SIGINT for a reboot: a TERM or INT to the CLI
-            # (timeout, Ctrl-C) means stop, and becomes its stop signal
-            stop = cfgmod.parse_signal(spec["annotations"]["run.ctrun.stop_signal"])
+            # an init (systemd, sysvinit) ignores SIGTERM and takes SIGINT for a reboot: a TERM
+            # or INT to the CLI (timeout, Ctrl-C) means stop, and becomes its stop: systemd's
+            # stop signal, sysvinit's runlevel-0 request (its stop signal if that fails)
+            ann = spec["annotations"]
+            stop = cfgmod.parse_signal(ann["run.ctrun.stop_signal"])
+            if ann.get("run.ctrun.halt") == "initctl":
+                from ..runtime import sysvinit
+                sig = stop
+
+                def stop():
+                    if not sysvinit.request_halt(pid, launched.pid_start):
+                        os.kill(pid, sig)
             status_ = process._wait_forwarding(pid, {signal.SIGTERM: stop, signal.SIGINT: stop}
-                                               if spec["annotations"].get("run.ctrun.systemd")
-                                               else None)
+                                               if ann.get("run.ctrun.init") else None)
         code, _ = reap.finalize(cdir, name, sid, status_, "/".join(mgr.parent_parts),
                                 mgr.name)
         return code

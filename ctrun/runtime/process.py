@@ -352,10 +352,12 @@ def _poll(pid):
 
 
 def _wait_forwarding(pid, translate=None):
-    """Wait for pid, passing SIGINT/SIGTERM/SIGHUP on to it (as translate[sig] if given)."""
+    """Wait for pid, passing SIGINT/SIGTERM/SIGHUP on to it (as translate[sig] if given: a
+    signal number, or a callable that asks pid to stop in its own way)."""
     def fwd(sig, _):
+        to = (translate or {}).get(sig, sig)
         try:
-            os.kill(pid, (translate or {}).get(sig, sig))
+            to() if callable(to) else os.kill(pid, to)
         except ProcessLookupError:
             pass
     old = {s: signal.signal(s, fwd) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
