@@ -138,9 +138,20 @@ class CgroupManager(abc.ABC):
     def mounts(self):
         """{hierarchy key: mount point} this manager writes in."""
 
-    @abc.abstractmethod
     def create(self, device_rules=None):
-        """Make `<parent>/<name>/ct` in every hierarchy; idempotent."""
+        """Make `<parent>/<name>/ct` in every hierarchy; idempotent.  remove() of another
+        container of the parent may rmdir the emptied parent between two of our mkdirs: the
+        whole creation then runs again (the parent cannot go once our cgroup is in it)."""
+        for attempt in range(3):
+            try:
+                return self._create(device_rules)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+
+    @abc.abstractmethod
+    def _create(self, device_rules=None):
+        """create()'s work, once."""
 
     @abc.abstractmethod
     def kill_all(self, sig=signal.SIGKILL, timeout=None):
@@ -330,7 +341,10 @@ class CgroupManager(abc.ABC):
         return True
 
     def remove(self, timeout=None):
-        """rmdir `<parent>/<name>` and everything below it, leaves first; fine if already gone."""
+        """rmdir `<parent>/<name>` and everything below it, leaves first, then the parent's
+        last level once no container is left in it (ctrun makes it on demand: `ctrun`, or
+        CTRUN_CGROUP_PARENT's last part; the levels above are the host's placement of it);
+        fine if already gone."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         for top in self.dirs().values():
             for d in self._subtree(top):
@@ -341,11 +355,14 @@ class CgroupManager(abc.ABC):
                                        f"{', '.join(map(str, pids))}; kill them and retry")
                     raise Conflict(f"cgroup {self.rel} is busy ({d} cannot be removed); "
                                    "remove what holds it and retry")
+        self.remove_parent_if_empty(levels=1)
 
-    def remove_parent_if_empty(self):
-        """rmdir the parent levels that no other cgroup uses (e.g. a per-test parent)."""
+    def remove_parent_if_empty(self, levels=None):
+        """rmdir the parent levels (the innermost `levels` of them, or all) that no other
+        cgroup uses; a busy level (another container, a create under way) stays."""
+        n = len(self.parent_parts)
         for mnt in self.mounts().values():
-            for i in range(len(self.parent_parts), 0, -1):
+            for i in range(n, max(0, n - (levels or n)), -1):
                 d = mnt.joinpath(*self.parent_parts[:i])
                 try:
                     self._rmdir(d)

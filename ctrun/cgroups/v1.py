@@ -102,7 +102,7 @@ class V1Manager(CgroupManager):
         if "cpuset" in key.split(","):
             self._inherit_cpuset(d)
 
-    def create(self, device_rules=None):
+    def _create(self, device_rules=None):
         """Make the cgroup; with `device_rules`, the devices allowlist is written on
         `<parent>/<name>` before `ct` exists (the kernel refuses to change a cgroup's
         default once it has children), so `ct` inherits it at mkdir."""
@@ -456,7 +456,7 @@ class HybridManager(CgroupManager):
             return self.v2
         return None
 
-    def create(self, device_rules=None):
+    def _create(self, device_rules=None):
         self.v1.create(device_rules)
         self.v2.create()
 

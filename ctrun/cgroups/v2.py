@@ -87,7 +87,7 @@ class V2Manager(CgroupManager):
                 except OSError:
                     pass
 
-    def create(self, device_rules=None):
+    def _create(self, device_rules=None):
         """device_rules are not supported on v2 (they need a BPF program): callers check
         supports_device_rules() and drop CAP_MKNOD instead."""
         mnt = self.layout.v2

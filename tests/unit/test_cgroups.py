@@ -238,12 +238,29 @@ def test_v2_add_pids_and_remove(v2):
     with pytest.raises(Conflict, match="^cgroup ctrun/web still has processes 4242; kill them and retry$"):
         m.remove()
     (v2.v2 / "ctrun/web/ct/cgroup.procs").write_text("")
+    other = manager("db", layout=v2)
+    other.create()
     m.remove()
     m.remove()
     assert not m.exists()
-    assert (v2.v2 / "ctrun").is_dir()                            # shared parent stays
-    m.remove_parent_if_empty()
-    assert not (v2.v2 / "ctrun").exists()
+    assert (v2.v2 / "ctrun").is_dir()                # the parent stays while it holds another
+    other.remove()
+    assert not (v2.v2 / "ctrun").exists()            # and goes with the last one
+
+
+def test_a_parent_removed_between_two_mkdirs_is_made_again(v2):
+    """create() races the remove() of the parent's last other container: the parent it
+    made vanishes before its own cgroup is in it, and creation starts over."""
+    m = manager("web", layout=v2)
+    real, raced = m._mkdir, []
+
+    def mkdir(path):
+        if path.name == "web" and not raced:  # the other container's remove() wins here
+            raced.append(FakeKernel(v2).rmdir(path.parent) or True)
+        real(path)
+    m._mkdir = mkdir
+    m.create()
+    assert raced and (v2.v2 / "ctrun/web/ct").is_dir()
 
 
 def test_v2_remove_takes_container_made_subcgroups_leaves_first(v2):
@@ -253,6 +270,7 @@ def test_v2_remove_takes_container_made_subcgroups_leaves_first(v2):
     FakeKernel(v2).mkdir(v2.v2 / "ctrun/tenant/web/ct/init.scope/deeper")
     m.remove()
     assert not (v2.v2 / "ctrun/tenant/web").exists()
+    assert (v2.v2 / "ctrun").is_dir()      # remove() takes the parent's last level only
     m.remove_parent_if_empty()
     assert not (v2.v2 / "ctrun").exists()
 
