@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,26 @@ def cli(store):
     return CLI(store)
 
 
+def sigterm_attached_run(cli, name, argv, booted):
+    """`ctrun run --rm --name NAME ARGV...` attached, as `timeout` runs it: once booted()
+    returns, the CLI gets SIGTERM; returns the CLI's exit code after checking that --rm
+    removed the container.  Whatever happens, nothing of it is left."""
+    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(cli.root), "run", "--rm",
+                          "--name", name, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    try:
+        booted()
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=60)
+        assert cli("inspect", name).returncode != 0, p.stderr.read()   # --rm removed it
+        return code
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        cli("destroy", "--force", name)
+
+
 @contextlib.contextmanager
 def bridge_network(cli, name, subnet, *options):
     """A network of the test's own (bridge, subnet, nftables rules); afterwards every
@@ -204,9 +225,8 @@ def leaks():
             continue  # the host's LXCFS (or another run's): a shared service, not this run's
         if "ctrun" in line:
             found.append("mount: " + line.split()[4])
-    for d in _cgroup_dirs(CGROUP_PARENT):
-        if d.name != CGROUP_PARENT:
-            found.append(f"cgroup: {d}")
+    for d in _cgroup_dirs(CGROUP_PARENT):  # the parent too: ctrun removes it once empty
+        found.append(f"cgroup: {d}")
     for root in STORES:
         for pid in _monitor_pids(root):
             found.append(f"process: ctrun monitor {pid} of {root}")

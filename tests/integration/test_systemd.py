@@ -6,7 +6,6 @@ session (conftest's debian_server_store), marked slow."""
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -122,19 +121,8 @@ def test_attached_run_stops_on_sigterm(server):
     """`timeout N ctrun run --rm` of a systemd image: the CLI's SIGTERM becomes systemd's stop
     signal (systemd ignores SIGTERM as PID 1), so the run ends, and --rm removes it."""
     cli = server
-    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(cli.root), "run", "--rm",
-                          "--name", "att", "debian-server"], cwd=conftest.REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _booted(cli, "att")
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=60) == 0, p.stderr.read()
-        assert cli("inspect", "att").returncode != 0   # --rm removed it
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        cli("destroy", "--force", "att")
+    assert conftest.sigterm_attached_run(cli, "att", ["debian-server"],
+                                         lambda: _booted(cli, "att")) == 0
 
 
 def test_stop_signal_option(server):

@@ -6,10 +6,7 @@ SIGKILL deadline; the same with --userns, and as a VM, whose stop powers it off.
 image (debian with sysvinit-core) is built once for the session (conftest's debian_store),
 marked slow."""
 
-import signal
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -80,19 +77,9 @@ def test_attached_run_halts_on_sigterm(sysv):
     runlevel-0 request (sysvinit ignores SIGTERM as PID 1), so the run ends with the halt's
     exit code after the shutdown scripts ran, and --rm removes the container."""
     cli = sysv
-    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(cli.root), "run", "--rm",
-                          "--name", "att", "debian", "--", "/sbin/init"], cwd=conftest.REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for(cli, "att", ["runlevel"], "N 2")
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=60) == HALTED, p.stderr.read()
-        assert cli("inspect", "att").returncode != 0   # --rm removed it
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        cli("destroy", "--force", "att")
+    assert conftest.sigterm_attached_run(cli, "att", ["debian", "--", "/sbin/init"],
+                                         lambda: _wait_for(cli, "att", ["runlevel"], "N 2")) \
+        == HALTED
 
 
 @pytest.mark.vm
