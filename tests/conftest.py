@@ -30,6 +30,9 @@ os.environ["PYTHONPATH"] = str(REPO)
 LXCFS_DIR = f"/run/ctrun-test-{os.getpid()}-lxcfs"
 os.environ["CTRUN_LXCFS_DIR"] = LXCFS_DIR
 STORES = []
+# ctrun-oci state roots of the tests (tests/integration/oci_bundle.py): a container left in
+# one is a leak
+OCI_ROOTS = []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -233,6 +236,10 @@ def leaks():
     for root in STORES:
         if root.exists():
             found.append(f"directory: {root}")
+    for root in OCI_ROOTS:
+        if root.is_dir():
+            found += [f"ctrun-oci container: {p}" for p in root.iterdir()
+                      if not p.name.startswith(".")]
     for pid in _qemu_pids():
         found.append(f"process: qemu {pid} of a test VM")
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

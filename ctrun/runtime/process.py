@@ -59,6 +59,14 @@ def _raise_child_error(msg):
     raise cls(msg["message"])
 
 
+# set in an init released by `ctrun-oci start` (another process): its creator has exited, so
+# an error after the release is written to the container's stderr (the client's log) too
+_CREATOR_GONE = []
+
+# the exec fifo (an O_PATH descriptor) an OCI init waits on, opened on the host side
+_EXEC_FIFO = []
+
+
 def _report(chan, step, exc):
     """In a child: send the error to the parent, then exit without running Python cleanup."""
     if isinstance(exc, errors.CtrunError):
@@ -70,6 +78,11 @@ def _report(chan, step, exc):
     if os.environ.get("CTRUN_DEBUG"):
         import traceback
         text += "\n" + traceback.format_exc()
+    if _CREATOR_GONE:
+        try:
+            os.write(2, f"ctrun-oci: {text}\n".encode())
+        except OSError:
+            pass
     try:
         chan.send({"type": "error", "kind": kind, "message": text})
     except OSError:
@@ -113,14 +126,18 @@ def _enter_workdir(chan, proc, cwd, tty, make):
     return exe
 
 
-def _final_exec(chan, proc, bpf, argv0_path, env):
-    """Shared tail of init and exec: privileges, fds, seccomp, execve."""
+def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
+    """Shared tail of init and exec: privileges, fds, seccomp, execve.  preserve_fds: how
+    many fds after stdio pass to the workload (runc's --preserve-fds)."""
     step = "dropping privileges"
     try:
         security.reset_signals()
         security.drop_privileges(proc)
         step = "closing inherited file descriptors"
-        security.close_fds(keep={chan.sock.fileno()})
+        passed = set(range(3, 3 + preserve_fds))
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        security.close_fds(keep={chan.sock.fileno()} | passed)
         step = "checking the working directory"
         security.check_cwd()
         step = "installing the seccomp filter"
@@ -163,12 +180,58 @@ def _init_main(chan, spec, stdio, tty, bpf):
             step = "binding the terminal to /dev/console"
             rootfs.console_on_terminal(0)
         chan.send({"type": "ready"})
-        msg = chan.recv()
-        if not msg or msg.get("type") != "start":
-            linux.exit(1)
+        if _EXEC_FIFO:
+            step = "waiting for the start"
+            _await_release(_EXEC_FIFO.pop())
+            step = "running the startContainer hooks"
+            _run_inside_hooks(spec["annotations"].get("run.ctrun.start_hooks") or [])
+        else:
+            msg = chan.recv()
+            if not msg or msg.get("type") != "start":
+                linux.exit(1)
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
-    _final_exec(chan, proc, bpf, exe, proc["env"])
+    _final_exec(chan, proc, bpf, exe, proc["env"],
+                spec["annotations"].get("run.ctrun.preserve_fds", 0))
+
+
+def _await_release(fifo):
+    """Block until `ctrun-oci start` opens the exec fifo for reading, then tell it the init
+    is going ahead (one byte).  Reopened through /proc/self/fd: the fifo's directory (the
+    runtime's state dir) is not reachable from inside the container."""
+    _CREATOR_GONE.append(True)
+    fd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+        os.close(fifo)
+
+
+def _run_inside_hooks(hooks):
+    """startContainer hooks: run in the container (paths resolved in its root) before the
+    workload, each with the state JSON on stdin; a failure stops the start."""
+    for h in hooks:
+        r, w = os.pipe()
+        pid = linux.fork()
+        if pid == 0:
+            try:
+                os.dup2(r, 0)
+                os.dup2(2, 1)
+                os.execve(h["path"], h.get("args") or [h["path"]],
+                          _env_dict(h.get("env") or []))
+            finally:
+                os._exit(127)
+        os.close(r)
+        try:
+            os.write(w, h["state"].encode())
+        except OSError:
+            pass
+        os.close(w)
+        status = os.waitpid(pid, 0)[1]
+        if status:
+            raise errors.ContainerFailed(f"startContainer hook {errors.quote(h['path'])} "
+                                         f"exited with {exit_code(status)}")
 
 
 class Launched:
@@ -206,6 +269,10 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                     linux.cgroup_attach(fd)
                 finally:
                     os.close(fd)
+            if spec["annotations"].get("run.ctrun.exec_fifo"):
+                step = "opening the exec fifo"
+                _EXEC_FIFO.append(os.open(spec["annotations"]["run.ctrun.exec_fifo"],
+                                          os.O_PATH | os.O_CLOEXEC))
             step = "creating the pid namespace"
             if spec["annotations"].get("run.ctrun.userns_base") is not None:
                 step = "opening volume sources"
@@ -288,7 +355,6 @@ def exit_code(status):
 
 def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None):
     """Run argv inside a running container; returns its exit code (ctrun exec)."""
-    from ..state import alive
     proc = dict(spec["process"])
     proc["args"] = list(argv)
     envd = _env_dict(proc["env"])
@@ -299,27 +365,7 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
     if user:
         uid, _, gid = user.partition(":")
         proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
-    from ..namespaces import join as nsjoin  # exec only: not on the start path
-    kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
-    ns_fds = nsjoin.open_all(live["pid"], kinds)
-    cg_fds = []
-    try:
-        if not alive(live["pid"], live["pid_start"]):
-            raise errors.Conflict("the container stopped while ctrun was joining it")
-        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-            cg_fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
-        psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        mid = linux.fork()
-        if mid == 0:
-            _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd or proc["cwd"],
-                         tty, stdin, bpf)
-    finally:
-        for _, fd in ns_fds:
-            os.close(fd)
-        for fd in cg_fds:
-            os.close(fd)
-    csock.close()
-    chan = Channel(psock)
+    mid, chan = _fork_joiner(live, spec, proc, cwd or proc["cwd"], tty, stdin, bpf, False)
     master = None
     try:
         while True:
@@ -344,6 +390,61 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
         return exit_code(status)
     finally:
         chan.close()
+
+
+def join_detached(live, spec, tty=False, bpf=None):
+    """Start spec["process"] inside a running container and return (its host pid, the pty
+    master or None) once it has exec'd, without waiting for it: it is reparented to the
+    caller's subreaper (ctrun-oci exec --detach, as the containerd shim and conmon call it)."""
+    proc = spec["process"]
+    mid, chan = _fork_joiner(live, spec, proc, proc["cwd"], tty, True, bpf, True)
+    pid = master = None
+    try:
+        while True:  # until EOF: the command's execve closed the last end of the channel
+            msg = chan.recv()
+            if msg is None:
+                break
+            if msg["type"] == "pid":
+                pid = msg["pid"]
+            elif msg["type"] == "pty":
+                master = msg["fd"]
+            elif msg["type"] == "error":
+                if master is not None:
+                    os.close(master)
+                _raise_child_error(msg)
+    finally:
+        chan.close()
+        os.waitpid(mid, 0)
+    if pid is None:
+        raise errors.ContainerFailed("the exec'd process exited during setup; "
+                                     "rerun with --debug for details")
+    return pid, master
+
+
+def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach):
+    """Fork the middle process of an exec (see _join_middle); (its pid, the channel)."""
+    from ..state import alive
+    from ..namespaces import join as nsjoin  # exec only: not on the start path
+    kinds = {ns["type"] for ns in spec["linux"]["namespaces"]}
+    ns_fds = nsjoin.open_all(live["pid"], kinds)
+    cg_fds = []
+    try:
+        if not alive(live["pid"], live["pid_start"]):
+            raise errors.Conflict("the container stopped while ctrun was joining it")
+        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+            cg_fds.append(os.open(p, os.O_WRONLY | os.O_CLOEXEC))
+        psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mid = linux.fork()
+        if mid == 0:
+            _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf,
+                         detach)
+    finally:
+        for _, fd in ns_fds:
+            os.close(fd)
+        for fd in cg_fds:
+            os.close(fd)
+    csock.close()
+    return mid, Channel(psock)
 
 
 def _poll(pid):
@@ -372,7 +473,7 @@ def _wait_forwarding(pid, translate=None):
             signal.signal(s, h)
 
 
-def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
+def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach=False):
     """Middle process of exec: enters the namespaces, forks the command, relays its status.
 
     The order is what keeps the host out of the container's reach:
@@ -403,6 +504,9 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf):
         pid = linux.fork()
         if pid == 0:
             _join_child(chan, cg_fds, proc, cwd, tty, bpf)
+        if detach:  # the command is reparented to the caller's subreaper
+            chan.send({"type": "pid", "pid": pid})
+            linux.exit(0)
         linux.exit(exit_code(_wait_forwarding(pid)))
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)

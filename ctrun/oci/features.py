@@ -1,0 +1,127 @@
+"""What ctrun-oci supports, as the runtime-spec's features document says it (`ctrun-oci
+features`), and the default config.json of `ctrun-oci spec`."""
+
+import json
+import os
+
+from .. import __version__
+from ..errors import AlreadyExists
+
+HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+         "poststop"]
+NAMESPACES = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]
+MOUNT_OPTIONS = ["async", "atime", "bind", "defaults", "dev", "diratime", "exec", "mand",
+                 "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+                 "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
+                 "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+                 "strictatime", "suid", "sync", "unbindable"]
+SECCOMP_ACTIONS = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                   "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
+                   "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"]
+SECCOMP_OPERATORS = ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                     "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"]
+SECCOMP_ARCHS = ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_X32", "SCMP_ARCH_X86",
+                 "SCMP_ARCH_X86_64"]
+
+
+def _capabilities():
+    import prctl
+    return sorted("CAP_" + n.upper() for n in prctl.ALL_CAP_NAMES)
+
+
+def _from(module, name, default):
+    """A list a runtime module declares (what it really honours), else our own."""
+    import importlib
+    try:
+        return list(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError):
+        return default
+
+
+def document():
+    from ..cgroups.detect import detect
+    layout = detect()
+    return {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": HOOKS,
+        "mountOptions": sorted(_from("ctrun.runtime.mounts", "KNOWN_OPTIONS", MOUNT_OPTIONS)),
+        "linux": {
+            "namespaces": NAMESPACES,
+            "capabilities": _capabilities(),
+            "cgroup": {"v1": layout.kind != "v2", "v2": bool(layout.v2),
+                       "systemd": os.path.isdir("/run/systemd/system"),
+                       "systemdUser": False, "rdma": False},
+            "seccomp": {"enabled": True,
+                        "actions": _from("ctrun.runtime.seccomp_oci", "ACTIONS",
+                                         SECCOMP_ACTIONS),
+                        "operators": _from("ctrun.runtime.seccomp_oci", "OPERATORS",
+                                           SECCOMP_OPERATORS),
+                        "archs": _from("ctrun.runtime.seccomp_oci", "ARCHS", SECCOMP_ARCHS)},
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+            "intelRdt": {"enabled": False},
+        },
+        "annotations": {"run.ctrun.version": __version__,
+                        "run.ctrun.modes": "container"},
+    }
+
+
+def default_spec():
+    """A config.json for a bundle whose root file system is ./rootfs, as `runc spec`
+    writes one: sh on a terminal, a read-only root, the usual /proc /dev /sys mounts."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "ctrun",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                         "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount",
+                                                 "cgroup")],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                            "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                              "/proc/sysrq-trigger"],
+        },
+    }
+
+
+def write_default_spec(bundle, rootless=False):
+    from ..errors import HostUnsupported
+    if rootless:
+        raise HostUnsupported("ctrun-oci runs as root only; drop --rootless")
+    path = os.path.join(os.path.abspath(bundle), "config.json")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise AlreadyExists(f"{path!r} exists; remove it first") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(default_spec(), f, indent=2)
+        f.write("\n")

@@ -1,0 +1,133 @@
+"""ctrun-oci's state directory (--root): one private directory per container ID holding its
+state record, the runtime spec it was created from, its seccomp program and its exec fifo.
+
+The status is derived, never stored: the init's pid and start time say whether it lives
+(a zombie waiting for the client to reap it counts as stopped), the exec fifo says whether
+`start` has released it yet, and the cgroup freezer says whether it is paused.
+"""
+
+import fcntl
+import os
+import re
+
+from ..errors import AlreadyExists, InvalidInput, NotFound, quote
+from ..state import private_dir, proc_start_time, read_json, write_json
+
+DEFAULT_ROOT = "/run/ctrun-oci"
+
+# runc's rule for an ID: it becomes a directory name, and a cgroup name by default
+_ID = re.compile(r"[\w+\-.]+")
+
+
+def check_id(cid):
+    if not cid or not _ID.fullmatch(cid) or cid in (".", "..") or len(cid) > 1024:
+        raise InvalidInput(f"invalid container id {quote(cid)}; use letters, digits and "
+                           "'_', '+', '-', '.' only (no '/' and not '..')")
+    return cid
+
+
+class Root:
+    """The --root directory."""
+
+    def __init__(self, path=None):
+        self.path = os.path.abspath(path or DEFAULT_ROOT)
+
+    def dir(self, cid):
+        return os.path.join(self.path, check_id(cid))
+
+    def ensure(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            private_dir(self.path)
+        except FileExistsError:
+            pass
+
+    def make(self, cid):
+        """The new container's directory, or AlreadyExists (runc's wording)."""
+        self.ensure()
+        d = self.dir(cid)
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            raise AlreadyExists(f"container with id exists: {cid}") from None
+        return d
+
+    def lock(self, cid):
+        """An exclusive lock on one ID (held until the returned fd is closed): verbs on one
+        container from concurrent client calls run one after another."""
+        self.ensure()
+        fd = os.open(os.path.join(self.path, f".{check_id(cid)}.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def unlock(self, cid, fd, remove=False):
+        if remove:
+            try:
+                os.unlink(os.path.join(self.path, f".{cid}.lock"))
+            except FileNotFoundError:
+                pass
+        os.close(fd)
+
+    def load(self, cid):
+        d = self.dir(cid)
+        rec = read_json(os.path.join(d, "state.json"))
+        if rec is None:
+            raise NotFound("container does not exist" if os.path.isdir(d) is False
+                           else f"container {quote(cid)} is still being created or was "
+                                "left half-made; delete it with: ctrun-oci delete --force "
+                                f"{cid}")
+        return Container(d, rec)
+
+    def ids(self):
+        try:
+            return sorted(e.name for e in os.scandir(self.path)
+                          if e.is_dir() and not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+
+class Container:
+    """One container's record: id, pid, pid_start, bundle, created, annotations, cgroup
+    (parent, name), owner."""
+
+    def __init__(self, directory, rec):
+        self.dir, self.rec = directory, rec
+
+    def __getattr__(self, key):
+        try:
+            return self.rec[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def save(self):
+        write_json(self.path("state.json"), self.rec, durable=False)
+
+    def spec(self):
+        return read_json(self.path("spec.json"))
+
+    def bpf(self):
+        try:
+            with open(self.path("seccomp.bpf"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def alive(self):
+        return bool(self.pid) and proc_start_time(self.pid) == self.pid_start
+
+    def status(self, mgr=None):
+        if not self.alive():
+            return "stopped"
+        if os.path.exists(self.path("exec.fifo")):
+            return "created"
+        if mgr is not None:
+            try:
+                if mgr.frozen():
+                    return "paused"
+            except OSError:
+                pass
+        return "running"
