@@ -37,6 +37,10 @@ class ContainerFailed(CtrunError):
     exit_code = 125
 
 
+class HookFailed(ContainerFailed):
+    """A runtime-spec hook exited non-zero, could not be run, or outlived its timeout."""
+
+
 class CommandNotFound(CtrunError):
     exit_code = 127
 

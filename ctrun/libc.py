@@ -4,6 +4,7 @@ Each wrapper raises OSError with errno set, like the os module does.
 """
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -210,10 +211,26 @@ class _SockFprog(ctypes.Structure):
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
 
 
-def load_seccomp_bpf(bpf: bytes):
-    """Install a compiled classic-BPF seccomp program (8 bytes an instruction) on this thread."""
+def load_seccomp_bpf(bpf: bytes, flags=0):
+    """Install a compiled classic-BPF seccomp program (8 bytes an instruction) on this thread.
+
+    flags (SECCOMP_FILTER_FLAG_* bits) need seccomp(2); prctl cannot pass them."""
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
+    if flags:
+        _check(_libc.syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags),
+                             ctypes.byref(prog)), "seccomp")
+    else:
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
+               "seccomp")
+
+
+def seccomp_flag_supported(flag):
+    """Whether this kernel knows the SECCOMP_FILTER_FLAG_* bit `flag`: with no program it
+    answers EFAULT for a known flag and EINVAL for an unknown one, installing nothing."""
+    if _libc.syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flag), None) == 0:
+        return True  # unreachable: a NULL program is never loaded
+    return ctypes.get_errno() == errno.EFAULT

@@ -16,7 +16,7 @@ from ctrun.runtime import seccomp_profile as profile
 _UNIFIED_ARCHES = {"x86_64", "aarch64", "riscv64", "s390x", "ppc64le"}
 
 
-def _import_seccomp():
+def import_seccomp():
     try:
         import seccomp
     except ImportError:
@@ -45,7 +45,7 @@ def compile_bpf(caps, arch_note=None) -> bytes:
     arch_note names a libseccomp architecture ("x86_64", "aarch64") to build for
     instead of the native one; such a program is only good for inspection.
     """
-    seccomp = _import_seccomp()
+    seccomp = import_seccomp()
     arch_name = arch_note or os.uname().machine
     default = _action(seccomp, profile.DEFAULT_ACTION)
     filt = seccomp.SyscallFilter(default)
@@ -100,6 +100,12 @@ def compile_bpf(caps, arch_note=None) -> bytes:
         if name not in allowed and (num := nr(name)) is not None:
             filt.add_rule(seccomp.ERRNO(getattr(errno, err)), num)
 
+    return export_bpf(filt)
+
+
+def export_bpf(filt) -> bytes:
+    """The program a libseccomp filter compiles to, as bytes (the binding writes only to a
+    file, so through a memfd)."""
     fd = os.memfd_create("ctrun-seccomp", os.MFD_CLOEXEC)
     with open(fd, "w+b") as out:
         filt.export_bpf(out)

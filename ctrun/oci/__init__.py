@@ -1,0 +1,1 @@
+"""The runc-compatible OCI runtime front end (ctrun-oci)."""
