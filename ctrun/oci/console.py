@@ -18,6 +18,18 @@ MAX_NAME = 4096  # the receivers' buffer: a name this long would be cut
 _HINT = "give the path of the socket your client listens on"
 
 
+def check(socket_path):
+    """Refuse, before anything is made, a --console-socket that is not a unix socket (no
+    connection: the client's listener takes one connection, for the pty)."""
+    where = f"--console-socket {quote(socket_path)}"
+    try:
+        st = os.stat(socket_path)
+    except OSError as e:
+        raise InvalidInput(f"{where} cannot be opened: {e.strerror}; {_HINT}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InvalidInput(f"{where} is not a unix socket; {_HINT}")
+
+
 def connect(socket_path):
     """A socket connected to the client's console socket (refused with one line if the
     path is not a unix socket or nobody listens on it).

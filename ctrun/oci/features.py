@@ -15,13 +15,6 @@ MOUNT_OPTIONS = ["async", "atime", "bind", "defaults", "dev", "diratime", "exec"
                  "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
                  "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
                  "strictatime", "suid", "sync", "unbindable"]
-SECCOMP_ACTIONS = ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
-                   "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
-                   "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"]
-SECCOMP_OPERATORS = ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
-                     "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"]
-SECCOMP_ARCHS = ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM", "SCMP_ARCH_X32", "SCMP_ARCH_X86",
-                 "SCMP_ARCH_X86_64"]
 
 
 def _capabilities():
@@ -40,6 +33,7 @@ def _from(module, name, default):
 
 def document():
     from ..cgroups.detect import detect
+    from ..runtime import seccomp_oci
     layout = detect()
     return {
         "ociVersionMin": "1.0.0",
@@ -52,12 +46,7 @@ def document():
             "cgroup": {"v1": layout.kind != "v2", "v2": bool(layout.v2),
                        "systemd": os.path.isdir("/run/systemd/system"),
                        "systemdUser": False, "rdma": False},
-            "seccomp": {"enabled": True,
-                        "actions": _from("ctrun.runtime.seccomp_oci", "ACTIONS",
-                                         SECCOMP_ACTIONS),
-                        "operators": _from("ctrun.runtime.seccomp_oci", "OPERATORS",
-                                           SECCOMP_OPERATORS),
-                        "archs": _from("ctrun.runtime.seccomp_oci", "ARCHS", SECCOMP_ARCHS)},
+            "seccomp": seccomp_oci.features(),
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},

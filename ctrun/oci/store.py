@@ -110,9 +110,10 @@ class Container:
         return read_json(self.path("spec.json"))
 
     def bpf(self):
+        """The container's seccomp program and its load flags, or None."""
         try:
             with open(self.path("seccomp.bpf"), "rb") as f:
-                return f.read()
+                return f.read(), self.rec.get("seccomp_flags", 0)
         except FileNotFoundError:
             return None
 

@@ -86,11 +86,7 @@ class Runtime:
         if not hooks:
             return
         from . import hooks as hookmod
-        try:
-            hookmod.run(hooks, self._hook_state(ct, status), phase)
-        except errors.CtrunError as e:
-            if fatal:
-                raise
+        for e in hookmod.run(hooks, self._hook_state(ct, status), phase, keep_going=not fatal):
             self.warn(str(e))
 
     # ------------------------------------------------------------------ create / start / run
@@ -112,7 +108,7 @@ class Runtime:
                                "was given; give the socket that receives the pty master")
         if console_socket:
             from . import console
-            console.check_socket(console_socket)
+            console.check(console_socket)
         spec = bundlemod.runtime_spec(conf, bdir, cid)
         fields, device_rules, unified = bundlemod.limits_of(
             conf["linux"].get("resources"))
@@ -167,7 +163,8 @@ class Runtime:
             write_json(ct.path("spec.json"), spec, durable=False)
             if bpf:
                 with open(ct.path("seccomp.bpf"), "wb") as f:
-                    f.write(bpf)
+                    f.write(bpf[0])
+                ct.rec["seccomp_flags"] = bpf[1]
             launched = process.launch(spec, stdio=(0, 1, 2), tty=terminal, bpf=bpf)
             master = launched.master
             launched.chan.close()
@@ -214,7 +211,8 @@ class Runtime:
         if not prof:
             return None
         from ..runtime import seccomp_oci
-        return seccomp_oci.compile_profile(prof)
+        program = seccomp_oci.compile_spec(prof)
+        return (program.bpf, program.flags) if program else None
 
     def _check_runtime(self, spec):
         from ..runtime import rootfs
@@ -435,7 +433,7 @@ class Runtime:
             raise InvalidInput("a detached exec with a terminal needs --console-socket")
         if console_socket:
             from . import console
-            console.check_socket(console_socket)
+            console.check(console_socket)
         spec = ct.spec()
         spec["process"] = bundlemod.process_for(proc)
         from ..backends.container import _exec_cgroups

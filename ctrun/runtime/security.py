@@ -98,5 +98,9 @@ def check_cwd():
 
 
 def install_seccomp(bpf):
-    if bpf:
+    """bpf: a program's bytes, or (bytes, SECCOMP_FILTER_FLAG_* bits) from a bundle's
+    profile (ctrun.runtime.seccomp_oci)."""
+    if isinstance(bpf, tuple):
+        linux.seccomp(*bpf)
+    elif bpf:
         linux.seccomp(bpf)
