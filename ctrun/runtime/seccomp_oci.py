@@ -78,7 +78,7 @@ def compile_spec(obj, field=FIELD):
     Every refusal is an InvalidInput naming the field."""
     if obj is None:
         return None
-    _need(isinstance(obj, dict), f"{field} must be an object")
+    _need(isinstance(obj, dict), f"{field} must be an object, not {quote(obj)}")
     for key in ("listenerPath", "listenerMetadata"):
         if obj.get(key):
             raise InvalidInput(f"{field}.{key} is not supported by ctrun (it has no seccomp "
@@ -96,8 +96,11 @@ def compile_spec(obj, field=FIELD):
     syscalls = _list(obj, "syscalls", field)
     if len(syscalls) > 32:
         # a binary tree of the syscalls; libseccomp 2.5 misbuilds it for an empty
-        # filter, hence the floor (runc's)
-        filt.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
+        # filter, hence the floor (runc's); an older libseccomp has only the list
+        try:
+            filt.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
+        except (AttributeError, RuntimeError, ValueError):
+            pass
     for i, rule in enumerate(syscalls):
         _add(seccomp, filt, default, rule, f"{field}.syscalls[{i}]")
     return Program(export_bpf(filt), flags)

@@ -285,7 +285,7 @@ def test_programs_are_not_cached():
 
 
 @pytest.mark.parametrize("obj, message", [
-    ("x", "linux.seccomp must be an object"),
+    ("x", "linux.seccomp must be an object, not 'x'"),
     ({"syscalls": [_rule(["getppid"])]},
      "linux.seccomp.defaultAction is missing; use one of SCMP_ACT_KILL,"),
     ({"defaultAction": "SCMP_ACT_FOO"},
