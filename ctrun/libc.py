@@ -176,6 +176,33 @@ def clear_ambient_caps():
            "clear ambient capabilities")
 
 
+PR_SET_KEEPCAPS, PR_CAP_AMBIENT_RAISE = 8, 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def set_keepcaps(on):
+    """Keep the permitted set across a setuid away from 0 (the effective one is cleared)."""
+    _check(_libc.prctl(PR_SET_KEEPCAPS, int(bool(on)), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def ambient_raise(cap):
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+           f"raise ambient capability {cap}")
+
+
+def capset(effective, permitted, inheritable):
+    """Set the three capability sets of this thread at once (capset(2)); each an iterable
+    of capability numbers."""
+    def words(caps):
+        mask = sum(1 << c for c in set(caps))
+        return mask & 0xFFFFFFFF, mask >> 32
+    e, p, i = words(effective), words(permitted), words(inheritable)
+    hdr = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = struct.pack("=6I", e[0], p[0], i[0], e[1], p[1], i[1])
+    _check(_libc.capset(ctypes.create_string_buffer(hdr, len(hdr)),
+                        ctypes.create_string_buffer(data, len(data))), "capset")
+
+
 def close_range(first, last=0xFFFFFFFF, flags=0):
     """close_range(2): every fd in [first, last]; last defaults to ~0U (no ceiling)."""
     _check(_libc.syscall(_NR["close_range"], ctypes.c_uint(first), ctypes.c_uint(last),
