@@ -498,6 +498,10 @@ def check_supported(spec):
                                "(tmpfs, proc...) or a bind option")
     from .. import namespaces
     namespaces.check(lin.get("namespaces") or ())
+    if spec.get("hostname") and not namespaces.new(lin.get("namespaces") or (), "uts"):
+        raise InvalidInput("hostname needs a new uts namespace (it would name the host's "
+                           "or a joined one); add {\"type\": \"uts\"} to linux.namespaces "
+                           "or remove hostname")
     for d in lin.get("devices") or ():
         devices.check(d)
     sysctl.check(spec)

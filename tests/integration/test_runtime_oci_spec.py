@@ -266,8 +266,9 @@ def test_user_namespace_with_several_uid_and_gid_ranges(bundle):
     spec = oci_spec(root, out, "cat /proc/self/uid_map > /out/uid_map; "
                     "cat /proc/self/gid_map > /out/gid_map; id -u > /out/id; "
                     "stat -c %u /bin/busybox > /out/owner; stat -c %u /bin > /out/bin_owner; "
-                    "touch /out/made",
-                    uidMappings=maps, gidMappings=maps)
+                    "touch /out/made; cat /proc/sys/kernel/shm_rmid_forced > /out/sysctl",
+                    uidMappings=maps, gidMappings=maps,
+                    sysctl={"kernel.shm_rmid_forced": "1"})
     spec["linux"]["namespaces"].append({"type": "user"})
     # the root directory is used as is (no idmapped tree): chowned to the mapped root, as
     # podman does; one file left to host root shows unmapped
@@ -283,6 +284,7 @@ def test_user_namespace_with_several_uid_and_gid_ranges(bundle):
     assert (out / "id").read_text().strip() == "0"
     assert (out / "owner").read_text().strip() == "65534"
     assert (out / "bin_owner").read_text().strip() == "0"
+    assert (out / "sysctl").read_text().strip() == "1"  # the namespace's root may set it
     assert os.stat(out / "made").st_uid == 300000
 
 
@@ -368,6 +370,8 @@ def test_rootfs_propagation(shared_root, prop, field):
      "process.capabilities.ambient"),
     (lambda s: s["linux"].update(devices=[{"path": "/dev/x", "type": "q"}]),
      "linux.devices entry '/dev/x'"),
+    (lambda s: s["linux"].update(namespaces=[{"type": "pid"}, {"type": "mount"}]),
+     "hostname needs a new uts namespace"),
 ])
 def test_an_unsupported_field_is_refused_by_its_name(bundle, change, field):
     root, out = bundle
