@@ -399,3 +399,34 @@ def test_a_failing_mount_is_the_container_s_error(bundle):
     spec["mounts"].append({"destination": "/x", "type": "nosuchfs", "source": "none"})
     with pytest.raises(ContainerFailed, match="preparing the root file system"):
         run(spec)
+
+
+def test_pid_namespace_joined_by_path(bundle):
+    """A pod's shared pid namespace: the init is forked into it (setns before the fork)."""
+    root, out = bundle
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "60"])
+    kids = []
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # the sleep, pid 1 of the new namespace, is unshare's child
+            kids = open(f"/proc/{holder.pid}/task/{holder.pid}/children").read().split()
+            if kids or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert kids, "unshare did not fork its child"
+        spec = oci_spec(root, out, "cat /proc/1/comm > /out/one; echo $$ > /out/me")
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "pid":
+                ns["path"] = f"/proc/{kids[0]}/ns/pid"
+        code, err = run(spec)
+        assert code == 0, err
+        assert (out / "one").read_text().strip() == "sleep"
+        assert (out / "me").read_text().strip() != "1"
+    finally:
+        for pid in kids:  # the sleep outlives unshare otherwise
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        holder.kill()
+        holder.wait()
