@@ -97,10 +97,12 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
-def open_tree_clone(path):
-    """A detached copy of the mount tree at path (fd), attachable in another mount ns."""
+def open_tree_clone(path, recursive=True):
+    """A detached copy of the mount tree at path (fd), attachable in another mount ns;
+    only the mount at path itself unless recursive (bind, as opposed to rbind)."""
     return _check(_libc.syscall(_NR["open_tree"], -100, _b(path),
-                                OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE), f"open_tree {path}")
+                                OPEN_TREE_CLONE | os.O_CLOEXEC |
+                                (AT_RECURSIVE if recursive else 0)), f"open_tree {path}")
 
 
 def move_mount_fd(tree_fd, target_fd):

@@ -58,11 +58,14 @@ def open_sources(spec, extra=()):
     """Clone every bind source while still host root (before unshare(CLONE_NEWUSER)); an
     OCI spec's root directory too, which the namespace's root may not be able to walk to."""
     console = spec["annotations"].get("run.ctrun.console")
-    for src in [m["source"] for m in spec["mounts"] if mounts.is_bind(m)] + list(extra) + \
-            ([console] if console else []):
+    oci = _is_oci(spec)
+    # (source, recursive): an OCI bind without rbind takes the source mount alone
+    for src, rec in [(m["source"], not oci or "rbind" in (m.get("options") or ()))
+                     for m in spec["mounts"] if mounts.is_bind(m)] + \
+            [(s, True) for s in list(extra) + ([console] if console else [])]:
         if src not in _SOURCES:
-            _SOURCES[src] = [linux.open_tree_clone(src), os.path.isdir(src)]
-    if _is_oci(spec):
+            _SOURCES[src] = [linux.open_tree_clone(src, rec), os.path.isdir(src)]
+    if oci:
         use_root_tree(linux.open_tree_clone(spec["root"]["path"]))
 
 

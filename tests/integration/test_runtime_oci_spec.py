@@ -430,3 +430,45 @@ def test_pid_namespace_joined_by_path(bundle):
                 pass
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture
+def sources_with_submounts(tmp_path):
+    """Two host directories, each with a tmpfs mounted on its sub/ holding a marker."""
+    made = []
+    try:
+        for name in ("a", "b"):
+            sub = tmp_path / name / "sub"
+            sub.mkdir(parents=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(sub)],
+                           check=True)
+            made.append(sub)
+            (sub / "marker").write_text("submount\n")
+        yield tmp_path / "a", tmp_path / "b"
+    finally:
+        for sub in made:
+            subprocess.run(["umount", "-l", str(sub)], check=True)
+
+
+@pytest.mark.parametrize("userns", [False, True])
+def test_bind_takes_the_source_mount_alone_and_rbind_its_submounts(bundle,
+                                                                 sources_with_submounts,
+                                                                 userns):
+    root, out = bundle
+    a, b = sources_with_submounts
+    spec = oci_spec(root, out, "ls /nb/sub > /out/nb; ls /rb/sub > /out/rb")
+    spec["mounts"] += [
+        {"destination": "/nb", "type": "bind", "source": str(a), "options": ["bind"]},
+        {"destination": "/rb", "type": "bind", "source": str(b), "options": ["rbind"]},
+    ]
+    if userns:
+        maps = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+        spec["linux"].update(uidMappings=maps, gidMappings=maps)
+        spec["linux"]["namespaces"].append({"type": "user"})
+        for d, dirs, files in os.walk(root):
+            for n in [d] + [os.path.join(d, f) for f in dirs + files]:
+                os.lchown(n, 300000, 300000)
+    code, err = run(spec)
+    assert code == 0, err
+    assert (out / "nb").read_text() == ""
+    assert (out / "rb").read_text() == "marker\n"
