@@ -62,7 +62,9 @@ def open_sources(spec, extra=()):
     # (source, recursive): an OCI bind without rbind takes the source mount alone
     for src, rec in [(m["source"], not oci or "rbind" in (m.get("options") or ()))
                      for m in spec["mounts"] if mounts.is_bind(m)] + \
-            [(s, True) for s in list(extra) + ([console] if console else [])]:
+            [(s, True) for s in list(extra) + ([console] if console else []) +
+             (["/sys"] if oci and any(m.get("type") == "sysfs" for m in spec["mounts"])
+              else [])]:
         if src not in _SOURCES:
             _SOURCES[src] = [linux.open_tree_clone(src, rec), os.path.isdir(src)]
     if oci:
@@ -406,7 +408,15 @@ def _mount_listed(root_fd, spec):
                            flags & mounts.REMOUNT_FLAGS)
         else:
             fstype = m.get("type")
-            _mount_in(root_fd, dest, m.get("source") or fstype, fstype, flags, data)
+            try:
+                _mount_in(root_fd, dest, m.get("source") or fstype, fstype, flags, data)
+            except PermissionError:
+                if not (userns and fstype == "sysfs"):
+                    raise
+                # a user namespace may mount sysfs only with a network namespace of its
+                # own: with a joined one (the host's, a pod's) the host's /sys is bound
+                _bind(root_fd, "/sys", dest, bool(flags & MS_RDONLY), True,
+                      flags & mounts.REMOUNT_FLAGS & ~MS_RDONLY)
             if fstype == "tmpfs" and os.path.normpath(dest) == "/dev":
                 dev = paths.open_in_root(root_fd, "/dev", os.O_RDONLY | os.O_DIRECTORY)
                 try:

@@ -197,6 +197,7 @@ def netns():
     name = "ctrt-oci-" + uuid.uuid4().hex[:8]
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
@@ -472,3 +473,25 @@ def test_bind_takes_the_source_mount_alone_and_rbind_its_submounts(bundle,
     assert code == 0, err
     assert (out / "nb").read_text() == ""
     assert (out / "rb").read_text() == "marker\n"
+
+
+def test_user_namespace_with_a_joined_network_namespace_gets_the_host_sysfs(bundle, netns):
+    """sysfs cannot be mounted by a user namespace that does not own the network
+    namespace (podman --userns with a pod's network): the host's /sys is bound instead."""
+    root, out = bundle
+    maps = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    spec = oci_spec(root, out, "cat /proc/self/mountinfo > /out/mountinfo; "
+                    "cat /sys/kernel/uevent_seqnum > /out/seqnum",
+                    uidMappings=maps, gidMappings=maps)
+    spec["linux"]["namespaces"].append({"type": "user"})
+    for ns in spec["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = f"/run/netns/{netns}"
+    for d, dirs, files in os.walk(root):
+        for n in [d] + [os.path.join(d, f) for f in dirs + files]:
+            os.lchown(n, 300000, 300000)
+    code, err = run(spec)
+    assert code == 0, err
+    opts, fstype, _, _ = mountinfo((out / "mountinfo").read_text(), "/sys")
+    assert fstype == "sysfs" and {"ro", "nosuid", "nodev", "noexec"} <= set(opts)
+    assert (out / "seqnum").read_text().strip().isdigit()
