@@ -98,10 +98,12 @@ MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
-def open_tree_clone(path):
-    """A detached copy of the mount tree at path (fd), attachable in another mount ns."""
+def open_tree_clone(path, recursive=True):
+    """A detached copy of the mount tree at path (fd), attachable in another mount ns;
+    only the mount at path itself unless recursive (bind, as opposed to rbind)."""
     return _check(_libc.syscall(_NR["open_tree"], -100, _b(path),
-                                OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE), f"open_tree {path}")
+                                OPEN_TREE_CLONE | os.O_CLOEXEC |
+                                (AT_RECURSIVE if recursive else 0)), f"open_tree {path}")
 
 
 def move_mount_fd(tree_fd, target_fd):
@@ -175,6 +177,33 @@ def set_dumpable(on):
 def clear_ambient_caps():
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
            "clear ambient capabilities")
+
+
+PR_SET_KEEPCAPS, PR_CAP_AMBIENT_RAISE = 8, 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def set_keepcaps(on):
+    """Keep the permitted set across a setuid away from 0 (the effective one is cleared)."""
+    _check(_libc.prctl(PR_SET_KEEPCAPS, int(bool(on)), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def ambient_raise(cap):
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+           f"raise ambient capability {cap}")
+
+
+def capset(effective, permitted, inheritable):
+    """Set the three capability sets of this thread at once (capset(2)); each an iterable
+    of capability numbers."""
+    def words(caps):
+        mask = sum(1 << c for c in set(caps))
+        return mask & 0xFFFFFFFF, mask >> 32
+    e, p, i = words(effective), words(permitted), words(inheritable)
+    hdr = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = struct.pack("=6I", e[0], p[0], i[0], e[1], p[1], i[1])
+    _check(_libc.capset(ctypes.create_string_buffer(hdr, len(hdr)),
+                        ctypes.create_string_buffer(data, len(data))), "capset")
 
 
 def close_range(first, last=0xFFFFFFFF, flags=0):

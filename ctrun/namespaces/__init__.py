@@ -2,6 +2,7 @@
 join.py, user namespaces' id ranges and maps in userns.py."""
 
 from .. import libc
+from ..errors import InvalidInput
 from ..kernel import linux
 
 # OCI namespace type -> (/proc/PID/ns name, clone flag)
@@ -20,13 +21,35 @@ def unshare_flags(spec_namespaces, skip=("pid", "user")):
     """CLONE_* flags for the namespaces a container init unshares itself.
 
     pid is created by its parent (unshare(CLONE_NEWPID) affects children only) and user is
-    handled first, with the id maps written from outside.
+    handled first, with the id maps written from outside; one given by path is joined by
+    the parent (join.open_paths) instead.
     """
     flags = 0
     for ns in spec_namespaces:
-        if ns["type"] not in skip:
+        if ns["type"] not in skip and not ns.get("path"):
             flags |= KINDS[ns["type"]][1]
     return flags
+
+
+def new(spec_namespaces, kind):
+    """Whether the spec asks for a new namespace of kind (listed, without a path)."""
+    return any(ns["type"] == kind and not ns.get("path") for ns in spec_namespaces)
+
+
+def check(spec_namespaces):
+    """Each entry a known type, listed once, its path (if any) absolute."""
+    seen = set()
+    for ns in spec_namespaces:
+        kind = ns.get("type")
+        if kind not in KINDS:
+            raise InvalidInput(f"linux.namespaces type {kind!r} is not supported by ctrun "
+                               f"(it knows {', '.join(KINDS)}); remove it from config.json")
+        if kind in seen:
+            raise InvalidInput(f"linux.namespaces lists {kind!r} twice; keep one entry")
+        seen.add(kind)
+        if ns.get("path") is not None and not str(ns["path"]).startswith("/"):
+            raise InvalidInput(f"linux.namespaces {kind} path {ns['path']!r} is not absolute; "
+                               "give the full path (/proc/PID/ns/... or /run/netns/...)")
 
 
 def private_mounts():

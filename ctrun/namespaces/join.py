@@ -1,8 +1,9 @@
 """Joining the namespaces of a running container (setns)."""
 
+import errno
 import os
 
-from ..errors import Conflict
+from ..errors import Conflict, InvalidInput
 from ..kernel import linux
 from . import KINDS
 
@@ -30,6 +31,23 @@ def open_all(pid, kinds):
     return fds
 
 
+def open_paths(spec_namespaces):
+    """[(kind, fd)] of the namespaces a spec gives by path (OCI), in JOIN_ORDER: all opened
+    before any is joined, since joining one (mount) changes what a path names."""
+    by_kind = {ns["type"]: ns["path"] for ns in spec_namespaces if ns.get("path")}
+    fds = []
+    try:
+        for kind in JOIN_ORDER:
+            if kind in by_kind:
+                fds.append((kind, os.open(by_kind[kind], os.O_RDONLY | os.O_CLOEXEC)))
+    except OSError as e:
+        for _, fd in fds:
+            os.close(fd)
+        raise InvalidInput(f"cannot open the {kind} namespace {by_kind[kind]!r}: "
+                           f"{e.strerror}; give an existing namespace path") from None
+    return fds
+
+
 def join(fds):
     """Enter each (kind, fd) of open_all, in its order, closing the fds."""
     for kind, fd in fds:
@@ -39,4 +57,10 @@ def join(fds):
 
 def enter(fd, kind):
     """Join the one namespace of `kind` (an OCI type: "network", "uts"...) behind fd."""
-    linux.setns(fd, KINDS[kind][1])
+    try:
+        linux.setns(fd, KINDS[kind][1])
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        raise InvalidInput(f"cannot join the {kind} namespace: the path given is not a "
+                           f"{kind} namespace; fix linux.namespaces") from None

@@ -45,3 +45,22 @@ def write_maps(pid, base):
     for kind in ("gid_map", "uid_map"):
         with open(f"/proc/{pid}/{kind}", "w") as f:
             f.write(f"0 {base} {SIZE}\n")
+
+
+def write_spec_maps(pid, spec_linux):
+    """From the parent (host root): an OCI spec's uidMappings and gidMappings, any number
+    of ranges each (the kernel takes up to 340 lines)."""
+    from ..errors import InvalidInput
+    for kind, key in (("gid_map", "gidMappings"), ("uid_map", "uidMappings")):
+        lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n"
+                        for m in spec_linux.get(key) or ())
+        if not lines:
+            raise InvalidInput(f"linux.{key} is empty but a new user namespace is asked; "
+                               "give the id ranges to map")
+        try:
+            with open(f"/proc/{pid}/{kind}", "w") as f:
+                f.write(lines)
+        except OSError as e:
+            raise InvalidInput(f"linux.{key} cannot be written as the user namespace's "
+                               f"{kind} ({e.strerror}): ranges must not overlap and must "
+                               "fit the host's ids; fix config.json") from None

@@ -91,8 +91,13 @@ def _report(chan, step, exc):
 
 
 def _loopback_up():
+    """lo up, unless it is already: a network namespace joined by path (a pod's) has it up,
+    and a user namespace that does not own that one may not set it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        req = struct.pack("16sH14x", b"lo", 0)
+        if struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1] & 0x1:  # SIOCGIFFLAGS
+            return
         flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
         fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
     finally:
@@ -262,6 +267,13 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
             # first: the init inherits it and keeps it until its execve
             linux.set_dumpable(False)
             psock.close()
+            nss = spec["linux"]["namespaces"]
+            step = "opening the namespaces to join"
+            joined = []
+            if any(ns.get("path") for ns in nss):
+                from ..namespaces import join as nsjoin
+                joined = nsjoin.open_paths(nss)  # before anything can change what they name
+            step = "joining the container's cgroup"
             # joined here, while still host root: the init inherits the cgroup
             for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
                 fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
@@ -273,23 +285,32 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                 step = "opening the exec fifo"
                 _EXEC_FIFO.append(os.open(spec["annotations"]["run.ctrun.exec_fifo"],
                                           os.O_PATH | os.O_CLOEXEC))
-            step = "creating the pid namespace"
-            if spec["annotations"].get("run.ctrun.userns_base") is not None:
+            if "oomScoreAdj" in spec["process"]:
+                step = "setting oomScoreAdj"
+                _write_oom_score_adj(spec["process"]["oomScoreAdj"])
+            if any(ns["type"] == "user" for ns in nss):
                 step = "opening volume sources"
                 rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
                                            or {}).values())
+            if joined:
+                step = "joining namespaces by path"
+                nsjoin.join(joined)  # the user namespace first: it owns the rest
+            new_pid = namespaces.new(nss, "pid")
+            step = "creating the pid namespace"
+            if namespaces.new(nss, "user"):
                 # the user namespace comes first so that it owns every other namespace
                 step = "creating the user namespace"
-                linux.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWPID)
+                linux.unshare(libc.CLONE_NEWUSER | (libc.CLONE_NEWPID if new_pid else 0))
                 cchan.send({"type": "userns", "pid": os.getpid()})
                 msg = cchan.recv() or {}
-                if msg.get("type") != "mapped" or "fd" not in msg:
+                if msg.get("type") != "mapped":
                     linux.exit(1)
-                rootfs.use_root_tree(msg["fd"])
+                if "fd" in msg:
+                    rootfs.use_root_tree(msg["fd"])
                 linux.setresgid(0, 0, 0)
                 linux.setresuid(0, 0, 0)
                 linux.setgroups([])
-            else:
+            elif new_pid:
                 linux.unshare(libc.CLONE_NEWPID)
             pid = linux.fork()
             if pid == 0:
@@ -310,14 +331,7 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
             if msg["type"] == "pid":
                 pid = msg["pid"]
             elif msg["type"] == "userns":
-                from ..namespaces import userns
-                userns.write_maps(msg["pid"], spec["annotations"]["run.ctrun.userns_base"])
-                ov = spec["annotations"]["run.ctrun.overlay"]
-                tree = rootfs.overlay_tree(msg["pid"], ov, ov.get("idmap", False))
-                try:
-                    chan.send({"type": "mapped", "has_fd": True}, fd=tree)
-                finally:
-                    os.close(tree)
+                _map_userns(chan, msg["pid"], spec)
             elif msg["type"] == "pty":
                 master = msg["fd"]
             elif msg["type"] == "ready":
@@ -336,6 +350,35 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
         _kill_reap(mid)
         raise
     return Launched(pid, proc_start_time(pid), chan, master)
+
+
+def _map_userns(chan, pid, spec):
+    """In the parent: write the new user namespace's maps, then answer "mapped" with the
+    root tree of a ctrun container (an OCI spec's root was cloned by the child itself)."""
+    from ..namespaces import userns
+    ov = spec["annotations"].get("run.ctrun.overlay")
+    if ov is None:
+        userns.write_spec_maps(pid, spec["linux"])
+        chan.send({"type": "mapped"})
+        return
+    userns.write_maps(pid, spec["annotations"]["run.ctrun.userns_base"])
+    tree = rootfs.overlay_tree(pid, ov, ov.get("idmap", False))
+    try:
+        chan.send({"type": "mapped", "has_fd": True}, fd=tree)
+    finally:
+        os.close(tree)
+
+
+def _write_oom_score_adj(value):
+    """Through the host's /proc, before any namespace: the init and its workload inherit
+    it (lowering it needs CAP_SYS_RESOURCE, as for runc)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(int(value)))
+    except OSError as e:
+        raise errors.InvalidInput(f"process.oomScoreAdj {value!r} cannot be set: "
+                                  f"{e.strerror}; give a value in -1000..1000 (a lower one "
+                                  "than the caller's needs CAP_SYS_RESOURCE)") from None
 
 
 def _kill_reap(pid):

@@ -12,15 +12,13 @@ import os
 import re
 import stat
 
+from ..errors import InvalidInput
 from ..kernel import linux
 from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
-                    MS_REC, MS_REMOUNT, MS_STRICTATIME)
-from . import paths, systemd
+                    MS_REC, MS_REMOUNT, MS_SLAVE, MS_STRICTATIME)
+from . import devices, mounts, paths, sysctl, systemd
 
-DEVICES = (  # name, major, minor
-    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
+DEVICES = devices.DEFAULT
 
 
 def _fdp(fd):
@@ -57,12 +55,25 @@ def use_root_tree(fd):
 
 
 def open_sources(spec, extra=()):
-    """Clone every bind source while still host root (before unshare(CLONE_NEWUSER))."""
+    """Clone every bind source while still host root (before unshare(CLONE_NEWUSER)); an
+    OCI spec's root directory too, which the namespace's root may not be able to walk to."""
     console = spec["annotations"].get("run.ctrun.console")
-    for src in [m["source"] for m in spec["mounts"] if m["type"] == "bind"] + list(extra) + \
-            ([console] if console else []):
+    oci = _is_oci(spec)
+    # (source, recursive): an OCI bind without rbind takes the source mount alone
+    for src, rec in [(m["source"], not oci or "rbind" in (m.get("options") or ()))
+                     for m in spec["mounts"] if mounts.is_bind(m)] + \
+            [(s, True) for s in list(extra) + ([console] if console else []) +
+             (["/sys"] if oci and any(m.get("type") == "sysfs" for m in spec["mounts"])
+              else [])]:
         if src not in _SOURCES:
-            _SOURCES[src] = [linux.open_tree_clone(src), os.path.isdir(src)]
+            _SOURCES[src] = [linux.open_tree_clone(src, rec), os.path.isdir(src)]
+    if oci:
+        use_root_tree(linux.open_tree_clone(spec["root"]["path"]))
+
+
+def _is_oci(spec):
+    """A spec from the OCI front end: only its own mounts, its root directory as is."""
+    return bool(spec["annotations"].get("run.ctrun.oci"))
 
 
 def overlay_tree(pid, overlay, idmap):
@@ -104,8 +115,9 @@ def _attach(tree, target_fd):
         os.close(tree)
 
 
-def _bind(root_fd, src, target, readonly):
-    """Bind a trusted host path onto a target resolved inside the root."""
+def _bind(root_fd, src, target, readonly, recursive=True, extra=0):
+    """Bind a trusted host path onto a target resolved inside the root; `extra` mount flags
+    (nosuid, noexec...) come from a remount, which a bind needs for them."""
     pre = _SOURCES.pop(src, None)
     if pre is not None:
         tree, is_dir = pre
@@ -116,11 +128,17 @@ def _bind(root_fd, src, target, readonly):
             is_dir = stat.S_ISDIR(os.fstat(sfd).st_mode)
             tfd = paths.ensure_mount_target(root_fd, target, is_dir)
             try:
-                linux.mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | MS_REC)
+                linux.mount(_fdp(sfd), _fdp(tfd), None, MS_BIND | (MS_REC if recursive else 0))
             finally:
                 os.close(tfd)
         finally:
             os.close(sfd)
+    if extra:
+        tfd = paths.open_in_root(root_fd, target)
+        try:
+            _remount_bind(_fdp(tfd), extra | (MS_RDONLY if readonly else 0))
+        finally:
+            os.close(tfd)
     if readonly:
         # the new mount sits on top of the old target: resolve the path again to reach it;
         # read-only down to every mount below the source (a tmpfs mounted in the host dir)
@@ -145,6 +163,21 @@ _KEEP_FLAGS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_
                os.ST_NOATIME: 1 << 10, os.ST_NODIRATIME: 1 << 11, os.ST_RELATIME: 1 << 21}
 
 
+def _kept_flags(path):
+    """The flags of the mount at path that a bind remount must repeat."""
+    has = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _KEEP_FLAGS.items() if has & st)
+
+
+def _remount_bind(path, flags):
+    """Remount the bind mount at path with flags; in a user namespace the mount's locked
+    flags (those of a mount made outside it) must be repeated: retried with them."""
+    try:
+        linux.mount(None, path, None, MS_BIND | MS_REMOUNT | flags)
+    except PermissionError:
+        linux.mount(None, path, None, MS_BIND | MS_REMOUNT | flags | _kept_flags(path))
+
+
 def _readonly_walk(target):
     """Remount read-only the mount at target and every mount below it."""
     top = os.path.normpath(os.path.join("/", target))
@@ -153,9 +186,7 @@ def _readonly_walk(target):
                   for line in f]
     for p in points:
         if p == top or p.startswith(top.rstrip("/") + "/"):
-            has = os.statvfs(p).f_flag
-            keep = sum(ms for st, ms in _KEEP_FLAGS.items() if has & st)
-            linux.mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+            linux.mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _kept_flags(p))
 
 
 # the container's null device (an O_PATH descriptor), bound over the masked files
@@ -182,19 +213,7 @@ def _mount_dev(root_fd, use_mknod):
               "mode=755,size=65536k")
     dev = paths.open_in_root(root_fd, "/dev", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for name, major, minor in DEVICES:
-            if use_mknod:
-                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=dev)
-                os.chmod(name, 0o666, dir_fd=dev)
-            else:  # in a user namespace mknod is refused: bind the host's node instead
-                os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
-                linux.mount(f"/dev/{name}", f"{_fdp(dev)}/{name}", None, MS_BIND)
-        # held for mask(): taken now, before any volume can cover /dev or /dev/null
-        _NULL.append(null_device(dev, "null"))
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                             ("ptmx", "pts/ptmx")):
-            os.symlink(target, name, dir_fd=dev)
+        _devices_in(dev, use_mknod)
         for d in ("pts", "shm", "mqueue"):
             os.mkdir(d, 0o755, dir_fd=dev)
     finally:
@@ -204,6 +223,13 @@ def _mount_dev(root_fd, use_mknod):
     _mount_in(root_fd, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "mode=1777,size=65536k")
     _mount_in(root_fd, "/dev/mqueue", "mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _devices_in(dev, use_mknod):
+    """The default devices in a fresh /dev (an O_RDONLY descriptor)."""
+    devices.make_defaults(dev, use_mknod)
+    # held for mask(): taken now, before any volume can cover /dev or /dev/null
+    _NULL.append(null_device(dev, "null"))
 
 
 def console_on_terminal(fd):
@@ -219,26 +245,27 @@ def console_on_terminal(fd):
         os.close(dev)
 
 
-def _mount_cgroups(root_fd, layout, userns_dirs=None):
-    """Mount the container's view of the cgroup hierarchies (its cgroup namespace root).
+def _mount_cgroups(root_fd, layout, userns_dirs=None, top="/sys/fs/cgroup", extra=0):
+    """Mount the container's view of the cgroup hierarchies (its cgroup namespace root) at
+    top; `extra` flags (an OCI mount's ro) apply to each hierarchy.
 
     In a user namespace cgroup v1 cannot be mounted: its directories are bound instead."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if layout["kind"] == "v2":
-        _mount_in(root_fd, "/sys/fs/cgroup", "cgroup2", "cgroup2", flags)
+        _mount_in(root_fd, top, "cgroup2", "cgroup2", flags | extra)
         return
-    _mount_in(root_fd, "/sys/fs/cgroup", "tmpfs", "tmpfs", flags, "mode=755,size=64k")
+    _mount_in(root_fd, top, "tmpfs", "tmpfs", flags, "mode=755,size=64k")
     if userns_dirs is not None:
         for base, host_dir in sorted(userns_dirs.items()):
-            _bind(root_fd, host_dir, "/sys/fs/cgroup/" + base, False)
+            _bind(root_fd, host_dir, f"{top}/{base}", extra & MS_RDONLY)
     else:
         for key, host_path in sorted(layout["v1"].items()):
-            _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(host_path), "cgroup",
-                      "cgroup", flags, "none," + key if key.startswith("name=") else key)
+            _mount_in(root_fd, f"{top}/{os.path.basename(host_path)}", "cgroup",
+                      "cgroup", flags | extra, "none," + key if key.startswith("name=") else key)
     if layout.get("v2") and userns_dirs is None:
-        _mount_in(root_fd, "/sys/fs/cgroup/" + os.path.basename(layout["v2"]), "cgroup2",
-                  "cgroup2", flags)
-    fd = paths.open_in_root(root_fd, "/sys/fs/cgroup")
+        _mount_in(root_fd, f"{top}/{os.path.basename(layout['v2'])}", "cgroup2",
+                  "cgroup2", flags | extra)
+    fd = paths.open_in_root(root_fd, top)
     try:  # the tmpfs holding the mount points is read-only, like Docker's
         linux.mount(None, _fdp(fd), None, MS_REMOUNT | MS_RDONLY | flags, "mode=755,size=64k")
     finally:
@@ -259,7 +286,14 @@ def prepare(spec):
     """Build the container's root file system; returns with the process pivoted into it."""
     ann = spec["annotations"]
     root = spec["root"]["path"]
-    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    oci = _is_oci(spec)
+    prop = spec["linux"].get("rootfsPropagation") if oci else None
+    # runc's default for an OCI spec is rslave: the host's later mounts still reach it;
+    # an unbindable root could not be bound onto itself: made so once pivoted
+    if oci and "unbindable" not in (prop or ""):
+        linux.mount(None, "/", None, mounts.PROPAGATION.get(prop, MS_SLAVE | MS_REC))
+    else:
+        linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _ROOT_TREE:
         # --userns: the mapped root may not walk into the store (it is private), so the tree
         # the parent made is stacked on this namespace's "/" and reached through its own
@@ -271,6 +305,8 @@ def prepare(spec):
             linux.move_mount_fd(root_fd, top)
         finally:
             os.close(top)
+    elif oci:
+        root_fd = _bind_root(root, prop)
     else:
         ov = ann["run.ctrun.overlay"]
         lower = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in ov["lower"]]
@@ -282,25 +318,15 @@ def prepare(spec):
                 os.close(fd)
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        _bind_lxcfs(root_fd, ann.get("run.ctrun.lxcfs"))
-        if ann.get("run.ctrun.cgroup_layout"):
-            _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"],
-                           ann.get("run.ctrun.cgroup_dirs") if ann.get("run.ctrun.userns_base")
-                           is not None else None)
-        _mount_dev(root_fd, ann.get("run.ctrun.mknod", True))
-        if ann.get("run.ctrun.console"):  # a pty slave of the monitor's, which logs the master
-            _bind(root_fd, ann["run.ctrun.console"], "/dev/console", False)
-        for m in spec["mounts"]:
-            if m["type"] == "bind":
-                _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
-            elif m["type"] == "tmpfs":
-                _mount_in(root_fd, m["destination"], "tmpfs", "tmpfs",
-                          *systemd.tmpfs_args(m["options"]))
+        if oci:
+            _mount_listed(root_fd, spec)
+        else:
+            _mount_ctrun(root_fd, spec)
         linux.fchdir(root_fd)
     finally:
         os.close(root_fd)
+    if oci:  # through the host's /proc, whose sysctl files show the caller's namespaces
+        sysctl.write_all(spec)
     linux.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
     linux.umount2(".", MNT_DETACH)
     linux.chdir("/")
@@ -308,7 +334,111 @@ def prepare(spec):
         _readonly_walk(_READONLY_LATER.pop())
     systemd.setup_inside(spec)
     if spec["root"].get("readonly"):
-        linux.mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        _remount_bind("/", MS_RDONLY)
+
+
+def _mount_ctrun(root_fd, spec):
+    """A ctrun container's file systems: the kernel's, /dev, its console, its volumes."""
+    ann = spec["annotations"]
+    _mount_in(root_fd, "/proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount_in(root_fd, "/sys", "sysfs", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _bind_lxcfs(root_fd, ann.get("run.ctrun.lxcfs"))
+    if ann.get("run.ctrun.cgroup_layout"):
+        _mount_cgroups(root_fd, ann["run.ctrun.cgroup_layout"],
+                       ann.get("run.ctrun.cgroup_dirs") if ann.get("run.ctrun.userns_base")
+                       is not None else None)
+    _mount_dev(root_fd, ann.get("run.ctrun.mknod", True))
+    if ann.get("run.ctrun.console"):  # a pty slave of the monitor's, which logs the master
+        _bind(root_fd, ann["run.ctrun.console"], "/dev/console", False)
+    for m in spec["mounts"]:
+        if m["type"] == "bind":
+            _bind(root_fd, m["source"], m["destination"], "ro" in m["options"])
+        elif m["type"] == "tmpfs":
+            _mount_in(root_fd, m["destination"], "tmpfs", "tmpfs",
+                      *systemd.tmpfs_args(m["options"]))
+
+
+def _bind_root(root, prop):
+    """An OCI spec's root directory bound onto itself (pivot_root takes a mount point);
+    returns its descriptor.  pivot_root refuses a shared new root, a shared mount under it
+    or a shared "/": those two are made slaves (private for a shared or private
+    rootfsPropagation, which mask() applies at its end) before the bind, which
+    takes its propagation from them."""
+    hold = MS_SLAVE if prop in (None, "slave", "rslave") else MS_PRIVATE
+    for point in dict.fromkeys((_mount_point_of(root), "/")):
+        linux.mount(None, point, None, hold)
+    linux.mount(root, root, None, MS_BIND | MS_REC)
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _mount_point_of(path):
+    """The mount point of the mount holding path (a trusted host path)."""
+    p = os.path.normpath(path)
+    while not os.path.ismount(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def _host_null(spec):
+    """/dev/null for mask() when the spec gives the container no /dev of the runtime's."""
+    if not _NULL and spec["linux"].get("maskedPaths"):
+        dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _NULL.append(null_device(dev, "null"))
+        finally:
+            os.close(dev)
+
+
+def _mount_listed(root_fd, spec):
+    """An OCI spec's mounts, in its order, and nothing else; its devices once they are.
+
+    A tmpfs on /dev gets the default devices at once, so a later mount (a bind of a host
+    device onto /dev/null, as podman does) covers the node rather than colliding with it."""
+    ann = spec["annotations"]
+    userns = any(ns["type"] == "user" for ns in spec["linux"]["namespaces"])
+    for m in spec["mounts"]:
+        dest = m["destination"]
+        flags, props, data = mounts.parse(m.get("options"))
+        if mounts.is_bind(m):
+            _bind(root_fd, m["source"], dest, bool(flags & MS_RDONLY), bool(flags & MS_REC),
+                  flags & mounts.REMOUNT_FLAGS & ~MS_RDONLY)
+        elif m.get("type") == "cgroup":
+            _mount_cgroups(root_fd, ann.get("run.ctrun.cgroup_layout") or _host_layout(),
+                           ann.get("run.ctrun.cgroup_dirs") if userns else None, dest,
+                           flags & mounts.REMOUNT_FLAGS)
+        else:
+            fstype = m.get("type")
+            try:
+                _mount_in(root_fd, dest, m.get("source") or fstype, fstype, flags, data)
+            except PermissionError:
+                if not (userns and fstype == "sysfs"):
+                    raise
+                # a user namespace may mount sysfs only with a network namespace of its
+                # own: with a joined one (the host's, a pod's) the host's /sys is bound
+                _bind(root_fd, "/sys", dest, bool(flags & MS_RDONLY), True,
+                      flags & mounts.REMOUNT_FLAGS & ~MS_RDONLY)
+            if fstype == "tmpfs" and os.path.normpath(dest) == "/dev":
+                dev = paths.open_in_root(root_fd, "/dev", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _devices_in(dev, not userns)
+                finally:
+                    os.close(dev)
+        for flag in props:
+            fd = paths.open_in_root(root_fd, dest)
+            try:
+                linux.mount(None, _fdp(fd), None, flag)
+            finally:
+                os.close(fd)
+    devices.make_listed(root_fd, spec["linux"].get("devices") or (), not userns)
+    _host_null(spec)
+
+
+def _host_layout():
+    """The host's cgroup hierarchies, as the run.ctrun.cgroup_layout annotation gives them."""
+    from ..cgroups import detect
+    lay = detect()
+    return {"kind": lay.kind, "v1": {k: str(p) for k, p in lay.v1.items()},
+            "v2": str(lay.v2) if lay.v2 else None}
 
 
 def mask(spec):
@@ -333,3 +463,60 @@ def mask(spec):
         linux.mount(p, p, None, MS_BIND | MS_REC)
         linux.mount(None, p, None,
                     MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    prop = spec["linux"].get("rootfsPropagation") if _is_oci(spec) else None
+    if prop:  # last: an unbindable root would refuse the binds above
+        linux.mount(None, "/", None, mounts.PROPAGATION[prop])
+
+
+# fields of a spec that ctrun cannot honour when set (a value that means "nothing" passes)
+_UNSUPPORTED = (
+    ("linux", "intelRdt"), ("linux", "timeOffsets"), ("linux", "memoryPolicy"),
+    ("linux", "netDevices"), ("linux", "mountLabel"), ("process", "selinuxLabel"),
+    ("process", "apparmorProfile"), ("process", "ioPriority"), ("process", "scheduler"),
+    ("process", "execCPUAffinity"), (None, "solaris"), (None, "windows"), (None, "vm"),
+    (None, "zos"),
+)
+
+
+def check_supported(spec):
+    """Refuse, before anything is created, what ctrun cannot honour in an OCI spec: one
+    line naming the field.  The front end calls it first, so a refusal leaves nothing."""
+    def refuse(field, why="is not supported by ctrun"):
+        raise InvalidInput(f"{field} {why}; remove it from config.json")
+    for section, key in _UNSUPPORTED:
+        value = (spec.get(section) or {}) if section else spec
+        if value.get(key):
+            refuse(f"{section + '.' if section else ''}{key}")
+    lin = spec.get("linux") or {}
+    pers = lin.get("personality")
+    if pers and (pers.get("domain", "LINUX") != "LINUX" or pers.get("flags")):
+        refuse("linux.personality", "other than domain LINUX without flags is not supported "
+               "by ctrun")
+    prop = lin.get("rootfsPropagation")
+    if prop and prop not in mounts.PROPAGATION:
+        refuse(f"linux.rootfsPropagation {prop!r}", f"is not one of "
+               f"{', '.join(mounts.PROPAGATION)}")
+    root = (spec.get("root") or {}).get("path", "")
+    if not root.startswith("/") or not os.path.isdir(root):
+        raise InvalidInput(f"root.path {root!r} is not an existing directory given by an "
+                           "absolute path; fix config.json")
+    for m in spec.get("mounts") or ():
+        where = f"mounts entry {m.get('destination')!r}"
+        if not str(m.get("destination", "")).startswith("/"):
+            raise InvalidInput(f"{where}: destination must be an absolute path; fix config.json")
+        if m.get("uidMappings") or m.get("gidMappings"):
+            refuse(f"{where}: uidMappings/gidMappings (idmapped mounts)")
+        if not mounts.is_bind(m) and not m.get("type"):
+            raise InvalidInput(f"{where}: type is missing; give the file system type "
+                               "(tmpfs, proc...) or a bind option")
+    from .. import namespaces
+    namespaces.check(lin.get("namespaces") or ())
+    if spec.get("hostname") and not namespaces.new(lin.get("namespaces") or (), "uts"):
+        raise InvalidInput("hostname needs a new uts namespace (it would name the host's "
+                           "or a joined one); add {\"type\": \"uts\"} to linux.namespaces "
+                           "or remove hostname")
+    for d in lin.get("devices") or ():
+        devices.check(d)
+    sysctl.check(spec)
+    from . import security
+    security.check_capabilities((spec.get("process") or {}).get("capabilities") or {})

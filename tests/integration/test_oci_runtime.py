@@ -227,8 +227,9 @@ def test_bad_input_one_line_and_nothing_left(oci, tmp_path):
     esc = oci.bundle("esc", ["true"], root={"path": "../../../../"})
     assert "escapes the bundle" in _bad(oci, tmp_path, "b4", esc)
     ok = oci.bundle("ok", ["true"])
+    term = oci.bundle("term", ["true"], process={"terminal": True})
     (tmp_path / "notsock").write_text("")
-    assert "is not a unix socket" in _bad(oci, tmp_path, "b5", ok, "--console-socket",
+    assert "is not a unix socket" in _bad(oci, tmp_path, "b5", term, "--console-socket",
                                           tmp_path / "notsock")
     for bad_id in ("a/b", "..", "x/../y"):
         assert "invalid container id" in _bad(oci, tmp_path, bad_id, ok)
