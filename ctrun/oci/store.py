@@ -54,11 +54,13 @@ class Root:
 
     def lock(self, cid):
         """An exclusive lock on one ID (held until the returned fd is closed): verbs on one
-        container from concurrent client calls run one after another."""
+        container from concurrent client calls run one after another.  A POSIX record lock,
+        not flock: the init forked during create must not hold it while it waits for
+        `start` (a flock would be shared with it through the inherited descriptor)."""
         self.ensure()
         fd = os.open(os.path.join(self.path, f".{check_id(cid)}.lock"),
                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         return fd
 
     def unlock(self, cid, fd, remove=False):

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def busybox_rootfs(dest):
     bin_ = dest / "bin"
     bin_.mkdir(parents=True)
     shutil.copy2("/bin/busybox", bin_ / "busybox")
-    subprocess.run([str(bin_ / "busybox"), "--install", "-s", str(bin_)], check=True)
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in applets:
+        if name != "busybox":
+            (bin_ / name).symlink_to("busybox")
     for d in ("proc", "sys", "dev", "tmp", "etc", "root"):
         (dest / d).mkdir(exist_ok=True)
     (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -67,8 +72,14 @@ class OCI:
     def __call__(self, *args, check=True, input=None, timeout=60, **kw):
         cmd = RUNTIME + ["--root", str(self.root), "--log", str(self.log),
                          "--log-format", "json", *map(str, args)]
-        r = subprocess.run(cmd, capture_output=True, text=True, input=input,
-                           timeout=timeout, **kw)
+        # stdio to files, not pipes: a created container keeps the runtime's stdio as its
+        # own (as conmon's pipes), so a pipe would not see EOF until the container exits
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            r = subprocess.run(cmd, stdout=out, stderr=err, text=True, input=input,
+                               timeout=timeout, **kw)
+            out.seek(0)
+            err.seek(0)
+            r.stdout, r.stderr = out.read(), err.read()
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}: {r.stderr}")
         return r
