@@ -785,10 +785,12 @@ if pytest:
             Path(out).write_text(CALLS.markdown())
 
     @pytest.fixture(scope="session")
-    def busybox_archive(tmp_path_factory):
+    def busybox_archive(tmp_path_factory, oci_calls):
         """An OCI archive of ctrun's busybox image, named IMAGE."""
         d = tmp_path_factory.mktemp("oci-image")
-        return oci_archive(busybox_rootfs(d / "rootfs"), d / "busybox-oci.tar")
+        out = oci_archive(busybox_rootfs(d / "rootfs"), d / "busybox-oci.tar")
+        oci_calls.substitute(out, "busybox-oci.tar")
+        return out
 
     @pytest.fixture(scope="module")
     def oci_wrapper(tmp_path_factory, oci_runtime):
@@ -835,7 +837,8 @@ if pytest:
             _fail_on("ctr image import", lambda: ctd.import_image(busybox_archive))
             yield ctd
         finally:
-            problems = ctd.teardown() + runtime_leftovers(oci_wrapper, ctd.runc_root)
+            problems = ctd.teardown() + runtime_leftovers(oci_wrapper,
+                                                          ctd.runc_root / ctd.namespace)
             _tidy_parent(parent)
             if problems:
                 pytest.fail("containerd teardown:\n  " + "\n  ".join(problems),
