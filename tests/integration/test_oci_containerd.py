@@ -61,11 +61,18 @@ def detached(ctd, cid, *cmd, opts=()):
     return calls
 
 
-def test_image_import(ctd, busybox_archive):
+def test_image_import_then_run_it(ctd, busybox_archive):
+    """The archive the fixture imported, imported again (the same digest: a no-op for the
+    runtime), then run: its files are the container's root."""
     r, calls = ctd.traced("image import", "image", "import", str(busybox_archive))
     assert r.returncode == 0, r.stderr
     assert IMAGE in ctd("image", "ls", "-q").stdout.split()
     assert calls == []
+    r, calls = ctd.traced("run --rm of the imported image", "run", "--rm", IMAGE, "imported",
+                          "sh", "-c", "readlink /bin/sh; cat /etc/hostname")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "/bin/busybox"
+    assert verbs(calls)[:2] == ["create", "start"]
 
 
 def test_run_rm_returns_the_exit_code(ctd):
