@@ -527,9 +527,8 @@ class Podman:
         for img in self.images:
             self("rmi", "-f", img)
         self.settle()
-        # the overlay driver's mounts (a container's merged dir, its shm) go with its
-        # container, but storage keeps its home bind-mounted until told to shut down
-        self("system", "reset", "--force", timeout=180)
+        # (no `podman system reset`: it also clears host-wide caches; the overlay driver's
+        # mounts go with their containers, and any left is reported below)
         left = umount_under(self.dir, self.rundir)
         if left:
             p.append(f"mounts left by podman: {', '.join(left)}")
