@@ -691,11 +691,18 @@ class CallLog:
     def substitute(self, path, name):
         self.subs[str(path)] = name
 
+    # the random parts of temporary names and pids, so that the note compares run to run
+    _VARYING = ((r"\b[0-9a-f]{64}\b", "<id>"), (r"/proc/[0-9]+/", "/proc/<pid>/"),
+                (r"(/tmp/runc-process|/tmp/pty|exec-process-)[0-9]+", r"\1<n>"),
+                (r"(conmon-term\.)\w+", r"\1<x>"))
+
     def _clean(self, text):
         import re
         for path, name in sorted(self.subs.items(), key=lambda kv: -len(kv[0])):
             text = text.replace(path, name)
-        return re.sub(r"\b[0-9a-f]{64}\b", "<id>", text)
+        for pattern, repl in self._VARYING:
+            text = re.sub(pattern, repl, text)
+        return text
 
     def traced(self, wrapper, client, what, argv, runner, settle=None):
         """runner() (a client command: argv as recorded), then settle() (the client's
@@ -807,6 +814,8 @@ if pytest:
         pm = _fail_on("podman", lambda: Podman(
             {"ctrun-oci": str(oci_wrapper.path)}, f"{parent}/podman", network=f"ctrtpm{n}",
             bridge=f"ctrtpm{n}", subnet=f"10.218.{20 + os.getpid() % 200}.0/24"))
+        oci_calls.substitute(f"/{parent}/", "/$CGROUP_PARENT/")
+        oci_calls.substitute(pm.network, "$NETWORK")
         for path, name in ((pm.root, "$PODMAN_ROOT"), (pm.runroot, "$PODMAN_RUNROOT"),
                            (pm.dir, "$PODMAN_DIR"),
                            (pm.rundir, "$PODMAN_RUNDIR"), (oci_wrapper.path, "$WRAPPER")):
@@ -826,6 +835,7 @@ if pytest:
         `containerd(...)` runs ctr against it, run_args(wrapper, ID) go on every `ctr run`."""
         parent = os.environ.get("CTRUN_CGROUP_PARENT", f"ctrun-test-{os.getpid()}")
         ctd = _fail_on("containerd", lambda: Containerd(f"{parent}/containerd"))
+        oci_calls.substitute(f"/{parent}/", "/$CGROUP_PARENT/")
         for path, name in ((ctd.state, "$CONTAINERD_STATE"), (ctd.root, "$CONTAINERD_ROOT"),
                            (ctd.runc_root, "$RUNTIME_ROOT"), (ctd.address, "$CONTAINERD_SOCK"),
                            (ctd.dir, "$CONTAINERD_DIR"), (ctd.rundir, "$CONTAINERD_RUNDIR"),

@@ -109,8 +109,9 @@ def test_stop_then_rm(pm):
     assert pm("ps", "-aq").stdout.split() == []
 
 
-def test_bridge_network_with_a_published_port(pm):
+def test_bridge_network_with_a_published_port(pm, oci_calls):
     port = 18000 + os.getpid() % 1000
+    oci_calls.substitute(f"127.0.0.1:{port}:", "127.0.0.1:$PORT:")
     detached(pm, "web", "sh", "-c", "mkdir /www && echo served-by-busybox > /www/index.html "
              "&& exec httpd -f -p 80 -h /www",
              opts=("--network", pm.network, "-p", f"127.0.0.1:{port}:80"))
