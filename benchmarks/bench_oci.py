@@ -33,8 +33,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402

@@ -14,7 +14,16 @@ iptables chains, containerd's shim socket dir...) is snapshotted before (HostSta
 removed afterwards if it is new.  Teardown runs even when a test fails and reports what it
 had to remove by force (a client or the runtime should have removed it itself).
 
-No pytest at import time: benchmarks/bench_oci.py imports this module with Debian's python.
+Fixtures (import them into a test module by name):
+  oci_runtime      the runtime's path (fails, naming the fix, when it is not executable)
+  oci_wrapper      the Wrapper standing in for it (module-wide; mark() / since())
+  busybox_archive  ctrun's busybox image as an OCI archive named IMAGE
+  podman           a Podman (module-wide) with IMAGE loaded and a bridge `podman.network`
+  containerd       a running Containerd (module-wide) with IMAGE imported
+  oci_calls        the session's CallLog; CTRUN_OCI_CALLS=FILE writes it as markdown
+A missing client binary fails the test with the Debian package to install; it never skips.
+
+pytest is optional at import: benchmarks/bench_oci.py uses the classes with Debian's python.
 """
 
 import contextlib
@@ -80,17 +89,16 @@ def run(argv, timeout=120, env=None, check=False, input=None):
     return p
 
 
-def in_pty(argv, env=None, send=b"", timeout=60):
+def in_pty(argv, env=None, timeout=60):
     """Run argv with a new pty as its controlling terminal and stdio, as a user's terminal
-    would: (exit code, output).  send is typed once the command had half a second."""
+    would: (exit code, output)."""
     pid, fd = pty.fork()
     if pid == 0:
         try:
             os.execve(argv[0], argv, env if env is not None else os.environ)
         finally:
             os._exit(127)
-    out, deadline, sent = b"", time.monotonic() + timeout, not send
-    start = time.monotonic()
+    out, deadline = b"", time.monotonic() + timeout
     try:
         while True:
             left = deadline - time.monotonic()
@@ -98,9 +106,6 @@ def in_pty(argv, env=None, send=b"", timeout=60):
                 os.kill(pid, signal.SIGKILL)
                 raise HarnessError(f"`{shlex.join(argv)}` on a pty did not finish in "
                                    f"{timeout} s; output so far: {out[-500:]!r}")
-            if not sent and time.monotonic() - start > 0.5:
-                os.write(fd, send)
-                sent = True
             if not select.select([fd], [], [], min(left, 0.1))[0]:
                 continue
             try:
