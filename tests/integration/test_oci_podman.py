@@ -30,7 +30,11 @@ def pm(podman, oci_wrapper, oci_calls, request):
                                 lambda: podman(*args, timeout=timeout), podman.settle)
     podman.traced = traced
     yield podman
-    podman("rm", "-af", "-t", "0", timeout=120)
+    # stopped first and left to conmon's exit command (which tears the network down), then
+    # removed: what a user's `podman stop; podman rm` does
+    podman("stop", "-a", "-t", "0", timeout=120)
+    podman.settle()
+    podman("rm", "-af", timeout=120)
     podman.settle()
 
 
