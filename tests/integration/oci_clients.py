@@ -121,6 +121,27 @@ def in_pty(argv, env=None, timeout=60):
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
 
 
+def cgroup_of(pid, controller):
+    """The directory of pid's cgroup for a v1 controller, else its cgroup v2 directory."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(","):
+            return Path(f"/sys/fs/cgroup/{controller}{path}")
+    for line in lines:
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup" + line[3:])
+    raise HarnessError(f"process {pid} has no {controller} cgroup")
+
+
+def frozen(pid):
+    """Whether the freezer holds pid's cgroup (v1 freezer.state, v2 cgroup.events)."""
+    cg = cgroup_of(pid, "freezer")
+    if (cg / "freezer.state").exists():
+        return (cg / "freezer.state").read_text().strip() == "FROZEN"
+    return "frozen 1" in (cg / "cgroup.events").read_text()
+
+
 def wait_for(cond, timeout, what, interval=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from oci_clients import (IMAGE, busybox_archive, containerd, in_pty, oci_calls,  # noqa: F401
-                         oci_runtime, oci_wrapper, verbs, wait_for)
+from oci_clients import (IMAGE, busybox_archive, containerd, frozen, in_pty,  # noqa: F401
+                         oci_calls, oci_runtime, oci_wrapper, verbs, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_kill_then_delete(ctd):
     assert r.returncode == 0, r.stderr
     assert verbs(calls) == ["kill"] and calls[0][-2:] == ["victim", "15"]
     wait_for(lambda: task_status(ctd, "victim") == "STOPPED", 10, "the task stopping")
-    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert _state(pid) in (None, "Z")
     r, calls = ctd.traced("task delete", "task", "delete", "victim")
     assert r.returncode == 0, r.stderr
     assert "exit code 7" in r.stderr   # the status the init's TERM handler exited with
@@ -132,9 +132,45 @@ def test_a_container_joins_anothers_network_namespace(ctd):
     assert verbs(calls)[:2] == ["create", "start"]
 
 
-def _zombie(pid):
+def test_task_ps(ctd):
+    detached(ctd, "listed", "sh", "-c", "sleep 1000 & exec sleep 2000")
+    pid = task_pid(ctd, "listed")
+    r, calls = ctd.traced("task ps", "task", "ps", "listed")
+    assert r.returncode == 0, r.stderr
+    pids = {int(line.split()[0]) for line in r.stdout.splitlines()[1:] if line.split()}
+    assert pid in pids and len(pids) == 2, r.stdout
+    assert verbs(calls) == ["ps"]
+    assert calls[0][-1] == "listed" and "json" in " ".join(calls[0])
+
+
+def test_task_pause_and_resume(ctd):
+    detached(ctd, "frozen", "sleep", "1000")
+    r, calls = ctd.traced("task pause", "task", "pause", "frozen")
+    assert r.returncode == 0, r.stderr
+    assert verbs(calls) == ["pause"] and calls[0][-1] == "frozen"
+    assert task_status(ctd, "frozen") == "PAUSED"
+    assert frozen(task_pid(ctd, "frozen"))
+    r, calls = ctd.traced("task resume", "task", "resume", "frozen")
+    assert r.returncode == 0, r.stderr
+    assert verbs(calls) == ["resume"] and calls[0][-1] == "frozen"
+    assert task_status(ctd, "frozen") == "RUNNING"
+    assert not frozen(task_pid(ctd, "frozen"))
+
+
+def test_kill_all(ctd):
+    detached(ctd, "group", "sh", "-c", "sleep 1000 & sleep 2000 & wait")
+    r, calls = ctd.traced("task kill --all", "task", "kill", "--all", "--signal", "SIGKILL",
+                          "group")
+    assert r.returncode == 0, r.stderr
+    assert verbs(calls) == ["kill"] and "--all" in calls[0]
+    assert calls[0][-2:] == ["group", "9"]
+    wait_for(lambda: task_status(ctd, "group") == "STOPPED", 10, "the task stopping")
+
+
+def _state(pid):
+    """The process's state letter (None: gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
     except OSError:
-        return True
+        return None

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from oci_clients import (IMAGE, busybox_archive, in_pty, oci_calls,  # noqa: F401
-                         oci_runtime, oci_wrapper, podman, verbs, wait_for)
+from oci_clients import (IMAGE, busybox_archive, cgroup_of, frozen, in_pty,  # noqa: F401
+                         oci_calls, oci_runtime, oci_wrapper, podman, verbs, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +46,6 @@ def detached(pm, name, *cmd, opts=()):
 
 def pid_of(pm, name):
     return int(pm("inspect", "--format", "{{.State.Pid}}", name, check=True).stdout)
-
-
-def cgroup_of(pid, controller):
-    """The directory of pid's cgroup for controller (v1), or its v2 cgroup."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        if controller in ctrls.split(","):
-            return Path(f"/sys/fs/cgroup/{controller}{path}")
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            return Path("/sys/fs/cgroup" + line[3:])
-    raise AssertionError(f"no {controller} cgroup for {pid}")
 
 
 def test_run_rm_returns_the_exit_code(pm):
@@ -166,9 +154,3 @@ def test_pause_and_unpause(pm):
     assert verbs(calls) == ["resume"]
     assert not frozen(pid)
 
-
-def frozen(pid):
-    cg = cgroup_of(pid, "freezer")
-    if (cg / "freezer.state").exists():
-        return (cg / "freezer.state").read_text().strip() == "FROZEN"
-    return "frozen 1" in (cg / "cgroup.events").read_text()
