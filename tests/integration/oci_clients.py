@@ -157,14 +157,19 @@ WRAPPER = """#!/usr/bin/python3 -S
 # written by ctrun's OCI client tests: log this call, then become the runtime under test
 import json, os, sys, time
 argv = sys.argv[1:]
-line = json.dumps({{"t": time.time(), "pid": os.getpid(), "argv": argv}}) + "\\n"
+# the environment as the client gave it (Python's locale coercion may have added to environ)
+with open("/proc/self/environ", "rb") as f:
+    env = dict(v.split(b"=", 1) for v in f.read().split(b"\\0") if b"=" in v)
+line = json.dumps({{"t": time.time(), "pid": os.getpid(), "argv": argv,
+                   "env": sorted(k.decode() for k in env)}}) + "\\n"
 fd = os.open({log!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 os.write(fd, line.encode())
 os.close(fd)
 root = {root!r}
 if root and not any(a == "--root" or a.startswith("--root=") for a in argv):
     argv = ["--root", root] + argv
-os.execv({real!r}, [{real!r}] + argv)
+env.update((k.encode(), v.encode()) for k, v in {env!r}.items())
+os.execve({real!r}, [{real!r}] + argv, env)
 """
 
 
@@ -172,15 +177,19 @@ class Wrapper:
     """An executable placed as the client's runtime: logs every call's argv (one JSON line)
     to `log` and execs `real`.  A call without --root (rootful podman names none, so the
     runtime would keep its state in the host's default directory) gets `--root root` added
-    AFTER it is logged: the log holds what the client sent.  calls() reads the log back;
+    AFTER it is logged: the log holds what the client sent.  `env` is added to the
+    environment the client gave (conmon gives the runtime only PATH, podman's exit command
+    not even that: PYTHONPATH makes a Python runtime run the checkout under test).
+    calls() reads the log back (argv, and the names of the variables the client set);
     mark() / since() give the calls one client command made."""
 
-    def __init__(self, directory, real, name="ctrun-oci", root=None):
+    def __init__(self, directory, real, name="ctrun-oci", root=None, env=None):
         self.real = real
         self.root = Path(root) if root else Path(directory) / "state"
         self.path = Path(directory) / name
         self.log = Path(directory) / f"{name}.calls.jsonl"
-        self.path.write_text(WRAPPER.format(log=str(self.log), real=real, root=str(self.root)))
+        self.path.write_text(WRAPPER.format(log=str(self.log), real=real, root=str(self.root),
+                                            env=dict(env or {})))
         self.path.chmod(0o755)
         self._mark = 0
 
@@ -192,9 +201,10 @@ class Wrapper:
     def mark(self):
         self._mark = len(self.calls())
 
-    def since(self):
-        """argv of every call after the last mark()."""
-        return [c["argv"] for c in self.calls()[self._mark:]]
+    def since(self, full=False):
+        """argv of every call after the last mark() (full: the log entries)."""
+        new = self.calls()[self._mark:]
+        return new if full else [c["argv"] for c in new]
 
 
 def verb(argv):
@@ -737,13 +747,21 @@ class CallLog:
         result = runner()
         if settle:
             settle()
-        calls = wrapper.since()
+        calls = wrapper.since(full=True)
         self.add(client, what, argv, calls)
-        return result, calls
+        return result, [c["argv"] for c in calls]
+
+    @staticmethod
+    def _env(names):
+        """What environment the client gave the runtime, in a few words."""
+        if len(names) > 4:
+            return f"the client's own environment ({len(names)} variables)"
+        return "environment: " + (" ".join(names) if names else "empty")
 
     def add(self, client, what, client_argv, calls):
         self.entries.append((client, what, self._clean(shlex.join(client_argv)),
-                             [self._clean(shlex.join(["RUNTIME", *a])) for a in calls]))
+                             [self._clean(shlex.join(["RUNTIME", *c["argv"]]))
+                              + f"    # {self._env(c.get('env', []))}" for c in calls]))
 
     def markdown(self):
         out = ["# The runtime calls of podman and containerd",
@@ -828,7 +846,8 @@ if pytest:
     def oci_wrapper(tmp_path_factory, oci_runtime):
         """The logging wrapper around the runtime under test (module-wide: mark() before a
         client command, since() after it)."""
-        return Wrapper(tmp_path_factory.mktemp("oci-wrapper"), oci_runtime)
+        keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+        return Wrapper(tmp_path_factory.mktemp("oci-wrapper"), oci_runtime, env=keep)
 
     @pytest.fixture(scope="module")
     def podman(oci_wrapper, busybox_archive, oci_calls):
