@@ -50,8 +50,7 @@ IMAGE = "localhost/ctrun-oci-busybox:test"
 # binary -> the Debian package shipping it (a missing client is a failure, never a skip)
 PACKAGES = {"podman": "podman", "conmon": "conmon", "/usr/lib/podman/netavark": "netavark",
             "containerd": "containerd", "ctr": "containerd",
-            "containerd-shim-runc-v2": "containerd", "runc": "runc", "iptables": "iptables",
-            "nsenter": "util-linux"}
+            "containerd-shim-runc-v2": "containerd", "iptables": "iptables"}
 
 # runc's global flags that take a value: the verb is the first word after them
 _VALUED_GLOBALS = {"--root", "--log", "--log-format", "--criu", "--rootless"}
