@@ -10,8 +10,8 @@ cd "$(dirname "$0")"
 VENV=${CTRUN_VENV:-/opt/ctrun/venv}
 DEBS=(busybox-static tini python3-venv python3-dev python3-seccomp gcc libc6-dev libcap-dev
       libseccomp2 iproute2 procps nftables python3-nftables iperf3 zstd debootstrap
-      runc crun umoci skopeo conmon podman netavark aardvark-dns docker-registry apache2-utils
-      openssl
+      runc crun umoci skopeo conmon podman netavark aardvark-dns containerd docker-registry
+      apache2-utils openssl
       qemu-system-x86 qemu-utils linux-image-cloud-amd64 lz4 cpio e2fsprogs
       python3-matplotlib python3-jsonschema lxcfs openssh-client systemd-container lxc)
 
