@@ -157,6 +157,11 @@ def kill_and_wait(cfg, live, timeout=10):
         os.close(fd)
 
 
+def request_stop(cdir, state):
+    """Record that the running start's end was asked for, so its exit reads "stopped"."""
+    write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+
+
 def await_exit_record(cdir, sid, timeout=10.0):
     """Wait until the supervisor has written exit.json (cgroup read and removed)."""
     deadline = time.monotonic() + timeout
