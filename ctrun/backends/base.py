@@ -56,6 +56,14 @@ class Backend:
 
     # can the caller supervise the process itself (run without -d: attach, wait_attached)
     attachable = False
+    # is the process a guest kernel (then create's memory and cpus size its RAM and vCPUs)
+    guest = False
+
+    def check_host(self, accel="auto"):
+        """Refuse (HostUnsupported) when this host cannot run the backend's processes;
+        returns (accelerator a start would use, why it is not the one asked for), both None
+        where no accelerator applies."""
+        return None, None
 
     def attach(self, name, cdir, cfg, tty, interactive, plumber):
         """Start with the caller as supervisor (called with the lock held); returns what
