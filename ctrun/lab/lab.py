@@ -40,6 +40,11 @@ class Settings:
                             "vm": 15 if quick else 90}
 
 
+def _guest(mode):
+    """Does the mode run a guest kernel (whose accelerator the report names)?"""
+    return mode in backends.MODES and backends.for_mode(mode).guest
+
+
 def check_options(modes, only, repeat):
     """Validate before anything is made; returns (modes list, only set or None)."""
     ms = [m.strip() for m in (modes or ",".join(MODES)).split(",") if m.strip()]
@@ -315,7 +320,7 @@ class Lab:
         res["wall_s"] = round(time.monotonic() - t_start, 2)
         acc = res["accel"]
         res["title"] = ("ctrun lab: " + " vs ".join(
-            m if m != "vm" else f"vm ({acc or 'not run'})" for m in self.modes)
+            f"{m} ({acc or 'not run'})" if _guest(m) else m for m in self.modes)
             + f" on {res['host']['cpus']} CPUs, kernel {res['host']['kernel']}")
         return res
 
