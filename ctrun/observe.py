@@ -1,7 +1,7 @@
-"""The verbs that read containers, changing nothing: what they are (inspect, list), their log
-records (logs), their usage counters (stats) and a command's captured output (exec_output,
-over exec).  Ctrun (ctrun.api) inherits them; they find a container through its _cdir,
-_config and _backend."""
+"""The verbs that read containers: what they are (inspect, list), their log records (logs),
+their usage counters (stats), and a command's captured output (exec_output, over exec).
+Ctrun (ctrun.api) inherits them; they find a container through its _cdir, _config and
+_backend."""
 
 import os
 import select
