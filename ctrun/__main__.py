@@ -1,3 +1,5 @@
+"""`python -m ctrun`: the command line (ctrun.cli)."""
+
 import sys
 
 from .cli import main

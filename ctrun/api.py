@@ -1,6 +1,9 @@
-"""The lifecycle: every verb on a container, written once (lock, state check, store files,
-the monitor hand-off), calling the backend its recorded mode chose (ctrun.backends).  Front
-ends (the CLI, the lab, Python programs) call this class and nothing below it.
+"""The lifecycle: create, start, run, stop, kill, freeze, exec and destroy, each written once
+(lock, state check, store files, the monitor hand-off), calling the backend the container's
+recorded mode chose (ctrun.backends).  Front ends (the CLI, the lab, Python programs) call
+Ctrun and nothing below it; it also carries the verbs of ctrun.observe (inspect, list, logs,
+stats, captured exec), ctrun.vpsverbs (set, onboot, template) and ctrun.shared (images,
+networks).
 
     from ctrun.api import Ctrun
     ct = Ctrun()                      # or Ctrun(root="/tmp/store")
@@ -14,22 +17,21 @@ Every method raises a ctrun.errors.CtrunError subclass with a one-line message.
 
 import contextlib
 import os
-import select
 import shutil
-import signal
 import sys
-import time
 
 from . import backends, config as cfgmod, lifecycle
-from .backends import base
-from .backends.container import (  # noqa: F401 - names tests and benchmarks import here
-    DEVICE_ALLOW, _root_login, _systemd_hierarchy)
-from .errors import CommandNotFound, Conflict, CtrunError, InvalidInput, NotFound
+from .backends import base, container
+from .errors import (CommandNotFound, Conflict, CtrunError, HostUnsupported, InvalidInput,
+                     NotFound)
 from .lifecycle import State
+from .observe import ObserveVerbs
 from .shared import SharedVerbs
 from .state import Store, status, write_json
+from .vpsverbs import VPSVerbs
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
+DEVICE_ALLOW = container.DEVICE_ALLOW  # a public name that lived here before the backends
 
 
 def _now():
@@ -37,11 +39,7 @@ def _now():
     return now()
 
 
-def _cgroup_parent():
-    return os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)
-
-
-class Ctrun(SharedVerbs):
+class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
     def __init__(self, root=None, warn=None):
         self.store = Store(root)
         # where non-fatal notices go (skipped --ignore-unsupported limits); the CLI prints them
@@ -52,7 +50,7 @@ class Ctrun(SharedVerbs):
         cfgmod.check_name(name)
         d = self.store.container_dir(name)
         if not (d / cfgmod.FILE).exists():
-            raise NotFound(f"container '{name}' not found; see: ctrun list --all")
+            raise _not_found(name)
         return d
 
     def _entry(self, name):
@@ -69,7 +67,7 @@ class Ctrun(SharedVerbs):
     def _config(self, cdir):
         cfg = cfgmod.load(cdir)
         if cfg is None:
-            raise NotFound(f"container '{cdir.name}' not found; see: ctrun list --all")
+            raise _not_found(cdir.name)
         return cfg
 
     def _backend(self, cfg):
@@ -86,13 +84,28 @@ class Ctrun(SharedVerbs):
                 lifecycle.require(verb, name, st)
             yield cdir, self._config(cdir), (st, state, live)
 
+    def _new_cgroup(self, name):
+        """(parent, name) of the cgroup a create now records for container `name` (in its
+        config: $CTRUN_CGROUP_PARENT may change later)."""
+        from .cgroups import container_name
+        return (os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT),
+                container_name(name, self.store.short_id))
+
+    def _sync_onboot(self):
+        from . import onboot  # the store's boot unit follows the containers marked onboot
+        onboot.sync(self.store)
+
+    def _warn_all(self, warnings):
+        for w in warnings:
+            self.warn(w)
+
     def cgroup_manager(self, name):
         """The cgroup manager of container `name` (its recorded cgroup, or the one a create
         would record now)."""
-        from .cgroups import container_name
-        cfg = cfgmod.load(self.store.container_dir(name)) or cfgmod.Config(
-            name, cgroup_name=container_name(name, self.store.short_id),
-            cgroup_parent=_cgroup_parent())
+        cfg = cfgmod.load(self.store.container_dir(name))
+        if cfg is None:
+            cfg = cfgmod.Config(name)
+            cfg.cgroup_parent, cfg.cgroup_name = self._new_cgroup(name)
         return base.manager(cfg)
 
     # ---------------------------------------------------------------- create
@@ -143,12 +156,12 @@ class Ctrun(SharedVerbs):
         limits, prepared = backend.check_create(cfg, dict(
             volumes=volumes, userns=userns, init=init, privileged=privileged, cap_add=cap_add,
             cap_drop=cap_drop, ulimits=ulimits, accel=accel), limits)
-        lim, skip, warnings = _check_limits(limits or {}, ignore_unsupported)
+        from .cgroups.limits import for_host
+        lim, skip, warnings = for_host(limits or {}, ignore_unsupported)
         cfg.limits, cfg.limits_skip = lim.to_dict(), skip
         if workdir and not workdir.startswith("/"):
             raise InvalidInput(f"working directory {workdir!r} must be an absolute path")
         if init and not os.path.exists("/usr/bin/tini-static"):
-            from .errors import HostUnsupported
             raise HostUnsupported("--init needs tini-static; run: apt-get install tini")
         rootfs, icfg = images.get(self.store, image)
         _check_command(rootfs, cfg, icfg)
@@ -177,9 +190,7 @@ class Ctrun(SharedVerbs):
                 if secret or keys:
                     vps.apply_inside(self.store, tmp, name, cfg.to_dict(), None, secret, keys,
                                      ssh_user)
-                from .cgroups import container_name
-                cfg.cgroup_parent = _cgroup_parent()
-                cfg.cgroup_name = container_name(name, self.store.short_id)
+                cfg.cgroup_parent, cfg.cgroup_name = self._new_cgroup(name)
                 cfg.created_at = _now()
                 cfg.save(tmp)
                 write_json(tmp / "state.json", {})
@@ -191,10 +202,8 @@ class Ctrun(SharedVerbs):
                     netc.release(self.store, name, leased)
                 backend.abandon()
         if cfg.onboot:
-            from . import onboot as onbootmod
-            onbootmod.sync(self.store)
-        for w in warnings:
-            self.warn(w)
+            self._sync_onboot()
+        self._warn_all(warnings)
         out = self._describe(name, final, full=False)
         out["warnings"] = warnings
         return out
@@ -280,50 +289,18 @@ class Ctrun(SharedVerbs):
         """The image's stop signal (a VM: its guest's power-off), then SIGKILL after
         `timeout` seconds."""
         with self._held(name, "stop") as (cdir, cfg, (_, state, live)):
-            write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+            base.request_stop(cdir, state)
             base.thaw_if_frozen(cfg)
             self._backend(cfg).stop(name, cdir, cfg, live, timeout)
             base.await_exit_record(cdir, state["start_id"])
         return self.inspect(name)
 
     def restart(self, name, timeout=10.0):
-        cdir = self._cdir(name)
-        if status(cdir)[0] == State.RUNNING:
+        if status(self._cdir(name))[0] == State.RUNNING:
             self.stop(name, timeout)
         return self.start(name)
 
-    # ---------------------------------------------------------------- limits
-    def set(self, name, limits, save=True, ignore_unsupported=False):
-        """Change limits (vzctl set): live on a running container, saved unless save=False.
-        Returns warnings for limits skipped with ignore_unsupported."""
-        from .cgroups.limits import Limits
-        if not limits:
-            raise InvalidInput("set needs at least one limit, e.g. ctrun set NAME --memory 256M")
-        cdir = self._cdir(name)
-        with self.store.lock(name):
-            new, skip, warnings = _check_limits(limits, ignore_unsupported)
-            st = status(cdir)[0]
-            running = st == State.RUNNING
-            if not save:
-                lifecycle.require("set-live", name, st, " to change its saved limits")
-            cfg = self._config(cdir)
-            new = self._backend(cfg).set_limits(name, cdir, cfg, new, running)
-            merged = Limits.from_dict(cfg.limits or {}).merged(new)
-            if running:
-                mgr = base.manager(cfg)
-                mgr.apply(new, skip=skip)
-                if new.cpus is not None:  # the cpuset that makes nproc say --cpus
-                    from .runtime import lxcfs
-                    lxcfs.spread_cpus(mgr, merged, name, skip)
-            if save:
-                cfg.limits = merged.to_dict()
-                cfg.limits_skip = sorted(set(cfg.limits_skip) - set(
-                    k for k, v in new.to_dict().items() if v is not None) | set(skip))
-                cfg.save(cdir)
-        for w in warnings:
-            self.warn(w)
-        return warnings
-
+    # ---------------------------------------------------------------- freezer
     def freeze(self, name):
         with self._held(name, "freeze") as (_, cfg, _):
             base.manager(cfg).freeze()
@@ -331,34 +308,6 @@ class Ctrun(SharedVerbs):
     def thaw(self, name):
         with self._held(name, "thaw") as (_, cfg, _):
             base.manager(cfg).thaw()
-
-    def stats(self, names=(), strict=True, only=None):
-        """{name: stats} of running containers (all of them when names is empty).
-
-        strict: a named container that is not running is an error; otherwise it (and one
-        that stops while being read) is left out.  only: the stat sections to read."""
-        out = {}
-        for n in names or self.store.container_names():
-            cdir = self._cdir(n) if strict and names else self.store.container_dir(n)
-            st = status(cdir)[0]
-            if not lifecycle.may("stats", st):
-                if names and strict:
-                    lifecycle.require("stats", n, st)
-                continue
-            cfg = cfgmod.load(cdir)
-            try:
-                if cfg is None:
-                    raise NotFound(f"container '{n}' not found; see: ctrun list --all")
-                out[n] = base.manager(cfg).stats(only)
-                if only is None or "guest" in only:
-                    guest = self._backend(cfg).guest_stats(cdir)
-                    if guest is not None:
-                        out[n]["guest"] = guest
-            except CtrunError:
-                if strict and names:
-                    raise
-                out.pop(n, None)
-        return out
 
     # ---------------------------------------------------------------- exec
     def exec(self, name, argv, tty=False, interactive=False, env=(), workdir=None, user=None):
@@ -369,58 +318,14 @@ class Ctrun(SharedVerbs):
         with self._held(name, "exec") as (cdir, cfg, (_, _, live)):
             backend = self._backend(cfg)
         # without the lock: an exec may run for as long as it likes
-        return backend.exec(cdir, cfg, live, argv, tty=tty, interactive=interactive,
-                                       env=env, workdir=workdir, user=user)
-
-    def exec_output(self, name, argv, timeout=None, stdin_path=None, **kw):
-        """exec with stdout and stderr captured: (exit code, combined output as text).
-
-        stdin_path: a file given to the command as its stdin.  timeout: seconds after which
-        the command is killed and CtrunError raised (the lab bounds every command)."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                os.dup2(w, 1)
-                os.dup2(w, 2)
-                if stdin_path:
-                    os.dup2(os.open(stdin_path, os.O_RDONLY), 0)
-                    kw["interactive"] = True
-                os._exit(self.exec(name, list(argv), **kw))
-            except BaseException as e:  # noqa: BLE001 - the parent reads the message
-                os.write(2, f"{e}\n".encode())
-                os._exit(125)
-        os.close(w)
-        chunks = []
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not select.select([r], [], [], left)[0]:
-                        os.kill(pid, signal.SIGKILL)
-                        os.waitpid(pid, 0)
-                        kind = self._config(self._cdir(name)).mode
-                        raise CtrunError(f"{argv[0]} in {kind} {name} did not finish within "
-                                         f"{timeout:.0f} s")
-                data = os.read(r, 65536)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            os.close(r)
-        _, st = os.waitpid(pid, 0)
-        out = b"".join(chunks).decode(errors="replace")  # newlines as a text-mode read gives
-        return os.waitstatus_to_exitcode(st), out.replace("\r\n", "\n").replace("\r", "\n")
+        return backend.exec(cdir, cfg, live, argv, tty=tty, interactive=interactive, env=env,
+                            workdir=workdir, user=user)
 
     def enter(self, name):
         """A login shell as root, as `vzctl enter` gives (see the backend's login)."""
-        cdir = self._cdir(name)
-        st, _, live, _ = status(cdir)
-        lifecycle.require("exec", name, st)
+        with self._held(name, "exec") as (_, cfg, (_, _, live)):
+            (argv, kw), *fallback = self._backend(cfg).login(live)
         tty = sys.stdin.isatty()
-        (argv, kw), *fallback = self._backend(self._config(cdir)).login(live)
         try:
             return self.exec(name, argv, tty=tty, interactive=True, **kw)
         except CommandNotFound:
@@ -428,102 +333,6 @@ class Ctrun(SharedVerbs):
                 raise
             argv, kw = fallback[0]
             return self.exec(name, argv, tty=tty, interactive=True, **kw)
-
-    # ---------------------------------------------------------------- queries
-    def inspect(self, name):
-        cdir = self._cdir(name)
-        return self._describe(name, cdir)
-
-    def _describe(self, name, cdir, full=True):
-        cfg = cfgmod.load(cdir) or cfgmod.Config(name, image=None)
-        st, state, live, ex = status(cdir)
-        out = {
-            "name": name, "image": cfg.image, "mode": cfg.mode,
-            "state": st, "pid": live["pid"] if live else None,
-            "created_at": cfg.created_at,
-            "started_at": state.get("started_at"),
-            "finished_at": ex.get("finished_at") if ex else None,
-            "exit_code": ex.get("exit_code") if ex else None,
-            "exit_reason": ex.get("exit_reason") if ex else None,
-        }
-        row, detail = self._backend(cfg).describe(
-            cdir, cfg, out["pid"] if st == State.RUNNING else None)
-        out.update(row)
-        if not full:
-            return out
-        try:
-            m = base.manager(cfg)
-            paths = m.paths()
-        except CtrunError:
-            m, paths = None, {}
-        out["limits"] = None
-        if st == State.RUNNING and m is not None:
-            try:
-                out["limits"] = m.read_limits()
-                if m.frozen():
-                    out["state"] = str(State.FROZEN)
-            except (CtrunError, OSError):
-                out["limits"] = None
-        net = cfg.net
-        out["network"] = {"name": net.get("network"), "ip": net.get("ip"),
-                          "mac": net.get("mac"), "gateway": net.get("gateway"),
-                          "veth": net.get("veth"), "publish": net.get("publish", []),
-                          "dns": net.get("dns", [])} if net else None
-        out.update({"config": cfg.to_dict(), "cgroup": paths, "dir": str(cdir),
-                    "log_path": str(cdir / "logs" / "console.log")})
-        out.update(detail)
-        return out
-
-    def list(self, all=False):
-        rows = []
-        for n in self.store.container_names():
-            cdir = self.store.container_dir(n)
-            if not (cdir / cfgmod.FILE).exists():
-                continue
-            d = self._describe(n, cdir, full=False)
-            if all or d["state"] == State.RUNNING:
-                rows.append(d)
-        return rows
-
-    def logs(self, name, follow=False, out=None, err=None):
-        """Write the container's log records to out/err (binary streams)."""
-        from .runtime import logfile
-        out = out or sys.stdout.buffer
-        err = err or sys.stderr.buffer
-        cdir = self._cdir(name)
-        path = cdir / "logs" / "console.log"
-
-        def emit(line):
-            _, stream, full, text = logfile.parse(line)
-            (err if stream == "stderr" else out).write(text + (b"\n" if full else b""))
-        for p in logfile.files(path):
-            with open(p, "rb") as f:
-                for line in f:
-                    emit(line.rstrip(b"\n"))
-        out.flush()
-        if not follow:
-            return
-        pos = path.stat().st_size if path.exists() else 0
-        ino = path.stat().st_ino if path.exists() else None
-        while True:
-            running = status(cdir)[0] == State.RUNNING
-            if path.exists():
-                st = path.stat()
-                if st.st_ino != ino:  # rotated
-                    ino, pos = st.st_ino, 0
-                if st.st_size > pos:
-                    with open(path, "rb") as f:
-                        f.seek(pos)
-                        data = f.read()
-                    complete = data[:data.rfind(b"\n") + 1]
-                    pos += len(complete)
-                    for line in complete.splitlines():
-                        emit(line)
-                    out.flush()
-                    err.flush()
-            if not running:
-                return
-            time.sleep(0.1)
 
     # ---------------------------------------------------------------- destroy, gc
     def destroy(self, name, force=False):
@@ -539,7 +348,7 @@ class Ctrun(SharedVerbs):
             if not force:
                 lifecycle.require("destroy", name, st)
             if st == State.RUNNING:
-                write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
+                base.request_stop(cdir, state)
                 base.kill_and_wait(cfg, live)
                 base.await_exit_record(cdir, state["start_id"], timeout=5)
             if cfg:
@@ -553,107 +362,13 @@ class Ctrun(SharedVerbs):
             os.rename(cdir, trash)
             shutil.rmtree(trash, ignore_errors=True)
             if cfg and cfg.onboot:
-                from . import onboot
-                onboot.sync(self.store)
-            try:
-                os.unlink(self.store.locks / f"{name}.lock")
-            except FileNotFoundError:
-                pass
+                self._sync_onboot()
+            (self.store.locks / f"{name}.lock").unlink(missing_ok=True)
 
     def gc(self):
         """Finish what crashed verbs left: temp dirs, dead containers' cgroups, stale locks."""
         from . import gc
         return gc.collect(self)
-
-    def set_ips(self, name, add=(), delete=(), save=True):
-        """Add or remove extra addresses on eth0 (vzctl set --ipadd/--ipdel)."""
-        from .network import container as netc
-        with self._held(name) as (cdir, cfg, (st, _, live)):
-            net = cfg.net
-            if not net.get("ip"):
-                raise InvalidInput(f"container '{name}' has no bridged network; --ip-add needs one")
-            net = netc.change_ips(self.store, name, net, add, delete,
-                                  live["pid"] if st == State.RUNNING else None)
-            if save:
-                cfg.net = net
-                cfg.save(cdir)
-
-    # ---------------------------------------------------------------- VPS knobs
-    def set_vps(self, name, hostname=None, nameserver=None, searchdomain=None, onboot=None,
-                userpasswd=None, ssh_key=(), ssh_user="root", save=True):
-        """vzctl set's knobs, live on a running container and saved unless save=False.
-
-        hostname: sethostname in its UTS namespace, /etc/hostname and /etc/hosts;
-        nameserver/searchdomain (lists, replacing the old ones): its /etc/resolv.conf;
-        onboot: started by `ctrun start --onboot` at host boot (see ctrun.onboot);
-        userpasswd: "USER:PASSWORD", whose hash goes into its /etc/shadow; ssh_key: public
-        key files appended to ssh_user's ~/.ssh/authorized_keys.  The last two change the
-        container's files (running or not, not --userns while stopped) and are never saved
-        in its config."""
-        from . import vps
-        from .network import container as netc
-        hostname = cfgmod.check_hostname(hostname) if hostname is not None else None
-        if hostname == "":
-            raise InvalidInput("--hostname needs a name; give one such as web1")
-        nameserver = netc.check_nameservers(nameserver) if nameserver is not None else None
-        searchdomain = (cfgmod.parse_searchdomains(searchdomain) if searchdomain is not None
-                        else None)
-        onboot = None if onboot is None else cfgmod.parse_onboot(onboot)
-        secret = vps.userpasswd_of(userpasswd)
-        keys = vps.keys_from(ssh_key)
-        with self._held(name, "edit") as (cdir, cfg, (st, _, live)):
-            conf = cfg.to_dict()  # its overlay may still be mounted
-            live = live if st == State.RUNNING else None
-            self._backend(cfg).check_edit(name, {
-                "hostname": hostname, "nameserver": nameserver is not None,
-                "searchdomain": searchdomain is not None, "userpasswd": secret,
-                "ssh_key": keys})
-            if not save and (hostname or nameserver is not None or searchdomain is not None
-                             or onboot is not None):
-                lifecycle.require("set-live", name, st)
-            vps.apply_inside(self.store, cdir, name, conf, live, secret, keys, ssh_user)
-            new = dict(conf, net=dict(conf.get("net") or {}))
-            if hostname is not None:
-                new["hostname"] = hostname
-            if nameserver is not None:
-                new["net"]["dns"] = nameserver
-            if searchdomain is not None:
-                new["net"]["search"] = searchdomain
-            if onboot is not None:
-                new["onboot"] = onboot
-            if save and new != conf:
-                cfgmod.Config.from_dict(new).save(cdir)
-            if hostname is not None or nameserver is not None or searchdomain is not None:
-                if live and hostname is not None:
-                    vps.sethostname(live, hostname)
-                # the /etc files are the container's own, bind-mounted: --no-save changes
-                # them too (they are written anew from the config at create only)
-                netc.rewrite_etc(self.store, name, new)
-            if onboot is not None and save:
-                from . import onboot as onbootmod
-                onbootmod.sync(self.store)
-
-    def start_onboot(self):
-        """Start every stopped container of the store marked onboot: [(name, error or None)],
-        one failure never stopping the rest (the boot hook, see ctrun.onboot)."""
-        from . import onboot
-        out = []
-        for n in onboot.marked(self.store):
-            if not lifecycle.may("start", status(self.store.container_dir(n))[0]):
-                continue
-            try:
-                self.start(n)
-                out.append((n, None))
-            except CtrunError as e:
-                out.append((n, str(e)))
-        return out
-
-    def template(self, container, name):
-        """Image `name` from a container's changes on its image (vzdump-style template)."""
-        from .images import transfer
-        cdir = self._cdir(container)
-        self._backend(self._config(cdir)).check_template(container)
-        return transfer.template(self.store, container, name, cdir)
 
 
 def _check_command(rootfs, cfg, icfg):
@@ -670,20 +385,8 @@ def _check_command(rootfs, cfg, icfg):
         raise CommandNotFound(f"{e} (image '{cfg.image}')") from None
 
 
-def _check_limits(opts, ignore_unsupported):
-    """(Limits, names to skip, warnings): refuse what this host cannot apply, unless told."""
-    from .cgroups import detect
-    from .cgroups.limits import from_options, unsupported
-    lim = from_options(**opts)
-    if lim.is_empty():
-        return lim, [], []
-    problems = unsupported(lim, detect())
-    if problems and not ignore_unsupported:
-        raise InvalidInput(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1
-                                          else "") + "; drop the option or use "
-                           "--ignore-unsupported")
-    skip = sorted({p.field for p in problems})
-    return lim, skip, problems
+def _not_found(name):
+    return NotFound(f"container '{name}' not found; see: ctrun list --all")
 
 
 def _raise(reply):

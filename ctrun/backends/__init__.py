@@ -21,3 +21,8 @@ def for_mode(mode):
 def for_create(vm):
     """The backend a new container gets from the front end's --vm flag."""
     return for_mode("vm" if vm else "container")
+
+
+def create_options(mode):
+    """The create keywords that choose `mode`'s backend (the inverse of for_create)."""
+    return {"vm": mode == "vm"}

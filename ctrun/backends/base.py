@@ -56,6 +56,14 @@ class Backend:
 
     # can the caller supervise the process itself (run without -d: attach, wait_attached)
     attachable = False
+    # is the process a guest kernel (then create's memory and cpus size its RAM and vCPUs)
+    guest = False
+
+    def check_host(self, accel="auto"):
+        """Refuse (HostUnsupported) when this host cannot run the backend's processes;
+        returns (accelerator a start would use, why it is not the one asked for), both None
+        where no accelerator applies."""
+        return None, None
 
     def attach(self, name, cdir, cfg, tty, interactive, plumber):
         """Start with the caller as supervisor (called with the lock held); returns what
@@ -155,6 +163,11 @@ def kill_and_wait(cfg, live, timeout=10):
     if fd is not None:
         select.select([fd], [], [], timeout)
         os.close(fd)
+
+
+def request_stop(cdir, state):
+    """Record that the running start's end was asked for, so its exit reads "stopped"."""
+    write_json(cdir / "state.json", {**state, "stop_requested": state["start_id"]})
 
 
 def await_exit_record(cdir, sid, timeout=10.0):

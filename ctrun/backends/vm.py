@@ -17,6 +17,12 @@ NOT_FOR_VM = (("--volume", "volumes"), ("--userns", "userns"), ("--init", "init"
 
 class VMBackend(base.Backend):
     mode = "vm"
+    guest = True
+
+    def check_host(self, accel="auto"):
+        from ..vm import accel as accelmod, kernel, machine
+        machine.check_host()
+        return accelmod.choose(accel, kernel.find())
 
     def check_create(self, cfg, opts, limits):
         from ..vm import machine

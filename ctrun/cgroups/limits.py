@@ -485,6 +485,21 @@ def unsupported(limits, layout, sysfs=None):
     return out
 
 
+def for_host(opts, ignore_unsupported):
+    """(Limits, fields to skip, warnings) of the user's options (as from_options takes them):
+    what this host cannot apply is refused, or with ignore_unsupported skipped and named."""
+    from .detect import detect
+    lim = from_options(**opts)
+    if lim.is_empty():
+        return lim, [], []
+    problems = unsupported(lim, detect())
+    if problems and not ignore_unsupported:
+        raise InvalidInput(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1
+                                          else "") + "; drop the option or use "
+                           "--ignore-unsupported")
+    return lim, sorted({p.field for p in problems}), problems
+
+
 def _where(layout, controller):
     """("v1", mount) or ("v2", cgroup2 root) for the hierarchy carrying `controller`."""
     key = layout.has_v1(controller)

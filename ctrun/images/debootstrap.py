@@ -232,12 +232,6 @@ def failure(output: list[str], log: list[str], suite, variant, mirror) -> CtrunE
 
 # ---- running debootstrap --------------------------------------------------------------------
 
-def _private_mounts():
-    """preexec_fn: a mount namespace of debootstrap's own, mounts not shared back."""
-    from .. import namespaces
-    namespaces.private_mounts()
-
-
 def _wgetrc(tmpdir):
     """A wgetrc with bounded retries, then the user's own settings (which win)."""
     text = _WGETRC
@@ -270,7 +264,9 @@ def _exit_on(signum, frame):
 
 def run(argv, progress) -> tuple[int, list[str]]:
     """Run debootstrap; (exit status, its last lines of output)."""
-    from .. import namespaces  # noqa: F401 - imported before fork, used by _private_mounts
+    # preexec_fn: a mount namespace of debootstrap's own, mounts not shared back (imported
+    # before the fork: the child only calls it)
+    from ..namespaces import private_mounts
     path = os.pathsep.join([os.environ.get("PATH", "/usr/bin:/bin"), *SBIN])
     exe = shutil.which("debootstrap", path=path)
     if exe is None:
@@ -291,7 +287,7 @@ def run(argv, progress) -> tuple[int, list[str]]:
             proc = subprocess.Popen([exe, *argv], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                     text=True, errors="replace", start_new_session=True,
-                                    preexec_fn=_private_mounts)
+                                    preexec_fn=private_mounts)
             try:
                 for line in proc.stdout:
                     line = line.rstrip("\n")

@@ -3,8 +3,7 @@ content-addressed layers (ctrun.images.layers) plus the defaults of its containe
 
 Containers never write here: each gets an overlay with the image's layers as its lower
 directories and its own upper directory.  Built-in recipes (images/NAME/recipe.json) are
-built on first use, since they need no network.  A store made before layers existed holds
-images as one flattened tree, <root>/images/NAME/rootfs: it still works as a single layer.
+built on first use, since they need no network.
 """
 
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 
 
 from .. import config
-from ..errors import InvalidInput, NotFound
+from ..errors import CtrunError, InvalidInput, NotFound
 from ..state import private_dir, read_json, write_json
 
 
@@ -38,8 +37,9 @@ def _dirs(store, name, cfg):
     refuses the same directory twice."""
     from . import layers
     ids = cfg.get("layers")
-    if not isinstance(ids, list):                      # a flattened image of an older store
-        return [store.image_dir(name) / "rootfs"]
+    if not isinstance(ids, list):
+        raise CtrunError(f"image '{name}' is damaged: its image.json lists no layers; remove "
+                         f"it (ctrun image rm {name}) and build or import it again")
     out = []
     for diff_id in reversed(ids):
         d = layers.diff_dir(store, diff_id)
@@ -242,12 +242,9 @@ def copy_image(src, dst, name):
     if cfg is None:
         raise NotFound(f"image '{name}' not found in {src.root}; see: ctrun image list")
     srcdirs = _dirs(src, name, cfg)[::-1]                   # bottom first, as image.json
-    ids = cfg["layers"] if isinstance(cfg.get("layers"), list) else [None] * len(srcdirs)
 
     def fill(stage):
-        for diff_id, d in zip(ids, srcdirs):
-            if diff_id is None:  # a flattened image of an older store: named by its tree
-                diff_id = layers.tree_digest(d)
+        for diff_id, d in zip(cfg["layers"], srcdirs):
             if layers.exists(dst, diff_id):
                 stage.add(diff_id)
                 continue
@@ -260,7 +257,6 @@ def copy_image(src, dst, name):
                     break
                 shutil.rmtree(t / "diff", ignore_errors=True)
             else:
-                from ..errors import CtrunError
                 raise CtrunError(f"cannot copy a layer of image '{name}': {r.stderr.strip()}")
             stage.add(diff_id, t)
         return {k: v for k, v in cfg.items() if k not in ("name", "layers")}

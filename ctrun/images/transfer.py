@@ -193,7 +193,6 @@ def template(store, container, name, cdir):
         cfg["env"] = conf.env
     cfg.update(built_by="template", source={"kind": "container", "container": container,
                                             "image": conf.image})
-    base_ids = base_cfg.get("layers") if isinstance(base_cfg.get("layers"), list) else None
 
     def cp(src, dst):
         r = subprocess.run(["cp", "-a", "--", src + "/.", str(dst)],
@@ -202,7 +201,7 @@ def template(store, container, name, cdir):
             raise InvalidInput(f"cannot make a template of '{container}': "
                                f"{r.stderr.strip() or f'cp exited with {r.returncode}'}")
 
-    if conf.userns or base_ids is None:
+    if conf.userns:
         def fill(rootfs):
             try:
                 layers.merged([cdir / "upper"] + view.dirs, lambda m: cp(m, rootfs),
@@ -213,7 +212,7 @@ def template(store, container, name, cdir):
         return images.install(store, name, fill)
 
     def stack(stage):
-        for diff_id in base_ids:
+        for diff_id in base_cfg["layers"]:
             stage.add(diff_id)
         t = stage.temp()
         cp(str(cdir / "upper"), t / "diff")

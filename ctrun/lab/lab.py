@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import backends
 from ..errors import CtrunError, HostUnsupported, InvalidInput, NotFound
 from . import density, modes as modesmod, probes as probesmod, workloads as wl
 
@@ -37,6 +38,11 @@ class Settings:
         self.counts = [1, 10, 50] if quick else [1, 10, 50, 100, 200]
         self.time_budget = {"host": 60, "container": 60 if quick else 150,
                             "vm": 15 if quick else 90}
+
+
+def _guest(mode):
+    """Does the mode run a guest kernel (whose accelerator the report names)?"""
+    return mode in backends.MODES and backends.for_mode(mode).guest
 
 
 def check_options(modes, only, repeat):
@@ -153,7 +159,7 @@ class Lab:
         os.environ["CTRUN_NFT_TABLE"] = f"ctrun-lab-{os.getpid()}"
         self.helper = wl.build_helper(self.work)
         self.marker, self._marker_proc = probesmod.host_marker()
-        if set(self.modes) & {"container", "vm"}:
+        if set(self.modes) & set(backends.MODES):  # the modes ctrun runs
             from ..api import Ctrun
             from ..images import store as images
             ct = Ctrun(self.store)
@@ -314,7 +320,7 @@ class Lab:
         res["wall_s"] = round(time.monotonic() - t_start, 2)
         acc = res["accel"]
         res["title"] = ("ctrun lab: " + " vs ".join(
-            m if m != "vm" else f"vm ({acc or 'not run'})" for m in self.modes)
+            f"{m} ({acc or 'not run'})" if _guest(m) else m for m in self.modes)
             + f" on {res['host']['cpus']} CPUs, kernel {res['host']['kernel']}")
         return res
 
@@ -348,8 +354,8 @@ class Lab:
             self._unmeasured(res, name, f"{name} mode unavailable here: {e}")
             return
         self.current = mode
-        if name == "vm":
-            res["accel"], res["accel_note"] = mode.accel, getattr(mode, "accel_note", None)
+        if mode.accel:
+            res["accel"], res["accel_note"] = mode.accel, mode.accel_note
         res["modes"][name] = {"status": "measured", "reason": None, "accel": mode.accel}
         acc = mode.accel
         ready, stops = [], []
@@ -506,10 +512,9 @@ class Lab:
     def _density(self, name, mode, res, progress, ready):
         fig = res["figures"].get("memory", {}).get("modes", {}).get(name, {})
         # without a memory figure (--only), a guess that errs on the large side
-        guess_mb = self.vm_memory_mb + 100 if name == "vm" else 16
-        per_kb = (fig.get("median") or guess_mb) * 1024
+        per_kb = (fig.get("median") or mode.density_guess_mb) * 1024
         start = _median(ready) or 0
-        budget_kb = min(_mem_available_kb() // 4, (2 if name == "vm" else 4) << 20)
+        budget_kb = min(_mem_available_kb() // 4, mode.density_budget_gib << 20)
         counts, cap = density.plan(self.cfg.counts, per_kb, start, budget_kb,
                                    self.cfg.time_budget[name])
         skipped = len(self.cfg.counts) - len([c for c in counts if c in self.cfg.counts])

@@ -16,6 +16,8 @@ from ..errors import CtrunError, HostUnsupported
 from ..state import proc_cmdlines
 
 EXEC_TIMEOUT = 120.0
+# the first part of an instance's name, by mode
+PREFIX = {"container": "ct", "vm": "vm"}
 # what `systemctl is-system-running` says once a boot is over (degraded: some unit failed)
 BOOTED = ("running", "degraded")
 
@@ -91,11 +93,16 @@ class Instance:
                 "total_kb": pss + (kmem or 0) + share}
 
 
-class HostMode:
+class Mode:
+    accel = accel_note = None   # the accelerator its instances run under, and why that one
+    # density's plan: an instance's memory before one is measured, and the memory it may use
+    density_guess_mb, density_budget_gib = 16, 4
+
+
+class HostMode(Mode):
     """The baseline: busybox applets run directly on the host."""
 
     name = "host"
-    accel = None
 
     def __init__(self, lab):
         self.lab = lab
@@ -180,28 +187,26 @@ class HostInstance(Instance):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class CtrunMode:
-    """Containers and VMs: both are ctrun instances in the lab's private store."""
+class CtrunMode(Mode):
+    """Containers and VMs: both are ctrun instances in the lab's private store, run by the
+    backend of the mode's name (ctrun.backends)."""
 
-    def __init__(self, lab, vm=False):
+    def __init__(self, lab, name):
+        from .. import backends
         from ..api import Ctrun
-        self.lab, self.vm = lab, vm
-        self.name = "vm" if vm else "container"
+        self.lab, self.name = lab, name
         self.ct = Ctrun(lab.store, warn=lambda m: None)
-        self.accel = None
-        if vm:
-            from ..vm import accel as accelmod, kernel, machine
-            machine.check_host()
-            self.accel, self.accel_note = accelmod.choose(lab.accel, kernel.find())
+        backend = backends.for_mode(name)(self.ct.store)
+        self.accel, self.accel_note = backend.check_host(lab.accel)
+        self.opts = {"net": lab.network or "none", **backends.create_options(name)}
+        if backend.guest:  # the lab sizes a guest: its RAM, one vCPU
+            self.opts.update(accel=self.accel, limits={"memory": lab.vm_memory, "cpus": "1"})
+            self.density_guess_mb, self.density_budget_gib = lab.vm_memory_mb + 100, 2
 
     def create(self, name, image=None):
         """An instance of the lab's image, or of `image` (the booted server's)."""
-        name = f"{'vm' if self.vm else 'ct'}-{name}"
-        opts = {"net": self.lab.network or "none"}
-        if self.vm:
-            opts.update(vm=True, accel=self.accel, limits={"memory": self.lab.vm_memory,
-                                                            "cpus": "1"})
-        self.ct.create(name, image=image or self.lab.image, **opts)
+        name = f"{PREFIX[self.name]}-{name}"
+        self.ct.create(name, image=image or self.lab.image, **self.opts)
         return CtrunInstance(self, name)
 
     def monitor_share_kb(self):
@@ -259,6 +264,4 @@ class CtrunInstance(Instance):
 
 def make(lab, name):
     """The runner of a mode; a HostUnsupported error says why the mode cannot run here."""
-    if name == "host":
-        return HostMode(lab)
-    return CtrunMode(lab, vm=(name == "vm"))
+    return HostMode(lab) if name == "host" else CtrunMode(lab, name)

@@ -1,4 +1,5 @@
-"""The verbs of a VM: what api.Ctrun calls when a container's mode is "vm".
+"""The verbs of a VM (create, start, exec, signal, stop, stats, balloon): what the VM backend
+(ctrun.backends.vm) calls.
 
 A VM is a container record like any other (config.json, state, exit record, cgroup, IP
 lease, logs); only the process differs: QEMU runs where a container's init would, in the

@@ -60,10 +60,11 @@ def test_ensure_races_and_errors(tmp_path):
 
 
 def test_a_start_mounts_it_for_systemd_only(tmp_path, monkeypatch):
-    """api's start step: the hierarchy is mounted for a systemd image, not for others, and
+    """The container backend's start step: the hierarchy is mounted for a systemd image, not for others, and
     the cached layout is dropped so the container's cgroups include it."""
     import os
-    from ctrun import api, config
+    from ctrun import config
+    from ctrun.backends import container
     import importlib
     from ctrun.images.layers import View
     detect = importlib.import_module("ctrun.cgroups.detect")
@@ -80,7 +81,7 @@ def test_a_start_mounts_it_for_systemd_only(tmp_path, monkeypatch):
     monkeypatch.setattr(detect, "forget", lambda: forgot.append(1))
     monkeypatch.setattr(named, "ensure", lambda layout: calls.append(layout.kind) or True)
     icfg = {"cmd": ["/sbin/init"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}
-    api._systemd_hierarchy(config.Config(name="a", cmd=["/bin/sh"]), icfg, View([tmp_path]))
+    container._systemd_hierarchy(config.Config(name="a", cmd=["/bin/sh"]), icfg, View([tmp_path]))
     assert calls == [] and forgot == []
-    api._systemd_hierarchy(config.Config(name="a"), icfg, View([tmp_path]))
+    container._systemd_hierarchy(config.Config(name="a"), icfg, View([tmp_path]))
     assert calls == ["v1"] and forgot == [1]

@@ -40,6 +40,14 @@ def test_the_mode_chooses_the_backend_once():
     assert backends.for_create(vm=True) is backends.for_mode("vm")
 
 
+def test_a_front_end_names_a_mode_and_gets_its_backend():
+    """The lab picks a mode by name: create_options is for_create's inverse, and only the VM
+    backend sizes a guest."""
+    for mode in backends.MODES:
+        assert backends.for_create(**backends.create_options(mode)).mode == mode
+    assert backends.for_mode("vm").guest and not backends.for_mode("container").guest
+
+
 def test_a_config_of_an_older_store_loads_with_defaults(tmp_path):
     """A config.json written before the version field (and the cgroup keys) existed."""
     (tmp_path / "config.json").write_text(json.dumps({"name": "old", "image": "busybox",
@@ -85,6 +93,9 @@ class Recorder:
     def describe(self, cdir, cfg, pid):
         return {"accel": None}, {}
 
+    def check_edit(self, name, changes):
+        self.calls.append(("check_edit", name, changes))
+
 
 def test_the_lifecycle_calls_the_backend_its_mode_chose(tmp_path, monkeypatch):
     """kill and stop on a running container (this process stands in for its init) reach
@@ -111,3 +122,27 @@ def test_the_lifecycle_calls_the_backend_its_mode_chose(tmp_path, monkeypatch):
     assert Recorder.calls == [("signal", os.getpid(), signal.SIGTERM), ("stop", "web1", 3)]
     with pytest.raises(Conflict, match="is not running$"):
         ct.stop("web1")
+
+
+def test_a_vps_verb_runs_under_the_lifecycle_and_asks_the_backend(tmp_path, monkeypatch):
+    """set_vps (inherited from vpsverbs) on a stopped container: the backend's check, the
+    saved config, the store's onboot unit; --no-save refused where nothing would keep it."""
+    from ctrun import onboot, state
+    from ctrun.api import Ctrun
+    monkeypatch.setattr(backends, "for_mode", lambda mode: Recorder)
+    monkeypatch.setenv("CTRUN_SYSTEMD_DIR", str(tmp_path / "units"))
+    Recorder.calls = []
+    ct = Ctrun(root=tmp_path / "store")
+    cdir = tmp_path / "store" / "containers" / "web1"
+    cdir.mkdir(parents=True)
+    config.Config("web1", mode="recorder").save(cdir)
+    state.write_json(cdir / "state.json", {})
+    ct.set_vps("web1", onboot=True)
+    assert Recorder.calls == [("check_edit", "web1", {
+        "hostname": None, "nameserver": False, "searchdomain": False, "userpasswd": None,
+        "ssh_key": []})]
+    assert config.load(cdir).onboot
+    assert (tmp_path / "units" / onboot.unit_name(ct.store)).is_file()
+    with pytest.raises(Conflict, match="is not running and --no-save keeps nothing"):
+        ct.set_vps("web1", onboot=False, save=False)
+    assert config.load(cdir).onboot

@@ -137,7 +137,7 @@ def test_spec_of_a_sysvinit_container(tmp_path, sysv):
 
 
 def test_enter_takes_roots_login_shell_from_the_container(tmp_path):
-    from ctrun.api import _root_login
+    from ctrun.backends.container import _root_login
     (tmp_path / "etc").mkdir()
     (tmp_path / "root").mkdir()
     _exe(tmp_path / "bin/bash")
