@@ -23,7 +23,7 @@ from .base import LEAF, CgroupManager
 from .detect import Layout, detect
 
 
-def manager(name, parent="ctrun", layout=None, root=None, timeout=None):
+def manager(name, parent="ctrun", layout=None, root=None, timeout=None, leaf=LEAF):
     """The CgroupManager for this host's layout.
 
     `root` moves every mount point under another directory (tests point it at a fake tree).
@@ -38,7 +38,7 @@ def manager(name, parent="ctrun", layout=None, root=None, timeout=None):
         from .v1 import V1Manager as cls
     else:
         from .v1 import HybridManager as cls
-    return cls(name, parent, layout, timeout)
+    return cls(name, parent, layout, timeout, leaf)
 
 
 def container_name(name, owner):

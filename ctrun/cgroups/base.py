@@ -120,8 +120,11 @@ class CgroupManager(abc.ABC):
     timeout = 5.0    # default bound, in seconds, on waiting for processes to go
     sysfs = None     # where /sys is (None: limits.SYSFS); tests point it at a fake tree
 
-    def __init__(self, name, parent="ctrun", layout=None, timeout=None):
+    def __init__(self, name, parent="ctrun", layout=None, timeout=None, leaf=LEAF):
+        """leaf: the level below `<parent>/<name>` the processes join; None puts them in
+        `<parent>/<name>` itself, where an OCI client's cgroupsPath says they are."""
         _check_component(name, "name")
+        self.leaf = leaf
         self.parent_parts = [p for p in str(parent).split("/") if p]
         for part in self.parent_parts:
             _check_component(part, "parent")
@@ -211,7 +214,8 @@ class CgroupManager(abc.ABC):
         return {key: str(p) for key, p in self.dirs().items()}
 
     def procs_files(self):
-        return [p / LEAF / "cgroup.procs" for p in self.dirs().values()]
+        return [(p / self.leaf if self.leaf else p) / "cgroup.procs"
+                for p in self.dirs().values()]
 
     def exists(self):
         return any(p.is_dir() for p in self.dirs().values())
@@ -233,7 +237,7 @@ class CgroupManager(abc.ABC):
         return True
 
     def _levels(self):
-        return self.parent_parts + [self.name, LEAF]
+        return self.parent_parts + [self.name] + ([self.leaf] if self.leaf else [])
 
     def add(self, pid):
         for f in self.procs_files():

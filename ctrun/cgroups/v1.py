@@ -111,10 +111,12 @@ class V1Manager(CgroupManager):
         for key, mnt in self.layout.v1.items():
             cur = mnt
             for part in self._levels():
-                if key == dev_key and part == LEAF:
+                if key == dev_key and self.leaf and part == self.leaf:
                     self._write_device_rules(cur, rules)
                 cur = cur / part
                 self._make(key, cur)
+            if key == dev_key and not self.leaf:  # no child yet: the list can still change
+                self._write_device_rules(cur, rules)
 
     def _write_device_rules(self, d, rules):
         ctl = _ctl("DevicesController", d)
@@ -437,10 +439,10 @@ class HybridManager(CgroupManager):
     """v1 controllers plus the same path in the cgroup2 mount, so that accounting (e.g.
     hugetlb) bound to cgroup2 covers the container too.  Composed of one manager per side."""
 
-    def __init__(self, name, parent="ctrun", layout=None, timeout=None):
-        super().__init__(name, parent, layout, timeout)
-        self.v1 = V1Manager(name, parent, self.layout, timeout)
-        self.v2 = V2Manager(name, parent, self.layout, timeout)
+    def __init__(self, name, parent="ctrun", layout=None, timeout=None, leaf=LEAF):
+        super().__init__(name, parent, layout, timeout, leaf)
+        self.v1 = V1Manager(name, parent, self.layout, timeout, leaf)
+        self.v2 = V2Manager(name, parent, self.layout, timeout, leaf)
 
     def mounts(self):
         return {**self.v1.mounts(), **self.v2.mounts()}

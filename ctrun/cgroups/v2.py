@@ -317,7 +317,7 @@ class V2Manager(CgroupManager):
             # a refused fork is counted where the forking task lives (the leaf) up to
             # Linux 6.8, at the cgroup whose limit refused it since 6.9: take both
             failcnt = max(read_keyed(d / "pids.events").get("max", 0),
-                          read_keyed(d / LEAF / "pids.events").get("max", 0))
+                          read_keyed(d / (self.leaf or "") / "pids.events").get("max", 0))
             return ({"current": current, "limit": limit, "failcnt": failcnt},
                     [beancounter("pids", current, read_num(d / "pids.peak"), None, limit,
                                  failcnt)])

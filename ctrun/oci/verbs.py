@@ -60,7 +60,7 @@ class Runtime:
     def _mgr(self, ct):
         from .. import cgroups
         parent, name = ct.cgroup
-        return cgroups.manager(name, parent=parent)
+        return cgroups.manager(name, parent=parent, leaf=None)
 
     def _status(self, ct):
         if ct.rec.get("creating"):
@@ -120,7 +120,7 @@ class Runtime:
         self._check_runtime(spec)
         parent, name = bundlemod.cgroup_of(conf, cid, self.systemd_cgroup)
         from .. import cgroups
-        mgr = cgroups.manager(name, parent=parent)
+        mgr = cgroups.manager(name, parent=parent, leaf=None)
 
         lock = self.root.lock(cid)
         d = None
@@ -150,6 +150,10 @@ class Runtime:
             from ..backends.container import _layout_for_container
             ann["run.ctrun.cgroup_procs"] = [str(p) for p in mgr.procs_files()]
             ann["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            # bound at /sys/fs/cgroup where the container has no cgroup namespace of its own
+            # (podman's default on cgroup v1) or is in a user namespace
+            ann["run.ctrun.cgroup_dirs"] = {os.path.basename(str(mnt)): str(mnt / mgr.rel)
+                                            for mnt in mgr.mounts().values()}
             ann["run.ctrun.seccomp"] = None
             fifo = ct.path("exec.fifo")
             os.mkfifo(fifo, 0o622)
@@ -381,7 +385,7 @@ class Runtime:
         if rec.get("cgroup"):
             from .. import cgroups
             try:
-                cgroups.manager(rec["cgroup"][1], parent=rec["cgroup"][0]).remove()
+                cgroups.manager(rec["cgroup"][1], parent=rec["cgroup"][0], leaf=None).remove()
             except errors.CtrunError:
                 pass
         _rmtree(d)

@@ -134,9 +134,17 @@ def _enter_workdir(chan, proc, cwd, tty, make):
 def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
     """Shared tail of init and exec: privileges, fds, seccomp, execve.  preserve_fds: how
     many fds after stdio pass to the workload (runc's --preserve-fds)."""
+    # without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the drop may take
+    # away: then it is loaded first, as runc does (a bundle's profile allows the few calls
+    # that follow; ctrun's own containers always set no_new_privs and load it last)
+    early = bool(bpf) and not proc.get("noNewPrivileges")
     step = "dropping privileges"
     try:
         security.reset_signals()
+        if early:
+            step = "installing the seccomp filter"
+            security.install_seccomp(bpf)
+            step = "dropping privileges"
         security.drop_privileges(proc)
         step = "closing inherited file descriptors"
         passed = set(range(3, 3 + preserve_fds))
@@ -145,8 +153,9 @@ def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
         security.close_fds(keep={chan.sock.fileno()} | passed)
         step = "checking the working directory"
         security.check_cwd()
-        step = "installing the seccomp filter"
-        security.install_seccomp(bpf)
+        if not early:
+            step = "installing the seccomp filter"
+            security.install_seccomp(bpf)
         step = f"executing {argv0_path}"
         linux.execve(argv0_path, proc["args"], _env_dict(env))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent

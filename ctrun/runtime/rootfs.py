@@ -249,10 +249,15 @@ def _mount_cgroups(root_fd, layout, userns_dirs=None, top="/sys/fs/cgroup", extr
     """Mount the container's view of the cgroup hierarchies (its cgroup namespace root) at
     top; `extra` flags (an OCI mount's ro) apply to each hierarchy.
 
-    In a user namespace cgroup v1 cannot be mounted: its directories are bound instead."""
+    In a user namespace cgroup v1 cannot be mounted, and without a cgroup namespace a mount
+    would show the host's whole tree: the container's own directories (`dirs`, hierarchy
+    base name -> host directory) are bound instead, as runc does."""
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
     if layout["kind"] == "v2":
-        _mount_in(root_fd, top, "cgroup2", "cgroup2", flags | extra)
+        if userns_dirs:
+            _bind(root_fd, next(iter(userns_dirs.values())), top, bool(extra & MS_RDONLY))
+        else:
+            _mount_in(root_fd, top, "cgroup2", "cgroup2", flags | extra)
         return
     _mount_in(root_fd, top, "tmpfs", "tmpfs", flags, "mode=755,size=64k")
     if userns_dirs is not None:
@@ -403,9 +408,11 @@ def _mount_listed(root_fd, spec):
             _bind(root_fd, m["source"], dest, bool(flags & MS_RDONLY), bool(flags & MS_REC),
                   flags & mounts.REMOUNT_FLAGS & ~MS_RDONLY)
         elif m.get("type") == "cgroup":
+            own_ns = any(ns["type"] == "cgroup" and not ns.get("path")
+                         for ns in spec["linux"]["namespaces"])
             _mount_cgroups(root_fd, ann.get("run.ctrun.cgroup_layout") or _host_layout(),
-                           ann.get("run.ctrun.cgroup_dirs") if userns else None, dest,
-                           flags & mounts.REMOUNT_FLAGS)
+                           ann.get("run.ctrun.cgroup_dirs") if userns or not own_ns
+                           else None, dest, flags & mounts.REMOUNT_FLAGS)
         else:
             fstype = m.get("type")
             try:
