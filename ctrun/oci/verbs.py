@@ -159,17 +159,28 @@ class Runtime:
             os.mkfifo(fifo, 0o622)
             ann["run.ctrun.exec_fifo"] = fifo
             ann["run.ctrun.preserve_fds"] = int(preserve_fds or 0)
-            if hooks.get("startContainer"):
-                state = json.dumps(self._hook_state(ct, "created"))
-                ann["run.ctrun.start_hooks"] = [dict(h, state=state)
-                                                for h in hooks["startContainer"]]
+            # the hooks the init runs itself, in the container's namespaces
+            state = json.dumps(self._hook_state(ct, "created"))
+            for phase, key in (("createContainer", "create_hooks"),
+                               ("startContainer", "start_hooks")):
+                if hooks.get(phase):
+                    ann["run.ctrun." + key] = [dict(h, state=state) for h in hooks[phase]]
             from ..state import write_json
             write_json(ct.path("spec.json"), spec, durable=False)
             if bpf:
                 with open(ct.path("seccomp.bpf"), "wb") as f:
                     f.write(bpf[0])
                 ct.rec["seccomp_flags"] = bpf[1]
-            launched = process.launch(spec, stdio=(0, 1, 2), tty=terminal, bpf=bpf)
+            if hooks.get("prestart") or hooks.get("createRuntime"):
+                ann["run.ctrun.runtime_hooks"] = True
+
+            def runtime_hooks(pid):
+                ct.rec["pid"] = pid
+                self._hooks(ct, "prestart", "creating")
+                self._hooks(ct, "createRuntime", "creating")
+
+            launched = process.launch(spec, stdio=(0, 1, 2), tty=terminal, bpf=bpf,
+                                      on_hooks=runtime_hooks)
             master = launched.master
             launched.chan.close()
             ct.rec.update(pid=launched.pid, pid_start=launched.pid_start)
@@ -181,10 +192,6 @@ class Runtime:
                     console.set_size(master, size.get("height", 0), size.get("width", 0))
                 if console_socket:
                     console.send_master(console_socket, master)
-            # runtime-namespace hooks, then those of the container's namespaces
-            self._hooks(ct, "prestart", "created")
-            self._hooks(ct, "createRuntime", "created")
-            self._hooks(ct, "createContainer", "created")
             ct.save()
             if pid_file:
                 _atomic_write(os.path.abspath(pid_file), str(launched.pid))

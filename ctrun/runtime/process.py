@@ -18,7 +18,7 @@ import struct
 
 from .. import errors, libc, namespaces
 from ..kernel import linux
-from . import paths, rootfs, security, terminal
+from . import inhooks, paths, rootfs, security, terminal
 
 
 class Channel:
@@ -177,6 +177,9 @@ def _init_main(chan, spec, stdio, tty, bpf):
         linux.setsid()
         step = "creating namespaces"
         linux.unshare(namespaces.unshare_flags(spec["linux"]["namespaces"]))
+        ann = spec["annotations"]
+        if ann.get("run.ctrun.runtime_hooks") or ann.get("run.ctrun.create_hooks"):
+            rootfs.before_pivot(lambda: _oci_hooks(chan, ann))
         step = "preparing the root file system"
         rootfs.prepare(spec)
         step = "masking /proc and /sys paths"
@@ -197,8 +200,9 @@ def _init_main(chan, spec, stdio, tty, bpf):
         if _EXEC_FIFO:
             step = "waiting for the start"
             _await_release(_EXEC_FIFO.pop())
-            step = "running the startContainer hooks"
-            _run_inside_hooks(spec["annotations"].get("run.ctrun.start_hooks") or [])
+            if spec["annotations"].get("run.ctrun.start_hooks"):
+                step = "running the startContainer hooks"
+                inhooks.run(spec["annotations"]["run.ctrun.start_hooks"], "startContainer")
         else:
             msg = chan.recv()
             if not msg or msg.get("type") != "start":
@@ -207,6 +211,20 @@ def _init_main(chan, spec, stdio, tty, bpf):
         _report(chan, step, e)
     _final_exec(chan, proc, bpf, exe, proc["env"],
                 spec["annotations"].get("run.ctrun.preserve_fds", 0))
+
+
+def _oci_hooks(chan, ann):
+    """Before pivot_root: the caller runs prestart/createRuntime (in the runtime's
+    namespaces), then this init runs createContainer (in the container's), in the spec's
+    order.  The host's /proc still names this process by its host pid."""
+    pid = int(os.readlink("/proc/self"))
+    if ann.get("run.ctrun.runtime_hooks"):
+        chan.send({"type": "hooks", "pid": pid})
+        msg = chan.recv()
+        if not msg or msg.get("type") != "hooks-done":
+            linux.exit(1)  # the caller reports its hook's failure and kills us
+    if ann.get("run.ctrun.create_hooks"):
+        inhooks.run(ann["run.ctrun.create_hooks"], "createContainer", pid)
 
 
 def _await_release(fifo):
@@ -220,32 +238,6 @@ def _await_release(fifo):
     finally:
         os.close(fd)
         os.close(fifo)
-
-
-def _run_inside_hooks(hooks):
-    """startContainer hooks: run in the container (paths resolved in its root) before the
-    workload, each with the state JSON on stdin; a failure stops the start."""
-    for h in hooks:
-        r, w = os.pipe()
-        pid = linux.fork()
-        if pid == 0:
-            try:
-                os.dup2(r, 0)
-                os.dup2(2, 1)
-                os.execve(h["path"], h.get("args") or [h["path"]],
-                          _env_dict(h.get("env") or []))
-            finally:
-                os._exit(127)
-        os.close(r)
-        try:
-            os.write(w, h["state"].encode())
-        except OSError:
-            pass
-        os.close(w)
-        status = os.waitpid(pid, 0)[1]
-        if status:
-            raise errors.ContainerFailed(f"startContainer hook {errors.quote(h['path'])} "
-                                         f"exited with {exit_code(status)}")
 
 
 class Launched:
@@ -263,8 +255,10 @@ class Launched:
             _raise_child_error(msg)
 
 
-def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
-    """Create the container's init, set up but not yet running the workload."""
+def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None):
+    """Create the container's init, set up but not yet running the workload.  on_hooks(pid):
+    the caller's runtime-namespace OCI hooks, run when the init asks (before its
+    pivot_root; annotation run.ctrun.runtime_hooks)."""
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
@@ -343,6 +337,10 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None):
                 _map_userns(chan, msg["pid"], spec)
             elif msg["type"] == "pty":
                 master = msg["fd"]
+            elif msg["type"] == "hooks":
+                pid = pid or msg["pid"]
+                on_hooks(msg["pid"])   # its failure kills the init below
+                chan.send({"type": "hooks-done"})
             elif msg["type"] == "ready":
                 ready = True
             if ready and pid:

@@ -50,6 +50,14 @@ _SOURCES = {}
 _ROOT_TREE = []
 
 
+# callables prepare() runs after the mounts, just before pivot_root (ctrun-oci's hooks)
+_BEFORE_PIVOT = []
+
+
+def before_pivot(fn):
+    _BEFORE_PIVOT.append(fn)
+
+
 def use_root_tree(fd):
     _ROOT_TREE.append(fd)
 
@@ -332,6 +340,8 @@ def prepare(spec):
         os.close(root_fd)
     if oci:  # through the host's /proc, whose sysctl files show the caller's namespaces
         sysctl.write_all(spec)
+    while _BEFORE_PIVOT:  # the OCI hooks' moment: mounts done, the host's paths still seen
+        _BEFORE_PIVOT.pop(0)()
     linux.pivot_root(".", ".")  # the old root ends up stacked on "/": detach it
     linux.umount2(".", MNT_DETACH)
     linux.chdir("/")

@@ -172,10 +172,16 @@ def test_network_namespace_joined_by_path(oci):
 def test_hooks_get_the_state_in_order(oci, tmp_path):
     log = tmp_path / "hooks.log"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho \"$1 $(cat)\" >> {log}\n")
+    hook.write_text(f"#!/bin/sh\necho \"$1 $(readlink /proc/self/ns/mnt) $(cat)\" >> {log}\n")
     hook.chmod(0o755)
     hooks = {p: [{"path": str(hook), "args": ["hook.sh", p]}]
-             for p in ("createRuntime", "poststart", "poststop")}
+             for p in ("prestart", "createRuntime", "createContainer", "startContainer",
+                       "poststart", "poststop")}
+    # startContainer runs in the container: its path resolves there
+    inside = oci.rootfs / "bin/inhook.sh"
+    inside.write_text("#!/bin/sh\necho \"$1 $(cat)\" > /inhook.log\n")
+    inside.chmod(0o755)
+    hooks["startContainer"] = [{"path": "/bin/inhook.sh", "args": ["x", "startContainer"]}]
     b = oci.bundle("hk", ["true"], hooks=hooks)
     oci.create("hk", b)
     pid = oci.state("hk")["pid"]
@@ -183,9 +189,19 @@ def test_hooks_get_the_state_in_order(oci, tmp_path):
     wait_child(pid)
     oci("delete", "hk")
     lines = log.read_text().splitlines()
-    assert [line.split()[0] for line in lines] == ["createRuntime", "poststart", "poststop"]
-    first = json.loads(lines[0].split(" ", 1)[1])
-    assert first["id"] == "hk" and first["pid"] == pid and first["bundle"] == str(b)
+    assert [line.split()[0] for line in lines] == [
+        "prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    host_mnt = os.readlink("/proc/self/ns/mnt")
+    for line in lines:
+        phase, mnt, state = line.split(" ", 2)
+        state = json.loads(state)
+        assert state["id"] == "hk" and state["pid"] == pid and state["bundle"] == str(b)
+        # createContainer runs in the container's mount namespace (before pivot_root, so
+        # the host's hook path resolves), the others in the runtime's
+        assert (mnt != host_mnt) == (phase == "createContainer"), line
+    inside = (oci.rootfs / "inhook.log").read_text()
+    assert inside.startswith("startContainer ") and '"id": "hk"' in inside
+    (oci.rootfs / "inhook.log").unlink()
 
 
 def test_features_and_spec(oci, tmp_path):
