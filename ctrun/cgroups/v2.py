@@ -5,7 +5,7 @@ import signal
 import time
 
 from ..errors import InvalidInput
-from .base import (LEAF, POLL, SETTLE, CgroupManager, beancounter, read, read_keyed, read_num,
+from .base import (POLL, SETTLE, CgroupManager, beancounter, read, read_keyed, read_num,
                    write, write_if_present)
 
 KEY = "cgroup2"   # hierarchy key in paths(); /proc/<pid>/cgroup shows it as "0::"

@@ -210,7 +210,7 @@ def _update_resources(a):
 
 
 def _dispatch(a, rt, out):
-    from . import features, verbs
+    from . import features
     v = a.verb
     if v == "create":
         rt.create(a.id, a.bundle, a.pid_file, a.console_socket, a.preserve_fds)
