@@ -57,8 +57,20 @@ if [ -d /newroot/etc ]; then
   printf "$CTRUN_HOSTS" > /newroot/etc/hosts
   [ -n "$CTRUN_RESOLV" ] && printf "$CTRUN_RESOLV" > /newroot/etc/resolv.conf
 fi
+if [ -z "$CTRUN_CMD" ]; then  # no image init (ctrun-oci) mounts what a runc container has
+  $B mkdir -p /newroot/dev/mqueue && $B mount -t mqueue -o nosuid,nodev,noexec mqueue \
+    /newroot/dev/mqueue
+fi
+[ -z "$CTRUN_ROOT_RO" ] || $B mount -o remount,ro /newroot || fail "cannot make / read-only"
 /ctrun-agent /newroot || fail "the guest agent did not start"
 eval "set -- $CTRUN_CMD"
+if [ $# = 0 ]; then
+  # no init of the image's (ctrun-oci): the agent runs the workload; this shell stays
+  # PID 1 and reaps what the agent's commands orphan
+  echo "ctrun-init: agent only"
+  $B mount -t devtmpfs dev /dev  # moved to the new root; a background job needs /dev/null
+  while :; do $B sleep 3600 & wait; done
+fi
 case "$1" in
   /*) [ -x "/newroot$1" ] || [ -L "/newroot$1" ] || fail "the image has no init $1" ;;
 esac
@@ -171,6 +183,7 @@ def settings(conf, net=None, probe=False):
     hostname = conf.get("hostname") or conf["name"]
     v = {"CTRUN_HOSTNAME": hostname, "CTRUN_CMD": " ".join(map(shlex.quote, conf["argv"])),
          "CTRUN_PROBE": "1" if probe else "",
+         "CTRUN_ROOT_RO": "1" if conf.get("readonly") else "",
          "CTRUN_HOSTS": "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
     if net.get("ip"):
         v["CTRUN_IP"] = f"{net['ip']}/{net['prefix']}"
