@@ -98,6 +98,9 @@ class Runtime:
         from ..runtime import process
         store.check_id(cid)
         bdir, conf = bundlemod.load(bundle)
+        from . import vm
+        if vm.wanted(conf):  # ctrun.mode=vm: the bundle booted as a guest
+            return vm.create(self, cid, bdir, conf, pid_file, console_socket)
         proc = conf["process"]
         terminal = bool(proc.get("terminal"))
         if console_socket and not terminal:
@@ -323,7 +326,10 @@ class Runtime:
         if st in ("stopped", "creating"):
             raise Conflict("container not running")
         mgr = self._mgr(ct)
-        if all_:
+        from . import vm
+        if all_ and vm.is_vm(ct):
+            vm.kill_all(ct, mgr, signum)
+        elif all_:
             for pid in mgr.pids():
                 try:
                     os.kill(pid, signum)
@@ -366,6 +372,9 @@ class Runtime:
                 if st == "paused":
                     mgr.thaw()
                 _wait_gone(ct.pid, ct.pid_start)
+            from . import vm
+            if vm.is_vm(ct):
+                vm.end(mgr)
             try:
                 mgr.remove()
             except errors.NotFound:
@@ -425,6 +434,9 @@ class Runtime:
                                        "started; start it first"}
                            .get(st, "cannot exec in a stopped container"))
         bundlemod.check_process(proc, "process")
+        from . import vm
+        if vm.is_vm(ct):
+            return vm.exec(ct, proc, detach, pid_file, console_socket)
         tty = bool(proc.get("terminal"))
         if console_socket and not tty:
             raise InvalidInput("--console-socket was given but the process has no terminal; "

@@ -1,0 +1,491 @@
+"""ctrun-oci's VM mode: a bundle whose config.json annotations say `ctrun.mode: vm` runs as
+a QEMU guest of ctrun's VM machinery (ctrun.vm) instead of in namespaces, so a Kubernetes
+RuntimeClass can ask for a kernel of the workload's own.
+
+The client (containerd's shim, conmon) waits on the pid `create` reports and takes its exit
+status as the container's, so that pid is the "VM init": a ctrun-oci process, forked twice
+by `create` (so it is reparented to the client, its subreaper), in the container's cgroup.
+It starts QEMU as its child (killed with it), waits until the guest agent answers (the boot
+happens in `create`), then blocks on the exec fifo as a container's init does.  Once
+`start` takes the fifo's byte it runs config.json's process in the guest through the agent
+with the guest's stdout and stderr relayed to its own (the client's pipes), sends on every
+signal it gets (`kill`), powers the guest off and exits with the workload's code.  `exec`
+is a host process of the same kind for one guest command.
+
+The guest's disk is an ext4 copy of the bundle's rootfs in the container's state dir (the
+guest's writes stay there: the rootfs is not changed).  What a VM cannot do is refused by
+field; the container-level confinement of config.json (capabilities, rlimits, seccomp,
+noNewPrivileges, masked and read-only paths) is not applied inside the guest, whose kernel
+is the boundary, while QEMU itself runs with no capability under its own seccomp sandbox.
+"""
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .. import errors
+from ..errors import InvalidInput, quote
+
+KEY = "ctrun.mode"
+MODES = ("container", "vm")
+# kernel file systems the guest's init mounts itself, where a runc container has them
+GUEST_MOUNTS = {"/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts",
+                "/dev/shm": "tmpfs", "/dev/mqueue": "mqueue", "/sys/fs/cgroup": "cgroup"}
+CONSOLE_MAX = 1 << 20  # bytes of the guest's serial console kept in vm/console.log
+# signals the VM init cannot pass on (or that are its own business)
+NOT_RELAYED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
+               signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP,
+               signal.SIGSYS}
+DEFAULT_UMASK = 0o022
+
+
+def wanted(conf):
+    mode = (conf.get("annotations") or {}).get(KEY, "container")
+    if mode not in MODES:
+        raise InvalidInput(f"config.json annotation {KEY} {quote(mode)} is not one of "
+                           f"{', '.join(MODES)}")
+    return mode == "vm"
+
+
+def is_vm(ct):
+    return ct.rec.get("mode") == "vm"
+
+
+def available():
+    """Whether this host can boot ctrun's VMs at all (QEMU and a guest kernel)."""
+    from ..vm import kernel, qemu
+    try:
+        qemu.binary()
+        kernel.find()
+    except errors.CtrunError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- config.json
+def _refuse(cond, field, why):
+    if cond:
+        raise InvalidInput(f"config.json {field} {why} in VM mode ({KEY}=vm); remove it or "
+                           "run the bundle as a container")
+
+
+def check(conf):
+    """Refuse, by field, what a guest cannot honour."""
+    proc, linux = conf["process"], conf["linux"]
+    _refuse(proc.get("terminal"), "process.terminal", "is not supported yet")
+    umask = (proc.get("user") or {}).get("umask")
+    _refuse(umask not in (None, DEFAULT_UMASK), "process.user.umask",
+            f"other than {DEFAULT_UMASK:04o} is not supported")
+    for i, ns in enumerate(linux.get("namespaces") or []):
+        _refuse(ns.get("path"), f"linux.namespaces[{i}] ({ns.get('type')}) path",
+                "cannot be joined by a guest kernel (a network namespace's tap is not "
+                "implemented yet)")
+    for k in ("uidMappings", "gidMappings", "devices", "sysctl", "intelRdt", "personality"):
+        _refuse(linux.get(k), f"linux.{k}", "is not supported")
+    for i, m in enumerate(conf.get("mounts") or []):
+        dest = os.path.normpath(m["destination"])
+        _refuse(GUEST_MOUNTS.get(dest) != {"cgroup2": "cgroup"}.get(m.get("type"),
+                                                                   m.get("type")),
+                f"mounts[{i}] ({quote(m['destination'])}, type {quote(m.get('type'))})",
+                "is not supported (the guest mounts only its own /proc, /sys, /dev, "
+                "/dev/pts, /dev/shm, /dev/mqueue and /sys/fs/cgroup)")
+    for phase in ("createContainer", "startContainer"):
+        _refuse((conf.get("hooks") or {}).get(phase), f"hooks.{phase}",
+                "cannot run inside a guest")
+
+
+def machine_of(conf):
+    """The guest's memory and vCPUs: linux.resources' memory limit and CPU quota, else
+    ctrun's VM defaults."""
+    from ..vm import machine
+    res = conf["linux"].get("resources") or {}
+    mem = (res.get("memory") or {}).get("limit")
+    memory = machine.DEFAULT_MEMORY if mem in (None, -1) or int(mem) <= 0 else int(mem)
+    if memory < machine.MIN_MEMORY:
+        raise InvalidInput(f"config.json linux.resources.memory.limit {mem} is below what a "
+                           f"VM guest needs; give at least {machine.MIN_MEMORY >> 20} MiB")
+    cpu = res.get("cpu") or {}
+    quota, period = cpu.get("quota"), cpu.get("period") or 100000
+    cpus = max(1, math.ceil(int(quota) / int(period))) if quota and int(quota) > 0 else 1
+    return {"memory": memory & ~((1 << 20) - 1), "cpus": min(cpus, 255), "accel": "auto"}
+
+
+def _host_limits(fields, memory_limit):
+    """The cgroup's limits: QEMU holds the guest's RAM plus its own overhead."""
+    out = {k: v for k, v in fields.items() if k not in ("memory", "memory_reservation")}
+    out["memory"] = memory_limit
+    if "memory_swap" in out:
+        out["memory_swap"] = max(int(out["memory_swap"]), memory_limit)
+    return out
+
+
+def _user(proc):
+    u = proc.get("user") or {}
+    groups = ",".join(str(int(g)) for g in u.get("additionalGids") or [])
+    return f"{int(u.get('uid', 0))}:{int(u.get('gid', 0))}" + (f":{groups}" if groups else "")
+
+
+# ---------------------------------------------------------------------- create
+def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
+    """`ctrun-oci create` of a VM bundle: disk, cgroup, QEMU booted to the agent, the VM init
+    waiting on the exec fifo."""
+    from .. import cgroups
+    from ..cgroups.limits import Limits
+    from ..vm import disk, kernel, machine, qemu
+    from . import bundle as bundlemod, hooks as hookmod, store
+    from .verbs import _atomic_write, _now, _rmtree, _self_start
+    store.check_id(cid)
+    _refuse(console_socket, "process.terminal (--console-socket)", "is not supported yet")
+    check(conf)
+    vm = machine_of(conf)
+    fields, _rules, unified = bundlemod.limits_of(conf["linux"].get("resources"))
+    _refuse(unified, "linux.resources.unified", "is not supported")
+    hooks = conf.get("hooks") or {}
+    hookmod.validate(hooks)
+    rootfs = bundlemod.rootfs_path(bdir, conf["root"]["path"])
+    proc = bundlemod.process_for(conf["process"])
+    qemu.binary()
+    kernel.find()
+    parent, name = bundlemod.cgroup_of(conf, cid, rt.systemd_cgroup)
+    mgr = cgroups.manager(name, parent=parent)
+
+    lock = rt.root.lock(cid)
+    d = pid = None
+    made = False
+    try:
+        d = rt.root.make(cid)
+        ct = store.Container(d, {
+            "id": cid, "pid": 0, "pid_start": None, "bundle": bdir, "rootfs": rootfs,
+            "created": _now(), "annotations": dict(conf.get("annotations") or {}),
+            "cgroup": [parent, name], "hooks": hooks, "creating": True, "mode": "vm",
+            "creator": os.getpid(), "creator_start": _self_start(),
+            "process": {k: proc[k] for k in ("args", "env", "cwd", "user")}})
+        ct.save()
+        from ..state import write_json  # what exec's flags start from, as for a container
+        write_json(ct.path("spec.json"), {"process": proc}, durable=False)
+        vmdir = Path(d) / "vm"
+        vmdir.mkdir(mode=0o700)
+        # the rootfs's own ext4 copy, and the qcow2 QEMU writes through (a private pair)
+        disk.overlay(disk.from_tree(rootfs, vmdir / "root.ext4"), vmdir / "disk.qcow2")
+        accel, note = machine.prepare_start(None, Path(d), {
+            "name": cid, "hostname": conf.get("hostname") or cid, "vm": vm,
+            "readonly": bool(conf["root"].get("readonly"))}, {}, argv=[])
+        if note:
+            rt.warn(f"VM {cid}: {note}")
+        mgr.create(device_rules=None)
+        made = True
+        mgr.apply(Limits.from_dict(_host_limits(fields, machine.memory_limit(vm, accel))))
+        os.mkfifo(ct.path("exec.fifo"), 0o600)
+        pid = _spawn(lambda w: _vm_init(ct, w), mgr.procs_files(), machine.BOOT_TIMEOUT + 30)
+        ct.rec.update(pid=pid, pid_start=_start_time(pid))
+        del ct.rec["creating"]
+        rt._hooks(ct, "prestart", "created")
+        rt._hooks(ct, "createRuntime", "created")
+        ct.save()
+        if pid_file:
+            _atomic_write(os.path.abspath(pid_file), str(pid))
+    except BaseException:
+        if pid:
+            _kill(pid)
+        if made:
+            with contextlib.suppress(errors.CtrunError, OSError):
+                mgr.discard()
+        if d is not None:
+            _rmtree(d)
+        rt.root.unlock(cid, lock, remove=True)
+        raise
+    rt.root.unlock(cid, lock)
+
+
+def _start_time(pid):
+    from ..state import proc_start_time
+    return proc_start_time(pid)
+
+
+def _kill(pid):
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _spawn(main, procs_files, timeout):
+    """Fork main(report) twice, in the container's cgroup, so it is reparented to our
+    caller's subreaper; wait for its report: "ok" (returns its pid) or an error message."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    mid = os.fork()
+    if mid == 0:
+        code = 1
+        try:
+            os.close(r)
+            for p in procs_files:  # born in the cgroup: QEMU inherits it
+                with open(p, "w") as f:
+                    f.write("0")
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _detach(w)
+                    main(w)
+                finally:
+                    os._exit(1)
+            os.write(w, f"pid {pid}\n".encode())
+            code = 0
+        except BaseException as e:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                os.write(w, f"error {errors.one_line(str(e))}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(mid, 0)
+    pid, ok, buf = None, False, b""
+    deadline = time.monotonic() + timeout
+    import select
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                raise errors.ContainerFailed(f"the VM did not become ready in {timeout:.0f} s")
+            data = os.read(r, 4096)
+            buf += data
+            lines = buf.split(b"\n")
+            for line in lines[:-1]:
+                word, _, rest = line.decode(errors="replace").partition(" ")
+                if word == "error":
+                    raise errors.ContainerFailed(rest)
+                pid = int(rest) if word == "pid" else pid
+                ok = ok or word == "ok"
+                if pid and ok:
+                    return pid
+            buf = lines[-1]
+            if not data:
+                raise errors.ContainerFailed("the VM's host process exited during set-up")
+    except BaseException:
+        if pid:
+            _kill(pid)
+        raise
+    finally:
+        os.close(r)
+
+
+def _detach(keep):
+    """The VM init's own session, and no descriptor of the caller's beyond stdio and the
+    report pipe (the state root's lock among them)."""
+    os.setsid()
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_DFL)
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _report(w, text):
+    with contextlib.suppress(OSError):
+        os.write(w, (text.replace("\n", " ") + "\n").encode())
+
+
+def _vm_init(ct, w):
+    """The VM init (see the module's docstring); never returns."""
+    try:
+        q = _boot(ct, w)
+    except BaseException as e:  # noqa: BLE001 - told to create, which cleans up
+        _report(w, "error " + (errors.one_line(str(e)) or type(e).__name__))
+        os._exit(1)
+    try:
+        code = _run(ct, q)
+    except BaseException as e:  # noqa: BLE001 - the client's log shows our stderr
+        with contextlib.suppress(OSError):
+            os.write(2, f"ctrun-oci: VM {ct.id}: {errors.one_line(str(e))}\n".encode())
+        code = 255
+    os._exit(code)
+
+
+class _Qemu:
+    """QEMU, the VM init's child: started, watched, ended."""
+
+    def __init__(self, ct):
+        from ..vm import machine
+        self.vmdir = Path(ct.dir) / "vm"
+        cr, cw = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.pid, _ = machine.launch(None, ct.id, Path(ct.dir), {}, [], cw, cw,
+                                         parent_death=True)
+        finally:
+            os.close(cw)
+        self.status = None
+        threading.Thread(target=_drain, args=(cr, self.vmdir / "console.log"),
+                         daemon=True).start()
+
+    def alive(self):
+        if self.status is None:
+            p, st = os.waitpid(self.pid, os.WNOHANG)
+            if p:
+                self.status = st
+        return self.status is None
+
+    def end(self, timeout=10.0):
+        """Wait for the powered-off guest's QEMU to exit; kill it after timeout."""
+        end = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < end:
+            time.sleep(0.05)
+        if self.alive():
+            _kill(self.pid)
+            os.waitpid(self.pid, 0)
+
+
+def _drain(fd, path):
+    """The serial console into a bounded log (a guest may write to it without end)."""
+    kept = 0
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
+              "wb", buffering=0) as log:
+        while data := os.read(fd, 65536):
+            if kept < CONSOLE_MAX:
+                log.write(data[:CONSOLE_MAX - kept])
+                kept += len(data)
+
+
+def _console_tail(vmdir):
+    try:
+        lines = (vmdir / "console.log").read_bytes().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in lines if ln.strip()][-3:]
+    return "; console: " + " | ".join(lines) if lines else ""
+
+
+_QEMU = []
+
+
+def _boot(ct, w):
+    from ..vm import agent, machine
+    q = _Qemu(ct)
+    _QEMU.append(q)
+    try:
+        agent.wait_ready(q.vmdir, q.alive, machine.BOOT_TIMEOUT)
+    except errors.CtrunError as e:
+        raise errors.ContainerFailed(f"the VM did not boot: {e}{_console_tail(q.vmdir)}")
+    fd = os.open(q.vmdir / "qemu.pid", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:  # for kill --all, which spares QEMU
+        f.write(f"{q.pid} {_start_time(q.pid)}")
+    _report(w, "ok")
+    os.close(w)
+    return q
+
+
+def _run(ct, q):
+    """Wait for `start`, run the process in the guest, power it off; the exit code."""
+    fd = os.open(ct.path("exec.fifo"), os.O_WRONLY | os.O_CLOEXEC)  # blocks until start
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+    p = ct.rec["process"]
+    try:
+        code = _guest_exec(q.vmdir, p, init=True)
+    finally:
+        _poweroff(q.vmdir)
+        q.end()
+    return code
+
+
+def _poweroff(vmdir):
+    from ..vm import agent
+    with contextlib.suppress(errors.CtrunError, OSError):
+        with agent.Agent(vmdir, timeout=5) as a:
+            a.poweroff()
+
+
+def _guest_exec(vmdir, proc, agent_=None, init=False):
+    """proc (args, env, cwd, user) in the guest with our stdio; the signals we get are sent
+    on to it.  Returns its exit code."""
+    from ..vm import agent
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    relayed = [s for s in range(1, signal.SIGRTMAX + 1)
+               if s not in NOT_RELAYED and s < 256]
+    old = {}
+    for s in relayed:
+        with contextlib.suppress(OSError, ValueError):
+            old[s] = signal.signal(s, lambda *_: None)
+    prev = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        a = agent_ or agent.Agent(vmdir, timeout=10)
+        with a:
+            return a.exec(proc["args"], env=proc["env"], cwd=proc.get("cwd") or "/",
+                          user=_user(proc), stdin=_has_stdin(), out=1, err=2, inp=0,
+                          signals=r, init=init)
+    finally:
+        signal.set_wakeup_fd(prev)
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(r)
+        os.close(w)
+
+
+def _has_stdin():
+    try:
+        os.fstat(0)
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- exec, kill, delete
+def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
+    """A command in the running guest: this process relays it, or (detach) a process forked
+    twice into the container's cgroup, reparented to the client, which exits with the
+    command's code.  Returns the code, or 0 when detached."""
+    from ..vm import agent
+    from .. import cgroups
+    from .verbs import _atomic_write
+    _refuse(proc.get("terminal") or console_socket, "process.terminal (--tty)",
+            "is not supported yet for an exec")
+    vmdir = Path(ct.dir) / "vm"
+    if not detach:
+        return _guest_exec(vmdir, proc)
+    parent, name = ct.cgroup
+    procs = cgroups.manager(name, parent=parent).procs_files()
+
+    def relay(w):
+        a = agent.Agent(vmdir, timeout=10)  # a VM that does not answer fails the exec
+        _report(w, "ok")
+        os.close(w)
+        try:
+            code = _guest_exec(vmdir, proc, agent_=a)
+        except BaseException as e:  # noqa: BLE001
+            with contextlib.suppress(OSError):
+                os.write(2, f"ctrun-oci: exec in VM {ct.id}: {errors.one_line(str(e))}\n"
+                         .encode())
+            code = 255
+        os._exit(code)
+    pid = _spawn(relay, procs, 30)
+    if pid_file:
+        _atomic_write(os.path.abspath(pid_file), str(pid))
+    return 0
+
+
+def _qemu_of(ct):
+    try:
+        with open(os.path.join(ct.dir, "vm", "qemu.pid")) as f:
+            pid, start = f.read().split()
+        return int(pid), int(start)
+    except (OSError, ValueError):
+        return None
+
+
+def kill_all(ct, mgr, signum):
+    """kill --all: every process of the container but QEMU (the VM init and the exec
+    relays pass the signal on to their guest processes); SIGKILL ends QEMU too."""
+    q = _qemu_of(ct)
+    for pid in mgr.pids():
+        if signum != signal.SIGKILL and q and q[0] == pid and _start_time(pid) == q[1]:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def end(mgr):
+    """delete: QEMU dies with the VM init, but not at once; nor do the exec relays."""
+    mgr.kill_all()
+
