@@ -378,16 +378,16 @@ def _run(ct, q):
     """Wait for `start`, run the process in the guest, power it off; the exit code."""
     fd = os.open(ct.path("exec.fifo"), os.O_WRONLY | os.O_CLOEXEC)  # blocks until start
     try:
-        os.write(fd, b"0")
+        with _relayed_signals() as sigs:  # from the moment start returns
+            os.write(fd, b"0")
+            os.close(fd)
+            fd = None
+            return _guest_exec(q.vmdir, ct.rec["process"], sigs, init=True)
     finally:
-        os.close(fd)
-    p = ct.rec["process"]
-    try:
-        code = _guest_exec(q.vmdir, p, init=True)
-    finally:
+        if fd is not None:
+            os.close(fd)
         _poweroff(q.vmdir)
         q.end()
-    return code
 
 
 def _poweroff(vmdir):
@@ -397,30 +397,35 @@ def _poweroff(vmdir):
             a.poweroff()
 
 
-def _guest_exec(vmdir, proc, agent_=None, init=False):
-    """proc (args, env, cwd, user) in the guest with our stdio; the signals we get are sent
-    on to it.  Returns its exit code."""
-    from ..vm import agent
+@contextlib.contextmanager
+def _relayed_signals():
+    """Every signal we can catch, caught: its number lands in the pipe yielded (for the
+    agent's relay, which sends it on to the guest process)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    relayed = [s for s in range(1, signal.SIGRTMAX + 1)
-               if s not in NOT_RELAYED and s < 256]
     old = {}
-    for s in relayed:
-        with contextlib.suppress(OSError, ValueError):
-            old[s] = signal.signal(s, lambda *_: None)
+    for s in range(1, signal.SIGRTMAX + 1):
+        if s not in NOT_RELAYED:
+            with contextlib.suppress(OSError, ValueError):
+                old[s] = signal.signal(s, lambda *_: None)
     prev = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     try:
-        a = agent_ or agent.Agent(vmdir, timeout=10)
-        with a:
-            return a.exec(proc["args"], env=proc["env"], cwd=proc.get("cwd") or "/",
-                          user=_user(proc), stdin=_has_stdin(), out=1, err=2, inp=0,
-                          signals=r, init=init)
+        yield r
     finally:
         signal.set_wakeup_fd(prev)
         for s, h in old.items():
             signal.signal(s, h)
         os.close(r)
         os.close(w)
+
+
+def _guest_exec(vmdir, proc, signals, agent_=None, init=False):
+    """proc (args, env, cwd, user) in the guest with our stdio, the signals read from the
+    pipe `signals` sent on to it; its exit code."""
+    from ..vm import agent
+    with agent_ or agent.Agent(vmdir, timeout=10) as a:
+        return a.exec(proc["args"], env=proc["env"], cwd=proc.get("cwd") or "/",
+                      user=_user(proc), stdin=_has_stdin(), out=1, err=2, inp=0,
+                      signals=signals, init=init)
 
 
 def _has_stdin():
@@ -443,16 +448,18 @@ def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
             "is not supported yet for an exec")
     vmdir = Path(ct.dir) / "vm"
     if not detach:
-        return _guest_exec(vmdir, proc)
+        with _relayed_signals() as sigs:
+            return _guest_exec(vmdir, proc, sigs)
     parent, name = ct.cgroup
     procs = cgroups.manager(name, parent=parent).procs_files()
 
     def relay(w):
         a = agent.Agent(vmdir, timeout=10)  # a VM that does not answer fails the exec
-        _report(w, "ok")
-        os.close(w)
         try:
-            code = _guest_exec(vmdir, proc, agent_=a)
+            with _relayed_signals() as sigs:
+                _report(w, "ok")
+                os.close(w)
+                code = _guest_exec(vmdir, proc, sigs, agent_=a)
         except BaseException as e:  # noqa: BLE001
             with contextlib.suppress(OSError):
                 os.write(2, f"ctrun-oci: exec in VM {ct.id}: {errors.one_line(str(e))}\n"

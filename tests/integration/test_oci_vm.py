@@ -1,0 +1,159 @@
+"""ctrun-oci's VM mode (annotation ctrun.mode=vm): a bundle booted by real QEMU (TCG here,
+KVM where it boots) and driven as a client drives runc.  The test process is the client's
+subreaper: the VM init that `create` reports is reparented to it, and its exit status is
+the container's.  Three boots in all (each costs seconds under emulation)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from oci_bundle import OCI, RUNTIME, leftovers, wait_child
+from test_oci_runtime import _cgroup_dirs
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+VM = {"ctrun.mode": "vm"}
+BOOT = 180  # seconds a create may take: a boot under TCG on a loaded host
+
+
+@pytest.fixture
+def oci(tmp_path):
+    from ctrun.errors import CtrunError
+    from ctrun.vm import kernel, qemu
+    try:
+        qemu.binary(), kernel.find()
+    except CtrunError as e:
+        pytest.skip(f"no VMs on this host: {e}")
+    o = OCI(tmp_path)
+    # the guest sees the rootfs as its own /: applet links must not name the host's path
+    for p in (o.rootfs / "bin").iterdir():
+        if p.is_symlink():
+            p.unlink()
+            p.symlink_to("busybox")
+    yield o
+    o.cleanup()
+    assert not leftovers()
+    assert not _qemu_of(o.root)
+
+
+def _qemu_of(root):
+    """QEMU processes working in a VM's directory under this state root."""
+    from ctrun.state import proc_cmdlines
+    found = []
+    for pid, cmd in proc_cmdlines():
+        if b"ctrun-vm" in cmd:
+            try:
+                if os.readlink(f"/proc/{pid}/cwd").startswith(str(root) + "/"):
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
+
+
+def _create(oci, cid, bundle, tmp_path):
+    """create as the shim does it: the init's stdout and stderr are files the client reads
+    (a pipe would keep our subprocess.run waiting for the VM's end)."""
+    oci.ids.append(cid)
+    out, err = tmp_path / f"{cid}.out", tmp_path / f"{cid}.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        r = subprocess.run(RUNTIME + ["--root", str(oci.root), "create", "--bundle",
+                                      str(bundle), "--pid-file", str(tmp_path / f"{cid}.pid"),
+                                      cid], stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                           timeout=BOOT)
+    assert r.returncode == 0, err.read_text()
+    return int((tmp_path / f"{cid}.pid").read_text()), out, err
+
+
+def _guest_release():
+    from ctrun.vm import kernel
+    return kernel.find().release
+
+
+def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
+    b = oci.bundle("vmexit", ["sh", "-c", "uname -r; hostname; cat /proc/cmdline; "
+                                         "echo to-stderr >&2; exit 5"],
+                   annotations=VM, hostname="guest1")
+    pid, out, err = _create(oci, "vmexit", b, tmp_path)
+    st = oci.state("vmexit")
+    assert st["status"] == "created" and st["pid"] == pid
+    assert st["annotations"] == VM
+    assert out.read_text() == ""                  # booted, but nothing run before start
+    d = oci.root / "vmexit" / "vm"
+    assert (d / "disk.qcow2").stat().st_mode & 0o077 == 0  # the guest's disk is private
+    oci("start", "vmexit")
+    assert wait_child(pid, timeout=60) == 5       # the client sees the workload's code
+    release, hostname, cmdline = out.read_text().split("\n", 2)
+    assert release == _guest_release() or release != os.uname().release
+    assert "8250.nr_uarts=1" in cmdline           # booted by ctrun's QEMU command line
+    assert hostname == "guest1"
+    assert err.read_text() == "to-stderr\n"
+    assert oci.state("vmexit")["status"] == "stopped"
+    assert not _qemu_of(oci.root)                 # the guest was powered off
+    oci("delete", "vmexit")
+    assert not (oci.root / "vmexit").exists() and not _cgroup_dirs("oci-vmexit")
+
+
+def test_vm_bundle_exec_then_kill_and_delete(oci, tmp_path):
+    b = oci.bundle("vmexec", ["sleep", "1000"], annotations=VM)
+    pid, _, _ = _create(oci, "vmexec", b, tmp_path)
+    r = oci("exec", "vmexec", "true", check=False)
+    assert r.returncode == 1 and "not been started" in r.stderr
+    oci("start", "vmexec")
+    assert oci.state("vmexec")["status"] == "running"
+    r = oci("exec", "vmexec", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    # detached, as the shim runs it: the relay is reparented to us and exits with the code
+    proc = tmp_path / "proc.json"
+    proc.write_text(json.dumps({"args": ["sh", "-c", "echo $FOO $(id -u) $(id -G); exit 4"],
+                                "env": ["FOO=bar"], "cwd": "/",
+                                "user": {"uid": 7, "gid": 8, "additionalGids": [9]}}))
+    xout = tmp_path / "exec.out"
+    with open(xout, "w") as f:
+        r = subprocess.run(RUNTIME + ["--root", str(oci.root), "exec", "--detach",
+                                      "--pid-file", str(tmp_path / "x.pid"), "--process",
+                                      str(proc), "vmexec"],
+                           stdout=f, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                           timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert wait_child(int((tmp_path / "x.pid").read_text()), timeout=60) == 4
+    assert xout.read_text().split() == ["bar", "7", "8", "9"]
+    assert _qemu_of(oci.root)
+    oci("kill", "vmexec", "KILL")
+    assert wait_child(pid, timeout=30) == -signal.SIGKILL
+    assert oci.state("vmexec")["status"] == "stopped"
+    oci("delete", "vmexec")
+    assert not _qemu_of(oci.root)
+    assert not (oci.root / "vmexec").exists() and not _cgroup_dirs("oci-vmexec")
+
+
+def test_vm_bundle_signal_reaches_the_guest_workload(oci, tmp_path):
+    b = oci.bundle("vmsig", ["sh", "-c", "trap 'echo got-term; exit 7' TERM; echo ready; "
+                                         "sleep 1000 & wait"], annotations=VM)
+    pid, out, _ = _create(oci, "vmsig", b, tmp_path)
+    oci("start", "vmsig")
+    assert _qemu_of(oci.root)
+    end = time.monotonic() + 60
+    while out.read_text() != "ready\n" and time.monotonic() < end:  # the trap is set
+        time.sleep(0.05)
+    oci("kill", "vmsig", "TERM")
+    assert wait_child(pid, timeout=60) == 7
+    assert out.read_text() == "ready\ngot-term\n"
+    oci("delete", "vmsig")
+
+
+def test_vm_bundle_refuses_what_a_guest_cannot_honour(oci):
+    assert "vm" in json.loads(oci("features").stdout)["annotations"]["run.ctrun.modes"]
+    base = oci.bundle("vmtmpl", ["true"])
+    ns = json.loads((base / "config.json").read_text())["linux"]["namespaces"]
+    b = oci.bundle("vmbad", ["true"], annotations=VM,
+                   linux={"namespaces": ns + [{"type": "ipc", "path": "/proc/1/ns/ipc"}]})
+    r = oci("create", "--bundle", b, "vmbad", check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "linux.namespaces[" in r.stderr and "VM mode" in r.stderr
+    b = oci.bundle("vmmode", ["true"], annotations={"ctrun.mode": "vmm"})
+    r = oci("create", "--bundle", b, "vmmode", check=False)
+    assert r.returncode == 1 and "ctrun.mode 'vmm'" in r.stderr
