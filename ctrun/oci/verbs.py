@@ -98,9 +98,6 @@ class Runtime:
         from ..runtime import process
         store.check_id(cid)
         bdir, conf = bundlemod.load(bundle)
-        from . import vm
-        if vm.wanted(conf):  # ctrun.mode=vm: the bundle booted as a guest
-            return vm.create(self, cid, bdir, conf, pid_file, console_socket)
         proc = conf["process"]
         terminal = bool(proc.get("terminal"))
         if console_socket and not terminal:
@@ -112,6 +109,9 @@ class Runtime:
         if console_socket:
             from . import console
             console.check(console_socket)
+        from . import vm
+        if vm.wanted(conf):  # ctrun.mode=vm: the bundle booted as a guest
+            return vm.create(self, cid, bdir, conf, pid_file, console_socket, keep_master)
         spec = bundlemod.runtime_spec(conf, bdir, cid)
         fields, device_rules, unified = bundlemod.limits_of(
             conf["linux"].get("resources"))
@@ -434,9 +434,6 @@ class Runtime:
                                        "started; start it first"}
                            .get(st, "cannot exec in a stopped container"))
         bundlemod.check_process(proc, "process")
-        from . import vm
-        if vm.is_vm(ct):
-            return vm.exec(ct, proc, detach, pid_file, console_socket)
         tty = bool(proc.get("terminal"))
         if console_socket and not tty:
             raise InvalidInput("--console-socket was given but the process has no terminal; "
@@ -446,6 +443,9 @@ class Runtime:
         if console_socket:
             from . import console
             console.check(console_socket)
+        from . import vm
+        if vm.is_vm(ct):
+            return vm.exec(ct, proc, detach, pid_file, console_socket)
         spec = ct.spec()
         spec["process"] = bundlemod.process_for(proc)
         from ..backends.container import _exec_cgroups

@@ -39,7 +39,7 @@ CONSOLE_MAX = 1 << 20  # bytes of the guest's serial console kept in vm/console.
 # signals the VM init cannot pass on (or that are its own business)
 NOT_RELAYED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
                signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP,
-               signal.SIGSYS}
+               signal.SIGSYS, signal.SIGWINCH}  # a resize reaches a guest pty as one
 DEFAULT_UMASK = 0o022
 
 
@@ -76,7 +76,6 @@ def _refuse(cond, field, why):
 def check(conf):
     """Refuse, by field, what a guest cannot honour."""
     proc, linux = conf["process"], conf["linux"]
-    _refuse(proc.get("terminal"), "process.terminal", "is not supported yet")
     umask = (proc.get("user") or {}).get("umask")
     _refuse(umask not in (None, DEFAULT_UMASK), "process.user.umask",
             f"other than {DEFAULT_UMASK:04o} is not supported")
@@ -130,16 +129,16 @@ def _user(proc):
 
 
 # ---------------------------------------------------------------------- create
-def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
+def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=False):
     """`ctrun-oci create` of a VM bundle: disk, cgroup, QEMU booted to the agent, the VM init
-    waiting on the exec fifo."""
+    waiting on the exec fifo.  With process.terminal the VM init's stdio is a pty whose
+    master goes to the console socket (or is returned, with keep_master)."""
     from .. import cgroups
     from ..cgroups.limits import Limits
     from ..vm import disk, kernel, machine, qemu
     from . import bundle as bundlemod, hooks as hookmod, store
     from .verbs import _atomic_write, _now, _rmtree, _self_start
     store.check_id(cid)
-    _refuse(console_socket, "process.terminal (--console-socket)", "is not supported yet")
     check(conf)
     vm = machine_of(conf)
     fields, _rules, unified = bundlemod.limits_of(conf["linux"].get("resources"))
@@ -154,16 +153,17 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
     mgr = cgroups.manager(name, parent=parent)
 
     lock = rt.root.lock(cid)
-    d = pid = None
+    d = pid = master = slave = None
     made = False
     try:
+        master, slave = _pty(proc, console_socket, keep_master)
         d = rt.root.make(cid)
         ct = store.Container(d, {
             "id": cid, "pid": 0, "pid_start": None, "bundle": bdir, "rootfs": rootfs,
             "created": _now(), "annotations": dict(conf.get("annotations") or {}),
             "cgroup": [parent, name], "hooks": hooks, "creating": True, "mode": "vm",
             "creator": os.getpid(), "creator_start": _self_start(),
-            "process": {k: proc[k] for k in ("args", "env", "cwd", "user")}})
+            "process": {k: proc.get(k) for k in ("args", "env", "cwd", "user", "terminal")}})
         ct.save()
         from ..state import write_json  # what exec's flags start from, as for a container
         write_json(ct.path("spec.json"), {"process": proc}, durable=False)
@@ -180,7 +180,12 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
         made = True
         mgr.apply(Limits.from_dict(_host_limits(fields, machine.memory_limit(vm, accel))))
         os.mkfifo(ct.path("exec.fifo"), 0o600)
-        pid = _spawn(lambda w: _vm_init(ct, w), mgr.procs_files(), machine.BOOT_TIMEOUT + 30)
+        pid = _spawn(lambda w: _vm_init(ct, w), mgr.procs_files(), machine.BOOT_TIMEOUT + 30,
+                     slave)
+        _close(slave)
+        slave = None
+        if master is not None and not keep_master:
+            master = _hand_over(master, console_socket)
         ct.rec.update(pid=pid, pid_start=_start_time(pid))
         del ct.rec["creating"]
         rt._hooks(ct, "prestart", "created")
@@ -189,6 +194,8 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
         if pid_file:
             _atomic_write(os.path.abspath(pid_file), str(pid))
     except BaseException:
+        _close(master)
+        _close(slave)
         if pid:
             _kill(pid)
         if made:
@@ -199,6 +206,34 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None):
         rt.root.unlock(cid, lock, remove=True)
         raise
     rt.root.unlock(cid, lock)
+    return master
+
+
+def _close(fd):
+    if fd is not None:
+        os.close(fd)
+
+
+def _pty(proc, console_socket, keep_master=False):
+    """(master, slave) of the process's terminal, sized as config.json asks, or Nones."""
+    if not (proc.get("terminal") and (console_socket or keep_master)):
+        return None, None
+    from . import console
+    master, slave = os.openpty()
+    os.set_inheritable(slave, False)
+    size = proc.get("consoleSize")
+    if size:
+        console.set_size(master, size.get("height", 0), size.get("width", 0))
+    return master, slave
+
+
+def _hand_over(master, console_socket):
+    """The master to the client's console socket, and closed here; None."""
+    from . import console
+    try:
+        console.send_master(console_socket, master)
+    finally:
+        os.close(master)
 
 
 def _start_time(pid):
@@ -211,9 +246,10 @@ def _kill(pid):
         os.kill(pid, signal.SIGKILL)
 
 
-def _spawn(main, procs_files, timeout):
+def _spawn(main, procs_files, timeout, tty=None):
     """Fork main(report) twice, in the container's cgroup, so it is reparented to our
-    caller's subreaper; wait for its report: "ok" (returns its pid) or an error message."""
+    caller's subreaper; wait for its report: "ok" (returns its pid) or an error message.
+    tty: a pty slave that becomes its stdio and controlling terminal."""
     r, w = os.pipe2(os.O_CLOEXEC)
     mid = os.fork()
     if mid == 0:
@@ -226,7 +262,7 @@ def _spawn(main, procs_files, timeout):
             pid = os.fork()
             if pid == 0:
                 try:
-                    _detach(w)
+                    _detach(w, tty)
                     main(w)
                 finally:
                     os._exit(1)
@@ -269,10 +305,16 @@ def _spawn(main, procs_files, timeout):
         os.close(r)
 
 
-def _detach(keep):
+def _detach(keep, tty=None):
     """The VM init's own session, and no descriptor of the caller's beyond stdio and the
     report pipe (the state root's lock among them)."""
     os.setsid()
+    if tty is not None:
+        import fcntl
+        import termios
+        fcntl.ioctl(tty, termios.TIOCSCTTY, 0)  # a resize signals us: SIGWINCH
+        for fd in (0, 1, 2):
+            os.dup2(tty, fd)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_DFL)
     for fd in map(int, os.listdir("/proc/self/fd")):
@@ -419,13 +461,14 @@ def _relayed_signals():
 
 
 def _guest_exec(vmdir, proc, signals, agent_=None, init=False):
-    """proc (args, env, cwd, user) in the guest with our stdio, the signals read from the
-    pipe `signals` sent on to it; its exit code."""
+    """proc (args, env, cwd, user, terminal) in the guest with our stdio (a terminal: in raw
+    mode, its size followed), the signals read from the pipe `signals` sent on to it; its
+    exit code."""
     from ..vm import agent
     with agent_ or agent.Agent(vmdir, timeout=10) as a:
         return a.exec(proc["args"], env=proc["env"], cwd=proc.get("cwd") or "/",
-                      user=_user(proc), stdin=_has_stdin(), out=1, err=2, inp=0,
-                      signals=signals, init=init)
+                      user=_user(proc), tty=bool(proc.get("terminal")), stdin=_has_stdin(),
+                      out=1, err=2, inp=0, signals=signals, init=init)
 
 
 def _has_stdin():
@@ -438,16 +481,15 @@ def _has_stdin():
 
 # ---------------------------------------------------------------------- exec, kill, delete
 def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
-    """A command in the running guest: this process relays it, or (detach) a process forked
-    twice into the container's cgroup, reparented to the client, which exits with the
-    command's code.  Returns the code, or 0 when detached."""
+    """A command in the running guest.  Attached with our own stdio (a terminal too), this
+    process relays it; else a relay forked twice into the container's cgroup, reparented to
+    the client (to us when attached), exits with the command's code, its stdio the pty
+    whose master goes to the console socket.  Returns the code, or 0 when detached."""
     from ..vm import agent
     from .. import cgroups
     from .verbs import _atomic_write
-    _refuse(proc.get("terminal") or console_socket, "process.terminal (--tty)",
-            "is not supported yet for an exec")
     vmdir = Path(ct.dir) / "vm"
-    if not detach:
+    if not detach and not console_socket:
         with _relayed_signals() as sigs:
             return _guest_exec(vmdir, proc, sigs)
     parent, name = ct.cgroup
@@ -466,10 +508,29 @@ def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
                          .encode())
             code = 255
         os._exit(code)
-    pid = _spawn(relay, procs, 30)
+    if not detach:
+        import prctl
+        prctl.set_child_subreaper(True)  # the relay is ours to wait for
+    master, slave = _pty(proc, console_socket)
+    try:
+        pid = _spawn(relay, procs, 30, slave)
+    except BaseException:
+        _close(master)
+        raise
+    finally:
+        _close(slave)
+    try:
+        if master is not None:
+            _hand_over(master, console_socket)
+    except BaseException:
+        _kill(pid)
+        raise
     if pid_file:
         _atomic_write(os.path.abspath(pid_file), str(pid))
-    return 0
+    if detach:
+        return 0
+    from ..runtime import process
+    return process.exit_code(process._wait_forwarding(pid))
 
 
 def _qemu_of(ct):

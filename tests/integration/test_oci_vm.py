@@ -5,7 +5,9 @@ the container's.  Three boots in all (each costs seconds under emulation)."""
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import time
 
@@ -143,6 +145,61 @@ def test_vm_bundle_signal_reaches_the_guest_workload(oci, tmp_path):
     assert wait_child(pid, timeout=60) == 7
     assert out.read_text() == "ready\ngot-term\n"
     oci("delete", "vmsig")
+
+
+def _console(tmp_path, name):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp_path / name))
+    sock.listen(1)
+    return sock
+
+
+def _master(sock):
+    conn, _ = sock.accept()
+    _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+    conn.close()
+    sock.close()
+    return fds[0]
+
+
+def _read_until(master, want, timeout=60):
+    data, end = b"", time.monotonic() + timeout
+    while want not in data and time.monotonic() < end:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            data += chunk
+    return data
+
+
+def test_vm_bundle_on_a_terminal(oci, tmp_path):
+    b = oci.bundle("vmtty", ["sh", "-c", "tty; stty size; echo ready; read line; "
+                                         "echo got-$line; exit 3"], annotations=VM,
+                   process={"terminal": True, "consoleSize": {"height": 30, "width": 100}})
+    srv = _console(tmp_path, "c.sock")
+    oci.ids.append("vmtty")
+    oci("create", "--bundle", b, "--console-socket", tmp_path / "c.sock", "vmtty",
+        timeout=BOOT)
+    master = _master(srv)
+    pid = oci.state("vmtty")["pid"]
+    oci("start", "vmtty")
+    data = _read_until(master, b"ready")
+    assert b"/dev/pts/" in data and b"30 100" in data   # the guest's pty, sized
+    # an exec on a terminal of its own, detached, as `ctr task exec --tty` runs it
+    srv = _console(tmp_path, "x.sock")
+    oci("exec", "--tty", "--detach", "--console-socket", tmp_path / "x.sock", "--pid-file",
+        tmp_path / "x.pid", "vmtty", "sh", "-c", "tty; exit 6")
+    xmaster = _master(srv)
+    assert b"/dev/pts/" in _read_until(xmaster, b"/dev/pts/")
+    assert wait_child(int((tmp_path / "x.pid").read_text()), timeout=60) == 6
+    os.close(xmaster)
+    os.write(master, b"hello\r")                 # the terminal's input reaches the guest
+    assert b"got-hello" in _read_until(master, b"got-hello")
+    assert wait_child(pid, timeout=60) == 3
+    os.close(master)
+    oci("delete", "vmtty")
 
 
 def test_vm_bundle_refuses_what_a_guest_cannot_honour(oci):
