@@ -35,6 +35,7 @@ MODES = ("container", "vm")
 # kernel file systems the guest's init mounts itself, where a runc container has them
 GUEST_MOUNTS = {"/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts",
                 "/dev/shm": "tmpfs", "/dev/mqueue": "mqueue", "/sys/fs/cgroup": "cgroup"}
+BINDS_MAX = 16 << 20   # bytes of bind-mounted files copied into the guest's initramfs
 CONSOLE_MAX = 1 << 20  # bytes of the guest's serial console kept in vm/console.log
 # signals the VM init cannot pass on (or that are its own business)
 NOT_RELAYED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
@@ -74,7 +75,7 @@ def _refuse(cond, field, why):
 
 
 def check(conf):
-    """Refuse, by field, what a guest cannot honour."""
+    """Refuse, by field, what a guest cannot honour; the bind mounts (binds_of)."""
     proc, linux = conf["process"], conf["linux"]
     umask = (proc.get("user") or {}).get("umask")
     _refuse(umask not in (None, DEFAULT_UMASK), "process.user.umask",
@@ -85,16 +86,37 @@ def check(conf):
                 "implemented yet)")
     for k in ("uidMappings", "gidMappings", "devices", "sysctl", "intelRdt", "personality"):
         _refuse(linux.get(k), f"linux.{k}", "is not supported")
-    for i, m in enumerate(conf.get("mounts") or []):
-        dest = os.path.normpath(m["destination"])
-        _refuse(GUEST_MOUNTS.get(dest) != {"cgroup2": "cgroup"}.get(m.get("type"),
-                                                                   m.get("type")),
-                f"mounts[{i}] ({quote(m['destination'])}, type {quote(m.get('type'))})",
-                "is not supported (the guest mounts only its own /proc, /sys, /dev, "
-                "/dev/pts, /dev/shm, /dev/mqueue and /sys/fs/cgroup)")
     for phase in ("createContainer", "startContainer"):
         _refuse((conf.get("hooks") or {}).get(phase), f"hooks.{phase}",
                 "cannot run inside a guest")
+    return binds_of(conf.get("mounts") or [])
+
+
+def binds_of(mounts):
+    """[(source, destination, read-only)] of the bind mounts: copies of their files go to
+    the guest in its initramfs (a snapshot taken at create, as small as BINDS_MAX), and are
+    bind-mounted there.  Kernel file systems are the guest's own, where it has them."""
+    binds, total = [], 0
+    for i, m in enumerate(mounts):
+        dest = os.path.normpath(m["destination"])
+        opts = m.get("options") or []
+        field = f"mounts[{i}] ({quote(m['destination'])}, type {quote(m.get('type'))})"
+        kind = {"cgroup2": "cgroup"}.get(m.get("type"), m.get("type"))
+        if dest in GUEST_MOUNTS and (kind == GUEST_MOUNTS[dest] or kind == "bind"):
+            continue  # the guest's own /dev/shm stands for a bind of the host's
+        _refuse(kind != "bind" and "bind" not in opts and "rbind" not in opts, field,
+                "is not supported (the guest mounts its own /proc, /sys, /dev, /dev/pts, "
+                "/dev/shm, /dev/mqueue and /sys/fs/cgroup; other mounts must be binds)")
+        _refuse("\n" in dest, field, "has a newline in its destination")
+        src = m.get("source") or ""
+        _refuse(not os.path.isfile(src) and not os.path.isdir(src), field + " source",
+                "must be a regular file or a directory")
+        from ..images import layers
+        total += layers.du(src) if os.path.isdir(src) else os.path.getsize(src)
+        _refuse(total > BINDS_MAX, field, f"passes the {BINDS_MAX >> 20} MiB that binds may "
+                "copy into a guest (a shared directory is not implemented yet)")
+        binds.append((src, dest, "ro" in opts))
+    return binds
 
 
 def machine_of(conf):
@@ -139,7 +161,7 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
     from . import bundle as bundlemod, hooks as hookmod, store
     from .verbs import _atomic_write, _now, _rmtree, _self_start
     store.check_id(cid)
-    check(conf)
+    binds = check(conf)
     vm = machine_of(conf)
     fields, _rules, unified = bundlemod.limits_of(conf["linux"].get("resources"))
     _refuse(unified, "linux.resources.unified", "is not supported")
@@ -173,7 +195,7 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
         disk.overlay(disk.from_tree(rootfs, vmdir / "root.ext4"), vmdir / "disk.qcow2")
         accel, note = machine.prepare_start(None, Path(d), {
             "name": cid, "hostname": conf.get("hostname") or cid, "vm": vm,
-            "readonly": bool(conf["root"].get("readonly"))}, {}, argv=[])
+            "readonly": bool(conf["root"].get("readonly")), "binds": binds}, {}, argv=[])
         if note:
             rt.warn(f"VM {cid}: {note}")
         mgr.create(device_rules=None)

@@ -76,9 +76,20 @@ def _guest_release():
 
 
 def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("from-a-dir\n")
+    (data / "link").symlink_to("f")
+    (tmp_path / "extra").write_text("from-a-file\n")
+    mounts = json.loads((oci.bundle("vmtmpl0", ["true"]) / "config.json").read_text())[
+        "mounts"] + [{"destination": "/data", "type": "bind", "source": str(data),
+                      "options": ["rbind", "ro"]},
+                     {"destination": "/etc/extra", "type": "bind",
+                      "source": str(tmp_path / "extra"), "options": ["bind"]}]
     b = oci.bundle("vmexit", ["sh", "-c", "uname -r; hostname; cat /proc/cmdline; "
-                                         "echo to-stderr >&2; exit 5"],
-                   annotations=VM, hostname="guest1")
+                                         "cat /data/link /etc/extra; touch /data/new || "
+                                         "echo read-only; echo to-stderr >&2; exit 5"],
+                   annotations=VM, hostname="guest1", mounts=mounts)
     pid, out, err = _create(oci, "vmexit", b, tmp_path)
     st = oci.state("vmexit")
     assert st["status"] == "created" and st["pid"] == pid
@@ -88,11 +99,12 @@ def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
     assert (d / "disk.qcow2").stat().st_mode & 0o077 == 0  # the guest's disk is private
     oci("start", "vmexit")
     assert wait_child(pid, timeout=60) == 5       # the client sees the workload's code
-    release, hostname, cmdline = out.read_text().split("\n", 2)
+    release, hostname, cmdline, *binds = out.read_text().splitlines()
     assert release == _guest_release() or release != os.uname().release
     assert "8250.nr_uarts=1" in cmdline           # booted by ctrun's QEMU command line
     assert hostname == "guest1"
-    assert err.read_text() == "to-stderr\n"
+    assert binds == ["from-a-dir", "from-a-file", "read-only"]  # binds, as copies
+    assert err.read_text().splitlines()[-1] == "to-stderr"
     assert oci.state("vmexit")["status"] == "stopped"
     assert not _qemu_of(oci.root)                 # the guest was powered off
     oci("delete", "vmexit")
@@ -100,7 +112,7 @@ def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
 
 
 def test_vm_bundle_exec_then_kill_and_delete(oci, tmp_path):
-    b = oci.bundle("vmexec", ["sleep", "1000"], annotations=VM)
+    b = oci.bundle("vmexec", ["sleep", "1000"], annotations=VM, root={"readonly": True})
     pid, _, _ = _create(oci, "vmexec", b, tmp_path)
     r = oci("exec", "vmexec", "true", check=False)
     assert r.returncode == 1 and "not been started" in r.stderr
@@ -108,6 +120,8 @@ def test_vm_bundle_exec_then_kill_and_delete(oci, tmp_path):
     assert oci.state("vmexec")["status"] == "running"
     r = oci("exec", "vmexec", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
     assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    r = oci("exec", "vmexec", "sh", "-c", "touch /new 2>/dev/null || echo read-only")
+    assert r.stdout == "read-only\n"               # root.readonly
     # detached, as the shim runs it: the relay is reparented to us and exits with the code
     proc = tmp_path / "proc.json"
     proc.write_text(json.dumps({"args": ["sh", "-c", "echo $FOO $(id -u) $(id -G); exit 4"],
