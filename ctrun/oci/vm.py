@@ -13,10 +13,14 @@ signal it gets (`kill`), powers the guest off and exits with the workload's code
 is a host process of the same kind for one guest command.
 
 The guest's disk is an ext4 copy of the bundle's rootfs in the container's state dir (the
-guest's writes stay there: the rootfs is not changed).  What a VM cannot do is refused by
-field; the container-level confinement of config.json (capabilities, rlimits, seccomp,
-noNewPrivileges, masked and read-only paths) is not applied inside the guest, whose kernel
-is the boundary, while QEMU itself runs with no capability under its own seccomp sandbox.
+guest's writes stay there: the rootfs is not changed); bind mounts are copies taken at
+create, carried in the initramfs.  With process.terminal the VM init's stdio is a pty (its
+master sent to the console socket) and the guest process gets a pty of its own.  What a VM
+cannot do is refused by field; the container-level confinement of config.json
+(capabilities, rlimits, seccomp, noNewPrivileges, masked and read-only paths, the device
+cgroup's rules) is not applied inside the guest, whose kernel is the boundary, while QEMU
+runs with no capability under its own seccomp sandbox in the container's cgroup, whose
+memory limit is the guest's RAM plus QEMU's overhead.
 """
 
 import contextlib

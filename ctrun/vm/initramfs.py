@@ -71,6 +71,7 @@ echo "$CTRUN_BINDS" | while read -r i mode dest; do
   [ "$mode" = rw ] || $B mount -o remount,bind,ro "$t" || fail "cannot make $dest read-only"
 done
 [ -z "$CTRUN_ROOT_RO" ] || $B mount -o remount,ro /newroot || fail "cannot make / read-only"
+$B umount /proc
 /ctrun-agent /newroot || fail "the guest agent did not start"
 eval "set -- $CTRUN_CMD"
 if [ $# = 0 ]; then
