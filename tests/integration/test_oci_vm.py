@@ -228,3 +228,15 @@ def test_vm_bundle_refuses_what_a_guest_cannot_honour(oci):
     b = oci.bundle("vmmode", ["true"], annotations={"ctrun.mode": "vmm"})
     r = oci("create", "--bundle", b, "vmmode", check=False)
     assert r.returncode == 1 and "ctrun.mode 'vmm'" in r.stderr
+
+
+def test_vm_bundle_that_cannot_boot_leaves_nothing(oci, tmp_path):
+    (tmp_path / "f").write_text("x")
+    b = oci.bundle("vmfail", ["true"], annotations=VM,
+                   mounts=[{"destination": "/bin/busybox/under-a-file", "type": "bind",
+                            "source": str(tmp_path / "f"), "options": ["bind"]}])
+    r = oci("create", "--bundle", b, "vmfail", check=False, timeout=BOOT)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "the VM did not boot" in r.stderr and "/bin/busybox/under-a-file" in r.stderr
+    assert not (oci.root / "vmfail").exists() and not _cgroup_dirs("oci-vmfail")
+    assert not _qemu_of(oci.root)
