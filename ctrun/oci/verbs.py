@@ -415,6 +415,9 @@ class Runtime:
             raise Conflict("container not running")
         fields, rules, unified = bundlemod.limits_of(resources, "resources")
         mgr = self._mgr(ct)
+        from . import vm
+        if vm.is_vm(ct):  # the guest's memory: its balloon, not QEMU's cgroup
+            fields = vm.update(ct, fields)
         if fields:
             mgr.apply(Limits.from_dict(fields))
         if rules is not None:

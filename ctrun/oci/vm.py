@@ -188,6 +188,7 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
             "id": cid, "pid": 0, "pid_start": None, "bundle": bdir, "rootfs": rootfs,
             "created": _now(), "annotations": dict(conf.get("annotations") or {}),
             "cgroup": [parent, name], "hooks": hooks, "creating": True, "mode": "vm",
+            "vm": vm,
             "creator": os.getpid(), "creator_start": _self_start(),
             "process": {k: proc.get(k) for k in ("args", "env", "cwd", "user", "terminal")}})
         ct.save()
@@ -557,6 +558,19 @@ def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
         return 0
     from ..runtime import process
     return process.exit_code(process._wait_forwarding(pid))
+
+
+def update(ct, fields):
+    """`update` of a VM: a memory limit sets the guest's RAM through its balloon (up to its
+    boot size); QEMU's cgroup keeps its limit.  The other fields go to the cgroup."""
+    from ..vm import machine
+    fields = dict(fields)
+    memory = fields.pop("memory", None)
+    fields.pop("memory_swap", None)
+    fields.pop("memory_reservation", None)
+    if memory is not None and memory > 0:
+        machine.balloon(Path(ct.dir), ct.rec["vm"], memory)
+    return fields
 
 
 def _qemu_of(ct):

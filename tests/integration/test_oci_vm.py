@@ -122,6 +122,17 @@ def test_vm_bundle_exec_then_kill_and_delete(oci, tmp_path):
     assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
     r = oci("exec", "vmexec", "sh", "-c", "touch /new 2>/dev/null || echo read-only")
     assert r.stdout == "read-only\n"               # root.readonly
+    # update --memory: the guest's RAM shrinks through its balloon (256M at boot)
+    oci("update", "--memory", "160M", "vmexec")
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        kb = int(oci("exec", "vmexec", "awk", "/MemTotal/ {print $2}", "/proc/meminfo").stdout)
+        if kb < 192 << 10:
+            break
+        time.sleep(0.5)
+    assert kb < 192 << 10
+    r = oci("update", "--memory", "1G", "vmexec", check=False)
+    assert r.returncode == 1 and "boot size" in r.stderr
     # detached, as the shim runs it: the relay is reparented to us and exits with the code
     proc = tmp_path / "proc.json"
     proc.write_text(json.dumps({"args": ["sh", "-c", "echo $FOO $(id -u) $(id -G); exit 4"],
