@@ -26,6 +26,7 @@ memory limit is the guest's RAM plus QEMU's overhead.
 import contextlib
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -46,6 +47,7 @@ NOT_RELAYED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
                signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP,
                signal.SIGSYS, signal.SIGWINCH}  # a resize reaches a guest pty as one
 DEFAULT_UMASK = 0o022
+SYSCTL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def wanted(conf):
@@ -88,8 +90,11 @@ def check(conf):
         _refuse(ns.get("path"), f"linux.namespaces[{i}] ({ns.get('type')}) path",
                 "cannot be joined by a guest kernel (a network namespace's tap is not "
                 "implemented yet)")
-    for k in ("uidMappings", "gidMappings", "devices", "sysctl", "intelRdt", "personality"):
+    for k in ("uidMappings", "gidMappings", "devices", "intelRdt", "personality"):
         _refuse(linux.get(k), f"linux.{k}", "is not supported")
+    for k, v in (linux.get("sysctl") or {}).items():  # set by the guest's init
+        _refuse(not SYSCTL.fullmatch(str(k)) or ".." in k or "\n" in str(v),
+                f"linux.sysctl {quote(k)}", "is not a sysctl name and one-line value")
     for phase in ("createContainer", "startContainer"):
         _refuse((conf.get("hooks") or {}).get(phase), f"hooks.{phase}",
                 "cannot run inside a guest")
@@ -200,7 +205,8 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
         disk.overlay(disk.from_tree(rootfs, vmdir / "root.ext4"), vmdir / "disk.qcow2")
         accel, note = machine.prepare_start(None, Path(d), {
             "name": cid, "hostname": conf.get("hostname") or cid, "vm": vm,
-            "readonly": bool(conf["root"].get("readonly")), "binds": binds}, {}, argv=[])
+            "readonly": bool(conf["root"].get("readonly")), "binds": binds,
+            "sysctl": conf["linux"].get("sysctl")}, {}, argv=[])
         if note:
             rt.warn(f"VM {cid}: {note}")
         mgr.create(device_rules=None)

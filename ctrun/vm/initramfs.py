@@ -62,7 +62,11 @@ if [ -z "$CTRUN_CMD" ]; then  # no image init (ctrun-oci) mounts what a runc con
     /newroot/dev/mqueue
 fi
 # files of the host's (ctrun-oci's bind mounts), copied in /ctrun/binds/N: "N ro|rw DEST"
-$B mount -t proc proc /proc  # again (moved): a remount reads /proc/mounts
+$B mount -t proc proc /proc  # again (moved): for sysctls, and a remount reads /proc/mounts
+echo "$CTRUN_SYSCTL" | while read -r k v; do  # ctrun-oci's linux.sysctl: "key value"
+  [ -n "$k" ] || continue
+  echo "$v" > "/proc/sys/$(echo "$k" | $B tr . /)" || fail "cannot set sysctl $k"
+done
 echo "$CTRUN_BINDS" | while read -r i mode dest; do
   [ -n "$i" ] || continue
   t="/newroot$dest" s=/ctrun/binds/$i
@@ -194,6 +198,7 @@ def settings(conf, net=None, probe=False):
     v = {"CTRUN_HOSTNAME": hostname, "CTRUN_CMD": " ".join(map(shlex.quote, conf["argv"])),
          "CTRUN_PROBE": "1" if probe else "",
          "CTRUN_ROOT_RO": "1" if conf.get("readonly") else "",
+         "CTRUN_SYSCTL": "".join(f"{k} {v}\n" for k, v in (conf.get("sysctl") or {}).items()),
          "CTRUN_BINDS": "".join(f"{i} {'ro' if ro else 'rw'} {dest}\n"
                                 for i, (_, dest, ro) in enumerate(conf.get("binds") or [])),
          "CTRUN_HOSTS": "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}

@@ -75,7 +75,8 @@ def prepare_start(store, cdir, conf, icfg, argv=None):
     initrd = initramfs.for_vm(k, vmdir / "initrd.img", {
         "name": conf["name"], "hostname": conf.get("hostname"),
         "argv": guest_argv(conf, icfg) if argv is None else argv,
-        "readonly": conf.get("readonly"), "binds": conf.get("binds"), "resolv": netc.resolv_text(net) if bridged else ""},
+        "readonly": conf.get("readonly"), "binds": conf.get("binds"),
+        "sysctl": conf.get("sysctl"), "resolv": netc.resolv_text(net) if bridged else ""},
         net if bridged else None, key=agent.new_key(vmdir))
     channel = {"kind": qemu.agent_channel()}
     if channel["kind"] == "vsock":  # a context id no other VM on this host is likely to hold

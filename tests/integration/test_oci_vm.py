@@ -88,8 +88,10 @@ def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
                       "source": str(tmp_path / "extra"), "options": ["bind"]}]
     b = oci.bundle("vmexit", ["sh", "-c", "uname -r; hostname; cat /proc/cmdline; "
                                          "cat /data/link /etc/extra; touch /data/new || "
-                                         "echo read-only; echo to-stderr >&2; exit 5"],
-                   annotations=VM, hostname="guest1", mounts=mounts)
+                                         "echo read-only; cat /proc/sys/kernel/domainname; "
+                                         "echo to-stderr >&2; exit 5"],
+                   annotations=VM, hostname="guest1", mounts=mounts,
+                   linux={"sysctl": {"kernel.domainname": "oci-vm"}})
     pid, out, err = _create(oci, "vmexit", b, tmp_path)
     st = oci.state("vmexit")
     assert st["status"] == "created" and st["pid"] == pid
@@ -99,11 +101,12 @@ def test_vm_bundle_exit_code_and_guest_kernel(oci, tmp_path):
     assert (d / "disk.qcow2").stat().st_mode & 0o077 == 0  # the guest's disk is private
     oci("start", "vmexit")
     assert wait_child(pid, timeout=60) == 5       # the client sees the workload's code
-    release, hostname, cmdline, *binds = out.read_text().splitlines()
+    release, hostname, cmdline, *binds, domain = out.read_text().splitlines()
     assert release == _guest_release() or release != os.uname().release
     assert "8250.nr_uarts=1" in cmdline           # booted by ctrun's QEMU command line
     assert hostname == "guest1"
     assert binds == ["from-a-dir", "from-a-file", "read-only"]  # binds, as copies
+    assert domain == "oci-vm"                     # linux.sysctl, set in the guest
     assert err.read_text().splitlines()[-1] == "to-stderr"
     assert oci.state("vmexit")["status"] == "stopped"
     assert not _qemu_of(oci.root)                 # the guest was powered off
