@@ -87,9 +87,9 @@ def check(conf):
     _refuse(umask not in (None, DEFAULT_UMASK), "process.user.umask",
             f"other than {DEFAULT_UMASK:04o} is not supported")
     for i, ns in enumerate(linux.get("namespaces") or []):
-        _refuse(ns.get("path"), f"linux.namespaces[{i}] ({ns.get('type')}) path",
-                "cannot be joined by a guest kernel (a network namespace's tap is not "
-                "implemented yet)")
+        _refuse(ns.get("path") and ns.get("type") != "network",
+                f"linux.namespaces[{i}] ({ns.get('type')}) path",
+                "cannot be joined by a guest kernel (a network namespace can)")
     for k in ("uidMappings", "gidMappings", "devices", "intelRdt", "personality"):
         _refuse(linux.get(k), f"linux.{k}", "is not supported")
     for k, v in (linux.get("sysctl") or {}).items():  # set by the guest's init
@@ -144,6 +144,70 @@ def machine_of(conf):
     return {"memory": memory & ~((1 << 20) - 1), "cpus": min(cpus, 255), "accel": "auto"}
 
 
+TAP = "ctrun-tap0"
+
+
+def guest_net(netns):
+    """The network of a joined namespace, for the guest: the address, MAC and gateway of
+    the interface of its default route, which the guest takes over (a tap next to it
+    carries its traffic both ways, tc mirred: see _mirror); {} when it has no default
+    route (the guest has only its loopback)."""
+    import json
+    import subprocess
+
+    def ip(*args):
+        r = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", *args],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise InvalidInput(f"config.json linux.namespaces network path {quote(netns)}: "
+                               f"cannot read it ({r.stderr.strip() or 'ip failed'})")
+        return json.loads(r.stdout or "[]")
+    route = next((r for r in ip("-4", "route", "show", "default") if r.get("gateway")), None)
+    if not route:
+        return {}
+    dev = route["dev"]
+    link = (ip("addr", "show", "dev", dev) or [{}])[0]
+    addr = next((a for a in link.get("addr_info") or [] if a.get("family") == "inet"), None)
+    if not addr or not link.get("address"):
+        return {}
+    return {"network": "oci-netns", "ip": addr["local"], "prefix": addr["prefixlen"],
+            "gateway": route["gateway"], "mac": link["address"], "veth": TAP, "dev": dev,
+            "mtu": link.get("mtu")}
+
+
+def _enter_netns(path):
+    from .. import libc
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, libc.CLONE_NEWNET)  # the tap is made, and plumbed, there
+    finally:
+        os.close(fd)
+
+
+def _mirror(dev, tap, mtu=None):
+    """The tap's frames leave by dev and dev's arrive at the tap (in our network namespace):
+    the guest, with dev's address and MAC, stands where dev's owner would."""
+    import subprocess
+    cmds = [["ip", "link", "set", tap, "up"] + (["mtu", str(mtu)] if mtu else [])]
+    for a, b in ((dev, tap), (tap, dev)):
+        cmds += [["tc", "qdisc", "add", "dev", a, "ingress"],
+                 ["tc", "filter", "add", "dev", a, "parent", "ffff:", "protocol", "all", "u32",
+                  "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", b]]
+    for c in cmds:
+        r = subprocess.run(c, capture_output=True, text=True)
+        if r.returncode:
+            if c[:3] != ["tc", "qdisc", "add"] or c[4] != dev:
+                _unmirror(dev)  # ours: taken back (the tap goes with QEMU)
+            raise errors.ContainerFailed(f"cannot connect the VM to {dev} ({' '.join(c)}: "
+                                         f"{r.stderr.strip()}); is another VM in this "
+                                         "network namespace?")
+
+
+def _unmirror(dev):
+    import subprocess
+    subprocess.run(["tc", "qdisc", "del", "dev", dev, "ingress"], capture_output=True)
+
+
 def _host_limits(fields, memory_limit):
     """The cgroup's limits: QEMU holds the guest's RAM plus its own overhead."""
     out = {k: v for k, v in fields.items() if k not in ("memory", "memory_reservation")}
@@ -172,6 +236,9 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
     store.check_id(cid)
     binds = check(conf)
     vm = machine_of(conf)
+    netns = next((ns["path"] for ns in conf["linux"].get("namespaces") or []
+                  if ns.get("type") == "network" and ns.get("path")), None)
+    net = guest_net(netns) if netns else {}
     fields, _rules, unified = bundlemod.limits_of(conf["linux"].get("resources"))
     _refuse(unified, "linux.resources.unified", "is not supported")
     hooks = conf.get("hooks") or {}
@@ -193,7 +260,7 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
             "id": cid, "pid": 0, "pid_start": None, "bundle": bdir, "rootfs": rootfs,
             "created": _now(), "annotations": dict(conf.get("annotations") or {}),
             "cgroup": [parent, name], "hooks": hooks, "creating": True, "mode": "vm",
-            "vm": vm,
+            "vm": vm, "netns": netns, "net": net,
             "creator": os.getpid(), "creator_start": _self_start(),
             "process": {k: proc.get(k) for k in ("args", "env", "cwd", "user", "terminal")}})
         ct.save()
@@ -204,7 +271,7 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
         # the rootfs's own ext4 copy, and the qcow2 QEMU writes through (a private pair)
         disk.overlay(disk.from_tree(rootfs, vmdir / "root.ext4"), vmdir / "disk.qcow2")
         accel, note = machine.prepare_start(None, Path(d), {
-            "name": cid, "hostname": conf.get("hostname") or cid, "vm": vm,
+            "name": cid, "hostname": conf.get("hostname") or cid, "vm": vm, "net": net,
             "readonly": bool(conf["root"].get("readonly")), "binds": binds,
             "sysctl": conf["linux"].get("sysctl")}, {}, argv=[])
         if note:
@@ -383,10 +450,18 @@ class _Qemu:
     def __init__(self, ct):
         from ..vm import machine
         self.vmdir = Path(ct.dir) / "vm"
+        net = ct.rec.get("net") or {}
+        self.mirrored = None
+        if ct.rec.get("netns"):
+            _enter_netns(ct.rec["netns"])
+
+        def plumb(tap):
+            _mirror(net["dev"], tap, net.get("mtu"))
+            self.mirrored = net["dev"]
         cr, cw = os.pipe2(os.O_CLOEXEC)
         try:
             self.pid, _ = machine.launch(None, ct.id, Path(ct.dir), {}, [], cw, cw,
-                                         parent_death=True)
+                                         parent_death=True, plumb=plumb)
         finally:
             os.close(cw)
         self.status = None
@@ -408,6 +483,9 @@ class _Qemu:
         if self.alive():
             _kill(self.pid)
             os.waitpid(self.pid, 0)
+        if self.mirrored:  # the namespace's interface is its owner's again
+            _unmirror(self.mirrored)
+            self.mirrored = None
 
 
 def _drain(fd, path):
@@ -440,6 +518,7 @@ def _boot(ct, w):
     try:
         agent.wait_ready(q.vmdir, q.alive, machine.BOOT_TIMEOUT)
     except errors.CtrunError as e:
+        q.end(0)
         raise errors.ContainerFailed(f"the VM did not boot: {e}{_console_tail(q.vmdir)}")
     fd = os.open(q.vmdir / "qemu.pid", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(fd, "w") as f:  # for kill --all, which spares QEMU

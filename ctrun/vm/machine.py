@@ -98,9 +98,11 @@ def memory_limit(vm, accel):
     return vm["memory"] + qemu.OVERHEAD[accel]
 
 
-def launch(store, name, cdir, conf, procs_files, out_w, err_w, parent_death=False):
+def launch(store, name, cdir, conf, procs_files, out_w, err_w, parent_death=False,
+           plumb=None):
     """In the monitor's launcher: start QEMU in the VM's cgroup; returns (pid, start time).
-    parent_death: QEMU is killed when its parent (a process standing for the VM) dies."""
+    parent_death: QEMU is killed when its parent (a process standing for the VM) dies.
+    plumb(tap): connects the tap instead of ctrun's bridge (netc.up)."""
     from ..network import container as netc
     from ..state import proc_start_time
     vmdir = cdir / "vm"
@@ -149,7 +151,10 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w, parent_death=Fals
         raise ContainerFailed(failed.decode())
     if spec.get("tap"):
         try:
-            netc.up(store, name, conf["net"], pid, tap=spec["tap"])
+            if plumb is not None:
+                plumb(spec["tap"])
+            else:
+                netc.up(store, name, conf["net"], pid, tap=spec["tap"])
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             raise

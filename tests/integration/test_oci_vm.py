@@ -254,3 +254,52 @@ def test_vm_bundle_that_cannot_boot_leaves_nothing(oci, tmp_path):
     assert "the VM did not boot" in r.stderr and "/bin/busybox/under-a-file" in r.stderr
     assert not (oci.root / "vmfail").exists() and not _cgroup_dirs("oci-vmfail")
     assert not _qemu_of(oci.root)
+
+
+@pytest.fixture
+def netns():
+    """A network namespace as a CNI plugin leaves it: eth0 (a veth to the host) with an
+    address and a default route."""
+    n = os.getpid() % 10000
+    name, host_if, net = f"ocivm{n}", f"ovh{n}", f"10.231.{n % 250}"
+    run = lambda *c: subprocess.run(c, check=True, capture_output=True)  # noqa: E731
+    try:
+        run("ip", "netns", "add", name)
+        run("ip", "link", "add", host_if, "type", "veth", "peer", "name", f"ovc{n}")
+        run("ip", "link", "set", f"ovc{n}", "netns", name)
+        run("ip", "addr", "add", f"{net}.1/24", "dev", host_if)
+        run("ip", "link", "set", host_if, "up")
+        for c in (["link", "set", "lo", "up"], ["link", "set", f"ovc{n}", "name", "eth0"],
+                  ["addr", "add", f"{net}.2/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                  ["route", "add", "default", "via", f"{net}.1"]):
+            run("ip", "-n", name, *c)
+        yield f"/run/netns/{name}", f"{net}.1", f"{net}.2"
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_vm_bundle_in_a_joined_network_namespace(oci, tmp_path, netns):
+    path, gateway, address = netns
+    ns = [{"type": "network", "path": path}] + [
+        n for n in json.loads((oci.bundle("vmtmpl1", ["true"]) / "config.json").read_text())[
+            "linux"]["namespaces"] if n["type"] != "network"]
+    b = oci.bundle("vmnet", ["sh", "-c", f"ping -c1 -W10 {gateway} >/dev/null && echo ping-ok;"
+                                         " echo hello | nc -l -p 8080"],
+                   annotations=VM, linux={"namespaces": ns})
+    pid, out, _ = _create(oci, "vmnet", b, tmp_path)
+    oci("start", "vmnet")
+    data, end = b"", time.monotonic() + 60
+    while not data and time.monotonic() < end:   # the guest holds the namespace's address
+        try:
+            with socket.create_connection((address, 8080), timeout=2) as s:
+                data = s.recv(100)
+        except OSError:
+            time.sleep(0.5)
+    assert data == b"hello\n"
+    assert wait_child(pid, timeout=60) == 0
+    assert out.read_text() == "ping-ok\n"
+    tc = subprocess.run(["ip", "netns", "exec", path.rsplit("/", 1)[1], "tc", "qdisc", "show",
+                         "dev", "eth0"], capture_output=True, text=True).stdout
+    assert "ingress" not in tc                    # eth0 is the namespace's own again
+    oci("delete", "vmnet")
