@@ -14,7 +14,10 @@ is a host process of the same kind for one guest command.
 
 The guest's disk is an ext4 copy of the bundle's rootfs in the container's state dir (the
 guest's writes stay there: the rootfs is not changed); bind mounts are copies taken at
-create, carried in the initramfs.  With process.terminal the VM init's stdio is a pty (its
+create, carried in the initramfs; linux.sysctl is set by the guest's init.  A network
+namespace joined by path (a CNI plugin's, netavark's) lends the guest its interface: the
+guest takes its address, MAC and gateway, and a tap in that namespace carries the traffic
+(tc mirred both ways); no such path, no network.  With process.terminal the VM init's stdio is a pty (its
 master sent to the console socket) and the guest process gets a pty of its own.  What a VM
 cannot do is refused by field; the container-level confinement of config.json
 (capabilities, rlimits, seccomp, noNewPrivileges, masked and read-only paths, the device
