@@ -34,6 +34,7 @@ def _from(module, name, default):
 def document():
     from ..cgroups.detect import detect
     from ..runtime import seccomp_oci
+    from . import vm
     layout = detect()
     return {
         "ociVersionMin": "1.0.0",
@@ -52,7 +53,7 @@ def document():
             "intelRdt": {"enabled": False},
         },
         "annotations": {"run.ctrun.version": __version__,
-                        "run.ctrun.modes": "container"},
+                        "run.ctrun.modes": "container,vm" if vm.available() else "container"},
     }
 
 

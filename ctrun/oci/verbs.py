@@ -109,6 +109,9 @@ class Runtime:
         if console_socket:
             from . import console
             console.check(console_socket)
+        from . import vm
+        if vm.wanted(conf):  # ctrun.mode=vm: the bundle booted as a guest
+            return vm.create(self, cid, bdir, conf, pid_file, console_socket, keep_master)
         spec = bundlemod.runtime_spec(conf, bdir, cid)
         fields, device_rules, unified = bundlemod.limits_of(
             conf["linux"].get("resources"))
@@ -334,7 +337,10 @@ class Runtime:
         if st in ("stopped", "creating"):
             raise Conflict("container not running")
         mgr = self._mgr(ct)
-        if all_:
+        from . import vm
+        if all_ and vm.is_vm(ct):
+            vm.kill_all(ct, mgr, signum)
+        elif all_:
             for pid in mgr.pids():
                 try:
                     os.kill(pid, signum)
@@ -377,6 +383,9 @@ class Runtime:
                 if st == "paused":
                     mgr.thaw()
                 _wait_gone(ct.pid, ct.pid_start)
+            from . import vm
+            if vm.is_vm(ct):
+                vm.end(mgr)
             try:
                 mgr.remove()
             except errors.NotFound:
@@ -417,6 +426,9 @@ class Runtime:
             raise Conflict("container not running")
         fields, rules, unified = bundlemod.limits_of(resources, "resources")
         mgr = self._mgr(ct)
+        from . import vm
+        if vm.is_vm(ct):  # the guest's memory: its balloon, not QEMU's cgroup
+            fields = vm.update(ct, fields)
         if fields:
             mgr.apply(Limits.from_dict(fields))
         if rules is not None:
@@ -445,6 +457,9 @@ class Runtime:
         if console_socket:
             from . import console
             console.check(console_socket)
+        from . import vm
+        if vm.is_vm(ct):
+            return vm.exec(ct, proc, detach, pid_file, console_socket)
         spec = ct.spec()
         spec["process"] = bundlemod.process_for(proc)
         from ..backends.container import _exec_cgroups

@@ -24,7 +24,11 @@
  * Frames both ways: 1 byte type, 4 bytes little-endian payload length, payload.
  *   host -> guest  H nonce (reset the port's session, reply c agent-nonce(32) host-nonce)
  *                  A proof (32 bytes; reply h agent-proof(32) release, or n and the end)
- *                  O exec request: NUL-separated "flags" "cwd" "uid:gid" ENV... "" ARGV...
+ *                  O exec request: NUL-separated "flags" "cwd" "uid:gid[:g1,g2...]" ENV...
+ *                    "" ARGV... (the optional list: supplementary groups, else none;
+ *                    flags: t a tty, i stdin, k an init: when it exits the rest of its
+ *                    process group is killed and its output ends there, as a container's
+ *                    processes end with its pid 1)
  *                  I stdin bytes   E stdin closed   R "rows cols"   K signal number
  *                  S stats         D signal for PID 1 (orderly shutdown; with " poweroff"
                   after the number, systemd as PID 1 gets its power-off signal instead,
@@ -77,6 +81,7 @@ struct session {
     int status, exited;
     int out, err, stdin_fd; /* -1 when closed; with a tty out == stdin_fd == pty master */
     int tty;
+    int init;               /* the command is a workload whose end ends its process group */
     char *pend;             /* stdin bytes not yet written */
     size_t pendlen;
     int stdin_eof;
@@ -286,8 +291,10 @@ static void start_exec(struct session *s, char *p, uint32_t len)
     char *end = p + len, *fields[4096];
     int n = 0, envc, i, errpipe[2], in[2] = {-1, -1}, out[2] = {-1, -1}, er[2] = {-1, -1};
     int master = -1, slave = -1, e;
-    char *flags, *cwd, *user;
+    char *flags, *cwd, *user, *g;
     unsigned uid = 0, gid = 0;
+    gid_t groups[64];
+    int ngroups = 0;
 
     if (s->pid > 0) {
         const char m[] = "ctrun-agent: a command already runs on this port\n";
@@ -304,11 +311,18 @@ static void start_exec(struct session *s, char *p, uint32_t len)
         goto bad;
     flags = fields[0], cwd = fields[1], user = fields[2];
     sscanf(user, "%u:%u", &uid, &gid);
+    if ((g = strchr(user, ':')) && (g = strchr(g + 1, ':')))
+        while (*++g && ngroups < 64) {
+            groups[ngroups++] = (gid_t)strtoul(g, &g, 10);
+            if (*g != ',')
+                break;
+        }
     for (envc = 3; envc < n && fields[envc][0]; envc++)
         ;
     if (envc >= n - 1)
         goto bad;
     s->tty = strchr(flags, 't') != NULL;
+    s->init = strchr(flags, 'k') != NULL;
     if (s->tty) {
         master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (master < 0 || grantpt(master) || unlockpt(master))
@@ -339,7 +353,7 @@ static void start_exec(struct session *s, char *p, uint32_t len)
             putenv(fields[i]);
         if (!getenv("PATH"))
             putenv("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        if ((cwd[0] && chdir(cwd)) || setgroups(0, NULL) || setgid(gid) || setuid(uid)) {
+        if ((cwd[0] && chdir(cwd)) || setgroups(ngroups, groups) || setgid(gid) || setuid(uid)) {
             e = errno;
             write(errpipe[1], &e, sizeof e);
             _exit(126);
@@ -706,6 +720,21 @@ static void pump(struct session *s, int *fd, char type)
     maybe_exit(s);
 }
 
+/* what is left in an output pipe is sent, and the pipe closed */
+static void drain_close(struct session *s, int *fd, char type)
+{
+    char buf[32768];
+    ssize_t n;
+    if (*fd < 0)
+        return;
+    fcntl(*fd, F_SETFL, fcntl(*fd, F_GETFL) | O_NONBLOCK);
+    while ((n = read(*fd, buf, sizeof buf)) > 0)
+        send_frame(s, type, buf, n);
+    if (*fd == s->stdin_fd)
+        s->stdin_fd = -1;
+    close_fd(fd);
+}
+
 static void find_ports(void)
 {
     DIR *d = opendir("/sys/class/virtio-ports");
@@ -845,6 +874,11 @@ static int agent_main(int argc, char **argv)
             for (i = 0; i < nports; i++)
                 if (ports[i].pid == pid) {
                     ports[i].status = st, ports[i].exited = 1;
+                    if (ports[i].init) {  /* a background child may hold its output */
+                        kill(-pid, SIGKILL);
+                        drain_close(&ports[i], &ports[i].out, 'o');
+                        drain_close(&ports[i], &ports[i].err, 'e');
+                    }
                     if (!ports[i].connected)
                         ports[i].pid = 0;
                     maybe_exit(&ports[i]);

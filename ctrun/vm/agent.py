@@ -266,16 +266,19 @@ class Agent:
         self.send("P")
 
     def exec(self, argv, env=(), cwd="", user="0:0", tty=False, stdin=False,
-             out=None, err=None, inp=None):
+             out=None, err=None, inp=None, signals=None, init=False):
         """Run argv in the guest; returns its exit code.  With tty the user's terminal is
-        put in raw mode and its size follows SIGWINCH."""
-        flags = ("t" if tty else "") + ("i" if stdin or tty else "")
+        put in raw mode and its size follows SIGWINCH.  signals: a pipe that
+        signal.set_wakeup_fd writes to; each signal number read from it is sent on to the
+        command (how a host process standing for a guest one relays the signals it gets).
+        init: the command is the workload; the rest of its process group ends with it."""
+        flags = ("t" if tty else "") + ("i" if stdin or tty else "") + ("k" if init else "")
         fields = [flags, cwd or "", user or "0:0", *env, "", *argv]
         self.send("O", b"\0".join(f.encode() for f in fields) + b"\0")
         out = out if out is not None else sys.stdout.fileno()
         err = err if err is not None else sys.stderr.fileno()
         inp = inp if inp is not None else sys.stdin.fileno()
-        watch = [self.sock]
+        watch = [self.sock] + ([signals] if signals is not None else [])
         if stdin or tty:
             watch.append(inp)
         raw = tty and os.isatty(inp)
@@ -283,9 +286,9 @@ class Agent:
             if raw:
                 watch.append(wake_r)
                 self._resize(inp)
-            return self._relay(watch, inp, out, err, wake_r)
+            return self._relay(watch, inp, out, err, wake_r, signals)
 
-    def _relay(self, watch, inp, out, err, wake_r):
+    def _relay(self, watch, inp, out, err, wake_r, signals=None):
         """Pump frames and stdin until the exit frame; the exit code."""
         ping_at = None  # a silent command is fine; a silent agent is not
         while True:
@@ -304,6 +307,9 @@ class Agent:
             if wake_r is not None and wake_r in ready:
                 os.read(wake_r, 64)
                 self._resize(inp)
+            if signals is not None and signals in ready:
+                for sig in os.read(signals, 64):
+                    self.send("K", str(sig).encode())
             if inp in ready:
                 data = os.read(inp, 32768)
                 if data:

@@ -57,23 +57,35 @@ def base(store, image):
             return out
         size = int(sum(layers.du(d) for d in lowers) * 1.3) + HEADROOM
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-
-        def mkfs(src):
-            r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ctrun-root", "-E", "nodiscard",
-                                "-d", src, str(tmp), f"{size // (1 << 20)}M"],
-                               capture_output=True, text=True)
-            if r.returncode:
-                raise CtrunError(f"cannot make the VM disk of image '{image}': "
-                                 f"{(r.stderr.strip() or 'mkfs.ext4 failed').splitlines()[-1]}")
         try:
-            _private_file(tmp)
             # several layers are merged by overlayfs (whiteouts, opaque dirs applied) in a
             # private mount namespace that dies with the copy
-            layers.merged(lowers, mkfs, store.root / "tmp")
+            layers.merged(lowers, lambda src: mkfs(src, tmp, size, f"image '{image}'"),
+                          store.root / "tmp")
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
     return out
+
+
+def mkfs(src, dest, size, what):
+    """An ext4 file system of `size` bytes (sparse) at dest holding a copy of the tree src;
+    dest is made private first."""
+    _tool("mkfs.ext4", "e2fsprogs")
+    _private_file(dest)
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ctrun-root", "-E", "nodiscard",
+                        "-d", str(src), str(dest), f"{size // (1 << 20)}M"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise CtrunError(f"cannot make the VM disk of {what}: "
+                         f"{(r.stderr.strip() or 'mkfs.ext4 failed').splitlines()[-1]}")
+
+
+def from_tree(src, dest):
+    """A VM's own disk made from a root file system directory (an OCI bundle's rootfs)."""
+    from ..images import layers
+    mkfs(src, dest, int(layers.du(src) * 1.3) + HEADROOM, f"root file system {src}")
+    return dest
 
 
 def overlay(base_disk, dest):

@@ -57,8 +57,34 @@ if [ -d /newroot/etc ]; then
   printf "$CTRUN_HOSTS" > /newroot/etc/hosts
   [ -n "$CTRUN_RESOLV" ] && printf "$CTRUN_RESOLV" > /newroot/etc/resolv.conf
 fi
+if [ -z "$CTRUN_CMD" ]; then  # no image init (ctrun-oci) mounts what a runc container has
+  $B mkdir -p /newroot/dev/mqueue && $B mount -t mqueue -o nosuid,nodev,noexec mqueue \
+    /newroot/dev/mqueue
+fi
+# files of the host's (ctrun-oci's bind mounts), copied in /ctrun/binds/N: "N ro|rw DEST"
+$B mount -t proc proc /proc  # again (moved): for sysctls, and a remount reads /proc/mounts
+echo "$CTRUN_SYSCTL" | while read -r k v; do  # ctrun-oci's linux.sysctl: "key value"
+  [ -n "$k" ] || continue
+  echo "$v" > "/proc/sys/$(echo "$k" | $B tr . /)" || fail "cannot set sysctl $k"
+done
+echo "$CTRUN_BINDS" | while read -r i mode dest; do
+  [ -n "$i" ] || continue
+  t="/newroot$dest" s=/ctrun/binds/$i
+  if [ -d $s ]; then $B mkdir -p "$t"; else $B mkdir -p "${t%/*}" && $B touch "$t"; fi
+  $B mount --bind $s "$t" || fail "cannot bind-mount $dest"
+  [ "$mode" = rw ] || $B mount -o remount,bind,ro "$t" || fail "cannot make $dest read-only"
+done
+[ -z "$CTRUN_ROOT_RO" ] || $B mount -o remount,ro /newroot || fail "cannot make / read-only"
+$B umount /proc
 /ctrun-agent /newroot || fail "the guest agent did not start"
 eval "set -- $CTRUN_CMD"
+if [ $# = 0 ]; then
+  # no init of the image's (ctrun-oci): the agent runs the workload; this shell stays
+  # PID 1 and reaps what the agent's commands orphan
+  echo "ctrun-init: agent only"
+  $B mount -t devtmpfs dev /dev  # moved to the new root; a background job needs /dev/null
+  while :; do $B sleep 3600 & wait; done
+fi
 case "$1" in
   /*) [ -x "/newroot$1" ] || [ -L "/newroot$1" ] || fail "the image has no init $1" ;;
 esac
@@ -171,6 +197,10 @@ def settings(conf, net=None, probe=False):
     hostname = conf.get("hostname") or conf["name"]
     v = {"CTRUN_HOSTNAME": hostname, "CTRUN_CMD": " ".join(map(shlex.quote, conf["argv"])),
          "CTRUN_PROBE": "1" if probe else "",
+         "CTRUN_ROOT_RO": "1" if conf.get("readonly") else "",
+         "CTRUN_SYSCTL": "".join(f"{k} {v}\n" for k, v in (conf.get("sysctl") or {}).items()),
+         "CTRUN_BINDS": "".join(f"{i} {'ro' if ro else 'rw'} {dest}\n"
+                                for i, (_, dest, ro) in enumerate(conf.get("binds") or [])),
          "CTRUN_HOSTS": "127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost\\n"}
     if net.get("ip"):
         v["CTRUN_IP"] = f"{net['ip']}/{net['prefix']}"
@@ -191,6 +221,13 @@ def for_vm(kernel, dest, conf, net=None, probe=False, key=None):
         (t / "ctrun/config").write_text(settings(conf, net, probe))
         if key is not None:
             _write_private(t / "ctrun/key", key)
+        for i, (src, _, _) in enumerate(conf.get("binds") or []):
+            (t / "ctrun/binds").mkdir(exist_ok=True)
+            if os.path.isdir(src):  # symlinks as they are (a secret's ..data link)
+                shutil.copytree(src, t / "ctrun/binds" / str(i), symlinks=True,
+                                ignore=_special_files)
+            else:
+                shutil.copy2(src, t / "ctrun/binds" / str(i))
         _cpio(t, Path(tmp) / "vm.cpio")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dest)  # a file of its own, created 0600, not an older one's mode
@@ -199,6 +236,14 @@ def for_vm(kernel, dest, conf, net=None, probe=False, key=None):
             shutil.copyfileobj(f1, out)
             shutil.copyfileobj(f2, out)
     return dest
+
+
+def _special_files(d, names):
+    """Devices, fifos and sockets in a copied directory: never opened, never copied."""
+    import stat
+    return [n for n in names
+            if not stat.S_ISREG(m := os.lstat(os.path.join(d, n)).st_mode)
+            and not stat.S_ISDIR(m) and not stat.S_ISLNK(m)]
 
 
 def _write_private(path, data):

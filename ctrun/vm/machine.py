@@ -59,10 +59,11 @@ def guest_argv(conf, icfg):
     return list(conf.get("cmd") or []) or list(icfg.get("cmd") or ["/sbin/init"])
 
 
-def prepare_start(store, cdir, conf, icfg):
+def prepare_start(store, cdir, conf, icfg, argv=None):
     """Everything QEMU needs, decided in the CLI (so errors reach the user): the
     accelerator, the kernel, this start's initramfs; written to vm/launch.json for the
-    monitor's launcher.  Returns a notice when KVM was asked for implicitly but unusable."""
+    monitor's launcher.  Returns a notice when KVM was asked for implicitly but unusable.
+    argv: the guest's init instead of the image's ([]: none, the agent alone serves)."""
     from . import accel as accelmod, agent, initramfs, kernel, qemu
     from ..network import container as netc
     vm = conf["vm"]
@@ -74,7 +75,9 @@ def prepare_start(store, cdir, conf, icfg):
     # a fresh agent key per start: only a client that read it from vm/ (root) is obeyed
     initrd = initramfs.for_vm(k, vmdir / "initrd.img", {
         "name": conf["name"], "hostname": conf.get("hostname"),
-        "argv": guest_argv(conf, icfg), "resolv": netc.resolv_text(net) if bridged else ""},
+        "argv": guest_argv(conf, icfg) if argv is None else argv,
+        "readonly": conf.get("readonly"), "binds": conf.get("binds"),
+        "sysctl": conf.get("sysctl"), "resolv": netc.resolv_text(net) if bridged else ""},
         net if bridged else None, key=agent.new_key(vmdir))
     channel = {"kind": qemu.agent_channel()}
     if channel["kind"] == "vsock":  # a context id no other VM on this host is likely to hold
@@ -96,8 +99,11 @@ def memory_limit(vm, accel):
     return vm["memory"] + qemu.OVERHEAD[accel]
 
 
-def launch(store, name, cdir, conf, procs_files, out_w, err_w):
-    """In the monitor's launcher: start QEMU in the VM's cgroup; returns (pid, start time)."""
+def launch(store, name, cdir, conf, procs_files, out_w, err_w, parent_death=False,
+           plumb=None):
+    """In the monitor's launcher: start QEMU in the VM's cgroup; returns (pid, start time).
+    parent_death: QEMU is killed when its parent (a process standing for the VM) dies.
+    plumb(tap): connects the tap instead of ctrun's bridge (netc.up)."""
     from ..network import container as netc
     from ..state import proc_start_time
     vmdir = cdir / "vm"
@@ -110,6 +116,7 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w):
         os.set_inheritable(tap_fd, True)
         argv = [a.replace("fd=-1", f"fd={tap_fd}") for a in argv]
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
@@ -123,6 +130,11 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w):
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.setsid()
+            if parent_death:
+                import prctl
+                prctl.set_pdeathsig(signal.SIGKILL)
+                if os.getppid() != parent:  # it died before the line above
+                    os._exit(1)
             import shutil
             path = shutil.which(argv[0])
             drop_capabilities()
@@ -140,7 +152,10 @@ def launch(store, name, cdir, conf, procs_files, out_w, err_w):
         raise ContainerFailed(failed.decode())
     if spec.get("tap"):
         try:
-            netc.up(store, name, conf["net"], pid, tap=spec["tap"])
+            if plumb is not None:
+                plumb(spec["tap"])
+            else:
+                netc.up(store, name, conf["net"], pid, tap=spec["tap"])
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             raise
