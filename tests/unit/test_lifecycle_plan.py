@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from recording_kernel import Exited, RecordingKernel
+from recording_kernel import Exited
 
 from ctrun import libc
 from ctrun.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
@@ -20,19 +20,8 @@ from ctrun.runtime import process, rootfs, security
 NOSUID_NODEV_NOEXEC = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
-@pytest.fixture
-def kernel():
-    with RecordingKernel() as k:
-        yield k
 
-
-@pytest.fixture(autouse=True)
-def _module_state():
-    """rootfs keeps fds between its steps in module lists: none may outlive a test."""
-    yield
-    for fd in rootfs._NULL + rootfs._ROOT_TREE:
-        os.close(fd)
-    del rootfs._NULL[:], rootfs._ROOT_TREE[:], rootfs._READONLY_LATER[:]
+pytestmark = pytest.mark.usefixtures("rootfs_state")
 
 
 def _spec(tmp_path, masked=(), readonly=()):

@@ -6,7 +6,6 @@ last.  Nothing reaches the kernel."""
 import os
 
 import pytest
-from recording_kernel import RecordingKernel
 
 from ctrun.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                         MS_RDONLY, MS_REC, MS_REMOUNT, MS_STRICTATIME)
@@ -15,18 +14,8 @@ from ctrun.runtime import devices, mounts, rootfs
 NOSUID_NODEV_NOEXEC = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
-@pytest.fixture
-def kernel():
-    with RecordingKernel() as k:
-        yield k
 
-
-@pytest.fixture(autouse=True)
-def _module_state():
-    yield
-    for fd in rootfs._NULL + rootfs._ROOT_TREE:
-        os.close(fd)
-    del rootfs._NULL[:], rootfs._ROOT_TREE[:], rootfs._READONLY_LATER[:]
+pytestmark = pytest.mark.usefixtures("rootfs_state")
 
 
 def _spec(tmp_path):
