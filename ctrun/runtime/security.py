@@ -105,8 +105,12 @@ def _apply_all_sets(caps, user):
     _set_ids(user)
     linux.set_keepcaps(False)
     linux.capset(nums("effective"), nums("permitted"), nums("inheritable"))
+    # one the spec lists as ambient but not as permitted and inheritable cannot be raised:
+    # skipped, as runc does (its own `runc spec` lists ambient capabilities alone)
+    usable = set(nums("permitted")) & set(nums("inheritable"))
     for cap in nums("ambient"):
-        linux.ambient_raise(cap)
+        if cap in usable:
+            linux.ambient_raise(cap)
 
 
 def reset_signals():

@@ -277,3 +277,18 @@ def test_id_in_use_and_unknown_id(oci):
     oci("delete", "--force", "nope")                # runc: no error with --force
     oci("delete", "dup")                             # a created container goes without force
     reap()
+
+
+def test_runc_default_capabilities_run(oci):
+    """`runc spec` lists ambient capabilities without an inheritable set: they cannot be
+    raised, and are skipped as runc skips them, not a failed start."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    b = oci.bundle("rcaps", ["sh", "-c", "grep -E '^Cap(Eff|Amb)' /proc/self/status"],
+                   process={"capabilities": {k: list(caps) for k in
+                                             ("bounding", "effective", "permitted",
+                                              "ambient")}})
+    r = oci("run", "--bundle", b, "rcaps", check=False)
+    assert r.returncode == 0, r.stderr
+    fields = dict(line.split(":") for line in r.stdout.split("\n") if line)
+    assert int(fields["CapAmb"], 16) == 0
+    assert int(fields["CapEff"], 16) == (1 << 29) | (1 << 5) | (1 << 10)
