@@ -34,6 +34,11 @@ import stat
 import time
 from pathlib import Path
 
+from . import procs
+
+# a process by pid and start time: in procs.py, named here too, their first home
+proc_start_time, alive = procs.proc_start_time, procs.alive
+
 DEFAULT_ROOT = "/var/lib/ctrun"
 
 
@@ -105,24 +110,6 @@ def proc_cmdlines():
                     yield int(p), f.read()
             except OSError:
                 continue
-
-
-def proc_start_time(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # the comm field may hold spaces and parentheses: split after the last ')'
-    fields = raw[raw.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[19])
-
-
-def alive(pid, start_time):
-    return bool(pid) and proc_start_time(pid) == start_time
 
 
 def private_dir(path):

@@ -16,6 +16,7 @@ import signal
 import time
 
 from ..errors import CtrunError, InvalidInput
+from ..procs import signal_pid  # noqa: F401 - callers import it from here
 from ..state import read_json, write_json
 
 
@@ -126,24 +127,6 @@ def discard_cgroup(cfg):
     except InvalidInput:
         return False
     return mgr.discard()
-
-
-def signal_pid(live, sig):
-    """Signal the supervised process by pidfd, checked against its start time (never a
-    recycled pid); returns the pidfd (the caller closes it) or None when it is gone."""
-    from ..state import proc_start_time
-    try:
-        fd = os.pidfd_open(live["pid"])
-    except ProcessLookupError:
-        return None
-    if proc_start_time(live["pid"]) != live["pid_start"]:
-        os.close(fd)
-        return None
-    try:
-        signal.pidfd_send_signal(fd, sig)
-    except ProcessLookupError:
-        pass
-    return fd
 
 
 def thaw_if_frozen(cfg):

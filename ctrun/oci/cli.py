@@ -6,7 +6,6 @@ writes it; the shim and conmon report its "msg").  The exit code of a failed ver
 runc's; `run` and a non-detached `exec` exit with the workload's code.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -17,93 +16,153 @@ from .. import __version__
 SPEC_VERSION = "1.0.2"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        from ..errors import InvalidInput
-        raise InvalidInput(f"{message}; see ctrun-oci {self.prog.split()[-1]} --help")
+# flag kinds: a bool takes no value; str, int and list (repeatable) take one
+B, S, I, L = "bool", "str", "int", "list"
+_CREATE = [("--bundle -b", S), ("--console-socket", S), ("--pid-file", S), ("--no-pivot", B),
+           ("--no-new-keyring", B), ("--preserve-fds", I)]
+_UPDATE = [("--resources -r", S)] + [(f, S) for f in (
+    "--memory", "--memory-reservation", "--memory-swap", "--cpu-period", "--cpu-quota",
+    "--cpu-share", "--cpuset-cpus", "--cpuset-mems", "--pids-limit", "--blkio-weight",
+    "--cpu-rt-period", "--cpu-rt-runtime", "--kernel-memory", "--kernel-memory-tcp",
+    "--l3-cache-schema", "--mem-bw-schema")]
+_EXEC = [("--process -p", S), ("--detach -d", B), ("--pid-file", S), ("--tty -t", B),
+         ("--console-socket", S), ("--cwd", S), ("--env -e", L), ("--user -u", S),
+         ("--additional-gids -g", L), ("--cap -c", L), ("--no-new-privs", B),
+         ("--preserve-fds", I), ("--process-label", S), ("--apparmor", S),
+         ("--ignore-paused", B), ("--cgroup", L)]
+_FORMAT = ("--format -f", S, "table", ("table", "json"))
+GLOBAL = [("--root", S, None), ("--log", S, None), ("--log-format", S, "text", ("text", "json")),
+          ("--debug", B), ("--systemd-cgroup", B), ("--criu", S), ("--rootless", S),
+          ("--version -v", B), ("--help -h", B)]
+# verb -> (what it does, positionals (NAME? optional, NAME* the rest), flags)
+VERBS = {
+    "create": ("set a container up from a bundle; it waits for start", ["id"], _CREATE),
+    "start": ("run the user's process of a created container", ["id"], []),
+    "run": ("create and start, then wait for the container unless --detach", ["id"],
+            _CREATE + [("--detach -d", B), ("--keep", B), ("--no-subreaper", B)]),
+    "state": ("print a container's state JSON", ["id"], []),
+    "list": ("list the containers", [], [_FORMAT, ("--quiet -q", B)]),
+    "kill": ("signal the init (every process with --all); SIGNAL defaults to TERM",
+             ["id", "signal?"], [("--all -a", B)]),
+    "delete": ("delete a stopped container (any with --force)", ["id"], [("--force -f", B)]),
+    "exec": ("run a process (--process FILE, or the command) in a running container",
+             ["id", "command*"], _EXEC),
+    "ps": ("list the container's processes", ["id", "ps_args*"], [_FORMAT]),
+    "pause": ("freeze every process of the container", ["id"], []),
+    "resume": ("thaw a paused container", ["id"], []),
+    "update": ("change a running container's resources", ["id"], _UPDATE),
+    "events": ("print the container's stats as JSON events", ["id"],
+               [("--stats", B), ("--interval", S, "5s")]),
+    "features": ("print the runtime-spec features document", [], []),
+    "spec": ("write a default config.json", [], [("--bundle -b", S), ("--rootless", B)]),
+}
+DEFAULTS = {B: False, S: None, I: 0, L: None}
+POSITIONAL_DEFAULTS = {"signal": "SIGTERM"}
 
 
-def _verbs():
-    ap = _Parser(prog="ctrun-oci", description="ctrun's runc-compatible OCI runtime")
-    ap.add_argument("--root", default=None, help="state directory (default /run/ctrun-oci)")
-    ap.add_argument("--log", default=None, help="log file (errors and warnings)")
-    ap.add_argument("--log-format", default="text", choices=("text", "json"))
-    ap.add_argument("--debug", action="store_true")
-    ap.add_argument("--systemd-cgroup", action="store_true",
-                    help="cgroupsPath is slice:prefix:name")
-    ap.add_argument("--criu", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--rootless", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("-v", "--version", action="store_true")
-    sub = ap.add_subparsers(dest="verb", parser_class=_Parser)
+class Args:
+    """The parsed command line: one attribute per flag (dashes as underscores) and
+    positional."""
 
-    def verb(name, help_, id_=True):
-        p = sub.add_parser(name, help=help_)
-        if id_:
-            p.add_argument("id")
-        return p
 
-    for name in ("create", "run"):
-        p = verb(name, "create a container from a bundle" if name == "create" else
-                 "create and start a container, and wait for it unless --detach")
-        p.add_argument("-b", "--bundle", default=None)
-        p.add_argument("--console-socket", default=None)
-        p.add_argument("--pid-file", default=None)
-        p.add_argument("--no-pivot", action="store_true")
-        p.add_argument("--no-new-keyring", action="store_true")
-        p.add_argument("--preserve-fds", type=int, default=0)
-        if name == "run":
-            p.add_argument("-d", "--detach", action="store_true")
-            p.add_argument("--keep", action="store_true")
-            p.add_argument("--no-subreaper", action="store_true")
-    verb("start", "run the user's process of a created container")
-    p = verb("state", "print a container's state JSON")
-    p = verb("list", "list containers", id_=False)
-    p.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    p.add_argument("-q", "--quiet", action="store_true")
-    p = verb("kill", "send a signal to the container's init (or every process with --all)")
-    p.add_argument("signal", nargs="?", default="SIGTERM")
-    p.add_argument("-a", "--all", action="store_true")
-    p = verb("delete", "delete a stopped container (any with --force)")
-    p.add_argument("-f", "--force", action="store_true")
-    p = verb("exec", "run a process in a running container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.add_argument("-p", "--process", default=None)
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("--pid-file", default=None)
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("--console-socket", default=None)
-    p.add_argument("--cwd", default=None)
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("-u", "--user", default=None)
-    p.add_argument("-g", "--additional-gids", action="append", default=[])
-    p.add_argument("-c", "--cap", action="append", default=[])
-    p.add_argument("--no-new-privs", action="store_true")
-    p.add_argument("--preserve-fds", type=int, default=0)
-    p.add_argument("--process-label", default=None)
-    p.add_argument("--apparmor", default=None)
-    p.add_argument("--ignore-paused", action="store_true")
-    p.add_argument("--cgroup", action="append", default=[])
-    p = verb("ps", "list the container's processes")
-    p.add_argument("ps_args", nargs=argparse.REMAINDER)
-    p.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    verb("pause", "freeze every process of the container")
-    verb("resume", "thaw a paused container")
-    p = verb("update", "change a running container's resources")
-    p.add_argument("-r", "--resources", default=None, help="LinuxResources JSON file, or -")
-    for flag in ("--memory", "--memory-reservation", "--memory-swap", "--cpu-period",
-                 "--cpu-quota", "--cpu-share", "--cpuset-cpus", "--cpuset-mems",
-                 "--pids-limit", "--blkio-weight", "--cpu-rt-period", "--cpu-rt-runtime",
-                 "--kernel-memory", "--kernel-memory-tcp", "--l3-cache-schema",
-                 "--mem-bw-schema"):
-        p.add_argument(flag, default=None)
-    p = verb("events", "print the container's events (and stats) as JSON")
-    p.add_argument("--stats", action="store_true")
-    p.add_argument("--interval", default="5s")
-    verb("features", "print the runtime's features document", id_=False)
-    p = verb("spec", "write a default config.json", id_=False)
-    p.add_argument("-b", "--bundle", default=None)
-    p.add_argument("--rootless", action="store_true")
-    return ap
+def _table(flags):
+    out = {}
+    for spec in flags:
+        names, kind = spec[0].split(), spec[1]
+        dest = names[0].lstrip("-").replace("-", "_")
+        default = spec[2] if len(spec) > 2 else DEFAULTS[kind]
+        choices = spec[3] if len(spec) > 3 else None
+        for n in names:
+            out[n] = (dest, kind, default, choices)
+    return out
+
+
+def _flags(argv, i, flags, a, where):
+    """Parse the flags from argv[i] up to the first positional (or "--"); returns its
+    index.  --flag value, --flag=value, and runc's single-dash long forms (-bundle)."""
+    for dest, kind, default, _ in flags.values():
+        setattr(a, dest, [] if kind == L else default)
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-", "--"):
+        name, eq, value = argv[i].partition("=")
+        if not name.startswith("--") and len(name) > 2:
+            name = "-" + name
+        if name not in flags:
+            raise _bad(f"unknown option {argv[i]!r} for {where}", where)
+        dest, kind, _, choices = flags[name]
+        if kind == B:
+            setattr(a, dest, value.lower() not in ("false", "0") if eq else True)
+            i += 1
+            continue
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise _bad(f"option {name} needs a value", where)
+            value = argv[i]
+        if choices and value not in choices:
+            raise _bad(f"option {name} {value!r} is not one of {', '.join(choices)}", where)
+        if kind == I:
+            if not value.lstrip("-").isdigit():
+                raise _bad(f"option {name} {value!r} is not a number", where)
+            value = int(value)
+        if kind == L:
+            getattr(a, dest).append(value)
+        else:
+            setattr(a, dest, value)
+        i += 1
+    return i
+
+
+def _bad(message, where):
+    from ..errors import InvalidInput
+    return InvalidInput(f"{message}; see {where} --help")
+
+
+def parse(argv):
+    a = Args()
+    i = _flags(argv, 0, _table(GLOBAL), a, "ctrun-oci")
+    a.verb = argv[i] if i < len(argv) else None
+    if a.verb is None or a.help:
+        return a
+    if a.verb not in VERBS:
+        raise _bad(f"unknown command {a.verb!r}", "ctrun-oci")
+    where = f"ctrun-oci {a.verb}"
+    _, positionals, flags = VERBS[a.verb]
+    i = _flags(argv, i + 1, _table(flags + [("--help -h", B)]), a, where)
+    rest = argv[i:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    for p in positionals:
+        if p.endswith("*"):
+            setattr(a, p[:-1], rest[1:] if rest[:1] == ["--"] else rest)
+            rest = []
+        elif p.endswith("?"):
+            setattr(a, p[:-1], rest.pop(0) if rest else POSITIONAL_DEFAULTS.get(p[:-1]))
+        elif a.help:
+            setattr(a, p, None)
+        elif not rest:
+            raise _bad(f"{a.verb} needs a container {p.upper()}", where)
+        else:
+            setattr(a, p, rest.pop(0))
+    if rest and not a.help:
+        raise _bad(f"unexpected argument {rest[0]!r}", where)
+    return a
+
+
+def usage(verb=None):
+    """The --help text, made from the same tables."""
+    def flags_text(flags):
+        return "\n".join(f"  {', '.join(reversed(f[0].split()))}"
+                         f"{'' if f[1] == B else ' VALUE'}" for f in flags)
+    if verb in VERBS:
+        what, positionals, flags = VERBS[verb]
+        args = " ".join(p.rstrip("*?").upper() + ("..." if p.endswith("*") else "")
+                        for p in positionals)
+        return f"usage: ctrun-oci [global options] {verb} [options] {args}\n\n{what}\n\n" \
+               f"options:\n{flags_text(flags) or '  (none)'}"
+    verbs = "\n".join(f"  {v:<9} {w}" for v, (w, _, _) in VERBS.items())
+    return (f"usage: ctrun-oci [global options] COMMAND [options] ...\n\nctrun's "
+            f"runc-compatible OCI runtime.\n\ncommands:\n{verbs}\n\nglobal options:\n"
+            f"{flags_text(GLOBAL)}")
 
 
 class Log:
@@ -322,10 +381,13 @@ def main(argv=None):
         return code
 
     try:
-        a = _verbs().parse_args(argv)
+        a = parse(argv)
         log = Log(a.log, a.log_format)
         if a.version:
             print(f"ctrun-oci version {__version__}\nspec: {SPEC_VERSION}")
+            return 0
+        if a.help:
+            print(usage(a.verb))
             return 0
         if not a.verb:
             return fail("a command is needed; see ctrun-oci --help")

@@ -7,20 +7,25 @@ The status is derived, never stored: the init's pid and start time say whether i
 """
 
 import fcntl
+import json
 import os
-import re
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, quote
-from ..state import private_dir, proc_start_time, read_json, write_json
+
+# imported by every verb a client calls, several times per container: only os, json and
+# fcntl here (ctrun.state, the cgroup package and `re` load on the verbs that need them)
 
 DEFAULT_ROOT = "/run/ctrun-oci"
 
-# runc's rule for an ID: it becomes a directory name, and a cgroup name by default
-_ID = re.compile(r"[\w+\-.]+")
+
+def _id_char(c):
+    return c.isalnum() or c in "_+-."
 
 
 def check_id(cid):
-    if not cid or not _ID.fullmatch(cid) or cid in (".", "..") or len(cid) > 1024:
+    """runc's rule for an ID ([\\w+\\-.]+): it becomes a directory name, and a cgroup name
+    by default."""
+    if not cid or not all(map(_id_char, cid)) or cid in (".", "..") or len(cid) > 1024:
         raise InvalidInput(f"invalid container id {quote(cid)}; use letters, digits and "
                            "'_', '+', '-', '.' only (no '/' and not '..')")
     return cid
@@ -36,6 +41,12 @@ class Root:
         return os.path.join(self.path, check_id(cid))
 
     def ensure(self):
+        try:
+            if os.stat(self.path).st_mode & 0o077 == 0:
+                return  # made (root-only) by an earlier call
+        except FileNotFoundError:
+            pass
+        from ..state import private_dir
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             private_dir(self.path)
@@ -73,7 +84,7 @@ class Root:
 
     def load(self, cid):
         d = self.dir(cid)
-        rec = read_json(os.path.join(d, "state.json"))
+        rec = _read_json(os.path.join(d, "state.json"))
         if rec is None:
             raise NotFound("container does not exist" if os.path.isdir(d) is False
                            else f"container {quote(cid)} is still being created or was "
@@ -106,10 +117,11 @@ class Container:
         return os.path.join(self.dir, name)
 
     def save(self):
+        from ..state import write_json
         write_json(self.path("state.json"), self.rec, durable=False)
 
     def spec(self):
-        return read_json(self.path("spec.json"))
+        return _read_json(self.path("spec.json"))
 
     def bpf(self):
         """The container's seccomp program and its load flags, or None."""
@@ -120,17 +132,31 @@ class Container:
             return None
 
     def alive(self):
+        from ..procs import proc_start_time
         return bool(self.pid) and proc_start_time(self.pid) == self.pid_start
 
-    def status(self, mgr=None):
+    def status(self):
         if not self.alive():
             return "stopped"
         if os.path.exists(self.path("exec.fifo")):
             return "created"
-        if mgr is not None:
-            try:
-                if mgr.frozen():
-                    return "paused"
-            except OSError:
-                pass
-        return "running"
+        return "paused" if self.frozen() else "running"
+
+    def frozen(self):
+        """Read from the freezer file recorded at create, without the cgroup package."""
+        f = self.rec.get("freezer")
+        try:
+            with open(f or "") as fh:
+                text = fh.read()
+        except OSError:
+            return False
+        return text.strip() == "FROZEN" if f.endswith("freezer.state") else \
+            "frozen 1" in text.splitlines()
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

@@ -64,11 +64,11 @@ class Runtime:
 
     def _status(self, ct):
         if ct.rec.get("creating"):
-            from ..state import proc_start_time
+            from ..procs import proc_start_time
             if proc_start_time(ct.creator) == ct.creator_start:
                 return "creating"
             return "stopped"
-        return ct.status(self._mgr(ct))
+        return ct.status()
 
     def _state_doc(self, ct, status=None):
         status = status or self._status(ct)
@@ -146,6 +146,7 @@ class Runtime:
                     self._no_device_cgroup(spec)
             mgr.create(device_rules=rules)
             created = True
+            ct.rec["freezer"] = _freezer_file(mgr)
             if not limits.is_empty():
                 mgr.apply(limits)
             _write_unified(mgr, unified)
@@ -347,7 +348,7 @@ class Runtime:
                 except ProcessLookupError:
                     pass
         else:
-            from ..backends.base import signal_pid
+            from ..procs import signal_pid
             fd = signal_pid({"pid": ct.pid, "pid_start": ct.pid_start}, signum)
             if fd is None:
                 raise Conflict("container not running")
@@ -376,7 +377,7 @@ class Runtime:
                 raise Conflict(f"cannot delete container {cid} that is not stopped: {st}")
             mgr = self._mgr(ct)
             if st != "stopped":
-                from ..backends.base import signal_pid
+                from ..procs import signal_pid
                 fd = signal_pid({"pid": ct.pid, "pid_start": ct.pid_start}, signal.SIGKILL)
                 if fd is not None:
                     os.close(fd)
@@ -491,7 +492,7 @@ class Runtime:
 
 # ---------------------------------------------------------------------- module helpers
 def _self_start():
-    from ..state import proc_start_time
+    from ..procs import proc_start_time
     return proc_start_time(os.getpid())
 
 
@@ -521,6 +522,17 @@ def _release(ct):
     finally:
         os.close(fd)
     os.unlink(fifo)
+
+
+def _freezer_file(mgr):
+    """The file whose content says whether the cgroup is frozen (read by store.Container
+    without loading the cgroup package), or None on a host without a freezer."""
+    for key, d in mgr.dirs().items():
+        if "freezer" in key.split(","):
+            return str(d / "freezer.state")
+    if mgr.layout.kind == "v2":
+        return str(next(iter(mgr.dirs().values())) / "cgroup.events")
+    return None
 
 
 def _with_spec_devices(rules, devices):
@@ -553,7 +565,7 @@ def _write_unified(mgr, unified):
 
 
 def _kill_wait(pid, start):
-    from ..backends.base import signal_pid
+    from ..procs import signal_pid
     fd = signal_pid({"pid": pid, "pid_start": start}, signal.SIGKILL)
     if fd is not None:
         os.close(fd)
@@ -565,7 +577,7 @@ def _kill_wait(pid, start):
 
 def _wait_gone(pid, start, timeout=10.0):
     """Until pid is gone or a zombie (its reaper, the client, may not have reaped it)."""
-    from ..state import proc_start_time
+    from ..procs import proc_start_time
     end = time.monotonic() + timeout
     while proc_start_time(pid) == start and time.monotonic() < end:
         time.sleep(0.005)

@@ -104,6 +104,7 @@ class OCI:
         for cid in self.ids:
             self("delete", "--force", cid, check=False)
         reap()
+        prctl.set_child_subreaper(False)   # as the test process was
 
 
 def reap():

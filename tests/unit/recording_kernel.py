@@ -12,7 +12,10 @@ import inspect
 import os
 import re
 
+import pytest
+
 from ctrun.kernel import Kernel, linux
+from ctrun.runtime import rootfs
 
 # the arguments that are descriptors, by position
 _FD_ARGS = {"fchdir": (0,), "set_readonly_tree": (0,), "move_mount_fd": (0, 1),
@@ -89,3 +92,19 @@ def _shown(arg, is_fd):
     if isinstance(arg, str):  # in a target, or in overlayfs's lowerdir=
         return re.sub(r"/proc/self/fd/(\d+)", lambda m: os.readlink(m.group(0)), arg)
     return arg
+
+
+# fixtures of the tests that follow the runtime through the double
+@pytest.fixture
+def kernel():
+    with RecordingKernel() as k:
+        yield k
+
+
+@pytest.fixture
+def rootfs_state():
+    """rootfs keeps fds between its steps in module lists: none may outlive a test."""
+    yield
+    for fd in rootfs._NULL + rootfs._ROOT_TREE:
+        os.close(fd)
+    del rootfs._NULL[:], rootfs._ROOT_TREE[:], rootfs._READONLY_LATER[:]

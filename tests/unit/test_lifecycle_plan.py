@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from recording_kernel import Exited
+from recording_kernel import Exited, kernel, rootfs_state  # noqa: F401 - fixtures
 
 from ctrun import libc
 from ctrun.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,

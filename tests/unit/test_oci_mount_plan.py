@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from recording_kernel import kernel, rootfs_state  # noqa: F401 - fixtures
 from ctrun.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
                         MS_RDONLY, MS_REC, MS_REMOUNT, MS_STRICTATIME)
 from ctrun.runtime import devices, mounts, rootfs

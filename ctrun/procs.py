@@ -1,0 +1,42 @@
+"""A process named by its pid and its start time, so a recycled pid is never taken for it.
+
+Kept apart from ctrun.state (which loads pathlib and re) because ctrun-oci's light verbs,
+run several times per container by its clients, need only this."""
+
+import os
+import signal
+
+
+def proc_start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # the comm field may hold spaces and parentheses: split after the last ')'
+    fields = raw[raw.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def alive(pid, start_time):
+    return bool(pid) and proc_start_time(pid) == start_time
+
+
+def signal_pid(live, sig):
+    """Signal the process {"pid", "pid_start"} by pidfd, checked against its start time
+    (never a recycled pid); returns the pidfd (the caller closes it) or None when it is gone."""
+    try:
+        fd = os.pidfd_open(live["pid"])
+    except ProcessLookupError:
+        return None
+    if proc_start_time(live["pid"]) != live["pid_start"]:
+        os.close(fd)
+        return None
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+    return fd
