@@ -337,8 +337,9 @@ class Runtime:
         st = self._status(ct)
         if st in ("stopped", "creating"):
             raise Conflict("container not running")
-        mgr = self._mgr(ct)
-        from . import vm
+        if all_:
+            from . import vm
+            mgr = self._mgr(ct)
         if all_ and vm.is_vm(ct):
             vm.kill_all(ct, mgr, signum)
         elif all_:
@@ -354,7 +355,7 @@ class Runtime:
                 raise Conflict("container not running")
             os.close(fd)
         if st == "paused" and signum == signal.SIGKILL:
-            mgr.thaw()  # a frozen task dies only once thawed
+            self._mgr(ct).thaw()  # a frozen task dies only once thawed
 
     def delete(self, cid, force=False):
         store.check_id(cid)
@@ -384,8 +385,8 @@ class Runtime:
                 if st == "paused":
                     mgr.thaw()
                 _wait_gone(ct.pid, ct.pid_start)
-            from . import vm
-            if vm.is_vm(ct):
+            if ct.rec.get("mode") == "vm":   # vm.is_vm, without loading the VM code
+                from . import vm
                 vm.end(mgr)
             try:
                 mgr.remove()
