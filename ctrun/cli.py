@@ -346,6 +346,8 @@ class _Formatter(argparse.HelpFormatter):
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **kw):
         kw.setdefault("formatter_class", _Formatter)
+        # no prefixes: `create --name X` must not be read as --nameserver X
+        kw.setdefault("allow_abbrev", False)
         super().__init__(*a, **kw)  # sub-parsers are made of this class too
 
     def error(self, message):

@@ -295,3 +295,11 @@ def test_gc_removes_stray_files_and_links_in_the_store(cli, store, tmp_path):
     assert "'stray'" in out and "'link'" in out, out
     assert snapshot(store) == ["containers/kept"]
     assert (target / "keep").exists()  # a link is removed, never followed
+
+
+def test_an_option_is_not_taken_for_a_longer_one_it_begins(cli, store):
+    """argparse would read `--name` as `--nameserver`, a prefix of it, and complain about a
+    nameserver: an option is only ever its own full name."""
+    r = cli("create", "--name", "c1", "busybox")
+    assert_clean_error(r, "--name")
+    assert "nameserver" not in r.stderr
