@@ -241,7 +241,9 @@ def _connect(path, run):
             return None
         if spawned < 2:
             spawned += 1
-            _spawn(run)
+            started = _spawn(run)
+            if started is None:
+                return None  # it failed: see run/server.log
             continue
         # another client's server holds the lock and is still starting
         import time
@@ -253,8 +255,8 @@ def _connect(path, run):
 
 def _spawn(run):
     """Start the store's server with this process's environment (a double fork, as the
-    monitor's: it is nobody's child); return once it listens, or gave up (another server
-    holds the store's lock, or it failed: see run/server.log)."""
+    monitor's: it is nobody's child); once it listens, True; False if another server holds
+    the store's lock (it is starting or leaving); None if it failed (see run/server.log)."""
     r, w = os.pipe()
     log = os.open(os.path.join(run, "server.log"),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -282,6 +284,6 @@ def _spawn(run):
     os.close(log)
     os.waitpid(pid, 0)
     try:
-        return os.read(r, 1) == b"1"
+        return {b"1": True, b"b": False}.get(os.read(r, 1))
     finally:
         os.close(r)
