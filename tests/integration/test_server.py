@@ -338,3 +338,26 @@ def test_gc_without_a_server_removes_a_dead_servers_socket(cli, store):
     r = subprocess.run(_argv(store, "list", "--format", "json"), cwd=REPO, env=env,
                        capture_output=True, text=True)
     assert json.loads(r.stdout) == [] and not server_pids(store)
+
+
+def test_the_worker_takes_the_callers_cwd_umask_environment_and_limits(cli, store, tmp_path):
+    """What a CLI inherits from its caller, a worker of a server started earlier (by another
+    caller) takes from its client: a relative path is the caller's, a new file has its
+    umask, $CTRUN_NETWORK is its, and so is an rlimit the container inherits."""
+    _busybox(cli, store)
+    r = subprocess.run(_argv(store, "image", "export", "busybox", "bb.tar"), cwd=tmp_path,
+                       preexec_fn=lambda: os.umask(0o027), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(tmp_path / "bb.tar").st_mode & 0o777 == 0o640
+    host = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "cat", "/proc/net/dev"),
+                          cwd=REPO, env=dict(os.environ, CTRUN_NETWORK="host"),
+                          capture_output=True, text=True)
+    own = cli("run", "--rm", "busybox", "--", "cat", "/proc/net/dev")  # CTRUN_NETWORK=none
+    assert host.returncode == own.returncode == 0, host.stderr + own.stderr
+    assert len(own.stdout.splitlines()) == 3   # lo alone
+    assert len(host.stdout.splitlines()) > 3   # the host's interfaces
+    r = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "sh", "-c", "ulimit -n"),
+                       cwd=REPO, capture_output=True, text=True,
+                       preexec_fn=lambda: __import__("resource").setrlimit(
+                           __import__("resource").RLIMIT_NOFILE, (123, 456)))
+    assert (r.returncode, r.stdout) == (0, "123\n"), r.stderr
