@@ -261,9 +261,12 @@ def _spawn(run):
     log = os.open(os.path.join(run, "server.log"),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     env = dict(os.environ)
-    # the server imports the ctrun this client runs, wherever that came from
+    # the server must import the ctrun this client runs: an installed one its interpreter
+    # finds by itself (as the monitor's does; put on PYTHONPATH, site-packages would come
+    # before the standard library), a checkout's is named
     here = os.path.dirname(package_dir())
-    env["PYTHONPATH"] = here + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if os.path.basename(here) not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = here + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     pid = os.fork()
     if pid == 0:
         try:

@@ -361,3 +361,20 @@ def test_the_worker_takes_the_callers_cwd_umask_environment_and_limits(cli, stor
                        preexec_fn=lambda: __import__("resource").setrlimit(
                            __import__("resource").RLIMIT_NOFILE, (123, 456)))
     assert (r.returncode, r.stdout) == (0, "123\n"), r.stderr
+
+
+def test_a_server_of_another_ctrun_gives_way(cli, store, tmp_path):
+    """An upgrade (or another checkout) of ctrun: a client never runs on a server of other
+    code; that server retires and the client's own ctrun serves it."""
+    import shutil
+    _busybox(cli, store)
+    old = _server(store)
+    shutil.copytree(REPO / "ctrun", tmp_path / "ctrun")
+    r = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "sh", "-c", "exit 4"),
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                       capture_output=True, text=True)
+    assert r.returncode == 4, r.stderr
+    new = _server(store)
+    assert new not in (None, old)
+    assert str(tmp_path).encode() in open(f"/proc/{new}/environ", "rb").read()
+    _until(lambda: not os.path.exists(f"/proc/{old}"), what="the old server's exit")
