@@ -122,12 +122,18 @@ class Server:
         idle_since = time.monotonic()
         while self.listener is not None or self.workers or self.conns:
             for key, _ in self.sel.select(timeout=1.0):
-                if key.fileobj is self.listener:
-                    self._accept()
-                elif key.fileobj is self.wake_r:
-                    _drain(self.wake_r)
-                else:
-                    self._readable(key.data)
+                try:
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif key.fileobj is self.wake_r:
+                        _drain(self.wake_r)
+                    else:
+                        self._readable(key.data)
+                except Exception:  # noqa: BLE001 - one bad call must not stop the server
+                    import traceback
+                    traceback.print_exc()
+                    if isinstance(key.data, _Conn) and key.data.pid is None:
+                        self._close(key.data)
             self._reap()
             now = time.monotonic()
             for c in [c for c in self.conns if c.pid is None and
@@ -219,15 +225,20 @@ class Server:
             self._retire()
             return
         _send(c, b"S")
+        # the relayed signals wait, blocked, until the worker has its CLI's handlers (the
+        # server ignores some; a blocked signal is kept whatever its disposition)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
         try:
             pid = os.fork()
         except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _write(c.fds[2], f"ctrun: error: the ctrun server cannot fork: {e.strerror}\n")
             _send(c, b"x1\n")
             self._close(c)
             return
         if pid == 0:
-            self._worker(c, req)  # never returns
+            self._worker(c, req, mask)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _close_fds(c)
         c.pid = pid
         self.workers[pid] = c
@@ -259,7 +270,7 @@ class Server:
         _close_fds(c)
 
     # ---------------------------------------------------------------- the worker
-    def _worker(self, c, req):
+    def _worker(self, c, req, mask):
         """In the forked child: become the client's CLI process, run the command, exit."""
         code = 1
         try:
@@ -274,6 +285,7 @@ class Server:
             if os.getppid() != server:
                 os.kill(os.getpid(), signal.SIGHUP)
             prctl.set_name("ctrun")
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # nothing of the server's, nor of its other clients', stays open in a worker
             self.sel.close()
             for s in (self.listener, self.wake_r, self.wake_w):
@@ -300,6 +312,10 @@ class Server:
             sys.argv = ["ctrun", *req["argv"]]
             _reopen_stdio()
             code = _run_cli(req["argv"])
+        except KeyboardInterrupt:  # a Ctrl-C relayed before the CLI's code ran
+            code = 130
+        except BaseException as e:  # noqa: BLE001 - taking the client's place failed
+            _write(2, f"ctrun: error: the ctrun server could not run this command: {e}\n")
         finally:
             os._exit(code)
 
