@@ -9,9 +9,9 @@ that ran the command did (its code, or killed by its signal).
 
 With no server it starts one (same environment and store) and retries; a stale socket of a
 crashed server is met the same way.  The command runs in this process instead (ctrun.cli,
-a cold start) where the server cannot or should not take it: --help, --debug, no verb, a
-store not made yet (a server would have to create it), not root (the CLI's own refusal),
-CTRUN_SERVER=off, or a server that cannot be started.  CTRUN_SERVER=require makes that
+a cold start) where the server cannot or should not take it: --help, --debug, no verb,
+`lab`, a store not made yet (a server would have to create it), not root (the CLI's own
+refusal), CTRUN_SERVER=off, or a server that cannot be started.  CTRUN_SERVER=require makes that
 last case an error instead (the tests use it to prove the server ran the command).
 """
 
@@ -30,6 +30,9 @@ RELAYED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
 _HELP = ("-h", "--h", "--he", "--hel", "--help")
 _ROOT = ("--r", "--ro", "--roo", "--root")  # argparse takes an unambiguous prefix
 _SUN_PATH = 108  # sockaddr_un's path, NUL included
+# verbs run in-process: the lab runs for minutes (a warm start saves nothing) and names
+# what it makes after its own pid, which its caller may look for
+_LOCAL_VERBS = ("lab",)
 
 
 def package_dir():
@@ -79,7 +82,7 @@ def store_root(argv):
                     value = argv[i]
                 root = value
         i += 1
-    if verb is None:
+    if verb is None or verb in _LOCAL_VERBS:
         return None
     root = os.path.abspath(root or os.environ.get("CTRUN_ROOT") or DEFAULT_ROOT)
     if not os.path.isdir(os.path.join(root, "run")) or \

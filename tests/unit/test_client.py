@@ -38,6 +38,7 @@ def test_which_calls_the_server_takes(tmp_path, monkeypatch):
         ("--root", m, "--version"): None,           # what the parser refuses
         ("--root", m): None,                        # no verb
         ("--root",): None,
+        ("--root", m, "lab", "--quick"): None,      # long, and named after its pid
         ("--root", m, "exec", "c", "--", "sh", "-h"): m,  # the command's own -h
         ("--root", m, "run", "--rm", "busybox", "--", "--help"): m,
     }
