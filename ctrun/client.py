@@ -176,16 +176,17 @@ def _call(root, argv):
         reply += chunk
     if reply[:1] == b"x" and reply[1:-1].isdigit():
         return int(reply[1:-1])
-    if reply[:1] == b"k" and reply[1:-1].isdigit():
-        _die_by(int(reply[1:-1]))
-        return 128 + int(reply[1:-1])
-    # the server died while its worker ran this command (the worker got SIGHUP)
+    # the worker was killed (the terminal may be left raw by a -t relay), or the server
+    # died while its worker ran this command (the worker got SIGHUP)
     if saved_tty is not None:
         import termios
         try:
             termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
         except termios.error:
             pass
+    if reply[:1] == b"k" and reply[1:-1].isdigit():
+        _die_by(int(reply[1:-1]))
+        return 128 + int(reply[1:-1])
     sys.stderr.write(f"ctrun: error: the ctrun server of {root} stopped during this command; "
                      f"see {run}/server.log\n")
     return 1

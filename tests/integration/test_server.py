@@ -378,3 +378,37 @@ def test_a_server_of_another_ctrun_gives_way(cli, store, tmp_path):
     assert new not in (None, old)
     assert str(tmp_path).encode() in open(f"/proc/{new}/environ", "rb").read()
     _until(lambda: not os.path.exists(f"/proc/{old}"), what="the old server's exit")
+
+
+def test_a_terminal_left_raw_by_a_killed_server_is_restored(cli, store):
+    """-t puts the user's terminal in raw mode; a worker that dies relaying it (the server
+    killed: its SIGHUP) cannot restore it, so the client does."""
+    _busybox(cli, store)
+    master, slave = os.openpty()
+
+    def on_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    p = subprocess.Popen(_argv(store, "run", "-it", "--rm", "--name", "raw", "busybox", "--",
+                               "sh", "-c", 'trap "exit 5" HUP; echo up; while :; do sleep 0.1; '
+                               "done"), cwd=REPO, stdin=slave, stdout=slave, stderr=slave,
+                         preexec_fn=on_terminal)
+    try:
+        _read_until(master, b"up")
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO  # raw while relaying
+        os.kill(_server(store), signal.SIGKILL)
+        assert p.wait(timeout=30) == 1
+        _read_until(master, b"stopped during this command")
+        lflag = termios.tcgetattr(slave)[3]
+        assert lflag & termios.ECHO and lflag & termios.ICANON
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+    # the worker died of the hang-up (a -t relay does not catch it), as a CLI on a hung-up
+    # terminal: the container is left as such a CLI leaves it, for destroy (or gc)
+    info = cli.json("inspect", "raw")
+    assert info["state"] == "running" or info["exit_reason"] == "monitor-lost", info
+    cli("destroy", "--force", "raw", check=True)
