@@ -49,6 +49,9 @@ def collect(ct):
                     done.append(f"recorded lost exit of {n}")
     known = set(store.container_names())
     done += _network(store, known)
+    from .server import remove_stale
+    if remove_stale(store):
+        done.append("removed the socket of a dead ctrun server")
     from .images import store as images
     done += images.gc(store)
     from .vm import disk
