@@ -19,6 +19,7 @@ class ContainerBackend(base.Backend):
     dirs = ("upper", "work", "rootfs", "logs")
     attachable = True
     _claim = None
+    pool = False   # take cgroups and network namespaces from the store's pools (ctrun.pools)
 
     # ---------------------------------------------------------------- create
     def prepare(self, tmp, cfg, prepared):
@@ -60,7 +61,12 @@ class ContainerBackend(base.Backend):
         _systemd_hierarchy(cfg, icfg, rootfs)
         mgr = base.manager(cfg)
         device_rules = mgr.supports_device_rules()
-        mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
+        rules = DEVICE_ALLOW if device_rules and not cfg.privileged else None
+        if self.pool and mgr.leaf and _take_cgroup(self.store, mgr, rules):
+            mgr.create()   # what the pool cannot hold: the cgroup2 side of a hybrid host
+        else:
+            mgr.create(device_rules=rules)
+        spec = None
         try:
             if cfg.limits:
                 from ..cgroups.limits import Limits
@@ -81,12 +87,17 @@ class ContainerBackend(base.Backend):
                         for mnt in mgr.mounts().values()}
                 spec["annotations"]["run.ctrun.cgroup_dirs"] = leaf
                 _delegate(leaf.values(), cfg.userns_base)
+            if self.pool:
+                from ..network import nspool
+                nspool.use(self.store, spec)
             bpf_path = None
             if spec["annotations"]["run.ctrun.seccomp"]:
                 caps = spec["process"]["capabilities"]["bounding"]
                 bpf_path = str(seccomp.bpf_path_for(caps, self.store.root / "cache"))
             write_json(cdir / "spec.json", spec, durable=False)
         except BaseException:
+            if spec is not None:
+                _release_netns(spec)
             mgr.remove()
             raise
         extra = {"bpf": bpf_path}
@@ -112,6 +123,8 @@ class ContainerBackend(base.Backend):
             if plumber:
                 plumber.cancel()
             raise
+        finally:
+            _release_netns(spec)
         if plumber:
             try:
                 plumber.up(Store(req["root"]), req["name"], cfg.net, launched.pid)
@@ -154,6 +167,7 @@ class ContainerBackend(base.Backend):
             try:
                 launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
             finally:
+                _release_netns(spec)
                 if not was_reaper:
                     prctl.set_child_subreaper(0)
             if plumber:
@@ -243,6 +257,20 @@ class ContainerBackend(base.Backend):
         home, shell = _root_login(f"/proc/{live['pid']}/root")
         env = [f"HOME={home}", "USER=root", "LOGNAME=root", f"SHELL={shell}"]
         return [([shell, "-l"], {"env": env, "workdir": home}), (["/bin/sh"], {})]
+
+
+def _take_cgroup(store, mgr, rules):
+    """Rename a pooled cgroup into place as the container's (ctrun.cgroups.pool)."""
+    from .. import pools
+    return pools.cgroup_pool(store, "/".join(mgr.parent_parts), mgr.layout).take(mgr.name,
+                                                                                 rules)
+
+
+def _release_netns(spec):
+    """The pooled network namespace a start took is released once the init joined it."""
+    if spec["annotations"].get("run.ctrun.netns_pool"):
+        from ..network import nspool
+        nspool.release_spec(spec)
 
 
 def _delegate(dirs, uid):
