@@ -62,7 +62,8 @@ class ContainerBackend(base.Backend):
         mgr = base.manager(cfg)
         device_rules = mgr.supports_device_rules()
         rules = DEVICE_ALLOW if device_rules and not cfg.privileged else None
-        if self.pool and mgr.leaf and _take_cgroup(self.store, mgr, rules):
+        entry = self.pool and mgr.leaf and _take_cgroup(self.store, mgr, rules)
+        if entry:
             mgr.create()   # what the pool cannot hold: the cgroup2 side of a hybrid host
         else:
             mgr.create(device_rules=rules)
@@ -101,6 +102,8 @@ class ContainerBackend(base.Backend):
             mgr.remove()
             raise
         extra = {"bpf": bpf_path}
+        if entry:
+            extra["pool_entry"] = entry   # a zygote parked there can launch it
         if spec["annotations"].get("run.ctrun.init"):
             extra.update(console=True, console_uid=cfg.userns_base if cfg.userns else 0)
         return mgr, extra

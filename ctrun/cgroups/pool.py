@@ -80,9 +80,13 @@ class CgroupPool:
             made += 1
         return made
 
+    def procs_files(self, entry):
+        """The cgroup.procs files of an entry's leaf, for a zygote to join (runtime.zygote)."""
+        return self._v1(entry).procs_files()
+
     def take(self, name, device_rules=None):
         """Rename one entry to `name` (a container's cgroup name) in every v1 hierarchy;
-        False when the pool is empty or cannot serve this start (other device rules, a
+        returns the entry's name (a zygote parked in it moved along), or False when the pool is empty or cannot serve this start (other device rules, a
         cgroup of that name already there): the caller then creates as before."""
         if not self.usable or device_rules != self.device_rules:
             return False
@@ -92,7 +96,7 @@ class CgroupPool:
                 for mnt in self.mounts:
                     os.rename(self._dir(mnt, entry), self._dir(mnt, name))
                     done.append(mnt)
-                return True
+                return entry
             except OSError as e:
                 for mnt in done:   # undo: the entry stays whole for the next taker
                     os.rename(self._dir(mnt, name), self._dir(mnt, entry))

@@ -100,3 +100,41 @@ def test_gc_empties_the_pools(store, cli):
     assert pools.cgroup_pool(ct.store).entries() == [] and NetnsPool(ct.store).entries() == []
     assert not [d for d in os.listdir(ct.store.run / "netns")]
     assert str(ct.store.root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_zygote_forks_the_init_inside_its_pooled_cgroup(store):
+    from ctrun.backends import base as backend_base
+    from ctrun.runtime import process
+    from ctrun.runtime.zygote import Zygote
+    from ctrun.state import read_json
+    mnt = _mem_mount()
+    ct = Ctrun(store, pool=True)
+    ct.create("z1", image="busybox", cmd=["sleep", "60"])
+    cgp = pools.cgroup_pool(ct.store)
+    cgp.fill(1)
+    entry = cgp.entries()[0]
+    z = Zygote(cgp.procs_files(entry), cgp.mounts)
+    cdir = ct.store.container_dir("z1")
+    cfg = ct._config(cdir)
+    mgr = None
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        assert str(z.pid) in (mnt / PARENT / entry / "ct" / "cgroup.procs").read_text().split()
+        mgr, extra = ct._backend(cfg).prepare_start("z1", cdir, cfg)
+        assert extra["pool_entry"] == entry
+        # renamed with the zygote inside
+        assert str(z.pid) in (mnt / mgr.rel / "ct" / "cgroup.procs").read_text().split()
+        spec = read_json(cdir / "spec.json")
+        bpf = Path(extra["bpf"]).read_bytes() if extra["bpf"] else None
+        launched = process.launch(spec, stdio=(devnull, devnull, devnull), bpf=bpf, zygote=z)
+        launched.start()
+        with pytest.raises(ChildProcessError):   # the zygote was the intermediate: reaped
+            os.waitpid(z.pid, os.WNOHANG)
+        assert re.search(r":memory:/" + re.escape(mgr.rel) + "/ct$",
+                         Path(f"/proc/{launched.pid}/cgroup").read_text(), re.M)
+        assert Path(f"/proc/{launched.pid}/cmdline").read_bytes().startswith(b"sleep")
+    finally:
+        os.close(devnull)
+        z.discard()
+        (mgr or backend_base.manager(cfg)).discard()
+        pools.drain(ct.store)
