@@ -64,8 +64,6 @@ def test_pooled_netns_has_lo_up_and_no_host_interface(store):
     pid = _run(ct, "n1", "sleep 60", net="none")
     assert os.readlink(f"/proc/{pid}/ns/net") == f"net:[{ino}]"
     assert not entry.exists() and nsp.entries() == []   # used once, released at start
-
-
     links = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
     assert [line.split(":")[0].strip() for line in links] == ["lo"]
     from pyroute2 import NetNS
@@ -73,6 +71,19 @@ def test_pooled_netns_has_lo_up_and_no_host_interface(store):
         lo = ns.get_links(ifname="lo")[0]
         assert lo["flags"] & 1    # IFF_UP
 
+
+def test_attached_run_with_ctrun_pool_set_takes_from_both_pools(store, monkeypatch):
+    _mem_mount()
+    monkeypatch.setenv("CTRUN_POOL", "1")
+    ct = Ctrun(store)
+    assert pools.fill(ct.store, 2) == (2, 2)
+    assert ct.run("busybox", ["sh", "-c", "grep -q lo: /proc/net/dev"], name="a1",
+                  rm=True, net="none") == 0
+    # one of each used: the cgroup went with the container, the namespace's mount at start
+    assert len(pools.cgroup_pool(ct.store).entries()) == 1
+    assert len(NetnsPool(ct.store).entries()) == 1
+    assert sorted(os.listdir(ct.store.run / "netns")) == [NetnsPool(ct.store).entries()[0].name]
+    assert pools.drain(ct.store) == (1, 1)
 
 
 def test_two_stores_take_only_their_own_entries():
