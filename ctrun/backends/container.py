@@ -121,7 +121,8 @@ class ContainerBackend(base.Backend):
         bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
         devnull = os.open("/dev/null", os.O_RDONLY)
         try:
-            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
+            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf,
+                                      zygote=_zygote(req.get("pool_entry")))
         except BaseException:
             if plumber:
                 plumber.cancel()
@@ -168,7 +169,8 @@ class ContainerBackend(base.Backend):
             was_reaper = prctl.get_child_subreaper()
             prctl.set_child_subreaper(1)
             try:
-                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf,
+                                          zygote=_zygote(extra.get("pool_entry")))
             finally:
                 _release_netns(spec)
                 if not was_reaper:
@@ -267,6 +269,14 @@ def _take_cgroup(store, mgr, rules):
     from .. import pools
     return pools.cgroup_pool(store, "/".join(mgr.parent_parts), mgr.layout).take(mgr.name,
                                                                                  rules)
+
+
+def _zygote(entry):
+    """The zygote parked in the pooled cgroup this start took, if this process has one."""
+    if not entry:
+        return None
+    from .. import pools
+    return pools.zygote_for(entry)
 
 
 def _release_netns(spec):

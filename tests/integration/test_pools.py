@@ -149,3 +149,22 @@ def test_zygote_forks_the_init_inside_its_pooled_cgroup(store):
         z.discard()
         (mgr or backend_base.manager(cfg)).discard()
         pools.drain(ct.store)
+
+
+def test_parked_zygote_launches_an_attached_run(store):
+    mnt = _mem_mount()
+    ct = Ctrun(store, pool=True)
+    pools.fill(ct.store, 1)
+    try:
+        assert pools.park(ct.store) == 1
+        (entry, z), = pools.ZYGOTES.items()
+        assert str(z.pid) in (mnt / PARENT / entry / "ct" / "cgroup.procs").read_text().split()
+        assert ct.run("busybox", ["true"], name="zr", rm=True, net="none") == 0
+        assert pools.ZYGOTES == {} and z.sock is None    # handed the start
+        with pytest.raises(ChildProcessError):            # and reaped as the intermediate
+            os.waitpid(z.pid, os.WNOHANG)
+        pools.fill(ct.store, 1)
+        pools.park(ct.store)
+    finally:
+        pools.drain(ct.store)
+    assert pools.ZYGOTES == {}
