@@ -87,11 +87,14 @@ def _qemu_pids():
 
 
 def cleanup_store(root):
-    """Destroy every container of a test store, stop its server and wait for its monitor
-    to leave."""
+    """Destroy every container of a test store, drain its start pools, stop its server and
+    wait for its monitor to leave."""
+    from ctrun import pools
     from ctrun.api import Ctrun
     from ctrun.errors import CtrunError
     ct = Ctrun(root)
+    if root.exists():
+        pools.drain(ct.store)  # a pool's cgroups and namespace mounts (ctrun.pools)
     for n in ct.store.container_names():
         try:
             ct.destroy(n, force=True)
