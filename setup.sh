@@ -50,8 +50,9 @@ fi
 # packages) costs ~15 ms of every verb. The launcher carries the venv's sys.path instead.
 # It also sets sys.prefix to the venv, as site would (the built-in recipes live there), and
 # keeps PYTHONPATH, as the monitor it spawns (a plain venv python) does.
-# ctrun-oci, the runc-compatible front end, is launched the same way.
-for tool in ctrun:ctrun.cli ctrun-oci:ctrun.oci.cli; do
+# ctrun is the thin client of the store's warm server (ctrun.client); ctrun-oci, the
+# runc-compatible front end, is launched the same way.
+for tool in ctrun:ctrun.client ctrun-oci:ctrun.oci.cli; do
   bin=${tool%%:*}
   "$VENV/bin/python" - "$VENV/bin/python3" "${tool#*:}" > "/usr/local/bin/.$bin.tmp" <<'EOF'
 import sys

@@ -1,7 +1,7 @@
-"""`python -m ctrun`: the command line (ctrun.cli)."""
+"""`python -m ctrun`: the command line, through the store's warm server (ctrun.client)."""
 
 import sys
 
-from .cli import main
+from .client import main
 
 sys.exit(main())

@@ -40,8 +40,13 @@ def _now():
 
 
 class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
-    def __init__(self, root=None, warn=None):
+    def __init__(self, root=None, warn=None, pool=None):
+        """pool: starts take pre-made cgroups and network namespaces from the store's
+        pools (ctrun.pools; None: $CTRUN_POOL == "1"); whoever fills them (the warm
+        server) empties them too, and so does gc."""
+        from .pools import enabled
         self.store = Store(root)
+        self.pool = enabled(pool)
         # where non-fatal notices go (skipped --ignore-unsupported limits); the CLI prints them
         self.warn = warn or (lambda message: None)
 
@@ -71,7 +76,9 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         return cfg
 
     def _backend(self, cfg):
-        return backends.for_mode(cfg.mode)(self.store, self.warn)
+        b = backends.for_mode(cfg.mode)(self.store, self.warn)
+        b.pool = self.pool
+        return b
 
     @contextlib.contextmanager
     def _held(self, name, verb=None):

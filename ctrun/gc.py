@@ -49,6 +49,9 @@ def collect(ct):
                     done.append(f"recorded lost exit of {n}")
     known = set(store.container_names())
     done += _network(store, known)
+    from .server import remove_stale
+    if remove_stale(store):
+        done.append("removed the socket of a dead ctrun server")
     from .images import store as images
     done += images.gc(store)
     from .vm import disk
@@ -56,6 +59,7 @@ def collect(ct):
     # only cgroups named with this store's id: the parent is shared by every store on the
     # host, and another store's cgroup is never an orphan of ours
     parents.add(os.environ.get("CTRUN_CGROUP_PARENT", cfgmod.DEFAULT_CGROUP_PARENT))
+    done += _pools(store, parents)
     for parent in sorted(parents):
         for n in cgroups.children(parent, owner=store.short_id):
             if (parent, n) in owned:
@@ -63,6 +67,18 @@ def collect(ct):
             if _orphan_cgroup_removed(store, parent, n):
                 done.append(f"removed orphan cgroup {parent}/{n}")
     return done
+
+
+def _pools(store, parents):
+    """The start pools (ctrun.pools): a running warm server fills them again."""
+    from . import pools
+    cgs = nss = 0
+    for parent in sorted(parents):
+        c, n = pools.drain(store, parent)
+        cgs, nss = cgs + c, nss + n
+    if cgs or nss:
+        return [f"emptied the start pools ({cgs} cgroups, {nss} network namespaces)"]
+    return []
 
 
 def _bad_entry(ct, n, cdir, cfg):

@@ -29,6 +29,9 @@ os.environ["PYTHONPATH"] = str(REPO)
 # host-wide one ctrun starts by default would outlive the run
 LXCFS_DIR = f"/run/ctrun-test-{os.getpid()}-lxcfs"
 os.environ["CTRUN_LXCFS_DIR"] = LXCFS_DIR
+# every CLI call of the tests goes through its store's warm server (ctrun.server), and one
+# that could not reach it fails rather than quietly running in-process
+os.environ["CTRUN_SERVER"] = "require"
 STORES = []
 # ctrun-oci state roots of the tests (tests/integration/oci_bundle.py): a container left in
 # one is a leak
@@ -60,6 +63,14 @@ def _monitor_pids(root):
             and (root is None or str(root).encode() in argv)]
 
 
+def server_pids(root):
+    """The store's warm server and its workers (forked from it: the same argv)."""
+    from ctrun.state import proc_cmdlines
+    return [pid for pid, cmd in proc_cmdlines()
+            if b"ctrun.server" in (argv := cmd.split(b"\0"))
+            and (root is None or str(root).encode() in argv)]
+
+
 def _qemu_pids():
     """QEMU processes of ctrun VMs whose working directory is in a test store."""
     from ctrun.state import proc_cmdlines
@@ -76,21 +87,40 @@ def _qemu_pids():
 
 
 def cleanup_store(root):
-    """Destroy every container of a test store and wait for its monitor to leave."""
+    """Destroy every container of a test store, drain its start pools, stop its server and
+    wait for its monitor to leave."""
+    from ctrun import pools
     from ctrun.api import Ctrun
     from ctrun.errors import CtrunError
     ct = Ctrun(root)
+    if root.exists():
+        pools.drain(ct.store)  # a pool's cgroups and namespace mounts (ctrun.pools)
     for n in ct.store.container_names():
         try:
             ct.destroy(n, force=True)
         except (CtrunError, OSError) as e:  # keep cleaning; the leak check reports the rest
             print(f"cleanup of {n} failed: {e}")
+    _stop_server(root)
     deadline = time.monotonic() + 5
     while _monitor_pids(root) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in _monitor_pids(root):  # a monitor that does not leave is itself a bug
         os.kill(pid, 9)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_server(root):
+    """The store's server is idle now (its containers are gone): SIGTERM, which ends its
+    workers too (a SIGHUP each); what is left after 5 s is killed."""
+    for pid in server_pids(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while server_pids(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in server_pids(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -233,6 +263,8 @@ def leaks():
     for root in STORES:
         for pid in _monitor_pids(root):
             found.append(f"process: ctrun monitor {pid} of {root}")
+        for pid in server_pids(root):
+            found.append(f"process: ctrun server {pid} of {root}")
     for root in STORES:
         if root.exists():
             found.append(f"directory: {root}")

@@ -170,6 +170,10 @@ def undo_start(store, name, cdir, state, mgr, net):
     write_json(cdir / "state.json", state)
     mgr.discard()
     netc.down(store, name, net)
+    spec = read_json(cdir / "spec.json") or {}
+    if (spec.get("annotations") or {}).get("run.ctrun.netns_pool"):
+        from ..network import nspool   # a pooled namespace taken but never joined
+        nspool.release_spec(spec)
 
 
 def image_config(store, image):

@@ -19,6 +19,7 @@ class ContainerBackend(base.Backend):
     dirs = ("upper", "work", "rootfs", "logs")
     attachable = True
     _claim = None
+    pool = False   # take cgroups and network namespaces from the store's pools (ctrun.pools)
 
     # ---------------------------------------------------------------- create
     def prepare(self, tmp, cfg, prepared):
@@ -60,7 +61,13 @@ class ContainerBackend(base.Backend):
         _systemd_hierarchy(cfg, icfg, rootfs)
         mgr = base.manager(cfg)
         device_rules = mgr.supports_device_rules()
-        mgr.create(device_rules=DEVICE_ALLOW if device_rules and not cfg.privileged else None)
+        rules = DEVICE_ALLOW if device_rules and not cfg.privileged else None
+        entry = self.pool and mgr.leaf and _take_cgroup(self.store, mgr, rules)
+        if entry:
+            mgr.create()   # what the pool cannot hold: the cgroup2 side of a hybrid host
+        else:
+            mgr.create(device_rules=rules)
+        spec = None
         try:
             if cfg.limits:
                 from ..cgroups.limits import Limits
@@ -81,15 +88,22 @@ class ContainerBackend(base.Backend):
                         for mnt in mgr.mounts().values()}
                 spec["annotations"]["run.ctrun.cgroup_dirs"] = leaf
                 _delegate(leaf.values(), cfg.userns_base)
+            if self.pool:
+                from ..network import nspool
+                nspool.use(self.store, spec)
             bpf_path = None
             if spec["annotations"]["run.ctrun.seccomp"]:
                 caps = spec["process"]["capabilities"]["bounding"]
                 bpf_path = str(seccomp.bpf_path_for(caps, self.store.root / "cache"))
             write_json(cdir / "spec.json", spec, durable=False)
         except BaseException:
+            if spec is not None:
+                _release_netns(spec)
             mgr.remove()
             raise
         extra = {"bpf": bpf_path}
+        if entry:
+            extra["pool_entry"] = entry   # a zygote parked there can launch it
         if spec["annotations"].get("run.ctrun.init"):
             extra.update(console=True, console_uid=cfg.userns_base if cfg.userns else 0)
         return mgr, extra
@@ -107,11 +121,14 @@ class ContainerBackend(base.Backend):
         bpf = Path(req["bpf"]).read_bytes() if req.get("bpf") else None
         devnull = os.open("/dev/null", os.O_RDONLY)
         try:
-            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf)
+            launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf,
+                                      zygote=_zygote(req.get("pool_entry")))
         except BaseException:
             if plumber:
                 plumber.cancel()
             raise
+        finally:
+            _release_netns(spec)
         if plumber:
             try:
                 plumber.up(Store(req["root"]), req["name"], cfg.net, launched.pid)
@@ -152,8 +169,10 @@ class ContainerBackend(base.Backend):
             was_reaper = prctl.get_child_subreaper()
             prctl.set_child_subreaper(1)
             try:
-                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf)
+                launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf,
+                                          zygote=_zygote(extra.get("pool_entry")))
             finally:
+                _release_netns(spec)
                 if not was_reaper:
                     prctl.set_child_subreaper(0)
             if plumber:
@@ -243,6 +262,28 @@ class ContainerBackend(base.Backend):
         home, shell = _root_login(f"/proc/{live['pid']}/root")
         env = [f"HOME={home}", "USER=root", "LOGNAME=root", f"SHELL={shell}"]
         return [([shell, "-l"], {"env": env, "workdir": home}), (["/bin/sh"], {})]
+
+
+def _take_cgroup(store, mgr, rules):
+    """Rename a pooled cgroup into place as the container's (ctrun.cgroups.pool)."""
+    from .. import pools
+    return pools.cgroup_pool(store, "/".join(mgr.parent_parts), mgr.layout).take(mgr.name,
+                                                                                 rules)
+
+
+def _zygote(entry):
+    """The zygote parked in the pooled cgroup this start took, if this process has one."""
+    if not entry:
+        return None
+    from .. import pools
+    return pools.zygote_for(entry)
+
+
+def _release_netns(spec):
+    """The pooled network namespace a start took is released once the init joined it."""
+    if spec["annotations"].get("run.ctrun.netns_pool"):
+        from ..network import nspool
+        nspool.release_spec(spec)
 
 
 def _delegate(dirs, uid):

@@ -255,74 +255,94 @@ class Launched:
             _raise_child_error(msg)
 
 
-def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None):
+def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=None):
     """Create the container's init, set up but not yet running the workload.  on_hooks(pid):
     the caller's runtime-namespace OCI hooks, run when the init asks (before its
-    pivot_root; annotation run.ctrun.runtime_hooks)."""
+    pivot_root; annotation run.ctrun.runtime_hooks).  zygote: a runtime.zygote.Zygote
+    already in the container's cgroup, which becomes the intermediate instead of a fork
+    of ours (no cgroup attach, so no wait for the kernel on the start path)."""
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
-    mid = linux.fork()
-    if mid == 0:
-        cchan = Channel(csock)
-        step = "joining the container's cgroup"
+    if zygote is not None:
         try:
-            # first: the init inherits it and keeps it until its execve
-            linux.set_dumpable(False)
+            mid = zygote.hand_over(csock, spec, stdio, tty, bpf)
+        except BaseException:
+            csock.close()
+            chan.close()
+            raise
+    else:
+        mid = linux.fork()
+        if mid == 0:
             psock.close()
-            nss = spec["linux"]["namespaces"]
-            step = "opening the namespaces to join"
-            joined = []
-            if any(ns.get("path") for ns in nss):
-                from ..namespaces import join as nsjoin
-                joined = nsjoin.open_paths(nss)  # before anything can change what they name
-            step = "joining the container's cgroup"
-            # joined here, while still host root: the init inherits the cgroup
-            for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    linux.cgroup_attach(fd)
-                finally:
-                    os.close(fd)
-            if spec["annotations"].get("run.ctrun.exec_fifo"):
-                step = "opening the exec fifo"
-                _EXEC_FIFO.append(os.open(spec["annotations"]["run.ctrun.exec_fifo"],
-                                          os.O_PATH | os.O_CLOEXEC))
-            if "oomScoreAdj" in spec["process"]:
-                step = "setting oomScoreAdj"
-                _write_oom_score_adj(spec["process"]["oomScoreAdj"])
-            if any(ns["type"] == "user" for ns in nss):
-                step = "opening volume sources"
-                rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
-                                           or {}).values())
-            if joined:
-                step = "joining namespaces by path"
-                nsjoin.join(joined)  # the user namespace first: it owns the rest
-            new_pid = namespaces.new(nss, "pid")
-            step = "creating the pid namespace"
-            if namespaces.new(nss, "user"):
-                # the user namespace comes first so that it owns every other namespace
-                step = "creating the user namespace"
-                linux.unshare(libc.CLONE_NEWUSER | (libc.CLONE_NEWPID if new_pid else 0))
-                cchan.send({"type": "userns", "pid": os.getpid()})
-                msg = cchan.recv() or {}
-                if msg.get("type") != "mapped":
-                    linux.exit(1)
-                if "fd" in msg:
-                    rootfs.use_root_tree(msg["fd"])
-                linux.setresgid(0, 0, 0)
-                linux.setresuid(0, 0, 0)
-                linux.setgroups([])
-            elif new_pid:
-                linux.unshare(libc.CLONE_NEWPID)
-            pid = linux.fork()
-            if pid == 0:
-                _init_main(cchan, spec, stdio, tty, bpf)
-            cchan.send({"type": "pid", "pid": pid})
-            linux.exit(0)
-        except BaseException as e:  # noqa: BLE001
-            _report(cchan, step, e)
+            middle(Channel(csock), spec, stdio, tty, bpf)
     csock.close()
+    return _await_init(chan, mid, spec, on_hooks, proc_start_time)
+
+
+def middle(cchan, spec, stdio, tty, bpf):
+    """The intermediate: joins the cgroup and the namespaces given by path, makes the new
+    user and pid namespaces, forks the init and exits."""
+    step = "joining the container's cgroup"
+    try:
+        # first: the init inherits it and keeps it until its execve
+        linux.set_dumpable(False)
+        nss = spec["linux"]["namespaces"]
+        step = "opening the namespaces to join"
+        joined = []
+        if any(ns.get("path") for ns in nss):
+            from ..namespaces import join as nsjoin
+            joined = nsjoin.open_paths(nss)  # before anything can change what they name
+        step = "joining the container's cgroup"
+        # joined here, while still host root: the init inherits the cgroup
+        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+            fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                linux.cgroup_attach(fd)
+            finally:
+                os.close(fd)
+        if spec["annotations"].get("run.ctrun.exec_fifo"):
+            step = "opening the exec fifo"
+            _EXEC_FIFO.append(os.open(spec["annotations"]["run.ctrun.exec_fifo"],
+                                      os.O_PATH | os.O_CLOEXEC))
+        if "oomScoreAdj" in spec["process"]:
+            step = "setting oomScoreAdj"
+            _write_oom_score_adj(spec["process"]["oomScoreAdj"])
+        if any(ns["type"] == "user" for ns in nss):
+            step = "opening volume sources"
+            rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
+                                       or {}).values())
+        if joined:
+            step = "joining namespaces by path"
+            nsjoin.join(joined)  # the user namespace first: it owns the rest
+        new_pid = namespaces.new(nss, "pid")
+        step = "creating the pid namespace"
+        if namespaces.new(nss, "user"):
+            # the user namespace comes first so that it owns every other namespace
+            step = "creating the user namespace"
+            linux.unshare(libc.CLONE_NEWUSER | (libc.CLONE_NEWPID if new_pid else 0))
+            cchan.send({"type": "userns", "pid": os.getpid()})
+            msg = cchan.recv() or {}
+            if msg.get("type") != "mapped":
+                linux.exit(1)
+            if "fd" in msg:
+                rootfs.use_root_tree(msg["fd"])
+            linux.setresgid(0, 0, 0)
+            linux.setresuid(0, 0, 0)
+            linux.setgroups([])
+        elif new_pid:
+            linux.unshare(libc.CLONE_NEWPID)
+        pid = linux.fork()
+        if pid == 0:
+            _init_main(cchan, spec, stdio, tty, bpf)
+        cchan.send({"type": "pid", "pid": pid})
+        linux.exit(0)
+    except BaseException as e:  # noqa: BLE001
+        _report(cchan, step, e)
+
+
+def _await_init(chan, mid, spec, on_hooks, proc_start_time):
+    """The caller's side of launch: answer the intermediate and the init until it is ready."""
     pid = master = None
     ready = False
     try:

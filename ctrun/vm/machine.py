@@ -16,7 +16,13 @@ from ..state import read_json, write_json
 
 MIN_MEMORY = 128 << 20       # the cloud kernel with the initramfs unpacked needs ~100 MiB
 DEFAULT_MEMORY = 256 << 20
-BOOT_TIMEOUT = float(os.environ.get("CTRUN_VM_BOOT_TIMEOUT", "90"))
+BOOT_TIMEOUT = 90.0           # seconds; $CTRUN_VM_BOOT_TIMEOUT overrides it
+
+
+def boot_timeout():
+    """Read at each boot, not at import: a warm server's worker takes its caller's
+    environment after the import (ctrun.server)."""
+    return float(os.environ.get("CTRUN_VM_BOOT_TIMEOUT") or BOOT_TIMEOUT)
 
 
 def options(memory=None, cpus=None, accel="auto"):
@@ -179,7 +185,7 @@ def drop_capabilities():
 
 def wait_ready(cdir, alive):
     from . import agent
-    return agent.wait_ready(cdir / "vm", alive, BOOT_TIMEOUT, cdir / "logs" / "console.log")
+    return agent.wait_ready(cdir / "vm", alive, boot_timeout(), cdir / "logs" / "console.log")
 
 
 def _wait_gone(fd, timeout):

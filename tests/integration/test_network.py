@@ -123,15 +123,18 @@ def test_ip_add_and_del_on_a_running_container(cli, net):
 
 @pytest.mark.parametrize("publish", [True, False], ids=["published", "guard-only"])
 def test_gc_removes_rules_left_by_a_killed_cli(cli, store, net, publish):
-    """kill -9 of an attached `ctrun run`: once its container is gone, gc drops its rules
-    (its port guard too, also when it had no published port)."""
+    """kill -9 of an attached `ctrun run` (its client and the server's worker that
+    supervises the container, the init's parent): once its container is gone, gc drops its
+    rules (its port guard too, also when it had no published port)."""
     import signal
     import sys
     port = 17000 + os.getpid() % 1000
     p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(store), "run", "--name",
                           "orphan", "--net", net, *(["-p", f"{port}:80"] if publish else []),
                           "busybox", "--", "sleep", "1000"])
-    cli.wait_state("orphan")
+    init = cli.wait_state("orphan")["pid"]
+    stat = open(f"/proc/{init}/stat", "rb").read()
+    os.kill(int(stat[stat.rindex(b")") + 2:].split()[1]), signal.SIGKILL)
     p.send_signal(signal.SIGKILL)
     p.wait()
     cli("kill", "orphan", check=True)  # the workload dies; no supervisor records it

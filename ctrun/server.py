@@ -1,0 +1,464 @@
+"""The warm server: one process per store that keeps the command line and the runtime
+imported, and runs each `ctrun` call (ctrun.client) in a worker forked from that state.
+
+Why: most of a short verb's time is Python starting, importing and parsing; the same
+`run --rm` done in an already loaded process takes a third of the cold CLI's time.  The
+server pays the imports once; a call then costs a fork.
+
+A worker is the CLI process, as far as the verb can tell.  It takes the client's stdin,
+stdout and stderr (received with SCM_RIGHTS), its working directory (an fd), umask,
+environment, resource limits and argv, runs ctrun.cli.main(argv) and exits with its code,
+which the server sends back.  So a request is parsed and validated by the CLI's own code,
+and the server runs nothing but that.  The signals the client gets are relayed to the
+worker, whose CLI code handles them as its own (Ctrl-C, a resize under -t, SIGTERM's stop
+of an attached run); a client that goes away is a SIGHUP to its worker, as a CLI gets
+when its terminal hangs up, and so is the server's death (PR_SET_PDEATHSIG).  Containers
+belong to the monitor (detached) or to the worker (attached, the worker being a child
+subreaper while it forks the init, as the CLI is), exactly as without the server.
+
+Security: the socket is 0600 in the store's private run directory, and a peer whose uid
+(SO_PEERCRED) is not 0 is closed before anything is read from it.
+
+Protocol on run/server.sock (SOCK_STREAM):
+  client: a 4-byte little-endian length, then NUL-separated fields: MAGIC, the client's
+          ctrun package directory, its umask (octal), argc, the argv, then its environment
+          (K=V each); its first bytes carry four fds: stdin, stdout, stderr, the working
+          directory.  Afterwards, one byte per relayed signal (its number).
+  server: b"S" just before the worker is forked (so a client whose connection ends before
+          it may retry: nothing ran), then b"x<code>\\n" (exit code) or b"k<signal>\\n"
+          (killed by it).  b"m" instead of b"S": this server runs another ctrun's code (an
+          upgrade, another checkout); it retires, and the client starts its own.
+
+Lifetime: started on demand by the client (a double fork, as the monitor); a lock keeps
+one per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a call.
+"""
+
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+from .client import MAGIC, RELAYED, SOCK, package_dir
+
+IDLE = 30.0
+MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
+REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
+NFDS = 4
+# what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
+# python -X importtime); the rest loads in the worker that needs it
+WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.process",
+        "ctrun.runtime.terminal", "ctrun.runtime.reap", "ctrun.runtime.seccomp",
+        "ctrun.runtime.lxcfs", "ctrun.runtime.logfile", "ctrun.namespaces.join",
+        "ctrun.images.store", "ctrun.network.container", "ctrun.cgroups.limits",
+        "ctrun.cgroups.v1", "ctrun.cgroups.v2", "ctrun.spec", "ctrun.monitor")
+
+
+class _Conn:
+    def __init__(self, sock, peer):
+        self.sock, self.peer = sock, peer
+        self.buf = bytearray()
+        self.fds = []
+        self.since = time.monotonic()
+        self.pid = None
+
+
+class Server:
+    def __init__(self, root, idle=None):
+        from .state import Store
+        self.store = Store(root)
+        self.idle = float(os.environ.get("CTRUN_SERVER_IDLE") or IDLE) if idle is None \
+            else idle
+        self.sel = selectors.DefaultSelector()
+        self.conns = set()
+        self.workers = {}  # pid -> _Conn
+        self.listener = self.lock = None
+        self.pkg = package_dir()
+
+    def serve(self, ready_fd=None):
+        self.store.ensure()
+        run = self.store.run
+        self.lock = os.open(run / "server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if ready_fd is not None:  # the client waits for the other one instead
+                os.write(ready_fd, b"b")
+            return 0  # another server serves this store
+        import prctl
+        prctl.set_name("ctrun-server")
+        os.chdir("/")
+        warm()
+        self.path = str(run / SOCK)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.ino = os.stat(self.path).st_ino
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.wake_r, self.wake_w = socket.socketpair()
+        for s in (self.wake_r, self.wake_w):
+            s.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_IGN)
+        if ready_fd is not None:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+        idle_since = time.monotonic()
+        while self.listener is not None or self.workers or self.conns:
+            for key, _ in self.sel.select(timeout=1.0):
+                try:
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif key.fileobj is self.wake_r:
+                        _drain(self.wake_r)
+                    else:
+                        self._readable(key.data)
+                except Exception:  # noqa: BLE001 - one bad call must not stop the server
+                    import traceback
+                    traceback.print_exc()
+                    if isinstance(key.data, _Conn) and key.data.pid is None:
+                        self._close(key.data)
+            self._reap()
+            now = time.monotonic()
+            for c in [c for c in self.conns if c.pid is None and
+                      now - c.since > REQUEST_TIMEOUT]:
+                self._close(c)
+            if self.workers or self.conns:
+                idle_since = now
+            elif now - idle_since > self.idle:
+                self._retire()
+        return 0
+
+    def _retire(self):
+        """Stop taking calls: the socket goes (a client that finds none starts a new
+        server) and so does the lock; the workers still running finish first."""
+        if self.listener is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == self.ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.sel.unregister(self.listener)
+        self.listener.close()
+        self.listener = None
+        os.close(self.lock)
+
+    def _accept(self):
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != 0:
+            sock.close()
+            return
+        sock.setblocking(False)
+        c = _Conn(sock, pid)
+        self.conns.add(c)
+        self.sel.register(sock, selectors.EVENT_READ, c)
+
+    def _readable(self, c):
+        if c.pid is None:
+            self._receive(c)
+            return
+        try:
+            data = c.sock.recv(256)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # the client is gone (killed, or its terminal with it): a hang-up, as a CLI gets
+            _kill(c.pid, signal.SIGHUP)
+            self._close(c)
+            return
+        for sig in data:
+            if sig in RELAYED:
+                _kill(c.pid, sig)
+
+    def _receive(self, c):
+        try:
+            data, anc, flags, _ = c.sock.recvmsg(1 << 16, socket.CMSG_SPACE(NFDS * 4),
+                                                 socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, anc, flags = b"", [], 0
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                c.fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
+                          for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+        c.buf += data
+        size = int.from_bytes(c.buf[:4], "little") if len(c.buf) >= 4 else 0
+        if not data or flags & socket.MSG_CTRUNC or size > MAX_REQUEST:
+            self._close(c)
+        elif len(c.buf) >= 4 + size:
+            self._start(c, bytes(c.buf[4:4 + size]), bytes(c.buf[4 + size:]))
+
+    def _start(self, c, payload, signals):
+        req = _parse(payload)
+        if req is None or len(c.fds) != NFDS:
+            _send(c, b"e")
+            self._close(c)
+            return
+        if req["pkg"] != self.pkg:
+            _send(c, b"m")
+            self._close(c)
+            self._retire()
+            return
+        _send(c, b"S")
+        # the relayed signals wait, blocked, until the worker has its CLI's handlers (the
+        # server ignores some; a blocked signal is kept whatever its disposition)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _write(c.fds[2], f"ctrun: error: the ctrun server cannot fork: {e.strerror}\n")
+            _send(c, b"x1\n")
+            self._close(c)
+            return
+        if pid == 0:
+            self._worker(c, req, mask)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _close_fds(c)
+        c.pid = pid
+        self.workers[pid] = c
+        for sig in signals:
+            if sig in RELAYED:
+                _kill(pid, sig)
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            c = self.workers.pop(pid, None)
+            if c is None:
+                continue
+            if c in self.conns:
+                _send(c, b"k%d\n" % os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                      else b"x%d\n" % os.WEXITSTATUS(status))
+                self._close(c)
+
+    def _close(self, c):
+        if c in self.conns:
+            self.conns.discard(c)
+            self.sel.unregister(c.sock)
+            c.sock.close()
+        _close_fds(c)
+
+    # ---------------------------------------------------------------- the worker
+    def _worker(self, c, req, mask):
+        """In the forked child: become the client's CLI process, run the command, exit."""
+        code = 1
+        try:
+            server = os.getppid()
+            signal.set_wakeup_fd(-1)
+            for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
+                      signal.SIGCHLD):
+                signal.signal(s, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            import prctl
+            prctl.set_pdeathsig(signal.SIGHUP)  # the server died: as a terminal hang-up
+            if os.getppid() != server:
+                os.kill(os.getpid(), signal.SIGHUP)
+            prctl.set_name("ctrun")
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # nothing of the server's, nor of its other clients', stays open in a worker
+            self.sel.close()
+            for s in (self.listener, self.wake_r, self.wake_w):
+                if s is not None:
+                    s.close()
+            if self.listener is not None:
+                os.close(self.lock)
+            for other in self.conns:
+                other.sock.close()
+                if other is not c:
+                    _close_fds(other)
+            stdin, stdout, stderr, cwd = c.fds
+            for i, fd in enumerate((stdin, stdout, stderr)):
+                os.dup2(fd, i)
+            os.fchdir(cwd)
+            _close_fds(c)
+            os.umask(req["umask"])
+            os.environ.clear()
+            for item in req["env"]:
+                k, eq, v = item.partition(b"=")
+                if eq and k:
+                    os.environb[k] = v
+            _copy_rlimits(c.peer)
+            sys.argv = ["ctrun", *req["argv"]]
+            _reopen_stdio()
+            code = _run_cli(req["argv"])
+        except KeyboardInterrupt:  # a Ctrl-C relayed before the CLI's code ran
+            code = 130
+        except BaseException as e:  # noqa: BLE001 - taking the client's place failed
+            _write(2, f"ctrun: error: the ctrun server could not run this command: {e}\n")
+        finally:
+            os._exit(code)
+
+
+def remove_stale(store):
+    """Remove the socket a killed server left (nothing holds the store's server lock);
+    True if there was one.  (A client copes with it too: it starts a new server.)"""
+    path = store.run / SOCK
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(store.run / "server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+        return True
+    except BlockingIOError:
+        return False  # a live server's
+    finally:
+        os.close(fd)
+
+
+def warm():
+    import importlib
+    for name in WARM:
+        importlib.import_module(name)
+
+
+def _parse(payload):
+    fields = payload.split(b"\0")
+    try:
+        if fields[0] != MAGIC:
+            return None
+        argc = int(fields[3])
+        if not 0 <= argc <= len(fields) - 4:
+            return None
+        return {"pkg": os.fsdecode(fields[1]), "umask": int(fields[2], 8) & 0o777,
+                "argv": [os.fsdecode(a) for a in fields[4:4 + argc]],
+                "env": fields[4 + argc:]}
+    except (IndexError, ValueError):
+        return None
+
+
+def _copy_rlimits(pid):
+    """The client's resource limits, as a CLI started by it would have inherited them (a
+    container's processes inherit them in turn); those above the server's hard limit
+    cannot be had without CAP_SYS_RESOURCE and stay the server's."""
+    import resource
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            res = getattr(resource, name)
+            try:
+                resource.setrlimit(res, resource.prlimit(pid, res))
+            except (OSError, ValueError):
+                pass
+
+
+def _reopen_stdio():
+    """sys.stdin/stdout/stderr over the client's fds, buffered as Python does it for a
+    process started on them (stdout line-buffered on a terminal, stderr always)."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        old = getattr(sys, name)
+        stream = open(fd, mode, encoding=old.encoding, errors=old.errors, closefd=False)
+        if mode == "w":
+            stream.reconfigure(line_buffering=fd == 2 or os.isatty(fd),
+                               write_through=unbuffered)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run_cli(argv):
+    """ctrun.cli.main(argv) as `sys.exit(main())` runs it: its exit code."""
+    from . import cli
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    except KeyboardInterrupt:
+        import traceback
+        traceback.print_exc()
+        _flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as Python dies of an uncaught one
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:  # noqa: BLE001 - as the interpreter reports it
+        import traceback
+        traceback.print_exc()
+        code = 1
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    return code if _flush() else 120
+
+
+def _flush():
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            ok = False
+    return ok
+
+
+def _send(c, data):
+    try:
+        c.sock.send(data)
+    except OSError:
+        pass
+
+
+def _write(fd, text):
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _close_fds(c):
+    for fd in c.fds:
+        os.close(fd)
+    c.fds = []
+
+
+def _drain(sock):
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(Server(sys.argv[1]).serve(int(sys.argv[2]) if len(sys.argv) > 2 else None))

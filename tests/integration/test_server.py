@@ -1,0 +1,414 @@
+"""The warm server (ctrun.server) and its thin client (ctrun.client): a call runs in a worker
+forked by the store's server, and behaves as the CLI run in-process: exit codes, stdio, a
+terminal, signals; the server's socket is root's alone; it leaves when idle, and a killed
+one is replaced.  (The rest of the suite runs every CLI call through the server too.)"""
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import prctl
+
+from conftest import REPO, server_pids
+from ctrun import client
+
+
+def _server(store):
+    """The pid of the store's server (not one of its workers), or None."""
+    for pid in server_pids(store):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == "ctrun-server":
+                return pid
+        except OSError:
+            pass
+    return None
+
+
+def _ppid(pid):
+    raw = open(f"/proc/{pid}/stat", "rb").read()
+    return int(raw[raw.rindex(b")") + 2:].split()[1])
+
+
+def _argv(store, *args):
+    return [sys.executable, "-m", "ctrun", "--root", str(store), *args]
+
+
+def _until(pred, timeout=15.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen in {timeout} s")
+
+
+def _read_until(fd, want, timeout=20.0, poke=None):
+    """Output of pty master `fd` until it holds `want`; poke() is called each second."""
+    out, deadline, last = b"", time.monotonic() + timeout, time.monotonic()
+    while want not in out:
+        assert time.monotonic() < deadline, f"no {want!r} in {out[-2000:]!r}"
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+        if poke and time.monotonic() - last > 1:
+            poke()
+            last = time.monotonic()
+    assert want in out, out[-2000:]
+    return out
+
+
+def _served(store, init_pid):
+    """The attached container's init was forked by a worker of the store's server."""
+    worker = _ppid(init_pid)
+    return worker in server_pids(store) and _ppid(worker) == _server(store)
+
+
+def _attached(cli, store, name, script, **popen):
+    """`run --rm --name NAME busybox -- sh -c SCRIPT` attached; (Popen, init pid) once the
+    script printed "up"."""
+    p = subprocess.Popen(_argv(store, "run", "--rm", "--name", name, "busybox", "--", "sh",
+                               "-c", script), cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, **popen)
+    assert p.stdout.readline() == b"up\n"
+    return p, cli.json("inspect", name)["pid"]
+
+
+def test_the_server_starts_on_first_use_and_serves_later_calls(cli, store):
+    # the store's directory is empty: that first call makes the store, in-process
+    cli("image", "build", "busybox", check=True)
+    assert (store / "run").is_dir() and not server_pids(store)
+    cli("list", check=True)
+    first = _server(store)
+    assert first, "no ctrun-server runs for the store after a call"
+    cli("run", "--rm", "busybox", "--", "true", check=True)
+    assert _server(store) == first
+    assert server_pids(store) == [first]  # each worker was reaped
+
+
+def _busybox(cli, store):
+    """The store made (busybox built, in-process: the store did not exist) and its server
+    started (by a `list`)."""
+    cli("image", "build", "busybox", check=True)
+    cli("list", check=True)
+    assert _server(store)
+
+
+def test_exit_code_stdout_and_stderr_pass_through(cli, store):
+    _busybox(cli, store)
+    r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    r = cli("inspect", "nosuch")
+    assert r.returncode == 3 and r.stderr.startswith("ctrun: error: container 'nosuch'")
+    r = cli("run", "--bogus", "busybox")  # the CLI's own argument check, in the worker
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr, r.stderr
+    assert _server(store)
+
+
+def test_stdin_passes_through(cli, store):
+    _busybox(cli, store)
+    r = cli("run", "-i", "--rm", "busybox", "--", "cat", input="line one\nline two\n")
+    assert (r.returncode, r.stdout) == (0, "line one\nline two\n")
+    assert _server(store)
+
+
+def test_tty_run_follows_resize_and_ctrl_c(cli, store):
+    """-t on a terminal: the container sees the terminal's size and its change (SIGWINCH,
+    relayed by the client), and Ctrl-C reaches the workload through the pty."""
+    _busybox(cli, store)
+    script = ('stty size; trap "echo INTR; exit 9" INT; '
+              'while :; do read x; stty size; done')
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+            os.chdir(REPO)
+            os.execv(sys.executable, _argv(store, "run", "-it", "--rm", "--name", "tt",
+                                           "busybox", "--", "sh", "-c", script))
+        finally:
+            os._exit(127)
+    try:
+        _read_until(fd, b"30 100")
+        assert _served(store, cli.json("inspect", "tt")["pid"])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        _read_until(fd, b"40 120", poke=lambda: os.write(fd, b"\n"))
+        os.write(fd, b"\x03")
+        _read_until(fd, b"INTR")
+        _, status = os.waitpid(pid, 0)
+        pid = None
+        assert os.waitstatus_to_exitcode(status) == 9
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert cli("inspect", "tt").returncode == 3  # --rm removed it
+
+
+def test_sigterm_to_the_client_stops_an_attached_run(cli, store):
+    _busybox(cli, store)
+    p, init = _attached(cli, store, "term",
+                        'trap "echo TERM; exit 7" TERM; echo up; while :; do sleep 0.1; done')
+    try:
+        assert _served(store, init)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        assert (p.returncode, out) == (7, b"TERM\n"), err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert cli("inspect", "term").returncode == 3
+
+
+def test_a_killed_client_hangs_up_its_worker(cli, store):
+    """SIGKILL to the client: its worker gets SIGHUP, as a CLI whose terminal went away;
+    the workload's hang-up ends it, and --rm removes it."""
+    _busybox(cli, store)
+    p, init = _attached(cli, store, "hup",
+                        'trap "exit 5" HUP; echo up; while :; do sleep 0.1; done')
+    assert _served(store, init)
+    p.kill()
+    p.wait()
+    _until(lambda: cli("inspect", "hup").returncode == 3, what="the removal of 'hup'")
+
+
+def test_a_killed_server_fails_the_attached_client_and_its_container_hangs_up(cli, store):
+    _busybox(cli, store)
+    p, init = _attached(cli, store, "srv",
+                        'trap "exit 5" HUP; echo up; while :; do sleep 0.1; done')
+    try:
+        assert _served(store, init)
+        os.kill(_server(store), signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 1 and b"server" in err and b"stopped during this command" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    # the worker got SIGHUP (PR_SET_PDEATHSIG) and passed it on, as a CLI on a hung-up
+    # terminal; the run's --rm removed the container
+    _until(lambda: cli("inspect", "srv").returncode == 3, what="the removal of 'srv'")
+    cli("list", check=True)  # and the next call starts a new server
+    assert _server(store)
+
+
+def test_exec_enter_and_logs_follow(cli, store):
+    _busybox(cli, store)
+    cli("run", "-d", "--name", "box", "busybox", "--", "sleep", "1000", check=True)
+    r = cli("exec", "box", "--", "sh", "-c", "echo $((6*7)); exit 5")
+    assert (r.returncode, r.stdout) == (5, "42\n")
+    r = cli("exec", "-i", "box", "--", "tr", "a-z", "A-Z", input="quiet\n")
+    assert (r.returncode, r.stdout) == (0, "QUIET\n")
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(REPO)
+            os.execv(sys.executable, _argv(store, "enter", "box"))
+        finally:
+            os._exit(127)
+    try:
+        _read_until(fd, b"# ")  # the prompt: typed ahead, a line is flushed by the shell
+        os.write(fd, b"echo inside-$((6*7)); exit 4\n")
+        _read_until(fd, b"inside-42")
+        _, status = os.waitpid(pid, 0)
+        pid = None
+        assert os.waitstatus_to_exitcode(status) == 4
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    cli("run", "-d", "--name", "talk", "busybox", "--", "sh", "-c",
+        "echo one; sleep 1; echo two", check=True)
+    r = cli("logs", "-f", "talk", timeout=30)  # returns once the container exits
+    assert (r.returncode, r.stdout) == (0, "one\ntwo\n")
+    assert cli.json("inspect", "talk")["state"] == "stopped"
+    assert _server(store)
+
+
+def test_the_socket_is_root_only(cli, store):
+    _busybox(cli, store)
+    sock = store / "run" / "server.sock"
+    assert _server(store)
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    assert os.stat(store / "run").st_mode & 0o777 == 0o700
+    assert _request_as(sock, 0) == b"Sx0\n"       # root: a `list`, run and answered
+    # uid 65534 keeping CAP_DAC_OVERRIDE passes the file modes: SO_PEERCRED refuses it
+    assert _request_as(sock, 65534) == b""
+
+
+def _request_as(sock, uid):
+    """What the server answers a `list` request sent by a process of `uid`."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            if uid:
+                prctl.set_keepcaps(True)
+                os.setresgid(uid, uid, uid)
+                os.setgroups([])
+                os.setresuid(uid, uid, uid)
+                prctl.cap_effective.dac_override = True
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(sock))
+            s.settimeout(20)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            fds = [devnull, devnull, devnull, os.open("/", os.O_PATH)]
+            req = client._request(["list"])
+            try:
+                socket.send_fds(s, [req], fds)
+                out = b""
+                while chunk := s.recv(64):
+                    out += chunk
+            except OSError:  # reset, or a broken pipe: closed unread
+                out = b""
+            os.write(w, out)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_the_server_leaves_when_idle(cli, store):
+    _busybox(cli, store)
+    os.kill(_server(store), signal.SIGKILL)
+    _until(lambda: not server_pids(store), what="the killed server's exit")
+    env = dict(os.environ, CTRUN_SERVER_IDLE="1")
+    subprocess.run(_argv(store, "list"), cwd=REPO, env=env, check=True, capture_output=True)
+    assert _server(store)
+    _until(lambda: not server_pids(store), what="the idle server's exit")
+    assert not (store / "run/server.sock").exists()
+    cli("list", check=True)  # the next call starts another
+    assert _server(store)
+
+
+def test_a_killed_server_is_replaced_by_the_next_call(cli, store):
+    _busybox(cli, store)
+    old = _server(store)
+    os.kill(old, signal.SIGKILL)
+    _until(lambda: not server_pids(store), what="the killed server's exit")
+    assert (store / "run/server.sock").exists()  # stale: nobody listens
+    r = cli("run", "--rm", "busybox", "--", "sh", "-c", "exit 6")
+    assert r.returncode == 6, r.stderr
+    assert _server(store) not in (None, old)
+
+
+def test_ctrun_server_off_runs_in_process(cli, store):
+    """CTRUN_SERVER=off: the CLI itself runs the command (the attached container's init
+    is its child), while by default a worker of the server does."""
+    _busybox(cli, store)
+    script = 'trap "exit 0" TERM; echo up; while :; do sleep 0.1; done'
+    for mode, by_server in (("off", False), ("", True)):
+        env = dict(os.environ, CTRUN_SERVER=mode)
+        p, init = _attached(cli, store, f"m{mode}", script, env=env)
+        try:
+            assert _served(store, init) == by_server
+            if not by_server:
+                assert _ppid(init) == p.pid
+        finally:
+            p.terminate()
+            assert p.wait(timeout=30) == 0
+
+
+def test_gc_without_a_server_removes_a_dead_servers_socket(cli, store):
+    _busybox(cli, store)
+    os.kill(_server(store), signal.SIGKILL)
+    _until(lambda: not server_pids(store), what="the killed server's exit")
+    env = dict(os.environ, CTRUN_SERVER="off")
+    r = subprocess.run(_argv(store, "gc"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "removed the socket of a dead ctrun server" in r.stdout
+    assert not (store / "run/server.sock").exists() and not server_pids(store)
+    r = subprocess.run(_argv(store, "list", "--format", "json"), cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert json.loads(r.stdout) == [] and not server_pids(store)
+
+
+def test_the_worker_takes_the_callers_cwd_umask_environment_and_limits(cli, store, tmp_path):
+    """What a CLI inherits from its caller, a worker of a server started earlier (by another
+    caller) takes from its client: a relative path is the caller's, a new file has its
+    umask, $CTRUN_NETWORK is its, and so is an rlimit the container inherits."""
+    _busybox(cli, store)
+    r = subprocess.run(_argv(store, "image", "export", "busybox", "bb.tar"), cwd=tmp_path,
+                       preexec_fn=lambda: os.umask(0o027), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(tmp_path / "bb.tar").st_mode & 0o777 == 0o640
+    host = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "cat", "/proc/net/dev"),
+                          cwd=REPO, env=dict(os.environ, CTRUN_NETWORK="host"),
+                          capture_output=True, text=True)
+    own = cli("run", "--rm", "busybox", "--", "cat", "/proc/net/dev")  # CTRUN_NETWORK=none
+    assert host.returncode == own.returncode == 0, host.stderr + own.stderr
+    assert len(own.stdout.splitlines()) == 3   # lo alone
+    assert len(host.stdout.splitlines()) > 3   # the host's interfaces
+    r = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "sh", "-c", "ulimit -n"),
+                       cwd=REPO, capture_output=True, text=True,
+                       preexec_fn=lambda: __import__("resource").setrlimit(
+                           __import__("resource").RLIMIT_NOFILE, (123, 456)))
+    assert (r.returncode, r.stdout) == (0, "123\n"), r.stderr
+
+
+def test_a_server_of_another_ctrun_gives_way(cli, store, tmp_path):
+    """An upgrade (or another checkout) of ctrun: a client never runs on a server of other
+    code; that server retires and the client's own ctrun serves it."""
+    import shutil
+    _busybox(cli, store)
+    old = _server(store)
+    shutil.copytree(REPO / "ctrun", tmp_path / "ctrun")
+    r = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "sh", "-c", "exit 4"),
+                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                       capture_output=True, text=True)
+    assert r.returncode == 4, r.stderr
+    new = _server(store)
+    assert new not in (None, old)
+    assert str(tmp_path).encode() in open(f"/proc/{new}/environ", "rb").read()
+    _until(lambda: not os.path.exists(f"/proc/{old}"), what="the old server's exit")
+
+
+def test_a_terminal_left_raw_by_a_killed_server_is_restored(cli, store):
+    """-t puts the user's terminal in raw mode; a worker that dies relaying it (the server
+    killed: its SIGHUP) cannot restore it, so the client does."""
+    _busybox(cli, store)
+    master, slave = os.openpty()
+
+    def on_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    p = subprocess.Popen(_argv(store, "run", "-it", "--rm", "--name", "raw", "busybox", "--",
+                               "sh", "-c", 'trap "exit 5" HUP; echo up; while :; do sleep 0.1; '
+                               "done"), cwd=REPO, stdin=slave, stdout=slave, stderr=slave,
+                         preexec_fn=on_terminal)
+    try:
+        _read_until(master, b"up")
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO  # raw while relaying
+        os.kill(_server(store), signal.SIGKILL)
+        assert p.wait(timeout=30) == 1
+        _read_until(master, b"stopped during this command")
+        lflag = termios.tcgetattr(slave)[3]
+        assert lflag & termios.ECHO and lflag & termios.ICANON
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+    # the worker died of the hang-up (a -t relay does not catch it), as a CLI on a hung-up
+    # terminal: the container is left as such a CLI leaves it, for destroy (or gc)
+    info = cli.json("inspect", "raw")
+    assert info["state"] == "running" or info["exit_reason"] == "monitor-lost", info
+    cli("destroy", "--force", "raw", check=True)

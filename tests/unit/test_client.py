@@ -1,0 +1,62 @@
+"""The thin client (ctrun.client): which calls go to the store's warm server, which run
+in-process, and that it stays thin."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from ctrun import client, state
+
+pytestmark = pytest.mark.root  # the client sends a non-root caller to the CLI's refusal
+
+
+def test_the_default_store_is_the_clis():
+    assert client.DEFAULT_ROOT == state.DEFAULT_ROOT
+
+
+def test_which_calls_the_server_takes(tmp_path, monkeypatch):
+    made, unmade = tmp_path / "made", tmp_path / "unmade"
+    (made / "run").mkdir(parents=True)
+    unmade.mkdir()
+    monkeypatch.delenv("CTRUN_SERVER", raising=False)
+    monkeypatch.setenv("CTRUN_ROOT", str(made))
+    m = str(made)
+    served = {
+        ("--root", m, "list"): m,
+        (f"--root={m}", "list"): m,
+        ("--ro", m, "list"): m,                     # argparse's unambiguous prefix
+        ("list",): m,                               # $CTRUN_ROOT
+        ("--root", "unmade", "list"): None,         # relative, and no store there yet
+        ("--root", str(unmade), "list"): None,      # a server would have to make it
+        ("--root", str(tmp_path / "none"), "list"): None,
+        ("--debug", "--root", m, "list"): None,     # tracebacks: in-process
+        ("--root", m, "run", "-h"): None,
+        ("--root", m, "--help"): None,
+        ("--root", m, "--version"): None,           # what the parser refuses
+        ("--root", m): None,                        # no verb
+        ("--root",): None,
+        ("--root", m, "lab", "--quick"): None,      # long, and named after its pid
+        ("--root", m, "exec", "c", "--", "sh", "-h"): m,  # the command's own -h
+        ("--root", m, "run", "--rm", "busybox", "--", "--help"): m,
+    }
+    monkeypatch.chdir(tmp_path)
+    for argv, want in served.items():
+        assert client.store_root(list(argv)) == want, argv
+    monkeypatch.setenv("CTRUN_SERVER", "off")
+    assert client.store_root(["--root", m, "list"]) is None
+
+
+def test_the_client_imports_next_to_nothing():
+    """Its start is the interpreter's: no ctrun module but itself, no json, argparse or
+    socket (with enum, re and the rest)."""
+    code = ("import sys; before = set(sys.modules); import ctrun.client; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-sS", "-c", code], check=True, text=True,
+                         capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         cwd="/").stdout.split()
+    allowed = {"ctrun", "ctrun.client", "_socket", "os", "os.path", "posixpath",
+               "genericpath", "stat", "_stat", "_collections_abc"}
+    assert set(out) <= allowed, set(out) - allowed
