@@ -363,9 +363,19 @@ def _error(message):
     print(f"ctrun: error: {one_line(message)}", file=sys.stderr)
 
 
+_PARSERS = {}
+
+
 def parser(only=None):
     """The argument parser; with a known verb `only`, that verb's sub-parser alone (each
-    sub-parser costs start-up time; an unknown verb gets the full parser and its error)."""
+    sub-parser costs start-up time; an unknown verb gets the full parser and its error).
+    Kept once built: the warm server builds them all before its first call."""
+    if only not in _PARSERS:
+        _PARSERS[only] = _build_parser(only)
+    return _PARSERS[only]
+
+
+def _build_parser(only):
     ap = _Parser(prog="ctrun", description="OpenVZ-style system containers")
     ap.add_argument("--root", help="store directory (default $CTRUN_ROOT or /var/lib/ctrun)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")

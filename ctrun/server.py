@@ -342,8 +342,12 @@ def remove_stale(store):
 
 def warm():
     import importlib
-    for name in WARM:
+    # locale: argparse's messages would load it in every worker otherwise
+    for name in ("locale",) + WARM:
         importlib.import_module(name)
+    from . import cli
+    for verb in cli.VERBS:   # each verb's parser, as cli.main would build it per call
+        cli.parser(verb)
 
 
 def _parse(payload):
