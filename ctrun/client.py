@@ -21,7 +21,7 @@ import sys
 import _signal
 import _socket
 
-SOCK = "server.sock"
+from .serversock import SOCK  # noqa: F401 - the server imports it from here too
 MAGIC = b"ctrun1"
 DEFAULT_ROOT = "/var/lib/ctrun"  # ctrun.state.DEFAULT_ROOT, not imported: it costs ~5 ms
 # the signals a CLI gets from its terminal or its caller, passed on to the worker

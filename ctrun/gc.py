@@ -49,8 +49,8 @@ def collect(ct):
                     done.append(f"recorded lost exit of {n}")
     known = set(store.container_names())
     done += _network(store, known)
-    from .server import remove_stale
-    if remove_stale(store):
+    from .serversock import remove_stale
+    if remove_stale(str(store.run)):
         done.append("removed the socket of a dead ctrun server")
     from .images import store as images
     done += images.gc(store)

@@ -24,7 +24,7 @@ def enabled(flag=None):
 def cgroup_pool(store, parent=None, layout=None):
     """The store's cgroup pool under `parent` (default $CTRUN_CGROUP_PARENT or ctrun): its
     entries carry the devices allowlist of an unprivileged container."""
-    from .backends.container import DEVICE_ALLOW
+    from .cgroups.base import DEVICE_ALLOW
     from .cgroups.pool import CgroupPool
     parent = parent or os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)
     return CgroupPool(store.short_id, parent, device_rules=DEVICE_ALLOW, layout=layout)

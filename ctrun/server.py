@@ -42,7 +42,8 @@ import struct
 import sys
 import time
 
-from .client import MAGIC, RELAYED, SOCK, package_dir
+from .client import MAGIC, RELAYED, package_dir
+from .serversock import LOCK, SOCK
 
 IDLE = 30.0
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
@@ -81,7 +82,7 @@ class Server:
     def serve(self, ready_fd=None):
         self.store.ensure()
         run = self.store.run
-        self.lock = os.open(run / "server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.lock = os.open(run / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -318,26 +319,6 @@ class Server:
             _write(2, f"ctrun: error: the ctrun server could not run this command: {e}\n")
         finally:
             os._exit(code)
-
-
-def remove_stale(store):
-    """Remove the socket a killed server left (nothing holds the store's server lock);
-    True if there was one.  (A client copes with it too: it starts a new server.)"""
-    path = store.run / SOCK
-    if not path.exists():
-        return False
-    try:
-        fd = os.open(store.run / "server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        path.unlink(missing_ok=True)
-        return True
-    except BlockingIOError:
-        return False  # a live server's
-    finally:
-        os.close(fd)
 
 
 def warm():

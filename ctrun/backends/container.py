@@ -5,13 +5,10 @@ import os
 import signal
 
 from .. import config as cfgmod
+from ..cgroups.base import DEVICE_ALLOW
 from ..errors import CtrunError
 from ..state import read_json, write_json
 from . import base
-
-# v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
-DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
-                "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
 
 
 class ContainerBackend(base.Backend):

@@ -16,6 +16,9 @@ from pathlib import Path
 from ..errors import Conflict, CtrunError, HostUnsupported, InvalidInput, NotFound
 
 LEAF = "ct"
+# v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
+DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+                "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
 POLL = 0.02          # seconds between looks while waiting for processes to exit
 SETTLE = 1.0         # longest wait for the kernel to settle (a freeze, a child going offline)
 

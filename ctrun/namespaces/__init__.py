@@ -1,6 +1,10 @@
 """Namespace kinds and creating them (unshare); joining a running container's is in
 join.py, user namespaces' id ranges and maps in userns.py."""
 
+import fcntl
+import socket
+import struct
+
 from .. import libc
 from ..errors import InvalidInput
 from ..kernel import linux
@@ -56,3 +60,18 @@ def private_mounts():
     """A mount namespace of this process's own whose mounts never propagate to the host."""
     linux.unshare(libc.CLONE_NEWNS)
     linux.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+
+
+def loopback_up():
+    """lo up in the caller's network namespace, unless it is already: one joined by path (a
+    pod's) has it up, and a user namespace that does not own that one may not set it.
+    Called in an init after pivot_root: its modules are imported above, not here."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("16sH14x", b"lo", 0)
+        if struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1] & 0x1:  # SIOCGIFFLAGS
+            return
+        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
+    finally:
+        s.close()

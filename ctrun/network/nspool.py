@@ -27,8 +27,8 @@ def _make(path):
     if pid == 0:
         try:
             linux.unshare(libc.CLONE_NEWNET)
-            from ..runtime.process import _loopback_up
-            _loopback_up()
+            from ..namespaces import loopback_up
+            loopback_up()
             linux.mount("/proc/self/ns/net", str(path), None, libc.MS_BIND)
             os._exit(0)
         except BaseException:  # noqa: BLE001 - the parent reports the failure

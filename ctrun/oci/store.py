@@ -9,6 +9,7 @@ The status is derived, never stored: the init's pid and start time say whether i
 import fcntl
 import json
 import os
+import time
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, quote
 
@@ -160,3 +161,29 @@ def _read_json(path):
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def now():
+    """The time in RFC 3339 with nanoseconds, as runc writes `created`."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def atomic_write(path, text):
+    """A pid file (or any file a client reads) whole or not at all."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def self_start():
+    """This process's start time: a create under way is known by its pid and this."""
+    from ..procs import proc_start_time
+    return proc_start_time(os.getpid())
+
+
+def rmtree(d):
+    """A container's state directory, whatever is left in it."""
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)

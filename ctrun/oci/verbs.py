@@ -17,20 +17,13 @@ from .. import errors
 from ..errors import Conflict, InvalidInput, NotFound, quote
 from . import bundle as bundlemod
 from . import store
+from .store import atomic_write as _atomic_write, now as _now, rmtree as _rmtree
+from .store import self_start as _self_start
 
 OCI_VERSION = "1.0.2"
 
 
-def _now():
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
-
-def _atomic_write(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def parse_signal(text):
@@ -492,9 +485,7 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _self_start():
-    from ..procs import proc_start_time
-    return proc_start_time(os.getpid())
+
 
 
 def _poll(pid):
@@ -582,8 +573,3 @@ def _wait_gone(pid, start, timeout=10.0):
     end = time.monotonic() + timeout
     while proc_start_time(pid) == start and time.monotonic() < end:
         time.sleep(0.005)
-
-
-def _rmtree(d):
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)

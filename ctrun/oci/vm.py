@@ -235,7 +235,8 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
     from ..cgroups.limits import Limits
     from ..vm import disk, kernel, machine, qemu
     from . import bundle as bundlemod, hooks as hookmod, store
-    from .verbs import _atomic_write, _now, _rmtree, _self_start
+    from .store import atomic_write as _atomic_write, now as _now, rmtree as _rmtree
+    from .store import self_start as _self_start
     store.check_id(cid)
     binds = check(conf)
     vm = machine_of(conf)
@@ -602,7 +603,7 @@ def exec(ct, proc, detach=False, pid_file=None, console_socket=None):
     whose master goes to the console socket.  Returns the code, or 0 when detached."""
     from ..vm import agent
     from .. import cgroups
-    from .verbs import _atomic_write
+    from .store import atomic_write as _atomic_write
     vmdir = Path(ct.dir) / "vm"
     if not detach and not console_socket:
         with _relayed_signals() as sigs:

@@ -9,14 +9,13 @@ children only) and forks the init, reports the init's host pid and exits, so the
 reparented to the nearest child subreaper: the shared monitor, or the CLI for `run`.
 """
 
-import fcntl
 import json
 import os
 import signal
 import socket
-import struct
 
 from .. import errors, libc, namespaces
+from ..namespaces import loopback_up as _loopback_up
 from ..kernel import linux
 from . import inhooks, paths, rootfs, security, terminal
 
@@ -88,20 +87,6 @@ def _report(chan, step, exc):
     except OSError:
         pass
     linux.exit(126)
-
-
-def _loopback_up():
-    """lo up, unless it is already: a network namespace joined by path (a pod's) has it up,
-    and a user namespace that does not own that one may not set it."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        req = struct.pack("16sH14x", b"lo", 0)
-        if struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1] & 0x1:  # SIOCGIFFLAGS
-            return
-        flags = 0x1 | 0x8 | 0x40  # IFF_UP | IFF_LOOPBACK | IFF_RUNNING
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))  # SIOCSIFFLAGS
-    finally:
-        s.close()
 
 
 def _enter_workdir(chan, proc, cwd, tty, make):

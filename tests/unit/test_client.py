@@ -50,13 +50,13 @@ def test_which_calls_the_server_takes(tmp_path, monkeypatch):
 
 
 def test_the_client_imports_next_to_nothing():
-    """Its start is the interpreter's: no ctrun module but itself, no json, argparse or
-    socket (with enum, re and the rest)."""
+    """Its start is the interpreter's: no ctrun module but itself and serversock (the
+    socket's name, os alone), no json, argparse or socket (with enum, re and the rest)."""
     code = ("import sys; before = set(sys.modules); import ctrun.client; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-sS", "-c", code], check=True, text=True,
                          capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
                          cwd="/").stdout.split()
-    allowed = {"ctrun", "ctrun.client", "_socket", "os", "os.path", "posixpath",
+    allowed = {"ctrun", "ctrun.client", "ctrun.serversock", "_socket", "os", "os.path", "posixpath",
                "genericpath", "stat", "_stat", "_collections_abc"}
     assert set(out) <= allowed, set(out) - allowed
