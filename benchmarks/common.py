@@ -702,9 +702,14 @@ class Workspace:
         self.ctrun = ctrun_bin()
         self._cleanups = []
         self.leaks = []
-        self._old_env = {k: os.environ.get(k) for k in ("CTRUN_ROOT", "CTRUN_CGROUP_PARENT")}
+        self._old_env = {k: os.environ.get(k)
+                         for k in ("CTRUN_ROOT", "CTRUN_CGROUP_PARENT", "CTRUN_LXCFS_DIR")}
         os.environ["CTRUN_ROOT"] = str(self.store)
         os.environ["CTRUN_CGROUP_PARENT"] = CGROUP_PARENT
+        # the containers' LXCFS is the benchmark's own, stopped at cleanup: ctrun would
+        # otherwise start the host-wide one (/run/ctrun-lxcfs) and leave it running
+        self.lxcfs_dir = self.run_dir / "lxcfs"
+        os.environ["CTRUN_LXCFS_DIR"] = str(self.lxcfs_dir)
         self.pycache = self.tmp / "pycache"
         for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
             self._old_env[k] = os.environ.pop(k, None)
@@ -800,6 +805,7 @@ class Workspace:
         for tool, root in (("runc", self.runc_root), ("crun", self.crun_root)):
             self._oci_sweep(tool, root)
         self._cgroup_sweep()
+        self._stop_lxcfs()
         self._process_sweep()
         for d in (self.tmp, self.run_dir):
             for m in mounts_under(d):
@@ -808,6 +814,18 @@ class Workspace:
             shutil.rmtree(d, ignore_errors=True)
         print_list("PROBLEMS (a failure, or something ctrun or a peer should have removed "
                    "itself; the benchmark has cleaned it up):", self.leaks)
+
+    def _stop_lxcfs(self):
+        """The workspace's LXCFS, once its containers are gone (not a leak: started for
+        them on purpose); a mount it leaves is reported by the sweep below."""
+        if not (self.lxcfs_dir / "mnt").exists():
+            return
+        code = "import sys; from ctrun.runtime import lxcfs; lxcfs.stop(sys.argv[1])"
+        try:
+            subprocess.run([ctrun_python()[0], "-c", code, str(self.lxcfs_dir)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except subprocess.SubprocessError as e:
+            warn(f"stopping the benchmark's lxcfs failed: {e}")
 
     def finish(self, name, result):
         """Write the result JSON with what the clean-up found; the exit code (1 on leaks).
