@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from .procs import reaped
+
 SOCK = "monitor.sock"
 
 
@@ -152,13 +154,7 @@ class Monitor:
             del rec["fds"][fd]
 
     def _reap(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             if pid in self.launchers:
                 self.launchers.discard(pid)
             elif pid in self.running:

@@ -40,3 +40,15 @@ def signal_pid(live, sig):
     except ProcessLookupError:
         pass
     return fd
+
+
+def reaped():
+    """(pid, status) of each child that has exited, reaping it, without waiting for more."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status

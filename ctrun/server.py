@@ -43,6 +43,7 @@ import sys
 import time
 
 from .client import MAGIC, RELAYED, package_dir
+from .procs import reaped
 from .serversock import LOCK, SOCK
 
 IDLE = 30.0
@@ -248,13 +249,7 @@ class Server:
                 _kill(pid, sig)
 
     def _reap(self):
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             c = self.workers.pop(pid, None)
             if c is None:
                 continue
