@@ -7,42 +7,29 @@ import os
 from .. import __version__
 from ..errors import AlreadyExists
 
-HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
-         "poststop"]
-NAMESPACES = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]
-MOUNT_OPTIONS = ["async", "atime", "bind", "defaults", "dev", "diratime", "exec", "mand",
-                 "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
-                 "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
-                 "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
-                 "strictatime", "suid", "sync", "unbindable"]
-
 
 def _capabilities():
-    import prctl
-    return sorted("CAP_" + n.upper() for n in prctl.ALL_CAP_NAMES)
-
-
-def _from(module, name, default):
-    """A list a runtime module declares (what it really honours), else our own."""
-    import importlib
-    try:
-        return list(getattr(importlib.import_module(module), name))
-    except (ImportError, AttributeError):
-        return default
+    """The names the runtime honours (runtime.security's table) that this kernel has."""
+    from .. import libc
+    from ..runtime.security import CAPS
+    return sorted(n for n, i in CAPS.items() if i <= libc.cap_last_cap())
 
 
 def document():
+    from .. import namespaces
     from ..cgroups.detect import detect
-    from ..runtime import seccomp_oci
-    from . import vm
+    from ..runtime import mounts, seccomp_oci
+    from . import hooks, vm
     layout = detect()
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": HOOKS,
-        "mountOptions": sorted(_from("ctrun.runtime.mounts", "KNOWN_OPTIONS", MOUNT_OPTIONS)),
+        "hooks": list(hooks.PHASES),
+        # what runtime.mounts turns into mount(2) flags; any other option is passed to the
+        # file system as data, which the document cannot promise
+        "mountOptions": sorted(mounts.FLAGS.keys() | mounts.PROPAGATION.keys()),
         "linux": {
-            "namespaces": NAMESPACES,
+            "namespaces": sorted(namespaces.KINDS),
             "capabilities": _capabilities(),
             "cgroup": {"v1": layout.kind != "v2", "v2": bool(layout.v2),
                        "systemd": os.path.isdir("/run/systemd/system"),

@@ -224,9 +224,7 @@ class Runtime:
 
     def _check_runtime(self, spec):
         from ..runtime import rootfs
-        check = getattr(rootfs, "check_supported", None)
-        if check is not None:
-            check(spec)
+        rootfs.check_supported(spec)
 
     def _no_device_cgroup(self, spec):
         """No device cgroup to enforce the spec's rules (cgroup v2 without a BPF device
