@@ -233,7 +233,7 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         started = _now()
         write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
         try:
-            reply = monitor.request(self.store.root, {
+            reply = monitor.start(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": None,
                 "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name,

@@ -258,9 +258,10 @@ def _connect(path, run):
 
 
 def _spawn(run):
-    """Start the store's server with this process's environment (a double fork, as the
-    monitor's: it is nobody's child); once it listens, True; False if another server holds
-    the store's lock (it is starting or leaving); None if it failed (see run/server.log)."""
+    """Start the store's server with this process's environment, as a child of the store's
+    monitor (a double fork: the monitor is nobody's child; it starts the server, or has the
+    running monitor start it); once it listens, True; False if another server holds the
+    store's lock (it is starting or leaving); None if it failed (see run/server.log)."""
     r, w = os.pipe()
     log = os.open(os.path.join(run, "server.log"),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -282,9 +283,11 @@ def _spawn(run):
                 os.dup2(log, 2)
                 os.dup2(w, 3)
                 os.closerange(4, 1 << 16)
+                # the store's monitor, which starts the server as its child (so the
+                # containers its workers start detached are the monitor's to supervise);
                 # -P: never a "ctrun" that happens to sit in the working directory
-                os.execve(sys.executable, [sys.executable, "-P", "-m", "ctrun.server",
-                                           os.path.dirname(run), "3"], env)
+                os.execve(sys.executable, [sys.executable, "-P", "-m", "ctrun.monitor",
+                                           os.path.dirname(run), "--server", "3"], env)
         finally:
             os._exit(0)
     os.close(w)

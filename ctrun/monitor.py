@@ -10,8 +10,11 @@ runtime code itself; a short-lived forked launcher sets each container up.
 
 It is a child subreaper, so every container init (forked by a launcher whose intermediate
 exits) becomes its child: it reaps them, records exit.json and removes the cgroup.  It
-pumps each container's stdout/stderr into its size-capped log.  It exits when it has no
-container left.  Protocol: one JSON line request, one JSON line reply, on run/monitor.sock.
+pumps each container's stdout/stderr into its size-capped log.  It also starts the store's
+warm server (ctrun.server) as its child: a worker of that server launches a detached
+container itself, warm, and its init, orphaned, lands here (op_adopt).  It exits when it
+has no container and no server left.  Protocol: one JSON line request (with fds, by
+SCM_RIGHTS, for adopt and server), one JSON line reply, on run/monitor.sock.
 """
 
 import fcntl
@@ -37,13 +40,23 @@ class Monitor:
         self.running = {}   # pid -> container record
         self.orphans = {}   # pid -> status, reaped before its launcher reported it
         self.launchers = set()
+        self.servers = set()  # the store's warm servers this monitor started (its children)
+        self.released = False  # the last server left: an idle monitor leaves with no grace
 
-    def serve(self):
-        run = self.store.run
-        lock = os.open(run / "monitor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def lock(self):
+        """The store's monitor lock (an fd), or None: another monitor serves the store."""
+        lock = os.open(self.store.run / "monitor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                       0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(lock)
+            return None
+        return lock
+
+    def serve(self, lock=None):
+        run = self.store.run
+        if lock is None and (lock := self.lock()) is None:
             return 0  # another monitor serves this store
         import prctl
         prctl.set_child_subreaper(1)
@@ -70,9 +83,9 @@ class Monitor:
             for key, _ in self.sel.select(timeout=1.0):
                 key.data(key.fileobj)
             self._reap()
-            if self.running or self.launchers:
+            if self.running or self.launchers or self.servers:
                 idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 0.5:
+            elif time.monotonic() - idle_since > 0.5 or self.released:
                 # unlink first: a client that finds no socket starts a new monitor
                 os.unlink(sock_path)
                 self.listener.close()
@@ -88,11 +101,15 @@ class Monitor:
     def _accept(self, listener):
         conn, _ = listener.accept()
         conn.settimeout(5)
+        fds = []
         try:
-            req = json.loads(conn.makefile("rb").readline() or b"{}")
-            reply = getattr(self, "op_" + req.get("op", "none"), self.op_none)(req, conn)
+            line, fds = _receive(conn)
+            req = json.loads(line or b"{}")
+            reply = getattr(self, "op_" + req.get("op", "none"), self.op_none)(req, fds)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the monitor
             reply = {"ok": False, "kind": "CtrunError", "message": f"monitor: {e}"}
+        for fd in fds:  # what an op keeps, it has taken out of the list
+            os.close(fd)
         self._reply(conn, reply)
 
     def _reply(self, conn, reply):
@@ -102,11 +119,12 @@ class Monitor:
             pass
         conn.close()
 
-    def op_none(self, req, conn):
+    def op_none(self, req, fds):
         return {"ok": False, "kind": "InvalidInput", "message": "monitor: unknown request"}
 
-    def op_start(self, req, conn):
-        cdir = Path(req["cdir"])
+    def op_start(self, req, fds):
+        """Launch a container in a launcher forked from here (it imports the runtime: the
+        caller is a cold process, the API's or the CLI's) and supervise it."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -114,7 +132,9 @@ class Monitor:
         pid = os.fork()
         if pid == 0:
             os.close(res_r)
-            _launcher(cdir, req, out_w, err_w, res_w, console)  # never returns
+            result = launch(Path(req["cdir"]), req, out_w, err_w, console)
+            os.write(res_w, json.dumps(result).encode())
+            os._exit(0)
         self.launchers.add(pid)
         for fd in (out_w, err_w, res_w):
             os.close(fd)
@@ -125,7 +145,69 @@ class Monitor:
             for fd in (out_r, err_r) + (console or ()):
                 os.close(fd)
             return result
+        self._supervise(req, result["pid"], out_r, err_r, console)
+        return result
+
+    def op_adopt(self, req, fds):
+        """Supervise a container a worker of this monitor's warm server launched itself
+        (warm, so without a launcher's imports): its init became this process's child when
+        its intermediate exited; fds: its stdout and stderr pipes, then its console's pty
+        pair if it has one."""
+        pid = int(req["pid"])
+        if pid not in self.orphans and _ppid(pid) != os.getpid():
+            return {"ok": False, "kind": "CtrunError",
+                    "message": f"monitor: process {pid} is not a child of the monitor"}
+        n = 4 if req.get("console") else 2
+        if len(fds) != n:
+            return {"ok": False, "kind": "CtrunError", "message": "monitor: bad adopt request"}
+        taken = fds[:]
+        del fds[:]
+        self._supervise(req, pid, taken[0], taken[1], tuple(taken[2:]) or None)
+        return {"ok": True}
+
+    def op_server(self, req, fds):
+        """Start a warm server for the store as this monitor's child, with the caller's
+        environment; fds: the pipe its readiness goes to (the client waits on it)."""
+        if len(fds) != 1:
+            return {"ok": False, "kind": "CtrunError", "message": "monitor: bad server request"}
+        self.spawn_server({os.fsencode(k): os.fsencode(v) for k, v in req["env"].items()},
+                          fds[0])
+        return {"ok": True}
+
+    def spawn_server(self, env, ready_fd):
+        """Fork and exec the store's warm server (ctrun.server) as a child of this monitor:
+        so the init of every container its workers start detached is orphaned to this
+        subreaper, which supervises it (op_adopt) with no launcher to start."""
+        log = os.open(self.store.run / "server.log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for s in range(1, signal.NSIG):  # the monitor's ignored signals stay ignored
+                    try:                          # across exec: give the server defaults
+                        signal.signal(s, signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                devnull = os.open("/dev/null", os.O_RDWR)
+                os.dup2(devnull, 0)
+                os.dup2(devnull, 1)
+                os.dup2(log, 2)
+                os.dup2(ready_fd, 3)
+                os.closerange(4, 1 << 16)
+                os.execve(sys.executable, [sys.executable, "-P", "-m", "ctrun.server",
+                                           str(self.store.root), "3", "--adopted"], env)
+            finally:
+                os._exit(127)
+        os.close(log)
+        self.servers.add(pid)
+        self.released = False
+
+    def _supervise(self, req, pid, out_r, err_r, console):
+        """Log the container's output and reap its init (pid, this process's child)."""
+        self.released = False
         from .runtime.logfile import LogWriter
+        cdir = Path(req["cdir"])
         rec = {"name": req["name"], "cdir": cdir, "start_id": req["start_id"],
                "cgroup_parent": req.get("cgroup_parent", "ctrun"),
                "cgroup_name": req.get("cgroup_name") or req["name"],
@@ -136,10 +218,9 @@ class Monitor:
         for fd in rec["fds"]:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, lambda fd, rec=rec: self._pump(rec, fd))
-        self.running[result["pid"]] = rec
-        if result["pid"] in self.orphans:
-            self._finish(result["pid"], self.orphans.pop(result["pid"]))
-        return result
+        self.running[pid] = rec
+        if pid in self.orphans:
+            self._finish(pid, self.orphans.pop(pid)[0])
 
     def _pump(self, rec, fd):
         try:
@@ -154,13 +235,21 @@ class Monitor:
             del rec["fds"][fd]
 
     def _reap(self):
+        now = time.monotonic()
         for pid, status in reaped():
             if pid in self.launchers:
                 self.launchers.discard(pid)
+            elif pid in self.servers:
+                self.servers.discard(pid)
+                self.released = not self.servers
             elif pid in self.running:
                 self._finish(pid, status)
             else:
-                self.orphans[pid] = status
+                # an init whose start is not reported yet, or any other orphan of a
+                # server's worker: forgotten after a minute
+                self.orphans[pid] = (status, now)
+        for pid in [p for p, (_, t) in self.orphans.items() if now - t > 60]:
+            del self.orphans[pid]
 
     def _finish(self, pid, status):
         rec = self.running.pop(pid)
@@ -207,8 +296,10 @@ def _log(rec, fd, data):
     rec["log"].write(stream, data)
 
 
-def _launcher(cdir, req, out_w, err_w, res_w, console=None):
-    """Forked from the monitor: set the container up, start it, report its pid, exit."""
+def launch(cdir, req, out_w, err_w, console=None):
+    """Set the container up and start it (in a launcher forked from the monitor, or in a
+    worker of its server); the result the monitor records: {"ok", "pid", "pid_start"} or
+    the error.  Closes out_w and err_w."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -226,12 +317,63 @@ def _launcher(cdir, req, out_w, err_w, res_w, console=None):
         result = {"ok": True, "pid": pid, "pid_start": pid_start}
     except Exception as e:  # noqa: BLE001
         result = {"ok": False, "kind": type(e).__name__, "message": str(e)}
-    os.write(res_w, json.dumps(result).encode())
-    os._exit(0)
+    finally:
+        for fd in (out_w, err_w):
+            os.close(fd)
+    return result
 
 
-def request(root, req, timeout=30.0, spawn=True):
-    """Send one request to the store's monitor, starting the monitor if none runs."""
+# set in a worker of a warm server this store's monitor started (ctrun.server): a detached
+# start is launched right there and handed to the monitor (op_adopt) instead of op_start
+ADOPTS = False
+_DEFERRED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+
+
+def start(root, req):
+    """Have the store's monitor start and supervise a container: op_start, or, in a worker
+    of its own server, launched here (warm) and adopted.  The monitor's reply."""
+    cdir = Path(req["cdir"])
+    if ADOPTS:
+        from . import backends, config
+        cfg = config.load(cdir)
+    if not ADOPTS or not cfg or not backends.for_mode(cfg.mode).orphans_launch:
+        return request(root, req)
+    # the start completes once begun, as a launcher in the monitor would complete it: the
+    # client's Ctrl-C or its death (a SIGHUP) reaches this worker only once the monitor
+    # has the container (the container's init unblocks every signal before its exec)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    console = _console(req)
+    fds = [out_r, err_r, *(console or ())]
+    try:
+        # launch() closes the console's master it is given (a launcher must not keep it):
+        # the monitor gets this one
+        result = launch(cdir, req, out_w, err_w,
+                        console and (os.dup(console[0]), console[1]))
+        if not result.get("ok"):
+            return result
+        try:
+            reply = request(root, {**req, "op": "adopt", "pid": result["pid"]}, fds=fds,
+                            spawn=False)
+        except OSError:
+            reply = None
+        if not reply or not reply.get("ok"):
+            # nobody supervises it: it must not run
+            from .procs import signal_pid
+            signal_pid(result["pid"], result["pid_start"], signal.SIGKILL)
+            return reply or {"ok": False, "kind": "CtrunError",
+                             "message": "the ctrun monitor left during the start"}
+        return result
+    finally:
+        for fd in fds:
+            os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def request(root, req, timeout=30.0, spawn=True, fds=()):
+    """Send one request to the store's monitor, starting the monitor if none runs; fds go
+    with it (SCM_RIGHTS).  None if no monitor runs and spawn is false."""
     from .state import Store
     store = Store(root)
     path = str(store.run / SOCK)
@@ -255,13 +397,42 @@ def request(root, req, timeout=30.0, spawn=True):
             time.sleep(0.005)
     try:
         s.settimeout(timeout)
-        s.sendall(json.dumps(req).encode() + b"\n")
+        data = json.dumps(req).encode() + b"\n"
+        if fds:
+            n = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+            data = data[n:]
+        s.sendall(data)
         data = s.makefile("rb").readline()
     finally:
         s.close()
     if not data:  # the monitor went away between accept and reply (idle exit race)
-        return request(root, req, timeout, spawn) if spawn else None
+        return request(root, req, timeout, spawn, fds) if spawn else None
     return json.loads(data)
+
+
+def _receive(conn, max_fds=4):
+    """One request line and the fds sent with it."""
+    data, fds = b"", []
+    while not data.endswith(b"\n") and len(data) < 1 << 20:
+        chunk, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(max_fds * 4),
+                                        socket.MSG_CMSG_CLOEXEC)
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
+                        for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+        if not chunk:
+            break
+        data += chunk
+    return data, fds
+
+
+def _ppid(pid):
+    try:
+        raw = open(f"/proc/{pid}/stat", "rb").read()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(b")") + 2:].split()[1])
 
 
 def _spawn(store):
@@ -291,5 +462,33 @@ def _spawn(store):
     os.waitpid(pid, 0)
 
 
+def serve_with_server(root, ready_fd):
+    """`ctrun.monitor ROOT --server FD` (the client's spawn): the store's monitor, whose
+    first act is to start the warm server as its child.  If another monitor serves the
+    store, it is asked to start the server instead; if none can, the server starts on its
+    own (it then hands detached starts to a monitor by op_start, as the CLI does)."""
+    m = Monitor(root)
+    lock = m.lock()
+    if lock is not None:
+        log = os.open(m.store.run / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                      0o600)
+        os.dup2(log, 2)  # the client started it with the server's log
+        os.close(log)
+        m.spawn_server(os.environb, ready_fd)
+        os.close(ready_fd)
+        return m.serve(lock)
+    try:
+        env = {os.fsdecode(k): os.fsdecode(v) for k, v in os.environb.items()}
+        reply = request(root, {"op": "server", "env": env}, fds=[ready_fd], spawn=False)
+    except (OSError, ValueError):
+        reply = None
+    if reply and reply.get("ok"):
+        return 0
+    os.dup2(ready_fd, 3)
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.server", root, "3"])
+
+
 if __name__ == "__main__":
+    if sys.argv[2:3] == ["--server"]:
+        sys.exit(serve_with_server(sys.argv[1], int(sys.argv[3])))
     sys.exit(Monitor(sys.argv[1]).serve())

@@ -29,8 +29,12 @@ Protocol on run/server.sock (SOCK_STREAM):
           (killed by it).  b"m" instead of b"S": this server runs another ctrun's code (an
           upgrade, another checkout); it retires, and the client starts its own.
 
-Lifetime: started on demand by the client (a double fork, as the monitor); a lock keeps
-one per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a call.
+Lifetime: started on demand by the client, as a child of the store's monitor (the client
+starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init of a
+container a worker starts detached is orphaned straight to the monitor, which supervises it
+(monitor.op_adopt) without a launcher of its own to start and import the runtime; a lock
+keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a
+call, and the monitor, if it has no container, with it.
 """
 
 import fcntl
@@ -69,7 +73,7 @@ class _Conn:
 
 
 class Server:
-    def __init__(self, root, idle=None):
+    def __init__(self, root, idle=None, adopted=False):
         from .state import Store
         self.store = Store(root)
         self.idle = float(os.environ.get("CTRUN_SERVER_IDLE") or IDLE) if idle is None \
@@ -79,6 +83,9 @@ class Server:
         self.workers = {}  # pid -> _Conn
         self.listener = self.lock = None
         self.pkg = package_dir()
+        # started by the store's monitor (ctrun.monitor --server): its workers launch
+        # detached containers themselves and hand them to it while it is still our parent
+        self.monitor = os.getppid() if adopted else None
 
     def serve(self, ready_fd=None):
         self.store.ensure()
@@ -226,6 +233,7 @@ class Server:
             self._close(c)
             self._retire()
             return
+        adopts = self.monitor is not None and os.getppid() == self.monitor
         _send(c, b"S")
         # the relayed signals wait, blocked, until the worker has its CLI's handlers (the
         # server ignores some; a blocked signal is kept whatever its disposition)
@@ -239,7 +247,7 @@ class Server:
             self._close(c)
             return
         if pid == 0:
-            self._worker(c, req, mask)  # never returns
+            self._worker(c, req, mask, adopts)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _close_fds(c)
         c.pid = pid
@@ -266,10 +274,12 @@ class Server:
         _close_fds(c)
 
     # ---------------------------------------------------------------- the worker
-    def _worker(self, c, req, mask):
+    def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
         code = 1
         try:
+            from . import monitor
+            monitor.ADOPTS = adopts
             server = os.getppid()
             signal.set_wakeup_fd(-1)
             for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
@@ -441,4 +451,5 @@ def _drain(sock):
 
 
 if __name__ == "__main__":
-    sys.exit(Server(sys.argv[1]).serve(int(sys.argv[2]) if len(sys.argv) > 2 else None))
+    sys.exit(Server(sys.argv[1], adopted="--adopted" in sys.argv[3:]).serve(
+        int(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -57,6 +57,10 @@ class Backend:
 
     # can the caller supervise the process itself (run without -d: attach, wait_attached)
     attachable = False
+    # launch() leaves the workload orphaned (its intermediate has exited), so whichever
+    # subreaper is above the launching process (the monitor) has it as a child at once: a
+    # warm server's worker may launch it and hand it to the monitor (monitor.start)
+    orphans_launch = False
     # is the process a guest kernel (then create's memory and cpus size its RAM and vCPUs)
     guest = False
 

@@ -15,6 +15,7 @@ class ContainerBackend(base.Backend):
     mode = "container"
     dirs = ("upper", "work", "rootfs", "logs")
     attachable = True
+    orphans_launch = True
     _claim = None
     pool = False   # take cgroups and network namespaces from the store's pools (ctrun.pools)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, leaks
+from conftest import REPO, _stop_server, leaks
 
 ROUNDS = 30
 NAMES = ("f0", "f1", "f2")
@@ -94,7 +94,9 @@ def test_sigkill_at_random_points_then_gc_leaves_a_consistent_store(cli, store):
         assert r.returncode == 0, f"destroy {row['name']} failed: {r.stderr}\n{where}"
     assert json.loads(cli("list", "-a", "--format", "json").stdout) == [], where
     assert sorted(os.listdir(store / "containers")) == [], where
-    # with no container left, the store's monitor leaves; then nothing may remain
+    # with no container left and its server asked to leave, the store's monitor leaves
+    # (it stays while its server, its child, lives); then nothing may remain
+    _stop_server(store)
     deadline = time.monotonic() + 10
     while _store_leaks(store) and time.monotonic() < deadline:
         time.sleep(0.1)

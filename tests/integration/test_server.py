@@ -18,7 +18,7 @@ import time
 
 import prctl
 
-from conftest import REPO, server_pids
+from conftest import REPO, _monitor_pids, server_pids
 from ctrun import client
 
 
@@ -412,3 +412,50 @@ def test_a_terminal_left_raw_by_a_killed_server_is_restored(cli, store):
     info = cli.json("inspect", "raw")
     assert info["state"] == "running" or info["exit_reason"] == "monitor-lost", info
     cli("destroy", "--force", "raw", check=True)
+
+
+
+def test_the_server_is_the_monitors_child_and_hands_it_detached_starts(cli, store):
+    """The client starts the store's monitor, which starts the server as its child: a
+    detached container a worker launched is the monitor's child (orphaned to it, adopted),
+    its output is logged and its exit recorded, and the monitor outlives the container
+    while its server lives (no cold monitor start for the next one)."""
+    _busybox(cli, store)
+    server = _server(store)
+    monitor = _monitor_pids(store)
+    assert monitor == [_ppid(server)]
+    cli("run", "-d", "--name", "d", "busybox", "--", "sh", "-c",
+        "echo hello; trap 'exit 3' USR1; while :; do sleep 0.1; done", check=True)
+    pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
+    assert _ppid(pid) == monitor[0]
+    _until(lambda: "hello" in cli("logs", "d", check=True).stdout, what="the output logged")
+    os.kill(pid, signal.SIGUSR1)
+    out = _until(lambda: (o := json.loads(cli("inspect", "d", check=True).stdout))["state"]
+                 == "stopped" and o, what="the container's exit")
+    assert out["exit_code"] == 3
+    cli("destroy", "d", check=True)
+    time.sleep(1.6)  # past the idle grace of a monitor with no server (0.5 s, checked each 1 s)
+    assert _monitor_pids(store) == monitor and _server(store) == server
+
+
+def test_the_idle_monitor_leaves_with_its_server(cli, store):
+    _busybox(cli, store)
+    monitor = _monitor_pids(store)
+    assert monitor
+    os.kill(_server(store), signal.SIGKILL)
+    _until(lambda: not _monitor_pids(store), timeout=3,
+           what="the idle monitor's exit once its server is gone")
+
+
+def test_a_server_whose_monitor_died_hands_starts_to_a_new_one(cli, store):
+    _busybox(cli, store)
+    server, monitor = _server(store), _monitor_pids(store)
+    os.kill(monitor[0], signal.SIGKILL)
+    _until(lambda: not _monitor_pids(store), what="the killed monitor's exit")
+    cli("run", "-d", "--name", "d", "busybox", "--", "sleep", "100", check=True)
+    assert _server(store) == server
+    new = _monitor_pids(store)
+    assert new and new != monitor
+    pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
+    assert _ppid(pid) == new[0]
+    cli("destroy", "-f", "d", check=True)
