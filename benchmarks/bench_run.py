@@ -6,11 +6,11 @@ layer), wall time of the whole command.
 Runs are interleaved (ctrun, runc, crun, lxc-execute, systemd-nspawn, ctrun, ...) so drift on
 the host hits every tool alike; the first --warmup rounds are discarded.  Target: ctrun median
 <= 1.0x runc's and < 1.0x systemd-nspawn's; stretch: <= 2.0x lxc-execute's.
-lxc-execute and systemd-nspawn write into their root, so each of their runs gets a fresh
-overlay over the layer (mounted and removed untimed); lxc-execute runs a minimal config in a
-private lxcpath (network type empty, its cgroups below the benchmark's parent); nspawn runs
-with --register=no --keep-unit --private-network, started in a cgroup of the benchmark's
-(joined untimed, before its exec).  What either leaves (cgroups, LXC's lock file, nspawn's
+lxc-execute runs a minimal config in a private lxcpath (the layer read-only as its root, as
+runc's; network type empty; its cgroups below the benchmark's parent).  systemd-nspawn writes
+into its root, so each of its runs gets a fresh overlay over the layer (mounted and removed
+untimed); it runs with --register=no --keep-unit --private-network, started in a cgroup of
+the benchmark's (joined untimed, before its exec).  What either leaves (cgroups, LXC's lock file, nspawn's
 propagation dir) is removed after each run, untimed, and counted in the notes.
 Run as root:  benchmarks/bench_run.py [--runs 30] [--warmup 3]
 """
@@ -40,9 +40,10 @@ class Launch(NamedTuple):
 
 
 class Peer:
-    """A system-container tool running /bin/true on a fresh overlay of the rootfs per run
-    (they write into their root); after each run, untimed, what it left is counted and
-    removed, and its overlay unmounted."""
+    """A system-container tool running /bin/true on the rootfs: read-only as it is, or,
+    for a tool that writes into its root, on a fresh overlay of it per run (mounted
+    untimed); after each run, untimed, what it left is counted and removed."""
+    writable = True
 
     def __init__(self, host):
         self.host, self.seq = host, 0
@@ -52,17 +53,18 @@ class Peer:
     def launch(self):
         self.seq += 1
         tag = f"{self.name}-{self.seq}"
-        root = self.host.overlay(tag)
+        root = self.host.overlay(tag) if self.writable else self.host.rootfs
         argv, before = self.prepare(tag, root)
 
         def done(ok):
-            up = root.parent / "up"
-            self.wrote.update("/" + os.path.relpath(os.path.join(d, f), up)
-                              for d, dirs, files in os.walk(up) for f in dirs + files)
+            if self.writable:
+                up = root.parent / "up"
+                self.wrote.update("/" + os.path.relpath(os.path.join(d, f), up)
+                                  for d, dirs, files in os.walk(up) for f in dirs + files)
+                self.host.unmount(root)
             for what in self.leftovers(tag):
                 self.left[what] = self.left.get(what, 0) + 1
             self.forget(tag)
-            self.host.unmount(root)
             self.host.rm_cgroup(tag)
         return Launch(argv, before=before, done=done)
 
@@ -85,13 +87,16 @@ class Peer:
         if self.left:
             out.append(f"{self.name} left after its runs (removed untimed by the "
                        "benchmark): " + "; ".join(f"{w} after {n} of {self.seq} runs"
-                                                  for w, n in sorted(self.left.items())))
+                                                  for w, n in sorted(self.left.items()))
+                       + " (its probe counted)")
         return out
 
 
 class LxcExecute(Peer):
     name = "lxc-execute"
     shown = "lxc-execute -n NAME -P LXCPATH -- /bin/true (minimal config)"
+    writable = False   # LXC execs its init (the host's init.lxc.static) by fd: no file in
+    #                    the root, which it mounts read-only here (lxc.rootfs.options)
 
     def __init__(self, host):
         super().__init__(host)
@@ -99,7 +104,8 @@ class LxcExecute(Peer):
         host.ws.on_cleanup(common.lxc_forget, self.path)
 
     def prepare(self, tag, root):
-        common.lxc_config(self.path, tag, root, f"{common.CGROUP_PARENT}/{tag}")
+        common.lxc_config(self.path, tag, root, f"{common.CGROUP_PARENT}/{tag}",
+                          "lxc.rootfs.options = ro")   # read-only, as runc's
         return ["lxc-execute", "-n", tag, "-P", str(self.path), "--", "/bin/true"], None
 
     def leftovers(self, tag):
@@ -345,12 +351,15 @@ def measure(b):
         ]
         if sys_peers:
             notes += [
-                "lxc-execute and systemd-nspawn each run on a fresh writable overlay over the "
-                "same layer, mounted and unmounted untimed (ctrun's overlay is inside its "
-                "time); both get a network namespace with only lo, like ctrun --net none",
-                "lxc-execute: a minimal config (rootfs, network type empty, AppArmor "
-                "unconfined, its cgroups below /" + common.CGROUP_PARENT + ") in a private "
-                "lxcpath; LXC's own init (init.lxc.static, bound in at /.lxc-init) is PID 1",
+                "lxc-execute and systemd-nspawn get a network namespace with only lo, like "
+                "ctrun --net none",
+                "lxc-execute: a minimal config in a private lxcpath (the layer read-only as "
+                "its root, as runc's; network type empty; AppArmor unconfined; its cgroups "
+                "below /" + common.CGROUP_PARENT + "); the host's init.lxc.static, exec'd by "
+                "fd, is PID 1",
+                "systemd-nspawn writes into its root (listed below), so each of its runs gets "
+                "a fresh writable overlay over the layer, mounted and unmounted untimed "
+                "(ctrun's overlay is inside its time)",
                 "systemd-nspawn: no machined here (PID 1 is not systemd), so --register=no "
                 "--keep-unit; it is started in a cgroup of the benchmark's below /"
                 + common.CGROUP_PARENT + ", joined untimed while a shell holds it before its "
