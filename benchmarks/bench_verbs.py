@@ -118,7 +118,7 @@ def measure(b):
         stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
         shown = {n: c[2] for n, c in cmds.items()}
         print()
-        common.arm_table("command", list(cmds), stats, failed, shown, skipped)
+        common.arm_table("arm", list(cmds), stats, failed, shown, skipped)
         common.print_not_measured(skipped)
         ratios, verdicts = report(stats, kept)
         notes = [
