@@ -349,24 +349,27 @@ def measure(b):
             "each runc/crun container gets its own cgroup under /" + common.CGROUP_PARENT
             + ", as ctrun's do",
         ]
-        if sys_peers:
-            notes += [
-                "lxc-execute and systemd-nspawn get a network namespace with only lo, like "
-                "ctrun --net none",
+        measured = [n for n in sys_peers if n not in skipped]
+        if measured:
+            notes.append(" and ".join(measured) + " get" + ("s" if len(measured) == 1 else "")
+                         + " a network namespace with only lo, like ctrun --net none")
+        if "lxc-execute" in measured:
+            notes.append(
                 "lxc-execute: a minimal config in a private lxcpath (the layer read-only as "
                 "its root, as runc's; network type empty; AppArmor unconfined; its cgroups "
                 "below /" + common.CGROUP_PARENT + "); the host's init.lxc.static, exec'd by "
-                "fd, is PID 1",
+                "fd, is PID 1")
+        if "systemd-nspawn" in measured:
+            notes += [
                 "systemd-nspawn writes into its root (listed below), so each of its runs gets "
                 "a fresh writable overlay over the layer, mounted and unmounted untimed "
                 "(ctrun's overlay is inside its time)",
                 "systemd-nspawn: no machined here (PID 1 is not systemd), so --register=no "
                 "--keep-unit; it is started in a cgroup of the benchmark's below /"
                 + common.CGROUP_PARENT + ", joined untimed while a shell holds it before its "
-                "exec (a unit manager would have placed it), so its time starts at that exec",
-            ]
-            for peer in sys_peers.values():
-                notes += peer.notes()
+                "exec (a unit manager would have placed it), so its time starts at that exec"]
+        for peer in sys_peers.values():
+            notes += peer.notes()
         if hybrid:
             notes.append("hybrid cgroup host: crun 1.8 refuses it, so crun runs in a "
                          "private mount namespace with /sys/fs/cgroup/unified unmounted; its "
