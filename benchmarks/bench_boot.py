@@ -101,86 +101,6 @@ def tree_pss(root_pid):
                     for p in common.descendants(root_pid))
 
 
-class Host:
-    """Per-boot pieces the peers need from the host: a fresh overlay over the merged rootfs,
-    a cgroup of the benchmark's own in every hierarchy, and their removal."""
-
-    def __init__(self, ws, rootfs):
-        self.ws, self.rootfs = ws, rootfs
-        self.mounts, self.procs, self.cgroups = [], [], {"lxc-pivot"}
-
-    def overlay(self, name):
-        d = self.ws.tmp / "ov" / name
-        for sub in ("up", "work", "root"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={self.rootfs},upperdir={d}/up,workdir={d}/work",
-                        str(d / "root")], check=True)
-        self.mounts.append(d / "root")
-        return d / "root"
-
-    def cgroup(self, name):
-        """The cgroup dirs a peer is started in: every hierarchy but v1's cpuset (a new
-        cpuset has no CPUs until they are copied in; the peers' cpuset is not measured)."""
-        dirs = [Path(m) / common.CGROUP_PARENT / name for m, _ in common.cgroup_mounts()
-                if not m.endswith("/cpuset")]
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        self.cgroups.add(name)
-        return dirs
-
-    @staticmethod
-    def memory_dir(dirs):
-        return [str(d) for d in dirs if d.parent.parent.name == "memory"
-                or "memory.stat" in os.listdir(d)]
-
-    def spawn(self, argv, cgroup_dirs):
-        def join():
-            for d in cgroup_dirs:
-                (d / "cgroup.procs").write_text("0")
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, preexec_fn=join,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def release(self, root, cgroup_dirs):
-        """Unmount a boot's overlay and remove its cgroups (what the peer made below them
-        too, in every hierarchy)."""
-        if root in self.mounts:
-            subprocess.run(["umount", str(root)], check=False)
-            self.mounts.remove(root)
-            shutil.rmtree(root.parent, ignore_errors=True)
-        for name in {d.name for d in cgroup_dirs}:
-            rm_cgroup_tree(name)
-
-    def cleanup(self):
-        """On any exit (an interrupted boot skips its own release): end the peers'
-        processes left, then remove their overlays and cgroups."""
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        for m in list(self.mounts):
-            subprocess.run(["umount", "-l", str(m)], check=False)
-            self.mounts.remove(m)
-        for name in self.cgroups:
-            rm_cgroup_tree(name)
-
-
-def rm_cgroup_tree(name):
-    """Remove CGROUP_PARENT/name and everything below it, deepest first, in every
-    hierarchy (a cgroup lingers for a moment after its last process exits)."""
-    for m, _ in common.cgroup_mounts():
-        top = Path(m) / common.CGROUP_PARENT / name
-        for d in sorted((Path(p) for p, _, _ in os.walk(top)),
-                        key=lambda x: len(x.parts), reverse=True):
-            common.rmdir_cgroup(d)
-
-
 def wait_exit(p, timeout):
     """Whether p exits within timeout; woken by a pidfd at once (Popen.wait polls)."""
     import select
@@ -291,14 +211,13 @@ class NspawnArm(PeerArm):
 
     def argv(self, tag, root, cg):
         # no systemd as the host's PID 1 and no machined: no registration, no scope unit
-        return ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
-                "--private-network", "--console=read-only", "-M", tag, "-D", str(root)]
+        return common.nspawn_argv(tag, root, ["--boot", "--console=read-only"])
 
     def request_stop(self, tag, p):
         p.send_signal(signal.SIGTERM)  # nspawn sends its --boot PID 1 SIGRTMIN+3
 
     def after(self, tag):
-        shutil.rmtree(f"/run/systemd/nspawn/propagate/{tag}", ignore_errors=True)
+        common.nspawn_forget(tag)
 
 
 class LxcArm(PeerArm):
@@ -307,24 +226,14 @@ class LxcArm(PeerArm):
     def __init__(self, host):
         super().__init__(host)
         self.path = host.ws.tmp / "lxc"
+        host.ws.on_cleanup(common.lxc_forget, self.path)
 
     def argv(self, tag, root, cg):
-        d = self.path / tag
-        d.mkdir(parents=True, exist_ok=True)
-        base = f"{common.CGROUP_PARENT}/{self.name}-{tag}"
-        (d / "config").write_text("\n".join([
-            "lxc.include = /usr/share/lxc/config/common.conf",
-            f"lxc.uts.name = {tag}",
-            f"lxc.rootfs.path = dir:{root}",
-            "lxc.net.0.type = empty",
-            "lxc.init.cmd = /sbin/init",
-            "lxc.signal.halt = SIGRTMIN+3",
-            "lxc.apparmor.profile = unconfined",
-            # below the benchmark's cgroup parent, in every hierarchy
-            f"lxc.cgroup.dir.container = {base}/payload",
-            f"lxc.cgroup.dir.monitor = {base}/monitor",
-            f"lxc.cgroup.dir.monitor.pivot = {common.CGROUP_PARENT}/lxc-pivot",
-            f"lxc.log.file = {d}/log", "lxc.log.level = WARN", ""]))
+        common.lxc_config(
+            self.path, tag, root, f"{common.CGROUP_PARENT}/{self.name}-{tag}",
+            "lxc.include = /usr/share/lxc/config/common.conf", f"lxc.uts.name = {tag}",
+            "lxc.init.cmd = /sbin/init", "lxc.signal.halt = SIGRTMIN+3",
+            f"lxc.log.file = {self.path / tag}/log", "lxc.log.level = WARN")
         return ["lxc-start", "-F", "-n", tag, "-P", str(self.path)]
 
     def request_stop(self, tag, p):
@@ -333,7 +242,8 @@ class LxcArm(PeerArm):
 
     def after(self, tag):
         shutil.rmtree(self.path / tag, ignore_errors=True)
-        rm_cgroup_tree("lxc-pivot")  # where LXC's monitor waits out its container's end
+        common.lxc_forget(self.path, tag)
+        common.rm_cgroup_tree(common.LXC_PIVOT)  # where LXC's monitor waits out its end
 
 
 def server_image(ws, source_root):
@@ -373,7 +283,7 @@ def measure(b):
     with common.Workspace("boot") as ws:
         source = server_image(ws, a.source_root)
         rootfs = merged_rootfs(ws)
-        host = Host(ws, rootfs)
+        host = common.PeerHost(ws, rootfs)
         ws.on_cleanup(host.cleanup)
         arms = {"ctrun": CtrunArm(ws)}
         if b.peers.need("systemd-nspawn", "systemd-nspawn", "nsenter"):

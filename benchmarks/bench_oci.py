@@ -97,21 +97,9 @@ def podman_startup(ws, b, runtimes, rootfs):
 
 
 # ------------------------------------------------------------------ (b) light verbs
-def make_bundle(ws, rootfs):
-    bundle = ws.tmp / "bundle"
-    bundle.mkdir()
-    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True)
-    spec = json.loads((bundle / "config.json").read_text())
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = ["sleep", "1000"]
-    spec["root"] = {"path": str(rootfs), "readonly": True}
-    return bundle, spec
-
-
 def light_verbs(ws, b, runtimes, rootfs):
     a = b.args
-    bundle, spec = make_bundle(ws, rootfs)
+    bundle, spec = common.oci_bundle(ws, rootfs, ["sleep", "1000"])
     roots = {"under test": ws.run_dir / "under-test", "runc": ws.runc_root}
     seq = [0]
 
@@ -129,8 +117,7 @@ def light_verbs(ws, b, runtimes, rootfs):
         """One container's create (untimed), state, start, kill, delete: {verb: seconds}."""
         seq[0] += 1
         cid = f"bench-oci-{os.getpid()}-{seq[0]}"
-        spec["linux"]["cgroupsPath"] = f"/{common.CGROUP_PARENT}/{cid}"
-        (bundle / "config.json").write_text(json.dumps(spec))
+        common.oci_config(bundle, spec, cid)
         out = {}
         # no pipe for its output: the container's init would inherit it and hold it open
         with open(ws.tmp / "create.err", "w+") as err:

@@ -298,6 +298,28 @@ def crun_wrap(argv):
             "umount /sys/fs/cgroup/unified 2>/dev/null; exec " + shlex.join(argv)]
 
 
+def oci_bundle(ws, rootfs, args, tool="runc"):
+    """An OCI bundle in the workspace: `tool spec`'s default config (runc's: its default
+    namespaces, no seccomp profile) running args, without a terminal, on the rootfs
+    read-only.  (bundle dir, spec); oci_config() writes it for each container."""
+    bundle = ws.tmp / "bundle"
+    bundle.mkdir()
+    subprocess.run([tool, "spec", "--bundle", str(bundle)], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = list(args)
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    return bundle, spec
+
+
+def oci_config(bundle, spec, cid):
+    """The bundle's config.json for container cid: a cgroup of its own below the
+    benchmark's parent, as ctrun's containers get."""
+    spec["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/{cid}"
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
 def require_root():
     if os.geteuid() != 0:
         die("benchmarks must run as root (sudo benchmarks/run_all.sh)")
@@ -374,11 +396,11 @@ def verdict(ok):
 
 def print_ratio(label, r, target=None, op="<=", of="", note=""):
     """One line of a ratio, `  LABEL = R.RRx   (target <= Tx OF: MET)` when it has a
-    target (op "<=" or ">="); returns the verdict, or None without a target."""
+    target (op "<=", "<" or ">="); returns the verdict, or None without a target."""
     if target is None:
         print(f"  {label} = {r:.2f}x{note}")
         return None
-    v = verdict(r <= target if op == "<=" else r >= target)
+    v = verdict({"<=": r <= target, "<": r < target, ">=": r >= target}[op])
     print(f"  {label} = {r:.2f}x{note}   (target {op} {target}x{' ' + of if of else ''}: {v})")
     return v
 
@@ -496,15 +518,40 @@ def write_result(name, data):
     return path
 
 
-def timed(argv, timeout=60, **kw):
-    """Wall time of one command, output discarded: (seconds, returncode).
+# a command held by a shell on its stdin until the line that releases it: what runs
+# before that line (before(pid)) is setup, not the command's time
+GATE = ["sh", "-c", 'read _ && exec "$@" </dev/null', "sh"]
+
+
+def _gated(argv, before, **kw):
+    """Popen of argv; with before, held before its exec while before(pid) runs (the
+    caller then releases it: a line on its stdin)."""
+    if before is None:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kw)
+    p = subprocess.Popen(GATE + list(argv), stdin=subprocess.PIPE, **kw)
+    try:
+        before(p.pid)
+    except BaseException:
+        p.stdin.close()   # at EOF the shell's read fails: argv never runs
+        p.wait()
+        raise
+    return p
+
+
+def timed(argv, timeout=60, before=None, **kw):
+    """Wall time of one command, output discarded: (seconds, returncode).  before(pid):
+    untimed setup of the child (joining a cgroup: a v1 join waits an RCU grace period)
+    while a shell holds it before it execs argv; the clock then covers the exec and the run.
 
     Not subprocess.run(timeout=...): that polls the child with sleeps of up to 50 ms,
     which rounds every measurement up.  A pidfd wakes us the moment the child exits."""
     import select
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, **kw)
+    p = _gated(argv, before, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    if before is not None:
+        t0 = time.perf_counter()
+        p.stdin.write(b"\n")
+        p.stdin.close()
     fd = os.pidfd_open(p.pid)
     try:
         if not select.select([fd], [], [], timeout)[0]:
@@ -526,16 +573,21 @@ def timed(argv, timeout=60, **kw):
     return time.perf_counter() - t0, rc
 
 
-def probe(argv, timeout=60, env=None):
-    """Run once untimed, capturing output: (ok, last line of stderr/stdout)."""
+def probe(argv, timeout=60, env=None, before=None):
+    """Run once untimed, capturing output: (ok, last line of stderr/stdout).  before(pid):
+    as for timed()."""
     try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout}s"
+        p = _gated(argv, before, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                   env=env)
     except OSError as e:   # not installed, not executable
         return False, f"{argv[0]}: {e.strerror}"
-    msg = (p.stderr.strip() or p.stdout.strip()).splitlines()
+    try:
+        out, err = p.communicate("\n" if before else None, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        return False, f"timed out after {timeout}s"
+    msg = (err.strip() or out.strip()).splitlines()
     return p.returncode == 0, (msg[-1] if msg else f"exit code {p.returncode}")
 
 
@@ -680,6 +732,163 @@ def cgroup_procs(d):
         return [int(x) for x in (d / "cgroup.procs").read_text().split()]
     except OSError:
         return []
+
+
+# ------------------------------------------------------------------ the system-container peers
+# LXC's monitor waits out its container's end in this cgroup (lxc.cgroup.dir.monitor.pivot)
+LXC_PIVOT = "lxc-pivot"
+LXC_LOCKS = Path("/run/lxc/lock")          # where LXC keeps a lock file per container, as root
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")   # nspawn's per-machine dir
+
+
+class PeerHost:
+    """What systemd-nspawn and LXC runs need from the host: a fresh overlay over a rootfs
+    per run (they write into their root), a cgroup of the benchmark's own in every
+    hierarchy, and their removal; cleanup() on any exit (an interrupted run skips its own
+    release)."""
+
+    def __init__(self, ws, rootfs):
+        self.ws, self.rootfs = ws, rootfs
+        self.mounts, self.procs, self.cgroups = [], [], {LXC_PIVOT}
+
+    def overlay(self, name):
+        d = self.ws.tmp / "ov" / name
+        for sub in ("up", "work", "root"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={self.rootfs},upperdir={d}/up,workdir={d}/work",
+                        str(d / "root")], check=True)
+        self.mounts.append(d / "root")
+        return d / "root"
+
+    def unmount(self, root):
+        if root in self.mounts:
+            subprocess.run(["umount", str(root)], check=False)
+            self.mounts.remove(root)
+            shutil.rmtree(root.parent, ignore_errors=True)
+
+    def cgroup(self, name):
+        """The cgroup dirs a peer is started in: every hierarchy but v1's cpuset (a new
+        cpuset has no CPUs until they are copied in; the peers' cpuset is not measured)."""
+        dirs = [Path(m) / CGROUP_PARENT / name for m, _ in cgroup_mounts()
+                if not m.endswith("/cpuset")]
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        self.cgroups.add(name)
+        return dirs
+
+    def rm_cgroup(self, name):
+        """CGROUP_PARENT/name and what the peer made below it, in every hierarchy."""
+        self.cgroups.add(name)   # kept for cleanup() should this removal not complete
+        rm_cgroup_tree(name)
+
+    @staticmethod
+    def join(dirs, pid):
+        for d in dirs:
+            (d / "cgroup.procs").write_text(str(pid))
+
+    @staticmethod
+    def memory_dir(dirs):
+        return [str(d) for d in dirs if d.parent.parent.name == "memory"
+                or "memory.stat" in os.listdir(d)]
+
+    def spawn(self, argv, cgroup_dirs):
+        def join():
+            self.join(cgroup_dirs, 0)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, preexec_fn=join,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def release(self, root, cgroup_dirs):
+        """Unmount a run's overlay and remove its cgroups (what the peer made below them
+        too, in every hierarchy)."""
+        self.unmount(root)
+        for name in {d.name for d in cgroup_dirs}:
+            rm_cgroup_tree(name)
+
+    def cleanup(self):
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for m in list(self.mounts):
+            subprocess.run(["umount", "-l", str(m)], check=False)
+            self.mounts.remove(m)
+        for name in self.cgroups:
+            rm_cgroup_tree(name)
+
+
+def rm_cgroup_tree(name):
+    """Remove CGROUP_PARENT/name and everything below it, deepest first, in every
+    hierarchy (a cgroup lingers for a moment after its last process exits)."""
+    for m, _ in cgroup_mounts():
+        top = Path(m) / CGROUP_PARENT / name
+        for d in sorted((Path(p) for p, _, _ in os.walk(top)),
+                        key=lambda x: len(x.parts), reverse=True):
+            rmdir_cgroup(d)
+
+
+def cgroup_tree(name):
+    """{path below CGROUP_PARENT: hierarchies holding it} of CGROUP_PARENT/name's tree."""
+    out = {}
+    for m, _ in cgroup_mounts():
+        base = Path(m) / CGROUP_PARENT
+        for p, _, _ in os.walk(base / name):
+            rel = os.path.relpath(p, base)
+            out[rel] = out.get(rel, 0) + 1
+    return out
+
+
+def nspawn_argv(machine, root, options=(), cmd=()):
+    """systemd-nspawn on a host whose PID 1 may not be systemd: no machined to register
+    with and no scope unit (it stays in the cgroup it is started in), only lo."""
+    return ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet",
+            "--private-network", *options, "-M", machine, "-D", str(root), *cmd]
+
+
+def nspawn_forget(machine):
+    """What nspawn leaves of a machine that has exited: its mount propagation dir."""
+    shutil.rmtree(NSPAWN_PROPAGATE / machine, ignore_errors=True)
+
+
+def lxc_config(lxcpath, name, root, cgroup_base, *extra):
+    """Write LXCPATH/NAME/config: `extra` lines first, then the root file system, a
+    network namespace with only lo, no AppArmor profile, and LXC's cgroups below
+    cgroup_base (the monitor's pivot below CGROUP_PARENT) in every hierarchy.  Its dir."""
+    d = Path(lxcpath) / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config").write_text("\n".join([
+        *extra,
+        f"lxc.rootfs.path = dir:{root}",
+        "lxc.net.0.type = empty",
+        "lxc.apparmor.profile = unconfined",
+        f"lxc.cgroup.dir.container = {cgroup_base}/payload",
+        f"lxc.cgroup.dir.monitor = {cgroup_base}/monitor",
+        f"lxc.cgroup.dir.monitor.pivot = {CGROUP_PARENT}/{LXC_PIVOT}", ""]))
+    return d
+
+
+def lxc_lock(lxcpath, name=None):
+    """LXC's lock file of container `name` (its dir of them without a name)."""
+    d = LXC_LOCKS / Path(lxcpath).relative_to("/")
+    return d / f".{name}" if name else d
+
+
+def lxc_forget(lxcpath, name=None):
+    """Remove the lock file LXC leaves of container `name` in /run, or, without a name,
+    every one of LXCPATH's with their dir and its parent when it is empty (the
+    benchmark's own temp dir, mirrored there; LXC makes them again when it needs them)."""
+    if name:
+        with contextlib.suppress(FileNotFoundError):
+            lxc_lock(lxcpath, name).unlink()
+        return
+    d = lxc_lock(lxcpath)
+    shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        d.parent.rmdir()
 
 
 # ------------------------------------------------------------------ the isolated workspace
