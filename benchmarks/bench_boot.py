@@ -12,7 +12,12 @@ boot gets a fresh overlay (untimed) over the merged copy.  All three get a netwo
 namespace with only lo (ctrun --net none, nspawn --private-network, lxc net type empty).
 
 "Booted" is the same test for all three: `nsenter -t PID1 -a systemctl is-system-running`
-answering running or degraded, polled every 50 ms from the moment the tool is started;
+answering running or degraded, polled every 50 ms from the moment the tool is started; the
+time reported is then read from systemd itself, so the polling's granularity is not in it:
+its FinishTimestampMonotonic (the boot's end) and UserspaceTimestampMonotonic (its own
+start, the "systemd starts" column: what the runtime took before the guest's init ran) on
+the host's CLOCK_MONOTONIC, which the container shares (no time namespace), minus the
+tool's start;
 PID1 is the container's init as the host sees it (ctrun: its live.json; the peers: the
 descendant of the tool that is PID 1 of its own PID namespace).  ctrun's container is
 created untimed and its time runs from `ctrun start`; the peers' from their command.  Each
@@ -81,6 +86,38 @@ def wait_booted(find_pid1, gone, deadline):
     return state, pid
 
 
+def systemd_marks(pid):
+    """(userspace start, boot finished) of the systemd that is PID1, in seconds of
+    CLOCK_MONOTONIC (time.monotonic()'s clock), or None."""
+    try:
+        p = subprocess.run(["nsenter", "-t", str(pid), "-a", "systemctl", "show", "-p",
+                            "UserspaceTimestampMonotonic", "-p", "FinishTimestampMonotonic"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    vals = dict(line.partition("=")[::2] for line in p.stdout.split())
+    try:
+        start, end = (int(vals[k]) / 1e6 for k in ("UserspaceTimestampMonotonic",
+                                                   "FinishTimestampMonotonic"))
+    except (KeyError, ValueError):
+        return None
+    return (start, end) if start and end else None
+
+
+POLLED = []  # the polled time of the last boot (for the table's check column)
+
+
+def booted_after(t0, state, pid):
+    """(seconds from t0 to the end of the boot, to systemd's start): systemd's own
+    timestamps, or the polled time (and None) where it gave none."""
+    polled = time.monotonic() - t0
+    marks = systemd_marks(pid) if state in BOOTED else None
+    POLLED.append(polled)
+    if marks is None:
+        return polled, None
+    return marks[1] - t0, marks[0] - t0
+
+
 def ns_init_below(root_pid):
     """The descendant of root_pid that is PID 1 of a PID namespace of its own."""
     for p in common.descendants(root_pid):
@@ -125,7 +162,8 @@ class CtrunArm:
         self.ws = ws
 
     def boot(self, tag):
-        """(boot seconds, state, PID1) of a server created untimed as `tag`."""
+        """(boot seconds, state, PID1, seconds to systemd's start) of a server created
+        untimed as `tag`."""
         self.ws.ctrun_check("create", tag, "--image", IMAGE, "--net", "none")
         live = self.ws.store / "containers" / tag / "live.json"
 
@@ -134,13 +172,13 @@ class CtrunArm:
                 return json.loads(live.read_text())["pid"]
             except (OSError, ValueError, KeyError):
                 return None
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         dt, rc = common.timed(self.ws.ctrun_cmd("start", tag), timeout=BOOT_TIMEOUT_S)
         if rc != 0:
             raise RuntimeError(f"ctrun start {tag} failed ({rc})")
         state, pid = wait_booted(pid1, lambda pid: pid and not os.path.exists(f"/proc/{pid}"),
                                  time.monotonic() + BOOT_TIMEOUT_S)
-        return time.perf_counter() - t0, state, pid
+        return (*booted_after(t0, state, pid), state, pid)
 
     def memory(self, tag, pid):
         from ctrun.api import Ctrun
@@ -170,12 +208,12 @@ class PeerArm:
         root = self.host.overlay(tag)
         cg = self.host.cgroup(f"{self.name}-{tag}")
         argv = self.argv(tag, root, cg)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         p = self.host.spawn(argv, cg)
         self.live[tag] = (p, root, cg)
         state, pid = wait_booted(lambda: ns_init_below(p.pid), lambda pid: p.poll() is not None,
                                  time.monotonic() + BOOT_TIMEOUT_S)
-        return time.perf_counter() - t0, state, pid
+        return (*booted_after(t0, state, pid), state, pid)
 
     def memory(self, tag, pid):
         from ctrun.lab.modes import kmem_kb
@@ -291,6 +329,8 @@ def measure(b):
         if b.peers.need("lxc-start", "lxc-start", "lxc-stop"):
             arms["lxc-start"] = LxcArm(host)
         states, stops, problems = {n: [] for n in arms}, {n: [] for n in arms}, []
+        starts = {n: [] for n in arms}   # seconds to systemd's own start
+        polled = {n: [] for n in arms}   # the same boots, as the polling saw them
 
         def arm_fn(name):
             arm = arms[name]
@@ -298,8 +338,11 @@ def measure(b):
             def run(rnd):
                 tag = f"b{rnd}{name[:2]}"
                 try:
-                    dt, state, _ = arm.boot(tag)
+                    dt, to_init, state, _ = arm.boot(tag)
                     states[name].append(state)
+                    if to_init is not None and state in BOOTED:
+                        starts[name].append(to_init)
+                        polled[name].append(POLLED[-1])
                     if state not in BOOTED:
                         problems.append(f"{name} round {rnd}: not booted after "
                                         f"{BOOT_TIMEOUT_S} s ({state})")
@@ -317,7 +360,7 @@ def measure(b):
         # a peer that cannot boot this image here is left out, said once, loudly
         for name in [n for n in arms if n != "ctrun"]:
             try:
-                _, state, _ = arms[name].boot("probe")
+                _, _, state, _ = arms[name].boot("probe")
             except (OSError, subprocess.SubprocessError, RuntimeError) as e:
                 state = str(e)
             arms[name].stop("probe")
@@ -336,7 +379,7 @@ def measure(b):
         for name, arm in arms.items():
             tag = f"m{name[:2]}"
             try:
-                dt, state, pid = arm.boot(tag)
+                _, _, state, pid = arm.boot(tag)
                 if state in BOOTED:
                     time.sleep(a.settle)
                     procs, sup, kmem = arm.memory(tag, pid)
@@ -345,16 +388,20 @@ def measure(b):
             finally:
                 arm.stop(tag)
         ws.check_clean("after the last server")
-    report(b, a, samples, failed, kept, states, stops, memory, problems, source)
+    report(b, a, samples, failed, kept, states, stops, memory, problems, source, starts,
+           polled)
     return ws.finish(b.name, {"warm_monitor": a.warm_monitor,
                               "samples_ms": common.samples_ms(samples), "failures": failed,
+                              "systemd_start_samples_ms": common.samples_ms(starts),
+                              "polled_samples_ms": common.samples_ms(polled),
                               "states": states, "stop_samples_ms": common.samples_ms(stops),
                               "memory_kb": memory, "problems": problems, "image": IMAGE,
                               "image_source": source, "target_ratio": TARGET_RATIO,
                               "peers_unavailable": b.peers.unavailable})
 
 
-def report(b, a, samples, failed, kept, states, stops, memory, problems, source):
+def report(b, a, samples, failed, kept, states, stops, memory, problems, source, starts,
+           polled):
     print(f"\nboot to `systemctl is-system-running` = running/degraded, {IMAGE} "
           f"({source}), {a.runs} rounds; ctrun's monitor "
           + ("kept up by an idle container" if a.warm_monitor else
@@ -363,11 +410,15 @@ def report(b, a, samples, failed, kept, states, stops, memory, problems, source)
     for n in samples:
         s = common.summary_ms(samples[n]) if samples[n] else None
         st = common.summary_ms(stops[n]) if stops[n] else None
+        init = common.summary_ms(starts[n]) if starts[n] else None
+        seen = common.summary_ms(polled[n]) if polled[n] else None
         rows.append([n, *(common.fmt_ms(s) if s else ["-"] * 3), failed[n],
+                     f"{init['median_ms']:.1f}" if init else "-",
+                     f"{seen['median_ms']:.1f}" if seen else "-",
                      f"{st['median_ms']:.0f}" if st else "-",
                      ",".join(sorted(set(states[n]))) or "-"])
-    print(common.table(["tool", "median ms", "p10 ms", "p90 ms", "failed", "stop ms",
-                        "states"], rows))
+    print(common.table(["tool", "median ms", "p10 ms", "p90 ms", "failed", "systemd starts",
+                        "polled", "stop ms", "states"], rows))
     med = {n: common.percentile(v, 50) for n, v in samples.items() if v}
     peers = {n: m for n, m in med.items() if n != "ctrun"}
     if "ctrun" in med and peers:
@@ -394,7 +445,10 @@ def report(b, a, samples, failed, kept, states, stops, memory, problems, source)
         "LXC's monitor (lxc-start -F)",
         "peers boot on a fresh overlay over the merged rootfs, mounted untimed; ctrun "
         "mounts its own overlay inside its timed start",
-        "timings are wall-clock on a shared machine: compare within one run"])
+        "timings are wall-clock on a shared machine: compare within one run",
+        "median: to the boot's end by systemd's own clock; systemd starts: to its own start "
+        "(the runtime's part); polled: when the 50 ms polling first saw the state (a check: "
+        "it lags the end by up to one poll and the poll's own cost)"])
     common.print_list("PROBLEMS seen while booting:", problems)
 
 
