@@ -361,7 +361,9 @@ def start(root, req):
         if not reply or not reply.get("ok"):
             # nobody supervises it: it must not run
             from .procs import signal_pid
-            signal_pid(result["pid"], result["pid_start"], signal.SIGKILL)
+            fd = signal_pid(result, signal.SIGKILL)
+            if fd is not None:
+                os.close(fd)
             return reply or {"ok": False, "kind": "CtrunError",
                              "message": "the ctrun monitor left during the start"}
         return result
