@@ -59,7 +59,8 @@ def ctrun_processes(ws, init_pids):
     named = common.server_pids(ws.store)
     roles = {p: "server" for p in named if common.ppid(p) not in named}
     roles.update((p, "monitor") for p in common.monitor_pids(ws.store))
-    for p, role in list(roles.items()):
+    # the monitor's own first: should it hang below the server, they stay the monitor's
+    for p, role in sorted(roles.items(), key=lambda kv: kv[1] != "monitor"):
         for d in ours(common.descendants(p)):
             roles.setdefault(d, "pool" if role == "server" else "monitor")
     root = str(ws.store)
