@@ -96,7 +96,12 @@ def ctrun_phase(ws, counts, settle, idle):
             # bridge and its nftables table behind on the host (they outlive the store)
             ws.ctrun_check("run", "-d", "--net", "none", "--name", f"c{n}", "busybox", "--",
                            *SLEEP)
-        rows = json.loads(ws.ctrun_check("list", "--format", "json"))  # the last call
+        out = ws.ctrun_check("list", "--format", "json")  # the last call
+        try:
+            rows = json.loads(out)
+        except ValueError as e:   # once seen through the server: more after the JSON
+            raise RuntimeError(f"`ctrun list --format json` printed no JSON ({e}): "
+                               f"{out[-400:]!r}") from None
         last_call = time.monotonic()
         running = [r for r in rows if r["state"] == "running"]
         if len(running) != n:
