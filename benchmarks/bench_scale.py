@@ -29,6 +29,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +79,23 @@ def start_all(argvs, parallel, env=None):
                 p.kill()
                 p.wait()
             os.close(fd)
+
+
+def probe(argv, env=None):
+    """One untimed start, its error kept: (ok, the last line of its stderr).  Not
+    common.probe: a detached runc container keeps its stdio, and a pipe would not reach
+    EOF until it exits; a file does not wait."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, timeout=START_TIMEOUT).returncode
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {START_TIMEOUT} s"
+        except OSError as e:
+            return False, f"{argv[0]}: {e.strerror}"
+        err.seek(0)
+        msg = err.read().decode(errors="replace").strip().splitlines()
+    return rc == 0, (msg[-1] if msg else f"exit code {rc}")
 
 
 # ------------------------------------------------------------------ the tools
@@ -193,7 +211,7 @@ def arm_fn(ws, tool, name, mode, n, parallel, messages):
         try:
             dt, failed = start_all([tool.argv(i) for i in range(n)], parallel, tool.env)
             if failed:   # once more, untimed, for its error
-                ok, msg = common.probe(tool.argv(n), env=tool.env, timeout=START_TIMEOUT)
+                ok, msg = probe(tool.argv(n), tool.env)
                 messages.append(f"round {rnd}: {len(failed)} of {n} starts failed (exit "
                                 f"{sorted(set(map(str, failed.values())))}); a rerun "
                                 + ("succeeded" if ok else f"failed: {msg}"))
@@ -209,7 +227,7 @@ def arm_fn(ws, tool, name, mode, n, parallel, messages):
 def probe_tool(ws, peers, name, tool):
     """One untimed container: the tool works here (a peer that does not is left out)."""
     tool.prepare()
-    ok, msg = common.probe(tool.argv(0), env=tool.env, timeout=START_TIMEOUT)
+    ok, msg = probe(tool.argv(0), tool.env)
     for p in tool.clean():
         ws.leaks.append(f"{name}, probe: {p}")
     if not ok and name == "ctrun":
