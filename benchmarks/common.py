@@ -333,7 +333,9 @@ def private_podman(ws, runtimes, rootfs):
     (oci_clients.IMAGE).  Its teardown goes with the workspace: what podman left is
     removed and reported, and so is a container of podman's that a runtime still lists in
     its default state dir (rootful podman names no --root for the runtime)."""
-    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    harness = str(REPO / "tests" / "integration")
+    if harness not in sys.path:
+        sys.path.insert(0, harness)
     import oci_clients
     # a sibling of the workspace parent: podman keeps its conmon cgroup there while it is
     # set up; torn down with it
