@@ -1,13 +1,18 @@
 #!/usr/bin/python3
-"""Supervision memory: PSS of ctrun's own host processes per detached idle container.
+"""Idle cost: PSS of ctrun's own host processes per detached idle container.
 
-Starts N detached `sleep` containers with `ctrun run -d` and sums the PSS (smaps_rollup) of
-every process ctrun keeps on the host for them (the shared monitor and anything else ctrun
-leaves running; not the containers' own workloads), at 1, 10 and 20 containers.  For
-context the same is done with conmon (the C monitor podman uses, one per container)
-supervising runc containers of the same rootfs.  Target: <= 0.5 MB per container at 20.
+Starts N detached `sleep` containers with `ctrun run -d` (through the `ctrun` launcher, so
+the store's warm server runs the calls) and, at 1, 10 and 20 containers, reads the PSS and
+RSS (smaps_rollup) of every process ctrun keeps on the host for them, not the containers'
+own workloads: the warm server (ctrun-server), the store's shared monitor, any pool process
+(a zygote parked by the server: its other descendants) and anything else naming the store.
+Each count is measured twice: with the server up (measured --settle seconds after the last
+call), then once it has left for want of calls; the benchmark sets CTRUN_SERVER_IDLE
+(--server-idle) so that this takes seconds rather than the default 30.  For context the
+same is done with conmon (the C monitor podman uses, one per container) supervising runc
+containers of the same rootfs.  Target: the total <= 0.5 MB per container at 20, server up.
 Run as root:  benchmarks/bench_monitor_memory.py [--counts 1,10,20] [--settle 1]
-"""
+              [--server-idle 5]"""
 
 import json
 import os
@@ -34,26 +39,52 @@ def memory(owned):
     return sum(r["pss_kb"] for r in rows), sum(r["rss_kb"] or 0 for r in rows), rows
 
 
+ROLES = ("server", "monitor", "pool", "other")
+
+
 def ctrun_processes(ws, init_pids):
-    """ctrun's own host processes for this store, and the containers' processes apart."""
+    """ctrun's own host processes for this store, {pid: role}, and the containers'
+    processes apart.  Roles: the warm server; the monitor (and its non-container
+    descendants); pool, the server's other descendants (parked zygotes; a worker if a call
+    were running); other, anything else naming the store (a per-container helper, a CLI)."""
     host_ns = common.pid_ns(os.getpid())
     workload = set()
     for p in init_pids:
         workload.add(p)
         workload.update(common.descendants(p))
-    monitors = common.monitor_pids(ws.store)
-    owned = set(monitors)
-    for m in monitors:
-        owned.update(d for d in common.descendants(m)
-                     if d not in workload and common.pid_ns(d) == host_ns)
-    # anything else still running that names this store (a per-container helper, a CLI)
+
+    def ours(ps):
+        return [p for p in ps if p not in workload and common.pid_ns(p) == host_ns]
+    # a zygote or a worker is a fork of the server: the same command line, under it
+    named = common.server_pids(ws.store)
+    roles = {p: "server" for p in named if common.ppid(p) not in named}
+    roles.update((p, "monitor") for p in common.monitor_pids(ws.store))
+    # the monitor's own first: should it hang below the server, they stay the monitor's
+    for p, role in sorted(roles.items(), key=lambda kv: kv[1] != "monitor"):
+        for d in ours(common.descendants(p)):
+            roles.setdefault(d, "pool" if role == "server" else "monitor")
     root = str(ws.store)
-    owned.update(p for p in common.pids() if p not in workload and p != os.getpid()
-                 and any(root in a for a in common.cmdline(p)))
-    return owned, workload, monitors
+    roles.update((p, "other") for p in common.pids() if p not in workload and p not in roles
+                 and p != os.getpid() and any(root in a for a in common.cmdline(p)))
+    return roles, workload
 
 
-def ctrun_phase(ws, counts, settle):
+def snapshot(ws, init_pids, n):
+    """PSS and RSS of ctrun's processes by role, their total and the total per container."""
+    roles, workload = ctrun_processes(ws, init_pids)
+    out = {"total_pss_kb": 0, "total_rss_kb": 0, "processes": []}
+    for role in ROLES:
+        pss, rss, procs = memory([p for p, r in roles.items() if r == role])
+        out[role] = {"pss_kb": pss, "rss_kb": rss, "count": len(procs)}
+        out["total_pss_kb"] += pss
+        out["total_rss_kb"] += rss
+        out["processes"] += [{**p, "role": role} for p in procs]
+    out["pss_kb_per_container"] = out["total_pss_kb"] / n
+    out["workload_pss_kb"] = memory(workload)[0]
+    return out
+
+
+def ctrun_phase(ws, counts, settle, idle):
     results = []
     n = 0
     names = []
@@ -65,21 +96,40 @@ def ctrun_phase(ws, counts, settle):
             # bridge and its nftables table behind on the host (they outlive the store)
             ws.ctrun_check("run", "-d", "--net", "none", "--name", f"c{n}", "busybox", "--",
                            *SLEEP)
-        time.sleep(settle)
-        rows = json.loads(ws.ctrun_check("list", "--format", "json"))
+        out = ws.ctrun_check("list", "--format", "json")  # the last call
+        try:
+            rows = json.loads(out)
+        except ValueError as e:   # once seen through the server: more after the JSON
+            raise RuntimeError(f"`ctrun list --format json` printed no JSON ({e}): "
+                               f"{out[-400:]!r}") from None
+        last_call = time.monotonic()
         running = [r for r in rows if r["state"] == "running"]
         if len(running) != n:
             raise RuntimeError(f"ctrun list shows {len(running)} running containers, "
                                f"expected {n}")
-        owned, workload, monitors = ctrun_processes(ws, [r["pid"] for r in running])
-        pss, rss, procs = memory(owned)
-        wl_pss, _, _ = memory(workload)
-        results.append({"containers": n, "pss_kb": pss, "rss_kb": rss,
-                        "pss_kb_per_container": pss / n, "monitors": len(monitors),
-                        "processes": procs, "workload_pss_kb": wl_pss})
-        if len(monitors) != 1:
-            ws.leaks.append(f"{len(monitors)} ctrun monitor processes for one store at "
-                            f"{n} containers (expected exactly 1)")
+        inits = [r["pid"] for r in running]
+        time.sleep(settle)
+        up = snapshot(ws, inits, n)
+        if up["server"]["count"] != 1:
+            raise RuntimeError(
+                f"{up['server']['count']} ctrun servers for the store at {n} containers, "
+                f"{settle} s after the last call (expected 1; see {ws.store}/run/server.log)")
+        if up["monitor"]["count"] != 1:
+            ws.leaks.append(f"{up['monitor']['count']} ctrun monitor processes for one store "
+                            f"at {n} containers (expected exactly 1)")
+        # the server leaves once idle; its pool processes go with it
+        left = common.wait_gone(common.server_pids(ws.store), idle + 10)
+        gone_after = time.monotonic() - last_call
+        if left:
+            ws.leaks.append(f"ctrun server {left} still running {idle + 10:g} s after the "
+                            f"last call (CTRUN_SERVER_IDLE={idle:g})")
+        time.sleep(settle)
+        down = snapshot(ws, inits, n)
+        results.append({"containers": n, "pss_kb": up["total_pss_kb"],
+                        "rss_kb": up["total_rss_kb"],
+                        "pss_kb_per_container": up["pss_kb_per_container"],
+                        "server_up": up, "server_exited": down,
+                        "server_left_after_s": None if left else round(gone_after, 1)})
     # tear the ctrun containers down before conmon is measured: no shared pages between
     # the two phases, and the monitor must exit by itself once idle
     for err in ws.destroy_all(names):  # a ctrun bug: report it, measure conmon anyway
@@ -199,19 +249,22 @@ def conmon_phase(ws, rootfs, counts, settle):
 
 def measure(b):
     a = b.args
-    try:
-        counts = sorted({int(c) for c in a.counts.split(",")})
-    except ValueError:
-        common.die("--counts takes numbers separated by commas, e.g. 1,10,20")
-    if counts[0] < 1:
-        common.die("--counts must be >= 1")
+    counts = a.counts
+    if a.server_idle <= a.settle + 1:
+        common.die(f"--server-idle ({a.server_idle:g}) must exceed --settle ({a.settle:g}) "
+                   "by more than 1 s: the server is measured --settle seconds after the last "
+                   "call, before it leaves")
+    # the server reads it when the first call starts it (it inherits the caller's environment)
+    os.environ["CTRUN_SERVER_IDLE"] = f"{a.server_idle:g}"
     peers = b.peers
     have_conmon = peers.need("conmon + runc", "conmon", "runc")
 
     with common.Workspace("mem") as ws:
         rootfs = ws.build_image()
-        print(f"bench_monitor_memory: ctrun at {counts} detached idle containers", flush=True)
-        ct = ctrun_phase(ws, counts, a.settle)
+        print(f"bench_monitor_memory: ctrun at {counts} detached idle containers; "
+              f"CTRUN_SERVER_IDLE={a.server_idle:g} set by the benchmark (the server leaves "
+              f"{a.server_idle:g} s after its last call; default 30 s)", flush=True)
+        ct = ctrun_phase(ws, counts, a.settle, a.server_idle)
         cm = None
         if have_conmon:
             print(f"bench_monitor_memory: conmon + runc at {counts} containers", flush=True)
@@ -220,45 +273,74 @@ def measure(b):
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 peers.fail("conmon + runc", e)   # its containers go with the workspace
 
-        print()
-        hdr = ["containers", "ctrun PSS kB", "ctrun kB/ct"]
+        print("\nctrun with its warm server up, kB (total = server + monitor + pool + other)")
+        hdr = ["containers", "server PSS", "server RSS", "monitor PSS", "monitor RSS",
+               "pool PSS", "other PSS", "total PSS", "total kB/ct"]
         if cm:
-            hdr += ["conmon PSS kB", "conmon kB/ct", "ctrun/conmon"]
+            hdr += ["conmon PSS", "conmon kB/ct", "ctrun/conmon"]
         rows = []
         for i, r in enumerate(ct):
-            row = [r["containers"], r["pss_kb"], f"{r['pss_kb_per_container']:.0f}"]
+            u = r["server_up"]
+            row = [r["containers"], u["server"]["pss_kb"], u["server"]["rss_kb"],
+                   u["monitor"]["pss_kb"], u["monitor"]["rss_kb"], u["pool"]["pss_kb"],
+                   u["other"]["pss_kb"], u["total_pss_kb"], f"{u['pss_kb_per_container']:.0f}"]
             if cm:
                 c = cm[i]
                 row += [c["pss_kb"], f"{c['pss_kb_per_container']:.0f}",
-                        f"{r['pss_kb'] / c['pss_kb']:.2f}x"]
+                        f"{u['total_pss_kb'] / c['pss_kb']:.2f}x"]
             rows.append(row)
         print(common.table(hdr, rows))
+        print(f"\nctrun after its warm server left (CTRUN_SERVER_IDLE={a.server_idle:g} s), kB")
+        print(common.table(
+            ["containers", "server gone after s", "monitor PSS", "monitor RSS", "pool PSS",
+             "other PSS", "total PSS", "total kB/ct"],
+            [[r["containers"], "-" if r["server_left_after_s"] is None
+              else f"{r['server_left_after_s']:.1f}", d["monitor"]["pss_kb"],
+              d["monitor"]["rss_kb"], d["pool"]["pss_kb"], d["other"]["pss_kb"],
+              d["total_pss_kb"], f"{d['pss_kb_per_container']:.0f}"]
+             for r in ct for d in [r["server_exited"]]]))
         common.print_not_measured(peers.unavailable)
 
         last = ct[-1]
-        verdict = common.verdict(last["pss_kb_per_container"] <= TARGET_KB)
-        print(f"\nctrun at {last['containers']} containers: "
-              f"{last['pss_kb_per_container']:.0f} kB PSS per container "
-              f"(target <= {TARGET_KB} kB = 0.5 MB: {verdict})")
+        n = last["containers"]
+        verdicts = {}
+        print()
+        for key, what in (("server_up", "server up"),
+                          ("server_exited", "after the server's idle exit")):
+            per = last[key]["pss_kb_per_container"]
+            verdicts[key] = common.verdict(per <= TARGET_KB)
+            print(f"ctrun at {n} containers, {what}: {per:.0f} kB PSS per container "
+                  f"(target <= {TARGET_KB} kB = 0.5 MB: {verdicts[key]})")
+        up = last["server_up"]
+        print(f"  the server alone: {up['server']['pss_kb']} kB PSS, "
+              f"{up['server']['rss_kb']} kB RSS")
         if cm:
             c = cm[-1]
             print(f"conmon at {c['containers']} containers: "
                   f"{c['pss_kb_per_container']:.0f} kB PSS per container; "
-                  f"ctrun/conmon = {last['pss_kb'] / c['pss_kb']:.2f}x")
-        print(f"\nctrun processes counted at {last['containers']} containers "
-              f"(the containers' own workloads, {last['workload_pss_kb']} kB PSS, excluded):")
-        print(common.table(["pid", "comm", "PSS kB", "RSS kB", "cmdline"],
-                           [[p["pid"], p["comm"], p["pss_kb"], p["rss_kb"], p["cmdline"][:70]]
-                            for p in last["processes"]]))
+                  f"ctrun/conmon = {last['pss_kb'] / c['pss_kb']:.2f}x (server up)")
+        print(f"\nctrun processes counted at {n} containers, server up "
+              f"(the containers' own workloads, {up['workload_pss_kb']} kB PSS, excluded):")
+        print(common.table(["pid", "role", "comm", "PSS kB", "RSS kB", "cmdline"],
+                           [[p["pid"], p["role"], p["comm"], p["pss_kb"], p["rss_kb"],
+                             p["cmdline"][:60]] for p in up["processes"]]))
         notes = ["PSS splits shared pages among every process mapping them, so the figures "
                  "shift a little with whatever else runs on the host (e.g. other Python "
-                 "processes sharing libpython)",
-                 "ctrun counts the shared monitor(s) of the store plus any other host "
-                 "process of ctrun's (none besides the monitor were expected); conmon counts "
-                 "every conmon process, one per container"]
+                 "processes sharing libpython); the server and the monitor share "
+                 "libpython's pages, so each one's PSS is lower while the other runs",
+                 "ctrun counts the store's warm server (ctrun-server), its shared monitor(s), "
+                 "the server's other descendants (pool: parked zygotes) and any other host "
+                 "process naming the store; pooled network namespaces and cgroups hold "
+                 "kernel memory, which PSS does not show; conmon counts every conmon "
+                 "process, one per container",
+                 f"CTRUN_SERVER_IDLE={a.server_idle:g} was set by the benchmark so that the "
+                 "server leaves within seconds (its default idle time is 30 s)"]
         common.print_notes(notes)
-        result = {"params": {"counts": counts, "settle_s": a.settle},
-                  "target_kb_per_container": TARGET_KB, "ctrun": ct, "conmon": cm,
+        result = {"params": {"counts": counts, "settle_s": a.settle,
+                             "server_idle_s": a.server_idle,
+                             "env_set": {"CTRUN_SERVER_IDLE": f"{a.server_idle:g}"}},
+                  "target_kb_per_container": TARGET_KB, "verdicts": verdicts,
+                  "ctrun": ct, "conmon": cm,
                   "conmon_installed": have_conmon, "peers_unavailable": peers.unavailable,
                   "versions": {"runc": common.tool_version(["runc", "--version"]),
                                "conmon": common.tool_version(["conmon", "--version"])
@@ -269,8 +351,10 @@ def measure(b):
 
 if __name__ == "__main__":
     b = common.Bench("bench_monitor_memory", __doc__)
-    b.option("--counts", default="1,10,20",
-             help="container counts to measure at, ascending (default 1,10,20)")
+    b.counts_option("1,10,20", "container counts to measure at")
     b.option("--settle", type=float, default=1.0,
              help="seconds to wait before reading memory (default 1)")
+    b.option("--server-idle", type=float, default=5.0,
+             help="CTRUN_SERVER_IDLE for the store's warm server: it leaves after that many "
+                  "seconds without a call (default 5; ctrun's own default is 30)")
     b.main(measure)

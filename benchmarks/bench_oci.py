@@ -45,35 +45,11 @@ VERBS = ("state", "start", "kill", "delete")
 ARMS = ("under test", "runc")
 
 
-def runtime_ids(path, root=None):
-    """Container ids the runtime lists (in its default root unless root is given)."""
-    argv = [path, *(["--root", str(root)] if root else []), "list", "-q"]
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    return set(p.stdout.split()) if p.returncode == 0 else set()
-
-
 # ------------------------------------------------------------------ (a) podman
 def podman_startup(ws, b, runtimes, rootfs):
     a = b.args
-    pm = oci_clients.Podman({"ctrun-oci": runtimes["under test"], "runc": runtimes["runc"]},
-                            # a sibling of the workspace parent: podman keeps its conmon
-                            # cgroup there while it is set up; torn down with it
-                            f"{common.CGROUP_PARENT}-podman")
-    before = {n: runtime_ids(p) for n, p in runtimes.items()}
-
-    def teardown():
-        ws.leaks.extend(pm.teardown())
-        for n, path in runtimes.items():
-            for cid in sorted(runtime_ids(path) - before[n]):
-                ws.leaks.append(f"{n}: podman's container {cid} left in the runtime's "
-                                "default state dir: deleted")
-                subprocess.run([path, "delete", "--force", cid], capture_output=True,
-                               timeout=60)
-    ws.on_cleanup(teardown)
-    pm.load(oci_clients.oci_archive(rootfs, ws.tmp / "busybox-oci.tar"))
+    pm = common.private_podman(ws, {"ctrun-oci": runtimes["under test"],
+                                    "runc": runtimes["runc"]}, rootfs)
     arms, shown = {}, {}
     for name, path in runtimes.items():
         argv = pm.cmd("run", "--rm", "--runtime", path, *pm.create_args(), "--network",
@@ -105,7 +81,7 @@ def light_verbs(ws, b, runtimes, rootfs):
 
     def sweep():   # the under-test root (runc's is the workspace's own, swept by it)
         root, path = roots["under test"], runtimes["under test"]
-        for cid in sorted(runtime_ids(path, root)):
+        for cid in sorted(common.runtime_ids(path, root)):
             subprocess.run([path, "--root", str(root), "delete", "--force", cid],
                            capture_output=True, timeout=60)
     ws.on_cleanup(sweep)

@@ -84,6 +84,23 @@ class Bench:
             self._bounds.append((action.dest, flags[0], min))
         return action
 
+    def counts_option(self, default, what):
+        """--counts: the container counts to measure at, numbers separated by commas
+        (`default` likewise); parsed to an ascending list, each >= 1."""
+        import argparse
+
+        def counts(text):
+            try:
+                out = sorted({int(c) for c in text.split(",")})
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"'{text}' is not numbers separated by commas, e.g. {default}") from None
+            if out[0] < 1:
+                raise argparse.ArgumentTypeError(f"'{text}': every count must be >= 1")
+            return out
+        self.option("--counts", type=counts, default=default,
+                    help=f"{what}, separated by commas (default {default})")
+
     def parse(self):
         a = self.ap.parse_args()
         low = [f"{flag} must be >= {m}" for dest, flag, m in self._bounds
@@ -318,6 +335,46 @@ def oci_config(bundle, spec, cid):
     benchmark's parent, as ctrun's containers get."""
     spec["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/{cid}"
     (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def runtime_ids(path, root=None):
+    """Container ids an OCI runtime lists (in its default root unless root is given)."""
+    argv = [path, *(["--root", str(root)] if root else []), "list", "-q"]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(p.stdout.split()) if p.returncode == 0 else set()
+
+
+def private_podman(ws, runtimes, rootfs):
+    """Rootful podman isolated as in the client tests (tests/integration/oci_clients.py:
+    private storage, runroot, tmp and network config dirs, its own containers.conf with
+    `runtimes` {name: path} in its runtimes table, the first the default), its containers'
+    cgroups below a sibling of the benchmark's parent, and ctrun's busybox image loaded
+    (oci_clients.IMAGE).  Its teardown goes with the workspace: what podman left is
+    removed and reported, and so is a container of podman's that a runtime still lists in
+    its default state dir (rootful podman names no --root for the runtime)."""
+    harness = str(REPO / "tests" / "integration")
+    if harness not in sys.path:
+        sys.path.insert(0, harness)
+    import oci_clients
+    # a sibling of the workspace parent: podman keeps its conmon cgroup there while it is
+    # set up; torn down with it
+    pm = oci_clients.Podman(runtimes, f"{CGROUP_PARENT}-podman")
+    before = {n: runtime_ids(p) for n, p in runtimes.items()}
+
+    def teardown():
+        ws.leaks.extend(pm.teardown())
+        for n, path in runtimes.items():
+            for cid in sorted(runtime_ids(path) - before[n]):
+                ws.leaks.append(f"{n}: podman's container {cid} left in the runtime's "
+                                "default state dir: deleted")
+                subprocess.run([path, "delete", "--force", cid], capture_output=True,
+                               timeout=60)
+    ws.on_cleanup(teardown)
+    pm.load(oci_clients.oci_archive(rootfs, ws.tmp / "busybox-oci.tar"))
+    return pm
 
 
 def require_root():

@@ -29,9 +29,10 @@ if [ $quick = 1 ]; then
   import_args=(--runs 3 --warmup 1); vm_args=(--runs 2 --warmup 0)
   boot_args=(--runs 3 --warmup 0 --settle 2); oci_args=(--runs 5 --warmup 1)
   verbs_args=(--runs 5 --warmup 1)
+  scale_args=(--runs 1 --counts 5,10)
 else
   run_args=(); list_args=(); limits_args=(); stats_args=(); network_args=(); import_args=()
-  vm_args=(); boot_args=(); oci_args=(); verbs_args=()
+  vm_args=(); boot_args=(); oci_args=(); verbs_args=(); scale_args=()
 fi
 # bench_oci measures the runtime CTRUN_OCI_RUNTIME names (default: setup.sh's ctrun-oci)
 oci_args+=(--runtime "${CTRUN_OCI_RUNTIME:-/usr/local/bin/ctrun-oci}")
@@ -61,6 +62,7 @@ bench bench_import "${import_args[@]}"
 bench bench_vm "${vm_args[@]}"
 bench bench_boot "${boot_args[@]}"
 bench bench_oci "${oci_args[@]}"
+bench bench_scale "${scale_args[@]}"
 
 echo
 if [ -s "$peers" ]; then
