@@ -144,9 +144,9 @@ class Runtime:
                 mgr.apply(limits)
             _write_unified(mgr, unified)
             ann = spec["annotations"]
-            from ..backends.container import _layout_for_container
+            from ..backends.container import layout_for_container
             ann["run.ctrun.cgroup_procs"] = [str(p) for p in mgr.procs_files()]
-            ann["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            ann["run.ctrun.cgroup_layout"] = layout_for_container(mgr.layout)
             # bound at /sys/fs/cgroup where the container has no cgroup namespace of its own
             # (podman's default on cgroup v1) or is in a user namespace
             ann["run.ctrun.cgroup_dirs"] = {os.path.basename(str(mnt)): str(mnt / mgr.rel)
@@ -455,8 +455,8 @@ class Runtime:
             return vm.exec(ct, proc, detach, pid_file, console_socket)
         spec = ct.spec()
         spec["process"] = bundlemod.process_for(proc)
-        from ..backends.container import _exec_cgroups
-        spec = _exec_cgroups(spec, ct.pid)
+        from ..backends.container import exec_cgroups
+        spec = exec_cgroups(spec, ct.pid)
         if not detach:
             import prctl
             prctl.set_child_subreaper(True)  # the command is ours to wait for
