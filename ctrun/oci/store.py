@@ -7,14 +7,15 @@ The status is derived, never stored: the init's pid and start time say whether i
 """
 
 import fcntl
-import json
 import os
 import time
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, quote
 
-# imported by every verb a client calls, several times per container: only os, json and
-# fcntl here (ctrun.state, the cgroup package and `re` load on the verbs that need them)
+# imported by every verb a client calls, several times per container: only os and fcntl
+# here (ctrun.state, the cgroup package and `re` load on the verbs that need them).  Not
+# even json: its import loads re and enum, a few ms of each call; the records are read and
+# the state document written through the C functions json itself uses (_json) instead.
 
 DEFAULT_ROOT = "/run/ctrun-oci"
 
@@ -158,9 +159,75 @@ class Container:
 def _read_json(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            return loads(f.read())
     except FileNotFoundError:
         return None
+
+
+class _Decoding:
+    """What json's C scanner reads from its decoder: json.loads's defaults."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                      "NaN": float("nan")}.__getitem__
+
+
+def loads(text):
+    """json.loads(text), without importing json."""
+    try:
+        from _json import make_scanner
+    except ImportError:   # a Python without the accelerator
+        import json
+        return json.loads(text)
+    start = len(text) - len(text.lstrip())
+    try:
+        obj, end = make_scanner(_Decoding)(text, start)
+    except StopIteration:
+        end = None
+    if end is None or text[end:].strip():
+        import json
+        return json.loads(text)   # raises json's error, naming the place
+    return obj
+
+
+def dumps(obj):
+    """json.dumps(obj, indent=2) of a document of str, int, bool, None, lists and dicts
+    with str keys (the state document), without importing json."""
+    try:
+        from _json import encode_basestring_ascii as quote_str
+    except ImportError:
+        quote_str = None
+    if quote_str is None or not _plain(obj):
+        import json
+        return json.dumps(obj, indent=2)
+    return _dumps(obj, quote_str, "\n")
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return all(type(k) is str and _plain(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return all(map(_plain, obj))
+    return obj is None or type(obj) in (str, int, bool)
+
+
+def _dumps(obj, quote_str, nl):
+    if isinstance(obj, str):
+        return quote_str(obj)
+    if obj is None or type(obj) is bool:
+        return {None: "null", True: "true", False: "false"}[obj]
+    if type(obj) is int:
+        return str(obj)
+    inner = nl + "  "
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = (f"{quote_str(k)}: {_dumps(v, quote_str, inner)}" for k, v in obj.items())
+        return "{" + inner + ("," + inner).join(items) + nl + "}"
+    if not obj:
+        return "[]"
+    return "[" + inner + ("," + inner).join(_dumps(v, quote_str, inner) for v in obj) + nl + "]"
 
 
 def now():
@@ -184,6 +251,22 @@ def self_start():
 
 
 def rmtree(d):
-    """A container's state directory, whatever is left in it."""
-    import shutil
-    shutil.rmtree(d, ignore_errors=True)
+    """A container's state directory, whatever is left in it; errors ignored.  Not shutil's:
+    its import loads the compression modules, on every delete."""
+    try:
+        with os.scandir(d) as it:
+            entries = list(it)
+    except OSError:
+        entries = []
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
