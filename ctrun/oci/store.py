@@ -94,6 +94,26 @@ class Root:
                                 f"{cid}")
         return Container(d, rec)
 
+    def cached(self, key, make):
+        """make()'s bytes for `key` (a str naming all they depend on), made once and kept in
+        the root's .cache.  The file name is only a checksum of the key: the whole key is
+        stored with the data and compared on every read, so two keys never share an entry
+        (a profile crafted to collide with another gets its own program, never the other's)."""
+        import zlib
+        k = key.encode()
+        path = os.path.join(self.path, ".cache", f"{zlib.crc32(k):08x}{zlib.adler32(k):08x}")
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(k) + 1) == k + b"\0":
+                    return f.read()
+        except FileNotFoundError:
+            pass
+        data = make()
+        self.ensure()
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        atomic_write(path, k + b"\0" + data)
+        return data
+
     def ids(self):
         try:
             return sorted(e.name for e in os.scandir(self.path)
@@ -236,11 +256,11 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
 
 
-def atomic_write(path, text):
-    """A pid file (or any file a client reads) whole or not at all."""
+def atomic_write(path, data):
+    """A pid file (or any file a client reads) whole or not at all; data is str or bytes."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 

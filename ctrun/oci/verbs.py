@@ -220,12 +220,23 @@ class Runtime:
         return None
 
     def _seccomp(self, conf):
+        """(program, load flags) of config.json's seccomp profile, or None.  Compiled once
+        per profile text, compiler, libseccomp and kernel, then read from the root's cache:
+        podman sends the same default profile with every container, and compiling it takes
+        longer than the rest of a create."""
         prof = conf["linux"].get("seccomp")
         if not prof:
             return None
-        from ..runtime import seccomp_oci
-        program = seccomp_oci.compile_spec(prof)
-        return (program.bpf, program.flags) if program else None
+        import json
+        from ..runtime.seccomp import OCI_COMPILER, compiler_key
+
+        def compile_():
+            from ..runtime import seccomp_oci
+            program = seccomp_oci.compile_spec(prof)
+            return program.flags.to_bytes(4, "little") + program.bpf if program else b""
+        data = self.root.cached(f"seccomp {compiler_key(OCI_COMPILER)} "
+                                f"{json.dumps(prof, sort_keys=True)}", compile_)
+        return (data[4:], int.from_bytes(data[:4], "little")) if data else None
 
     def _check_runtime(self, spec):
         from ..runtime import rootfs

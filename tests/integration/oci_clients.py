@@ -820,8 +820,8 @@ def runtime_leftovers(wrapper, *roots):
         if not Path(root).is_dir():
             continue
         for cid in sorted(os.listdir(root)):
-            if not (Path(root) / cid).is_dir():
-                continue
+            if cid.startswith(".") or not (Path(root) / cid).is_dir():
+                continue   # a lock, the runtime's cache: not a container
             r = run([wrapper.real, "--root", str(root), "delete", "--force", cid], timeout=60)
             out.append(f"runtime state of {cid} left in {root}: deleted"
                        + ("" if r.returncode == 0 else f" (failed: {r.stderr.strip()})"))

@@ -321,3 +321,22 @@ def test_light_verbs_load_only_what_they_use(oci):
     loaded = _loaded(oci, "delete", "light")
     assert not sorted(m for m in loaded if m in HEAVY)
     assert not _cgroup_dirs("oci-light")
+
+
+def test_seccomp_programs_are_cached_by_the_whole_profile(oci):
+    """A profile is compiled once and kept in the root's cache; a profile that differs in
+    one field gets its own program."""
+    def profile(errno_ret):
+        return {"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                              "errnoRet": errno_ret}]}
+    cache = oci.root / ".cache"
+    for n, (errno_ret, message) in enumerate([(1, "Operation not permitted"),
+                                             (28, "No space left on device"),
+                                             (1, "Operation not permitted")]):
+        b = oci.bundle(f"sc{n}", ["mkdir", "/made"],
+                       linux={"seccomp": profile(errno_ret)})
+        r = oci("run", "--bundle", b, f"sc{n}", check=False)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert len(list(cache.iterdir())) == min(n + 1, 2)   # the third is the first's
+    assert (cache.stat().st_mode & 0o777) == 0o700
