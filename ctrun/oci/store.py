@@ -139,8 +139,7 @@ class Container:
         return os.path.join(self.dir, name)
 
     def save(self):
-        from ..state import write_json
-        write_json(self.path("state.json"), self.rec, durable=False)
+        write_json(self.path("state.json"), self.rec)
 
     def spec(self):
         return _read_json(self.path("spec.json"))
@@ -254,6 +253,26 @@ def now():
     """The time in RFC 3339 with nanoseconds, as runc writes `created`."""
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+
+
+def write_json(path, obj):
+    """A record of this directory, whole or not at all, root-only.  Compact: json's C
+    encoder writes it (indent would take the Python one), and only ctrun-oci reads it; not
+    fsynced: it lives in /run, and a record outliving a power loss would be stale anyway."""
+    import json
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def atomic_write(path, data):

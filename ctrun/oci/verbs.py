@@ -167,8 +167,10 @@ class Runtime:
                                ("startContainer", "start_hooks")):
                 if hooks.get(phase):
                     ann["run.ctrun." + key] = [dict(h, state=state) for h in hooks[phase]]
-            from ..state import write_json
-            write_json(ct.path("spec.json"), spec, durable=False)
+            # what exec starts from; the seccomp profile stays out (its program is in
+            # seccomp.bpf): it is most of a client's spec
+            store.write_json(ct.path("spec.json"), {**spec, "linux": {
+                k: v for k, v in spec["linux"].items() if k != "seccomp"}})
             if bpf:
                 with open(ct.path("seccomp.bpf"), "wb") as f:
                     f.write(bpf[0])

@@ -259,8 +259,8 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
             "creator": os.getpid(), "creator_start": _self_start(),
             "process": {k: proc.get(k) for k in ("args", "env", "cwd", "user", "terminal")}})
         ct.save()
-        from ..state import write_json  # what exec's flags start from, as for a container
-        write_json(ct.path("spec.json"), {"process": proc}, durable=False)
+        # what exec's flags start from, as for a container
+        store.write_json(ct.path("spec.json"), {"process": proc})
         vmdir = Path(d) / "vm"
         vmdir.mkdir(mode=0o700)
         # the rootfs's own ext4 copy, and the qcow2 QEMU writes through (a private pair)
