@@ -8,6 +8,7 @@ monitor is involved.  `run` and a non-detached `exec` are their own subreapers i
 """
 
 import os
+import select
 import time
 
 import _signal   # signal's constants, without the enums `import signal` builds
@@ -21,8 +22,8 @@ from .store import self_start as _self_start
 OCI_VERSION = "1.0.2"
 
 # state, start, kill and delete run several times per container, each a new process: they
-# load only os, fcntl and the state record here; json (with re and enum), signal's enums,
-# select and the bundle code load in the verbs that use them
+# load only os, select, fcntl and the state record here; json (with re and enum), signal's
+# enums and the bundle code load in the verbs that use them
 
 
 def parse_signal(text):
@@ -527,7 +528,6 @@ def _poll(pid):
 def _release(ct):
     """Open the exec fifo (the init is blocked opening its other end), take the init's one
     byte, remove the fifo: from here the container counts as running."""
-    import select
     fifo = ct.path("exec.fifo")
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
