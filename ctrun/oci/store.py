@@ -111,7 +111,7 @@ class Root:
         data = make()
         self.ensure()
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        atomic_write(path, k + b"\0" + data)
+        write_private(path, k + b"\0" + data)
         return data
 
     def ids(self):
@@ -260,7 +260,11 @@ def write_json(path, obj):
     encoder writes it (indent would take the Python one), and only ctrun-oci reads it; not
     fsynced: it lives in /run, and a record outliving a power loss would be stale anyway."""
     import json
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    write_private(path, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def write_private(path, data):
+    """Bytes to a root-only file, whole or not at all."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -275,11 +279,11 @@ def write_json(path, obj):
         raise
 
 
-def atomic_write(path, data):
-    """A pid file (or any file a client reads) whole or not at all; data is str or bytes."""
+def atomic_write(path, text):
+    """A pid file (or any file a client reads) whole or not at all."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
+    with open(tmp, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 

@@ -59,6 +59,7 @@ def test_cache_makes_once_per_key_and_never_serves_another_keys_data(tmp_path):
     # an entry under the name key B would have (as a checksum collision would place it)
     # holds A's key: B's program is made, A's never served for it
     entry = next(cache.iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
     kb = b"profile B"
     os.replace(entry, cache / f"{zlib.crc32(kb):08x}{zlib.adler32(kb):08x}")
     assert root.cached("profile B", make(b"program B")) == b"program B"
