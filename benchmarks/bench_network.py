@@ -43,7 +43,8 @@ storage: /dev/shm/libpod_lock, /run/containers/networks (netavark's IPAM db),
 `ip nat` / `ip filter`, created if missing), the bridge podman0 while a container runs, and
 net.ipv4.ip_forward=1.  Everything of that which did not exist before the benchmark started
 is removed at the end (and listed as 'podman host cleanup'); iptables lines are removed only
-if they mention NETAVARK and were not there before.  On exit, error, Ctrl-C or SIGTERM the
+if they mention NETAVARK and were not there before.  The snapshot is the OCI client tests'
+(tests/integration/oci_clients.py, HostState), as bench_oci.py imports that harness too.  On exit, error, Ctrl-C or SIGTERM the
 iperf3 servers are killed (they also die with the benchmark: PR_SET_PDEATHSIG), ctrun's
 containers are destroyed and its network removed, podman's containers and image removed.
 
@@ -68,7 +69,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -78,6 +78,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+
+# the snapshot of what rootful podman writes on the host is the client tests' (one definition)
+sys.path.insert(0, str(common.REPO / "tests" / "integration"))
+import oci_clients  # noqa: E402
 
 TARGET_VS_PODMAN = 0.5
 TARGET_VS_LOOPBACK = 0.8
@@ -93,16 +97,6 @@ IPF_NAME = f"ipf{os.getpid()}"
 CONTROL_NS = f"ctbench-veth{os.getpid()}"
 CONTROL_IF = f"ctbv{os.getpid() % 100000}"
 CONTROL_HOST, CONTROL_PEER = "169.254.215.1", "169.254.215.2"  # link-local /30: never routed
-
-# what rootful podman 4.3 / netavark 1.4 create outside a private storage root (see above);
-# a new one is removed with its parent when that is new too, alone otherwise
-PODMAN_HOST_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/containers",
-                     "/var/lib/containers/cache", "/var/lib/containers",
-                     "/etc/containers/networks", "/run/libpod")
-PODMAN_BRIDGES = ("podman0", "cni-podman0")
-PODMAN_CGROUP = "libpod_parent"
-IPT_TABLES = ("nat", "filter")
-
 
 def run(argv, timeout=60, env=None, check=False):
     p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -122,105 +116,8 @@ def nft_tables():
             for o in json.loads(p.stdout).get("nftables", []) if "table" in o}
 
 
-def nft_table_has_rules(family, name):
-    p = run(["nft", "-j", "list", "table", family, name])
-    if p.returncode != 0:
-        return False
-    return any("rule" in o for o in json.loads(p.stdout).get("nftables", []))
-
-
-def ipt_lines(tool, table):
-    """`iptables -S` of one table as a list (iptables-nft does not create a missing table)."""
-    p = run([tool, "-w", "-t", table, "-S"])
-    return p.stdout.splitlines() if p.returncode == 0 else []
-
-
 def links():
     return set(os.listdir("/sys/class/net"))
-
-
-def ip_forward():
-    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-
-
-def cgroup_roots():
-    return [Path(m) for m, _ in common.cgroup_mounts()]
-
-
-class HostState:
-    """What the benchmark (podman above all) may change outside its workspace, as it was
-    before; restore() puts back what was added and returns what it did."""
-
-    def __init__(self):
-        self.paths = {p: os.path.lexists(p) for p in PODMAN_HOST_PATHS}
-        self.tables = nft_tables()
-        self.links = links()
-        self.ip_forward = ip_forward()
-        self.ipt = {(tool, t): set(ipt_lines(tool, t))
-                    for tool in ("iptables", "ip6tables") if shutil.which(tool)
-                    for t in IPT_TABLES}
-        self.cgroups = {r: (r / PODMAN_CGROUP).is_dir() for r in cgroup_roots()}
-
-    def restore_podman(self, leaks):
-        done = []
-        for name in PODMAN_BRIDGES:  # netavark deletes its bridge with the last container
-            if name not in self.links and name in links():
-                leaks.append(f"podman left its bridge {name} after its last container")
-                run(["ip", "link", "del", name])
-        for (tool, t), before in self.ipt.items():
-            new = [ln for ln in ipt_lines(tool, t) if ln not in before and "NETAVARK" in ln]
-            for ln in new:  # rules first (they may jump to the chains), then the chains
-                if ln.startswith("-A "):
-                    run([tool, "-w", "-t", t, "-D", *shlex.split(ln)[1:]])
-            for ln in new:
-                if ln.startswith("-N "):
-                    chain = ln.split()[1]
-                    run([tool, "-w", "-t", t, "-F", chain])
-                    run([tool, "-w", "-t", t, "-X", chain])
-            if new:
-                done.append(f"{tool} -t {t}: removed {len(new)} NETAVARK rule(s)/chain(s)")
-        for fam, name in sorted(nft_tables() - self.tables):
-            if fam in ("ip", "ip6") and name in IPT_TABLES:
-                if nft_table_has_rules(fam, name):
-                    done.append(f"nft table {fam} {name} (new) kept: it holds other rules")
-                else:
-                    run(["nft", "delete", "table", fam, name])
-                    done.append(f"nft table {fam} {name} (created by iptables-nft for "
-                                "netavark, now empty) deleted")
-        new = [p for p, existed in self.paths.items() if not existed and os.path.lexists(p)]
-        for p in new:
-            if any(p.startswith(q + "/") for q in new):
-                continue  # goes with its (also new) parent
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
-            done.append(f"removed {p}")
-        n_cg = 0
-        for root, existed in self.cgroups.items():
-            base = root / PODMAN_CGROUP
-            if existed or not base.is_dir():
-                continue
-            for dirpath, _, _ in sorted(os.walk(base), key=lambda w: -len(w[0])):
-                d = Path(dirpath)
-                if common.cgroup_procs(d):
-                    leaks.append(f"podman cgroup {d} still has processes "
-                                 f"{common.cgroup_procs(d)}: left in place")
-                    continue
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                    n_cg += 1
-        if n_cg:
-            done.append(f"removed {n_cg} empty cgroup dir(s) /{PODMAN_CGROUP}")
-        return done
-
-    def restore_ip_forward(self):
-        now = ip_forward()
-        if now != self.ip_forward:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward + "\n")
-            return [f"net.ipv4.ip_forward was {now}, put back to {self.ip_forward}"]
-        return []
 
 
 # ------------------------------------------------------------------ podman
@@ -481,8 +378,9 @@ class Teardown:
                 step()
             except Exception as e:  # noqa: BLE001 - keep cleaning
                 common.warn(f"cleanup step {step.__name__} failed: {e}")
-        self.host_cleanup += self.host.restore_podman(ws.leaks)
-        self.host_cleanup += self.host.restore_ip_forward()
+        leaks, done = self.host.restore()
+        ws.leaks += [f"podman left on the host: {what}" for what in leaks]
+        self.host_cleanup += done
         common.print_list("podman host cleanup (state podman keeps outside its storage, "
                           "removed because it did not exist before):", self.host_cleanup)
 
@@ -636,7 +534,8 @@ def measure(b):
         skipped["podman"] = "--no-podman given"
     elif not peers.need("podman", "podman"):
         skipped["podman"] = peers.unavailable["podman"]
-    host = HostState()
+    # podman here is given no --cgroup-parent: its containers go below its own parent
+    host = oci_clients.Podman.host_state(cgroups=(oci_clients.Podman.CGROUP_PARENT,))
     load0 = os.getloadavg()
 
     with common.Workspace("network") as ws:

@@ -4,7 +4,9 @@ Kept apart from ctrun.state (which loads pathlib and re) because ctrun-oci's lig
 run several times per container by its clients, need only this."""
 
 import os
-import signal
+# signal's own functions without the enums `import signal` builds (milliseconds of each
+# ctrun-oci kill): the module the interpreter has loaded at start-up
+from _signal import pidfd_send_signal
 
 
 def proc_start_time(pid):
@@ -36,7 +38,7 @@ def signal_pid(live, sig):
         os.close(fd)
         return None
     try:
-        signal.pidfd_send_signal(fd, sig)
+        pidfd_send_signal(fd, sig)
     except ProcessLookupError:
         pass
     return fd

@@ -80,7 +80,7 @@ class ContainerBackend(base.Backend):
                     spec["process"]["capabilities"][k] = [
                         c for c in spec["process"]["capabilities"][k] if c != "CAP_MKNOD"]
             spec["process"]["terminal"] = tty
-            spec["annotations"]["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            spec["annotations"]["run.ctrun.cgroup_layout"] = layout_for_container(mgr.layout)
             if cfg.userns:
                 leaf = {os.path.basename(str(mnt)): str(mnt / mgr.rel / "ct")
                         for mnt in mgr.mounts().values()}
@@ -251,7 +251,7 @@ class ContainerBackend(base.Backend):
             from ..runtime import seccomp
             caps = spec["process"]["capabilities"]["bounding"]
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
-        return process.join(live, _exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
+        return process.join(live, exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
                             user=user, tty=tty, stdin=interactive or tty, bpf=bpf)
 
     def login(self, live):
@@ -322,7 +322,7 @@ def _root_login(root):
     return home, shell
 
 
-def _exec_cgroups(spec, pid):
+def exec_cgroups(spec, pid):
     """The spec with the cgroups an exec'd process joins: on cgroup2, the init's own cgroup
     where the container's init (systemd) has delegated controllers below its root."""
     ann = spec["annotations"]
@@ -347,7 +347,7 @@ def _systemd_hierarchy(cfg, icfg, rootfs):
         forget()
 
 
-def _layout_for_container(layout):
+def layout_for_container(layout):
     """What the container init needs to mount its own view of the hierarchies."""
     return {"kind": layout.kind, "v1": {k: str(p) for k, p in layout.v1.items()},
             "v2": str(layout.v2) if layout.v2 else None}

@@ -13,13 +13,14 @@ import signal
 import time
 from pathlib import Path
 
+from .. import cgroupfs
+from ..cgroupfs import POLL   # seconds between looks while waiting for processes to exit
 from ..errors import Conflict, CtrunError, HostUnsupported, InvalidInput, NotFound
 
 LEAF = "ct"
 # v1 devices cgroup allowlist: what a container's /dev holds, plus pty masters/slaves.
 DEVICE_ALLOW = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                 "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c *:* m", "b *:* m"]
-POLL = 0.02          # seconds between looks while waiting for processes to exit
 SETTLE = 1.0         # longest wait for the kernel to settle (a freeze, a child going offline)
 
 
@@ -120,7 +121,7 @@ def _check_component(part, what):
 class CgroupManager(abc.ABC):
     """One container's cgroup across the hierarchies of one backend."""
 
-    timeout = 5.0    # default bound, in seconds, on waiting for processes to go
+    timeout = cgroupfs.TIMEOUT   # default bound, in seconds, on waiting for processes to go
     sysfs = None     # where /sys is (None: limits.SYSFS); tests point it at a fake tree
 
     def __init__(self, name, parent="ctrun", layout=None, timeout=None, leaf=LEAF):
@@ -252,16 +253,7 @@ class CgroupManager(abc.ABC):
 
     def _subtree(self, top):
         """Every cgroup directory at or below `top`, deepest first; [] if absent."""
-        found, i = [top], 0
-        while i < len(found):   # breadth first: reversed, every child precedes its parent
-            try:
-                with os.scandir(found[i]) as entries:
-                    found += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
-            except (FileNotFoundError, NotADirectoryError):
-                if i == 0:
-                    return []   # gone, or removed while we looked: skip it
-            i += 1
-        return found[::-1]
+        return [Path(d) for d in cgroupfs.subtree(top)]
 
     def _read_procs(self, directory):
         try:
@@ -324,21 +316,6 @@ class CgroupManager(abc.ABC):
             time.sleep(POLL)
         return []
 
-    def _rmdir_retry(self, path, deadline):
-        """rmdir, retrying while the kernel still counts exiting tasks; False if it stays busy."""
-        while True:
-            try:
-                self._rmdir(path)
-                return True
-            except FileNotFoundError:
-                return True
-            except OSError as e:
-                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                    raise
-                if time.monotonic() >= deadline:
-                    return False
-            time.sleep(POLL)
-
     def discard(self):
         """Kill whatever is left and remove the cgroup; True if there was one."""
         if not self.exists():
@@ -353,15 +330,14 @@ class CgroupManager(abc.ABC):
         CTRUN_CGROUP_PARENT's last part; the levels above are the host's placement of it);
         fine if already gone."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        for top in self.dirs().values():
-            for d in self._subtree(top):
-                if not self._rmdir_retry(d, deadline):
-                    pids = self.pids()
-                    if pids:
-                        raise Conflict(f"cgroup {self.rel} still has processes "
-                                       f"{', '.join(map(str, pids))}; kill them and retry")
-                    raise Conflict(f"cgroup {self.rel} is busy ({d} cannot be removed); "
-                                   "remove what holds it and retry")
+        busy = cgroupfs.remove(self.dirs().values(), deadline, self._rmdir)
+        if busy is not None:
+            pids = self.pids()
+            if pids:
+                raise Conflict(f"cgroup {self.rel} still has processes "
+                               f"{', '.join(map(str, pids))}; kill them and retry")
+            raise Conflict(f"cgroup {self.rel} is busy ({busy} cannot be removed); "
+                           "remove what holds it and retry")
         self.remove_parent_if_empty(levels=1)
 
     def remove_parent_if_empty(self, levels=None):
@@ -370,15 +346,8 @@ class CgroupManager(abc.ABC):
         n = len(self.parent_parts)
         for mnt in self.mounts().values():
             for i in range(n, max(0, n - (levels or n)), -1):
-                d = mnt.joinpath(*self.parent_parts[:i])
-                try:
-                    self._rmdir(d)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    if e.errno in (errno.EBUSY, errno.ENOTEMPTY):
-                        break
-                    raise
+                if not cgroupfs.rmdir_if_empty(mnt.joinpath(*self.parent_parts[:i]), self._rmdir):
+                    break
 
     # -- resource control ------------------------------------------------------------------
     def apply(self, limits, skip=()):

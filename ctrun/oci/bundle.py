@@ -13,6 +13,8 @@ from ..errors import InvalidInput, NotFound, quote
 
 SPEC_MAJOR = "1"
 INTERNAL = "run.ctrun."
+MODE_KEY = "ctrun.mode"    # annotation: "container" (the default) or "vm"
+MODES = ("container", "vm")
 
 # the process's capability sets, in the runtime-spec's names
 CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
@@ -20,6 +22,16 @@ CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 # runtime-spec default devices and the pty devices: always allowed by the device cgroup
 DEFAULT_DEVICE_RULES = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                         "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"]
+
+
+def wants_vm(conf):
+    """Whether the annotations ask for VM mode (ctrun.oci.vm): checked here, so that a
+    container's create does not load the VM code."""
+    mode = (conf.get("annotations") or {}).get(MODE_KEY, "container")
+    if mode not in MODES:
+        raise InvalidInput(f"config.json annotation {MODE_KEY} {quote(mode)} is not one of "
+                           f"{', '.join(MODES)}")
+    return mode == "vm"
 
 
 def _field(cond, text):

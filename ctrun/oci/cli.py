@@ -6,7 +6,6 @@ writes it; the shim and conmon report its "msg").  The exit code of a failed ver
 runc's; `run` and a non-detached `exec` exit with the workload's code.
 """
 
-import json
 import os
 import sys
 import time
@@ -34,28 +33,6 @@ _FORMAT = ("--format -f", S, "table", ("table", "json"))
 GLOBAL = [("--root", S, None), ("--log", S, None), ("--log-format", S, "text", ("text", "json")),
           ("--debug", B), ("--systemd-cgroup", B), ("--criu", S), ("--rootless", S),
           ("--version -v", B), ("--help -h", B)]
-# verb -> (what it does, positionals (NAME? optional, NAME* the rest), flags)
-VERBS = {
-    "create": ("set a container up from a bundle; it waits for start", ["id"], _CREATE),
-    "start": ("run the user's process of a created container", ["id"], []),
-    "run": ("create and start, then wait for the container unless --detach", ["id"],
-            _CREATE + [("--detach -d", B), ("--keep", B), ("--no-subreaper", B)]),
-    "state": ("print a container's state JSON", ["id"], []),
-    "list": ("list the containers", [], [_FORMAT, ("--quiet -q", B)]),
-    "kill": ("signal the init (every process with --all); SIGNAL defaults to TERM",
-             ["id", "signal?"], [("--all -a", B)]),
-    "delete": ("delete a stopped container (any with --force)", ["id"], [("--force -f", B)]),
-    "exec": ("run a process (--process FILE, or the command) in a running container",
-             ["id", "command*"], _EXEC),
-    "ps": ("list the container's processes", ["id", "ps_args*"], [_FORMAT]),
-    "pause": ("freeze every process of the container", ["id"], []),
-    "resume": ("thaw a paused container", ["id"], []),
-    "update": ("change a running container's resources", ["id"], _UPDATE),
-    "events": ("print the container's stats as JSON events", ["id"],
-               [("--stats", B), ("--interval", S, "5s")]),
-    "features": ("print the runtime-spec features document", [], []),
-    "spec": ("write a default config.json", [], [("--bundle -b", S), ("--rootless", B)]),
-}
 DEFAULTS = {B: False, S: None, I: 0, L: None}
 POSITIONAL_DEFAULTS = {"signal": "SIGTERM"}
 
@@ -126,7 +103,7 @@ def parse(argv):
     if a.verb not in VERBS:
         raise _bad(f"unknown command {a.verb!r}", "ctrun-oci")
     where = f"ctrun-oci {a.verb}"
-    _, positionals, flags = VERBS[a.verb]
+    _, positionals, flags, _ = VERBS[a.verb]
     i = _flags(argv, i + 1, _table(flags + [("--help -h", B)]), a, where)
     rest = argv[i:]
     if rest[:1] == ["--"]:
@@ -154,12 +131,12 @@ def usage(verb=None):
         return "\n".join(f"  {', '.join(reversed(f[0].split()))}"
                          f"{'' if f[1] == B else ' VALUE'}" for f in flags)
     if verb in VERBS:
-        what, positionals, flags = VERBS[verb]
+        what, positionals, flags, _ = VERBS[verb]
         args = " ".join(p.rstrip("*?").upper() + ("..." if p.endswith("*") else "")
                         for p in positionals)
         return f"usage: ctrun-oci [global options] {verb} [options] {args}\n\n{what}\n\n" \
                f"options:\n{flags_text(flags) or '  (none)'}"
-    verbs = "\n".join(f"  {v:<9} {w}" for v, (w, _, _) in VERBS.items())
+    verbs = "\n".join(f"  {v:<9} {w}" for v, (w, *_) in VERBS.items())
     return (f"usage: ctrun-oci [global options] COMMAND [options] ...\n\nctrun's "
             f"runc-compatible OCI runtime.\n\ncommands:\n{verbs}\n\nglobal options:\n"
             f"{flags_text(GLOBAL)}")
@@ -174,8 +151,8 @@ class Log:
     def write(self, level, msg):
         if not self.path:
             return
-        t = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
+        from .store import now
+        json, stamp = _json(), now()
         if self.fmt == "json":
             line = json.dumps({"level": level, "msg": msg, "time": stamp})
         else:
@@ -230,7 +207,7 @@ def _read_json_arg(path, what):
     from ..errors import InvalidInput
     try:
         data = sys.stdin.read() if path == "-" else open(path).read()
-        return json.loads(data)
+        return _json().loads(data)
     except OSError as e:
         raise InvalidInput(f"{what} {path!r}: {e.strerror}; give a readable file") from None
     except ValueError:
@@ -268,92 +245,94 @@ def _update_resources(a):
     return res
 
 
-def _dispatch(a, rt, out):
+def _json():
+    # loaded by the verbs that print or read JSON only: it brings `re` and `enum` along
+    import json
+    return json
+
+
+def _state_json(doc):
+    from .store import dumps   # json.dumps(doc, indent=2) without json's imports
+    return dumps(doc)
+
+
+def _list(a, rt, out):
+    rows = rt.list()
+    if a.quiet:
+        out("\n".join(r["id"] for r in rows)) if rows else None
+    elif a.format == "json":
+        out(_json().dumps(rows))
+    else:
+        lines = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")] + [
+            (r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], "root")
+            for r in rows]
+        widths = [max(len(x[i]) for x in lines) for i in range(6)]
+        for row in lines:
+            out("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def _exec(a, rt, out):
+    from . import bundle
+    if a.process:
+        proc = _read_json_arg(a.process, "--process")
+        if not isinstance(proc, dict):
+            from ..errors import InvalidInput
+            raise InvalidInput(f"--process {a.process!r} must hold a JSON object")
+    else:
+        ct = rt.root.load(a.id)
+        proc = _process_from_flags(a, ct.spec()["process"])
+    proc = bundle.process_for(proc) if proc.get("args") else proc
+    return rt.exec(a.id, proc, a.detach, a.pid_file, a.console_socket)
+
+
+def _ps(a, rt, out):
+    pids = rt.ps(a.id)
+    if a.format == "json":
+        out(_json().dumps(pids))
+        return
+    import subprocess
+    args = [x for x in a.ps_args if x != "--"] or ["-ef"]
+    res = subprocess.run(["ps", *args], capture_output=True, text=True)
+    lines = res.stdout.splitlines()
+    if not lines:
+        return
+    col = lines[0].split().index("PID") if "PID" in lines[0].split() else 1
+    out(lines[0])
+    for line in lines[1:]:
+        f = line.split()
+        if len(f) > col and f[col].isdigit() and int(f[col]) in pids:
+            out(line)
+
+
+def _events(a, rt, out):
+    json = _json()
+    if a.stats:
+        out(json.dumps(rt.events(a.id)))
+        return
+    interval = _seconds(a.interval)
+    ooms = rt.oom_kills(a.id)
+    while True:
+        try:
+            ev = rt.events(a.id)
+        except Exception:  # noqa: BLE001 - the container is gone: the stream ends
+            return
+        n = rt.oom_kills(a.id)
+        if n > ooms:
+            out(json.dumps({"type": "oom", "id": a.id}))
+            ooms = n
+        out(json.dumps(ev))
+        sys.stdout.flush()
+        time.sleep(interval)
+
+
+def _features(a, rt, out):
     from . import features
-    v = a.verb
-    if v == "create":
-        rt.create(a.id, a.bundle, a.pid_file, a.console_socket, a.preserve_fds)
-    elif v == "run":
-        return rt.run(a.id, a.bundle, a.pid_file, a.console_socket, a.detach, a.preserve_fds)
-    elif v == "start":
-        rt.start(a.id)
-    elif v == "state":
-        out(json.dumps(rt.state(a.id), indent=2))
-    elif v == "list":
-        rows = rt.list()
-        if a.quiet:
-            out("\n".join(r["id"] for r in rows)) if rows else None
-        elif a.format == "json":
-            out(json.dumps(rows))
-        else:
-            lines = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")] + [
-                (r["id"], str(r["pid"]), r["status"], r["bundle"], r["created"], "root")
-                for r in rows]
-            widths = [max(len(x[i]) for x in lines) for i in range(6)]
-            for row in lines:
-                out("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    elif v == "kill":
-        rt.kill(a.id, a.signal, a.all)
-    elif v == "delete":
-        rt.delete(a.id, a.force)
-    elif v == "exec":
-        from . import bundle
-        if a.process:
-            proc = _read_json_arg(a.process, "--process")
-            if not isinstance(proc, dict):
-                from ..errors import InvalidInput
-                raise InvalidInput(f"--process {a.process!r} must hold a JSON object")
-        else:
-            ct = rt.root.load(a.id)
-            proc = _process_from_flags(a, ct.spec()["process"])
-        proc = bundle.process_for(proc) if proc.get("args") else proc
-        return rt.exec(a.id, proc, a.detach, a.pid_file, a.console_socket)
-    elif v == "ps":
-        pids = rt.ps(a.id)
-        if a.format == "json":
-            out(json.dumps(pids))
-        else:
-            import subprocess
-            args = [x for x in a.ps_args if x != "--"] or ["-ef"]
-            res = subprocess.run(["ps", *args], capture_output=True, text=True)
-            lines = res.stdout.splitlines()
-            if not lines:
-                return 0
-            col = lines[0].split().index("PID") if "PID" in lines[0].split() else 1
-            out(lines[0])
-            for line in lines[1:]:
-                f = line.split()
-                if len(f) > col and f[col].isdigit() and int(f[col]) in pids:
-                    out(line)
-    elif v == "pause":
-        rt.pause(a.id)
-    elif v == "resume":
-        rt.resume(a.id)
-    elif v == "update":
-        rt.update(a.id, _update_resources(a))
-    elif v == "events":
-        if a.stats:
-            out(json.dumps(rt.events(a.id)))
-            return 0
-        interval = _seconds(a.interval)
-        ooms = rt.oom_kills(a.id)
-        while True:
-            try:
-                ev = rt.events(a.id)
-            except Exception:  # noqa: BLE001 - the container is gone: the stream ends
-                return 0
-            n = rt.oom_kills(a.id)
-            if n > ooms:
-                out(json.dumps({"type": "oom", "id": a.id}))
-                ooms = n
-            out(json.dumps(ev))
-            sys.stdout.flush()
-            time.sleep(interval)
-    elif v == "features":
-        out(json.dumps(features.document(), indent=2))
-    elif v == "spec":
-        features.write_default_spec(a.bundle or os.getcwd(), a.rootless)
-    return 0
+    out(_json().dumps(features.document(), indent=2))
+
+
+def _spec(a, rt, out):
+    from . import features
+    features.write_default_spec(a.bundle or os.getcwd(), a.rootless)
 
 
 def _seconds(text):
@@ -366,6 +345,42 @@ def _seconds(text):
         return float(s)
     except ValueError:
         raise InvalidInput(f"--interval {text!r} is not a duration such as 5s") from None
+
+
+# verb -> (what it does, positionals (NAME? optional, NAME* the rest), flags, handler): the
+# parser, --help and the dispatch all read this one table.  A handler takes (the parsed
+# Args, the Runtime, print) and returns the exit code (None: 0).
+VERBS = {
+    "create": ("set a container up from a bundle; it waits for start", ["id"], _CREATE,
+               lambda a, rt, out: rt.create(a.id, a.bundle, a.pid_file, a.console_socket,
+                                            a.preserve_fds)),
+    "start": ("run the user's process of a created container", ["id"], [],
+              lambda a, rt, out: rt.start(a.id)),
+    "run": ("create and start, then wait for the container unless --detach", ["id"],
+            _CREATE + [("--detach -d", B), ("--keep", B), ("--no-subreaper", B)],
+            lambda a, rt, out: rt.run(a.id, a.bundle, a.pid_file, a.console_socket, a.detach,
+                                      a.preserve_fds)),
+    "state": ("print a container's state JSON", ["id"], [],
+              lambda a, rt, out: out(_state_json(rt.state(a.id)))),
+    "list": ("list the containers", [], [_FORMAT, ("--quiet -q", B)], _list),
+    "kill": ("signal the init (every process with --all); SIGNAL defaults to TERM",
+             ["id", "signal?"], [("--all -a", B)],
+             lambda a, rt, out: rt.kill(a.id, a.signal, a.all)),
+    "delete": ("delete a stopped container (any with --force)", ["id"], [("--force -f", B)],
+               lambda a, rt, out: rt.delete(a.id, a.force)),
+    "exec": ("run a process (--process FILE, or the command) in a running container",
+             ["id", "command*"], _EXEC, _exec),
+    "ps": ("list the container's processes", ["id", "ps_args*"], [_FORMAT], _ps),
+    "pause": ("freeze every process of the container", ["id"], [],
+              lambda a, rt, out: rt.pause(a.id)),
+    "resume": ("thaw a paused container", ["id"], [], lambda a, rt, out: rt.resume(a.id)),
+    "update": ("change a running container's resources", ["id"], _UPDATE,
+               lambda a, rt, out: rt.update(a.id, _update_resources(a))),
+    "events": ("print the container's stats as JSON events", ["id"],
+               [("--stats", B), ("--interval", S, "5s")], _events),
+    "features": ("print the runtime-spec features document", [], [], _features),
+    "spec": ("write a default config.json", [], [("--bundle -b", S), ("--rootless", B)], _spec),
+}
 
 
 def main(argv=None):
@@ -397,7 +412,7 @@ def main(argv=None):
             return fail("ctrun-oci must run as root")
         from .verbs import Runtime
         rt = Runtime(a.root, a.systemd_cgroup, warn=lambda m: log.write("warning", m))
-        return _dispatch(a, rt, print) or 0
+        return VERBS[a.verb][3](a, rt, print) or 0
     except CtrunError as e:
         if debug:
             raise

@@ -7,33 +7,35 @@ subreaper) when create returns, and it reaps the init and reads its exit status,
 monitor is involved.  `run` and a non-detached `exec` are their own subreapers instead.
 """
 
-import json
 import os
 import select
-import signal
 import time
+
+import _signal   # signal's constants, without the enums `import signal` builds
 
 from .. import errors
 from ..errors import Conflict, InvalidInput, NotFound, quote
-from . import bundle as bundlemod
 from . import store
 from .store import atomic_write as _atomic_write, now as _now, rmtree as _rmtree
 from .store import self_start as _self_start
 
 OCI_VERSION = "1.0.2"
 
-
-
+# state, start, kill and delete run several times per container, each a new process: they
+# load only os, select, fcntl and the state record here; json (with re and enum), signal's
+# enums and the bundle code load in the verbs that use them
 
 
 def parse_signal(text):
     """A signal by number, or by name with or without SIG ("KILL", "SIGKILL", "9")."""
     s = str(text).strip()
-    if s.isdigit() and 0 < int(s) < signal.NSIG:
+    if s.isdigit() and 0 < int(s) < _signal.NSIG:
         return int(s)
     name = s.upper()
     name = name if name.startswith("SIG") else "SIG" + name
-    sig = getattr(signal.Signals, name, None) if name.isidentifier() else None
+    # signal.Signals' members, read from _signal (`import signal` builds the enums)
+    sig = getattr(_signal, name, None) if name.isidentifier() and \
+        not name.startswith("SIG_") else None
     if sig is None:
         raise InvalidInput(f"unknown signal {quote(text)}; give a name such as TERM or KILL, "
                            "or a number")
@@ -87,8 +89,10 @@ class Runtime:
                keep_master=False):
         """Everything set up, the init waiting on its exec fifo; returns the pty master
         when keep_master (run with a terminal and no console socket), else None."""
+        import json
         from ..cgroups.limits import Limits
         from ..runtime import process
+        from . import bundle as bundlemod
         store.check_id(cid)
         bdir, conf = bundlemod.load(bundle)
         proc = conf["process"]
@@ -102,16 +106,17 @@ class Runtime:
         if console_socket:
             from . import console
             console.check(console_socket)
-        from . import vm
-        if vm.wanted(conf):  # ctrun.mode=vm: the bundle booted as a guest
+        if bundlemod.wants_vm(conf):  # ctrun.mode=vm: the bundle booted as a guest
+            from . import vm
             return vm.create(self, cid, bdir, conf, pid_file, console_socket, keep_master)
         spec = bundlemod.runtime_spec(conf, bdir, cid)
         fields, device_rules, unified = bundlemod.limits_of(
             conf["linux"].get("resources"))
         limits = Limits.from_dict(fields)
         hooks = conf.get("hooks") or {}
-        from . import hooks as hookmod
-        hookmod.validate(hooks)
+        if hooks:   # the hook code loads subprocess: only for a bundle that has hooks
+            from . import hooks as hookmod
+            hookmod.validate(hooks)
         bpf = self._seccomp(conf)
         self._check_runtime(spec)
         parent, name = bundlemod.cgroup_of(conf, cid, self.systemd_cgroup)
@@ -139,14 +144,15 @@ class Runtime:
                     self._no_device_cgroup(spec)
             mgr.create(device_rules=rules)
             created = True
+            ct.rec["cgroup_dirs"] = [str(d) for d in mgr.dirs().values()]  # for delete
             ct.rec["freezer"] = _freezer_file(mgr)
             if not limits.is_empty():
                 mgr.apply(limits)
             _write_unified(mgr, unified)
             ann = spec["annotations"]
-            from ..backends.container import _layout_for_container
+            from ..backends.container import layout_for_container
             ann["run.ctrun.cgroup_procs"] = [str(p) for p in mgr.procs_files()]
-            ann["run.ctrun.cgroup_layout"] = _layout_for_container(mgr.layout)
+            ann["run.ctrun.cgroup_layout"] = layout_for_container(mgr.layout)
             # bound at /sys/fs/cgroup where the container has no cgroup namespace of its own
             # (podman's default on cgroup v1) or is in a user namespace
             ann["run.ctrun.cgroup_dirs"] = {os.path.basename(str(mnt)): str(mnt / mgr.rel)
@@ -162,8 +168,10 @@ class Runtime:
                                ("startContainer", "start_hooks")):
                 if hooks.get(phase):
                     ann["run.ctrun." + key] = [dict(h, state=state) for h in hooks[phase]]
-            from ..state import write_json
-            write_json(ct.path("spec.json"), spec, durable=False)
+            # what exec starts from; the seccomp profile stays out (its program is in
+            # seccomp.bpf): it is most of a client's spec
+            store.write_json(ct.path("spec.json"), {**spec, "linux": {
+                k: v for k, v in spec["linux"].items() if k != "seccomp"}})
             if bpf:
                 with open(ct.path("seccomp.bpf"), "wb") as f:
                     f.write(bpf[0])
@@ -215,12 +223,23 @@ class Runtime:
         return None
 
     def _seccomp(self, conf):
+        """(program, load flags) of config.json's seccomp profile, or None.  Compiled once
+        per profile text, compiler, libseccomp and kernel, then read from the root's cache:
+        podman sends the same default profile with every container, and compiling it takes
+        longer than the rest of a create."""
         prof = conf["linux"].get("seccomp")
         if not prof:
             return None
-        from ..runtime import seccomp_oci
-        program = seccomp_oci.compile_spec(prof)
-        return (program.bpf, program.flags) if program else None
+        import json
+        from ..runtime.seccomp import OCI_COMPILER, compiler_key
+
+        def compile_():
+            from ..runtime import seccomp_oci
+            program = seccomp_oci.compile_spec(prof)
+            return program.flags.to_bytes(4, "little") + program.bpf if program else b""
+        data = self.root.cached(f"seccomp {compiler_key(OCI_COMPILER)} "
+                                f"{json.dumps(prof, sort_keys=True)}", compile_)
+        return (data[4:], int.from_bytes(data[:4], "little")) if data else None
 
     def _check_runtime(self, spec):
         from ..runtime import rootfs
@@ -345,7 +364,7 @@ class Runtime:
             if fd is None:
                 raise Conflict("container not running")
             os.close(fd)
-        if st == "paused" and signum == signal.SIGKILL:
+        if st == "paused" and signum == _signal.SIGKILL:
             self._mgr(ct).thaw()  # a frozen task dies only once thawed
 
     def delete(self, cid, force=False):
@@ -367,26 +386,39 @@ class Runtime:
             st = self._status(ct)
             if st in ("running", "paused", "creating") and not force:
                 raise Conflict(f"cannot delete container {cid} that is not stopped: {st}")
-            mgr = self._mgr(ct)
             if st != "stopped":
                 from ..procs import signal_pid
-                fd = signal_pid({"pid": ct.pid, "pid_start": ct.pid_start}, signal.SIGKILL)
+                fd = signal_pid({"pid": ct.pid, "pid_start": ct.pid_start}, _signal.SIGKILL)
                 if fd is not None:
                     os.close(fd)
                 if st == "paused":
-                    mgr.thaw()
+                    self._mgr(ct).thaw()
                 _wait_gone(ct.pid, ct.pid_start)
             if ct.rec.get("mode") == "vm":   # vm.is_vm, without loading the VM code
                 from . import vm
-                vm.end(mgr)
-            try:
-                mgr.remove()
-            except errors.NotFound:
-                pass
+                vm.end(self._mgr(ct))
+            self._remove_cgroup(ct)
             self._hooks(ct, "poststop", "stopped", fatal=False)
             _rmtree(ct.dir)
         finally:
             self.root.unlock(cid, lock, remove=True)
+
+    def _remove_cgroup(self, ct):
+        """Remove the container's cgroup by the directories recorded at create, without the
+        cgroup package; through its manager where one stays busy (its error names the
+        processes) or for a record without them."""
+        dirs = ct.rec.get("cgroup_dirs")
+        if dirs is not None:
+            from .. import cgroupfs
+            if cgroupfs.remove(dirs, time.monotonic() + cgroupfs.TIMEOUT) is None:
+                if ct.cgroup[0].strip("/"):  # the parent's last level, as mgr.remove()
+                    for d in dirs:
+                        cgroupfs.rmdir_if_empty(os.path.dirname(d))
+                return
+        try:
+            self._mgr(ct).remove()
+        except errors.NotFound:
+            pass
 
     def _discard_partial(self, d):
         from ..state import read_json
@@ -414,6 +446,7 @@ class Runtime:
 
     def update(self, cid, resources):
         from ..cgroups.limits import Limits
+        from . import bundle as bundlemod
         ct = self.root.load(cid)
         if self._status(ct) == "stopped":
             raise Conflict("container not running")
@@ -433,6 +466,7 @@ class Runtime:
         """Run `proc` (a runtime-spec process) in the container; detached, return 0 once it
         runs (the client reaps it), else its exit code."""
         from ..runtime import process, terminal
+        from . import bundle as bundlemod
         ct = self.root.load(cid)
         st = self._status(ct)
         if st != "running":
@@ -455,8 +489,8 @@ class Runtime:
             return vm.exec(ct, proc, detach, pid_file, console_socket)
         spec = ct.spec()
         spec["process"] = bundlemod.process_for(proc)
-        from ..backends.container import _exec_cgroups
-        spec = _exec_cgroups(spec, ct.pid)
+        from ..backends.container import exec_cgroups
+        spec = exec_cgroups(spec, ct.pid)
         if not detach:
             import prctl
             prctl.set_child_subreaper(True)  # the command is ours to wait for
@@ -528,9 +562,10 @@ def _freezer_file(mgr):
 def _with_spec_devices(rules, devices):
     """The allowlist plus the default devices and the spec's linux.devices, which the
     runtime creates and the container must be able to use (as runc allows them)."""
+    from .bundle import DEFAULT_DEVICE_RULES
     if "a *:* rwm" in rules:
         return rules
-    out = list(bundlemod.DEFAULT_DEVICE_RULES)
+    out = list(DEFAULT_DEVICE_RULES)
     for d in devices or []:
         if d.get("type") in ("c", "b", "u"):
             out.append(f"{'b' if d['type'] == 'b' else 'c'} {d['major']}:{d['minor']} rwm")
@@ -556,7 +591,7 @@ def _write_unified(mgr, unified):
 
 def _kill_wait(pid, start):
     from ..procs import signal_pid
-    fd = signal_pid({"pid": pid, "pid_start": start}, signal.SIGKILL)
+    fd = signal_pid({"pid": pid, "pid_start": start}, _signal.SIGKILL)
     if fd is not None:
         os.close(fd)
     try:

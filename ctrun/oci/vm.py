@@ -37,9 +37,8 @@ from pathlib import Path
 
 from .. import errors
 from ..errors import InvalidInput, quote
+from .bundle import MODE_KEY as KEY
 
-KEY = "ctrun.mode"
-MODES = ("container", "vm")
 # kernel file systems the guest's init mounts itself, where a runc container has them
 GUEST_MOUNTS = {"/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts",
                 "/dev/shm": "tmpfs", "/dev/mqueue": "mqueue", "/sys/fs/cgroup": "cgroup"}
@@ -51,14 +50,6 @@ NOT_RELAYED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGPIPE,
                signal.SIGSYS, signal.SIGWINCH}  # a resize reaches a guest pty as one
 DEFAULT_UMASK = 0o022
 SYSCTL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def wanted(conf):
-    mode = (conf.get("annotations") or {}).get(KEY, "container")
-    if mode not in MODES:
-        raise InvalidInput(f"config.json annotation {KEY} {quote(mode)} is not one of "
-                           f"{', '.join(MODES)}")
-    return mode == "vm"
 
 
 def is_vm(ct):
@@ -268,8 +259,8 @@ def create(rt, cid, bdir, conf, pid_file=None, console_socket=None, keep_master=
             "creator": os.getpid(), "creator_start": _self_start(),
             "process": {k: proc.get(k) for k in ("args", "env", "cwd", "user", "terminal")}})
         ct.save()
-        from ..state import write_json  # what exec's flags start from, as for a container
-        write_json(ct.path("spec.json"), {"process": proc}, durable=False)
+        # what exec's flags start from, as for a container
+        store.write_json(ct.path("spec.json"), {"process": proc})
         vmdir = Path(d) / "vm"
         vmdir.mkdir(mode=0o700)
         # the rootfs's own ext4 copy, and the qcow2 QEMU writes through (a private pair)

@@ -152,12 +152,22 @@ def _read(path):
 
 def cache_key(caps) -> str:
     """Names the program for `caps`: changes with the profile, this compiler, libseccomp, arch."""
+    return compiler_key([profile.__file__, __file__], ",".join(_relevant_caps(caps)).encode())
+
+
+# ctrun-oci's compiler of runtime-spec profiles (not imported to name it: it loads typing)
+OCI_COMPILER = [os.path.join(os.path.dirname(__file__), "seccomp_oci.py"), __file__]
+
+
+def compiler_key(sources, data=b""):
+    """A name for what a program compiled from `data` by the code in `sources` depends on:
+    those, libseccomp's version, the kernel (which load flags it knows) and the arch."""
     # crc32 and adler32 of the inputs: this is a cache name, not a security check, and
     # hashlib would load OpenSSL (~3 ms) on every container start
     import zlib
-    blob = b"\0".join((_read(profile.__file__), _read(__file__),
-                       ",".join(_relevant_caps(caps)).encode(),
-                       _libseccomp_version().encode(), os.uname().machine.encode()))
+    u = os.uname()
+    blob = b"\0".join((*map(_read, sources), data, _libseccomp_version().encode(),
+                       u.release.encode(), u.machine.encode()))
     return f"{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}{len(blob):x}"
 
 

@@ -10,7 +10,8 @@ this host), several conditions in one rule must all hold unless two test the sam
 argument (libseccomp cannot AND those: each becomes a rule of its own), and no `flags`
 at all means SECCOMP_FILTER_FLAG_SPEC_ALLOW where the kernel knows it.
 
-Nothing is cached: a bundle's profile is compiled at each create.
+ctrun-oci keeps what this compiles in its state root's cache, by the profile's whole text
+(ctrun.oci.verbs), so a client's default profile is compiled once.
 """
 
 import os

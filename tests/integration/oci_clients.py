@@ -320,16 +320,20 @@ def cgroup_dirs(rel):
     return sorted(out, key=lambda p: len(p.parts), reverse=True)
 
 
+def _procs(d):
+    try:
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
 def remove_cgroups(rel, problems, what, shared=()):
     """rmdir every cgroup at or below /rel.  /rel itself is the parent the client was given
     and `shared` the cgroups it makes below it for all its containers (podman's conmon):
     it leaves those.  Any other is a container's, which the client or the runtime should
     have removed: reported (its processes killed first)."""
     for d in cgroup_dirs(rel):
-        try:
-            procs = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-        except OSError:
-            procs = []
+        procs = _procs(d)
         if procs or d.name not in (Path(rel).name, *shared):
             problems.append(f"{what}: cgroup {d} left" + (f" holding processes {procs}: killed"
                                                          if procs else ""))
@@ -352,13 +356,17 @@ class HostState:
     """What a client writes outside its private directories, as it was before; restore()
     removes what is new of it and returns one line per thing removed.  Only what the client
     is known to make is looked at (its bridges, its netns, NETAVARK iptables chains, the
-    paths it names): other tests may be making interfaces on this host at the same time."""
+    paths and top-level cgroups it names): other tests may be making interfaces on this host
+    at the same time.  The one snapshot of podman's host state: benchmarks/bench_network.py
+    uses it too."""
 
     IPT_TABLES = ("nat", "filter")
 
-    def __init__(self, paths=(), bridges=()):
+    def __init__(self, paths=(), bridges=(), cgroups=()):
         self.paths = {p: os.path.lexists(p) for p in paths}
         self.bridges = [b for b in bridges if b not in _links()]
+        # podman's own parent (libpod_parent) when it is given no --cgroup-parent
+        self.cgroups = [c for c in cgroups if not cgroup_dirs(c)]
         self.netns, self.nft = _netns(), _nft_tables()
         self.ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
         self.ipt = {(tool, t): set(_ipt(tool, t))
@@ -415,6 +423,18 @@ class HostState:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
             done.append(p)
+        for rel in self.cgroups:
+            removed = 0
+            for d in cgroup_dirs(rel):
+                procs = _procs(d)
+                if procs:
+                    leaks.append(f"cgroup {d} still holds processes {procs}: left in place")
+                    continue
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    removed += 1
+            if removed:
+                done.append(f"{removed} empty cgroup dir(s) /{rel}")
         if Path("/proc/sys/net/ipv4/ip_forward").read_text() != self.ip_forward:
             Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
             done.append("net.ipv4.ip_forward put back")
@@ -447,10 +467,19 @@ class Podman:
     --runroot; every container must be made with create_args() (its cgroup parent).
     teardown() removes containers, images, networks and everything it wrote on the host."""
 
-    # what rootful podman 4.3 / netavark 1.4 write outside its private directories
+    # what rootful podman 4.3 / netavark 1.4 write outside its private directories: these
+    # paths, its default bridge, and its default cgroup parent (with no --cgroup-parent)
     HOST_PATHS = ("/dev/shm/libpod_lock", "/run/containers/networks", "/run/containers",
                   "/var/lib/containers/cache", "/var/lib/containers", "/run/libpod",
                   "/etc/containers/networks")
+    BRIDGES = ("podman0", "cni-podman0")
+    CGROUP_PARENT = "libpod_parent"
+
+    @classmethod
+    def host_state(cls, bridges=(), cgroups=()):
+        """The HostState of what podman writes on the host, plus `bridges` and `cgroups`
+        (the bridge of a network of the caller's, podman's CGROUP_PARENT)."""
+        return HostState(cls.HOST_PATHS, (*bridges, *cls.BRIDGES), cgroups)
 
     def __init__(self, runtimes, cgroup_parent, network=None, bridge=None, subnet=None,
                  default_runtime=None):
@@ -459,8 +488,7 @@ class Podman:
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.network, self.bridge, self.subnet = network, bridge, subnet
         self.problems = []
-        self.host = HostState(self.HOST_PATHS, [b for b in (bridge, "podman0", "cni-podman0")
-                                                if b])
+        self.host = self.host_state([bridge] if bridge else [])
         self.cleaned = []
         self.dir, self.rundir = private_dirs("podman")
         self.root, self.runroot = self.dir / "root", self.rundir / "rr"
@@ -792,8 +820,8 @@ def runtime_leftovers(wrapper, *roots):
         if not Path(root).is_dir():
             continue
         for cid in sorted(os.listdir(root)):
-            if not (Path(root) / cid).is_dir():
-                continue
+            if cid.startswith(".") or not (Path(root) / cid).is_dir():
+                continue   # a lock, the runtime's cache: not a container
             r = run([wrapper.real, "--root", str(root), "delete", "--force", cid], timeout=60)
             out.append(f"runtime state of {cid} left in {root}: deleted"
                        + ("" if r.returncode == 0 else f" (failed: {r.stderr.strip()})"))

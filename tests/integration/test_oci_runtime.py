@@ -292,3 +292,51 @@ def test_runc_default_capabilities_run(oci):
     fields = dict(line.split(":") for line in r.stdout.split("\n") if line)
     assert int(fields["CapAmb"], 16) == 0
     assert int(fields["CapEff"], 16) == (1 << 29) | (1 << 5) | (1 << 10)
+
+
+# what the verbs a client calls for every container must not load: each call is a new
+# process, and these cost milliseconds of start-up (json brings re and enum; the cgroup
+# package pathlib and re; shutil its compression modules; signal its enums)
+HEAVY = ("json", "re", "enum", "pathlib", "shutil", "subprocess", "typing", "ctrun.cgroups",
+         "ctrun.state", "ctrun.oci.bundle", "ctrun.oci.vm", "ctrun.oci.hooks")
+
+
+def _loaded(oci, *verb):
+    """The modules one ctrun-oci call imported (the interpreter's import profile)."""
+    r = oci(*verb, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    return {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
+            if ln.startswith("import time:") and "|" in ln} - {"imported package"}
+
+
+def test_light_verbs_load_only_what_they_use(oci):
+    """state, start, kill and delete of a stopped container load none of the modules above
+    (the tree they need is os, fcntl, select and ctrun's own small modules)."""
+    b = oci.bundle("light", ["sleep", "1000"])
+    oci.create("light", b)
+    pid = oci.state("light")["pid"]
+    for verb in (["state", "light"], ["start", "light"], ["kill", "light", "9"]):
+        heavy = sorted(m for m in _loaded(oci, *verb) if m in HEAVY)
+        assert not heavy, (verb, heavy)
+    assert wait_child(pid) == -9
+    loaded = _loaded(oci, "delete", "light")
+    assert not sorted(m for m in loaded if m in HEAVY)
+    assert not _cgroup_dirs("oci-light")
+
+
+def test_seccomp_programs_are_cached_by_the_whole_profile(oci):
+    """A profile is compiled once and kept in the root's cache; a profile that differs in
+    one field gets its own program."""
+    def profile(errno_ret):
+        return {"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                              "errnoRet": errno_ret}]}
+    cache = oci.root / ".cache"
+    for n, (errno_ret, message) in enumerate([(1, "Operation not permitted"),
+                                             (28, "No space left on device"),
+                                             (1, "Operation not permitted")]):
+        b = oci.bundle(f"sc{n}", ["mkdir", "/made"],
+                       linux={"seccomp": profile(errno_ret)})
+        r = oci("run", "--bundle", b, f"sc{n}", check=False)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+        assert len(list(cache.iterdir())) == min(n + 1, 2)   # the third is the first's
+    assert (cache.stat().st_mode & 0o777) == 0o700

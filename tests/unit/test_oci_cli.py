@@ -47,3 +47,23 @@ def test_help_comes_from_the_same_tables():
     assert parse(["--help"]).help and parse(["exec", "--help"]).help
     assert "--console-socket" in usage("exec") and "checkpoint" not in usage()
     assert all(v in usage() for v in ("create", "start", "delete", "features"))
+
+
+def test_every_verb_is_one_row_of_the_table(monkeypatch):
+    """Parser, --help and dispatch read the same row: a verb's handler is called with the
+    parsed arguments."""
+    from ctrun.oci import cli, verbs
+    assert all(callable(row[3]) for row in cli.VERBS.values())
+    called = []
+
+    class Fake:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getattr__(self, name):
+            return lambda *args: called.append((name, *args))
+
+    monkeypatch.setattr(verbs, "Runtime", Fake)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    assert cli.main(["kill", "ID", "9"]) == 0 and called == [("kill", "ID", "9", False)]
+    assert cli.main(["delete", "-f", "ID"]) == 0 and called[-1] == ("delete", "ID", True)
