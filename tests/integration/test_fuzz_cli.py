@@ -111,12 +111,14 @@ def _call(rng):
     return ["image", "import", _mutate(rng, "/nonexistent-ctrun-fuzz/img.tar"), _name(rng)]
 
 
-SERVER_FILES = {"run/server.sock", "run/server.lock", "run/server.log"}
+# the warm server's and the monitor's that starts it with the first served call
+SERVER_FILES = {f"run/{who}.{ext}" for who in ("server", "monitor")
+                for ext in ("sock", "lock", "log")}
 
 
 def _tree(store):
-    """The store's entries, but the files of its warm server (started by the first CLI
-    call, gone when idle): not state a refused call could leave."""
+    """The store's entries, but the files of its warm server and monitor (started by the
+    first CLI call, gone when idle): not state a refused call could leave."""
     out = []
     for d, dirs, files in os.walk(store):
         out += [os.path.relpath(os.path.join(d, n), store) for n in dirs + files]
