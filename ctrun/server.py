@@ -85,6 +85,7 @@ class Server:
         self.conns = set()
         self.workers = {}  # pid -> _Conn
         self.listener = self.lock = None
+        self.spare = None  # (pid, socket): a worker forked ahead of its call (_fork_spare)
         self.pkg = package_dir()
         # started by the store's monitor (ctrun.monitor --server): its workers launch
         # detached containers themselves and hand them to it while it is still our parent
@@ -147,6 +148,8 @@ class Server:
                     if isinstance(key.data, _Conn) and key.data.pid is None:
                         self._close(key.data)
             self._reap()
+            if self.spare is None and not self.workers and self.listener is not None:
+                self._fork_spare()  # between calls, off their path
             now = time.monotonic()
             for c in [c for c in self.conns if c.pid is None and
                       now - c.since > REQUEST_TIMEOUT]:
@@ -171,6 +174,7 @@ class Server:
         self.listener.close()
         self.listener = None
         os.close(self.lock)
+        self._drop_spare()
 
     def _accept(self):
         try:
@@ -238,6 +242,10 @@ class Server:
             return
         adopts = self.monitor is not None and os.getppid() == self.monitor
         _send(c, b"S")
+        pid = self._hand_to_spare(c, payload, adopts)
+        if pid is not None:
+            self._started(c, pid, signals)
+            return
         # the relayed signals wait, blocked, until the worker has its CLI's handlers (the
         # server ignores some; a blocked signal is kept whatever its disposition)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
@@ -252,6 +260,9 @@ class Server:
         if pid == 0:
             self._worker(c, req, mask, adopts)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._started(c, pid, signals)
+
+    def _started(self, c, pid, signals):
         _close_fds(c)
         c.pid = pid
         self.workers[pid] = c
@@ -259,8 +270,97 @@ class Server:
             if sig in RELAYED:
                 _kill(pid, sig)
 
+    # ---------------------------------------------------------------- the spare worker
+    def _fork_spare(self):
+        """Fork the next call's worker now, between calls: the fork, and the copy-on-write
+        faults its first steps would take on the server's pages (it walks the server's
+        objects while it waits), are then off the call's path.  One at a time; a call that
+        finds none (calls at once) forks its worker itself."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            mine.close()
+            theirs.close()
+            return
+        if pid == 0:
+            mine.close()
+            self._spare_main(theirs, mask)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+        self.spare = (pid, mine)
+
+    def _hand_to_spare(self, c, payload, adopts):
+        """The spare worker's pid once it has this call (the request, its fds), or None."""
+        if self.spare is None:
+            return None
+        pid, sock = self.spare
+        self.spare = None
+        head = (len(payload).to_bytes(4, "little") + c.peer.to_bytes(4, "little")
+                + (b"1" if adopts else b"0"))
+        try:
+            n = sock.sendmsg([head + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 b"".join(fd.to_bytes(4, sys.byteorder)
+                                                          for fd in c.fds))])
+            sock.sendall((head + payload)[n:])
+        except OSError:  # it died: the call gets a worker of its own
+            _kill(pid, signal.SIGKILL)
+            return None
+        finally:
+            sock.close()
+        return pid
+
+    def _drop_spare(self):
+        if self.spare is not None:
+            pid, sock = self.spare
+            self.spare = None
+            sock.close()   # it reads EOF and leaves
+            _kill(pid, signal.SIGKILL)
+
+    def _spare_main(self, sock, mask):
+        """In the spare: wait for a call, then become its worker."""
+        try:
+            import prctl
+            prctl.set_pdeathsig(signal.SIGKILL)  # SIGHUP is blocked while it waits
+            if os.getppid() == 1:
+                os._exit(0)
+            prctl.set_name("ctrun-spare")
+            import gc
+            gc.get_objects()  # a reference to each object: its page is ours from here
+            head = b""
+            fds = []
+            while len(head) < 9:
+                data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(NFDS * 4),
+                                               socket.MSG_CMSG_CLOEXEC)
+                for level, kind, cdata in anc:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
+                                for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+                if not data:
+                    os._exit(0)  # dropped unused
+                head += data
+            size, peer = (int.from_bytes(head[i:i + 4], "little") for i in (0, 4))
+            adopts, payload = head[8:9] == b"1", head[9:]
+            while len(payload) < size:
+                data = sock.recv(1 << 16)
+                if not data:
+                    os._exit(0)
+                payload += data
+            sock.close()
+            c = _Conn(None, peer)
+            c.fds = fds
+            req = _parse(payload)
+        except BaseException:  # noqa: BLE001 - nothing was asked of it yet
+            os._exit(1)
+        self._worker(c, req, mask, adopts)  # never returns
+
     def _reap(self):
         for pid, status in reaped():
+            if self.spare is not None and pid == self.spare[0]:
+                self.spare[1].close()  # it died waiting
+                self.spare = None
             c = self.workers.pop(pid, None)
             if c is None:
                 continue
@@ -306,6 +406,8 @@ class Server:
                 other.sock.close()
                 if other is not c:
                     _close_fds(other)
+            if self.spare is not None:
+                self.spare[1].close()
             stdin, stdout, stderr, cwd = c.fds
             for i, fd in enumerate((stdin, stdout, stderr)):
                 os.dup2(fd, i)

@@ -33,6 +33,20 @@ def _server(store):
     return None
 
 
+def _spare(store, timeout=5.0):
+    """The pid of the server's spare worker (forked between calls), waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in server_pids(store):
+            try:
+                if open(f"/proc/{pid}/comm").read().strip() == "ctrun-spare":
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.02)
+    return None
+
+
 def _ppid(pid):
     raw = open(f"/proc/{pid}/stat", "rb").read()
     return int(raw[raw.rindex(b")") + 2:].split()[1])
@@ -94,7 +108,8 @@ def test_the_server_starts_on_first_use_and_serves_later_calls(cli, store):
     assert first, "no ctrun-server runs for the store after a call"
     cli("run", "--rm", "busybox", "--", "true", check=True)
     assert _server(store) == first
-    assert server_pids(store) == [first]  # each worker was reaped
+    # each worker was reaped; what else runs is the spare for the next call
+    assert [p for p in server_pids(store) if p != _spare(store)] == [first]
 
 
 def _busybox(cli, store):
@@ -459,3 +474,28 @@ def test_a_server_whose_monitor_died_hands_starts_to_a_new_one(cli, store):
     pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
     assert _ppid(pid) == new[0]
     cli("destroy", "-f", "d", check=True)
+
+
+def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
+    """Between calls the server forks the next call's worker (off the call's path); the
+    call takes it, and another is forked for the one after."""
+    _busybox(cli, store)
+    spare = _spare(store)
+    assert spare and _ppid(spare) == _server(store)
+    r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "out\n", "err\n")
+    assert not os.path.exists(f"/proc/{spare}")   # it was the call's worker, and is gone
+    assert _spare(store) not in (None, spare)
+
+
+def test_a_lost_spare_is_replaced_and_leaves_with_its_server(cli, store):
+    _busybox(cli, store)
+    spare = _spare(store)
+    os.kill(spare, signal.SIGKILL)
+    _until(lambda: not os.path.exists(f"/proc/{spare}"), what="the killed spare's reaping")
+    assert cli("list", check=True).returncode == 0
+    spare = _spare(store)
+    assert spare
+    os.kill(_server(store), signal.SIGKILL)
+    _until(lambda: not os.path.exists(f"/proc/{spare}"), timeout=5,
+           what="the spare's exit with its server")
