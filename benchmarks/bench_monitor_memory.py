@@ -39,14 +39,17 @@ def memory(owned):
     return sum(r["pss_kb"] for r in rows), sum(r["rss_kb"] or 0 for r in rows), rows
 
 
-ROLES = ("server", "monitor", "pool", "other")
+ROLES = ("server", "monitor", "pool", "lxcfs", "other")
 
 
 def ctrun_processes(ws, init_pids):
     """ctrun's own host processes for this store, {pid: role}, and the containers'
-    processes apart.  Roles: the warm server; the monitor (and its non-container
-    descendants); pool, the server's other descendants (parked zygotes; a worker if a call
-    were running); other, anything else naming the store (a per-container helper, a CLI)."""
+    processes apart.  Roles: the warm server; pool, the server's other descendants (its
+    spare worker, parked zygotes; a worker if a call were running); the monitor (and its
+    other non-container descendants: the server is its child); lxcfs, the containers' LXCFS
+    (a child of the monitor once the worker that started it has exited; one per host by
+    default, the benchmark's own here); other, anything else naming the store (a
+    per-container helper, a CLI)."""
     host_ns = common.pid_ns(os.getpid())
     workload = set()
     for p in init_pids:
@@ -58,11 +61,14 @@ def ctrun_processes(ws, init_pids):
     # a zygote or a worker is a fork of the server: the same command line, under it
     named = common.server_pids(ws.store)
     roles = {p: "server" for p in named if common.ppid(p) not in named}
-    roles.update((p, "monitor") for p in common.monitor_pids(ws.store))
-    # the monitor's own first: should it hang below the server, they stay the monitor's
-    for p, role in sorted(roles.items(), key=lambda kv: kv[1] != "monitor"):
+    for p in [p for p, r in roles.items() if r == "server"]:
+        for d in ours([*named, *common.descendants(p)]):
+            roles.setdefault(d, "pool")
+    monitors = common.monitor_pids(ws.store)
+    roles.update((p, "monitor") for p in monitors)
+    for p in monitors:
         for d in ours(common.descendants(p)):
-            roles.setdefault(d, "pool" if role == "server" else "monitor")
+            roles.setdefault(d, "lxcfs" if common.comm(d) == "lxcfs" else "monitor")
     root = str(ws.store)
     roles.update((p, "other") for p in common.pids() if p not in workload and p not in roles
                  and p != os.getpid() and any(root in a for a in common.cmdline(p)))
@@ -76,8 +82,9 @@ def snapshot(ws, init_pids, n):
     for role in ROLES:
         pss, rss, procs = memory([p for p, r in roles.items() if r == role])
         out[role] = {"pss_kb": pss, "rss_kb": rss, "count": len(procs)}
-        out["total_pss_kb"] += pss
-        out["total_rss_kb"] += rss
+        if role != "lxcfs":  # the target's sum: server, monitor, pool (and any other)
+            out["total_pss_kb"] += pss
+            out["total_rss_kb"] += rss
         out["processes"] += [{**p, "role": role} for p in procs]
     out["pss_kb_per_container"] = out["total_pss_kb"] / n
     out["workload_pss_kb"] = memory(workload)[0]
@@ -273,9 +280,10 @@ def measure(b):
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 peers.fail("conmon + runc", e)   # its containers go with the workspace
 
-        print("\nctrun with its warm server up, kB (total = server + monitor + pool + other)")
+        print("\nctrun with its warm server up, kB (total = server + monitor + pool + other; "
+              "the containers' LXCFS, one per host by default, apart)")
         hdr = ["containers", "server PSS", "server RSS", "monitor PSS", "monitor RSS",
-               "pool PSS", "other PSS", "total PSS", "total kB/ct"]
+               "pool PSS", "other PSS", "total PSS", "total kB/ct", "lxcfs PSS"]
         if cm:
             hdr += ["conmon PSS", "conmon kB/ct", "ctrun/conmon"]
         rows = []
@@ -283,7 +291,8 @@ def measure(b):
             u = r["server_up"]
             row = [r["containers"], u["server"]["pss_kb"], u["server"]["rss_kb"],
                    u["monitor"]["pss_kb"], u["monitor"]["rss_kb"], u["pool"]["pss_kb"],
-                   u["other"]["pss_kb"], u["total_pss_kb"], f"{u['pss_kb_per_container']:.0f}"]
+                   u["other"]["pss_kb"], u["total_pss_kb"], f"{u['pss_kb_per_container']:.0f}",
+                   u["lxcfs"]["pss_kb"]]
             if cm:
                 c = cm[i]
                 row += [c["pss_kb"], f"{c['pss_kb_per_container']:.0f}",
@@ -293,11 +302,11 @@ def measure(b):
         print(f"\nctrun after its warm server left (CTRUN_SERVER_IDLE={a.server_idle:g} s), kB")
         print(common.table(
             ["containers", "server gone after s", "monitor PSS", "monitor RSS", "pool PSS",
-             "other PSS", "total PSS", "total kB/ct"],
+             "other PSS", "total PSS", "total kB/ct", "lxcfs PSS"],
             [[r["containers"], "-" if r["server_left_after_s"] is None
               else f"{r['server_left_after_s']:.1f}", d["monitor"]["pss_kb"],
               d["monitor"]["rss_kb"], d["pool"]["pss_kb"], d["other"]["pss_kb"],
-              d["total_pss_kb"], f"{d['pss_kb_per_container']:.0f}"]
+              d["total_pss_kb"], f"{d['pss_kb_per_container']:.0f}", d["lxcfs"]["pss_kb"]]
              for r in ct for d in [r["server_exited"]]]))
         common.print_not_measured(peers.unavailable)
 
