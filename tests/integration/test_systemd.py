@@ -235,3 +235,53 @@ def test_attached_tty_run_shows_the_boot(server):
             os.waitpid(pid, 0)
         os.close(fd)
         cli("destroy", "--force", "tty")
+
+
+class _Cgroup2OnlyCLI(conftest.CLI):
+    """Each call in a private mount namespace that sees only cgroup2 at /sys/fs/cgroup (the
+    host's hierarchies unmounted there, the unified one mounted in their place): ctrun, its
+    server and monitor (started by the first call, in its namespace) and the systemd it
+    boots see a pure cgroup v2 host.  (On this hybrid host the kernel keeps its controllers
+    in the v1 hierarchies, so the v2 one has few; a pure v2 host delegates them all, which
+    tests/integration/test_vm_cgroup_v2.py covers for the limits.)"""
+    SETUP = ('umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && '
+             'exec "$0" "$@"')
+
+    def __call__(self, *args, input=None, check=False, timeout=60):
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            self.SETUP, sys.executable, "-m", "ctrun", "--root",
+                            str(self.root), *args],
+                           capture_output=True, text=True, input=input, timeout=timeout,
+                           cwd=conftest.REPO)
+        if check and r.returncode != 0:
+            raise AssertionError(f"ctrun {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+
+def test_systemd_boots_and_halts_on_a_cgroup2_only_host(debian_server_store):
+    from ctrun.cgroups.detect import detect
+    unified = detect().v2   # where this host mounts the cgroup2 hierarchy
+    assert unified, "no cgroup2 hierarchy on this host"
+    with conftest.own_store() as root:
+        conftest.copy_image(debian_server_store, root, "debian-server")
+        cli, name = _Cgroup2OnlyCLI(root), "v2"
+        cli("run", "-d", "--name", name, "debian-server", check=True)
+        try:
+            state = _booted(cli, name)
+            failed = set(_out(cli, name, "systemctl", "--failed", "--plain", "--no-legend")
+                         .split()[::4]) if state == "degraded" else set()
+            assert failed <= ALLOWED_FAILED, failed
+            # systemd runs in unified mode, in its own init.scope of the container's subtree
+            assert _out(cli, name, "stat", "-fc", "%T", "/sys/fs/cgroup") == "cgroup2fs\n"
+            info = cli.json("inspect", name)
+            assert set(info["cgroup"]) == {"cgroup2"}, info["cgroup"]
+            own = Path(unified) / Path(info["cgroup"]["cgroup2"]).relative_to("/sys/fs/cgroup")
+            assert (own / "ct" / "init.scope" / "cgroup.procs").read_text().split() == \
+                [str(info["pid"])]
+            cli("stop", name, timeout=60, check=True)
+            info = cli.json("inspect", name)
+            assert (info["exit_code"], info["exit_reason"]) == (0, "stopped"), info
+            assert "Reached target shutdown.target" in cli("logs", name, check=True).stdout
+            assert not own.exists()
+        finally:
+            cli("destroy", "--force", name)
