@@ -144,7 +144,12 @@ def _call(root, argv):
             try:
                 n = s.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                         b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
-                s.sendall(data[n:])
+                if n < len(data):
+                    # never an empty send: once the server has read the whole request it
+                    # may run it, answer and close before this line, and a send on a
+                    # closed connection fails even with nothing to send (EPIPE): the
+                    # retry below would run the command a second time
+                    s.sendall(data[n:])
                 first = s.recv(1)
             except OSError:
                 first = b""

@@ -404,7 +404,8 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
             n = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                     b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
             data = data[n:]
-        s.sendall(data)
+        if data:  # never an empty send: the monitor may have answered and closed already
+            s.sendall(data)
         data = s.makefile("rb").readline()
     finally:
         s.close()

@@ -304,7 +304,8 @@ class Server:
             n = sock.sendmsg([head + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                  b"".join(fd.to_bytes(4, sys.byteorder)
                                                           for fd in c.fds))])
-            sock.sendall((head + payload)[n:])
+            if n < len(head) + len(payload):  # never an empty send (see client._call):
+                sock.sendall((head + payload)[n:])   # the spare may be running the call
         except OSError:  # it died: the call gets a worker of its own
             _kill(pid, signal.SIGKILL)
             return None

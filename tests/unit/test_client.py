@@ -60,3 +60,53 @@ def test_the_client_imports_next_to_nothing():
     allowed = {"ctrun", "ctrun.client", "ctrun.serversock", "_socket", "os", "os.path", "posixpath",
                "genericpath", "stat", "_stat", "_collections_abc"}
     assert set(out) <= allowed, set(out) - allowed
+
+
+def test_a_call_the_server_answered_before_the_client_was_done_sending_runs_once(
+        tmp_path, monkeypatch):
+    """A loaded host can deschedule the client between its send and what follows while the
+    server reads the request, runs it, answers and closes.  The client must then take the
+    answer: a send on the closed connection (even an empty one) fails with EPIPE, and
+    treating that as "not taken" retried, running the command twice (seen as a served
+    `inspect` printing its JSON twice)."""
+    import _socket
+    import socket
+    import threading
+    run = tmp_path / "run"
+    run.mkdir()
+    path = str(run / client.SOCK)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    calls, closed = [], threading.Event()
+
+    def server():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            data = b""
+            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "little"):
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+            calls.append(data)
+            conn.sendall(b"S" + b"x7\n")   # it ran, and it is over
+            conn.close()
+            closed.set()
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+
+    class Slow(_socket.socket):   # descheduled after its first send, until the server closed
+        def sendmsg(self, *a):
+            n = super().sendmsg(*a)
+            closed.wait(5)
+            return n
+    monkeypatch.setattr(client._socket, "socket", Slow)
+    try:
+        assert client._call(str(tmp_path), ["list"]) == 7
+    finally:
+        listener.close()
+    assert len(calls) == 1
