@@ -120,9 +120,10 @@ class Ctrun:
         left = ws.container_names()
         if left:
             problems.append(f"{len(left)} ctrun container(s) left after destroy --force")
-        # the next measurement starts from no monitor: it exits ~1.5 s after the last
-        # container goes
-        mons = common.wait_gone(common.monitor_pids(ws.store), 10)
+        # the monitor exits ~1.5 s after the last container goes, unless the store's warm
+        # server (its child) still runs: then it stays, up for the next measurement too
+        mons = [] if common.server_pids(ws.store) else \
+            common.wait_gone(common.monitor_pids(ws.store), 10)
         if mons:
             problems.append(f"ctrun monitor {mons} alive 10 s after the last destroy")
         return problems
@@ -323,7 +324,7 @@ def report(b, ws, tools, counts, modes, samples, failed, messages, shown, load0)
              "each measurement starts with no container of the tool running and ends, "
              "untimed, with all of them removed",
              "ctrun's warm server is up at the start of each of its measurements (an "
-             "untimed `ctrun list`), its monitor is not",
+             "untimed `ctrun list`), and so is its monitor (the server's parent)",
              f"concurrent: {a.parallel} commands in flight at all times (a sliding window, "
              "not batches)",
              f"medians over {a.runs} round(s); rounds interleave the tools, order rotating"]
