@@ -260,9 +260,16 @@ def ctrun_python():
     setup.sh's launcher passes -sS)."""
     with open(ctrun_bin(), "rb") as f:
         first = f.readline().decode(errors="replace").strip()
-    if first.startswith("#!") and os.access(first[2:].split()[0], os.X_OK):
-        return first[2:].split()
-    return [str(Path(ctrun_bin()).parent / "python")]
+    argv = first[2:].split() if first.startswith("#!") else []
+    # only a Python interpreter: a benchmark re-executes itself with it (a wrapper script's
+    # /bin/sh would run the benchmark's source as shell commands)
+    if argv and os.path.basename(argv[0]).startswith("python") and os.access(argv[0], os.X_OK):
+        return argv
+    venv = Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")) / "bin" / "python3"
+    if os.access(venv, os.X_OK):
+        return [str(venv)]
+    die(f"cannot tell ctrun's Python interpreter from {ctrun_bin()}'s first line; set "
+        "CTRUN_VENV to the venv ctrun is installed in")
 
 
 def require_tool(name, hint=SETUP_HINT):
