@@ -21,7 +21,7 @@ import sys
 import _signal
 import _socket
 
-from .serversock import SOCK  # noqa: F401 - the server imports it from here too
+from .serversock import SOCK, exec_daemon  # noqa: F401 - the server imports SOCK from here
 MAGIC = b"ctrun1"
 DEFAULT_ROOT = "/var/lib/ctrun"  # ctrun.state.DEFAULT_ROOT, not imported: it costs ~5 ms
 # the signals a CLI gets from its terminal or its caller, passed on to the worker
@@ -282,17 +282,10 @@ def _spawn(run):
         try:
             os.setsid()
             if os.fork() == 0:
-                devnull = os.open("/dev/null", os.O_RDWR)
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                os.dup2(log, 2)
-                os.dup2(w, 3)
-                os.closerange(4, 1 << 16)
                 # the store's monitor, which starts the server as its child (so the
-                # containers its workers start detached are the monitor's to supervise);
-                # -P: never a "ctrun" that happens to sit in the working directory
-                os.execve(sys.executable, [sys.executable, "-P", "-m", "ctrun.monitor",
-                                           os.path.dirname(run), "--server", "3"], env)
+                # containers its workers start detached are the monitor's to supervise)
+                exec_daemon("ctrun.monitor", [os.path.dirname(run), "--server", "3"], log,
+                            env, fd3=w)
         finally:
             os._exit(0)
     os.close(w)

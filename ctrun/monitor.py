@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .procs import reaped
+from .serversock import exec_daemon, passed_fds
 
 SOCK = "monitor.sock"
 
@@ -189,14 +190,8 @@ class Monitor:
                     except (OSError, ValueError):
                         pass
                 signal.pthread_sigmask(signal.SIG_SETMASK, ())
-                devnull = os.open("/dev/null", os.O_RDWR)
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                os.dup2(log, 2)
-                os.dup2(ready_fd, 3)
-                os.closerange(4, 1 << 16)
-                os.execve(sys.executable, [sys.executable, "-P", "-m", "ctrun.server",
-                                           str(self.store.root), "3", "--adopted"], env)
+                exec_daemon("ctrun.server", [str(self.store.root), "3", "--adopted"], log,
+                            env, fd3=ready_fd)
             finally:
                 os._exit(127)
         os.close(log)
@@ -420,10 +415,7 @@ def _receive(conn, max_fds=4):
     while not data.endswith(b"\n") and len(data) < 1 << 20:
         chunk, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(max_fds * 4),
                                         socket.MSG_CMSG_CLOEXEC)
-        for level, kind, cdata in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
-                        for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+        fds += passed_fds(anc)
         if not chunk:
             break
         data += chunk
@@ -441,7 +433,6 @@ def _ppid(pid):
 def _spawn(store):
     store.ensure()
     log = os.open(store.run / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    devnull = os.open("/dev/null", os.O_RDWR)
     pid = os.fork()
     # double fork: the monitor must not stay a child (or zombie) of this CLI; the
     # intermediate is reaped right here.  The monitor outlives every ctrun process that
@@ -451,17 +442,10 @@ def _spawn(store):
         try:
             os.setsid()
             if os.fork() == 0:
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                os.dup2(log, 2)
-                os.closerange(3, 1 << 16)
-                # -P: never import a "ctrun" that happens to sit in the cwd
-                os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.monitor",
-                                          str(store.root)])
+                exec_daemon("ctrun.monitor", [str(store.root)], log)
         finally:
             os._exit(0)
     os.close(log)
-    os.close(devnull)
     os.waitpid(pid, 0)
 
 

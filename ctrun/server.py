@@ -48,7 +48,7 @@ import time
 
 from .client import MAGIC, RELAYED, package_dir
 from .procs import reaped
-from .serversock import LOCK, SOCK
+from .serversock import LOCK, SOCK, passed_fds
 
 IDLE = 30.0
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
@@ -218,10 +218,7 @@ class Server:
             return
         except OSError:
             data, anc, flags = b"", [], 0
-        for level, kind, cdata in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                c.fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
-                          for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+        c.fds += passed_fds(anc)
         c.buf += data
         size = int.from_bytes(c.buf[:4], "little") if len(c.buf) >= 4 else 0
         if not data or flags & socket.MSG_CTRUNC or size > MAX_REQUEST:
@@ -335,10 +332,7 @@ class Server:
             while len(head) < 9:
                 data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(NFDS * 4),
                                                socket.MSG_CMSG_CLOEXEC)
-                for level, kind, cdata in anc:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        fds += [int.from_bytes(cdata[i:i + 4], sys.byteorder)
-                                for i in range(0, len(cdata) - len(cdata) % 4, 4)]
+                fds += passed_fds(anc)
                 if not data:
                     os._exit(0)  # dropped unused
                 head += data

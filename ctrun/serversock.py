@@ -31,3 +31,33 @@ def remove_stale(run_dir):
         return False  # a live server's
     finally:
         os.close(fd)
+
+
+def passed_fds(ancdata):
+    """The fds an SCM_RIGHTS message carried (recvmsg's ancillary data)."""
+    import _socket
+    import sys
+    fds = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], sys.byteorder)
+                    for i in range(0, len(data) - len(data) % 4, 4)]
+    return fds
+
+
+def exec_daemon(module, args, log, env=None, fd3=None):
+    """In a freshly forked child: `python -P -m module args` with stdin and stdout on
+    /dev/null, stderr on `log`, fd 3 on `fd3` if given, nothing else open.  -P: never a
+    "ctrun" that happens to sit in the working directory."""
+    import sys
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(log, 2)
+    if fd3 is not None:
+        os.dup2(fd3, 3)
+    os.closerange(3 if fd3 is None else 4, 1 << 16)
+    argv = [sys.executable, "-P", "-m", module, *args]
+    if env is None:
+        os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env)
