@@ -222,11 +222,11 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         with self._held(name, "start") as (cdir, cfg, (_, state, _)):
             backend = self._backend(cfg)
             mgr, extra = backend.prepare_start(name, cdir, cfg)
-            sid = self._hand_to_monitor(name, cdir, state, mgr, cfg.net, extra)
+            sid = self._hand_to_monitor(name, cdir, cfg, backend, state, mgr, extra)
         backend.ready(name, cdir, sid)  # a VM's guest boots without the lock held
         return self.inspect(name)
 
-    def _hand_to_monitor(self, name, cdir, state, mgr, net, extra):
+    def _hand_to_monitor(self, name, cdir, cfg, backend, state, mgr, extra):
         """Ask the store's monitor to launch and supervise this start; returns its id."""
         from . import monitor
         sid = os.urandom(6).hex()
@@ -237,14 +237,14 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": None,
                 "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name,
-                **extra})
+                **extra}, cfg, backend)
         except CtrunError:  # no monitor could be reached: nothing was started
-            base.undo_start(self.store, name, cdir, state, mgr, net)
+            base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
             raise
         # (interrupted while the monitor starts it: the monitor owns it now, and its
         # live/exit records under this start id tell the next verb what happened)
         if not reply.get("ok"):
-            base.undo_start(self.store, name, cdir, state, mgr, net)
+            base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
             _raise(reply)
         return sid
 

@@ -291,18 +291,20 @@ def _log(rec, fd, data):
     rec["log"].write(stream, data)
 
 
-def launch(cdir, req, out_w, err_w, console=None):
-    """Set the container up and start it (in a launcher forked from the monitor, or in a
-    worker of its server); the result the monitor records: {"ok", "pid", "pid_start"} or
-    the error.  Closes out_w and err_w."""
+def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None):
+    """Set the container up and start it (in a launcher forked from the monitor, which
+    reads the container's Config and picks its backend, or in a worker of its server, which
+    has them); the result the monitor records: {"ok", "pid", "pid_start"} or the error.
+    Closes out_w and err_w."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from . import backends, config
         from .state import write_json
-        cfg = config.load(cdir) or config.Config(req["name"])
-        pid, pid_start, launched = backends.for_mode(cfg.mode)(None).launch(
-            req, cdir, cfg, out_w, err_w, console)
+        if cfg is None:
+            from . import backends, config
+            cfg = config.load(cdir) or config.Config(req["name"])
+            backend = backends.for_mode(cfg.mode)(None)
+        pid, pid_start, launched = backend.launch(req, cdir, cfg, out_w, err_w, console)
         write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": pid,
                                         "pid_start": pid_start,
                                         "started_at": req["started_at"], "monitor": "shared"},
@@ -324,14 +326,11 @@ ADOPTS = False
 _DEFERRED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 
-def start(root, req):
-    """Have the store's monitor start and supervise a container: op_start, or, in a worker
-    of its own server, launched here (warm) and adopted.  The monitor's reply."""
-    cdir = Path(req["cdir"])
-    if ADOPTS:
-        from . import backends, config
-        cfg = config.load(cdir)
-    if not ADOPTS or not cfg or not backends.for_mode(cfg.mode).orphans_launch:
+def start(root, req, cfg, backend):
+    """Have the store's monitor start and supervise a container (its Config and the backend
+    the lifecycle chose for it): op_start, or, in a worker of its own server, launched here
+    (warm) and adopted.  The monitor's reply."""
+    if not ADOPTS or not backend.orphans_launch:
         return request(root, req)
     # the start completes once begun, as a launcher in the monitor would complete it: the
     # client's Ctrl-C or its death (a SIGHUP) reaches this worker only once the monitor
@@ -344,8 +343,8 @@ def start(root, req):
     try:
         # launch() closes the console's master it is given (a launcher must not keep it):
         # the monitor gets this one
-        result = launch(cdir, req, out_w, err_w,
-                        console and (os.dup(console[0]), console[1]))
+        result = launch(Path(req["cdir"]), req, out_w, err_w,
+                        console and (os.dup(console[0]), console[1]), cfg, backend)
         if not result.get("ok"):
             return result
         try:
