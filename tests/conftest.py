@@ -47,6 +47,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs root"))
 
 
+def until(pred, timeout=15.0, what="the condition", interval=0.05):
+    """pred()'s first true value, polled every `interval` s; the test fails after
+    `timeout` s.  (test_cgroups_real keeps its own: it also runs alone in a guest.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen in {timeout} s")
+
+
 def _cgroup_dirs(parent):
     out = []
     base = Path("/sys/fs/cgroup")

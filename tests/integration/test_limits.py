@@ -10,17 +10,8 @@ import pytest
 from ctrun.cgroups.detect import detect
 from ctrun.cgroups.limits import from_options, unsupported
 
+from conftest import until
 from test_cli_errors import assert_clean_error
-
-
-def wait_for(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_memory_hog_is_oom_killed_and_reported(cli):
@@ -41,8 +32,9 @@ def test_fork_bomb_is_contained_by_pids_limit(cli):
         "(i=0; while [ $i -lt 300 ]; do sleep 1000 & i=$((i+1)); done) 2>/dev/null; "
         "exec sleep 1000",
         check=True)
-    st = wait_for(lambda: (lambda s: s if s["bomb"]["pids"]["failcnt"] > 0 else None)(
-        json.loads(cli("stats", "--format", "json", "bomb", check=True).stdout)))
+    st = until(lambda: (lambda s: s if s["bomb"]["pids"]["failcnt"] > 0 else None)(
+        json.loads(cli("stats", "--format", "json", "bomb", check=True).stdout)),
+        timeout=20.0, what="the pids limit's refusals", interval=0.1)
     assert st["bomb"]["pids"]["current"] <= 64
     beans = {b["resource"]: b for b in st["bomb"]["beancounters"]}
     assert beans["pids"]["limit"] == 64 and beans["pids"]["failcnt"] > 0

@@ -3,6 +3,7 @@ forked by the store's server, and behaves as the CLI run in-process: exit codes,
 terminal, signals; the server's socket is root's alone; it leaves when idle, and a killed
 one is replaced.  (The rest of the suite runs every CLI call through the server too.)"""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -18,7 +19,7 @@ import time
 
 import prctl
 
-from conftest import REPO, _monitor_pids, server_pids
+from conftest import REPO, _monitor_pids, server_pids, until
 from ctrun import client
 
 
@@ -56,14 +57,32 @@ def _argv(store, *args):
     return [sys.executable, "-m", "ctrun", "--root", str(store), *args]
 
 
-def _until(pred, timeout=15.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen in {timeout} s")
+@contextlib.contextmanager
+def _on_pty(store, *args, rows_cols=None):
+    """`ctrun ARGS` on a new pty, its controlling terminal (rows_cols: its size first):
+    yields (master fd, exit) where exit() waits for it and gives its exit code; still
+    running at the end, it is killed."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            if rows_cols:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_cols, 0, 0))
+            os.chdir(REPO)
+            os.execv(sys.executable, _argv(store, *args))
+        finally:
+            os._exit(127)
+    running = [pid]
+
+    def exit_code():
+        _, status = os.waitpid(running.pop(), 0)
+        return os.waitstatus_to_exitcode(status)
+    try:
+        yield fd, exit_code
+    finally:
+        if running:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
 
 
 def _read_until(fd, want, timeout=20.0, poke=None):
@@ -144,30 +163,15 @@ def test_tty_run_follows_resize_and_ctrl_c(cli, store):
     _busybox(cli, store)
     script = ('stty size; trap "echo INTR; exit 9" INT; '
               'while :; do read x; stty size; done')
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-            os.chdir(REPO)
-            os.execv(sys.executable, _argv(store, "run", "-it", "--rm", "--name", "tt",
-                                           "busybox", "--", "sh", "-c", script))
-        finally:
-            os._exit(127)
-    try:
+    with _on_pty(store, "run", "-it", "--rm", "--name", "tt", "busybox", "--", "sh", "-c",
+                 script, rows_cols=(30, 100)) as (fd, exit_code):
         _read_until(fd, b"30 100")
         assert _served(store, cli.json("inspect", "tt")["pid"])
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         _read_until(fd, b"40 120", poke=lambda: os.write(fd, b"\n"))
         os.write(fd, b"\x03")
         _read_until(fd, b"INTR")
-        _, status = os.waitpid(pid, 0)
-        pid = None
-        assert os.waitstatus_to_exitcode(status) == 9
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
+        assert exit_code() == 9
     assert cli("inspect", "tt").returncode == 3  # --rm removed it
 
 
@@ -196,7 +200,7 @@ def test_a_killed_client_hangs_up_its_worker(cli, store):
     assert _served(store, init)
     p.kill()
     p.wait()
-    _until(lambda: cli("inspect", "hup").returncode == 3, what="the removal of 'hup'")
+    until(lambda: cli("inspect", "hup").returncode == 3, what="the removal of 'hup'")
 
 
 def test_a_killed_server_fails_the_attached_client_and_its_container_hangs_up(cli, store):
@@ -214,7 +218,7 @@ def test_a_killed_server_fails_the_attached_client_and_its_container_hangs_up(cl
             p.wait()
     # the worker got SIGHUP (PR_SET_PDEATHSIG) and passed it on, as a CLI on a hung-up
     # terminal; the run's --rm removed the container
-    _until(lambda: cli("inspect", "srv").returncode == 3, what="the removal of 'srv'")
+    until(lambda: cli("inspect", "srv").returncode == 3, what="the removal of 'srv'")
     cli("list", check=True)  # and the next call starts a new server
     assert _server(store)
 
@@ -226,25 +230,11 @@ def test_exec_enter_and_logs_follow(cli, store):
     assert (r.returncode, r.stdout) == (5, "42\n")
     r = cli("exec", "-i", "box", "--", "tr", "a-z", "A-Z", input="quiet\n")
     assert (r.returncode, r.stdout) == (0, "QUIET\n")
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.chdir(REPO)
-            os.execv(sys.executable, _argv(store, "enter", "box"))
-        finally:
-            os._exit(127)
-    try:
+    with _on_pty(store, "enter", "box") as (fd, exit_code):
         _read_until(fd, b"# ")  # the prompt: typed ahead, a line is flushed by the shell
         os.write(fd, b"echo inside-$((6*7)); exit 4\n")
         _read_until(fd, b"inside-42")
-        _, status = os.waitpid(pid, 0)
-        pid = None
-        assert os.waitstatus_to_exitcode(status) == 4
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(fd)
+        assert exit_code() == 4
     cli("run", "-d", "--name", "talk", "busybox", "--", "sh", "-c",
         "echo one; sleep 1; echo two", check=True)
     r = cli("logs", "-f", "talk", timeout=30)  # returns once the container exits
@@ -303,11 +293,11 @@ def _request_as(sock, uid):
 def test_the_server_leaves_when_idle(cli, store):
     _busybox(cli, store)
     os.kill(_server(store), signal.SIGKILL)
-    _until(lambda: not server_pids(store), what="the killed server's exit")
+    until(lambda: not server_pids(store), what="the killed server's exit")
     env = dict(os.environ, CTRUN_SERVER_IDLE="1")
     subprocess.run(_argv(store, "list"), cwd=REPO, env=env, check=True, capture_output=True)
     assert _server(store)
-    _until(lambda: not server_pids(store), what="the idle server's exit")
+    until(lambda: not server_pids(store), what="the idle server's exit")
     assert not (store / "run/server.sock").exists()
     cli("list", check=True)  # the next call starts another
     assert _server(store)
@@ -317,7 +307,7 @@ def test_a_killed_server_is_replaced_by_the_next_call(cli, store):
     _busybox(cli, store)
     old = _server(store)
     os.kill(old, signal.SIGKILL)
-    _until(lambda: not server_pids(store), what="the killed server's exit")
+    until(lambda: not server_pids(store), what="the killed server's exit")
     assert (store / "run/server.sock").exists()  # stale: nobody listens
     r = cli("run", "--rm", "busybox", "--", "sh", "-c", "exit 6")
     assert r.returncode == 6, r.stderr
@@ -344,7 +334,7 @@ def test_ctrun_server_off_runs_in_process(cli, store):
 def test_gc_without_a_server_removes_a_dead_servers_socket(cli, store):
     _busybox(cli, store)
     os.kill(_server(store), signal.SIGKILL)
-    _until(lambda: not server_pids(store), what="the killed server's exit")
+    until(lambda: not server_pids(store), what="the killed server's exit")
     env = dict(os.environ, CTRUN_SERVER="off")
     r = subprocess.run(_argv(store, "gc"), cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -392,7 +382,7 @@ def test_a_server_of_another_ctrun_gives_way(cli, store, tmp_path):
     new = _server(store)
     assert new not in (None, old)
     assert str(tmp_path).encode() in open(f"/proc/{new}/environ", "rb").read()
-    _until(lambda: not os.path.exists(f"/proc/{old}"), what="the old server's exit")
+    until(lambda: not os.path.exists(f"/proc/{old}"), what="the old server's exit")
 
 
 def test_a_terminal_left_raw_by_a_killed_server_is_restored(cli, store):
@@ -443,9 +433,9 @@ def test_the_server_is_the_monitors_child_and_hands_it_detached_starts(cli, stor
         "echo hello; trap 'exit 3' USR1; while :; do sleep 0.1; done", check=True)
     pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
     assert _ppid(pid) == monitor[0]
-    _until(lambda: "hello" in cli("logs", "d", check=True).stdout, what="the output logged")
+    until(lambda: "hello" in cli("logs", "d", check=True).stdout, what="the output logged")
     os.kill(pid, signal.SIGUSR1)
-    out = _until(lambda: (o := json.loads(cli("inspect", "d", check=True).stdout))["state"]
+    out = until(lambda: (o := json.loads(cli("inspect", "d", check=True).stdout))["state"]
                  == "stopped" and o, what="the container's exit")
     assert out["exit_code"] == 3
     cli("destroy", "d", check=True)
@@ -458,7 +448,7 @@ def test_the_idle_monitor_leaves_with_its_server(cli, store):
     monitor = _monitor_pids(store)
     assert monitor
     os.kill(_server(store), signal.SIGKILL)
-    _until(lambda: not _monitor_pids(store), timeout=3,
+    until(lambda: not _monitor_pids(store), timeout=3,
            what="the idle monitor's exit once its server is gone")
 
 
@@ -466,7 +456,7 @@ def test_a_server_whose_monitor_died_hands_starts_to_a_new_one(cli, store):
     _busybox(cli, store)
     server, monitor = _server(store), _monitor_pids(store)
     os.kill(monitor[0], signal.SIGKILL)
-    _until(lambda: not _monitor_pids(store), what="the killed monitor's exit")
+    until(lambda: not _monitor_pids(store), what="the killed monitor's exit")
     cli("run", "-d", "--name", "d", "busybox", "--", "sleep", "100", check=True)
     assert _server(store) == server
     new = _monitor_pids(store)
@@ -492,10 +482,10 @@ def test_a_lost_spare_is_replaced_and_leaves_with_its_server(cli, store):
     _busybox(cli, store)
     spare = _spare(store)
     os.kill(spare, signal.SIGKILL)
-    _until(lambda: not os.path.exists(f"/proc/{spare}"), what="the killed spare's reaping")
+    until(lambda: not os.path.exists(f"/proc/{spare}"), what="the killed spare's reaping")
     assert cli("list", check=True).returncode == 0
     spare = _spare(store)
     assert spare
     os.kill(_server(store), signal.SIGKILL)
-    _until(lambda: not os.path.exists(f"/proc/{spare}"), timeout=5,
+    until(lambda: not os.path.exists(f"/proc/{spare}"), timeout=5,
            what="the spare's exit with its server")
