@@ -31,8 +31,9 @@ Isolation.  As every benchmark: a private store and a cgroup parent of its own. 
 network is a dedicated one, `ctrun network create ctbench --subnet 10.215.0.0/24` (bridge
 ct-ctbench), and CTRUN_NFT_TABLE=ctrun-bench keeps its nftables rules out of the host's
 `ip ctrun` table, so the host's ctrun0 and its rules are never touched; the benchmark
-refuses to start if that bridge or table already exists.  Podman runs as root with a
-private storage root, runroot, tmp_dir and network config dir in the workspace, and a
+refuses to start if that bridge or table already exists.  Podman runs as root as the
+OCI client tests run it (common.private_podman): private storage root, runroot, tmp_dir
+and network config dir, its containers' cgroups below a parent of the benchmark's, and a
 containers.conf of its own (CONTAINERS_CONF) because Debian 12's podman 4.3 cannot run
 here with its defaults: default_ulimits must be set (root lacks CAP_SYS_RESOURCE in this
 kind of sandbox, so podman's own nofile/nproc defaults fail), cgroup_manager = "cgroupfs",
@@ -43,9 +44,9 @@ storage: /dev/shm/libpod_lock, /run/containers/networks (netavark's IPAM db),
 `ip nat` / `ip filter`, created if missing), the bridge podman0 while a container runs, and
 net.ipv4.ip_forward=1.  Everything of that which did not exist before the benchmark started
 is removed at the end (and listed as 'podman host cleanup'); iptables lines are removed only
-if they mention NETAVARK and were not there before.  The snapshot is the OCI client tests'
-(tests/integration/oci_clients.py, HostState), as bench_oci.py imports that harness too.  On exit, error, Ctrl-C or SIGTERM the
-iperf3 servers are killed (they also die with the benchmark: PR_SET_PDEATHSIG), ctrun's
+if they mention NETAVARK and were not there before.  The snapshot and the podman set-up
+are the OCI client tests' (tests/integration/oci_clients.py), shared with bench_oci and
+bench_scale.  On exit, error, Ctrl-C or SIGTERM the iperf3 servers are killed (they also die with the benchmark: PR_SET_PDEATHSIG), ctrun's
 containers are destroyed and its network removed, podman's containers and image removed.
 
 Caveats.
@@ -69,6 +70,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -78,10 +80,6 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
-# the snapshot of what rootful podman writes on the host is the client tests' (one definition)
-sys.path.insert(0, str(common.REPO / "tests" / "integration"))
-import oci_clients  # noqa: E402
 
 TARGET_VS_PODMAN = 0.5
 TARGET_VS_LOOPBACK = 0.8
@@ -118,76 +116,6 @@ def nft_tables():
 
 def links():
     return set(os.listdir("/sys/class/net"))
-
-
-# ------------------------------------------------------------------ podman
-class Podman:
-    """Rootful podman with private storage in the workspace and its own containers.conf."""
-
-    def __init__(self, ws):
-        self.dir = ws.tmp / "podman"
-        # podman refuses a runroot longer than 50 characters: the workspace's /run dir
-        self.root, self.runroot = self.dir / "root", ws.run_dir / "podman"
-        for d in (self.root, self.runroot, self.dir / "tmp", self.dir / "netconf"):
-            d.mkdir(parents=True)
-        self.conf = self.dir / "containers.conf"
-        self.conf.write_text(
-            "[containers]\n"
-            'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
-            "[engine]\n"
-            'cgroup_manager = "cgroupfs"\n'
-            'events_logger = "file"\n'
-            'runtime = "runc"\n'
-            f'tmp_dir = "{self.dir / "tmp"}"\n'
-            "[network]\n"
-            'network_backend = "netavark"\n'
-            f'network_config_dir = "{self.dir / "netconf"}"\n')
-        self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
-        self.image = f"localhost/ctrun-bench-busybox:{os.getpid()}-{int(time.time())}"
-        self.imported = False
-
-    def cmd(self, *args):
-        return ["podman", "--root", str(self.root), "--runroot", str(self.runroot), *args]
-
-    def check(self, *args, timeout=120):
-        p = run(self.cmd(*args), timeout=timeout, env=self.env)
-        if p.returncode != 0:
-            raise RuntimeError(f"podman {args[0]} failed ({p.returncode}): "
-                               f"{p.stderr.strip() or p.stdout.strip()}")
-        return p.stdout
-
-    def import_rootfs(self, rootfs, tarball):
-        run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], timeout=120, check=True)
-        self.check("import", str(tarball), self.image)
-        self.imported = True
-
-    def background(self):
-        """podman/conmon processes still working on this store (e.g. conmon's exit command
-        `podman container cleanup` finishing after `podman run --rm` returned)."""
-        mark = str(self.root)
-        me = os.getpid()
-        return [p for p in common.pids() if p != me and mark in " ".join(common.cmdline(p))]
-
-    def settle(self, timeout=10):
-        return common.wait_gone(self.background(), timeout)
-
-    def teardown(self, leaks):
-        left = self.settle()
-        if left:
-            leaks.append(f"podman processes {left} still running 10 s after the last run: "
-                         "killed")
-            for p in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-        ids = run(self.cmd("ps", "-aq"), env=self.env).stdout.split()
-        if ids:
-            leaks.append(f"podman containers left after `podman run --rm`: {', '.join(ids)}")
-            run(self.cmd("rm", "-af"), timeout=120, env=self.env)
-        if self.imported:
-            p = run(self.cmd("rmi", "-f", self.image), timeout=120, env=self.env)
-            if p.returncode != 0:
-                common.warn(f"podman rmi {self.image}: {p.stderr.strip()}")
-        # the storage itself is in the workspace, removed with it
 
 
 # ------------------------------------------------------------------ (a) start-up
@@ -361,28 +289,21 @@ def throughput(ws, seconds, rounds, servers, control):
 # ------------------------------------------------------------------ teardown
 class Teardown:
     """One cleanup step, registered first so that it runs after the benchmark's others:
-    iperf3 servers, ctrun's containers and network, podman, then the host state."""
+    iperf3 servers, the control path, ctrun's containers and network (podman, with what it
+    wrote on the host, goes with the workspace: common.private_podman)."""
 
-    def __init__(self, ws, host):
-        self.ws, self.host = ws, host
+    def __init__(self, ws):
+        self.ws = ws
         self.servers = []
-        self.podman = None
         self.veths = set()
-        self.host_cleanup = []
         self.control = []  # ("netns"|"link", name) of the control path, as created
 
     def __call__(self):
-        ws = self.ws
-        for step in (self._servers, self._control, self._ctrun, self._podman):
+        for step in (self._servers, self._control, self._ctrun):
             try:
                 step()
             except Exception as e:  # noqa: BLE001 - keep cleaning
                 common.warn(f"cleanup step {step.__name__} failed: {e}")
-        leaks, done = self.host.restore()
-        ws.leaks += [f"podman left on the host: {what}" for what in leaks]
-        self.host_cleanup += done
-        common.print_list("podman host cleanup (state podman keeps outside its storage, "
-                          "removed because it did not exist before):", self.host_cleanup)
 
     def _servers(self):
         for p in self.servers:
@@ -430,10 +351,6 @@ class Teardown:
         if (ws.store / "run" / "ip_forward.orig").exists():
             ws.leaks.append("ctrun's saved ip_forward value (run/ip_forward.orig) was not "
                             "restored when its last network was removed")
-
-    def _podman(self):
-        if self.podman is not None:
-            self.podman.teardown(self.ws.leaks)
 
 
 def report_startup(arms, shown, skipped, stats, failed, fail_msgs, kept):
@@ -534,12 +451,10 @@ def measure(b):
         skipped["podman"] = "--no-podman given"
     elif not peers.need("podman", "podman"):
         skipped["podman"] = peers.unavailable["podman"]
-    # podman here is given no --cgroup-parent: its containers go below its own parent
-    host = oci_clients.Podman.host_state(cgroups=(oci_clients.Podman.CGROUP_PARENT,))
     load0 = os.getloadavg()
 
     with common.Workspace("network") as ws:
-        td = Teardown(ws, host)
+        td = Teardown(ws)
         ws.on_cleanup(td)
         rootfs = ws.build_image()
         ws.ctrun_check("network", "create", NET_NAME, "--subnet", a.subnet)
@@ -552,16 +467,17 @@ def measure(b):
         podman_addr = None
         pm = None
         if "podman" not in skipped:
-            pm = td.podman = Podman(ws)
             try:
-                pm.import_rootfs(rootfs, ws.tmp / "busybox-rootfs.tar")
-                ok, msg = probe_addr(pm.cmd("run", "--rm", "--pull=never", pm.image, "ip", "-o",
-                                            "-4", "addr", "show", "eth0"), env=pm.env)
+                pm = common.private_podman(ws, {"runc": shutil.which("runc") or "runc"}, rootfs)
+                image = pm.images[-1]
+                ok, msg = probe_addr(pm.cmd("run", "--rm", *pm.create_args(), "--pull=never",
+                                            image, "ip", "-o", "-4", "addr", "show", "eth0"),
+                                     env=pm.env)
                 pm.settle()
                 if not ok:
                     raise RuntimeError(msg)
                 podman_addr = msg
-            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:  # HarnessError too
                 peers.fail("podman", e)
                 skipped["podman"] = peers.unavailable["podman"]
 
@@ -571,14 +487,13 @@ def measure(b):
         shown = {"ctrun, bridge": f"ctrun run --rm --net {NET_NAME} busybox -- true",
                  "ctrun, --net none": "ctrun run --rm --net none busybox -- true"}
         if "podman" not in skipped:
-            arms["podman, bridge"] = (pm.cmd("run", "--rm", "--pull=never", pm.image, "true"),
-                                      pm.env)
-            arms["podman, --network none"] = (pm.cmd("run", "--rm", "--pull=never",
-                                                     "--network", "none", pm.image, "true"),
-                                              pm.env)
-            shown["podman, bridge"] = f"podman run --rm --pull=never {pm.image} true"
+            run_args = ("run", "--rm", *pm.create_args(), "--pull=never")
+            arms["podman, bridge"] = (pm.cmd(*run_args, image, "true"), pm.env)
+            arms["podman, --network none"] = (pm.cmd(*run_args, "--network", "none", image,
+                                                     "true"), pm.env)
+            shown["podman, bridge"] = f"podman run --rm --pull=never {image} true"
             shown["podman, --network none"] = (f"podman run --rm --pull=never --network none "
-                                               f"{pm.image} true")
+                                               f"{image} true")
 
         def settle(arm):
             if arm.startswith("podman"):
@@ -661,7 +576,7 @@ def measure(b):
         "targets": {"ctrun bridge / podman bridge": f"<= {TARGET_VS_PODMAN}",
                     "veth / loopback": f">= {TARGET_VS_LOOPBACK}"},
         "versions": versions, "podman_containers_conf": podman_conf,
-        "podman_info": podman_info, "podman_host_cleanup": td.host_cleanup,
+        "podman_info": podman_info, "podman_host_cleanup": pm.cleaned if pm else [],
         "notes": notes}
     return ws.finish(b.name, result)
 

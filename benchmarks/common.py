@@ -373,6 +373,8 @@ def private_podman(ws, runtimes, rootfs):
 
     def teardown():
         ws.leaks.extend(pm.teardown())
+        print_list("podman host cleanup (state podman keeps outside its storage, removed "
+                   "because it did not exist before):", pm.cleaned)
         for n, path in runtimes.items():
             for cid in sorted(runtime_ids(path) - before[n]):
                 ws.leaks.append(f"{n}: podman's container {cid} left in the runtime's "
