@@ -586,24 +586,8 @@ def dispatch(a):
     return result if type(result) is int else 0
 
 
-def _flush_stdio():
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-_FLUSH_AT_FORK = []
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not _FLUSH_AT_FORK:
-        # what a verb printed is flushed before any fork: a forked helper that ends through
-        # Python's own exit would write a copy of the pending output again
-        os.register_at_fork(before=_flush_stdio)
-        _FLUSH_AT_FORK.append(True)
     # everything after the first "--" is the command, options included (sh -c ...); a verb
     # without a command keeps "--" as argparse's end of options (destroy -- -oddname)
     tail = []
