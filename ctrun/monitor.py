@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .procs import reaped
+from .procs import parent_pid, reaped
 from .serversock import exec_daemon, passed_fds
 
 SOCK = "monitor.sock"
@@ -155,7 +155,7 @@ class Monitor:
         its intermediate exited; fds: its stdout and stderr pipes, then its console's pty
         pair if it has one."""
         pid = int(req["pid"])
-        if pid not in self.orphans and _ppid(pid) != os.getpid():
+        if pid not in self.orphans and parent_pid(pid) != os.getpid():
             return {"ok": False, "kind": "CtrunError",
                     "message": f"monitor: process {pid} is not a child of the monitor"}
         n = 4 if req.get("console") else 2
@@ -419,14 +419,6 @@ def _receive(conn, max_fds=4):
             break
         data += chunk
     return data, fds
-
-
-def _ppid(pid):
-    try:
-        raw = open(f"/proc/{pid}/stat", "rb").read()
-    except OSError:
-        return None
-    return int(raw[raw.rindex(b")") + 2:].split()[1])
 
 
 def _spawn(store):

@@ -9,18 +9,29 @@ import os
 from _signal import pidfd_send_signal
 
 
-def proc_start_time(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone or a zombie."""
+def _stat(pid):
+    """The fields of /proc/PID/stat after its comm (the state first), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # the comm field may hold spaces and parentheses: split after the last ')'
-    fields = raw[raw.rindex(b")") + 2:].split()
-    if fields[0] == b"Z":
+    return raw[raw.rindex(b")") + 2:].split()
+
+
+def proc_start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if gone or a zombie."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == b"Z":
         return None
     return int(fields[19])
+
+
+def parent_pid(pid):
+    """The pid of PID's parent (a zombie's too), or None if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 def alive(pid, start_time):

@@ -21,6 +21,7 @@ import prctl
 
 from conftest import REPO, _monitor_pids, server_pids, until
 from ctrun import client
+from ctrun.procs import parent_pid
 
 
 def _server(store):
@@ -46,11 +47,6 @@ def _spare(store, timeout=5.0):
                 pass
         time.sleep(0.02)
     return None
-
-
-def _ppid(pid):
-    raw = open(f"/proc/{pid}/stat", "rb").read()
-    return int(raw[raw.rindex(b")") + 2:].split()[1])
 
 
 def _argv(store, *args):
@@ -104,8 +100,8 @@ def _read_until(fd, want, timeout=20.0, poke=None):
 
 def _served(store, init_pid):
     """The attached container's init was forked by a worker of the store's server."""
-    worker = _ppid(init_pid)
-    return worker in server_pids(store) and _ppid(worker) == _server(store)
+    worker = parent_pid(init_pid)
+    return worker in server_pids(store) and parent_pid(worker) == _server(store)
 
 
 def _attached(cli, store, name, script, **popen):
@@ -325,7 +321,7 @@ def test_ctrun_server_off_runs_in_process(cli, store):
         try:
             assert _served(store, init) == by_server
             if not by_server:
-                assert _ppid(init) == p.pid
+                assert parent_pid(init) == p.pid
         finally:
             p.terminate()
             assert p.wait(timeout=30) == 0
@@ -428,11 +424,11 @@ def test_the_server_is_the_monitors_child_and_hands_it_detached_starts(cli, stor
     _busybox(cli, store)
     server = _server(store)
     monitor = _monitor_pids(store)
-    assert monitor == [_ppid(server)]
+    assert monitor == [parent_pid(server)]
     cli("run", "-d", "--name", "d", "busybox", "--", "sh", "-c",
         "echo hello; trap 'exit 3' USR1; while :; do sleep 0.1; done", check=True)
     pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
-    assert _ppid(pid) == monitor[0]
+    assert parent_pid(pid) == monitor[0]
     until(lambda: "hello" in cli("logs", "d", check=True).stdout, what="the output logged")
     os.kill(pid, signal.SIGUSR1)
     out = until(lambda: (o := json.loads(cli("inspect", "d", check=True).stdout))["state"]
@@ -462,7 +458,7 @@ def test_a_server_whose_monitor_died_hands_starts_to_a_new_one(cli, store):
     new = _monitor_pids(store)
     assert new and new != monitor
     pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
-    assert _ppid(pid) == new[0]
+    assert parent_pid(pid) == new[0]
     cli("destroy", "-f", "d", check=True)
 
 
@@ -471,7 +467,7 @@ def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
     call takes it, and another is forked for the one after."""
     _busybox(cli, store)
     spare = _spare(store)
-    assert spare and _ppid(spare) == _server(store)
+    assert spare and parent_pid(spare) == _server(store)
     r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 4")
     assert (r.returncode, r.stdout, r.stderr) == (4, "out\n", "err\n")
     assert not os.path.exists(f"/proc/{spare}")   # it was the call's worker, and is gone
