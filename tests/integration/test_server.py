@@ -24,29 +24,29 @@ from ctrun import client
 from ctrun.procs import parent_pid
 
 
-def _server(store):
-    """The pid of the store's server (not one of its workers), or None."""
+def _named(store, comm):
+    """The pid of the store's server process named `comm` (the server itself, not one of its
+    workers: ctrun-server; its spare worker: ctrun-spare), or None."""
     for pid in server_pids(store):
         try:
-            if open(f"/proc/{pid}/comm").read().strip() == "ctrun-server":
+            if open(f"/proc/{pid}/comm").read().strip() == comm:
                 return pid
         except OSError:
             pass
     return None
 
 
+def _server(store):
+    return _named(store, "ctrun-server")
+
+
 def _spare(store, timeout=5.0):
-    """The pid of the server's spare worker (forked between calls), waited for."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in server_pids(store):
-            try:
-                if open(f"/proc/{pid}/comm").read().strip() == "ctrun-spare":
-                    return pid
-            except OSError:
-                pass
-        time.sleep(0.02)
-    return None
+    """The pid of the server's spare worker (forked between calls), waited for; None if
+    none came."""
+    try:
+        return until(lambda: _named(store, "ctrun-spare"), timeout, "a spare's fork", 0.02)
+    except AssertionError:
+        return None
 
 
 def _argv(store, *args):
