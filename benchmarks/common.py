@@ -256,18 +256,25 @@ def ctrun_bin():
 
 
 def ctrun_python():
-    """The interpreter the ctrun console script runs with, and its flags (its shebang:
-    setup.sh's launcher passes -sS)."""
-    with open(ctrun_bin(), "rb") as f:
-        first = f.readline().decode(errors="replace").strip()
-    argv = first[2:].split() if first.startswith("#!") else []
-    # only a Python interpreter: a benchmark re-executes itself with it (a wrapper script's
-    # /bin/sh would run the benchmark's source as shell commands)
-    if argv and os.path.basename(argv[0]).startswith("python") and os.access(argv[0], os.X_OK):
-        return argv
-    venv = Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")) / "bin" / "python3"
-    if os.access(venv, os.X_OK):
-        return [str(venv)]
+    """The interpreter ctrun's Python client runs with, and its flags (its launcher's
+    shebang: setup.sh's passes -sS): $CTRUN_BIN's if it is such a launcher, else the venv's
+    ctrun-py (/usr/local/bin/ctrun is the compiled client, which hands it what it does not
+    serve)."""
+    venv = Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")) / "bin"
+    for launcher in (ctrun_bin(), venv / "ctrun-py"):
+        try:
+            with open(launcher, "rb") as f:
+                first = f.readline().decode(errors="replace").strip()
+        except OSError:
+            continue
+        argv = first[2:].split() if first.startswith("#!") else []
+        # only a Python interpreter: a benchmark re-executes itself with it (a wrapper
+        # script's /bin/sh would run the benchmark's source as shell commands)
+        if argv and os.path.basename(argv[0]).startswith("python") and \
+                os.access(argv[0], os.X_OK):
+            return argv
+    if os.access(venv / "python3", os.X_OK):
+        return [str(venv / "python3")]
     die(f"cannot tell ctrun's Python interpreter from {ctrun_bin()}'s first line; set "
         "CTRUN_VENV to the venv ctrun is installed in")
 

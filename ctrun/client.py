@@ -1,5 +1,10 @@
 """The `ctrun` command: a thin client of its store's warm server (ctrun.server).
 
+/usr/local/bin/ctrun is this module's protocol compiled (client.c), which serves a call to a
+running server by itself and execs this one (setup.sh's ctrun-py) for everything else; a
+change to the protocol or to store_root's decisions is made in both
+(tests/integration/test_compiled_client.py holds them together).
+
 It imports almost nothing (os, sys, _socket, _signal: no json, argparse or other ctrun
 module), so a call costs little more than the interpreter's start.  It finds the store as
 the CLI does (--root, $CTRUN_ROOT, the default), sends its argv, environment, umask,

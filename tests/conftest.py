@@ -47,6 +47,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs root"))
 
 
+def _build_client():
+    """The command as users run it: ctrun/client.c compiled as setup.sh compiles
+    /usr/local/bin/ctrun, for this checkout; what it does not serve itself it hands to a
+    launcher of this checkout's Python client (ctrun.client), which keeps PYTHONPATH as
+    setup.sh's ctrun-py does.  Removed when the run ends."""
+    import atexit
+    out = Path(tempfile.mkdtemp(prefix="ctrun-test-client-"))
+    atexit.register(shutil.rmtree, out, True)
+    fallback = out / "ctrun-py"
+    fallback.write_text(f"#!{sys.executable}\nimport sys\ndel sys.path[0]\n"
+                        "from ctrun.client import main\nsys.exit(main())\n")
+    fallback.chmod(0o755)
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f'-DCTRUN_FALLBACK="{fallback}"',
+                    f'-DCTRUN_PACKAGE="{(REPO / "ctrun").resolve()}"', "-o", str(out / "ctrun"),
+                    str(REPO / "ctrun" / "client.c")], check=True)
+    return [str(out / "ctrun")]
+
+
+# every CLI call of the tests: the compiled client, and through it the Python one
+CTRUN = _build_client()
+
+
 def until(pred, timeout=15.0, what="the condition", interval=0.05):
     """pred()'s first true value, polled every `interval` s; the test fails after
     `timeout` s.  (test_cgroups_real keeps its own: it also runs alone in a guest.)"""
@@ -200,7 +222,7 @@ class CLI:
         self.root = root
 
     def __call__(self, *args, input=None, check=False, timeout=60):
-        r = subprocess.run([sys.executable, "-m", "ctrun", "--root", str(self.root), *args],
+        r = subprocess.run([*CTRUN, "--root", str(self.root), *args],
                            capture_output=True, text=True, input=input, timeout=timeout,
                            cwd=REPO)
         if check and r.returncode != 0:
@@ -230,7 +252,7 @@ def sigterm_attached_run(cli, name, argv, booted):
     """`ctrun run --rm --name NAME ARGV...` attached, as `timeout` runs it: once booted()
     returns, the CLI gets SIGTERM; returns the CLI's exit code after checking that --rm
     removed the container.  Whatever happens, nothing of it is left."""
-    p = subprocess.Popen([sys.executable, "-m", "ctrun", "--root", str(cli.root), "run", "--rm",
+    p = subprocess.Popen([*CTRUN, "--root", str(cli.root), "run", "--rm",
                           "--name", name, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     try:

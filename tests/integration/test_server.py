@@ -13,13 +13,12 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import prctl
 
-from conftest import REPO, _monitor_pids, server_pids, until
+from conftest import CTRUN, REPO, _monitor_pids, server_pids, until
 from ctrun import client
 from ctrun.procs import parent_pid
 
@@ -50,7 +49,7 @@ def _spare(store, timeout=5.0):
 
 
 def _argv(store, *args):
-    return [sys.executable, "-m", "ctrun", "--root", str(store), *args]
+    return [*CTRUN, "--root", str(store), *args]
 
 
 @contextlib.contextmanager
@@ -64,7 +63,7 @@ def _on_pty(store, *args, rows_cols=None):
             if rows_cols:
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_cols, 0, 0))
             os.chdir(REPO)
-            os.execv(sys.executable, _argv(store, *args))
+            os.execv(CTRUN[0], _argv(store, *args))
         finally:
             os._exit(127)
     running = [pid]
