@@ -159,8 +159,8 @@ static void package_dir(char *out) {
         if (!copy || strstr(pp, "::") || pp[0] == ':' || pp[strlen(pp) - 1] == ':')
             fallback();
         for (char *e = strtok_r(copy, ":", &save); e; e = strtok_r(NULL, ":", &save)) {
-            if (e[0] != '/')
-                fallback(); /* relative to the working directory */
+            if (e[0] != '/' || strlen(e) > PATH_MAX)
+                fallback(); /* relative to the working directory, or too long to name */
             snprintf(path, sizeof path, "%s/ctrun/__init__.py", e);
             if (!stat(path, &st) && S_ISREG(st.st_mode)) {
                 snprintf(path, sizeof path, "%s/ctrun", e);
