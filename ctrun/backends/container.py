@@ -181,6 +181,9 @@ class ContainerBackend(base.Backend):
                                             "started_at": started, "monitor": "attached"},
                        durable=False)
             launched.start()
+            if launched.listener is not None:   # this runner answers its sysinfo calls
+                from ..runtime import sysinfo
+                sysinfo.serve(sysinfo.Listener(launched.listener, launched.pid, spec))
         except BaseException:
             if plumber:
                 plumber.cancel()

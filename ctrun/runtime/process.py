@@ -17,7 +17,7 @@ import socket
 from .. import errors, libc, namespaces
 from ..namespaces import loopback_up as _loopback_up
 from ..kernel import linux
-from . import inhooks, paths, rootfs, security, terminal
+from . import inhooks, paths, rootfs, security, sysinfo, terminal
 
 
 class Channel:
@@ -116,9 +116,10 @@ def _enter_workdir(chan, proc, cwd, tty, make):
     return exe
 
 
-def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
+def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0, intercept=False):
     """Shared tail of init and exec: privileges, fds, seccomp, execve.  preserve_fds: how
-    many fds after stdio pass to the workload (runc's --preserve-fds)."""
+    many fds after stdio pass to the workload (runc's --preserve-fds); intercept: hand
+    sysinfo(2) to the launcher (runtime.sysinfo), whose listener fd goes over chan."""
     # without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the drop may take
     # away: then it is loaded first, as runc does (a bundle's profile allows the few calls
     # that follow; ctrun's own containers always set no_new_privs and load it last)
@@ -138,6 +139,9 @@ def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
         security.close_fds(keep={chan.sock.fileno()} | passed)
         step = "checking the working directory"
         security.check_cwd()
+        if intercept:
+            step = "intercepting sysinfo"
+            _send_listener(chan)
         if not early:
             step = "installing the seccomp filter"
             security.install_seccomp(bpf)
@@ -145,6 +149,17 @@ def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
         linux.execve(argv0_path, proc["args"], _env_dict(env))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         _report(chan, step, e)
+
+
+def _send_listener(chan):
+    """Load the sysinfo filter and send its listener to the launcher; closed here at once,
+    so the workload never holds it (Launched.start takes it)."""
+    fd = sysinfo.install()
+    if fd is not None:
+        try:
+            chan.send({"type": "sysinfo", "has_fd": True}, fd=fd)
+        finally:
+            os.close(fd)
 
 
 def _env_dict(env_list):
@@ -195,7 +210,8 @@ def _init_main(chan, spec, stdio, tty, bpf):
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
     _final_exec(chan, proc, bpf, exe, proc["env"],
-                spec["annotations"].get("run.ctrun.preserve_fds", 0))
+                spec["annotations"].get("run.ctrun.preserve_fds", 0),
+                bool(spec["annotations"].get("run.ctrun.sysinfo")))
 
 
 def _oci_hooks(chan, ann):
@@ -226,17 +242,28 @@ def _await_release(fifo):
 
 
 class Launched:
+    listener = None   # the fd of the container's sysinfo listener, once started (sysinfo)
+
     def __init__(self, pid, pid_start, chan, master):
         self.pid, self.pid_start, self.chan, self.master = pid, pid_start, chan, master
 
     def start(self):
-        """Let the init exec the workload; raise the child's error if the exec fails."""
+        """Let the init exec the workload; raise the child's error if the exec fails.  A
+        container whose sysinfo is intercepted leaves its listener in self.listener: the
+        caller answers it or hands it on, at once (the workload's calls wait for it)."""
         try:
             self.chan.send({"type": "start"})
             msg = self.chan.recv()
+            while msg is not None and msg.get("type") == "sysinfo" and "fd" in msg:
+                self.listener = msg["fd"]
+                os.set_inheritable(self.listener, False)  # SCM_RIGHTS gives inheritable fds
+                msg = self.chan.recv()
         finally:
             self.chan.close()
         if msg is not None:
+            if self.listener is not None:
+                os.close(self.listener)
+                self.listener = None
             _raise_child_error(msg)
 
 
