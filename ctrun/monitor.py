@@ -174,6 +174,17 @@ class Monitor:
         self._supervise(req, pid, taken[0], taken[1], tuple(taken[2:]) or None, listener)
         return {"ok": True}
 
+    def op_sysinfo(self, req, fds):
+        """Answer the sysinfo calls of a command `ctrun exec` started in a container this
+        monitor supervises (the init's pid and start_id name it); fds: its listener."""
+        pid = int(req.get("pid", 0))
+        rec = self.running.get(pid)
+        if rec is None or rec["start_id"] != req.get("start_id") or len(fds) != 1:
+            return {"ok": False, "kind": "CtrunError",
+                    "message": "monitor: no such container to answer sysinfo for"}
+        self._watch_sysinfo(rec, pid, fds.pop())
+        return {"ok": True}
+
     def op_server(self, req, fds):
         """Start a warm server for the store as this monitor's child, with the caller's
         environment; fds: the pipe its readiness goes to (the client waits on it)."""
@@ -236,15 +247,18 @@ class Monitor:
                 spec = json.load(f)
         except (OSError, ValueError):
             spec = {"annotations": {}}   # every call then gets the host's figures
-        rec["sysinfo"] = listener = Listener(fd, pid, spec)
+        listener = Listener(fd, pid, spec)
+        rec.setdefault("sysinfo", []).append(listener)   # the init's, then each exec's
         self.sel.register(fd, selectors.EVENT_READ,
-                          lambda _: listener.answer() or self._unwatch_sysinfo(rec))
+                          lambda _: listener.answer() or self._unwatch_sysinfo(rec, listener))
 
-    def _unwatch_sysinfo(self, rec):
-        listener = rec.pop("sysinfo", None)
-        if listener is not None:
-            self.sel.unregister(listener.fd)
-            listener.close()
+    def _unwatch_sysinfo(self, rec, listener=None):
+        """Stop answering one listener of the container (its tasks are gone), or all."""
+        for one in [listener] if listener else rec.pop("sysinfo", []):
+            if listener:
+                rec["sysinfo"].remove(one)
+            self.sel.unregister(one.fd)
+            one.close()
 
     def _pump(self, rec, fd):
         try:

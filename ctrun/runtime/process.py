@@ -435,8 +435,11 @@ def exit_code(status):
     return os.waitstatus_to_exitcode(status)
 
 
-def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None):
-    """Run argv inside a running container; returns its exit code (ctrun exec)."""
+def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None,
+         on_listener=None):
+    """Run argv inside a running container; returns its exit code (ctrun exec).
+    on_listener(fd): the container's supervisor takes the sysinfo listener of the command
+    (runtime.sysinfo), at once: none when not given."""
     proc = dict(spec["process"])
     proc["args"] = list(argv)
     envd = _env_dict(proc["env"])
@@ -447,17 +450,21 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
     if user:
         uid, _, gid = user.partition(":")
         proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
-    mid, chan = _fork_joiner(live, spec, proc, cwd or proc["cwd"], tty, stdin, bpf, False)
+    mid, chan = _fork_joiner(live, spec, proc, cwd or proc["cwd"], tty, stdin, bpf, False,
+                             on_listener is not None)
     master = None
     try:
         while True:
             msg = chan.recv()
             if msg is None:
                 break
-            if msg["type"] == "pty":
+            if msg["type"] == "sysinfo" and "fd" in msg:
+                os.set_inheritable(msg["fd"], False)
+                on_listener(msg["fd"])
+            elif msg["type"] == "pty":
                 master = msg["fd"]
                 break
-            if msg["type"] == "error":
+            elif msg["type"] == "error":
                 os.waitpid(mid, 0)
                 _raise_child_error(msg)
         if master is not None:
@@ -503,7 +510,7 @@ def join_detached(live, spec, tty=False, bpf=None):
     return pid, master
 
 
-def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach):
+def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach, intercept=False):
     """Fork the middle process of an exec (see _join_middle); (its pid, the channel)."""
     from ..state import alive
     from ..namespaces import join as nsjoin  # exec only: not on the start path
@@ -519,7 +526,7 @@ def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach):
         mid = linux.fork()
         if mid == 0:
             _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf,
-                         detach)
+                         detach, intercept)
     finally:
         for _, fd in ns_fds:
             os.close(fd)
@@ -555,7 +562,8 @@ def _wait_forwarding(pid, translate=None):
             signal.signal(s, h)
 
 
-def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach=False):
+def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach=False,
+                 intercept=False):
     """Middle process of exec: enters the namespaces, forks the command, relays its status.
 
     The order is what keeps the host out of the container's reach:
@@ -585,7 +593,7 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach
         step = "forking into the container's pid namespace"
         pid = linux.fork()
         if pid == 0:
-            _join_child(chan, cg_fds, proc, cwd, tty, bpf)
+            _join_child(chan, cg_fds, proc, cwd, tty, bpf, intercept)
         if detach:  # the command is reparented to the caller's subreaper
             chan.send({"type": "pid", "pid": pid})
             linux.exit(0)
@@ -594,12 +602,17 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach
         _report(chan, step, e)
 
 
-def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
+def _join_child(chan, cg_fds, proc, cwd, tty, bpf, intercept=False):
     step = "joining the container's cgroup"
     try:
         for fd in cg_fds:
             linux.cgroup_attach(fd)
             os.close(fd)
+        if intercept:
+            # first, still holding the caps a filter needs without no_new_privs: join()
+            # reads the channel only until the pty, which comes next
+            step = "intercepting sysinfo"
+            _send_listener(chan)
         if not tty:
             # a session of its own: the operator's terminal (still its stdio, as it must
             # be) is not its controlling terminal, so TIOCSTI cannot type into it

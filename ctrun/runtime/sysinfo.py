@@ -10,6 +10,10 @@ security.syscalls.intercept.sysinfo does:
 - the init installs it just before the workload's exec (install()) and sends the listener
   fd over its channel to the process that launched it, then closes it: no workload code
   ever holds it;
+- a command of `ctrun exec` gets one too, before anything else (its channel is read only
+  until the pty comes), and the verb hands the listener to the monitor of a detached
+  container (op_sysinfo); an attached container's runner has no socket to take it, so
+  there exec's commands keep the host's figures;
 - the supervisor answers (Listener): the store's monitor for a detached container, which
   watches the fd in its event loop, or the foreground runner of `ctrun run` (serve(), in a
   thread of its own).  An answer is the struct computed from the container's cgroup,

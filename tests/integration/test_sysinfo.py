@@ -64,7 +64,29 @@ def test_the_answer_is_checked_like_the_kernels(cli, probe):
                     "sysinfo_straddle=EFAULT"], out
 
 
-# prints `free -m` each time /tmp/go appears (made by `exec`, whose own sysinfo is the host's)
+@needs_lxcfs
+def test_an_exec_in_a_detached_container_is_answered_too(cli, store):
+    """An exec'd command's listener goes to the monitor; what it leaves running is still
+    answered after the exec has returned, and the monitor lets go of it once it exits."""
+    cli("run", "-d", "--name", "c", "--memory", "256M", "busybox", "--", "sleep", "1000",
+        check=True)
+    assert free_total_mib(cli("exec", "c", "--", "free", "-m", check=True).stdout) == 256
+    cli("exec", "c", "--", "sh", "-c", "(sleep 1; free -m > /tmp/later) &", check=True)
+    out = until(lambda: cli("exec", "c", "--", "cat", "/tmp/later").stdout,
+                what="the left-over command's output")
+    assert free_total_mib(out) == 256, out
+    monitor = conftest._monitor_pids(store)[0]
+    until(lambda: _listeners(monitor) == 1, what="the exec's listeners being closed")
+
+
+def _listeners(pid):
+    """How many seccomp listeners process pid holds."""
+    fds = f"/proc/{pid}/fd"
+    return sum(os.readlink(os.path.join(fds, fd)) == "anon_inode:seccomp notify"
+               for fd in os.listdir(fds))
+
+
+# prints `free -m` each time /tmp/go appears
 _ON_REQUEST = "while :; do if [ -e /tmp/go ]; then rm /tmp/go; free -m; fi; sleep 0.1; done"
 
 
