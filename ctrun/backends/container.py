@@ -183,7 +183,7 @@ class ContainerBackend(base.Backend):
             launched.start()
             if launched.listener is not None:   # this runner answers its sysinfo calls
                 from ..runtime import sysinfo
-                sysinfo.serve(sysinfo.Listener(launched.listener, launched.pid, spec))
+                sysinfo.serve(launched.listener, launched.pid, spec)
         except BaseException:
             if plumber:
                 plumber.cancel()
@@ -285,7 +285,7 @@ def _sysinfo_to_monitor(store, live, spec):
         if reply and reply.get("ok"):
             os.close(fd)
         else:   # this verb answers while it lives: the command must never wait unanswered
-            sysinfo.serve(sysinfo.Listener(fd, live["pid"], spec))
+            sysinfo.serve(fd, live["pid"], spec)
     return hand
 
 

@@ -346,19 +346,31 @@ def _ioctl(fd, request, buf):
     fcntl.ioctl(fd, request, buf, True)
 
 
-def serve(listener):
-    """Answer `listener` in a thread of this process until no task of the container is left
-    (the foreground runner's supervisor; the monitor watches it in its event loop)."""
-    import threading
+def serve(fd, init_pid, spec):
+    """Answer listener fd in a thread of this process until no task of the container is
+    left (the foreground runner's supervisor; the monitor watches it in its event loop).
+
+    The thread blocks every signal, so each one still interrupts the main thread's wait
+    (relay, waitpid) and runs its handler at once; and it is started without waiting for it
+    to run (threading.Thread.start would): the runner's next step (the terminal's size on
+    the container's pty) must not be late for the workload, which has started already."""
+    import _thread
+    import signal
 
     def loop():
+        listener = None
         try:
+            listener = Listener(fd, init_pid, spec)
             p = select.poll()
-            p.register(listener.fd, select.POLLIN)
+            p.register(fd, select.POLLIN)
             while True:
                 p.poll()
                 if not listener.answer():
                     break
         finally:
-            listener.close()
-    threading.Thread(target=loop, name="ctrun-sysinfo", daemon=True).start()
+            listener.close() if listener else os.close(fd)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _thread.start_new_thread(loop, ())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
