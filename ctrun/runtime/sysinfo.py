@@ -115,19 +115,18 @@ class Sysinfo(ctypes.Structure):
                 ("mem_unit", ctypes.c_uint)]
 
 
-_MEM = ("totalram", "freeram", "sharedram", "bufferram", "totalswap", "freeswap")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def host():
-    """The kernel's own answer (this process is not filtered), its sizes in bytes."""
+    """What compute() takes of the kernel's own answer (this process is not filtered):
+    RAM and swap in bytes, and the load averages."""
     info = Sysinfo()
     if _libc.sysinfo(ctypes.byref(info)) != 0:
         raise OSError(ctypes.get_errno(), "sysinfo")
     unit = info.mem_unit or 1
-    out = {k: getattr(info, k) * unit for k in _MEM}
-    out.update(uptime=info.uptime, loads=tuple(info.loads), procs=info.procs)
-    return out
+    return {"totalram": info.totalram * unit, "totalswap": info.totalswap * unit,
+            "freeswap": info.freeswap * unit, "loads": tuple(info.loads)}
 
 
 def compute(host, cg, uptime):

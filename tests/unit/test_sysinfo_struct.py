@@ -9,15 +9,15 @@ import pytest
 from ctrun.runtime import sysinfo
 
 G = 1 << 30
-HOST = {"totalram": 24 * G, "freeram": 20 * G, "sharedram": 1 * G, "bufferram": G // 2,
-        "totalswap": 4 * G, "freeswap": 3 * G, "uptime": 99999, "loads": (65536, 32768, 0),
-        "procs": 400}
+HOST = {"totalram": 24 * G, "totalswap": 4 * G, "freeswap": 3 * G,
+        "loads": (65536, 32768, 0)}
 CG = {"limit": 512 << 20, "usage": 100 << 20, "swap_limit": None, "swap_usage": None,
       "shmem": 3 << 20, "tasks": 7}
 
 
 def test_the_struct_is_the_kernels_64_bit_layout():
     assert ctypes.sizeof(sysinfo.Sysinfo) == 112
+    assert sysinfo.host()["totalram"] > 0
     assert sysinfo.Sysinfo.procs.offset == 80 and sysinfo.Sysinfo.mem_unit.offset == 104
 
 
