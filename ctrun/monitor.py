@@ -13,8 +13,10 @@ exits) becomes its child: it reaps them, records exit.json and removes the cgrou
 pumps each container's stdout/stderr into its size-capped log.  It also starts the store's
 warm server (ctrun.server) as its child: a worker of that server launches a detached
 container itself, warm, and its init, orphaned, lands here (op_adopt).  It exits when it
-has no container and no server left.  Protocol: one JSON line request (with fds, by
-SCM_RIGHTS, for adopt and server), one JSON line reply, on run/monitor.sock.
+has no container and no server left.  It answers its containers' sysinfo calls too
+(ctrun.runtime.sysinfo: a listener fd each, watched in its event loop).  Protocol: one JSON
+line request (with fds, by SCM_RIGHTS, for adopt, sysinfo and server), one JSON line reply,
+on run/monitor.sock.
 """
 
 import fcntl
