@@ -180,6 +180,11 @@ class ContainerBackend(base.Backend):
                                             "pid_start": launched.pid_start,
                                             "started_at": started, "monitor": "attached"},
                        durable=False)
+            if launched.master is not None:
+                # the terminal's size before the workload runs (it may ask at once); the
+                # relay copies it again, and at each resize
+                from ..runtime import terminal
+                terminal._copy_winsize(0, launched.master)
             launched.start()
             if launched.listener is not None:   # this runner answers its sysinfo calls
                 from ..runtime import sysinfo
