@@ -246,12 +246,13 @@ SECCOMP_SET_MODE_FILTER = 1
 def load_seccomp_bpf(bpf: bytes, flags=0):
     """Install a compiled classic-BPF seccomp program (8 bytes an instruction) on this thread.
 
-    flags (SECCOMP_FILTER_FLAG_* bits) need seccomp(2); prctl cannot pass them."""
+    flags (SECCOMP_FILTER_FLAG_* bits) need seccomp(2); prctl cannot pass them.  Returns
+    seccomp(2)'s result: the listener fd under SECCOMP_FILTER_FLAG_NEW_LISTENER."""
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if flags:
-        _check(_libc.syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags),
-                             ctypes.byref(prog)), "seccomp")
+        return _check(_libc.syscall(_NR["seccomp"], SECCOMP_SET_MODE_FILTER,
+                                    ctypes.c_uint(flags), ctypes.byref(prog)), "seccomp")
     else:
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
                "seccomp")

@@ -13,8 +13,10 @@ exits) becomes its child: it reaps them, records exit.json and removes the cgrou
 pumps each container's stdout/stderr into its size-capped log.  It also starts the store's
 warm server (ctrun.server) as its child: a worker of that server launches a detached
 container itself, warm, and its init, orphaned, lands here (op_adopt).  It exits when it
-has no container and no server left.  Protocol: one JSON line request (with fds, by
-SCM_RIGHTS, for adopt and server), one JSON line reply, on run/monitor.sock.
+has no container and no server left.  It answers its containers' sysinfo calls too
+(ctrun.runtime.sysinfo: a listener fd each, watched in its event loop).  Protocol: one JSON
+line request (with fds, by SCM_RIGHTS, for adopt, sysinfo and server), one JSON line reply,
+on run/monitor.sock.
 """
 
 import fcntl
@@ -128,42 +130,61 @@ class Monitor:
         caller is a cold process, the API's or the CLI's) and supervise it."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        res_r, res_w = os.pipe()
+        res_r, res_w = socket.socketpair()   # a socket: the sysinfo listener goes with it
         console = _console(req)
         pid = os.fork()
         if pid == 0:
-            os.close(res_r)
+            res_r.close()
             result = launch(Path(req["cdir"]), req, out_w, err_w, console)
-            os.write(res_w, json.dumps(result).encode())
+            listener = result.pop("listener", None)
+            data = json.dumps(result).encode()
+            if listener is None:
+                res_w.sendall(data)
+            else:
+                socket.send_fds(res_w, [data], [listener])
             os._exit(0)
         self.launchers.add(pid)
-        for fd in (out_w, err_w, res_w):
+        for fd in (out_w, err_w):
             os.close(fd)
-        with os.fdopen(res_r, "rb") as f:
-            result = json.loads(f.read() or b'{"ok": false, "kind": "ContainerFailed", '
-                                b'"message": "container launcher died"}')
+        res_w.close()
+        with res_r:
+            data, fds = _receive(res_r, 1, end=b"")
+        result = json.loads(data or b'{"ok": false, "kind": "ContainerFailed", '
+                            b'"message": "container launcher died"}')
         if not result.get("ok"):
-            for fd in (out_r, err_r) + (console or ()):
+            for fd in (out_r, err_r, *fds) + (console or ()):
                 os.close(fd)
             return result
-        self._supervise(req, result["pid"], out_r, err_r, console)
+        self._supervise(req, result["pid"], out_r, err_r, console, (fds or [None])[0])
         return result
 
     def op_adopt(self, req, fds):
         """Supervise a container a worker of this monitor's warm server launched itself
         (warm, so without a launcher's imports): its init became this process's child when
         its intermediate exited; fds: its stdout and stderr pipes, then its console's pty
-        pair if it has one."""
+        pair if it has one, then its sysinfo listener if it has one."""
         pid = int(req["pid"])
         if pid not in self.orphans and parent_pid(pid) != os.getpid():
             return {"ok": False, "kind": "CtrunError",
                     "message": f"monitor: process {pid} is not a child of the monitor"}
-        n = 4 if req.get("console") else 2
+        n = (4 if req.get("console") else 2) + bool(req.get("sysinfo"))
         if len(fds) != n:
             return {"ok": False, "kind": "CtrunError", "message": "monitor: bad adopt request"}
         taken = fds[:]
         del fds[:]
-        self._supervise(req, pid, taken[0], taken[1], tuple(taken[2:]) or None)
+        listener = taken.pop() if req.get("sysinfo") else None
+        self._supervise(req, pid, taken[0], taken[1], tuple(taken[2:]) or None, listener)
+        return {"ok": True}
+
+    def op_sysinfo(self, req, fds):
+        """Answer the sysinfo calls of a command `ctrun exec` started in a container this
+        monitor supervises (the init's pid and start_id name it); fds: its listener."""
+        pid = int(req.get("pid", 0))
+        rec = self.running.get(pid)
+        if rec is None or rec["start_id"] != req.get("start_id") or len(fds) != 1:
+            return {"ok": False, "kind": "CtrunError",
+                    "message": "monitor: no such container to answer sysinfo for"}
+        self._watch_sysinfo(rec, pid, fds.pop())
         return {"ok": True}
 
     def op_server(self, req, fds):
@@ -198,8 +219,9 @@ class Monitor:
         self.servers.add(pid)
         self.released = False
 
-    def _supervise(self, req, pid, out_r, err_r, console):
-        """Log the container's output and reap its init (pid, this process's child)."""
+    def _supervise(self, req, pid, out_r, err_r, console, listener=None):
+        """Log the container's output, answer its sysinfo calls (listener: an fd, see
+        runtime.sysinfo) and reap its init (pid, this process's child)."""
         self.released = False
         from .runtime.logfile import LogWriter
         cdir = Path(req["cdir"])
@@ -214,8 +236,31 @@ class Monitor:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, lambda fd, rec=rec: self._pump(rec, fd))
         self.running[pid] = rec
+        if listener is not None:
+            self._watch_sysinfo(rec, pid, listener)
         if pid in self.orphans:
             self._finish(pid, self.orphans.pop(pid)[0])
+
+    def _watch_sysinfo(self, rec, pid, fd):
+        """Answer the container's sysinfo calls from this loop, until its last task is gone."""
+        from .runtime.sysinfo import Listener
+        try:
+            with open(rec["cdir"] / "spec.json", "rb") as f:
+                spec = json.load(f)
+        except (OSError, ValueError):
+            spec = {"annotations": {}}   # every call then gets the host's figures
+        listener = Listener(fd, pid, spec)
+        rec.setdefault("sysinfo", []).append(listener)   # the init's, then each exec's
+        self.sel.register(fd, selectors.EVENT_READ,
+                          lambda _: listener.answer() or self._unwatch_sysinfo(rec, listener))
+
+    def _unwatch_sysinfo(self, rec, listener=None):
+        """Stop answering one listener of the container (its tasks are gone), or all."""
+        for one in [listener] if listener else rec.pop("sysinfo", []):
+            if listener:
+                rec["sysinfo"].remove(one)
+            self.sel.unregister(one.fd)
+            one.close()
 
     def _pump(self, rec, fd):
         try:
@@ -261,6 +306,7 @@ class Monitor:
             os.close(fd)
         if rec["console"]:
             os.close(rec["console"][1])
+        self._unwatch_sysinfo(rec)
         rec["log"].close()
         from .runtime.reap import finalize
         finalize(rec["cdir"], rec["name"], rec["start_id"], status, rec["cgroup_parent"],
@@ -312,6 +358,8 @@ def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None):
         if launched is not None:
             launched.start()
         result = {"ok": True, "pid": pid, "pid_start": pid_start}
+        if getattr(launched, "listener", None) is not None:
+            result["listener"] = launched.listener   # an fd: the caller hands it on
     except Exception as e:  # noqa: BLE001
         result = {"ok": False, "kind": type(e).__name__, "message": str(e)}
     finally:
@@ -347,9 +395,12 @@ def start(root, req, cfg, backend):
                         console and (os.dup(console[0]), console[1]), cfg, backend)
         if not result.get("ok"):
             return result
+        sysinfo = "listener" in result
+        if sysinfo:
+            fds.append(result.pop("listener"))
         try:
-            reply = request(root, {**req, "op": "adopt", "pid": result["pid"]}, fds=fds,
-                            spawn=False)
+            reply = request(root, {**req, "op": "adopt", "pid": result["pid"],
+                                   "sysinfo": sysinfo}, fds=fds, spawn=False)
         except OSError:
             reply = None
         if not reply or not reply.get("ok"):
@@ -408,10 +459,10 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
     return json.loads(data)
 
 
-def _receive(conn, max_fds=4):
-    """One request line and the fds sent with it."""
+def _receive(conn, max_fds=5, end=b"\n"):
+    """One request line and the fds sent with it (end=b"": everything until EOF)."""
     data, fds = b"", []
-    while not data.endswith(b"\n") and len(data) < 1 << 20:
+    while not (end and data.endswith(end)) and len(data) < 1 << 20:
         chunk, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(max_fds * 4),
                                         socket.MSG_CMSG_CLOEXEC)
         fds += passed_fds(anc)

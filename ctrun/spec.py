@@ -89,6 +89,8 @@ def build(cfg, image_cfg, cdir, image_rootfs, cgroup_procs, privileged_devices=T
             "run.ctrun.userns_base": cfg.userns_base if cfg.userns else None,
             "run.ctrun.stop_signal": cfg.stop_signal or image_cfg.get("stop_signal", "SIGTERM"),
             "run.ctrun.lxcfs": [list(b) for b in lxcfs],
+            # sysinfo(2) answered from the cgroup too (runtime.sysinfo), where LXCFS serves
+            "run.ctrun.sysinfo": bool(lxcfs) and not cfg.privileged,
         },
     }
     init = init_of(cfg, image_cfg, image_rootfs)

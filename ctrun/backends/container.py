@@ -180,7 +180,15 @@ class ContainerBackend(base.Backend):
                                             "pid_start": launched.pid_start,
                                             "started_at": started, "monitor": "attached"},
                        durable=False)
+            if launched.master is not None:
+                # the terminal's size before the workload runs (it may ask at once); the
+                # relay copies it again, and at each resize
+                from ..runtime import terminal
+                terminal._copy_winsize(0, launched.master)
             launched.start()
+            if launched.listener is not None:   # this runner answers its sysinfo calls
+                from ..runtime import sysinfo
+                sysinfo.serve(launched.listener, launched.pid, spec)
         except BaseException:
             if plumber:
                 plumber.cancel()
@@ -252,7 +260,8 @@ class ContainerBackend(base.Backend):
             caps = spec["process"]["capabilities"]["bounding"]
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
         return process.join(live, exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
-                            user=user, tty=tty, stdin=interactive or tty, bpf=bpf)
+                            user=user, tty=tty, stdin=interactive or tty, bpf=bpf,
+                            on_listener=_sysinfo_to_monitor(self.store, live, spec))
 
     def login(self, live):
         """Root's shell from the container's /etc/passwd, as a login shell in root's home
@@ -260,6 +269,29 @@ class ContainerBackend(base.Backend):
         home, shell = _root_login(f"/proc/{live['pid']}/root")
         env = [f"HOME={home}", "USER=root", "LOGNAME=root", f"SHELL={shell}"]
         return [([shell, "-l"], {"env": env, "workdir": home}), (["/bin/sh"], {})]
+
+
+def _sysinfo_to_monitor(store, live, spec):
+    """For `exec` into a detached container with sysinfo intercepted: what hands the
+    command's listener to the store's monitor, which answers the container's (an attached
+    container's supervisor has no socket: its exec'd commands keep the host's sysinfo)."""
+    if not spec["annotations"].get("run.ctrun.sysinfo") or live.get("monitor") != "shared":
+        return None
+
+    def hand(fd):
+        from .. import monitor
+        from ..runtime import sysinfo
+        try:
+            reply = monitor.request(store.root, {"op": "sysinfo", "pid": live["pid"],
+                                                 "start_id": live["start_id"]},
+                                    fds=[fd], spawn=False)
+        except OSError:
+            reply = None
+        if reply and reply.get("ok"):
+            os.close(fd)
+        else:   # this verb answers while it lives: the command must never wait unanswered
+            sysinfo.serve(fd, live["pid"], spec)
+    return hand
 
 
 def _take_cgroup(store, mgr, rules):

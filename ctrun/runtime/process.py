@@ -17,7 +17,7 @@ import socket
 from .. import errors, libc, namespaces
 from ..namespaces import loopback_up as _loopback_up
 from ..kernel import linux
-from . import inhooks, paths, rootfs, security, terminal
+from . import inhooks, paths, rootfs, security, sysinfo, terminal
 
 
 class Channel:
@@ -116,9 +116,10 @@ def _enter_workdir(chan, proc, cwd, tty, make):
     return exe
 
 
-def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
+def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0, intercept=False):
     """Shared tail of init and exec: privileges, fds, seccomp, execve.  preserve_fds: how
-    many fds after stdio pass to the workload (runc's --preserve-fds)."""
+    many fds after stdio pass to the workload (runc's --preserve-fds); intercept: hand
+    sysinfo(2) to the launcher (runtime.sysinfo), whose listener fd goes over chan."""
     # without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the drop may take
     # away: then it is loaded first, as runc does (a bundle's profile allows the few calls
     # that follow; ctrun's own containers always set no_new_privs and load it last)
@@ -138,6 +139,9 @@ def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
         security.close_fds(keep={chan.sock.fileno()} | passed)
         step = "checking the working directory"
         security.check_cwd()
+        if intercept:
+            step = "intercepting sysinfo"
+            _send_listener(chan)
         if not early:
             step = "installing the seccomp filter"
             security.install_seccomp(bpf)
@@ -145,6 +149,17 @@ def _final_exec(chan, proc, bpf, argv0_path, env, preserve_fds=0):
         linux.execve(argv0_path, proc["args"], _env_dict(env))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent
         _report(chan, step, e)
+
+
+def _send_listener(chan):
+    """Load the sysinfo filter and send its listener to the launcher; closed here at once,
+    so the workload never holds it (Launched.start takes it)."""
+    fd = sysinfo.install()
+    if fd is not None:
+        try:
+            chan.send({"type": "sysinfo", "has_fd": True}, fd=fd)
+        finally:
+            os.close(fd)
 
 
 def _env_dict(env_list):
@@ -195,7 +210,8 @@ def _init_main(chan, spec, stdio, tty, bpf):
     except BaseException as e:  # noqa: BLE001
         _report(chan, step, e)
     _final_exec(chan, proc, bpf, exe, proc["env"],
-                spec["annotations"].get("run.ctrun.preserve_fds", 0))
+                spec["annotations"].get("run.ctrun.preserve_fds", 0),
+                bool(spec["annotations"].get("run.ctrun.sysinfo")))
 
 
 def _oci_hooks(chan, ann):
@@ -226,17 +242,28 @@ def _await_release(fifo):
 
 
 class Launched:
+    listener = None   # the fd of the container's sysinfo listener, once started (sysinfo)
+
     def __init__(self, pid, pid_start, chan, master):
         self.pid, self.pid_start, self.chan, self.master = pid, pid_start, chan, master
 
     def start(self):
-        """Let the init exec the workload; raise the child's error if the exec fails."""
+        """Let the init exec the workload; raise the child's error if the exec fails.  A
+        container whose sysinfo is intercepted leaves its listener in self.listener: the
+        caller answers it or hands it on, at once (the workload's calls wait for it)."""
         try:
             self.chan.send({"type": "start"})
             msg = self.chan.recv()
+            while msg is not None and msg.get("type") == "sysinfo" and "fd" in msg:
+                self.listener = msg["fd"]
+                os.set_inheritable(self.listener, False)  # SCM_RIGHTS gives inheritable fds
+                msg = self.chan.recv()
         finally:
             self.chan.close()
         if msg is not None:
+            if self.listener is not None:
+                os.close(self.listener)
+                self.listener = None
             _raise_child_error(msg)
 
 
@@ -408,8 +435,11 @@ def exit_code(status):
     return os.waitstatus_to_exitcode(status)
 
 
-def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None):
-    """Run argv inside a running container; returns its exit code (ctrun exec)."""
+def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, bpf=None,
+         on_listener=None):
+    """Run argv inside a running container; returns its exit code (ctrun exec).
+    on_listener(fd): the container's supervisor takes the sysinfo listener of the command
+    (runtime.sysinfo), at once: none when not given."""
     proc = dict(spec["process"])
     proc["args"] = list(argv)
     envd = _env_dict(proc["env"])
@@ -420,17 +450,21 @@ def join(live, spec, argv, env=(), cwd=None, user=None, tty=False, stdin=True, b
     if user:
         uid, _, gid = user.partition(":")
         proc["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
-    mid, chan = _fork_joiner(live, spec, proc, cwd or proc["cwd"], tty, stdin, bpf, False)
+    mid, chan = _fork_joiner(live, spec, proc, cwd or proc["cwd"], tty, stdin, bpf, False,
+                             on_listener is not None)
     master = None
     try:
         while True:
             msg = chan.recv()
             if msg is None:
                 break
-            if msg["type"] == "pty":
+            if msg["type"] == "sysinfo" and "fd" in msg:
+                os.set_inheritable(msg["fd"], False)
+                on_listener(msg["fd"])
+            elif msg["type"] == "pty":
                 master = msg["fd"]
                 break
-            if msg["type"] == "error":
+            elif msg["type"] == "error":
                 os.waitpid(mid, 0)
                 _raise_child_error(msg)
         if master is not None:
@@ -476,7 +510,7 @@ def join_detached(live, spec, tty=False, bpf=None):
     return pid, master
 
 
-def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach):
+def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach, intercept=False):
     """Fork the middle process of an exec (see _join_middle); (its pid, the channel)."""
     from ..state import alive
     from ..namespaces import join as nsjoin  # exec only: not on the start path
@@ -492,7 +526,7 @@ def _fork_joiner(live, spec, proc, cwd, tty, stdin, bpf, detach):
         mid = linux.fork()
         if mid == 0:
             _join_middle(Channel(csock), psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf,
-                         detach)
+                         detach, intercept)
     finally:
         for _, fd in ns_fds:
             os.close(fd)
@@ -528,7 +562,8 @@ def _wait_forwarding(pid, translate=None):
             signal.signal(s, h)
 
 
-def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach=False):
+def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach=False,
+                 intercept=False):
     """Middle process of exec: enters the namespaces, forks the command, relays its status.
 
     The order is what keeps the host out of the container's reach:
@@ -558,7 +593,7 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach
         step = "forking into the container's pid namespace"
         pid = linux.fork()
         if pid == 0:
-            _join_child(chan, cg_fds, proc, cwd, tty, bpf)
+            _join_child(chan, cg_fds, proc, cwd, tty, bpf, intercept)
         if detach:  # the command is reparented to the caller's subreaper
             chan.send({"type": "pid", "pid": pid})
             linux.exit(0)
@@ -567,12 +602,17 @@ def _join_middle(chan, psock, ns_fds, cg_fds, proc, cwd, tty, stdin, bpf, detach
         _report(chan, step, e)
 
 
-def _join_child(chan, cg_fds, proc, cwd, tty, bpf):
+def _join_child(chan, cg_fds, proc, cwd, tty, bpf, intercept=False):
     step = "joining the container's cgroup"
     try:
         for fd in cg_fds:
             linux.cgroup_attach(fd)
             os.close(fd)
+        if intercept:
+            # first, still holding the caps a filter needs without no_new_privs: join()
+            # reads the channel only until the pty, which comes next
+            step = "intercepting sysinfo"
+            _send_listener(chan)
         if not tty:
             # a session of its own: the operator's terminal (still its stdio, as it must
             # be) is not its controlling terminal, so TIOCSTI cannot type into it

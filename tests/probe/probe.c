@@ -1,6 +1,9 @@
 /* In-container probe, built statically by the tests.
  *   probe              tries syscalls a container must not be able to make and prints
  *                      NAME=RESULT lines (0, or the errno name)
+ *   probe sysinfo      what sysinfo(2) answers: totalram (bytes), uptime and procs, then
+ *                      sysinfo_null, sysinfo_readonly, sysinfo_straddle=RESULT for a NULL
+ *                      buffer, a read-only one and one running off its mapping's end
  *   probe tty          tty_nr (field 7 of /proc/self/stat) and what TIOCSTI and TIOCLINUX
  *                      do on the first of fds 0-2 that is a terminal
  *   probe scan OUT     until OUT.stop exists, opens /proc/PID/exe and /proc/PID/fd/N of
@@ -28,8 +31,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -43,6 +48,23 @@ static int syscalls(void) {
     report("unshare_uts", unshare(CLONE_NEWUTS));
     report("bpf", syscall(SYS_bpf, 0, NULL, 0));
     report("getpid", syscall(SYS_getpid));
+    return 0;
+}
+
+static int sysinfo_probe(void) {
+    struct sysinfo si;
+    if (syscall(SYS_sysinfo, &si) < 0) {
+        printf("sysinfo=%s\n", strerrorname_np(errno));
+        return 1;
+    }
+    printf("totalram=%llu uptime=%ld procs=%u\n",
+           (unsigned long long)si.totalram * si.mem_unit, si.uptime, si.procs);
+    report("sysinfo_null", syscall(SYS_sysinfo, NULL));
+    void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    report("sysinfo_readonly", syscall(SYS_sysinfo, ro));
+    char *two = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(two + 4096, 4096);
+    report("sysinfo_straddle", syscall(SYS_sysinfo, two + 4096 - 16));
     return 0;
 }
 
@@ -262,6 +284,8 @@ static int listen_udp(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "tty"))
         return tty();
+    if (argc > 1 && !strcmp(argv[1], "sysinfo"))
+        return sysinfo_probe();
     if (argc > 2 && !strcmp(argv[1], "scan"))
         return scan(argv[2]);
     if (argc > 1 && !strcmp(argv[1], "arp"))
