@@ -326,7 +326,19 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
             backend = self._backend(cfg)
         # without the lock: an exec may run for as long as it likes
         return backend.exec(cdir, cfg, live, argv, tty=tty, interactive=interactive, env=env,
-                            workdir=workdir, user=user)
+                            workdir=workdir, user=user, to_monitor=self._sysinfo_to_monitor)
+
+    def _sysinfo_to_monitor(self, fd, live):
+        """Hand the sysinfo listener of a command exec'd into a detached container to the
+        store's monitor, which answers the container's calls; True if it took it."""
+        from . import monitor
+        try:
+            reply = monitor.request(self.store.root, {"op": "sysinfo", "pid": live["pid"],
+                                                      "start_id": live["start_id"]},
+                                    fds=[fd], spawn=False)
+        except OSError:
+            return False
+        return bool(reply and reply.get("ok"))
 
     def enter(self, name):
         """A login shell as root, as `vzctl enter` gives (see the backend's login)."""

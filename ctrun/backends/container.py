@@ -251,7 +251,7 @@ class ContainerBackend(base.Backend):
                 os.close(fd)
 
     def exec(self, cdir, cfg, live, argv, tty=False, interactive=False, env=(), workdir=None,
-             user=None):
+             user=None, to_monitor=None):
         from ..runtime import process
         spec = read_json(cdir / "spec.json")
         bpf = None
@@ -261,7 +261,7 @@ class ContainerBackend(base.Backend):
             bpf = seccomp.bpf_for(caps, self.store.root / "cache")
         return process.join(live, exec_cgroups(spec, live["pid"]), argv, env=env, cwd=workdir,
                             user=user, tty=tty, stdin=interactive or tty, bpf=bpf,
-                            on_listener=_sysinfo_to_monitor(self.store, live, spec))
+                            on_listener=_sysinfo_to_monitor(live, spec, to_monitor))
 
     def login(self, live):
         """Root's shell from the container's /etc/passwd, as a login shell in root's home
@@ -271,25 +271,20 @@ class ContainerBackend(base.Backend):
         return [([shell, "-l"], {"env": env, "workdir": home}), (["/bin/sh"], {})]
 
 
-def _sysinfo_to_monitor(store, live, spec):
+def _sysinfo_to_monitor(live, spec, to_monitor):
     """For `exec` into a detached container with sysinfo intercepted: what hands the
-    command's listener to the store's monitor, which answers the container's (an attached
-    container's supervisor has no socket: its exec'd commands keep the host's sysinfo)."""
-    if not spec["annotations"].get("run.ctrun.sysinfo") or live.get("monitor") != "shared":
+    command's listener to the store's monitor, which answers the container's
+    (to_monitor(fd, live): True once it took it; an attached container's supervisor has no
+    socket: its exec'd commands keep the host's sysinfo)."""
+    if not spec["annotations"].get("run.ctrun.sysinfo") or live.get("monitor") != "shared" \
+            or to_monitor is None:
         return None
 
     def hand(fd):
-        from .. import monitor
-        from ..runtime import sysinfo
-        try:
-            reply = monitor.request(store.root, {"op": "sysinfo", "pid": live["pid"],
-                                                 "start_id": live["start_id"]},
-                                    fds=[fd], spawn=False)
-        except OSError:
-            reply = None
-        if reply and reply.get("ok"):
+        if to_monitor(fd, live):
             os.close(fd)
         else:   # this verb answers while it lives: the command must never wait unanswered
+            from ..runtime import sysinfo
             sysinfo.serve(fd, live["pid"], spec)
     return hand
 

@@ -101,7 +101,8 @@ class VMBackend(base.Backend):
                 os.close(fd)
 
     def exec(self, cdir, cfg, live, argv, tty=False, interactive=False, env=(), workdir=None,
-             user=None):
+             user=None, to_monitor=None):
+        # to_monitor: a guest's sysinfo is its own kernel's, nothing to hand over
         from ..vm import machine
         icfg = base.image_config_strict(self.store, cfg.image)
         return machine.exec(cdir, cfg.to_dict(), icfg, argv, env=env, cwd=workdir, user=user,
