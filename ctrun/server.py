@@ -26,7 +26,9 @@ Protocol on run/server.sock (SOCK_STREAM):
           directory.  Afterwards, one byte per relayed signal (its number).
   server: b"S" just before the worker is forked (so a client whose connection ends before
           it may retry: nothing ran), then b"x<code>\\n" (exit code) or b"k<signal>\\n"
-          (killed by it).  b"m" instead of b"S": this server runs another ctrun's code (an
+          (killed by it).  The worker sends the exit code itself once its command is done,
+          before its own exit (the teardown of a copy of the server is not the call's
+          time); the server sends the signal of a worker killed before that.  b"m" instead of b"S": this server runs another ctrun's code (an
           upgrade, another checkout); it retires, and the client starts its own.
 
 Lifetime: started on demand by the client, as a child of the store's monitor (the client
@@ -67,6 +69,8 @@ WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.pro
 
 
 class _Conn:
+    reply = None   # in a spare: the client's socket (an fd), for the exit code
+
     def __init__(self, sock, peer):
         self.sock, self.peer = sock, peer
         self.buf = bytearray()
@@ -297,10 +301,11 @@ class Server:
         self.spare = None
         head = (len(payload).to_bytes(4, "little") + c.peer.to_bytes(4, "little")
                 + (b"1" if adopts else b"0"))
+        fds = c.fds + [c.sock.fileno()]   # the client's socket last: the worker replies
         try:
             n = sock.sendmsg([head + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                  b"".join(fd.to_bytes(4, sys.byteorder)
-                                                          for fd in c.fds))])
+                                                          for fd in fds))])
             if n < len(head) + len(payload):  # never an empty send (see client._call):
                 sock.sendall((head + payload)[n:])   # the spare may be running the call
         except OSError:  # it died: the call gets a worker of its own
@@ -330,7 +335,7 @@ class Server:
             head = b""
             fds = []
             while len(head) < 9:
-                data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(NFDS * 4),
+                data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE((NFDS + 1) * 4),
                                                socket.MSG_CMSG_CLOEXEC)
                 fds += passed_fds(anc)
                 if not data:
@@ -345,7 +350,7 @@ class Server:
                 payload += data
             sock.close()
             c = _Conn(None, peer)
-            c.fds = fds
+            c.fds, c.reply = fds[:NFDS], fds[NFDS]
             req = _parse(payload)
         except BaseException:  # noqa: BLE001 - nothing was asked of it yet
             os._exit(1)
@@ -375,10 +380,12 @@ class Server:
     def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
         code = 1
+        server = os.getppid()
+        reply = None
         try:
+            reply = c.reply if c.sock is None else os.dup(c.sock.fileno())
             from . import monitor
             monitor.ADOPTS = adopts
-            server = os.getppid()
             signal.set_wakeup_fd(-1)
             for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
                       signal.SIGCHLD):
@@ -423,6 +430,8 @@ class Server:
         except BaseException as e:  # noqa: BLE001 - taking the client's place failed
             _write(2, f"ctrun: error: the ctrun server could not run this command: {e}\n")
         finally:
+            if os.getppid() == server:   # else the client learns that its server died
+                _reply(reply, code)
             os._exit(code)
 
 
@@ -503,6 +512,24 @@ def _run_cli(argv):
         print(code, file=sys.stderr)
         code = 1
     return code if _flush() else 120
+
+
+def _reply(fd, code):
+    """In a worker whose command is done: the exit code (as os._exit passes it on) to the
+    client, which then returns while this copy of the server is torn down.  The relayed
+    signals are blocked first (a hang-up of the client that got its code must not turn
+    the exit into a kill), and the client's stdio is closed (a reader of its output sees
+    the end with the client's exit); the socket is shut for writing, so the server's
+    own reply at the reaping goes nowhere."""
+    if fd is None:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+    os.closerange(0, 3)
+    try:
+        os.write(fd, b"x%d\n" % (code & 0xFF))
+        socket.socket(fileno=fd).shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _flush():
