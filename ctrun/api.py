@@ -27,7 +27,7 @@ from .errors import (CommandNotFound, Conflict, CtrunError, HostUnsupported, Inv
 from .lifecycle import State
 from .observe import ObserveVerbs
 from .shared import SharedVerbs
-from .state import Store, status, write_json
+from .state import Store, ephemeral, status, write_json
 from .vpsverbs import VPSVerbs
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
@@ -258,25 +258,27 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         if not detach and not backends.for_create(create_opts.get("vm")).attachable:
             raise InvalidInput("run --vm needs -d: a VM boots its image's init; then use "
                                "ctrun exec NAME -- CMD")
-        try:
-            self.create(name, image=image, cmd=cmd, **create_opts)
-        except BaseException:
-            if plumber:
-                plumber.cancel()
-            raise
-        try:
-            if detach:
+        # what --rm removes at the end need not survive a power loss (no fsync)
+        with ephemeral(name if rm and not detach else None):
+            try:
+                self.create(name, image=image, cmd=cmd, **create_opts)
+            except BaseException:
                 if plumber:
                     plumber.cancel()
-                self.start(name)
-                return 0
-            return self._run_attached(name, tty, interactive, plumber)
-        finally:
-            if rm and not detach:
-                try:
-                    self.destroy(name, force=True)
-                except CtrunError:
-                    pass
+                raise
+            try:
+                if detach:
+                    if plumber:
+                        plumber.cancel()
+                    self.start(name)
+                    return 0
+                return self._run_attached(name, tty, interactive, plumber)
+            finally:
+                if rm and not detach:
+                    try:
+                        self.destroy(name, force=True)
+                    except CtrunError:
+                        pass
 
     def _run_attached(self, name, tty, interactive, plumber=None):
         """Start with this process as the supervisor: stdio inherited (or a pty), the
