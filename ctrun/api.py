@@ -27,7 +27,7 @@ from .errors import (CommandNotFound, Conflict, CtrunError, HostUnsupported, Inv
 from .lifecycle import State
 from .observe import ObserveVerbs
 from .shared import SharedVerbs
-from .state import Store, ephemeral, status, write_json
+from .state import Store, ephemeral, remove_tree, status, write_json
 from .vpsverbs import VPSVerbs
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
@@ -367,9 +367,10 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
                 netc.down(self.store, name, cfg.net)
                 netc.release(self.store, name, cfg.net)
                 netc.write_hosts(self.store, cfg.net["network"])
-            trash = self.store.containers / f".destroy-{name}-{os.urandom(4).hex()}"
+            # out of containers/ at once; its files go after a served call's reply
+            trash = self.store.private_dir("tmp") / f".destroy-{name}-{os.urandom(4).hex()}"
             os.rename(cdir, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
             if cfg and cfg.onboot:
                 self._sync_onboot()
             (self.store.locks / f"{name}.lock").unlink(missing_ok=True)

@@ -426,6 +426,8 @@ class Server:
             _copy_rlimits(c.peer)
             sys.argv = ["ctrun", *req["argv"]]
             _reopen_stdio()
+            from . import state
+            state.defer_removals()
             code = _run_cli(req["argv"])
         except KeyboardInterrupt:  # a Ctrl-C relayed before the CLI's code ran
             code = 130
@@ -434,6 +436,8 @@ class Server:
         finally:
             if os.getppid() == server:   # else the client learns that its server died
                 _reply(reply, code)
+            from . import state
+            state.finish_removals()
             os._exit(code)
 
 

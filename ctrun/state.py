@@ -72,6 +72,32 @@ def _ephemeral(path):
         d.name == name or d.name.startswith(f".tmp-{name}-"))
 
 
+# in a served call's worker (ctrun.server): the trees remove_tree leaves for after the reply
+_LATER = []
+_DEFERRING = []
+
+
+def remove_tree(path):
+    """Remove a tree nothing refers to any more (a destroyed container's directory, renamed
+    out of the store's listing): now, or, in a served call, once its client has the reply
+    (defer_removals); one left by a killed process is gc's."""
+    if _DEFERRING:
+        _LATER.append(path)
+    else:
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def defer_removals():
+    _DEFERRING.append(True)
+
+
+def finish_removals():
+    _DEFERRING.clear()
+    while _LATER:
+        remove_tree(_LATER.pop(0))
+
+
 def write_json(path, data, durable=True):
     """Write atomically: temp file, rename; a crashed process leaves the old or the new file.
 
