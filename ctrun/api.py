@@ -27,7 +27,7 @@ from .errors import (CommandNotFound, Conflict, CtrunError, HostUnsupported, Inv
 from .lifecycle import State
 from .observe import ObserveVerbs
 from .shared import SharedVerbs
-from .state import Store, ephemeral, remove_tree, status, write_json
+from .state import Store, ephemeral, remove_tree, status, sync, write_json
 from .vpsverbs import VPSVerbs
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
@@ -231,7 +231,9 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         from . import monitor
         sid = os.urandom(6).hex()
         started = _now()
-        write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+        # synced once the init runs (before the verb returns), not before its start
+        write_json(cdir / "state.json", {"start_id": sid, "started_at": started},
+                   durable=False)
         try:
             reply = monitor.start(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
@@ -246,6 +248,11 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         if not reply.get("ok"):
             base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
             _raise(reply)
+        try:
+            sync(cdir / "state.json")
+        except OSError:   # as a failed write before the start: it does not run
+            base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
+            raise
         return sid
 
     def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,

@@ -98,6 +98,20 @@ def finish_removals():
         remove_tree(_LATER.pop(0))
 
 
+def sync(path):
+    """Make a file written with durable=False durable now (as write_json's fsync would
+    have; not for an ephemeral() container's): a start writes its state.json so, and syncs
+    it once the init runs, which then does not wait for the disk."""
+    path = Path(path)
+    if _ephemeral(path):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path, data, durable=True):
     """Write atomically: temp file, rename; a crashed process leaves the old or the new file.
 

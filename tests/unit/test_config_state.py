@@ -97,8 +97,12 @@ def test_an_ephemeral_containers_records_are_not_fsynced_and_shared_files_are(
         state.write_json(ct / "other" / "state.json", {})
         state.write_json(tmp_path / "networks" / "leases.json", {})
         assert len(synced) == 3
+        state.sync(ct / "ct-1" / "state.json")   # a start's deferred fsync: skipped too
+        assert len(synced) == 3
     state.write_json(ct / "ct-1" / "state.json", {})
     assert len(synced) == 4
+    state.sync(ct / "ct-1" / "state.json")
+    assert len(synced) == 5
 
 
 def test_status_never_trusts_a_recycled_pid(tmp_path):
