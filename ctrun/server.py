@@ -57,6 +57,7 @@ IDLE = 30.0
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
 NFDS = 4
+WARM_PARSES = 16
 MADV_POPULATE_WRITE = 23
 POPULATE_CHUNK = 1 << 20
 # what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
@@ -476,6 +477,13 @@ def warm():
     from . import cli
     for verb in cli.VERBS:   # each verb's parser, as cli.main would build it per call
         cli.parser(verb)
+    # argparse's code run here, so the interpreter has adapted it to these calls once
+    # (Python 3.11 specializes a function's bytecode after its first calls) rather than
+    # in each worker: parsing only, nothing is done
+    for _ in range(WARM_PARSES):
+        for argv in (["run", "--rm", "--net", "none", "busybox"], ["start", "NAME"],
+                     ["exec", "NAME"], ["list"]):
+            cli.parser(argv[0]).parse_args(argv)
 
 
 def _parse(payload):
