@@ -28,8 +28,9 @@ Protocol on run/server.sock (SOCK_STREAM):
           it may retry: nothing ran), then b"x<code>\\n" (exit code) or b"k<signal>\\n"
           (killed by it).  The worker sends the exit code itself once its command is done,
           before its own exit (the teardown of a copy of the server is not the call's
-          time); the server sends the signal of a worker killed before that.  b"m" instead of b"S": this server runs another ctrun's code (an
-          upgrade, another checkout); it retires, and the client starts its own.
+          time); the server sends the signal of a worker killed before that.  b"m"
+          instead of b"S": this server runs another ctrun's code (an upgrade, another
+          checkout); it retires, and the client starts its own.
 
 Lifetime: started on demand by the client, as a child of the store's monitor (the client
 starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init of a
