@@ -27,7 +27,7 @@ from .errors import (CommandNotFound, Conflict, CtrunError, HostUnsupported, Inv
 from .lifecycle import State
 from .observe import ObserveVerbs
 from .shared import SharedVerbs
-from .state import Store, status, write_json
+from .state import Store, ephemeral, remove_tree, status, sync, write_json
 from .vpsverbs import VPSVerbs
 
 DEFAULT_CGROUP_PARENT = cfgmod.DEFAULT_CGROUP_PARENT
@@ -231,7 +231,9 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         from . import monitor
         sid = os.urandom(6).hex()
         started = _now()
-        write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+        # synced once the init runs (before the verb returns), not before its start
+        write_json(cdir / "state.json", {"start_id": sid, "started_at": started},
+                   durable=False)
         try:
             reply = monitor.start(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
@@ -246,6 +248,11 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         if not reply.get("ok"):
             base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
             _raise(reply)
+        try:
+            sync(cdir / "state.json")
+        except OSError:   # as a failed write before the start: it does not run
+            base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
+            raise
         return sid
 
     def run(self, image="busybox", cmd=(), name=None, rm=False, detach=False, tty=False,
@@ -258,25 +265,27 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         if not detach and not backends.for_create(create_opts.get("vm")).attachable:
             raise InvalidInput("run --vm needs -d: a VM boots its image's init; then use "
                                "ctrun exec NAME -- CMD")
-        try:
-            self.create(name, image=image, cmd=cmd, **create_opts)
-        except BaseException:
-            if plumber:
-                plumber.cancel()
-            raise
-        try:
-            if detach:
+        # what --rm removes at the end need not survive a power loss (no fsync)
+        with ephemeral(name if rm and not detach else None):
+            try:
+                self.create(name, image=image, cmd=cmd, **create_opts)
+            except BaseException:
                 if plumber:
                     plumber.cancel()
-                self.start(name)
-                return 0
-            return self._run_attached(name, tty, interactive, plumber)
-        finally:
-            if rm and not detach:
-                try:
-                    self.destroy(name, force=True)
-                except CtrunError:
-                    pass
+                raise
+            try:
+                if detach:
+                    if plumber:
+                        plumber.cancel()
+                    self.start(name)
+                    return 0
+                return self._run_attached(name, tty, interactive, plumber)
+            finally:
+                if rm and not detach:
+                    try:
+                        self.destroy(name, force=True)
+                    except CtrunError:
+                        pass
 
     def _run_attached(self, name, tty, interactive, plumber=None):
         """Start with this process as the supervisor: stdio inherited (or a pty), the
@@ -377,9 +386,10 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
                 netc.down(self.store, name, cfg.net)
                 netc.release(self.store, name, cfg.net)
                 netc.write_hosts(self.store, cfg.net["network"])
-            trash = self.store.containers / f".destroy-{name}-{os.urandom(4).hex()}"
+            # out of containers/ at once; its files go after a served call's reply
+            trash = self.store.private_dir("tmp") / f".destroy-{name}-{os.urandom(4).hex()}"
             os.rename(cdir, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
             if cfg and cfg.onboot:
                 self._sync_onboot()
             (self.store.locks / f"{name}.lock").unlink(missing_ok=True)

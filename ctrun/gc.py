@@ -18,9 +18,10 @@ def collect(ct):
     store = ct.store
     done = []
     store.ensure()
-    for n in os.listdir(store.containers):
-        if n.startswith((".tmp-", ".destroy-")):
-            shutil.rmtree(store.containers / n, ignore_errors=True)
+    for top, n in [(d, n) for d in (store.containers, store.root / "tmp")
+                   for n in os.listdir(d)]:
+        if n.startswith(".destroy-") or (n.startswith(".tmp-") and top == store.containers):
+            shutil.rmtree(top / n, ignore_errors=True)
             done.append(f"removed leftover {quote(n)}")
     parents, owned = set(), set()
     done += _remove_stale_temps(store, [store.root / "networks"])

@@ -15,9 +15,13 @@ from . import libc
 
 
 def _cap_limit(kind, caps):
-    """Limit one capability set (inheritable, effective or permitted) to caps."""
+    """Limit one capability set (inheritable, effective or permitted) to caps (numbers):
+    python-prctl's cap_<kind>.limit(*caps), whose list of the others parses `caps` again
+    for each capability it knows (~0.1 ms a set, on every start's path), made once."""
     import prctl  # loaded by runtime.security, before the root changes
-    getattr(prctl, "cap_" + kind).limit(*caps)
+    keep = set(caps)
+    prctl.set_caps(([c for c in prctl.ALL_CAPS if c not in keep],
+                    getattr(prctl, "cap_" + kind).flag, False))
 
 
 def _set_no_new_privs():

@@ -26,8 +26,11 @@ Protocol on run/server.sock (SOCK_STREAM):
           directory.  Afterwards, one byte per relayed signal (its number).
   server: b"S" just before the worker is forked (so a client whose connection ends before
           it may retry: nothing ran), then b"x<code>\\n" (exit code) or b"k<signal>\\n"
-          (killed by it).  b"m" instead of b"S": this server runs another ctrun's code (an
-          upgrade, another checkout); it retires, and the client starts its own.
+          (killed by it).  The worker sends the exit code itself once its command is done,
+          before its own exit (the teardown of a copy of the server is not the call's
+          time); the server sends the signal of a worker killed before that.  b"m"
+          instead of b"S": this server runs another ctrun's code (an upgrade, another
+          checkout); it retires, and the client starts its own.
 
 Lifetime: started on demand by the client, as a child of the store's monitor (the client
 starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init of a
@@ -37,6 +40,7 @@ keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 3
 call, and the monitor, if it has no container, with it.
 """
 
+import errno
 import fcntl
 import os
 import selectors
@@ -54,6 +58,9 @@ IDLE = 30.0
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
 NFDS = 4
+WARM_PARSES = 16
+MADV_POPULATE_WRITE = 23
+POPULATE_CHUNK = 1 << 20
 # what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
 # python -X importtime); the rest loads in the worker that needs it
 WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.process",
@@ -67,6 +74,8 @@ WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.pro
 
 
 class _Conn:
+    reply = None   # in a spare: the client's socket (an fd), for the exit code
+
     def __init__(self, sock, peer):
         self.sock, self.peer = sock, peer
         self.buf = bytearray()
@@ -297,10 +306,11 @@ class Server:
         self.spare = None
         head = (len(payload).to_bytes(4, "little") + c.peer.to_bytes(4, "little")
                 + (b"1" if adopts else b"0"))
+        fds = c.fds + [c.sock.fileno()]   # the client's socket last: the worker replies
         try:
             n = sock.sendmsg([head + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                  b"".join(fd.to_bytes(4, sys.byteorder)
-                                                          for fd in c.fds))])
+                                                          for fd in fds))])
             if n < len(head) + len(payload):  # never an empty send (see client._call):
                 sock.sendall((head + payload)[n:])   # the spare may be running the call
         except OSError:  # it died: the call gets a worker of its own
@@ -325,12 +335,11 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
-            import gc
-            gc.get_objects()  # a reference to each object: its page is ours from here
+            _own_pages(sock)
             head = b""
             fds = []
             while len(head) < 9:
-                data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(NFDS * 4),
+                data, anc, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE((NFDS + 1) * 4),
                                                socket.MSG_CMSG_CLOEXEC)
                 fds += passed_fds(anc)
                 if not data:
@@ -345,7 +354,7 @@ class Server:
                 payload += data
             sock.close()
             c = _Conn(None, peer)
-            c.fds = fds
+            c.fds, c.reply = fds[:NFDS], fds[NFDS]
             req = _parse(payload)
         except BaseException:  # noqa: BLE001 - nothing was asked of it yet
             os._exit(1)
@@ -375,10 +384,12 @@ class Server:
     def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
         code = 1
+        server = os.getppid()
+        reply = None
         try:
+            reply = c.reply if c.sock is None else os.dup(c.sock.fileno())
             from . import monitor
             monitor.ADOPTS = adopts
-            server = os.getppid()
             signal.set_wakeup_fd(-1)
             for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
                       signal.SIGCHLD):
@@ -417,13 +428,46 @@ class Server:
             _copy_rlimits(c.peer)
             sys.argv = ["ctrun", *req["argv"]]
             _reopen_stdio()
+            from . import state
+            state.defer_removals()
             code = _run_cli(req["argv"])
         except KeyboardInterrupt:  # a Ctrl-C relayed before the CLI's code ran
             code = 130
         except BaseException as e:  # noqa: BLE001 - taking the client's place failed
             _write(2, f"ctrun: error: the ctrun server could not run this command: {e}\n")
         finally:
+            if os.getppid() == server:   # else the client learns that its server died
+                _reply(reply, code)
+            from . import state
+            state.finish_removals()
             os._exit(code)
+
+
+def _own_pages(sock):
+    """In the spare: take a copy of each page shared with the server now, so the call's
+    steps do not fault on them one by one.  MADV_POPULATE_WRITE (Linux 5.14) does it in
+    the kernel for every private writable mapping, a chunk at a time: a call that comes
+    meanwhile (calls back to back) stops it, and the rest faults as it is touched.
+    Without it, each object Python tracks is referenced (its refcount written), which
+    covers most of its heap."""
+    import ctypes
+    import select
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    with open("/proc/self/maps", "rb") as f:
+        spans = [[int(x, 16) for x in span.split(b"-")]
+                 for span, perms in (line.split(None, 2)[:2] for line in f)
+                 if perms == b"rw-p"]
+    for start, end in spans:
+        for at in range(start, end, POPULATE_CHUNK):
+            if madvise(at, min(POPULATE_CHUNK, end - at), MADV_POPULATE_WRITE) != 0:
+                if ctypes.get_errno() == errno.EINVAL and at == spans[0][0]:
+                    import gc   # a kernel before 5.14
+                    gc.get_objects()
+                    return
+                break   # a mapping it cannot populate: the next one
+            if select.select([sock], [], [], 0)[0]:
+                return
 
 
 def warm():
@@ -434,6 +478,13 @@ def warm():
     from . import cli
     for verb in cli.VERBS:   # each verb's parser, as cli.main would build it per call
         cli.parser(verb)
+    # argparse's code run here, so the interpreter has adapted it to these calls once
+    # (Python 3.11 specializes a function's bytecode after its first calls) rather than
+    # in each worker: parsing only, nothing is done
+    for _ in range(WARM_PARSES):
+        for argv in (["run", "--rm", "--net", "none", "busybox"], ["start", "NAME"],
+                     ["exec", "NAME"], ["list"]):
+            cli.parser(argv[0]).parse_args(argv)
 
 
 def _parse(payload):
@@ -503,6 +554,24 @@ def _run_cli(argv):
         print(code, file=sys.stderr)
         code = 1
     return code if _flush() else 120
+
+
+def _reply(fd, code):
+    """In a worker whose command is done: the exit code (as os._exit passes it on) to the
+    client, which then returns while this copy of the server is torn down.  The relayed
+    signals are blocked first (a hang-up of the client that got its code must not turn
+    the exit into a kill), and the client's stdio is closed (a reader of its output sees
+    the end with the client's exit); the socket is shut for writing, so the server's
+    own reply at the reaping goes nowhere."""
+    if fd is None:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, RELAYED)
+    os.closerange(0, 3)
+    try:
+        os.write(fd, b"x%d\n" % (code & 0xFF))
+        socket.socket(fileno=fd).shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _flush():

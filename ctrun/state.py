@@ -25,6 +25,7 @@ random start_id; live/exit files count only when their start_id matches state.js
 """
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import json
@@ -46,13 +47,78 @@ def default_root():
     return os.environ.get("CTRUN_ROOT") or DEFAULT_ROOT
 
 
+# the container that `run --rm` creates and runs (ephemeral()): its records are removed
+# at its end, and a power loss before that leaves debris for gc either way
+_EPHEMERAL = contextvars.ContextVar("ctrun_ephemeral", default=None)
+
+
+@contextlib.contextmanager
+def ephemeral(name):
+    """Within: write_json does not fsync the files of container `name` (None: of none),
+    which the same call removes; shared files (leases, images) stay durable."""
+    token = _EPHEMERAL.set(name)
+    try:
+        yield
+    finally:
+        _EPHEMERAL.reset(token)
+
+
+def _ephemeral(path):
+    """Is `path` a file of the ephemeral() container's directory (or of its create's
+    temporary one)?"""
+    name = _EPHEMERAL.get()
+    d = path.parent
+    return name is not None and d.parent.name == "containers" and (
+        d.name == name or d.name.startswith(f".tmp-{name}-"))
+
+
+# in a served call's worker (ctrun.server): the trees remove_tree leaves for after the reply
+_LATER = []
+_DEFERRING = []
+
+
+def remove_tree(path):
+    """Remove a tree nothing refers to any more (a destroyed container's directory, renamed
+    out of the store's listing): now, or, in a served call, once its client has the reply
+    (defer_removals); one left by a killed process is gc's."""
+    if _DEFERRING:
+        _LATER.append(path)
+    else:
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def defer_removals():
+    _DEFERRING.append(True)
+
+
+def finish_removals():
+    _DEFERRING.clear()
+    while _LATER:
+        remove_tree(_LATER.pop(0))
+
+
+def sync(path):
+    """Make a file written with durable=False durable now (as write_json's fsync would
+    have; not for an ephemeral() container's): a start writes its state.json so, and syncs
+    it once the init runs, which then does not wait for the disk."""
+    path = Path(path)
+    if _ephemeral(path):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path, data, durable=True):
     """Write atomically: temp file, rename; a crashed process leaves the old or the new file.
 
     durable=True also fsyncs, so the file survives a power loss: used for what describes a
-    container (config, state).  Live facts about a process (live.json, exit.json, the
-    generated spec) skip it: a power loss ends the process anyway, and read_json treats
-    a torn file as missing, which reads as "stopped".
+    container (config, state), unless its container is ephemeral().  Live facts about a
+    process (live.json, exit.json, the generated spec) skip it: a power loss ends the
+    process anyway, and read_json treats a torn file as missing, which reads as "stopped".
     """
     path = Path(path)
     data = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
@@ -62,7 +128,7 @@ def write_json(path, data, durable=True):
         try:
             if os.write(fd, data) != len(data):  # a full disk can take part of it
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-            if durable:
+            if durable and not _ephemeral(path):
                 os.fsync(fd)
         finally:
             os.close(fd)

@@ -7,7 +7,7 @@ import signal
 from .. import config as cfgmod
 from ..cgroups.base import DEVICE_ALLOW
 from ..errors import CtrunError
-from ..state import read_json, write_json
+from ..state import read_json, sync, write_json
 from . import base
 
 
@@ -155,7 +155,9 @@ class ContainerBackend(base.Backend):
         spec = read_json(cdir / "spec.json")
         sid = os.urandom(6).hex()
         started = now()
-        write_json(cdir / "state.json", {"start_id": sid, "started_at": started})
+        # synced once the workload runs (state.sync below), not before its start
+        write_json(cdir / "state.json", {"start_id": sid, "started_at": started},
+                   durable=False)
         bpf = open(extra["bpf"], "rb").read() if extra["bpf"] else None
         stdin = 0
         if not interactive and not tty:
@@ -189,6 +191,7 @@ class ContainerBackend(base.Backend):
             if launched.listener is not None:   # this runner answers its sysinfo calls
                 from ..runtime import sysinfo
                 sysinfo.serve(launched.listener, launched.pid, spec)
+            sync(cdir / "state.json")
         except BaseException:
             if plumber:
                 plumber.cancel()

@@ -94,7 +94,7 @@ def ensure():
     if base is None:
         return None
     mnt = os.path.join(base, "mnt")
-    if _serving(mnt):
+    if _alive(base, mnt) or _serving(mnt):
         return mnt
     try:
         os.makedirs(base, 0o755, exist_ok=True)
@@ -192,6 +192,23 @@ def _serving(mnt):
     try:
         with open(os.path.join(mnt, "proc/uptime"), "rb") as f:
             return bool(f.read(64))
+    except OSError:
+        return False
+
+
+def _alive(base, mnt):
+    """ctrun's own LXCFS at mnt is mounted and its daemon runs (the pid in its pid file, an
+    lxcfs serving mnt): the daemon of a mount answers it as long as it lives, so this
+    spares every start a read through the mount (a round trip to the daemon, ~0.3 ms);
+    _serving's read remains for the rest (the host's LXCFS, a pid file gone)."""
+    if mnt not in _lxcfs_mounts():
+        return False
+    pid = _pid(base)
+    if not pid or not _running(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.fsencode(mnt) in f.read().split(b"\0")
     except OSError:
         return False
 

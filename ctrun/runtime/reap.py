@@ -47,8 +47,10 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun", cgroup_name=No
     try:
         # a long-lived monitor's cached layout may predate a name=systemd hierarchy
         # mounted for this container (ctrun.cgroups.named): its cgroup there goes too
-        from ..cgroups.detect import forget
-        forget()
+        from ..cgroups import named
+        from ..cgroups.detect import detect, forget
+        if named.needed(detect()):   # (a cached layout that has it is still the host's)
+            forget()
         mgr = cgroups.manager(cgroup_name or name, parent=cgroup_parent)
         oom = mgr.oom_kills()
     except Exception:  # noqa: BLE001 - a missing cgroup must not lose the exit record

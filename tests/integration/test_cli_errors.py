@@ -100,6 +100,8 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     from ctrun import cgroups
     # a create killed before its rename leaves a .tmp directory; an image build likewise
     (store / "containers/.tmp-half-1234").mkdir(parents=True)
+    # a destroy killed while it removed the renamed directory (or after a served reply)
+    (store / "tmp/.destroy-gone-5678/upper").mkdir(parents=True)
     (store / "images/.tmp-halfimg-abcd").mkdir(parents=True)
     (store / "layers/.tmp-halfimg-abcd/diff").mkdir(parents=True)
     # a start killed after the cgroup was made but before the monitor ran anything
@@ -115,6 +117,7 @@ def test_gc_repairs_what_a_killed_cli_left(ct, cli, store):
     out = cli("gc", check=True).stdout
     assert ".tmp-half-1234" in out and "halfstart" in out and "orphan" in out
     assert not (store / "containers/.tmp-half-1234").exists()
+    assert ".destroy-gone-5678" in out and not (store / "tmp/.destroy-gone-5678").exists()
     assert not (store / "images/.tmp-halfimg-abcd").exists()
     assert not (store / "layers/.tmp-halfimg-abcd").exists()
     assert not mgr.exists() and not orphan.exists()

@@ -122,8 +122,10 @@ def test_the_server_starts_on_first_use_and_serves_later_calls(cli, store):
     assert first, "no ctrun-server runs for the store after a call"
     cli("run", "--rm", "busybox", "--", "true", check=True)
     assert _server(store) == first
-    # each worker was reaped; what else runs is the spare for the next call
-    assert [p for p in server_pids(store) if p != _spare(store)] == [first]
+    # each worker was reaped (just after its reply: it sends the exit code itself); what
+    # else runs is the spare for the next call
+    until(lambda: [p for p in server_pids(store) if p != _spare(store)] == [first],
+          what="the reaping of the call's worker")
 
 
 def _busybox(cli, store):
@@ -469,7 +471,8 @@ def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
     assert spare and parent_pid(spare) == _server(store)
     r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 4")
     assert (r.returncode, r.stdout, r.stderr) == (4, "out\n", "err\n")
-    assert not os.path.exists(f"/proc/{spare}")   # it was the call's worker, and is gone
+    # it was the call's worker, and is gone (reaped just after it sent the exit code)
+    until(lambda: not os.path.exists(f"/proc/{spare}"), what="the reaping of the worker")
     assert _spare(store) not in (None, spare)
 
 

@@ -78,6 +78,33 @@ def test_write_json_is_atomic_and_readable(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["s.json"]
 
 
+def test_an_ephemeral_containers_records_are_not_fsynced_and_shared_files_are(
+        tmp_path, monkeypatch):
+    """run --rm's container (state.ephemeral): its own files skip the fsync; another
+    container's, the store's shared files and anything after the call stay durable."""
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    ct = tmp_path / "containers"
+    for d in ("ct-1", ".tmp-ct-1-ab12", "ct-10", "other"):
+        (ct / d).mkdir(parents=True)
+    (tmp_path / "networks").mkdir()
+    with state.ephemeral("ct-1"):
+        state.write_json(ct / "ct-1" / "state.json", {})
+        state.write_json(ct / ".tmp-ct-1-ab12" / "config.json", {})
+        assert synced == []
+        state.write_json(ct / "ct-10" / "state.json", {})
+        state.write_json(ct / "other" / "state.json", {})
+        state.write_json(tmp_path / "networks" / "leases.json", {})
+        assert len(synced) == 3
+        state.sync(ct / "ct-1" / "state.json")   # a start's deferred fsync: skipped too
+        assert len(synced) == 3
+    state.write_json(ct / "ct-1" / "state.json", {})
+    assert len(synced) == 4
+    state.sync(ct / "ct-1" / "state.json")
+    assert len(synced) == 5
+
+
 def test_status_never_trusts_a_recycled_pid(tmp_path):
     assert state.status(tmp_path)[0] == "created"
     state.write_json(tmp_path / "state.json", {"start_id": "s1"})
