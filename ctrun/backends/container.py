@@ -186,7 +186,7 @@ class ContainerBackend(base.Backend):
                 # the terminal's size before the workload runs (it may ask at once); the
                 # relay copies it again, and at each resize
                 from ..runtime import terminal
-                terminal._copy_winsize(0, launched.master)
+                terminal.copy_winsize(0, launched.master)
             launched.start()
             if launched.listener is not None:   # this runner answers its sysinfo calls
                 from ..runtime import sysinfo

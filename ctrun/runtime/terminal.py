@@ -48,7 +48,7 @@ def recv_fd(sock):
     return fds[0]
 
 
-def _copy_winsize(src_fd, dst_fd):
+def copy_winsize(src_fd, dst_fd):
     try:
         ws = fcntl.ioctl(src_fd, termios.TIOCGWINSZ, b"\0" * 8)
         fcntl.ioctl(dst_fd, termios.TIOCSWINSZ, ws)
@@ -92,7 +92,7 @@ def relay(master, child_done, forward_stdin=True):
     stdin = sys.stdin.fileno()
     is_tty = os.isatty(stdin)
     if is_tty:
-        _copy_winsize(stdin, master)
+        copy_winsize(stdin, master)
     with user_terminal(stdin) as rd:
         return _relay(master, child_done, forward_stdin, stdin, is_tty, rd)
 
@@ -108,7 +108,7 @@ def _relay(master, child_done, forward_stdin, stdin, is_tty, rd):
         if rd in ready:
             os.read(rd, 64)
             if is_tty:
-                _copy_winsize(stdin, master)
+                copy_winsize(stdin, master)
         if stdin in ready:
             data = os.read(stdin, 65536)
             if data:
