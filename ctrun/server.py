@@ -82,6 +82,7 @@ class _Conn:
         self.fds = []
         self.since = time.monotonic()
         self.pid = None
+        self.replied = False   # its worker has sent the exit code: only clean-up is left
 
 
 class Server:
@@ -135,6 +136,9 @@ class Server:
             s.setblocking(False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        # a worker writes its pid here once its client has the exit code (_reply)
+        self.replied_r, self.replied_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.sel.register(self.replied_r, selectors.EVENT_READ, None)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
@@ -149,6 +153,8 @@ class Server:
                         self._accept()
                     elif key.fileobj is self.wake_r:
                         _drain(self.wake_r)
+                    elif key.fileobj == self.replied_r:
+                        self._replied()
                     else:
                         self._readable(key.data)
                 except Exception:  # noqa: BLE001 - one bad call must not stop the server
@@ -157,8 +163,12 @@ class Server:
                     if isinstance(key.data, _Conn) and key.data.pid is None:
                         self._close(key.data)
             self._reap()
-            if self.spare is None and not self.workers and self.listener is not None:
-                self._fork_spare()  # between calls, off their path
+            # between calls, off their path: a worker that has replied (its clean-up is
+            # all it has left: destroy's file removal) no longer holds it back, so calls
+            # back to back find a spare too
+            if self.spare is None and self.listener is not None and \
+                    all(c.replied for c in self.workers.values()):
+                self._fork_spare()
             now = time.monotonic()
             for c in [c for c in self.conns if c.pid is None and
                       now - c.since > REQUEST_TIMEOUT]:
@@ -168,6 +178,16 @@ class Server:
             elif now - idle_since > self.idle:
                 self._retire()
         return 0
+
+    def _replied(self):
+        try:
+            data = os.read(self.replied_r, 4096)
+        except BlockingIOError:
+            return
+        for i in range(0, len(data) - 3, 4):
+            c = self.workers.get(int.from_bytes(data[i:i + 4], "little"))
+            if c is not None:
+                c.replied = True
 
     def _retire(self):
         """Stop taking calls: the socket goes (a client that finds none starts a new
@@ -406,6 +426,7 @@ class Server:
             for s in (self.listener, self.wake_r, self.wake_w):
                 if s is not None:
                     s.close()
+            os.close(self.replied_r)
             if self.listener is not None:
                 os.close(self.lock)
             for other in self.conns:
@@ -438,6 +459,10 @@ class Server:
         finally:
             if os.getppid() == server:   # else the client learns that its server died
                 _reply(reply, code)
+                try:   # the server may fork the next call's spare now (pipe: atomic)
+                    os.write(self.replied_w, os.getpid().to_bytes(4, "little"))
+                except OSError:
+                    pass
             from . import state
             state.finish_removals()
             os._exit(code)
