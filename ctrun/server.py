@@ -500,6 +500,8 @@ def warm():
     # locale: argparse's messages would load it in every worker otherwise
     for name in ("locale",) + WARM:
         importlib.import_module(name)
+    from .cgroups.detect import detect
+    detect()   # the host's cgroup layout: a worker only checks it (ctrun.cgroups.detect)
     from . import cli
     for verb in cli.VERBS:   # each verb's parser, as cli.main would build it per call
         cli.parser(verb)

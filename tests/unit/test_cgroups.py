@@ -127,6 +127,27 @@ def test_default_detection_is_cached():
     assert detect() is first
 
 
+def test_a_layout_inherited_over_a_fork_is_checked_against_mountinfo_once():
+    """The warm server's layout, in a worker: kept while mountinfo reads the same, parsed
+    again when the host mounted or unmounted something since."""
+    import sys
+    mod = sys.modules["ctrun.cgroups.detect"]
+    try:
+        current = detect()
+    except HostUnsupported:
+        pytest.skip("no cgroup mounted here")
+    key = next(iter(mod._cache))
+    text = mod._cache[key][0]
+    sentinel = object()
+    try:
+        mod._cache[key] = (text, sentinel, -1)            # another process's, still true
+        assert detect() is sentinel and mod._cache[key][2] == os.getpid()
+        mod._cache[key] = (text + "x", sentinel, -1)      # the host's mounts changed since
+        assert detect() == current and detect() is not sentinel
+    finally:
+        mod._cache.clear()
+
+
 # -- a fake cgroupfs --------------------------------------------------------------------
 V1_FILES = {
     "cpuset": {"cpuset.cpus": "", "cpuset.mems": ""},
