@@ -197,9 +197,6 @@ def print_ratios(stats, hybrid):
         r = ratios["ctrun/systemd-nspawn"] = med["ctrun"] / med["systemd-nspawn"]
         common.print_ratio("ctrun/systemd-nspawn", r, TARGET_VS_NSPAWN, op="<",
                            of="systemd-nspawn")
-    if "ctrun" in med and "ctrun, no .pyc" in med:
-        print(f"  ctrun without cached bytecode: {med['ctrun, no .pyc']:.1f} ms "
-              f"(+{med['ctrun, no .pyc'] - med['ctrun']:.1f} ms)")
     for floor in ("python floor", "ctrun CLI floor", "ctrun, warm in-process"):
         if "ctrun" in med and floor in med:
             print(f"  {floor}: {med[floor]:.1f} ms = {med[floor] / med['ctrun']:.0%} of "
@@ -253,15 +250,10 @@ def measure(b):
         tools["python floor"] = (fixed([*py, "-c", "pass"]), f"{' '.join(py)} -c pass")
         empty = ws.tmp / "empty-store"
         empty.mkdir()
+        # (a run --rm with bytecode caching off is no longer an arm: the compiled client's
+        # calls are served by a warm server, which loaded its bytecode once)
         tools["ctrun CLI floor"] = (fixed(ws.ctrun_cmd("--root", str(empty), "list")),
                                     "ctrun --root EMPTY list")
-        # what ctrun costs when Python may not cache its bytecode (PYTHONDONTWRITEBYTECODE)
-        # (no PYTHONPYCACHEPREFIX: the standard library's own __pycache__ is still used)
-        nopyc = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
-        nopyc["PYTHONDONTWRITEBYTECODE"] = "1"
-        tools["ctrun, no .pyc"] = (
-            fixed(ctrun_cmd, nopyc),
-            "PYTHONDONTWRITEBYTECODE=1 ctrun run --rm --net none busybox -- true")
 
         def cleanup_oci(name, cid):
             root = ws.runc_root if name == "runc" else ws.crun_root
@@ -307,7 +299,7 @@ def measure(b):
         print(f"bench_run: {a.runs} runs + {a.warmup} warm-up rounds of {', '.join(active)} "
               f"(interleaved)", flush=True)
         samples, failures, _ = common.rounds({n: arm(n) for n in active}, a.runs, a.warmup,
-                                             order=common.fixed, progress=10)
+                                             order=common.shuffled, progress=10)
 
         print("  ctrun in-process (every module loaded), "
               f"{a.runs} runs after {a.warmup}", flush=True)
@@ -337,11 +329,14 @@ def measure(b):
             "ctrun's time covers create + start + wait + destroy (--rm); runc/crun run "
             "likewise create, start, wait and delete",
             "context rows (not targets): 'python floor' is the interpreter ctrun runs on "
-            "starting and exiting; 'ctrun CLI floor' is ctrun's start-up plus a listing of "
-            "an empty store; 'ctrun, no .pyc' is ctrun run with Python bytecode caching off; "
+            "starting and exiting; 'ctrun CLI floor' is the compiled client handing a call "
+            "it does not serve (a store not made yet) to the Python one, which lists it; "
             "'ctrun, warm in-process' is one Python process running the same run again and "
             "again with every module loaded: the work alone, without interpreter start-up "
             "or imports (the floor of any warm-server design)",
+            "the arms run in a new random order every round (seeded by the round): each arm "
+            "follows every other alike (a run right after another of the same runtime meets "
+            "the kernel's deferred clean-up of the last one)",
             "ctrun runs with its .pyc files cached (a private PYTHONPYCACHEPREFIX), as on a "
             "user's host" + (f"; PYTHONDONTWRITEBYTECODE={common.ENV_DONTWRITEBYTECODE} from "
                              "this environment was overridden for it"

@@ -162,6 +162,15 @@ def alternate(names, rnd):
     return names if rnd % 2 == 0 else names[::-1]
 
 
+def shuffled(names, rnd):
+    """A random order each round, seeded by the round (so a run can be repeated): unlike a
+    rotation, which keeps each arm's neighbour, every arm follows every other alike."""
+    import random
+    out = list(names)
+    random.Random(rnd).shuffle(out)
+    return out
+
+
 def fixed(names, rnd):
     return names
 
