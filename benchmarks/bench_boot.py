@@ -34,9 +34,10 @@ peer is started in, so it holds the peer's tool as well).
 This host: PID 1 is not systemd and there is no machined, so nspawn runs with
 --register=no --keep-unit; LXC's cgroups go below the benchmark's cgroup parent
 (lxc.cgroup.dir.*).  What nspawn leaves of its cgroups on such a host is removed after each
-of its boots.  ctrun's shared monitor exits 0.5 s after its last container, so by default
-each `ctrun start` here also starts the monitor (a host's first server); --warm-monitor keeps
-an idle busybox container running through the rounds, as on a host already serving servers.
+of its boots.  ctrun's shared monitor is its warm server's parent and stays while the
+server does (30 s after its last call), so each timed `ctrun start` finds both up, as the
+rounds come seconds apart; --warm-monitor also keeps an idle busybox container running
+through the rounds, as on a host already serving servers.
 Run as root:  benchmarks/bench_boot.py [--runs 10] [--warmup 1] [--settle 5] [--warm-monitor]
 """
 
@@ -404,8 +405,9 @@ def report(b, a, samples, failed, kept, states, stops, memory, problems, source,
            polled):
     print(f"\nboot to `systemctl is-system-running` = running/degraded, {IMAGE} "
           f"({source}), {a.runs} rounds; ctrun's monitor "
-          + ("kept up by an idle container" if a.warm_monitor else
-             "started by each `ctrun start` (it exits 0.5 s after its last container)"))
+          + ("kept up by an idle container too" if a.warm_monitor else
+             "and warm server up at each start (the server leaves 30 s after its last "
+             "call, the monitor with it)"))
     rows = []
     for n in samples:
         s = common.summary_ms(samples[n]) if samples[n] else None
@@ -461,6 +463,7 @@ if __name__ == "__main__":
              help="store to take the debian-server image from (default: $CTRUN_ROOT or "
                   "/var/lib/ctrun); built in the benchmark's store when it is not there")
     b.option("--warm-monitor", action="store_true",
-             help="keep an idle busybox container running through the rounds, so ctrun's "
-                  "shared monitor is up at each start (a host already serving servers)")
+             help="also keep an idle busybox container running through the rounds (a "
+                  "host already serving servers); the monitor is up at each start anyway, "
+                  "as the warm server's parent")
     b.main(measure)
