@@ -14,6 +14,8 @@
  *                         -DCTRUN_PACKAGE='"<the ctrun package directory it runs>"'
  */
 #define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -43,7 +45,7 @@ static char **args;
 static const int relayed[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH};
 #define NRELAYED (sizeof relayed / sizeof relayed[0])
 static sigset_t relayed_set, old_mask;
-static volatile int sock = -1;
+static volatile sig_atomic_t sock = -1;
 
 /* The Python client decides: it starts a server, or runs the call in its own process. */
 static void fallback(void) {
@@ -83,12 +85,16 @@ static int abspath(const char *p, char *out, size_t size) {
         if (!getcwd(cwd, sizeof cwd) || snprintf(buf, sizeof buf, "%s/%s", cwd, p) >= (int)sizeof buf)
             return -1;
     }
-    size_t n = 0;
+    /* POSIX leaves a path's two leading slashes (not one, not three) to the implementation:
+     * normpath keeps them */
+    size_t n = buf[0] == '/' && buf[1] == '/' && buf[2] != '/' ? 1 : 0, top = n;
+    if (n)
+        out[0] = '/';
     for (char *save, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
         if (!strcmp(c, "."))
             continue;
         if (!strcmp(c, "..")) {
-            while (n > 0 && out[--n] != '/')
+            while (n > top && out[--n] != '/')
                 ;
             continue;
         }
@@ -99,7 +105,7 @@ static int abspath(const char *p, char *out, size_t size) {
         memcpy(out + n, c, k);
         n += k;
     }
-    if (n == 0)
+    if (n == top)
         out[n++] = '/';
     out[n] = 0;
     return 0;
@@ -147,6 +153,20 @@ static void store_root(int argc, char **argv, char *root, size_t size) {
         fallback(); /* a store not made yet: the Python client's */
 }
 
+/* Whether directory d holds anything Python could import as ctrun (a directory without
+ * __init__.py, ctrun.py, ctrun.pyc, an extension module) */
+static int has_ctrun(const char *d) {
+    DIR *dir = opendir(d);
+    struct dirent *de;
+    int found = 0;
+    if (!dir)
+        return 1;
+    while (!found && (de = readdir(dir)))
+        found = !strcmp(de->d_name, "ctrun") || !strncmp(de->d_name, "ctrun.", 6);
+    closedir(dir);
+    return found;
+}
+
 /* The ctrun package the Python client would import: the first PYTHONPATH entry holding
  * one, else the installed one.  What this cannot tell as Python would is the Python
  * client's to decide. */
@@ -169,12 +189,10 @@ static void package_dir(char *out) {
                 free(copy);
                 return;
             }
-            snprintf(path, sizeof path, "%s/ctrun", e);
-            if (!lstat(path, &st))
-                fallback(); /* a namespace package, or something odd */
-            snprintf(path, sizeof path, "%s/ctrun.py", e);
-            if (!lstat(path, &st))
-                fallback();
+            if (stat(e, &st))
+                continue; /* not there: Python skips it too */
+            if (!S_ISDIR(st.st_mode) || has_ctrun(e))
+                fallback(); /* a zip, a module, a namespace package: Python's to read */
         }
         free(copy);
     }
@@ -213,9 +231,14 @@ static void request(struct buf *b, int argc, char **argv, const char *pkg) {
     add(b, tmp, snprintf(tmp, sizeof tmp, "%d", argc - 1));
     for (int i = 1; i < argc; i++)
         add(b, argv[i], strlen(argv[i]));
-    for (char **e = environ; *e; e++)
-        if (strchr(*e, '='))
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        int first = eq != NULL;
+        for (char **o = environ; first && o < e; o++)
+            first = strncmp(*o, *e, eq - *e + 1) != 0;
+        if (first) /* a name set twice: the first, as Python's os.environ and getenv take */
             add(b, *e, strlen(*e));
+    }
     b->len--; /* separated, not terminated */
     unsigned n = b->len - 4;
     unsigned char le[4] = {n, n >> 8, n >> 16, n >> 24};
@@ -230,11 +253,19 @@ static void relay(int sig) {
     errno = saved;
 }
 
-static int send_request(struct buf *b) {
-    int fds[4];
+/* A closed stdin, stdout or stderr becomes /dev/null (what the Python client sends for
+ * it), before the socket is made: it would take the lowest free fd and go as that one */
+static void stdio_open(void) {
     struct stat st;
     for (int i = 0; i < 3; i++)
-        fds[i] = fstat(i, &st) ? open("/dev/null", O_RDWR | O_CLOEXEC) : i;
+        if (fstat(i, &st) && errno == EBADF && open("/dev/null", O_RDWR) != i)
+            fallback();
+}
+
+static int send_request(struct buf *b) {
+    int fds[4];
+    for (int i = 0; i < 3; i++)
+        fds[i] = i; /* open: see stdio_open */
     fds[3] = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fds[3] < 0)
         fds[3] = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -257,9 +288,7 @@ static int send_request(struct buf *b) {
         ssize_t k = send(sock, b->p + n, b->len - n, MSG_NOSIGNAL);
         n = k < 0 ? (errno == EINTR ? n : -1) : n + k;
     }
-    for (int i = 0; i < 4; i++)
-        if (fds[i] > 2)
-            close(fds[i]);
+    close(fds[3]);
     return n < 0 ? -1 : 0;
 }
 
@@ -277,11 +306,16 @@ int main(int argc, char **argv) {
     struct buf b;
     request(&b, argc, argv, pkg);
 
+    stdio_open();
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     snprintf(a.sun_path, sizeof a.sun_path, "%s" SOCK, strcmp(root, "/") ? root : "");
     sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0 || connect(sock, (struct sockaddr *)&a, sizeof a))
         fallback(); /* no server: the Python client starts one */
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != 0)
+        fallback(); /* not root's server: nothing of this call goes to it */
     struct termios saved_tty;
     int tty = isatty(0) && !tcgetattr(0, &saved_tty);
     char first = 0;
@@ -308,7 +342,8 @@ int main(int argc, char **argv) {
     }
     reply[r] = 0;
     char *end;
-    long v = r > 2 && reply[r - 1] == '\n' ? strtol(reply + 1, &end, 10) : -1;
+    long v = r > 2 && reply[r - 1] == '\n' && isdigit((unsigned char)reply[1])
+                 ? strtol(reply + 1, &end, 10) : -1;
     int valid = v >= 0 && end == reply + r - 1;
     if (valid && reply[0] == 'x')
         return (int)v;
@@ -326,6 +361,7 @@ int main(int argc, char **argv) {
         return 128 + (int)v;
     }
     snprintf(path, sizeof path, "%s/run", strcmp(root, "/") ? root : "");
+    signal(SIGPIPE, SIG_IGN); /* a closed stderr: exit 1 all the same */
     fprintf(stderr, "ctrun: error: the ctrun server of %s stopped during this command; see "
                     "%s/server.log\n", root, path);
     return 1;

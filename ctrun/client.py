@@ -194,7 +194,7 @@ def _call(root, argv):
             termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
         except termios.error:
             pass
-    if reply[:1] == b"k" and reply[1:-1].isdigit():
+    if reply[:1] == b"k" and reply[1:-1].isdigit() and 0 < int(reply[1:-1]) < _signal.NSIG:
         _die_by(int(reply[1:-1]))
         return 128 + int(reply[1:-1])
     sys.stderr.write(f"ctrun: error: the ctrun server of {root} stopped during this command; "
@@ -205,7 +205,10 @@ def _call(root, argv):
 def _die_by(sig):
     """End this process by `sig`, as the worker ended (its parent sees the same status)."""
     sys.stdout.flush()
-    _signal.signal(sig, _signal.SIG_DFL)
+    try:
+        _signal.signal(sig, _signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass   # SIGKILL, SIGSTOP: their action cannot be changed (nor caught)
     os.kill(os.getpid(), sig)
 
 
@@ -247,6 +250,13 @@ def _connect(path, run):
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             s.connect(path)
+            # root's server only: a socket someone else bound in the store (a --root
+            # in a directory they can write) gets nothing of this call: no fds, no
+            # environment
+            cred = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+            if int.from_bytes(cred[4:8], sys.byteorder) != 0:
+                s.close()
+                return None
             return s
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()

@@ -56,8 +56,12 @@ def _build_client():
     out = Path(tempfile.mkdtemp(prefix="ctrun-test-client-"))
     atexit.register(shutil.rmtree, out, True)
     fallback = out / "ctrun-py"
-    fallback.write_text(f"#!{sys.executable}\nimport sys\ndel sys.path[0]\n"
-                        "from ctrun.client import main\nsys.exit(main())\n")
+    fallback.write_text(f"#!{sys.executable}\n"
+                        "import sys\n"
+                        "if not sys.flags.safe_path:\n"
+                        "    del sys.path[0]\n"
+                        "from ctrun.client import main\n"
+                        "sys.exit(main())\n")
     fallback.chmod(0o755)
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f'-DCTRUN_FALLBACK="{fallback}"',
                     f'-DCTRUN_PACKAGE="{(REPO / "ctrun").resolve()}"', "-o", str(out / "ctrun"),

@@ -8,6 +8,7 @@ CTRUN)."""
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -68,7 +69,12 @@ class FakeServer:
                 buf += data
             self.payload = buf[4:]
             self.fds = len(fds)
+            null = os.stat("/dev/null").st_rdev
+            self.kinds = []   # what each fd is: /dev/null, a socket, or something else
             for fd in fds:
+                st = os.fstat(fd)
+                self.kinds.append("null" if stat.S_ISCHR(st.st_mode) and st.st_rdev == null
+                                  else "socket" if stat.S_ISSOCK(st.st_mode) else "other")
                 os.close(fd)
             c.sendall(self.reply[0])
             if self.hold:   # until the client relays a SIGTERM
@@ -113,6 +119,7 @@ CASES = [  # (argv with {root}, served?)
     (["--root={root}", "inspect", "x"], True),
     (["--ro", "{root}", "run", "--rm", "busybox", "--", "sh", "-c", "--help"], True),
     (["--root", "{root}/a/.././/", "list"], True),
+    (["--root", "/{root}", "list"], True),         # "//...": normpath keeps two slashes
     (["--root", "{rel}", "list"], True),
     (["--root=", "list"], True),                  # empty: $CTRUN_ROOT, as in Python
     (["--help"], False),
@@ -147,7 +154,7 @@ def test_it_serves_what_the_python_client_would_serve(binary, tmp_path, monkeypa
         assert (r.returncode, fell_back, srv.payload) == (99, argv, None), r.stderr
         return
     assert (r.returncode, fell_back) == (7, None), r.stderr
-    assert client.store_root(argv) == str(root)
+    assert os.path.samefile(client.store_root(argv), root)
     got = _fields(srv.payload)
     env_bytes = {os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()}
     assert got == {"magic": client.MAGIC, "pkg": client.package_dir(), "umask": 0o022,
@@ -175,10 +182,16 @@ def test_it_falls_back_when_off_or_no_server_listens(binary, tmp_path):
     ("{tmp}/empty::{repo}", None),             # the working directory: Python decides
     ("empty", None),
     ("{tmp}/nsp", None),                       # a namespace package, or something odd
+    ("{tmp}/mod", None),                       # a module named ctrun (an extension here)
+    ("{tmp}/lib.zip", None),                   # a zip: Python looks inside
+    ("{tmp}/nosuch:{repo}", "{repo}/ctrun"),   # an entry not there is skipped
 ])
 def test_it_names_the_package_python_would_import(binary, tmp_path, pythonpath, pkg):
     (tmp_path / "empty").mkdir()
     (tmp_path / "nsp" / "ctrun").mkdir(parents=True)
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "ctrun.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (tmp_path / "lib.zip").write_bytes(b"PK")
     root = tmp_path / "store"
     fmt = {"repo": REPO, "tmp": tmp_path}
     srv = FakeServer(root)
@@ -224,6 +237,129 @@ def test_the_workers_end_becomes_the_clients(binary, tmp_path):
     assert (r.returncode, fell_back) == (1, None)
     assert r.stderr.decode() == (f"ctrun: error: the ctrun server of {root} stopped during "
                                  f"this command; see {root}/run/server.log\n")
+
+
+@pytest.mark.parametrize("reply", [b"k0\n", b"k99\n", b"x+5\n", b"x 5\n", b"x\n"])
+def test_a_reply_out_of_the_protocol_is_a_lost_server(binary, tmp_path, reply):
+    root = tmp_path / "store"
+    srv = FakeServer(root, reply=(b"S", reply))
+    try:
+        r, fell_back = _run(binary, ["list"], env=dict(os.environ, CTRUN_ROOT=str(root)))
+    finally:
+        srv.close()
+    assert (r.returncode, fell_back) == (1, None)
+    assert b"stopped during this command" in r.stderr
+
+
+@pytest.mark.parametrize("closed", [0, 1, 2])
+def test_a_closed_stdio_fd_goes_as_dev_null(binary, tmp_path, closed):
+    """Not as the connection, which would take the lowest free fd: a command would read
+    its own request, or write into the signal channel."""
+    root = tmp_path / "store"
+    srv = FakeServer(root)
+    exe, _ = binary
+    try:
+        r = subprocess.run(["sh", "-c", f'exec "$0" list {closed}>&-', exe], timeout=30,
+                           env=dict(os.environ, CTRUN_ROOT=str(root)),
+                           stdin=subprocess.DEVNULL, capture_output=True)
+    finally:
+        srv.close()
+    assert r.returncode == 7, r.stderr
+    assert srv.kinds[closed] == "null" and "socket" not in srv.kinds, srv.kinds
+
+
+def test_a_name_set_twice_in_the_environment_goes_once_as_python_reads_it(binary, tmp_path):
+    """execve takes a list: a name may come twice; Python's os.environ and getenv take the
+    first, and so must the request (the server rebuilds the environment from it)."""
+    import ctypes
+    root = tmp_path / "store"
+    exe, _ = binary
+    srv = FakeServer(root)
+    try:
+        env = [f"CTRUN_ROOT={root}", "CTRUN_ROOT=/elsewhere", "X=1", "X=2",
+               f"PATH={os.environ['PATH']}"]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                libc = ctypes.CDLL(None)
+                arr = lambda xs: (ctypes.c_char_p * (len(xs) + 1))(   # noqa: E731
+                    *[x.encode() for x in xs], None)
+                libc.execve(exe.encode(), arr([exe, "list"]), arr(env))
+            finally:
+                os._exit(127)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
+    finally:
+        srv.close()
+    got = _fields(srv.payload)["env"]
+    assert got == {f"CTRUN_ROOT={root}".encode(), b"X=1", f"PATH={os.environ['PATH']}".encode()}
+
+
+def _listening_as(path, uid):
+    """A socket at `path` whose listener (its SO_PEERCRED) is `uid`: (pid, a pipe that
+    gets how many bytes a client sent it)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            s.listen(4)
+            os.write(w, b"L")
+            s.settimeout(5)
+            got = 0
+            try:
+                c, _ = s.accept()
+                c.settimeout(1)
+                got = len(c.recv(1 << 16))
+            except OSError:
+                pass
+            os.write(w, b"%d" % got)
+        finally:
+            os._exit(0)
+    os.close(w)
+    s.close()
+    assert os.read(r, 1) == b"L"
+    return pid, r
+
+
+@pytest.mark.parametrize("client_", ["compiled", "python"])
+def test_a_socket_bound_by_another_user_gets_nothing(binary, tmp_path, client_):
+    """A store in a directory another user can write: whoever listens on its socket, if
+    not root, gets no request, fds or environment from either client."""
+    root = tmp_path / "store"
+    (root / "run").mkdir(parents=True)
+    pid, r = _listening_as(root / "run" / "server.sock", 65534)
+    try:
+        env = dict(os.environ, CTRUN_ROOT=str(root), PYTHONPATH=str(REPO))
+        if client_ == "compiled":
+            res, fell_back = _run(binary, ["list"], env=env)
+            assert (res.returncode, fell_back) == (99, ["list"])
+        else:
+            env.pop("CTRUN_SERVER", None)   # it runs the call in-process instead
+            res = subprocess.run([sys.executable, "-m", "ctrun", "list"], env=env,
+                                 capture_output=True, timeout=60, cwd=tmp_path)
+            assert res.returncode == 0, res.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    assert os.read(r, 16) in (b"", b"0")
+    os.close(r)
+
+
+def test_the_python_client_dies_by_a_kill_it_cannot_catch(tmp_path):
+    """b"k9": the worker was SIGKILLed (the OOM killer): the client ends the same way
+    (SIGKILL's action cannot be set, which must not stop it)."""
+    root = tmp_path / "store"
+    srv = FakeServer(root, reply=(b"S", b"k9\n"))
+    try:
+        r = subprocess.run([sys.executable, "-m", "ctrun", "list"], timeout=60,
+                           env=dict(os.environ, CTRUN_ROOT=str(root), PYTHONPATH=str(REPO)),
+                           capture_output=True)
+    finally:
+        srv.close()
+    assert r.returncode == -signal.SIGKILL, r.stderr
 
 
 def test_signals_are_relayed_once_taken(binary, tmp_path):

@@ -64,3 +64,16 @@ def test_launcher_keeps_one_line_errors(launcher, store):
     assert r.returncode != 0
     assert r.stderr.startswith("ctrun: error: container 'nosuch' not found")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("safe_path", ["", "1"])
+def test_the_launcher_imports_ctrun_from_pythonpath_first(launcher, tmp_path, safe_path):
+    """As python does: PYTHONPATH's ctrun before the venv's, with or without
+    PYTHONSAFEPATH (which leaves the script's directory off sys.path)."""
+    pkg = tmp_path / "ctrun"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "client.py").write_text("def main():\n    print('pythonpath ctrun')\n    return 0\n")
+    r = subprocess.run([str(PY_LAUNCHER), "list"], capture_output=True, text=True, timeout=60,
+                       env=dict(ENV, PYTHONPATH=str(tmp_path), PYTHONSAFEPATH=safe_path))
+    assert (r.returncode, r.stdout) == (0, "pythonpath ctrun\n"), r.stderr
