@@ -67,6 +67,9 @@ def collect(ct):
                 continue
             if _orphan_cgroup_removed(store, parent, n):
                 done.append(f"removed orphan cgroup {parent}/{n}")
+    from .runtime import lxcfs   # a host service: stopped only if no container uses it
+    if lxcfs.release():
+        done.append("stopped ctrun's LXCFS, which no container used")
     return done
 
 

@@ -92,6 +92,7 @@ class Monitor:
                 # unlink first: a client that finds no socket starts a new monitor
                 os.unlink(sock_path)
                 self.listener.close()
+                _release_lxcfs()
                 return 0
 
     def _drain_wakeups(self, r):
@@ -311,6 +312,17 @@ class Monitor:
         from .runtime.reap import finalize
         finalize(rec["cdir"], rec["name"], rec["start_id"], status, rec["cgroup_parent"],
                  rec["cgroup_name"])
+
+
+def _release_lxcfs():
+    """Leaving with no container: ctrun's LXCFS goes too if nothing else on the host uses it
+    (ctrun.runtime.lxcfs.release); a failure leaves it to the next monitor, or gc."""
+    try:
+        from .runtime import lxcfs
+        lxcfs.release()
+    except Exception:  # noqa: BLE001 - the monitor's exit must not fail for it
+        import traceback
+        traceback.print_exc()
 
 
 def _console(req):

@@ -8,10 +8,12 @@ container's own files (ctrun.runtime.rootfs).
 
 One LXCFS serves every container of the host, whatever its store: it answers each reader
 from the reader's cgroup and holds no state of any container.  So it is a host service,
-started on demand by the first container that needs it and left running, like Debian's
-lxcfs.service; no store owns it and no store's gc or destroy stops it, because containers
-of other stores have its files bound (a stopped LXCFS leaves their /proc files failing with
-ENOTCONN until they restart).
+started on demand by the first container that needs it.  No store owns it: a store's
+monitor, when it leaves (its last container is gone), and `ctrun gc` stop it only once no
+mount namespace on the host has a file of it bound (release()), since a stopped LXCFS
+leaves the /proc files of the containers still using it failing with ENOTCONN.  Every start
+marks its hand-out under a shared lock, and release() waits GRACE after the last one: the
+container that got the mount binds its files a moment later, in its own namespace.
 
 - A host that runs lxcfs.service has it mounted at /var/lib/lxcfs: that one is used.
 - Otherwise ctrun starts its own, mounted at /run/ctrun-lxcfs/mnt with its pid file, log
@@ -46,6 +48,7 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loada
 # cpu/online (without it only the cpuset does)
 OPTIONS = ("-f", "-l", "--enable-cfs")
 START_TIMEOUT = 5.0
+GRACE = 2.0   # s after a start got the mount (its init binds the files meanwhile)
 
 
 def binds(warn):
@@ -94,27 +97,82 @@ def ensure():
     if base is None:
         return None
     mnt = os.path.join(base, "mnt")
-    if _alive(base, mnt) or _serving(mnt):
-        return mnt
     try:
         os.makedirs(base, 0o755, exist_ok=True)
         lock = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise _unusable(base, e) from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent starts: one starts it, the others wait
-        if _serving(mnt):
-            return mnt
-        if mnt in _lxcfs_mounts():  # its daemon died: the mount answers ENOTCONN
-            umount2(mnt, MNT_DETACH)
-        try:
-            os.makedirs(mnt, 0o755, exist_ok=True)
-        except OSError as e:
-            raise _unusable(mnt, e) from None
-        _start(base, mnt)
+        # shared: starts run side by side; release() takes it alone
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not (_alive(base, mnt) or _serving(mnt)):
+            # concurrent starts: one starts it, the others wait
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _serving(mnt):
+                if mnt in _lxcfs_mounts():  # its daemon died: the mount answers ENOTCONN
+                    umount2(mnt, MNT_DETACH)
+                try:
+                    os.makedirs(mnt, 0o755, exist_ok=True)
+                except OSError as e:
+                    raise _unusable(mnt, e) from None
+                _start(base, mnt)
+        os.utime(lock)   # the hand-out release() waits GRACE after
         return mnt
     finally:
         os.close(lock)
+
+
+def release():
+    """Stop ctrun's own LXCFS once nothing on the host uses it: no start got its mount in
+    the last GRACE seconds and no mount namespace has a file of it bound.  True if it was
+    stopped.  (The host's lxcfs.service is never touched.)"""
+    base = base_dir()
+    if base is None:
+        return False
+    mnt, path = os.path.join(base, "mnt"), os.path.join(base, "lock")
+    try:
+        wait = GRACE - (time.time() - os.stat(path).st_mtime)
+        if wait > 0:
+            time.sleep(wait)   # not under the lock: starts go on meanwhile
+        lock = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False   # never started here, or stopped already
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if time.time() - os.fstat(lock).st_mtime < GRACE or _in_use(mnt):
+            return False   # a start since (its monitor, or gc, releases it later)
+        stop(base)
+        return True
+    finally:
+        os.close(lock)
+
+
+def _in_use(mnt):
+    """A mount of the LXCFS mounted at mnt (its device) other than mnt itself, in any
+    mount namespace: a container's bound files."""
+    dev = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "fuse.lxcfs" and _unescape(fields[4]) == mnt:
+                dev = fields[2]
+    if dev is None:
+        return False
+    seen = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{pid}/mountinfo") as f:
+                for line in f:
+                    fields = line.split()
+                    if fields[2] == dev and _unescape(fields[4]) != mnt:
+                        return True
+        except OSError:
+            pass   # gone meanwhile
+    return False
 
 
 def _unusable(path, e):
@@ -123,7 +181,8 @@ def _unusable(path, e):
 
 
 def stop(base):
-    """Stop ctrun's LXCFS of `base` and remove the directory (tests; never a store's gc)."""
+    """Stop ctrun's LXCFS of `base` and remove the directory, whoever uses it (the tests'
+    own at their end; release() once nothing does)."""
     mnt = os.path.join(base, "mnt")
     pid = _pid(base)
     if pid and _running(pid):

@@ -130,3 +130,58 @@ def test_concurrent_first_starts_share_one_lxcfs(store, tmp_path):
         assert len(daemons) == 1, daemons
     finally:
         lxcfs.stop(base)
+
+
+def _daemon(base):
+    return lxcfs._pid(base) if lxcfs._running(lxcfs._pid(base)) else 0
+
+
+@needs_lxcfs
+def test_ctrun_stops_its_lxcfs_once_no_container_of_any_store_uses_it(store):
+    """The monitor of a store that has no container left stops the LXCFS it started, but
+    only once no container anywhere, of this store or another, has its files bound."""
+    base = f"/run/ctrun-test-{os.getpid()}-own-lxcfs"
+    env = {"CTRUN_LXCFS_DIR": base}
+    mnt = os.path.join(base, "mnt")
+    try:
+        with conftest.own_store() as other:
+            for root, name in ((store, "a"), (other, "b")):
+                r = run_with(root, env, "run", "-d", "--name", name, "busybox", "--",
+                             "sleep", "600")
+                assert r.returncode == 0, r.stderr
+            daemon = _daemon(base)
+            assert daemon and mnt in lxcfs._lxcfs_mounts()
+            # a's store is left without a container: its monitor leaves, b still uses LXCFS
+            assert run_with(store, env, "destroy", "-f", "a").returncode == 0
+            conftest._stop_server(store)
+            conftest.until(lambda: not conftest._monitor_pids(store), 15, "a's monitor exit")
+            time.sleep(lxcfs.GRACE + 0.5)
+            assert _daemon(base) == daemon
+            r = run_with(other, env, "exec", "b", "--", "head", "-1", "/proc/meminfo")
+            assert r.returncode == 0 and r.stdout.startswith("MemTotal:"), r.stderr
+            # the last one goes: so does LXCFS, its mount and its directory
+            assert run_with(other, env, "destroy", "-f", "b").returncode == 0
+            conftest._stop_server(other)
+            conftest.until(lambda: not conftest._monitor_pids(other), 15, "b's monitor exit")
+            conftest.until(lambda: not lxcfs._running(daemon), lxcfs.GRACE + 10,
+                           "LXCFS's exit")
+            assert mnt not in lxcfs._lxcfs_mounts() and not os.path.exists(base)
+    finally:
+        lxcfs.stop(base)
+
+
+@needs_lxcfs
+def test_gc_stops_an_lxcfs_no_container_uses(store):
+    """An attached run without a monitor (CTRUN_SERVER=off) leaves LXCFS to `ctrun gc`."""
+    base = f"/run/ctrun-test-{os.getpid()}-gc-lxcfs"
+    env = {"CTRUN_LXCFS_DIR": base, "CTRUN_SERVER": "off"}
+    try:
+        r = run_with(store, env, "run", "--rm", "busybox", "--", "true")
+        assert r.returncode == 0, r.stderr
+        daemon = _daemon(base)
+        assert daemon
+        r = run_with(store, env, "gc")
+        assert r.returncode == 0 and "stopped ctrun's LXCFS" in r.stdout, r.stdout + r.stderr
+        assert not lxcfs._running(daemon) and not os.path.exists(base)
+    finally:
+        lxcfs.stop(base)
