@@ -313,11 +313,8 @@ def measure(b):
             skipped["ctrun, warm in-process"] = str(e)
         tools["ctrun, warm in-process"] = (None, warm_shown)
         ws.check_clean("after the runs")
-        stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
         shown = {n: t[1] for n, t in tools.items()}
-        print()
-        common.arm_table("tool", list(tools), stats, failures, shown, skipped)
-        common.print_not_measured(skipped)
+        stats = common.report_arms("tool", list(tools), samples, failures, shown, skipped)
 
         ratios = print_ratios(stats, hybrid)
 

@@ -115,11 +115,8 @@ def measure(b):
                            capture_output=True, timeout=60)
         ws.check_clean("after the runs")
 
-        stats = {n: common.summary_ms(s) for n, s in samples.items() if s}
         shown = {n: c[2] for n, c in cmds.items()}
-        print()
-        common.arm_table("arm", list(cmds), stats, failed, shown, skipped)
-        common.print_not_measured(skipped)
+        stats = common.report_arms("arm", list(cmds), samples, failed, shown, skipped)
         ratios, verdicts = report(stats, kept)
         notes = [
             "ctrun: " + common.ctrun_bin() + ", as users run it: through the store's warm "

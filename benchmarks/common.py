@@ -498,6 +498,16 @@ def print_not_measured(skipped):
         print(f"{name}: not measured: {why}")
 
 
+def report_arms(first, names, samples, failed, shown, skipped):
+    """The arms' figures (summary_ms of each arm with samples), printed as arm_table after
+    a blank line, then why the skipped ones were not measured; returns the figures."""
+    stats = {n: summary_ms(s) for n, s in samples.items() if s}
+    print()
+    arm_table(first, names, stats, failed, shown, skipped)
+    print_not_measured(skipped)
+    return stats
+
+
 def arm_table(first, names, stats, failed, shown, skipped):
     """The timing table of arms: a row each, 'not measured' for the skipped ones (the
     caller says why, after it), 'every run failed' for those with no figure."""
