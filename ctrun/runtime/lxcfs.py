@@ -150,12 +150,7 @@ def release():
 def _in_use(mnt):
     """A mount of the LXCFS mounted at mnt (its device) other than mnt itself, in any
     mount namespace: a container's bound files."""
-    dev = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "fuse.lxcfs" and _unescape(fields[4]) == mnt:
-                dev = fields[2]
+    dev = _lxcfs_mounts().get(mnt)
     if dev is None:
         return False
     seen = set()
@@ -273,12 +268,13 @@ def _alive(base, mnt):
 
 
 def _lxcfs_mounts():
-    out = set()
+    """{mount point: its device (major:minor)} of each LXCFS mounted here."""
+    out = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             if fields[fields.index("-") + 1] == "fuse.lxcfs":
-                out.add(_unescape(fields[4]))
+                out[_unescape(fields[4])] = fields[2]
     return out
 
 
