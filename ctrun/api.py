@@ -222,7 +222,11 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         with self._held(name, "start") as (cdir, cfg, (_, state, _)):
             backend = self._backend(cfg)
             mgr, extra = backend.prepare_start(name, cdir, cfg)
-            sid = self._hand_to_monitor(name, cdir, cfg, backend, state, mgr, extra)
+            try:
+                sid = self._hand_to_monitor(name, cdir, cfg, backend, state, mgr, extra)
+            finally:   # launched (its init has bound LXCFS's files), or not at all
+                from .runtime import lxcfs
+                lxcfs.settled()
         backend.ready(name, cdir, sid)  # a VM's guest boots without the lock held
         return self.inspect(name)
 

@@ -139,7 +139,7 @@ class ContainerBackend(base.Backend):
         """stdio inherited (or a pty)."""
         import prctl
         from ..network import container as netc
-        from ..runtime import process
+        from ..runtime import lxcfs, process
         from ..runtime.reap import now
         if plumber is None:
             plumber = netc.plumber_for(cfg.net)  # loads pyroute2 meanwhile, elsewhere
@@ -188,11 +188,13 @@ class ContainerBackend(base.Backend):
                 from ..runtime import terminal
                 terminal.copy_winsize(0, launched.master)
             launched.start()
+            lxcfs.settled()   # its init has bound LXCFS's files (ready)
             if launched.listener is not None:   # this runner answers its sysinfo calls
                 from ..runtime import sysinfo
                 sysinfo.serve(launched.listener, launched.pid, spec)
             sync(cdir / "state.json")
         except BaseException:
+            lxcfs.settled()
             if plumber:
                 plumber.cancel()
             base.undo_start(self.store, name, cdir, {}, mgr, cfg.net)

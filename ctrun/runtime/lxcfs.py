@@ -11,9 +11,10 @@ from the reader's cgroup and holds no state of any container.  So it is a host s
 started on demand by the first container that needs it.  No store owns it: a store's
 monitor, when it leaves (its last container is gone), and `ctrun gc` stop it only once no
 mount namespace on the host has a file of it bound (release()), since a stopped LXCFS
-leaves the /proc files of the containers still using it failing with ENOTCONN.  Every start
-marks its hand-out under a shared lock, and release() waits GRACE after the last one: the
-container that got the mount binds its files a moment later, in its own namespace.
+leaves the /proc files of the containers still using it failing with ENOTCONN.  A start
+holds the LXCFS lock shared from the moment it gets the mount until its init has bound
+the files (settled(), or the verb's exit), and release() only goes on with the lock all to
+itself: never between a start's hand-out and its binds.
 
 - A host that runs lxcfs.service has it mounted at /var/lib/lxcfs: that one is used.
 - Otherwise ctrun starts its own, mounted at /run/ctrun-lxcfs/mnt with its pid file, log
@@ -48,7 +49,7 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loada
 # cpu/online (without it only the cpuset does)
 OPTIONS = ("-f", "-l", "--enable-cfs")
 START_TIMEOUT = 5.0
-GRACE = 2.0   # s after a start got the mount (its init binds the files meanwhile)
+_held = []   # the lock fd this process holds shared from ensure() to settled()
 
 
 def binds(warn):
@@ -96,6 +97,7 @@ def ensure():
     base = base_dir()
     if base is None:
         return None
+    settled()   # a lock this process still held for an earlier start would block its own
     mnt = os.path.join(base, "mnt")
     try:
         os.makedirs(base, 0o755, exist_ok=True)
@@ -116,31 +118,40 @@ def ensure():
                 except OSError as e:
                     raise _unusable(mnt, e) from None
                 _start(base, mnt)
-        os.utime(lock)   # the hand-out release() waits GRACE after
-        return mnt
-    finally:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+    except BaseException:
         os.close(lock)
+        raise
+    _held.append(lock)   # kept shared until this start's init has bound the files
+    return mnt
+
+
+def settled():
+    """The start that got the mount has its files bound (its init is ready, or it
+    failed): release() may now stop LXCFS when that container is gone."""
+    while _held:
+        os.close(_held.pop())
 
 
 def release():
-    """Stop ctrun's own LXCFS once nothing on the host uses it: no start got its mount in
-    the last GRACE seconds and no mount namespace has a file of it bound.  True if it was
-    stopped.  (The host's lxcfs.service is never touched.)"""
+    """Stop ctrun's own LXCFS once nothing on the host uses it: no start holds its lock
+    and no mount namespace has a file of it bound.  True if it was stopped.  (The host's
+    lxcfs.service is never touched.)"""
     base = base_dir()
     if base is None:
         return False
-    mnt, path = os.path.join(base, "mnt"), os.path.join(base, "lock")
+    mnt = os.path.join(base, "mnt")
     try:
-        wait = GRACE - (time.time() - os.stat(path).st_mtime)
-        if wait > 0:
-            time.sleep(wait)   # not under the lock: starts go on meanwhile
-        lock = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        lock = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return False   # never started here, or stopped already
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if time.time() - os.fstat(lock).st_mtime < GRACE or _in_use(mnt):
-            return False   # a start since (its monitor, or gc, releases it later)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False   # a start is under way: its monitor, or gc, releases it later
+        if _in_use(mnt):
+            return False
         stop(base)
         return True
     finally:

@@ -155,16 +155,14 @@ def test_ctrun_stops_its_lxcfs_once_no_container_of_any_store_uses_it(store):
             assert run_with(store, env, "destroy", "-f", "a").returncode == 0
             conftest._stop_server(store)
             conftest.until(lambda: not conftest._monitor_pids(store), 15, "a's monitor exit")
-            time.sleep(lxcfs.GRACE + 0.5)
-            assert _daemon(base) == daemon
+            assert _daemon(base) == daemon   # (the monitor decided before it left)
             r = run_with(other, env, "exec", "b", "--", "head", "-1", "/proc/meminfo")
             assert r.returncode == 0 and r.stdout.startswith("MemTotal:"), r.stderr
             # the last one goes: so does LXCFS, its mount and its directory
             assert run_with(other, env, "destroy", "-f", "b").returncode == 0
             conftest._stop_server(other)
             conftest.until(lambda: not conftest._monitor_pids(other), 15, "b's monitor exit")
-            conftest.until(lambda: not lxcfs._running(daemon), lxcfs.GRACE + 10,
-                           "LXCFS's exit")
+            conftest.until(lambda: not lxcfs._running(daemon), 15, "LXCFS's exit")
             assert mnt not in lxcfs._lxcfs_mounts() and not os.path.exists(base)
     finally:
         lxcfs.stop(base)
@@ -184,4 +182,21 @@ def test_gc_stops_an_lxcfs_no_container_uses(store):
         assert r.returncode == 0 and "stopped ctrun's LXCFS" in r.stdout, r.stdout + r.stderr
         assert not lxcfs._running(daemon) and not os.path.exists(base)
     finally:
+        lxcfs.stop(base)
+
+
+@needs_lxcfs
+def test_lxcfs_is_not_stopped_between_a_starts_hand_out_and_its_binds(monkeypatch):
+    """A start holds LXCFS from getting its mount until its init has bound the files:
+    no release (another store's monitor leaving) stops it in between."""
+    base = f"/run/ctrun-test-{os.getpid()}-held-lxcfs"
+    monkeypatch.setenv("CTRUN_LXCFS_DIR", base)
+    try:
+        assert lxcfs.ensure() == os.path.join(base, "mnt")
+        daemon = _daemon(base)
+        assert not lxcfs.release() and _daemon(base) == daemon   # still held
+        lxcfs.settled()
+        assert lxcfs.release() and not lxcfs._running(daemon)    # unused and not held
+    finally:
+        lxcfs.settled()
         lxcfs.stop(base)
