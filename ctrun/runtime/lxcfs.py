@@ -191,15 +191,17 @@ def stop(base):
     own at their end; release() once nothing does)."""
     mnt = os.path.join(base, "mnt")
     pid = _pid(base)
+    # the mount first: its FUSE session ends and the daemon's loop with it (a SIGTERM
+    # alone is only seen by the loop at its next request: it waited out the timeout)
+    if mnt in _lxcfs_mounts():
+        umount2(mnt, MNT_DETACH)
     if pid and _running(pid):
-        os.kill(pid, signal.SIGTERM)  # LXCFS unmounts itself on SIGTERM
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT
         while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _running(pid):
             os.kill(pid, signal.SIGKILL)
-    if mnt in _lxcfs_mounts():
-        umount2(mnt, MNT_DETACH)
     shutil.rmtree(base, ignore_errors=True)
 
 
