@@ -211,7 +211,8 @@ def _start(base, mnt):
         raise HostUnsupported("lxcfs is not installed (apt-get install lxcfs)")
     log = os.open(os.path.join(base, "lxcfs.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     r, w = os.pipe()
-    if os.fork() == 0:  # double fork and setsid: the daemon outlives this verb and its tty
+    child = os.fork()
+    if child == 0:  # double fork and setsid: the daemon outlives this verb and its tty
         try:
             os.setsid()
             pid = os.fork()
@@ -239,6 +240,7 @@ def _start(base, mnt):
         pid = int(os.read(r, 32) or 0)
     finally:
         os.close(r)
+        os.waitpid(child, 0)   # the intermediate, gone once it forked the daemon
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if _serving(mnt):
