@@ -127,25 +127,28 @@ def test_default_detection_is_cached():
     assert detect() is first
 
 
-def test_a_layout_inherited_over_a_fork_is_checked_against_mountinfo_once():
+def test_a_layout_inherited_over_a_fork_is_checked_against_mountinfo_once(tmp_path,
+                                                                          monkeypatch):
     """The warm server's layout, in a worker: kept while mountinfo reads the same, parsed
-    again when the host mounted or unmounted something since."""
+    again when the host mounted or unmounted something since.  (A copy of this host's
+    mountinfo stands for it: the real one may change meanwhile, an LXCFS stopped.)"""
     import sys
     mod = sys.modules["ctrun.cgroups.detect"]
+    info = tmp_path / "mountinfo"
+    info.write_text(open("/proc/self/mountinfo").read())
+    monkeypatch.setattr(mod, "MOUNTINFO", str(info))
+    monkeypatch.setattr(mod, "_cache", {})
     try:
-        current = detect()
+        current = mod.detect(str(info))
     except HostUnsupported:
         pytest.skip("no cgroup mounted here")
     key = next(iter(mod._cache))
     text = mod._cache[key][0]
     sentinel = object()
-    try:
-        mod._cache[key] = (text, sentinel, -1)            # another process's, still true
-        assert detect() is sentinel and mod._cache[key][2] == os.getpid()
-        mod._cache[key] = (text + "x", sentinel, -1)      # the host's mounts changed since
-        assert detect() == current and detect() is not sentinel
-    finally:
-        mod._cache.clear()
+    mod._cache[key] = (text, sentinel, -1)            # another process's, still true
+    assert mod.detect(str(info)) is sentinel and mod._cache[key][2] == os.getpid()
+    mod._cache[key] = (text + "x", sentinel, -1)      # the host's mounts changed since
+    assert mod.detect(str(info)) == current and mod.detect(str(info)) is not sentinel
 
 
 # -- a fake cgroupfs --------------------------------------------------------------------
