@@ -68,7 +68,7 @@ WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.pro
         "ctrun.runtime.lxcfs", "ctrun.runtime.logfile", "ctrun.namespaces.join",
         "ctrun.images.store", "ctrun.network.container", "ctrun.cgroups.limits",
         "ctrun.cgroups.v1", "ctrun.cgroups.v2", "ctrun.cgroups.named", "ctrun.spec",
-        "ctrun.monitor", "ctrun.images.layers", "ctrun.pools",
+        "ctrun.monitor", "ctrun.images.layers", "ctrun.pools", "ctrun.runtime.zygote",
         # the v1 cpuset controller's files (a new cpuset copies its parent's): ~3 ms
         "cgroupspy.controllers")
 
@@ -355,6 +355,8 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
+            from .runtime import zygote
+            zygote.park_spare()   # first: it shares the server's pages, not private copies
             _own_pages(sock)
             head = b""
             fds = []
@@ -403,6 +405,7 @@ class Server:
     # ---------------------------------------------------------------- the worker
     def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
+        from .runtime import zygote
         code = 1
         server = os.getppid()
         reply = None
@@ -448,6 +451,9 @@ class Server:
                     os.environb[k] = v
             _copy_rlimits(c.peer)
             sys.argv = ["ctrun", *req["argv"]]
+            from . import cli
+            if cli.verb_in(req["argv"]) not in cli.LAUNCH_VERBS:
+                zygote.drop_spare()   # this call forks no init: the spare's zygote goes now
             _reopen_stdio()
             from . import state
             state.defer_removals()
@@ -463,6 +469,7 @@ class Server:
                     os.write(self.replied_w, os.getpid().to_bytes(4, "little"))
                 except OSError:
                     pass
+            zygote.drop_spare(wait=True)
             from . import state
             state.finish_removals()
             os._exit(code)

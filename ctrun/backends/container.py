@@ -302,9 +302,11 @@ def _take_cgroup(store, mgr, rules):
 
 
 def _zygote(entry):
-    """The zygote parked in the pooled cgroup this start took, if this process has one."""
+    """The zygote parked in the pooled cgroup this start took, if this process has one,
+    else the one a warm server's spare parked for this call (runtime.zygote)."""
     if not entry:
-        return None
+        from ..runtime import zygote
+        return zygote.take_spare()
     from .. import pools
     return pools.zygote_for(entry)
 

@@ -276,14 +276,17 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
+    mid = None
     if zygote is not None:
         try:
             mid = zygote.hand_over(csock, spec, stdio, tty, bpf)
+        except OSError:
+            zygote.discard()   # it died before it had the request: fork as without it
         except BaseException:
             csock.close()
             chan.close()
             raise
-    else:
+    if mid is None:
         mid = linux.fork()
         if mid == 0:
             psock.close()

@@ -16,10 +16,19 @@ container's init is then forked inside its cgroup with no attach on the start pa
 
 A zygote serves one start; discard() ends one that was not used (the pool's drain kills
 whatever is in its cgroups anyway).
+
+A warm server's spare worker (ctrun.server) also parks one, in no cgroup of its own
+(park_spare): a start it runs then takes it (take_spare) instead of forking its
+intermediate: the fork, and the copy-on-write faults its first steps take, are off the
+start's path (~2 ms of a `run --rm` here).  It is forked before the spare makes its own
+pages private, so it shares the server's.  Since it was forked before the call came, it is
+handed what a fork of the caller would have inherited: umask, resource limits, signal mask,
+environment and working directory.
 """
 
 import json
 import os
+import resource
 import signal
 import socket
 
@@ -27,6 +36,9 @@ from .. import libc
 from ..errors import CtrunError
 
 _LEN = 8   # the request's length prefix: a spec is larger than one read
+_NFDS = 5  # stdin, stdout, stderr, the channel, the caller's working directory
+_RLIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
+_spare = None   # the zygote a warm server's spare parked (park_spare)
 
 
 class Zygote:
@@ -57,13 +69,18 @@ class Zygote:
         # already there: an attach would wait again
         ann["run.ctrun.cgroup_procs"] = [p for p in ann.get("run.ctrun.cgroup_procs", [])
                                          if not p.startswith(tuple(self.covers))]
-        body = json.dumps({"spec": {**spec, "annotations": ann}, "tty": tty,
-                           "bpf": bpf.hex() if bpf else None}).encode()
+        body = json.dumps({
+            "spec": {**spec, "annotations": ann}, "tty": tty, "bpf": bpf.hex() if bpf else None,
+            "umask": _umask(), "env": dict(os.environ),
+            "mask": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),
+            "rlimits": [[r, *resource.getrlimit(r)] for r in _RLIMITS]}).encode()
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
             socket.send_fds(self.sock, [len(body).to_bytes(_LEN, "big")],
-                            [*stdio, csock.fileno()])
+                            [*stdio, csock.fileno(), cwd])
             self.sock.sendall(body)
         finally:
+            os.close(cwd)
             self.sock.close()
             self.sock = None
         return self.pid
@@ -85,6 +102,7 @@ def _park(sock, procs_files):
     try:
         import prctl
         prctl.set_pdeathsig(signal.SIGKILL)   # never outlives the server that forked it
+        prctl.set_name("ctrun-zygote")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the server
         # none of the server's files (its socket, the other zygotes' ends): an unused
         # zygote must see EOF when its own end closes
@@ -99,8 +117,8 @@ def _park(sock, procs_files):
             finally:
                 os.close(fd)
         sock.sendall(b"r")
-        head, fds, _, _ = socket.recv_fds(sock, _LEN, 4)
-        if len(head) < _LEN or len(fds) != 4:
+        head, fds, _, _ = socket.recv_fds(sock, _LEN, _NFDS)
+        if len(head) < _LEN or len(fds) != _NFDS:
             os._exit(0)
         for fd in fds:   # SCM_RIGHTS gives inheritable fds: the workload must not get them
             os.set_inheritable(fd, False)
@@ -112,10 +130,73 @@ def _park(sock, procs_files):
             body += chunk
         sock.close()
         req = json.loads(body)
+        _inherit(req, fds.pop())
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl.set_pdeathsig(0)   # the intermediate now, which a fork would be: no tie left
     except BaseException:  # noqa: BLE001 - the server sees EOF and reports it
         os._exit(1)
     from .process import Channel, middle
     middle(Channel(socket.socket(fileno=fds[3])), req["spec"], tuple(fds[:3]), req["tty"],
            bytes.fromhex(req["bpf"]) if req["bpf"] else None)
     os._exit(1)   # middle() never returns
+
+
+def _umask():
+    """This process's umask, read without setting it (os.umask would, for a moment, for
+    every thread: a file another one makes then would get the wrong mode)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    raise CtrunError("/proc/self/status gives no Umask: this kernel is too old for ctrun")
+
+
+def _inherit(req, cwd):
+    """Take the caller's umask, limits, signal mask, environment and working directory,
+    as its fork would have had them."""
+    os.umask(req["umask"])
+    for r, soft, hard in req["rlimits"]:
+        try:
+            resource.setrlimit(r, (soft, hard))
+        except (OSError, ValueError):
+            pass   # above our hard limit: a fork of the caller could not have it either
+    signal.pthread_sigmask(signal.SIG_SETMASK, req["mask"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.fchdir(cwd)
+    os.close(cwd)
+
+
+def park_spare():
+    """In a warm server's spare, before its pages are made private: park a zygote for the
+    call it will take.  Best effort: a start without one forks its intermediate."""
+    global _spare
+    try:
+        _spare = Zygote([], [])
+    except (OSError, CtrunError):
+        _spare = None
+
+
+def take_spare():
+    """The parked zygote for this start, once (None in-process or when taken)."""
+    global _spare
+    z, _spare = _spare, None
+    return z
+
+
+def drop_spare(wait=False):
+    """End the parked zygote of a call that starts nothing: SIGKILL now, and reaped
+    (wait=True) once the call has replied."""
+    global _spare
+    if _spare is None:
+        return
+    if _spare.sock is not None:
+        _spare.sock.close()
+        _spare.sock = None
+        os.kill(_spare.pid, signal.SIGKILL)
+    if wait:
+        try:
+            os.waitpid(_spare.pid, 0)
+        except ChildProcessError:
+            pass
+        _spare = None
