@@ -509,6 +509,8 @@ def warm():
         importlib.import_module(name)
     from .cgroups.detect import detect
     detect()   # the host's cgroup layout: a worker only checks it (ctrun.cgroups.detect)
+    from .runtime import seccomp
+    seccomp.cache_key(())   # reads the compiler's sources once (seccomp._compiler)
     from . import cli
     for verb in cli.VERBS:   # each verb's parser, as cli.main would build it per call
         cli.parser(verb)

@@ -165,10 +165,24 @@ def compiler_key(sources, data=b""):
     # crc32 and adler32 of the inputs: this is a cache name, not a security check, and
     # hashlib would load OpenSSL (~3 ms) on every container start
     import zlib
-    u = os.uname()
-    blob = b"\0".join((*map(_read, sources), data, _libseccomp_version().encode(),
-                       u.release.encode(), u.machine.encode()))
-    return f"{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}{len(blob):x}"
+    head, tail = _compiler(tuple(sources))
+    crc = zlib.crc32(tail, zlib.crc32(data, zlib.crc32(head)))
+    adler = zlib.adler32(tail, zlib.adler32(data, zlib.adler32(head)))
+    return f"{crc:08x}{adler:08x}{len(head) + len(data) + len(tail):x}"
+
+
+_COMPILERS = {}
+
+
+def _compiler(sources):
+    """What compiler_key joins around its data, read once per process: the code that
+    compiles is the code this process loaded (a warm server's starts skip ~0.4 ms)."""
+    if sources not in _COMPILERS:
+        u = os.uname()
+        _COMPILERS[sources] = (b"".join(_read(s) + b"\0" for s in sources),
+                               b"\0".join((b"", _libseccomp_version().encode(),
+                                           u.release.encode(), u.machine.encode())))
+    return _COMPILERS[sources]
 
 
 def bpf_path_for(caps, cache_dir):
