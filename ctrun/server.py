@@ -40,6 +40,7 @@ keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 3
 call, and the monitor, if it has no container, with it.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -55,6 +56,7 @@ from .procs import reaped
 from .serversock import LOCK, SOCK, passed_fds
 
 IDLE = 30.0
+SCHED = (os.sched_getscheduler(0), os.sched_getparam(0))  # the server's: its workers'
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
 NFDS = 4
@@ -324,6 +326,8 @@ class Server:
             return None
         pid, sock = self.spare
         self.spare = None
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(pid, *SCHED)   # it may still be at idle priority
         head = (len(payload).to_bytes(4, "little") + c.peer.to_bytes(4, "little")
                 + (b"1" if adopts else b"0"))
         fds = c.fds + [c.sock.fileno()]   # the client's socket last: the worker replies
@@ -484,6 +488,20 @@ def _own_pages(sock):
     covers most of its heap."""
     import ctypes
     import select
+    # at idle priority: a container the last call started (a booting systemd) goes first;
+    # the server restores the spare's priority as it hands it a call (_hand_to_spare)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        pass
+    try:
+        _populate(ctypes, select, sock)
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, *SCHED)
+
+
+def _populate(ctypes, select, sock):
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     with open("/proc/self/maps", "rb") as f:

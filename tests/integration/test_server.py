@@ -541,6 +541,19 @@ def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
     assert _spare(store) not in (None, spare)
 
 
+def test_calls_and_their_containers_run_at_the_callers_priority(cli, store):
+    """The spare makes its pages its own at idle priority (it must not slow a container the
+    last call started), and takes a call at the priority it had."""
+    _busybox(cli, store)
+    cli("run", "-d", "--name", "p1", "busybox", "--", "sleep", "60", check=True)
+    for _ in range(3):   # back to back: a call may come while the spare populates
+        for argv in (("run", "--rm", "busybox"), ("exec", "p1")):
+            r = cli(*argv, "--", "grep", "^policy", "/proc/self/sched")
+            assert (r.returncode, r.stdout.split()) == (0, ["policy", ":", "0"]), r.stderr
+    spare = _spare(store)
+    until(lambda: os.sched_getscheduler(spare) == os.SCHED_OTHER, what="the spare's priority")
+
+
 def test_a_lost_spare_is_replaced_and_leaves_with_its_server(cli, store):
     _busybox(cli, store)
     spare = _spare(store)
