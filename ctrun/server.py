@@ -56,7 +56,7 @@ import struct
 import sys
 import time
 
-from .client import MAGIC, OCI_MAGIC, RELAYED, package_dir
+from .client import MAGIC, RELAYED, package_dir
 from .procs import reaped
 from .serversock import LOCK, SOCK, passed_fds
 
