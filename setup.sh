@@ -50,9 +50,9 @@ fi
 # packages) costs ~15 ms of every verb. A launcher carries the venv's sys.path instead.
 # It also sets sys.prefix to the venv, as site would (the built-in recipes live there), and
 # keeps PYTHONPATH, as the monitor it spawns (a plain venv python) does.
-# ctrun-py is the thin client of the store's warm server (ctrun.client); ctrun-oci, the
+# ctrun-py is the thin client of the store's warm server (ctrun.client); ctrun-oci-py, the
 # runc-compatible front end, is launched the same way.
-for tool in "$VENV/bin/ctrun-py:ctrun.client" /usr/local/bin/ctrun-oci:ctrun.oci.cli; do
+for tool in "$VENV/bin/ctrun-py:ctrun.client" "$VENV/bin/ctrun-oci-py:ctrun.oci.cli"; do
   bin=${tool%%:*}
   "$VENV/bin/python" - "$VENV/bin/python3" "${tool#*:}" > "$bin.tmp" <<'EOF'
 import sys
@@ -75,6 +75,11 @@ pkg=$(cd / && env -u PYTHONPATH "$VENV/bin/python" -c \
 gcc -O2 -Wall -Werror -DCTRUN_FALLBACK="\"$VENV/bin/ctrun-py\"" -DCTRUN_PACKAGE="\"$pkg\"" \
     -o /usr/local/bin/.ctrun.tmp ctrun/client.c
 mv -f /usr/local/bin/.ctrun.tmp /usr/local/bin/ctrun
+# /usr/local/bin/ctrun-oci is the same client built for ctrun-oci (ctrun.oci.serving): the
+# light verbs from the warm server of their --root, everything else by ctrun-oci-py
+gcc -O2 -Wall -Werror -DCTRUN_OCI -DCTRUN_FALLBACK="\"$VENV/bin/ctrun-oci-py\"" \
+    -DCTRUN_PACKAGE="\"$pkg\"" -o /usr/local/bin/.ctrun-oci.tmp ctrun/client.c
+mv -f /usr/local/bin/.ctrun-oci.tmp /usr/local/bin/ctrun-oci
 
 ctrun image build busybox >/dev/null
 echo ">> ctrun is installed: $(command -v ctrun)"

@@ -12,6 +12,12 @@
  *
  * Built by setup.sh: gcc -O2 -DCTRUN_FALLBACK='"<python client>"'
  *                         -DCTRUN_PACKAGE='"<the ctrun package directory it runs>"'
+ *
+ * With -DCTRUN_OCI it is /usr/local/bin/ctrun-oci instead (ctrun.oci.serving): it serves
+ * the light verbs (state, start, kill, delete) from the warm server of the call's --root,
+ * in OCI_SERVERS/<hash of the root>, and execs the Python ctrun-oci (CTRUN_FALLBACK) for
+ * every other verb, global flags it does not know, and whenever no server answers (that
+ * call starts one).  Only where_served() differs between the two.
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -36,9 +42,17 @@
 #error "define CTRUN_PACKAGE: the ctrun package directory the Python client imports"
 #endif
 
+#ifdef CTRUN_OCI
+#define PROG "ctrun-oci"
+#define MAGIC "ctrun-oci1"
+#define DEFAULT_ROOT "/run/ctrun-oci" /* ctrun.oci.store.DEFAULT_ROOT */
+#define OCI_SERVERS "/run/ctrun-oci-servers" /* ctrun.serversock */
+#else
+#define PROG "ctrun"
 #define MAGIC "ctrun1"
 #define DEFAULT_ROOT "/var/lib/ctrun"
-#define SOCK "/run/server.sock"
+#endif
+#define SOCK "/server.sock"
 
 extern char **environ;
 static char **args;
@@ -54,11 +68,12 @@ static void fallback(void) {
     /* a relayed signal that came meanwhile ends the process as it would have ended the CLI */
     sigprocmask(SIG_SETMASK, &old_mask, NULL);
     execv(CTRUN_FALLBACK, args);
-    fprintf(stderr, "ctrun: error: cannot run %s: %s; run ./setup.sh again\n", CTRUN_FALLBACK,
+    fprintf(stderr, PROG ": error: cannot run %s: %s; run ./setup.sh again\n", CTRUN_FALLBACK,
             strerror(errno));
     exit(1);
 }
 
+#ifndef CTRUN_OCI
 static int is_help(const char *t) {
     static const char *const help[] = {"-h", "--h", "--he", "--hel", "--help"};
     for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)
@@ -71,6 +86,7 @@ static int is_help(const char *t) {
 static int is_root_flag(const char *t, size_t n) {
     return n >= 3 && n <= 6 && !strncmp(t, "--root", n);
 }
+#endif
 
 /* os.path.abspath: the working directory joined, "." and ".." and repeated slashes folded
  * lexically (no symlink resolved), as the Python client names the store */
@@ -111,11 +127,10 @@ static int abspath(const char *p, char *out, size_t size) {
     return 0;
 }
 
-/* ctrun.client.store_root: the store this call is served from, or fallback() */
-static void store_root(int argc, char **argv, char *root, size_t size) {
-    const char *env = getenv("CTRUN_SERVER");
-    if ((env && !strcmp(env, "off")) || geteuid() != 0)
-        fallback();
+#ifndef CTRUN_OCI
+/* ctrun.client.store_root: the store this call is served from (root) and its run directory
+ * (run), or fallback() */
+static void where_served(int argc, char **argv, char *root, size_t size, char *run) {
     const char *value = NULL, *verb = NULL;
     for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
         const char *t = argv[i];
@@ -145,13 +160,67 @@ static void store_root(int argc, char **argv, char *root, size_t size) {
         value = DEFAULT_ROOT;
     struct sockaddr_un a;
     struct stat st;
-    char run[PATH_MAX + 8];
-    if (abspath(value, root, size) || strlen(root) + strlen(SOCK) >= sizeof a.sun_path)
+    if (abspath(value, root, size) || strlen(root) + strlen("/run" SOCK) >= sizeof a.sun_path)
         fallback();
-    snprintf(run, sizeof run, "%s/run", strcmp(root, "/") ? root : "");
+    snprintf(run, PATH_MAX + 8, "%s/run", strcmp(root, "/") ? root : "");
     if (stat(run, &st) || !S_ISDIR(st.st_mode))
         fallback(); /* a store not made yet: the Python client's */
 }
+#else
+/* ctrun.oci.cli.parse's global flags, as far as a served call may have them: the value of
+ * --root, --log, --log-format; --systemd-cgroup.  Anything else (--debug, --help, a
+ * misspelling) is the Python ctrun-oci's to handle. */
+static int oci_flag(const char *t, const char **root, int *takes_value) {
+    static const char *const valued[] = {"root", "log", "log-format"};
+    const char *name = t[1] == '-' ? t + 2 : t + 1; /* runc's -root is --root */
+    size_t n = strcspn(name, "=");
+    if (t[1] != '-' && n < 2)
+        return 0; /* a short flag: -h, -v */
+    for (size_t i = 0; i < sizeof valued / sizeof valued[0]; i++)
+        if (strlen(valued[i]) == n && !strncmp(name, valued[i], n)) {
+            *takes_value = name[n] != '=';
+            if (!i && !*takes_value)
+                *root = name + n + 1;
+            return 1 + !i; /* 2: --root, whose value the caller takes */
+        }
+    *takes_value = 0;
+    return n == strlen("systemd-cgroup") && !strncmp(name, "systemd-cgroup", n);
+}
+
+/* The root (ctrun-oci --root, absolute) of a call to a served verb, and its server's run
+ * directory (ctrun.serversock.oci_run_dir), or fallback() */
+static void where_served(int argc, char **argv, char *root, size_t size, char *run) {
+    static const char *const served[] = {"state", "start", "kill", "delete"};
+    const char *value = NULL;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1] && strcmp(argv[i], "--"); i++) {
+        int takes_value, kind = oci_flag(argv[i], &value, &takes_value);
+        if (!kind)
+            fallback();
+        if (takes_value) {
+            if (++i == argc)
+                fallback();
+            if (kind == 2)
+                value = argv[i];
+        }
+    }
+    if (i == argc)
+        fallback();
+    size_t k = 0;
+    while (k < sizeof served / sizeof served[0] && strcmp(argv[i], served[k]))
+        k++;
+    if (k == sizeof served / sizeof served[0])
+        fallback(); /* create, run, exec...: their processes are the caller's to reap */
+    if (!value || !*value)
+        value = DEFAULT_ROOT;
+    if (abspath(value, root, size))
+        fallback();
+    unsigned long long h = 0xcbf29ce484222325ULL; /* FNV-1a, 64 bits */
+    for (const unsigned char *c = (const unsigned char *)root; *c; c++)
+        h = (h ^ *c) * 0x100000001b3ULL;
+    snprintf(run, PATH_MAX + 8, OCI_SERVERS "/%016llx", h);
+}
+#endif
 
 /* Whether directory d holds anything Python could import as ctrun (a directory without
  * __init__.py, ctrun.py, ctrun.pyc, an extension module) */
@@ -293,7 +362,7 @@ static int send_request(struct buf *b) {
 }
 
 int main(int argc, char **argv) {
-    char root[PATH_MAX], pkg[PATH_MAX], path[PATH_MAX + 32];
+    char root[PATH_MAX], pkg[PATH_MAX], run[PATH_MAX + 8];
     args = argv;
     /* the relayed signals wait, blocked, until the server has taken the call */
     sigemptyset(&relayed_set);
@@ -301,14 +370,18 @@ int main(int argc, char **argv) {
         sigaddset(&relayed_set, relayed[i]);
     sigprocmask(SIG_BLOCK, &relayed_set, &old_mask);
 
-    store_root(argc, argv, root, sizeof root);
+    const char *env = getenv("CTRUN_SERVER");
+    if ((env && !strcmp(env, "off")) || geteuid() != 0)
+        fallback();
+    where_served(argc, argv, root, sizeof root, run);
     package_dir(pkg);
     struct buf b;
     request(&b, argc, argv, pkg);
 
     stdio_open();
     struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s" SOCK, strcmp(root, "/") ? root : "");
+    if (snprintf(a.sun_path, sizeof a.sun_path, "%s" SOCK, run) >= (int)sizeof a.sun_path)
+        fallback();
     sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0 || connect(sock, (struct sockaddr *)&a, sizeof a))
         fallback(); /* no server: the Python client starts one */
@@ -360,9 +433,8 @@ int main(int argc, char **argv) {
         raise((int)v);
         return 128 + (int)v;
     }
-    snprintf(path, sizeof path, "%s/run", strcmp(root, "/") ? root : "");
     signal(SIGPIPE, SIG_IGN); /* a closed stderr: exit 1 all the same */
-    fprintf(stderr, "ctrun: error: the ctrun server of %s stopped during this command; see "
-                    "%s/server.log\n", root, path);
+    fprintf(stderr, PROG ": error: the " PROG " server of %s stopped during this command; see "
+                    "%s/server.log\n", root, run);
     return 1;
 }

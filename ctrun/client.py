@@ -28,6 +28,7 @@ import _socket
 
 from .serversock import SOCK, exec_daemon  # noqa: F401 - the server imports SOCK from here
 MAGIC = b"ctrun1"
+OCI_MAGIC = b"ctrun-oci1"   # a ctrun-oci server's (client.c built with -DCTRUN_OCI)
 DEFAULT_ROOT = "/var/lib/ctrun"  # ctrun.state.DEFAULT_ROOT, not imported: it costs ~5 ms
 # the signals a CLI gets from its terminal or its caller, passed on to the worker
 RELAYED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT,
@@ -277,6 +278,18 @@ def _connect(path, run):
         time.sleep(0.01)
 
 
+def server_env():
+    """This process's environment for a server it starts, which must import the ctrun this
+    code runs: an installed one its interpreter finds by itself (as the monitor's does; put
+    on PYTHONPATH, site-packages would come before the standard library), a checkout's is
+    named."""
+    env = dict(os.environ)
+    here = os.path.dirname(package_dir())
+    if os.path.basename(here) not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = here + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def _spawn(run):
     """Start the store's server with this process's environment, as a child of the store's
     monitor (a double fork: the monitor is nobody's child; it starts the server, or has the
@@ -285,13 +298,7 @@ def _spawn(run):
     r, w = os.pipe()
     log = os.open(os.path.join(run, "server.log"),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    env = dict(os.environ)
-    # the server must import the ctrun this client runs: an installed one its interpreter
-    # finds by itself (as the monitor's does; put on PYTHONPATH, site-packages would come
-    # before the standard library), a checkout's is named
-    here = os.path.dirname(package_dir())
-    if os.path.basename(here) not in ("site-packages", "dist-packages"):
-        env["PYTHONPATH"] = here + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = server_env()
     pid = os.fork()
     if pid == 0:
         try:

@@ -205,13 +205,7 @@ class Monitor:
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         pid = os.fork()
         if pid == 0:
-            try:
-                for s in range(1, signal.NSIG):  # the monitor's ignored signals stay ignored
-                    try:                          # across exec: give the server defaults
-                        signal.signal(s, signal.SIG_DFL)
-                    except (OSError, ValueError):
-                        pass
-                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            try:   # with default signals: the monitor's ignored ones would stay ignored
                 exec_daemon("ctrun.server", [str(self.store.root), "3", "--adopted"], log,
                             env, fd3=ready_fd)
             finally:

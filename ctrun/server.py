@@ -32,6 +32,12 @@ Protocol on run/server.sock (SOCK_STREAM):
           instead of b"S": this server runs another ctrun's code (an upgrade, another
           checkout); it retires, and the client starts its own.
 
+Two kinds share this code, told apart by the CLI they run (and by MAGIC, so that a client
+never talks to a server of the other kind): ctrun's (ctrun.cli.main, a store's server,
+below) and ctrun-oci's (ctrun.oci.cli.main, the server of an OCI state root, which serves
+the light verbs a container runtime's client calls many times: see ctrun.oci.serving for
+its placement and lifetime).
+
 Lifetime: started on demand by the client, as a child of the store's monitor (the client
 starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init of a
 container a worker starts detached is orphaned straight to the monitor, which supervises it
@@ -87,10 +93,43 @@ class _Conn:
         self.replied = False   # its worker has sent the exit code: only clean-up is left
 
 
-class Server:
-    def __init__(self, root, idle=None, adopted=False):
+class StoreKind:
+    """What a store's server runs (ctrun.cli) and where: its run directory in the store; it
+    stays in the cgroup of the monitor that started it.  ctrun.oci.serving.OciKind is the
+    other kind."""
+    magic, prog, entry = MAGIC, "ctrun", "ctrun.cli"
+    zygotes = True   # its spares park one for a start (ctrun.runtime.zygote)
+
+    def __init__(self, root):
         from .state import Store
         self.store = Store(root)
+
+    def launches(self, argv):
+        """Whether this call forks a container's init (it takes the spare's zygote)."""
+        from . import cli
+        return cli.verb_in(argv) in cli.LAUNCH_VERBS
+
+    def run_dir(self):
+        self.store.ensure()
+        return self.store.run
+
+    def enter(self):
+        """Once it holds the lock, before it serves."""
+
+    def leave(self):
+        """After its last call."""
+
+    def warm(self):
+        warm()
+
+
+class Server:
+    def __init__(self, root, idle=None, adopted=False, oci=False):
+        if oci:
+            from .oci.serving import OciKind
+            self.kind = OciKind(root)
+        else:
+            self.kind = StoreKind(root)
         self.idle = float(os.environ.get("CTRUN_SERVER_IDLE") or IDLE) if idle is None \
             else idle
         self.sel = selectors.DefaultSelector()
@@ -104,9 +143,11 @@ class Server:
         self.monitor = os.getppid() if adopted else None
 
     def serve(self, ready_fd=None):
-        self.store.ensure()
-        run = self.store.run
-        self.lock = os.open(run / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # SIGTERM: leave as when idle (the calls under way finish; kind.leave() runs)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "idle", -1.0))
+        run = self.kind.run_dir()
+        self.lock = os.open(os.path.join(run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                            0o600)
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -114,10 +155,11 @@ class Server:
                 os.write(ready_fd, b"b")
             return 0  # another server serves this store
         import prctl
-        prctl.set_name("ctrun-server")
+        prctl.set_name(f"{self.kind.prog}-server"[:15])
         os.chdir("/")
-        warm()
-        self.path = str(run / SOCK)
+        self.kind.enter()
+        self.kind.warm()
+        self.path = os.path.join(run, SOCK)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -175,10 +217,13 @@ class Server:
             for c in [c for c in self.conns if c.pid is None and
                       now - c.since > REQUEST_TIMEOUT]:
                 self._close(c)
-            if self.workers or self.conns:
+            if self.idle < 0:
+                self._retire()
+            elif self.workers or self.conns:
                 idle_since = now
             elif now - idle_since > self.idle:
                 self._retire()
+        self.kind.leave()
         return 0
 
     def _replied(self):
@@ -258,7 +303,7 @@ class Server:
             self._start(c, bytes(c.buf[4:4 + size]), bytes(c.buf[4 + size:]))
 
     def _start(self, c, payload, signals):
-        req = _parse(payload)
+        req = _parse(payload, self.kind.magic)
         if req is None or len(c.fds) != NFDS:
             _send(c, b"e")
             self._close(c)
@@ -359,8 +404,9 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
-            from .runtime import zygote
-            zygote.park_spare()   # first: it shares the server's pages, not private copies
+            if self.kind.zygotes:
+                from .runtime import zygote
+                zygote.park_spare()   # first: it shares the server's pages, not private copies
             _own_pages(sock)
             head = b""
             fds = []
@@ -381,7 +427,7 @@ class Server:
             sock.close()
             c = _Conn(None, peer)
             c.fds, c.reply = fds[:NFDS], fds[NFDS]
-            req = _parse(payload)
+            req = _parse(payload, self.kind.magic)
         except BaseException:  # noqa: BLE001 - nothing was asked of it yet
             os._exit(1)
         self._worker(c, req, mask, adopts)  # never returns
@@ -409,14 +455,17 @@ class Server:
     # ---------------------------------------------------------------- the worker
     def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
-        from .runtime import zygote
+        zygote = None
+        if self.kind.zygotes:
+            from .runtime import zygote
         code = 1
         server = os.getppid()
         reply = None
         try:
             reply = c.reply if c.sock is None else os.dup(c.sock.fileno())
-            from . import monitor
-            monitor.ADOPTS = adopts
+            if adopts:
+                from . import monitor
+                monitor.ADOPTS = True
             signal.set_wakeup_fd(-1)
             for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
                       signal.SIGCHLD):
@@ -426,7 +475,7 @@ class Server:
             prctl.set_pdeathsig(signal.SIGHUP)  # the server died: as a terminal hang-up
             if os.getppid() != server:
                 os.kill(os.getpid(), signal.SIGHUP)
-            prctl.set_name("ctrun")
+            prctl.set_name(self.kind.prog)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # nothing of the server's, nor of its other clients', stays open in a worker
             self.sel.close()
@@ -454,14 +503,14 @@ class Server:
                 if eq and k:
                     os.environb[k] = v
             _copy_rlimits(c.peer)
-            sys.argv = ["ctrun", *req["argv"]]
-            from . import cli
-            if cli.verb_in(req["argv"]) not in cli.LAUNCH_VERBS:
+            sys.argv = [self.kind.prog, *req["argv"]]
+            if zygote and not self.kind.launches(req["argv"]):
                 zygote.drop_spare()   # this call forks no init: the spare's zygote goes now
             _reopen_stdio()
             from . import state
             state.defer_removals()
-            code = _run_cli(req["argv"])
+            import importlib
+            code = _run_cli(importlib.import_module(self.kind.entry).main, req["argv"])
         except KeyboardInterrupt:  # a Ctrl-C relayed before the CLI's code ran
             code = 130
         except BaseException as e:  # noqa: BLE001 - taking the client's place failed
@@ -473,7 +522,8 @@ class Server:
                     os.write(self.replied_w, os.getpid().to_bytes(4, "little"))
                 except OSError:
                     pass
-            zygote.drop_spare(wait=True)
+            if zygote:
+                zygote.drop_spare(wait=True)
             from . import state
             state.finish_removals()
             os._exit(code)
@@ -541,10 +591,10 @@ def warm():
             cli.parser(argv[0]).parse_args(argv)
 
 
-def _parse(payload):
+def _parse(payload, magic):
     fields = payload.split(b"\0")
     try:
-        if fields[0] != MAGIC:
+        if fields[0] != magic:
             return None
         argc = int(fields[3])
         if not 0 <= argc <= len(fields) - 4:
@@ -584,11 +634,10 @@ def _reopen_stdio():
         setattr(sys, f"__{name}__", stream)
 
 
-def _run_cli(argv):
-    """ctrun.cli.main(argv) as `sys.exit(main())` runs it: its exit code."""
-    from . import cli
+def _run_cli(main, argv):
+    """The CLI's main(argv) as `sys.exit(main())` runs it: its exit code."""
     try:
-        code = cli.main(argv)
+        code = main(argv)
     except SystemExit as e:
         code = e.code
     except KeyboardInterrupt:
@@ -674,5 +723,7 @@ def _drain(sock):
 
 
 if __name__ == "__main__":
-    sys.exit(Server(sys.argv[1], adopted="--adopted" in sys.argv[3:]).serve(
-        int(sys.argv[2]) if len(sys.argv) > 2 else None))
+    # ROOT [READY_FD|-] [--adopted] [--oci]
+    sys.exit(Server(sys.argv[1], adopted="--adopted" in sys.argv[3:],
+                    oci="--oci" in sys.argv[3:]).serve(
+        int(sys.argv[2]) if sys.argv[2:3] not in ([], ["-"]) else None))

@@ -1,11 +1,17 @@
 """Where a store's warm server listens (run/server.sock, guarded by run/server.lock), and the
 clean-up of a socket a killed server left.  Apart from ctrun.server so that the client
-(which must stay light) and gc (below the front ends) can name it."""
+(which must stay light) and gc (below the front ends) can name it.
+
+The warm server of an OCI state root (ctrun-oci --root, ctrun.oci.serving) keeps the same
+files in a directory of its own below OCI_SERVERS, never inside the root: every name there
+may be a container ID.  It is named by a hash of the root's absolute path (oci_run_dir),
+which client.c computes the same way."""
 
 import os
 
 SOCK = "server.sock"
 LOCK = "server.lock"
+OCI_SERVERS = "/run/ctrun-oci-servers"
 
 
 def remove_stale(run_dir):
@@ -33,6 +39,16 @@ def remove_stale(run_dir):
         os.close(fd)
 
 
+def oci_run_dir(root):
+    """The run directory of the warm server of OCI state root `root` (an absolute path):
+    OCI_SERVERS/<its FNV-1a 64-bit hash>.  Two roots sharing a hash would share a server,
+    which is harmless: each call carries its own --root."""
+    h = 0xcbf29ce484222325
+    for b in os.fsencode(root):
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{OCI_SERVERS}/{h:016x}"
+
+
 def passed_fds(ancdata):
     """The fds an SCM_RIGHTS message carried (recvmsg's ancillary data)."""
     import _socket
@@ -45,18 +61,32 @@ def passed_fds(ancdata):
     return fds
 
 
-def exec_daemon(module, args, log, env=None, fd3=None):
+def exec_daemon(module, args, log, env=None, fd3=None, exec_fd=None):
     """In a freshly forked child: `python -P -m module args` with stdin and stdout on
-    /dev/null, stderr on `log`, fd 3 on `fd3` if given, nothing else open.  -P: never a
-    "ctrun" that happens to sit in the working directory."""
+    /dev/null, stderr on `log`, fd 3 on `fd3` if given, nothing else open, every signal at
+    its default and unblocked (what the caller ignored would stay ignored across exec).
+    exec_fd (a pipe's write end) stays open until the exec closes it: its reader knows the
+    new program runs.  -P: never a "ctrun" that happens to sit in the working directory."""
+    import _signal
     import sys
+    for s in range(1, _signal.NSIG):
+        try:
+            _signal.signal(s, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.dup2(log, 2)
+    keep = 3
     if fd3 is not None:
         os.dup2(fd3, 3)
-    os.closerange(3 if fd3 is None else 4, 1 << 16)
+        keep = 4
+    if exec_fd is not None:
+        os.dup2(exec_fd, keep, inheritable=False)
+        keep += 1
+    os.closerange(keep, 1 << 16)
     argv = [sys.executable, "-P", "-m", module, *args]
     if env is None:
         os.execv(sys.executable, argv)

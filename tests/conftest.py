@@ -47,30 +47,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs root"))
 
 
-def _build_client():
+def _build_client(name, module, *defines):
     """The command as users run it: ctrun/client.c compiled as setup.sh compiles
-    /usr/local/bin/ctrun, for this checkout; what it does not serve itself it hands to a
-    launcher of this checkout's Python client (ctrun.client), which keeps PYTHONPATH as
-    setup.sh's ctrun-py does.  Removed when the run ends."""
+    /usr/local/bin/`name`, for this checkout; what it does not serve itself it hands to a
+    launcher of this checkout's Python `module`, which keeps PYTHONPATH as setup.sh's
+    launchers do.  Removed when the run ends."""
     import atexit
-    out = Path(tempfile.mkdtemp(prefix="ctrun-test-client-"))
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-test-client-"))
     atexit.register(shutil.rmtree, out, True)
-    fallback = out / "ctrun-py"
+    fallback = out / f"{name}-py"
     fallback.write_text(f"#!{sys.executable}\n"
                         "import sys\n"
                         "if not sys.flags.safe_path:\n"
                         "    del sys.path[0]\n"
-                        "from ctrun.client import main\n"
+                        f"from {module} import main\n"
                         "sys.exit(main())\n")
     fallback.chmod(0o755)
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f'-DCTRUN_FALLBACK="{fallback}"',
-                    f'-DCTRUN_PACKAGE="{(REPO / "ctrun").resolve()}"', "-o", str(out / "ctrun"),
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *defines, f'-DCTRUN_FALLBACK="{fallback}"',
+                    f'-DCTRUN_PACKAGE="{(REPO / "ctrun").resolve()}"', "-o", str(out / name),
                     str(REPO / "ctrun" / "client.c")], check=True)
-    return [str(out / "ctrun")]
+    return [str(out / name)]
 
 
 # every CLI call of the tests: the compiled client, and through it the Python one
-CTRUN = _build_client()
+CTRUN = _build_client("ctrun", "ctrun.client")
+# every ctrun-oci call (oci_bundle, and the podman and containerd tests through their
+# wrapper): the compiled ctrun-oci of this checkout, unless the caller names another
+CTRUN_OCI = _build_client("ctrun-oci", "ctrun.oci.cli", "-DCTRUN_OCI")
+os.environ.setdefault("CTRUN_OCI_BIN", CTRUN_OCI[0])
+os.environ.setdefault("CTRUN_OCI_RUNTIME", os.environ["CTRUN_OCI_BIN"])
 
 
 def until(pred, timeout=15.0, what="the condition", interval=0.05):
@@ -107,6 +112,24 @@ def server_pids(root):
     return [pid for pid, cmd in proc_cmdlines()
             if b"ctrun.server" in (argv := cmd.split(b"\0"))
             and (root is None or str(root).encode() in argv)]
+
+
+def stop_oci_server(root):
+    """Stop the warm server of OCI state root `root` (ctrun.oci.serving), if one runs: it
+    leaves on SIGTERM as when idle, removing its cgroup."""
+    from ctrun.oci.serving import server_pids as oci_server_pids
+
+    def catches_sigterm(pid):   # its handler set: one just started is still importing
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+        return int(status.split("SigCgt:")[1].split()[0], 16) & (1 << signal.SIGTERM - 1)
+    for pid in oci_server_pids(root):
+        until(lambda: catches_sigterm(pid), what=f"ctrun-oci server {pid}'s start")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    until(lambda: not oci_server_pids(root), what=f"the exit of {root}'s ctrun-oci server")
 
 
 def _qemu_pids():
@@ -306,10 +329,13 @@ def leaks():
     for root in STORES:
         if root.exists():
             found.append(f"directory: {root}")
+    from ctrun.oci.serving import server_pids as oci_server_pids
     for root in OCI_ROOTS:
         if root.is_dir():
             found += [f"ctrun-oci container: {p}" for p in root.iterdir()
                       if not p.name.startswith(".")]
+        found += [f"process: ctrun-oci server {pid} of {root}"
+                  for pid in oci_server_pids(root)]
     for pid in _qemu_pids():
         found.append(f"process: qemu {pid} of a test VM")
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

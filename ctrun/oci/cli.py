@@ -13,6 +13,7 @@ import time
 from .. import __version__
 
 SPEC_VERSION = "1.0.2"
+SERVED = False   # True in the workers of the root's warm server (ctrun.oci.serving)
 
 
 # flag kinds: a bool takes no value; str, int and list (repeatable) take one
@@ -383,6 +384,10 @@ VERBS = {
 }
 
 
+# a cold call of these (ctrun.oci.serving.SERVED) starts the root's warm server
+STARTS = ("state", "start", "kill", "delete")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     from ..errors import CtrunError, one_line
@@ -410,6 +415,9 @@ def main(argv=None):
             os.environ["CTRUN_DEBUG"] = "1"
         if os.geteuid() != 0 and a.verb not in ("features", "spec"):
             return fail("ctrun-oci must run as root")
+        if not SERVED and a.verb in STARTS:
+            from .serving import spawn
+            spawn(a.root)   # for the calls that follow: this one runs here
         from .verbs import Runtime
         rt = Runtime(a.root, a.systemd_cgroup, warn=lambda m: log.write("warning", m))
         return VERBS[a.verb][3](a, rt, print) or 0

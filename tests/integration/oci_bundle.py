@@ -13,7 +13,7 @@ from pathlib import Path
 
 import prctl
 
-from conftest import OCI_ROOTS
+from conftest import OCI_ROOTS, stop_oci_server
 from ctrun.oci.features import default_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,6 +103,7 @@ class OCI:
     def cleanup(self):
         for cid in self.ids:
             self("delete", "--force", cid, check=False)
+        stop_oci_server(self.root)
         reap()
         prctl.set_child_subreaper(False)   # as the test process was
 

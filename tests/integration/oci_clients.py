@@ -842,6 +842,14 @@ if pytest:
         except HarnessError as e:
             pytest.fail(f"{what}: {e}", pytrace=False)
 
+    def _stop_servers(*roots):
+        """The warm servers ctrun-oci started for the client's roots (none on runc): stopped,
+        and the roots known to the session's leak check."""
+        from conftest import OCI_ROOTS, stop_oci_server
+        for root in roots:
+            OCI_ROOTS.append(Path(root))
+            stop_oci_server(root)
+
     def _tidy_parent(parent):
         """The test session's cgroup parent goes once empty (the leak check reports it)."""
         for mnt in cgroup_mounts():
@@ -897,6 +905,7 @@ if pytest:
             yield pm
         finally:
             problems = pm.teardown() + runtime_leftovers(oci_wrapper)
+            _stop_servers(oci_wrapper.root)
             _tidy_parent(parent)
             if problems:
                 pytest.fail("podman teardown:\n  " + "\n  ".join(problems), pytrace=False)
@@ -920,6 +929,7 @@ if pytest:
         finally:
             problems = ctd.teardown() + runtime_leftovers(oci_wrapper,
                                                           ctd.runc_root / ctd.namespace)
+            _stop_servers(oci_wrapper.root, ctd.runc_root / ctd.namespace)
             _tidy_parent(parent)
             if problems:
                 pytest.fail("containerd teardown:\n  " + "\n  ".join(problems),

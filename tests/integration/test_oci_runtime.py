@@ -302,8 +302,9 @@ HEAVY = ("json", "re", "enum", "pathlib", "shutil", "subprocess", "typing", "ctr
 
 
 def _loaded(oci, *verb):
-    """The modules one ctrun-oci call imported (the interpreter's import profile)."""
-    r = oci(*verb, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    """The modules one cold ctrun-oci call imported (the interpreter's import profile; a
+    call the root's warm server runs imports nothing)."""
+    r = oci(*verb, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "CTRUN_SERVER": "off"})
     return {ln.split("|")[-1].strip() for ln in r.stderr.splitlines()
             if ln.startswith("import time:") and "|" in ln} - {"imported package"}
 

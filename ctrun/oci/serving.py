@@ -1,0 +1,182 @@
+"""The warm server of an OCI state root: ctrun-oci's light verbs without a Python start.
+
+A client such as conmon or containerd's shim calls `state`, `start`, `kill` and `delete`
+several times per container, each a new process; cold, each costs the interpreter's start
+and imports, more than runc's whole call.  /usr/local/bin/ctrun-oci is ctrun/client.c built
+with -DCTRUN_OCI: for those four verbs it sends the call to the server of the call's --root
+(ctrun.server, OciKind here), whose forked worker runs ctrun.oci.cli.main(argv); every other
+verb, and any call it cannot serve, it execs the Python ctrun-oci with.
+
+Only those four are served: create, run and exec fork processes the client must reap (an
+init, an exec'd process), which must never be the server's children.
+
+Placement: the server listens in a root-only directory of its own, oci_run_dir(root) (never
+inside the root: any name there may be a container ID).  It is started, daemonized, by a
+cold call of a served verb that found no server (spawn()), from inside whatever cgroup
+conmon or the shim runs that call in; so it first moves into a cgroup of its own
+(`oci-server-<hash>` below ctrun's cgroup parent, in every hierarchy), lest it hold the
+client's cgroup (which podman and containerd remove) or be killed with it.  Not by create
+or run: conmon makes those calls, and the daemon, orphaned, would be adopted by conmon (a
+subreaper), which at its end waits for every child it has; the served verbs come from
+podman itself, from conmon's exit command (run once conmon no longer adopts orphans), or
+from containerd's shim (which does not wait for its orphans).
+It leaves after CTRUN_SERVER_IDLE seconds without a call (or on SIGTERM): back in the root
+cgroups, it removes its own, and its run directory once nothing there is worth keeping.
+"""
+
+import os
+
+from ..serversock import LOCK, OCI_SERVERS, oci_run_dir
+
+SERVED = ("state", "start", "kill", "delete")   # client.c's list
+# what the served verbs import (python -X importtime), loaded once by the server
+WARM = ("ctrun.oci.cli", "ctrun.oci.verbs", "ctrun.oci.store", "ctrun.oci.hooks",
+        "ctrun.errors", "ctrun.procs", "ctrun.cgroupfs", "ctrun.state")
+
+
+def run_dir(root):
+    """The server's run directory for ctrun-oci's --root value `root` (None: the default)."""
+    from .store import DEFAULT_ROOT
+    return oci_run_dir(os.path.abspath(root or DEFAULT_ROOT))
+
+
+def spawn(root):
+    """Start the server of `root` in the background unless one holds its lock (it serves,
+    or is starting).  Never fails the call: the verb runs cold all the same, and a server
+    that cannot start says why in its server.log."""
+    if os.environ.get("CTRUN_SERVER") == "off" or os.geteuid() != 0:
+        return
+    import fcntl
+    run = run_dir(root)
+    try:
+        for d in (OCI_SERVERS, run):   # (the server makes them private: see run_dir())
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        fd = os.open(os.path.join(run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return   # a server holds it
+    finally:
+        os.close(fd)
+    from ..client import server_env
+    from ..serversock import exec_daemon
+    from .store import DEFAULT_ROOT
+    try:
+        log = os.open(os.path.join(run, "server.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        env = server_env()
+        # closed by the server's exec: once it reads EOF the server runs as itself (its
+        # argv names it to a `ps` right after this call)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:   # a double fork: the server is no child of this call's process
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                exec_daemon("ctrun.server",
+                            [os.path.abspath(root or DEFAULT_ROOT), "-", "--oci"], log, env,
+                            exec_fd=w)
+        finally:
+            os._exit(0)
+    os.close(log)
+    os.close(w)
+    os.waitpid(pid, 0)
+    os.read(r, 1)
+    os.close(r)
+
+
+class OciKind:
+    """ctrun.server's kind for an OCI state root (see ctrun.server.StoreKind)."""
+
+    prog, entry = "ctrun-oci", "ctrun.oci.cli"
+    zygotes = False   # the served verbs start no process
+
+    def launches(self, argv):
+        return False
+
+    def __init__(self, root):
+        from ..client import OCI_MAGIC
+        self.magic = OCI_MAGIC
+        self.root = os.path.abspath(root)
+        self.run = oci_run_dir(self.root)
+        self.cgroup = None
+
+    def run_dir(self):
+        from ..state import private_dir
+        for d in (OCI_SERVERS, self.run):
+            private_dir(d)
+        return self.run
+
+    def enter(self):
+        """Into a cgroup of its own, out of its starter's (see the module's doc)."""
+        from .. import cgroups
+        from ..config import DEFAULT_CGROUP_PARENT
+        parent = os.environ.get("CTRUN_CGROUP_PARENT", DEFAULT_CGROUP_PARENT)
+        mgr = cgroups.manager(cgroup_name(self.root), parent=parent, leaf=None)
+        mgr.create()
+        mgr.add(os.getpid())
+        self.cgroup = mgr
+
+    def leave(self):
+        """Back into the root cgroups, its own removed; its run directory too, unless the
+        log holds something or a new server has the lock already."""
+        if self.cgroup is not None:
+            from ..cgroups.base import write
+            try:
+                for mnt in self.cgroup.mounts().values():
+                    write(mnt / "cgroup.procs", os.getpid())
+                self.cgroup.remove()
+            except Exception as e:  # noqa: BLE001 - an exit must not fail
+                import sys
+                print(f"ctrun-oci server: cannot remove cgroup {self.cgroup.rel}: {e}",
+                      file=sys.stderr)
+        import fcntl
+        try:
+            fd = os.open(os.path.join(self.run, LOCK), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            log = os.path.join(self.run, "server.log")
+            if os.stat(log).st_size == 0:
+                os.unlink(log)
+                os.unlink(os.path.join(self.run, LOCK))
+                os.rmdir(self.run)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def warm(self):
+        from . import cli
+        cli.SERVED = True   # its workers' calls start no server
+        import importlib
+        for name in WARM:
+            importlib.import_module(name)
+        from . import cli
+        for _ in range(16):   # as ctrun.server.warm: argparse's code specialized once
+            for argv in (["--root", "/r", "state", "c"], ["--root", "/r", "kill", "c", "9"],
+                         ["--root", "/r", "delete", "--force", "c"]):
+                cli.parse(argv)
+
+
+def cgroup_name(root):
+    return "oci-server-" + os.path.basename(oci_run_dir(root))
+
+
+def server_pids(root):
+    """The pids of the server of OCI state root `root` and its workers (the same argv)."""
+    from ..state import proc_cmdlines
+    want = os.fsencode(os.path.abspath(root))
+    return [pid for pid, cmd in proc_cmdlines()
+            if b"ctrun.server" in (argv := cmd.split(b"\0")) and b"--oci" in argv
+            and want in argv]
+
+
