@@ -31,6 +31,7 @@ Run as root:  benchmarks/bench_oci.py [--runtime /usr/local/bin/ctrun-oci] [--ru
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -197,6 +198,20 @@ def report(runtimes, pa, vb):
     return stats_a, stats_b, ratios, verdicts
 
 
+def oci_default_root():
+    from ctrun.oci.store import DEFAULT_ROOT
+    return DEFAULT_ROOT
+
+
+def stop_oci_servers(ws, roots):
+    """Stop ctrun-oci's warm servers of these state roots (None: the default one)."""
+    from ctrun.oci import serving
+    for root in roots:
+        for pid in serving.stop(root or oci_default_root()):
+            ws.leaks.append(f"ctrun-oci server pid {pid} still alive 5 s after SIGTERM")
+            os.kill(pid, signal.SIGKILL)
+
+
 def measure(b):
     a = b.args
     path = a.runtime
@@ -205,10 +220,15 @@ def measure(b):
                    "(./setup.sh) or name one with --runtime")
     runtimes = {"under test": path, "runc": common.require_tool("runc")}
     load0 = os.getloadavg()
+    from ctrun.oci import serving
+    default_served = bool(serving.server_pids(oci_default_root()))  # a user's: not ours
     with common.Workspace("oci") as ws:
         rootfs = ws.build_image()
         pa = podman_startup(ws, b, runtimes, rootfs)
         vb = light_verbs(ws, b, runtimes, rootfs)
+        # the runtime's warm servers of the roots used here (podman's is the default one)
+        # leave when idle (30 s): asked to leave now, as the workspace's own store's server
+        stop_oci_servers(ws, [ws.run_dir / "under-test"] + ([] if default_served else [None]))
         ws.check_clean("after the runs")
     stats_a, stats_b, ratios, verdicts = report(runtimes, pa, vb)
     notes = [
@@ -244,6 +264,7 @@ def measure(b):
 
 if __name__ == "__main__":
     b = common.Bench("bench_oci", __doc__, runs=(20, "measured rounds per arm"), warmup=3,
+                     imports_ctrun=True,
                      tools=("podman", "conmon", "runc"),
                      tool_hint="install it (apt-get install podman conmon runc)")
     b.option("--runtime", default=oci_clients.DEFAULT_RUNTIME,

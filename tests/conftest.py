@@ -115,21 +115,10 @@ def server_pids(root):
 
 
 def stop_oci_server(root):
-    """Stop the warm server of OCI state root `root` (ctrun.oci.serving), if one runs: it
-    leaves on SIGTERM as when idle, removing its cgroup."""
-    from ctrun.oci.serving import server_pids as oci_server_pids
-
-    def catches_sigterm(pid):   # its handler set: one just started is still importing
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return True
-        return int(status.split("SigCgt:")[1].split()[0], 16) & (1 << signal.SIGTERM - 1)
-    for pid in oci_server_pids(root):
-        until(lambda: catches_sigterm(pid), what=f"ctrun-oci server {pid}'s start")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    until(lambda: not oci_server_pids(root), what=f"the exit of {root}'s ctrun-oci server")
+    """Stop the warm server of OCI state root `root` (ctrun.oci.serving), if one runs."""
+    from ctrun.oci import serving
+    left = serving.stop(root, timeout=15)
+    assert not left, f"{root}'s ctrun-oci server {left} did not leave on SIGTERM"
 
 
 def _qemu_pids():
