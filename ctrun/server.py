@@ -37,7 +37,10 @@ starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init 
 container a worker starts detached is orphaned straight to the monitor, which supervises it
 (monitor.op_adopt) without a launcher of its own to start and import the runtime; a lock
 keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a
-call, and the monitor, if it has no container, with it.
+call, and the monitor, if it has no container, with it.  Its spare worker (~12 MB of pages of
+its own) is kept only while calls come: it goes after CTRUN_SERVER_SPARE_IDLE seconds
+(default 5) without one, and the next call's worker is forked for it (a few ms more), after
+which a spare is made again.
 """
 
 import errno
@@ -55,6 +58,7 @@ from .procs import reaped
 from .serversock import LOCK, SOCK, passed_fds
 
 IDLE = 30.0
+SPARE_IDLE = 5.0   # a spare outlives the last call by this long (CTRUN_SERVER_SPARE_IDLE)
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
 NFDS = 4
@@ -91,6 +95,7 @@ class Server:
         self.store = Store(root)
         self.idle = float(os.environ.get("CTRUN_SERVER_IDLE") or IDLE) if idle is None \
             else idle
+        self.spare_idle = float(os.environ.get("CTRUN_SERVER_SPARE_IDLE") or SPARE_IDLE)
         self.sel = selectors.DefaultSelector()
         self.conns = set()
         self.workers = {}  # pid -> _Conn
@@ -163,19 +168,22 @@ class Server:
                     if isinstance(key.data, _Conn) and key.data.pid is None:
                         self._close(key.data)
             self._reap()
+            now = time.monotonic()
+            if self.workers or self.conns:
+                idle_since = now
             # between calls, off their path: a worker that has replied (its clean-up is
             # all it has left: destroy's file removal) no longer holds it back, so calls
-            # back to back find a spare too
-            if self.spare is None and self.listener is not None and \
+            # back to back find a spare too; with no call for spare_idle seconds the
+            # spare's pages are given back (the next call forks its own worker)
+            if now - idle_since > self.spare_idle:
+                self._drop_spare()
+            elif self.spare is None and self.listener is not None and \
                     all(c.replied for c in self.workers.values()):
                 self._fork_spare()
-            now = time.monotonic()
             for c in [c for c in self.conns if c.pid is None and
                       now - c.since > REQUEST_TIMEOUT]:
                 self._close(c)
-            if self.workers or self.conns:
-                idle_since = now
-            elif now - idle_since > self.idle:
+            if not (self.workers or self.conns) and now - idle_since > self.idle:
                 self._retire()
         return 0
 
