@@ -540,7 +540,7 @@ def _spawn(store):
         try:
             os.setsid()
             if os.fork() == 0:
-                exec_daemon("ctrun.monitor", [str(store.root)], log)
+                exec_daemon("ctrun.monitor", [str(store.root)], log, bare=True)
         finally:
             os._exit(0)
     os.close(log)
@@ -573,7 +573,12 @@ def serve_with_server(root, ready_fd):
     os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.server", root, "3"])
 
 
-if __name__ == "__main__":
+def main():
+    """`ctrun.monitor ROOT [--server FD]` (started by exec_daemon, bare)."""
     if sys.argv[2:3] == ["--server"]:
-        sys.exit(serve_with_server(sys.argv[1], int(sys.argv[3])))
-    sys.exit(Monitor(sys.argv[1]).serve())
+        return serve_with_server(sys.argv[1], int(sys.argv[3]))
+    return Monitor(sys.argv[1]).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,17 @@
 """What the store's monitor holds while its containers run and no call comes: it outlives
 every call, so the code of its one-off work (a launcher's, an exit's record, the warm
-server's) runs in its children, and ctypes loads only once a container calls sysinfo(2)."""
+server's) runs in its children, ctypes loads only once a container calls sysinfo(2), and it
+starts without site's start-up."""
 
 from conftest import _monitor_pids, until
 from ctrun import monitor
 
 # loaded by a launcher, the record of an exit (cgroups, config, state and the pathlib it
-# takes), the warm server (cli, api) or the sysinfo answer (ctypes): none at rest
+# takes), the warm server (cli, api), the sysinfo answer (ctypes) or site's start-up (its
+# .pth hooks' imports): none at rest
 ONE_OFF = {"pathlib", "socket", "ctypes", "ctrun.state", "ctrun.cgroups", "ctrun.config",
-           "ctrun.cli", "ctrun.api", "ctrun.server", "ctrun.backends", "ctrun.network"}
+           "ctrun.cli", "ctrun.api", "ctrun.server", "ctrun.backends", "ctrun.network",
+           "site", "_distutils_hack"}
 
 
 def _status(store):
