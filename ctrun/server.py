@@ -39,8 +39,8 @@ container a worker starts detached is orphaned straight to the monitor, which su
 keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a
 call, and the monitor, if it has no container, with it.  Its spare worker (~12 MB of pages of
 its own) is kept only while calls come: it goes after CTRUN_SERVER_SPARE_IDLE seconds
-(default 5) without one, and the next call's worker is forked for it (a few ms more), after
-which a spare is made again.
+(default 5) without one; the next call then forks its own worker (paying what the spare
+would have saved it), after which a spare is made again.
 """
 
 import errno

@@ -49,7 +49,7 @@ def passed_fds(ancdata):
 # module.main() with sys.argv as `-m module` would set it
 _BARE = ("import sys; path = sys.argv.pop(1).split(':'); "
          "sys.prefix = sys.exec_prefix = sys.argv.pop(1); "
-         "sys.path += [p for p in path if p not in sys.path]; del sys.argv[0]; "
+         "sys.path += [p for p in path if p and p not in sys.path]; del sys.argv[0]; "
          "__import__(sys.argv[0]); sys.exit(sys.modules[sys.argv[0]].main())")
 
 
