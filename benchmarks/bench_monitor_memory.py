@@ -5,14 +5,17 @@ Starts N detached `sleep` containers with `ctrun run -d` (through the `ctrun` la
 the store's warm server runs the calls) and, at 1, 10 and 20 containers, reads the PSS and
 RSS (smaps_rollup) of every process ctrun keeps on the host for them, not the containers'
 own workloads: the warm server (ctrun-server), the store's shared monitor, any pool process
-(a zygote parked by the server: its other descendants) and anything else naming the store.
-Each count is measured twice: with the server up (measured --settle seconds after the last
-call), then once it has left for want of calls; the benchmark sets CTRUN_SERVER_IDLE
-(--server-idle) so that this takes seconds rather than the default 30.  For context the
-same is done with conmon (the C monitor podman uses, one per container) supervising runc
-containers of the same rootfs.  Target: the total <= 0.5 MB per container at 20, server up.
+(the server's spare worker, a zygote parked by the server: its other descendants) and
+anything else naming the store.  Each count is measured in the three states a store goes
+through once calls stop: busy (--settle seconds after the last call: the server and its
+spare worker up), idle with the server (its spare gone for want of calls) and at rest (the
+server gone too, the monitor alone); the benchmark sets CTRUN_SERVER_SPARE_IDLE
+(--spare-idle) and CTRUN_SERVER_IDLE (--server-idle) so that this takes seconds rather than
+the defaults (5 and 30).  For context the same is done with conmon (the C monitor podman
+uses, one per container) supervising runc containers of the same rootfs.  Target: the total
+<= 0.5 MB per container at 20.
 Run as root:  benchmarks/bench_monitor_memory.py [--counts 1,10,20] [--settle 1]
-              [--server-idle 5]"""
+              [--spare-idle 2] [--server-idle 6]"""
 
 import json
 import os
@@ -91,7 +94,7 @@ def snapshot(ws, init_pids, n):
     return out
 
 
-def ctrun_phase(ws, counts, settle, idle):
+def ctrun_phase(ws, counts, settle, spare_idle, idle):
     results = []
     n = 0
     names = []
@@ -124,6 +127,17 @@ def ctrun_phase(ws, counts, settle, idle):
         if up["monitor"]["count"] != 1:
             ws.leaks.append(f"{up['monitor']['count']} ctrun monitor processes for one store "
                             f"at {n} containers (expected exactly 1)")
+        # the spare worker goes after spare_idle s without a call, the server stays
+        spares = [p["pid"] for p in up["processes"] if p["role"] == "pool"]
+        kept = common.wait_gone(spares, spare_idle + 3)
+        if kept:
+            ws.leaks.append(f"the server's spare {kept} still running {spare_idle + 3:g} s "
+                            f"after the last call (CTRUN_SERVER_SPARE_IDLE={spare_idle:g})")
+        idle_up = snapshot(ws, inits, n)
+        if idle_up["server"]["count"] != 1:
+            raise RuntimeError(f"{idle_up['server']['count']} ctrun servers once the spare "
+                               f"left at {n} containers (expected 1: --server-idle must "
+                               f"leave time for the measure)")
         # the server leaves once idle; its pool processes go with it
         left = common.wait_gone(common.server_pids(ws.store), idle + 10)
         gone_after = time.monotonic() - last_call
@@ -135,7 +149,7 @@ def ctrun_phase(ws, counts, settle, idle):
         results.append({"containers": n, "pss_kb": up["total_pss_kb"],
                         "rss_kb": up["total_rss_kb"],
                         "pss_kb_per_container": up["pss_kb_per_container"],
-                        "server_up": up, "server_exited": down,
+                        "server_up": up, "server_idle": idle_up, "server_exited": down,
                         "server_left_after_s": None if left else round(gone_after, 1)})
     # tear the ctrun containers down before conmon is measured: no shared pages between
     # the two phases, and the monitor must exit by itself once idle
@@ -257,21 +271,26 @@ def conmon_phase(ws, rootfs, counts, settle):
 def measure(b):
     a = b.args
     counts = a.counts
-    if a.server_idle <= a.settle + 1:
-        common.die(f"--server-idle ({a.server_idle:g}) must exceed --settle ({a.settle:g}) "
-                   "by more than 1 s: the server is measured --settle seconds after the last "
-                   "call, before it leaves")
-    # the server reads it when the first call starts it (it inherits the caller's environment)
+    if not a.settle + 1 < a.spare_idle < a.server_idle - 2:
+        common.die(f"--settle ({a.settle:g}), --spare-idle ({a.spare_idle:g}) and "
+                   f"--server-idle ({a.server_idle:g}) must each exceed the one before by "
+                   "more than 1 s (2 s for the last): the server is measured busy --settle "
+                   "seconds after the last call, then once its spare has left, before it "
+                   "leaves itself (the server looks once a second)")
+    # the server reads them when the first call starts it (it inherits the caller's
+    # environment)
     os.environ["CTRUN_SERVER_IDLE"] = f"{a.server_idle:g}"
+    os.environ["CTRUN_SERVER_SPARE_IDLE"] = f"{a.spare_idle:g}"
     peers = b.peers
     have_conmon = peers.need("conmon + runc", "conmon", "runc")
 
     with common.Workspace("mem") as ws:
         rootfs = ws.build_image()
         print(f"bench_monitor_memory: ctrun at {counts} detached idle containers; "
-              f"CTRUN_SERVER_IDLE={a.server_idle:g} set by the benchmark (the server leaves "
-              f"{a.server_idle:g} s after its last call; default 30 s)", flush=True)
-        ct = ctrun_phase(ws, counts, a.settle, a.server_idle)
+              f"CTRUN_SERVER_SPARE_IDLE={a.spare_idle:g} and CTRUN_SERVER_IDLE="
+              f"{a.server_idle:g} set by the benchmark (the spare and the server leave that "
+              f"many seconds after the last call; defaults 5 and 30 s)", flush=True)
+        ct = ctrun_phase(ws, counts, a.settle, a.spare_idle, a.server_idle)
         cm = None
         if have_conmon:
             print(f"bench_monitor_memory: conmon + runc at {counts} containers", flush=True)
@@ -280,8 +299,9 @@ def measure(b):
             except (RuntimeError, subprocess.SubprocessError, OSError) as e:
                 peers.fail("conmon + runc", e)   # its containers go with the workspace
 
-        print("\nctrun with its warm server up, kB (total = server + monitor + pool + other; "
-              "the containers' LXCFS, one per host by default, apart)")
+        print(f"\nctrun busy: its warm server and spare up, {a.settle:g} s after the last "
+              "call, kB (total = server + monitor + pool + other; the containers' LXCFS, one "
+              "per host by default, apart)")
         hdr = ["containers", "server PSS", "server RSS", "monitor PSS", "monitor RSS",
                "pool PSS", "other PSS", "total PSS", "total kB/ct", "lxcfs PSS"]
         if cm:
@@ -299,7 +319,17 @@ def measure(b):
                         f"{u['total_pss_kb'] / c['pss_kb']:.2f}x"]
             rows.append(row)
         print(common.table(hdr, rows))
-        print(f"\nctrun after its warm server left (CTRUN_SERVER_IDLE={a.server_idle:g} s), kB")
+        print(f"\nctrun idle with its warm server: the spare gone (CTRUN_SERVER_SPARE_IDLE="
+              f"{a.spare_idle:g} s), kB")
+        print(common.table(
+            ["containers", "server PSS", "server RSS", "monitor PSS", "monitor RSS", "pool PSS",
+             "other PSS", "total PSS", "total kB/ct"],
+            [[r["containers"], i["server"]["pss_kb"], i["server"]["rss_kb"],
+              i["monitor"]["pss_kb"], i["monitor"]["rss_kb"], i["pool"]["pss_kb"],
+              i["other"]["pss_kb"], i["total_pss_kb"], f"{i['pss_kb_per_container']:.0f}"]
+             for r in ct for i in [r["server_idle"]]]))
+        print(f"\nctrun at rest: its warm server left (CTRUN_SERVER_IDLE={a.server_idle:g} s), "
+              "kB")
         print(common.table(
             ["containers", "server gone after s", "monitor PSS", "monitor RSS", "pool PSS",
              "other PSS", "total PSS", "total kB/ct", "lxcfs PSS"],
@@ -314,15 +344,17 @@ def measure(b):
         n = last["containers"]
         verdicts = {}
         print()
-        for key, what in (("server_up", "server up"),
-                          ("server_exited", "after the server's idle exit")):
+        for key, what in (("server_up", "busy (server and spare up)"),
+                          ("server_idle", "idle with the server (spare gone)"),
+                          ("server_exited", "at rest (after the server's idle exit)")):
             per = last[key]["pss_kb_per_container"]
             verdicts[key] = common.verdict(per <= TARGET_KB)
             print(f"ctrun at {n} containers, {what}: {per:.0f} kB PSS per container "
                   f"(target <= {TARGET_KB} kB = 0.5 MB: {verdicts[key]})")
         up = last["server_up"]
-        print(f"  the server alone: {up['server']['pss_kb']} kB PSS, "
-              f"{up['server']['rss_kb']} kB RSS")
+        for key, what in (("server_up", "busy"), ("server_idle", "idle")):
+            srv = last[key]["server"]
+            print(f"  the server alone, {what}: {srv['pss_kb']} kB PSS, {srv['rss_kb']} kB RSS")
         if cm:
             c = cm[-1]
             print(f"conmon at {c['containers']} containers: "
@@ -342,12 +374,14 @@ def measure(b):
                  "process naming the store; pooled network namespaces and cgroups hold "
                  "kernel memory, which PSS does not show; conmon counts every conmon "
                  "process, one per container",
-                 f"CTRUN_SERVER_IDLE={a.server_idle:g} was set by the benchmark so that the "
-                 "server leaves within seconds (its default idle time is 30 s)"]
+                 f"CTRUN_SERVER_SPARE_IDLE={a.spare_idle:g} and CTRUN_SERVER_IDLE="
+                 f"{a.server_idle:g} were set by the benchmark so that the spare and the "
+                 "server leave within seconds (defaults 5 and 30 s)"]
         common.print_notes(notes)
         result = {"params": {"counts": counts, "settle_s": a.settle,
-                             "server_idle_s": a.server_idle,
-                             "env_set": {"CTRUN_SERVER_IDLE": f"{a.server_idle:g}"}},
+                             "spare_idle_s": a.spare_idle, "server_idle_s": a.server_idle,
+                             "env_set": {"CTRUN_SERVER_IDLE": f"{a.server_idle:g}",
+                                         "CTRUN_SERVER_SPARE_IDLE": f"{a.spare_idle:g}"}},
                   "target_kb_per_container": TARGET_KB, "verdicts": verdicts,
                   "ctrun": ct, "conmon": cm,
                   "conmon_installed": have_conmon, "peers_unavailable": peers.unavailable,
@@ -363,7 +397,11 @@ if __name__ == "__main__":
     b.counts_option("1,10,20", "container counts to measure at")
     b.option("--settle", type=float, default=1.0,
              help="seconds to wait before reading memory (default 1)")
-    b.option("--server-idle", type=float, default=5.0,
+    b.option("--spare-idle", type=float, default=2.5,
+             help="CTRUN_SERVER_SPARE_IDLE for the store's warm server: its spare worker "
+                  "leaves after that many seconds without a call (default 2.5; ctrun's own "
+                  "default is 5)")
+    b.option("--server-idle", type=float, default=6.0,
              help="CTRUN_SERVER_IDLE for the store's warm server: it leaves after that many "
-                  "seconds without a call (default 5; ctrun's own default is 30)")
+                  "seconds without a call (default 6; ctrun's own default is 30)")
     b.main(measure)

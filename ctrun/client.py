@@ -307,7 +307,7 @@ def _spawn(run):
                 # the store's monitor, which starts the server as its child (so the
                 # containers its workers start detached are the monitor's to supervise)
                 exec_daemon("ctrun.monitor", [os.path.dirname(run), "--server", "3"], log,
-                            env, fd3=w)
+                            env, fd3=w, bare=True)
         finally:
             os._exit(0)
     os.close(w)

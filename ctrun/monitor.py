@@ -17,17 +17,22 @@ has no container and no server left.  It answers its containers' sysinfo calls t
 (ctrun.runtime.sysinfo: a listener fd each, watched in its event loop).  Protocol: one JSON
 line request (with fds, by SCM_RIGHTS, for adopt, sysinfo and server), one JSON line reply,
 on run/monitor.sock.
+
+Memory: the monitor lives as long as any container of the store runs, so what it holds is
+the store's idle cost.  It imports only what its loop needs at rest: no pathlib (nor
+ctrun.state, which loads it), _socket rather than socket (whose enums cost ~0.4 MB), and
+the work it does once per container in a forked child: the launcher (op_start) and the
+record of an exit (_finish: the cgroup and network code it takes stays out of here).
 """
 
+import _socket
 import fcntl
 import json
 import os
 import selectors
 import signal
-import socket
 import sys
 import time
-from pathlib import Path
 
 from .procs import parent_pid, reaped
 from .serversock import exec_daemon, passed_fds
@@ -37,19 +42,19 @@ SOCK = "monitor.sock"
 
 class Monitor:
     def __init__(self, root):
-        from .state import Store
-        self.store = Store(root)
+        self.root = os.path.abspath(root)
+        self.run = os.path.join(self.root, "run")
         self.sel = selectors.DefaultSelector()
         self.running = {}   # pid -> container record
         self.orphans = {}   # pid -> status, reaped before its launcher reported it
-        self.launchers = set()
+        self.helpers = set()  # its short-lived children: launchers and exit recorders
         self.servers = set()  # the store's warm servers this monitor started (its children)
         self.released = False  # the last server left: an idle monitor leaves with no grace
 
     def lock(self):
         """The store's monitor lock (an fd), or None: another monitor serves the store."""
-        lock = os.open(self.store.run / "monitor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                       0o600)
+        lock = os.open(os.path.join(self.run, "monitor.lock"),
+                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,22 +63,21 @@ class Monitor:
         return lock
 
     def serve(self, lock=None):
-        run = self.store.run
         if lock is None and (lock := self.lock()) is None:
             return 0  # another monitor serves this store
-        import prctl
-        prctl.set_child_subreaper(1)
-        prctl.set_name("ctrun-monitor")
-        sock_path = run / SOCK
+        import _prctl   # prctl's own module builds its capability tables: not needed here
+        _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+        _prctl.prctl(_prctl.PR_SET_NAME, "ctrun-monitor")
+        sock_path = os.path.join(self.run, SOCK)
         try:
             os.unlink(sock_path)
         except FileNotFoundError:
             pass
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(sock_path))
+        self.listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.listener.bind(sock_path)
         self.listener.listen(64)
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
-        wake_r, wake_w = socket.socketpair()
+        wake_r, wake_w = _socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -86,7 +90,7 @@ class Monitor:
             for key, _ in self.sel.select(timeout=1.0):
                 key.data(key.fileobj)
             self._reap()
-            if self.running or self.launchers or self.servers:
+            if self.running or self.helpers or self.servers:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 0.5 or self.released:
                 # unlink first: a client that finds no socket starts a new monitor
@@ -103,7 +107,7 @@ class Monitor:
             pass
 
     def _accept(self, listener):
-        conn, _ = listener.accept()
+        conn = _socket.socket(fileno=listener._accept()[0])
         conn.settimeout(5)
         fds = []
         try:
@@ -131,25 +135,25 @@ class Monitor:
         caller is a cold process, the API's or the CLI's) and supervise it."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        res_r, res_w = socket.socketpair()   # a socket: the sysinfo listener goes with it
+        res_r, res_w = _socket.socketpair()   # a socket: the sysinfo listener goes with it
         console = _console(req)
         pid = os.fork()
         if pid == 0:
             res_r.close()
+            from pathlib import Path
             result = launch(Path(req["cdir"]), req, out_w, err_w, console)
             listener = result.pop("listener", None)
-            data = json.dumps(result).encode()
-            if listener is None:
-                res_w.sendall(data)
-            else:
-                socket.send_fds(res_w, [data], [listener])
+            res_w.sendmsg([json.dumps(result).encode()],
+                          _rights([] if listener is None else [listener]))
             os._exit(0)
-        self.launchers.add(pid)
+        self.helpers.add(pid)
         for fd in (out_w, err_w):
             os.close(fd)
         res_w.close()
-        with res_r:
+        try:
             data, fds = _receive(res_r, 1, end=b"")
+        finally:
+            res_r.close()
         result = json.loads(data or b'{"ok": false, "kind": "ContainerFailed", '
                             b'"message": "container launcher died"}')
         if not result.get("ok"):
@@ -188,6 +192,13 @@ class Monitor:
         self._watch_sysinfo(rec, pid, fds.pop())
         return {"ok": True}
 
+    def op_status(self, req, fds):
+        """What this monitor holds, for diagnosis (and the tests): the inits it supervises,
+        its children at work, its servers and the modules it has loaded."""
+        return {"ok": True, "pid": os.getpid(), "running": sorted(self.running),
+                "helpers": sorted(self.helpers), "servers": sorted(self.servers),
+                "modules": sorted(sys.modules)}
+
     def op_server(self, req, fds):
         """Start a warm server for the store as this monitor's child, with the caller's
         environment; fds: the pipe its readiness goes to (the client waits on it)."""
@@ -201,12 +212,12 @@ class Monitor:
         """Fork and exec the store's warm server (ctrun.server) as a child of this monitor:
         so the init of every container its workers start detached is orphaned to this
         subreaper, which supervises it (op_adopt) with no launcher to start."""
-        log = os.open(self.store.run / "server.log",
+        log = os.open(os.path.join(self.run, "server.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         pid = os.fork()
         if pid == 0:
             try:   # with default signals: the monitor's ignored ones would stay ignored
-                exec_daemon("ctrun.server", [str(self.store.root), "3", "--adopted"], log,
+                exec_daemon("ctrun.server", [self.root, "3", "--adopted"], log,
                             env, fd3=ready_fd)
             finally:
                 os._exit(127)
@@ -219,11 +230,12 @@ class Monitor:
         runtime.sysinfo) and reap its init (pid, this process's child)."""
         self.released = False
         from .runtime.logfile import LogWriter
-        cdir = Path(req["cdir"])
+        cdir = req["cdir"]
         rec = {"name": req["name"], "cdir": cdir, "start_id": req["start_id"],
                "cgroup_parent": req.get("cgroup_parent", "ctrun"),
                "cgroup_name": req.get("cgroup_name") or req["name"],
-               "log": LogWriter(cdir / "logs" / "console.log", req.get("log_max", 1 << 20)),
+               "log": LogWriter(os.path.join(cdir, "logs", "console.log"),
+                                req.get("log_max", 1 << 20)),
                "fds": {out_r: "stdout", err_r: "stderr"}, "console": console}
         if console:
             rec["fds"][console[0]] = "console"
@@ -240,7 +252,7 @@ class Monitor:
         """Answer the container's sysinfo calls from this loop, until its last task is gone."""
         from .runtime.sysinfo import Listener
         try:
-            with open(rec["cdir"] / "spec.json", "rb") as f:
+            with open(os.path.join(rec["cdir"], "spec.json"), "rb") as f:
                 spec = json.load(f)
         except (OSError, ValueError):
             spec = {"annotations": {}}   # every call then gets the host's figures
@@ -272,8 +284,8 @@ class Monitor:
     def _reap(self):
         now = time.monotonic()
         for pid, status in reaped():
-            if pid in self.launchers:
-                self.launchers.discard(pid)
+            if pid in self.helpers:
+                self.helpers.discard(pid)
             elif pid in self.servers:
                 self.servers.discard(pid)
                 self.released = not self.servers
@@ -303,9 +315,34 @@ class Monitor:
             os.close(rec["console"][1])
         self._unwatch_sysinfo(rec)
         rec["log"].close()
-        from .runtime.reap import finalize
-        finalize(rec["cdir"], rec["name"], rec["start_id"], status, rec["cgroup_parent"],
-                 rec["cgroup_name"])
+        # the exit's record (the cgroup's OOM count and removal, the network's rules, then
+        # exit.json) in a child: the code it imports would stay in this process for good.
+        # It holds the monitor's lock too, so the container reads "stopping" until it is
+        # done even if the monitor dies meanwhile.
+        try:
+            pid = os.fork()
+        except OSError:
+            _record_exit(rec, status)   # here, then
+            return
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _record_exit(rec, status)
+            finally:
+                os._exit(0)
+        self.helpers.add(pid)
+
+
+def _record_exit(rec, status):
+    from pathlib import Path
+    from .runtime.reap import finalize
+    try:
+        finalize(Path(rec["cdir"]), rec["name"], rec["start_id"], status,
+                 rec["cgroup_parent"], rec["cgroup_name"])
+    except Exception:  # noqa: BLE001 - the exit is "monitor-lost" then; gc frees the rest
+        import traceback
+        traceback.print_exc()
 
 
 def _release_lxcfs():
@@ -397,6 +434,7 @@ def start(root, req, cfg, backend):
     try:
         # launch() closes the console's master it is given (a launcher must not keep it):
         # the monitor gets this one
+        from pathlib import Path
         result = launch(Path(req["cdir"]), req, out_w, err_w,
                         console and (os.dup(console[0]), console[1]), cfg, backend)
         if not result.get("ok"):
@@ -427,6 +465,7 @@ def start(root, req, cfg, backend):
 def request(root, req, timeout=30.0, spawn=True, fds=()):
     """Send one request to the store's monitor, starting the monitor if none runs; fds go
     with it (SCM_RIGHTS).  None if no monitor runs and spawn is false."""
+    import socket
     from .state import Store
     store = Store(root)
     path = str(store.run / SOCK)
@@ -452,8 +491,7 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
         s.settimeout(timeout)
         data = json.dumps(req).encode() + b"\n"
         if fds:
-            n = s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                    b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+            n = s.sendmsg([data], _rights(fds))
             data = data[n:]
         if data:  # never an empty send: the monitor may have answered and closed already
             s.sendall(data)
@@ -465,12 +503,18 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
     return json.loads(data)
 
 
+def _rights(fds):
+    """sendmsg's ancillary data passing fds (SCM_RIGHTS), none if there are none."""
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+
+
 def _receive(conn, max_fds=5, end=b"\n"):
     """One request line and the fds sent with it (end=b"": everything until EOF)."""
     data, fds = b"", []
     while not (end and data.endswith(end)) and len(data) < 1 << 20:
-        chunk, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(max_fds * 4),
-                                        socket.MSG_CMSG_CLOEXEC)
+        chunk, anc, _, _ = conn.recvmsg(65536, _socket.CMSG_SPACE(max_fds * 4),
+                                        _socket.MSG_CMSG_CLOEXEC)
         fds += passed_fds(anc)
         if not chunk:
             break
@@ -490,7 +534,7 @@ def _spawn(store):
         try:
             os.setsid()
             if os.fork() == 0:
-                exec_daemon("ctrun.monitor", [str(store.root)], log)
+                exec_daemon("ctrun.monitor", [str(store.root)], log, bare=True)
         finally:
             os._exit(0)
     os.close(log)
@@ -505,7 +549,7 @@ def serve_with_server(root, ready_fd):
     m = Monitor(root)
     lock = m.lock()
     if lock is not None:
-        log = os.open(m.store.run / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        log = os.open(os.path.join(m.run, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                       0o600)
         os.dup2(log, 2)  # the client started it with the server's log
         os.close(log)
@@ -523,7 +567,12 @@ def serve_with_server(root, ready_fd):
     os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.server", root, "3"])
 
 
-if __name__ == "__main__":
+def main():
+    """`ctrun.monitor ROOT [--server FD]` (started by exec_daemon, bare)."""
     if sys.argv[2:3] == ["--server"]:
-        sys.exit(serve_with_server(sys.argv[1], int(sys.argv[3])))
-    sys.exit(Monitor(sys.argv[1]).serve())
+        return serve_with_server(sys.argv[1], int(sys.argv[3]))
+    return Monitor(sys.argv[1]).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,7 +43,10 @@ starts `ctrun.monitor ROOT --server`, or asks the running monitor), so the init 
 container a worker starts detached is orphaned straight to the monitor, which supervises it
 (monitor.op_adopt) without a launcher of its own to start and import the runtime; a lock
 keeps one server per store; it leaves after CTRUN_SERVER_IDLE seconds (default 30) without a
-call, and the monitor, if it has no container, with it.
+call, and the monitor, if it has no container, with it.  Its spare worker (~12 MB of pages of
+its own) is kept only while calls come: it goes after CTRUN_SERVER_SPARE_IDLE seconds
+(default 5) without one; the next call then forks its own worker (paying what the spare
+would have saved it), after which a spare is made again.
 """
 
 import contextlib
@@ -63,6 +66,7 @@ from .serversock import LOCK, SOCK, passed_fds
 
 IDLE = 30.0
 SCHED = (os.sched_getscheduler(0), os.sched_getparam(0))  # the server's: its workers'
+SPARE_IDLE = 5.0   # a spare outlives the last call by this long (CTRUN_SERVER_SPARE_IDLE)
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
 NFDS = 4
@@ -132,6 +136,7 @@ class Server:
             self.kind = StoreKind(root)
         self.idle = float(os.environ.get("CTRUN_SERVER_IDLE") or IDLE) if idle is None \
             else idle
+        self.spare_idle = float(os.environ.get("CTRUN_SERVER_SPARE_IDLE") or SPARE_IDLE)
         self.sel = selectors.DefaultSelector()
         self.conns = set()
         self.workers = {}  # pid -> _Conn
@@ -207,21 +212,24 @@ class Server:
                     if isinstance(key.data, _Conn) and key.data.pid is None:
                         self._close(key.data)
             self._reap()
+            now = time.monotonic()
+            if self.workers or self.conns:
+                idle_since = now
             # between calls, off their path: a worker that has replied (its clean-up is
             # all it has left: destroy's file removal) no longer holds it back, so calls
-            # back to back find a spare too
-            if self.spare is None and self.listener is not None and \
+            # back to back find a spare too; with no call for spare_idle seconds the
+            # spare's pages are given back (the next call forks its own worker)
+            if now - idle_since > self.spare_idle:
+                self._drop_spare()
+            elif self.spare is None and self.listener is not None and \
                     all(c.replied for c in self.workers.values()):
                 self._fork_spare()
-            now = time.monotonic()
             for c in [c for c in self.conns if c.pid is None and
                       now - c.since > REQUEST_TIMEOUT]:
                 self._close(c)
-            if self.idle < 0:
-                self._retire()
-            elif self.workers or self.conns:
-                idle_since = now
-            elif now - idle_since > self.idle:
+            # SIGTERM sets idle below 0: leave now, as when idle
+            if self.idle < 0 or (not (self.workers or self.conns) and
+                                 now - idle_since > self.idle):
                 self._retire()
         self.kind.leave()
         return 0

@@ -61,12 +61,25 @@ def passed_fds(ancdata):
     return fds
 
 
-def exec_daemon(module, args, log, env=None, fd3=None, exec_fd=None):
+# `python -S` (bare=True below) then this: the caller's sys.path and prefix, then
+# module.main() with sys.argv as `-m module` would set it
+_BARE = ("import sys; path = sys.argv.pop(1).split(':'); "
+         "sys.prefix = sys.exec_prefix = sys.argv.pop(1); "
+         "sys.path += [p for p in path if p and p not in sys.path]; del sys.argv[0]; "
+         "__import__(sys.argv[0]); sys.exit(sys.modules[sys.argv[0]].main())")
+
+
+def exec_daemon(module, args, log, env=None, fd3=None, exec_fd=None, bare=False):
     """In a freshly forked child: `python -P -m module args` with stdin and stdout on
     /dev/null, stderr on `log`, fd 3 on `fd3` if given, nothing else open, every signal at
     its default and unblocked (what the caller ignored would stay ignored across exec).
     exec_fd (a pipe's write end) stays open until the exec closes it: its reader knows the
-    new program runs.  -P: never a "ctrun" that happens to sit in the working directory."""
+    new program runs.  -P: never a "ctrun" that happens to sit in the working directory.
+    bare: without site's start-up (-S), whose .pth hooks' imports would stay in a
+    long-lived daemon's memory (~0.5 MB of the monitor's); the site-packages directories
+    this process has and its prefix are handed over instead, as setup.sh's ctrun-py does
+    (none of its other entries: a script's directory must not be searched by a root
+    daemon; PYTHONPATH goes with the environment); the module has a main()."""
     import _signal
     import sys
     for s in range(1, _signal.NSIG):
@@ -88,6 +101,10 @@ def exec_daemon(module, args, log, env=None, fd3=None, exec_fd=None):
         keep += 1
     os.closerange(keep, 1 << 16)
     argv = [sys.executable, "-P", "-m", module, *args]
+    if bare:
+        path = ":".join(p for p in sys.path if os.path.isabs(p) and ":" not in p and
+                        os.path.basename(p) in ("site-packages", "dist-packages"))
+        argv[2:3] = ["-S", "-c", _BARE, path, sys.prefix]
     if env is None:
         os.execv(sys.executable, argv)
     os.execve(sys.executable, argv, env)

@@ -7,8 +7,6 @@ is read before the cgroup is removed, since the kernel's record goes with it.
 import signal
 import time
 
-from ..state import read_json, write_json
-
 
 def now(digits=3):
     """UTC now in RFC 3339 with `digits` of fraction, truncated like datetime's isoformat
@@ -42,6 +40,7 @@ def finalize(cdir, name, start_id, status, cgroup_parent="ctrun", cgroup_name=No
     """Record exit.json for this start, then tear down the container's cgroup (cgroup_name:
     the one its config records, `<name>.<store id8>`; the plain name before store ids)."""
     from .. import cgroups
+    from ..state import read_json, write_json   # here: the monitor's logs take now() alone
     oom = 0
     mgr = None
     try:

@@ -38,7 +38,6 @@ monitor exists to save, and a new monitor does not supervise the old one's conta
 anyway (it cannot reap their inits or pump their logs: they read "monitor-lost").
 """
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -104,25 +103,43 @@ def install():
         raise
 
 
-class Sysinfo(ctypes.Structure):
-    """struct sysinfo of a 64-bit ABI (linux/sysinfo.h; its padding _f is empty there)."""
-    _fields_ = [("uptime", ctypes.c_long), ("loads", ctypes.c_ulong * 3),
-                ("totalram", ctypes.c_ulong), ("freeram", ctypes.c_ulong),
-                ("sharedram", ctypes.c_ulong), ("bufferram", ctypes.c_ulong),
-                ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
-                ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort),
-                ("totalhigh", ctypes.c_ulong), ("freehigh", ctypes.c_ulong),
-                ("mem_unit", ctypes.c_uint)]
+_made = None   # see _ctypes()
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+def _ctypes():
+    """(ctypes, the Sysinfo struct, libc), made at the first answer: the store's monitor
+    keeps a Listener for each container, and ctypes would cost it ~0.4 MB for good even
+    if no container ever called sysinfo(2)."""
+    global _made
+    if _made is None:
+        import ctypes
+
+        class Sysinfo(ctypes.Structure):
+            """struct sysinfo of a 64-bit ABI (linux/sysinfo.h; its padding _f is empty
+            there)."""
+            _fields_ = [("uptime", ctypes.c_long), ("loads", ctypes.c_ulong * 3),
+                        ("totalram", ctypes.c_ulong), ("freeram", ctypes.c_ulong),
+                        ("sharedram", ctypes.c_ulong), ("bufferram", ctypes.c_ulong),
+                        ("totalswap", ctypes.c_ulong), ("freeswap", ctypes.c_ulong),
+                        ("procs", ctypes.c_ushort), ("pad", ctypes.c_ushort),
+                        ("totalhigh", ctypes.c_ulong), ("freehigh", ctypes.c_ulong),
+                        ("mem_unit", ctypes.c_uint)]
+        _made = (ctypes, Sysinfo, ctypes.CDLL(None, use_errno=True))
+    return _made
+
+
+def __getattr__(name):
+    if name == "Sysinfo":   # sysinfo.Sysinfo, as if made at the import
+        return _ctypes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def host():
     """What compute() takes of the kernel's own answer (this process is not filtered):
     RAM and swap in bytes, and the load averages."""
+    ctypes, Sysinfo, libc = _ctypes()
     info = Sysinfo()
-    if _libc.sysinfo(ctypes.byref(info)) != 0:
+    if libc.sysinfo(ctypes.byref(info)) != 0:
         raise OSError(ctypes.get_errno(), "sysinfo")
     unit = info.mem_unit or 1
     return {"totalram": info.totalram * unit, "totalswap": info.totalswap * unit,
@@ -138,6 +155,7 @@ def compute(host, cg, uptime):
         else min(cg["swap_limit"], host["totalswap"])
     free_swap = min(host["freeswap"], swap) if cg["swap_usage"] is None \
         else max(0, swap - cg["swap_usage"])
+    ctypes, Sysinfo, _ = _ctypes()
     return Sysinfo(uptime=max(0, int(uptime)), loads=(ctypes.c_ulong * 3)(*host["loads"]),
                    totalram=total, freeram=max(0, total - cg["usage"]),
                    sharedram=min(cg["shmem"], total), bufferram=0,

@@ -565,3 +565,21 @@ def test_a_lost_spare_is_replaced_and_leaves_with_its_server(cli, store):
     os.kill(_server(store), signal.SIGKILL)
     until(lambda: not os.path.exists(f"/proc/{spare}"), timeout=5,
            what="the spare's exit with its server")
+
+
+def test_the_spare_goes_when_calls_stop_and_comes_back_with_the_next(cli, store):
+    """The spare's pages are the server's largest idle cost: with no call for
+    CTRUN_SERVER_SPARE_IDLE seconds it goes; the next call forks its own worker, and the
+    calls after it find a spare again."""
+    _busybox(cli, store)
+    os.kill(_server(store), signal.SIGKILL)
+    until(lambda: not server_pids(store), what="the killed server's exit")
+    env = dict(os.environ, CTRUN_SERVER_SPARE_IDLE="1")
+    subprocess.run(_argv(store, "list"), cwd=REPO, env=env, check=True, capture_output=True)
+    server, spare = _server(store), _spare(store)
+    assert server and spare
+    until(lambda: not os.path.exists(f"/proc/{spare}"), what="the idle spare's exit")
+    assert _named(store, "ctrun-spare") is None and _server(store) == server
+    r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; exit 5")
+    assert (r.returncode, r.stdout) == (5, "out\n"), r.stderr
+    assert _spare(store) not in (None, spare) and _server(store) == server
