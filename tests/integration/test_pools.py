@@ -3,6 +3,7 @@ namespaces joined by path, per store, against the real kernel (root)."""
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,42 @@ def test_parked_zygote_launches_an_attached_run(store):
     finally:
         pools.drain(ct.store)
     assert pools.ZYGOTES == {}
+
+
+def test_a_parked_zygote_takes_the_starts_umask_and_limits(store, capfd):
+    """A zygote is forked when the pool is filled; the start it serves has the caller's
+    umask and resource limits of that moment, as a fork of the caller would."""
+    import resource
+    _mem_mount()
+    ct = Ctrun(store, pool=True)
+    pools.fill(ct.store, 1)
+    umask = os.umask(0o027)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        os.umask(umask)
+        assert pools.park(ct.store) == 1
+        os.umask(0o027)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (123, limits[1]))
+        capfd.readouterr()
+        assert ct.run("busybox", ["sh", "-c", "umask; ulimit -n"], name="zu", rm=True,
+                      net="none") == 0
+        assert capfd.readouterr().out.split() == ["0027", "123"]
+        assert pools.ZYGOTES == {}   # it served this start
+    finally:
+        os.umask(umask)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        pools.drain(ct.store)
+
+
+def test_a_start_whose_parked_zygote_died_forks_its_own_intermediate(store):
+    _mem_mount()
+    ct = Ctrun(store, pool=True)
+    pools.fill(ct.store, 1)
+    try:
+        assert pools.park(ct.store) == 1
+        (entry, z), = pools.ZYGOTES.items()
+        os.kill(z.pid, signal.SIGKILL)
+        os.waitpid(z.pid, 0)
+        assert ct.run("busybox", ["true"], name="zd", rm=True, net="none") == 0
+    finally:
+        pools.drain(ct.store)
