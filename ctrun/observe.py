@@ -94,7 +94,9 @@ class ObserveVerbs:
         pos = path.stat().st_size if path.exists() else 0
         ino = path.stat().st_ino if path.exists() else None
         while True:
-            running = status(cdir)[0] == State.RUNNING
+            # stopping: reaped, the monitor still recording the exit; followed to its end,
+            # so a `logs -f` that returns leaves a stopped container behind it
+            running = status(cdir)[0] in (State.RUNNING, State.STOPPING)
             if path.exists():
                 st = path.stat()
                 if st.st_ino != ino:  # rotated
