@@ -316,10 +316,9 @@ VERBS = {
 ALIASES = {a: v for v, (_, aliases, _) in VERBS.items() for a in aliases}
 SUB_ALIASES = {"ls": "list"}  # of the image and network actions
 COMMAND_VERBS = ("create", "run", "exec")  # the verbs that take -- CMD [ARGS...]
-LAUNCH_VERBS = ("run", "start", "restart")  # the verbs that fork a container's init
 
 
-def verb_in(argv):
+def _verb_in(argv):
     """The verb of argv, found without building every sub-parser (start-up latency)."""
     it = iter(argv)
     for tok in it:
@@ -592,7 +591,7 @@ def main(argv=None):
     # everything after the first "--" is the command, options included (sh -c ...); a verb
     # without a command keeps "--" as argparse's end of options (destroy -- -oddname)
     tail = []
-    verb = verb_in(argv)
+    verb = _verb_in(argv)
     if "--" in argv and verb in COMMAND_VERBS:
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]

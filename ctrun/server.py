@@ -49,7 +49,6 @@ its own) is kept only while calls come: it goes after CTRUN_SERVER_SPARE_IDLE se
 would have saved it), after which a spare is made again.
 """
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -65,7 +64,6 @@ from .procs import reaped
 from .serversock import LOCK, SOCK, passed_fds
 
 IDLE = 30.0
-SCHED = (os.sched_getscheduler(0), os.sched_getparam(0))  # the server's: its workers'
 SPARE_IDLE = 5.0   # a spare outlives the last call by this long (CTRUN_SERVER_SPARE_IDLE)
 MAX_REQUEST = 8 << 20   # argv and environment: the kernel caps both well below this
 REQUEST_TIMEOUT = 10.0  # a connection that has not sent its whole request by then is dropped
@@ -80,7 +78,7 @@ WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.pro
         "ctrun.runtime.lxcfs", "ctrun.runtime.logfile", "ctrun.namespaces.join",
         "ctrun.images.store", "ctrun.network.container", "ctrun.cgroups.limits",
         "ctrun.cgroups.v1", "ctrun.cgroups.v2", "ctrun.cgroups.named", "ctrun.spec",
-        "ctrun.monitor", "ctrun.images.layers", "ctrun.pools", "ctrun.runtime.zygote",
+        "ctrun.monitor", "ctrun.images.layers", "ctrun.pools",
         # the v1 cpuset controller's files (a new cpuset copies its parent's): ~3 ms
         "cgroupspy.controllers")
 
@@ -102,16 +100,10 @@ class StoreKind:
     stays in the cgroup of the monitor that started it.  ctrun.oci.serving.OciKind is the
     other kind."""
     magic, prog, entry = MAGIC, "ctrun", "ctrun.cli"
-    zygotes = True   # its spares park one for a start (ctrun.runtime.zygote)
 
     def __init__(self, root):
         from .state import Store
         self.store = Store(root)
-
-    def launches(self, argv):
-        """Whether this call forks a container's init (it takes the spare's zygote)."""
-        from . import cli
-        return cli.verb_in(argv) in cli.LAUNCH_VERBS
 
     def run_dir(self):
         self.store.ensure()
@@ -379,8 +371,6 @@ class Server:
             return None
         pid, sock = self.spare
         self.spare = None
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(pid, *SCHED)   # it may still be at idle priority
         head = (len(payload).to_bytes(4, "little") + c.peer.to_bytes(4, "little")
                 + (b"1" if adopts else b"0"))
         fds = c.fds + [c.sock.fileno()]   # the client's socket last: the worker replies
@@ -412,9 +402,6 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
-            if self.kind.zygotes:
-                from .runtime import zygote
-                zygote.park_spare()   # first: it shares the server's pages, not private copies
             _own_pages(sock)
             head = b""
             fds = []
@@ -463,9 +450,6 @@ class Server:
     # ---------------------------------------------------------------- the worker
     def _worker(self, c, req, mask, adopts):
         """In the forked child: become the client's CLI process, run the command, exit."""
-        zygote = None
-        if self.kind.zygotes:
-            from .runtime import zygote
         code = 1
         server = os.getppid()
         reply = None
@@ -512,8 +496,6 @@ class Server:
                     os.environb[k] = v
             _copy_rlimits(c.peer)
             sys.argv = [self.kind.prog, *req["argv"]]
-            if zygote and not self.kind.launches(req["argv"]):
-                zygote.drop_spare()   # this call forks no init: the spare's zygote goes now
             _reopen_stdio()
             from . import state
             state.defer_removals()
@@ -530,8 +512,6 @@ class Server:
                     os.write(self.replied_w, os.getpid().to_bytes(4, "little"))
                 except OSError:
                     pass
-            if zygote:
-                zygote.drop_spare(wait=True)
             from . import state
             state.finish_removals()
             os._exit(code)
@@ -546,20 +526,6 @@ def _own_pages(sock):
     covers most of its heap."""
     import ctypes
     import select
-    # at idle priority: a container the last call started (a booting systemd) goes first;
-    # the server restores the spare's priority as it hands it a call (_hand_to_spare)
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:
-        pass
-    try:
-        _populate(ctypes, select, sock)
-    finally:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, *SCHED)
-
-
-def _populate(ctypes, select, sock):
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     with open("/proc/self/maps", "rb") as f:

@@ -302,11 +302,9 @@ def _take_cgroup(store, mgr, rules):
 
 
 def _zygote(entry):
-    """The zygote parked in the pooled cgroup this start took, if this process has one,
-    else the one a warm server's spare parked for this call (runtime.zygote)."""
+    """The zygote parked in the pooled cgroup this start took, if this process has one."""
     if not entry:
-        from ..runtime import zygote
-        return zygote.take_spare()
+        return None
     from .. import pools
     return pools.zygote_for(entry)
 

@@ -96,10 +96,6 @@ class OciKind:
     """ctrun.server's kind for an OCI state root (see ctrun.server.StoreKind)."""
 
     prog, entry = "ctrun-oci", "ctrun.oci.cli"
-    zygotes = False   # the served verbs start no process
-
-    def launches(self, argv):
-        return False
 
     def __init__(self, root):
         from ..client import OCI_MAGIC

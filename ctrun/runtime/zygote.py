@@ -17,13 +17,9 @@ container's init is then forked inside its cgroup with no attach on the start pa
 A zygote serves one start; discard() ends one that was not used (the pool's drain kills
 whatever is in its cgroups anyway).
 
-A warm server's spare worker (ctrun.server) also parks one, in no cgroup of its own
-(park_spare): a start it runs then takes it (take_spare) instead of forking its
-intermediate: the fork, and the copy-on-write faults its first steps take, are off the
-start's path (~2 ms of a `run --rm` here).  It is forked before the spare makes its own
-pages private, so it shares the server's.  Since it was forked before the call came, it is
-handed what a fork of the caller would have inherited: umask, resource limits, signal mask,
-environment and working directory.
+A zygote is forked before the call it serves comes (by the server, from its own state): it
+is handed what a fork of the caller would have inherited (umask, resource limits, signal
+mask, environment, working directory).
 """
 
 import json
@@ -38,7 +34,6 @@ from ..errors import CtrunError
 _LEN = 8   # the request's length prefix: a spec is larger than one read
 _NFDS = 5  # stdin, stdout, stderr, the channel, the caller's working directory
 _RLIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
-_spare = None   # the zygote a warm server's spare parked (park_spare)
 
 
 class Zygote:
@@ -166,37 +161,3 @@ def _inherit(req, cwd):
     os.fchdir(cwd)
     os.close(cwd)
 
-
-def park_spare():
-    """In a warm server's spare, before its pages are made private: park a zygote for the
-    call it will take.  Best effort: a start without one forks its intermediate."""
-    global _spare
-    try:
-        _spare = Zygote([], [])
-    except (OSError, CtrunError):
-        _spare = None
-
-
-def take_spare():
-    """The parked zygote for this start, once (None in-process or when taken)."""
-    global _spare
-    z, _spare = _spare, None
-    return z
-
-
-def drop_spare(wait=False):
-    """End the parked zygote of a call that starts nothing: SIGKILL now, and reaped
-    (wait=True) once the call has replied."""
-    global _spare
-    if _spare is None:
-        return
-    if _spare.sock is not None:
-        _spare.sock.close()
-        _spare.sock = None
-        os.kill(_spare.pid, signal.SIGKILL)
-    if wait:
-        try:
-            os.waitpid(_spare.pid, 0)
-        except ChildProcessError:
-            pass
-        _spare = None

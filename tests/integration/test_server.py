@@ -123,9 +123,8 @@ def test_the_server_starts_on_first_use_and_serves_later_calls(cli, store):
     cli("run", "--rm", "busybox", "--", "true", check=True)
     assert _server(store) == first
     # each worker was reaped (just after its reply: it sends the exit code itself); what
-    # else runs is the spare for the next call, and the zygote it parked for a start
-    until(lambda: [p for p in server_pids(store)
-                   if p not in (_spare(store), _named(store, "ctrun-zygote"))] == [first],
+    # else runs is the spare for the next call
+    until(lambda: [p for p in server_pids(store) if p != _spare(store)] == [first],
           what="the reaping of the call's worker")
 
 
@@ -364,70 +363,11 @@ def test_the_worker_takes_the_callers_cwd_umask_environment_and_limits(cli, stor
                        preexec_fn=lambda: __import__("resource").setrlimit(
                            __import__("resource").RLIMIT_NOFILE, (123, 456)))
     assert (r.returncode, r.stdout) == (0, "123\n"), r.stderr
-    # the start's intermediate is a zygote forked before the call (ctrun.runtime.zygote):
-    # the container still gets the caller's umask
+    # and the container gets the caller's umask
     r = subprocess.run(_argv(store, "run", "--rm", "busybox", "--", "sh", "-c", "umask"),
                        cwd=REPO, capture_output=True, text=True,
                        preexec_fn=lambda: os.umask(0o027))
     assert (r.returncode, r.stdout) == (0, "0027\n"), r.stderr
-
-
-def _dead(pid):
-    """Exited (a zombie not reaped yet counts)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].startswith("Z")
-    except FileNotFoundError:
-        return True
-
-
-def _zygote(store, spare):
-    """The zygote the spare parked for a start (its child), waited for."""
-    return until(lambda: (z := _named(store, "ctrun-zygote")) and parent_pid(z) == spare and z,
-                 what="the spare's zygote")
-
-
-def test_a_start_takes_the_zygote_its_spare_parked(cli, store):
-    """The spare parks a zygote, which becomes the start's intermediate: while it is
-    stopped, the start cannot go on."""
-    _busybox(cli, store)
-    zygote = _zygote(store, _spare(store))
-    os.kill(zygote, signal.SIGSTOP)
-    p = subprocess.Popen(_argv(store, "run", "-d", "--name", "z1", "busybox", "--", "sleep",
-                               "60"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(1.0)
-        assert p.returncode is None, "the start did not wait for the spare's zygote"
-    finally:
-        os.kill(zygote, signal.SIGCONT)
-    out, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
-    assert cli.json("inspect", "z1")["state"] == "running"
-    assert not os.path.exists(f"/proc/{zygote}")   # it was the intermediate: it has exited
-
-
-def test_a_start_whose_zygote_died_forks_its_own_intermediate(cli, store):
-    _busybox(cli, store)
-    zygote = _zygote(store, _spare(store))
-    os.kill(zygote, signal.SIGKILL)
-    until(lambda: _dead(zygote), what="its death")
-    r = cli("run", "--rm", "busybox", "--", "echo", "ok")
-    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
-
-
-def test_a_call_that_starts_nothing_ends_the_zygote_at_once(cli, store):
-    _busybox(cli, store)
-    cli("run", "-d", "--name", "z2", "busybox", "--", "sleep", "60", check=True)
-    zygote = _zygote(store, _spare(store))
-    p = subprocess.Popen(_argv(store, "exec", "z2", "--", "sleep", "30"), cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        until(lambda: _dead(zygote), what="the zygote's end")
-        assert p.poll() is None   # while the exec still runs
-    finally:
-        p.kill()
-        p.wait()
 
 
 def test_a_server_of_another_ctrun_gives_way(cli, store, tmp_path):
@@ -539,19 +479,6 @@ def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
     # it was the call's worker, and is gone (reaped just after it sent the exit code)
     until(lambda: not os.path.exists(f"/proc/{spare}"), what="the reaping of the worker")
     assert _spare(store) not in (None, spare)
-
-
-def test_calls_and_their_containers_run_at_the_callers_priority(cli, store):
-    """The spare makes its pages its own at idle priority (it must not slow a container the
-    last call started), and takes a call at the priority it had."""
-    _busybox(cli, store)
-    cli("run", "-d", "--name", "p1", "busybox", "--", "sleep", "60", check=True)
-    for _ in range(3):   # back to back: a call may come while the spare populates
-        for argv in (("run", "--rm", "busybox"), ("exec", "p1")):
-            r = cli(*argv, "--", "grep", "^policy", "/proc/self/sched")
-            assert (r.returncode, r.stdout.split()) == (0, ["policy", ":", "0"]), r.stderr
-    spare = _spare(store)
-    until(lambda: os.sched_getscheduler(spare) == os.SCHED_OTHER, what="the spare's priority")
 
 
 def test_a_lost_spare_is_replaced_and_leaves_with_its_server(cli, store):
