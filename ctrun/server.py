@@ -100,6 +100,7 @@ class StoreKind:
     stays in the cgroup of the monitor that started it.  ctrun.oci.serving.OciKind is the
     other kind."""
     magic, prog, entry = MAGIC, "ctrun", "ctrun.cli"
+    own_pages = True   # its spare copies the server's pages ahead (_own_pages)
 
     def __init__(self, root):
         from .state import Store
@@ -402,7 +403,8 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
-            _own_pages(sock)
+            if self.kind.own_pages:
+                _own_pages(sock)
             head = b""
             fds = []
             while len(head) < 9:
