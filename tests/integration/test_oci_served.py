@@ -6,14 +6,12 @@ refuses a non-root peer and leaves when idle; with no server the Python ctrun-oc
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
-import prctl
 import pytest
 
-from conftest import until
+from conftest import request_as, until
 from ctrun.client import OCI_MAGIC
 from ctrun.oci import serving
 from oci_bundle import OCI, wait_child
@@ -215,43 +213,13 @@ def test_the_server_leaves_when_idle(oci):
     assert not any((m / PARENT / own).exists() for m in _mounts())
 
 
-def _request_as(sock, uid, argv):
-    """What the server at `sock` answers `argv` sent by a process of `uid`."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            if uid:
-                prctl.set_keepcaps(True)
-                os.setresgid(uid, uid, uid)
-                os.setgroups([])
-                os.setresuid(uid, uid, uid)
-                prctl.cap_effective.dac_override = True   # past the modes: PEERCRED only
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(sock))
-            s.settimeout(20)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            payload = b"\0".join([OCI_MAGIC, os.fsencode(str(Path(serving.__file__)
-                                                             .resolve().parents[1])),
-                                  b"22", b"%d" % len(argv), *map(os.fsencode, argv),
-                                  b"PATH=/usr/bin:/bin"])
-            try:
-                socket.send_fds(s, [len(payload).to_bytes(4, "little") + payload],
-                                [devnull, devnull, devnull, os.open("/", os.O_PATH)])
-                out = b""
-                while chunk := s.recv(64):
-                    out += chunk
-            except OSError:
-                out = b""
-            os.write(w, out)
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
+def _request(argv):
+    """A whole OCI server request for argv (ctrun.client's layout, OCI_MAGIC first)."""
+    payload = b"\0".join([OCI_MAGIC, os.fsencode(str(Path(serving.__file__).resolve()
+                                                     .parents[1])),
+                          b"22", b"%d" % len(argv), *map(os.fsencode, argv),
+                          b"PATH=/usr/bin:/bin"])
+    return len(payload).to_bytes(4, "little") + payload
 
 
 def test_the_socket_is_root_only(oci):
@@ -262,8 +230,8 @@ def test_the_socket_is_root_only(oci):
     assert run.stat().st_mode & 0o777 == 0o700
     assert (run / "server.sock").stat().st_mode & 0o777 == 0o600
     argv = ["--root", str(oci.root), "state", "nosuch"]
-    assert _request_as(run / "server.sock", 0, argv) == b"Sx1\n"
-    assert _request_as(run / "server.sock", 65534, argv) == b""
+    assert request_as(run / "server.sock", 0, _request(argv)) == b"Sx1\n"
+    assert request_as(run / "server.sock", 65534, _request(argv)) == b""
 
 
 def test_a_call_no_server_can_serve_runs_cold(oci):

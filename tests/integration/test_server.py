@@ -10,15 +10,12 @@ import os
 import pty
 import select
 import signal
-import socket
 import struct
 import subprocess
 import termios
 import time
 
-import prctl
-
-from conftest import CTRUN, REPO, _monitor_pids, server_pids, until
+from conftest import CTRUN, REPO, _monitor_pids, request_as, server_pids, until
 from ctrun import client
 from ctrun.procs import parent_pid
 
@@ -246,45 +243,10 @@ def test_the_socket_is_root_only(cli, store):
     assert _server(store)
     assert os.stat(sock).st_mode & 0o777 == 0o600
     assert os.stat(store / "run").st_mode & 0o777 == 0o700
-    assert _request_as(sock, 0) == b"Sx0\n"       # root: a `list`, run and answered
+    request = client._request(["list"])
+    assert request_as(sock, 0, request) == b"Sx0\n"       # root: a `list`, run and answered
     # uid 65534 keeping CAP_DAC_OVERRIDE passes the file modes: SO_PEERCRED refuses it
-    assert _request_as(sock, 65534) == b""
-
-
-def _request_as(sock, uid):
-    """What the server answers a `list` request sent by a process of `uid`."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            if uid:
-                prctl.set_keepcaps(True)
-                os.setresgid(uid, uid, uid)
-                os.setgroups([])
-                os.setresuid(uid, uid, uid)
-                prctl.cap_effective.dac_override = True
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(sock))
-            s.settimeout(20)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            fds = [devnull, devnull, devnull, os.open("/", os.O_PATH)]
-            req = client._request(["list"])
-            try:
-                socket.send_fds(s, [req], fds)
-                out = b""
-                while chunk := s.recv(64):
-                    out += chunk
-            except OSError:  # reset, or a broken pipe: closed unread
-                out = b""
-            os.write(w, out)
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
+    assert request_as(sock, 65534, request) == b""
 
 
 def test_the_server_leaves_when_idle(cli, store):
