@@ -416,7 +416,7 @@ def main(argv=None):
         if os.geteuid() != 0 and a.verb not in ("features", "spec"):
             return fail("ctrun-oci must run as root")
         if not SERVED and a.verb in STARTS:
-            from .serving import spawn
+            from .spawn import spawn
             spawn(a.root)   # for the calls that follow: this one runs here
         from .verbs import Runtime
         rt = Runtime(a.root, a.systemd_cgroup, warn=lambda m: log.write("warning", m))

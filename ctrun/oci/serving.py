@@ -12,7 +12,7 @@ init, an exec'd process), which must never be the server's children.
 
 Placement: the server listens in a root-only directory of its own, oci_run_dir(root) (never
 inside the root: any name there may be a container ID).  It is started, daemonized, by a
-cold call of a served verb that found no server (spawn()), from inside whatever cgroup
+cold call of a served verb that found no server (ctrun.oci.spawn), from inside whatever cgroup
 conmon or the shim runs that call in; so it first moves into a cgroup of its own
 (`oci-server-<hash>` below ctrun's cgroup parent, in every hierarchy), lest it hold the
 client's cgroup (which podman and containerd remove) or be killed with it.  Not by create
@@ -32,64 +32,6 @@ SERVED = ("state", "start", "kill", "delete")   # client.c's list
 # what the served verbs import (python -X importtime), loaded once by the server
 WARM = ("ctrun.oci.cli", "ctrun.oci.verbs", "ctrun.oci.store", "ctrun.oci.hooks",
         "ctrun.errors", "ctrun.procs", "ctrun.cgroupfs", "ctrun.state")
-
-
-def run_dir(root):
-    """The server's run directory for ctrun-oci's --root value `root` (None: the default)."""
-    from .store import DEFAULT_ROOT
-    return oci_run_dir(os.path.abspath(root or DEFAULT_ROOT))
-
-
-def spawn(root):
-    """Start the server of `root` in the background unless one holds its lock (it serves,
-    or is starting).  Never fails the call: the verb runs cold all the same, and a server
-    that cannot start says why in its server.log."""
-    if os.environ.get("CTRUN_SERVER") == "off" or os.geteuid() != 0:
-        return
-    import fcntl
-    run = run_dir(root)
-    try:
-        for d in (OCI_SERVERS, run):   # (the server makes them private: see run_dir())
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                pass
-        fd = os.open(os.path.join(run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return   # a server holds it
-    finally:
-        os.close(fd)
-    from ..client import server_env
-    from ..serversock import exec_daemon
-    from .store import DEFAULT_ROOT
-    try:
-        log = os.open(os.path.join(run, "server.log"),
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        env = server_env()
-        # closed by the server's exec: once it reads EOF the server runs as itself (its
-        # argv names it to a `ps` right after this call)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-    except OSError:
-        return
-    if pid == 0:   # a double fork: the server is no child of this call's process
-        try:
-            os.setsid()
-            if os.fork() == 0:
-                exec_daemon("ctrun.server",
-                            [os.path.abspath(root or DEFAULT_ROOT), "-", "--oci"], log, env,
-                            exec_fd=w)
-        finally:
-            os._exit(0)
-    os.close(log)
-    os.close(w)
-    os.waitpid(pid, 0)
-    os.read(r, 1)
-    os.close(r)
 
 
 class OciKind:
@@ -156,12 +98,11 @@ class OciKind:
             os.close(fd)
 
     def warm(self):
-        from . import cli
-        cli.SERVED = True   # its workers' calls start no server
         import importlib
         for name in WARM:
             importlib.import_module(name)
         from . import cli
+        cli.SERVED = True   # its workers' calls start no server
         for _ in range(16):   # as ctrun.server.warm: argparse's code specialized once
             for argv in (["--root", "/r", "state", "c"], ["--root", "/r", "kill", "c", "9"],
                          ["--root", "/r", "delete", "--force", "c"]):

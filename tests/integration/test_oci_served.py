@@ -13,7 +13,7 @@ import pytest
 
 from conftest import request_as, until
 from ctrun.client import OCI_MAGIC
-from ctrun.oci import serving
+from ctrun.oci import serving, spawn
 from oci_bundle import OCI, wait_child
 
 PARENT = os.environ["CTRUN_CGROUP_PARENT"]
@@ -32,7 +32,7 @@ def oci(tmp_path):
 
 def _server(root):
     """The pid of root's listening server (its workers share its argv: not those)."""
-    sock = Path(serving.run_dir(str(root))) / "server.sock"
+    sock = Path(spawn.run_dir(str(root))) / "server.sock"
 
     def find():
         pids = set(serving.server_pids(root))
@@ -145,7 +145,7 @@ def test_two_roots_have_servers_of_their_own(oci, tmp_path):
         other("state", "same")
         servers = {_server(oci.root), _server(other.root)}
         assert len(servers) == 2
-        assert serving.run_dir(str(oci.root)) != serving.run_dir(str(other.root))
+        assert spawn.run_dir(str(oci.root)) != spawn.run_dir(str(other.root))
         one = json.loads(_served(oci, "state", "same").stdout)
         two = json.loads(_served(other, "state", "same").stdout)
         assert one["bundle"].endswith("/one") and two["bundle"].endswith("/two")
@@ -205,7 +205,7 @@ def test_the_server_leaves_its_starters_cgroup_for_one_of_its_own(oci):
 def test_the_server_leaves_when_idle(oci):
     oci("state", "nosuch", check=False, env={**os.environ, "CTRUN_SERVER_IDLE": "0.5"})
     server = _server(oci.root)
-    run = Path(serving.run_dir(str(oci.root)))
+    run = Path(spawn.run_dir(str(oci.root)))
     own = serving.cgroup_name(str(oci.root))
     assert any((m / PARENT / own).is_dir() for m in _mounts())
     until(lambda: not serving.server_pids(oci.root), what=f"server {server}'s idle exit")
@@ -225,7 +225,7 @@ def _request(argv):
 def test_the_socket_is_root_only(oci):
     oci("state", "nosuch", check=False)
     _server(oci.root)
-    run = Path(serving.run_dir(str(oci.root)))
+    run = Path(spawn.run_dir(str(oci.root)))
     assert run.parent.stat().st_mode & 0o777 == 0o700
     assert run.stat().st_mode & 0o777 == 0o700
     assert (run / "server.sock").stat().st_mode & 0o777 == 0o600
@@ -237,7 +237,7 @@ def test_the_socket_is_root_only(oci):
 def test_a_call_no_server_can_serve_runs_cold(oci):
     """With the server's directory unusable, the compiled client hands every call to the
     Python ctrun-oci, which answers it itself; once usable, a call starts the server."""
-    run = Path(serving.run_dir(str(oci.root)))
+    run = Path(spawn.run_dir(str(oci.root)))
     run.parent.mkdir(mode=0o700, exist_ok=True)
     run.write_text("")   # a file where the server's directory goes: it cannot start
     try:
