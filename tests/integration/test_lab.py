@@ -195,9 +195,12 @@ def test_compare_refuses_a_file_that_is_not_lab_results(tmp_path):
 
 def test_ctrl_c_cleans_up(tmp_path):
     out = tmp_path / "out"
+    # a Ctrl-C reaches a lab run from a terminal; one this test runs from a background job
+    # (`pytest &`: SIGINT ignored, and so inherited) is given the default disposition back
     p = subprocess.Popen([*LAB, "--quick", "--modes", "container", "--only", "density",
                           "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # wait until instances of the density run exist, then interrupt like Ctrl-C
         deadline = time.monotonic() + 90
