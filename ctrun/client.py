@@ -26,7 +26,8 @@ import sys
 import _signal
 import _socket
 
-from .serversock import SOCK, exec_daemon  # noqa: F401 - the server imports SOCK from here
+# the server imports SOCK from here
+from .serversock import SOCK, exec_daemon, fd_rights  # noqa: F401
 MAGIC = b"ctrun1"
 OCI_MAGIC = b"ctrun-oci1"   # a ctrun-oci server's (client.c built with -DCTRUN_OCI)
 DEFAULT_ROOT = "/var/lib/ctrun"  # ctrun.state.DEFAULT_ROOT, not imported: it costs ~5 ms
@@ -148,8 +149,7 @@ def _call(root, argv):
             if s is None:
                 break
             try:
-                n = s.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                        b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+                n = s.sendmsg([data], fd_rights(fds))
                 if n < len(data):
                     # never an empty send: once the server has read the whole request it
                     # may run it, answer and close before this line, and a send on a
@@ -213,12 +213,13 @@ def _die_by(sig):
     os.kill(os.getpid(), sig)
 
 
-def _request(argv):
+def _request(argv, magic=MAGIC):
     """The request: length, then NUL-separated fields (none can hold a NUL: argv and the
-    environment come from execve)."""
+    environment come from execve); magic: the kind of server it is for (OCI_MAGIC: a
+    ctrun-oci one, as client.c built with -DCTRUN_OCI sends)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    payload = b"\0".join([MAGIC, os.fsencode(package_dir()), b"%o" % umask,
+    payload = b"\0".join([magic, os.fsencode(package_dir()), b"%o" % umask,
                           b"%d" % len(argv), *map(os.fsencode, argv),
                           *(k + b"=" + v for k, v in os.environb.items())])
     return len(payload).to_bytes(4, "little") + payload

@@ -35,7 +35,7 @@ import sys
 import time
 
 from .procs import parent_pid, reaped
-from .serversock import exec_daemon, passed_fds
+from .serversock import exec_daemon, fd_rights, passed_fds
 
 SOCK = "monitor.sock"
 
@@ -144,7 +144,7 @@ class Monitor:
             result = launch(Path(req["cdir"]), req, out_w, err_w, console)
             listener = result.pop("listener", None)
             res_w.sendmsg([json.dumps(result).encode()],
-                          _rights([] if listener is None else [listener]))
+                          fd_rights([] if listener is None else [listener]))
             os._exit(0)
         self.helpers.add(pid)
         for fd in (out_w, err_w):
@@ -491,7 +491,7 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
         s.settimeout(timeout)
         data = json.dumps(req).encode() + b"\n"
         if fds:
-            n = s.sendmsg([data], _rights(fds))
+            n = s.sendmsg([data], fd_rights(fds))
             data = data[n:]
         if data:  # never an empty send: the monitor may have answered and closed already
             s.sendall(data)
@@ -501,12 +501,6 @@ def request(root, req, timeout=30.0, spawn=True, fds=()):
     if not data:  # the monitor went away between accept and reply (idle exit race)
         return request(root, req, timeout, spawn, fds) if spawn else None
     return json.loads(data)
-
-
-def _rights(fds):
-    """sendmsg's ancillary data passing fds (SCM_RIGHTS), none if there are none."""
-    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
 
 
 def _receive(conn, max_fds=5, end=b"\n"):

@@ -1,4 +1,6 @@
-"""A process named by its pid and its start time, so a recycled pid is never taken for it.
+"""A process named by its pid and its start time, so a recycled pid is never taken for it;
+what a process hands on across exec of its signal state (reset_signals); and the resource
+limits one process takes from another, as if it were its fork (limits_of, take_limits).
 
 Kept apart from ctrun.state (which loads pathlib and re) because ctrun-oci's light verbs,
 run several times per container by its clients, need only this."""
@@ -6,6 +8,7 @@ run several times per container by its clients, need only this."""
 import os
 # signal's own functions without the enums `import signal` builds (milliseconds of each
 # ctrun-oci kill): the module the interpreter has loaded at start-up
+import _signal
 from _signal import pidfd_send_signal
 
 
@@ -65,3 +68,34 @@ def reaped():
         if pid == 0:
             return
         yield pid, status
+
+
+def reset_signals():
+    """Every signal at its default action and unblocked, before an exec: ignored signals
+    survive exec (Python ignores SIGPIPE and SIGXFSZ, a monitor or a background job more),
+    and so does the mask."""
+    for sig in range(1, _signal.NSIG):
+        try:
+            _signal.signal(sig, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass   # SIGKILL, SIGSTOP, and the numbers no signal has
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+
+def limits_of(pid=0):
+    """[[resource, soft, hard], ...]: every resource limit of process `pid` (0: this one)."""
+    import resource
+    return [[r, *resource.prlimit(pid, r)]
+            for r in (getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))]
+
+
+def take_limits(limits):
+    """Set limits_of() another process as this one's, as its fork would have had them;
+    those above this process's hard limit cannot be had without CAP_SYS_RESOURCE and stay
+    as they are."""
+    import resource
+    for r, soft, hard in limits:
+        try:
+            resource.setrlimit(r, (soft, hard))
+        except (OSError, ValueError):
+            pass

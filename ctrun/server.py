@@ -59,9 +59,9 @@ import struct
 import sys
 import time
 
+from . import procs
 from .client import MAGIC, RELAYED, package_dir
-from .procs import reaped
-from .serversock import LOCK, SOCK, passed_fds
+from .serversock import LOCK, SOCK, fd_rights, passed_fds
 
 IDLE = 30.0
 SPARE_IDLE = 5.0   # a spare outlives the last call by this long (CTRUN_SERVER_SPARE_IDLE)
@@ -376,9 +376,7 @@ class Server:
                 + (b"1" if adopts else b"0"))
         fds = c.fds + [c.sock.fileno()]   # the client's socket last: the worker replies
         try:
-            n = sock.sendmsg([head + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                 b"".join(fd.to_bytes(4, sys.byteorder)
-                                                          for fd in fds))])
+            n = sock.sendmsg([head + payload], fd_rights(fds))
             if n < len(head) + len(payload):  # never an empty send (see client._call):
                 sock.sendall((head + payload)[n:])   # the spare may be running the call
         except OSError:  # it died: the call gets a worker of its own
@@ -430,7 +428,7 @@ class Server:
         self._worker(c, req, mask, adopts)  # never returns
 
     def _reap(self):
-        for pid, status in reaped():
+        for pid, status in procs.reaped():
             if self.spare is not None and pid == self.spare[0]:
                 self.spare[1].close()  # it died waiting
                 self.spare = None
@@ -496,7 +494,9 @@ class Server:
                 k, eq, v = item.partition(b"=")
                 if eq and k:
                     os.environb[k] = v
-            _copy_rlimits(c.peer)
+            # the client's limits, as a CLI it started would have inherited them (a
+            # container's processes inherit them in turn)
+            procs.take_limits(procs.limits_of(c.peer))
             sys.argv = [self.kind.prog, *req["argv"]]
             _reopen_stdio()
             from . import state
@@ -580,20 +580,6 @@ def _parse(payload, magic):
                 "env": fields[4 + argc:]}
     except (IndexError, ValueError):
         return None
-
-
-def _copy_rlimits(pid):
-    """The client's resource limits, as a CLI started by it would have inherited them (a
-    container's processes inherit them in turn); those above the server's hard limit
-    cannot be had without CAP_SYS_RESOURCE and stay the server's."""
-    import resource
-    for name in dir(resource):
-        if name.startswith("RLIMIT_"):
-            res = getattr(resource, name)
-            try:
-                resource.setrlimit(res, resource.prlimit(pid, res))
-            except (OSError, ValueError):
-                pass
 
 
 def _reopen_stdio():

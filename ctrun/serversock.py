@@ -49,6 +49,14 @@ def oci_run_dir(root):
     return f"{OCI_SERVERS}/{h:016x}"
 
 
+def fd_rights(fds):
+    """sendmsg's ancillary data passing `fds` (SCM_RIGHTS); none when there are none."""
+    import _socket
+    import sys
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+
+
 def passed_fds(ancdata):
     """The fds an SCM_RIGHTS message carried (recvmsg's ancillary data)."""
     import _socket
@@ -80,14 +88,9 @@ def exec_daemon(module, args, log, env=None, fd3=None, exec_fd=None, bare=False)
     this process has and its prefix are handed over instead, as setup.sh's ctrun-py does
     (none of its other entries: a script's directory must not be searched by a root
     daemon; PYTHONPATH goes with the environment); the module has a main()."""
-    import _signal
     import sys
-    for s in range(1, _signal.NSIG):
-        try:
-            _signal.signal(s, _signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    from .procs import reset_signals
+    reset_signals()
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)

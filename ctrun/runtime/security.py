@@ -10,6 +10,7 @@ import prctl
 
 from .. import errors, libc
 from ..kernel import linux
+from ..procs import reset_signals  # noqa: F401 - the first of these steps (process.py)
 
 
 def set_rlimits(proc):
@@ -111,19 +112,6 @@ def _apply_all_sets(caps, user):
     for cap in nums("ambient"):
         if cap in usable:
             linux.ambient_raise(cap)
-
-
-def reset_signals():
-    """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: undo that."""
-    import signal
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def close_fds(keep):

@@ -24,16 +24,14 @@ mask, environment, working directory).
 
 import json
 import os
-import resource
 import signal
 import socket
 
-from .. import libc
+from .. import libc, procs
 from ..errors import CtrunError
 
 _LEN = 8   # the request's length prefix: a spec is larger than one read
 _NFDS = 5  # stdin, stdout, stderr, the channel, the caller's working directory
-_RLIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
 
 
 class Zygote:
@@ -68,7 +66,7 @@ class Zygote:
             "spec": {**spec, "annotations": ann}, "tty": tty, "bpf": bpf.hex() if bpf else None,
             "umask": _umask(), "env": dict(os.environ),
             "mask": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, ())),
-            "rlimits": [[r, *resource.getrlimit(r)] for r in _RLIMITS]}).encode()
+            "rlimits": procs.limits_of()}).encode()
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
             socket.send_fds(self.sock, [len(body).to_bytes(_LEN, "big")],
@@ -150,11 +148,7 @@ def _inherit(req, cwd):
     """Take the caller's umask, limits, signal mask, environment and working directory,
     as its fork would have had them."""
     os.umask(req["umask"])
-    for r, soft, hard in req["rlimits"]:
-        try:
-            resource.setrlimit(r, (soft, hard))
-        except (OSError, ValueError):
-            pass   # above our hard limit: a fork of the caller could not have it either
+    procs.take_limits(req["rlimits"])
     signal.pthread_sigmask(signal.SIG_SETMASK, req["mask"])
     os.environ.clear()
     os.environ.update(req["env"])
