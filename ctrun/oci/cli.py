@@ -384,7 +384,8 @@ VERBS = {
 }
 
 
-# a cold call of these (ctrun.oci.serving.SERVED) starts the root's warm server
+# the verbs the root's warm server runs (ctrun.oci.serving; client.c's list): a cold call
+# of one starts that server
 STARTS = ("state", "start", "kill", "delete")
 
 

@@ -28,7 +28,6 @@ import os
 
 from ..serversock import LOCK, OCI_SERVERS, oci_run_dir
 
-SERVED = ("state", "start", "kill", "delete")   # client.c's list
 # what the served verbs import (python -X importtime), loaded once by the server
 WARM = ("ctrun.oci.cli", "ctrun.oci.verbs", "ctrun.oci.store", "ctrun.oci.hooks",
         "ctrun.errors", "ctrun.procs", "ctrun.cgroupfs", "ctrun.state")
@@ -120,8 +119,6 @@ def server_pids(root):
     return [pid for pid, cmd in proc_cmdlines()
             if b"ctrun.server" in (argv := cmd.split(b"\0")) and b"--oci" in argv
             and want in argv]
-
-
 
 
 def stop(root, timeout=5.0):
