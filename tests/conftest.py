@@ -114,6 +114,23 @@ def server_pids(root):
             and (root is None or str(root).encode() in argv)]
 
 
+def zombies_of(parents):
+    """(pid, ppid, comm) of zombie processes whose parent is one of `parents`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_bytes()
+        except OSError:
+            continue
+        comm = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        fields = raw[raw.rindex(b")") + 2:].split()
+        if fields[0] == b"Z" and int(fields[1]) in parents:
+            out.append((int(d.name), int(fields[1]), comm))
+    return out
+
+
 def request_as(sock, uid, request):
     """What the warm server at `sock` answers `request` (a whole request: its length, then
     its fields) sent with stdio on /dev/null by a process of `uid`; one other than root

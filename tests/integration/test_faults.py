@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _stop_server, leaks
+from conftest import REPO, _stop_server, leaks, zombies_of
 
 ROUNDS = 30
 NAMES = ("f0", "f1", "f2")
@@ -103,23 +103,6 @@ def test_sigkill_at_random_points_then_gc_leaves_a_consistent_store(cli, store):
     assert _store_leaks(store) == [], where
 
 
-def _zombies_of(parents):
-    """(pid, ppid, comm) of zombie processes whose parent is one of `parents`."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            raw = (d / "stat").read_bytes()
-        except OSError:
-            continue
-        comm = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
-        fields = raw[raw.rindex(b")") + 2:].split()
-        if fields[0] == b"Z" and int(fields[1]) in parents:
-            out.append((int(d.name), int(fields[1]), comm))
-    return out
-
-
 def _ctrun_pids(store):
     """This process and every process of ctrun's for this store (CLIs and the monitor)."""
     pids = {os.getpid()}
@@ -161,9 +144,9 @@ def test_stop_exec_and_kill_at_once_leave_a_consistent_container(cli, store):
         # no zombie of ours: a child every ctrun process (or this test) forgot to reap
         deadline = time.monotonic() + 5
         parents |= _ctrun_pids(store)
-        while _zombies_of(parents) and time.monotonic() < deadline:
+        while zombies_of(parents) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _zombies_of(parents) == [], f"round {rnd}"
+        assert zombies_of(parents) == [], f"round {rnd}"
     r = cli("destroy", "race")
     assert r.returncode == 0, r.stderr
     assert not (store / "containers" / "race").exists()

@@ -132,18 +132,6 @@ def test_concurrent_first_starts_share_one_lxcfs(store, tmp_path):
         lxcfs.stop(base)
 
 
-def _zombie_children():
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if stat[0] == "Z" and int(stat[1]) == os.getpid():
-            out.append(int(d))
-    return out
-
-
 def _daemon(base):
     return lxcfs._pid(base) if lxcfs._running(lxcfs._pid(base)) else 0
 
@@ -206,7 +194,7 @@ def test_lxcfs_is_not_stopped_between_a_starts_hand_out_and_its_binds(monkeypatc
     try:
         assert lxcfs.ensure() == os.path.join(base, "mnt")
         daemon = _daemon(base)
-        assert not _zombie_children()   # the start's intermediate process was reaped
+        assert not conftest.zombies_of({os.getpid()})   # the start's intermediate process was reaped
         assert not lxcfs.release() and _daemon(base) == daemon   # still held
         lxcfs.settled()
         assert lxcfs.release() and not lxcfs._running(daemon)    # unused and not held

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import request_as, until
+from ctrun import client
 from ctrun.client import OCI_MAGIC
 from ctrun.oci import serving, spawn
+from ctrun.procs import parent_pid
 from oci_bundle import OCI, wait_child
 
 PARENT = os.environ["CTRUN_CGROUP_PARENT"]
@@ -36,18 +38,9 @@ def _server(root):
 
     def find():
         pids = set(serving.server_pids(root))
-        top = [p for p in pids if _ppid(p) not in pids]
+        top = [p for p in pids if parent_pid(p) not in pids]
         return top[0] if len(top) == 1 and sock.exists() else None
     return until(find, what=f"the ctrun-oci server of {root}")
-
-
-def _ppid(pid):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except FileNotFoundError:
-        return None
 
 
 def _cold_lines(stderr):
@@ -213,15 +206,6 @@ def test_the_server_leaves_when_idle(oci):
     assert not any((m / PARENT / own).exists() for m in _mounts())
 
 
-def _request(argv):
-    """A whole OCI server request for argv (ctrun.client's layout, OCI_MAGIC first)."""
-    payload = b"\0".join([OCI_MAGIC, os.fsencode(str(Path(serving.__file__).resolve()
-                                                     .parents[1])),
-                          b"22", b"%d" % len(argv), *map(os.fsencode, argv),
-                          b"PATH=/usr/bin:/bin"])
-    return len(payload).to_bytes(4, "little") + payload
-
-
 def test_the_socket_is_root_only(oci):
     oci("state", "nosuch", check=False)
     _server(oci.root)
@@ -230,8 +214,8 @@ def test_the_socket_is_root_only(oci):
     assert run.stat().st_mode & 0o777 == 0o700
     assert (run / "server.sock").stat().st_mode & 0o777 == 0o600
     argv = ["--root", str(oci.root), "state", "nosuch"]
-    assert request_as(run / "server.sock", 0, _request(argv)) == b"Sx1\n"
-    assert request_as(run / "server.sock", 65534, _request(argv)) == b""
+    assert request_as(run / "server.sock", 0, client._request(argv, OCI_MAGIC)) == b"Sx1\n"
+    assert request_as(run / "server.sock", 65534, client._request(argv, OCI_MAGIC)) == b""
 
 
 def test_a_call_no_server_can_serve_runs_cold(oci):
