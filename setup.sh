@@ -13,7 +13,8 @@ DEBS=(busybox-static tini python3-venv python3-dev python3-seccomp gcc libc6-dev
       runc crun umoci skopeo conmon podman netavark aardvark-dns containerd docker-registry
       apache2-utils openssl
       qemu-system-x86 qemu-utils linux-image-cloud-amd64 lz4 cpio e2fsprogs
-      python3-matplotlib python3-jsonschema lxcfs openssh-client systemd-container lxc)
+      python3-matplotlib python3-jsonschema lxcfs openssh-client systemd-container lxc
+      python3-zstandard systemd)
 
 if [ "$(id -u)" != 0 ]; then echo "setup.sh: run as root (sudo ./setup.sh)" >&2; exit 1; fi
 missing=()
