@@ -38,6 +38,8 @@ from .procs import parent_pid, reaped
 from .serversock import exec_daemon, fd_rights, passed_fds
 
 SOCK = "monitor.sock"
+# how long a client waits for a leaving monitor to release the store's monitor lock
+LEAVING_S = 2.0
 
 
 class Monitor:
@@ -541,24 +543,29 @@ def serve_with_server(root, ready_fd):
     store, it is asked to start the server instead; if none can, the server starts on its
     own (it then hands detached starts to a monitor by op_start, as the CLI does)."""
     m = Monitor(root)
-    lock = m.lock()
-    if lock is not None:
-        log = os.open(os.path.join(m.run, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                      0o600)
-        os.dup2(log, 2)  # the client started it with the server's log
-        os.close(log)
-        m.spawn_server(os.environb, ready_fd)
-        os.close(ready_fd)
-        return m.serve(lock)
-    try:
-        env = {os.fsdecode(k): os.fsdecode(v) for k, v in os.environb.items()}
-        reply = request(root, {"op": "server", "env": env}, fds=[ready_fd], spawn=False)
-    except (OSError, ValueError):
-        reply = None
-    if reply and reply.get("ok"):
-        return 0
-    os.dup2(ready_fd, 3)
-    os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.server", root, "3"])
+    env = {os.fsdecode(k): os.fsdecode(v) for k, v in os.environb.items()}
+    # a monitor that holds the lock but does not answer is leaving (its last server or
+    # container gone): its lock goes with it, and this one takes over.  A server started
+    # on its own would hand every detached start to a cold launcher for all its life.
+    deadline = time.monotonic() + LEAVING_S
+    while (lock := m.lock()) is None:
+        try:
+            reply = request(root, {"op": "server", "env": env}, fds=[ready_fd], spawn=False)
+        except (OSError, ValueError):
+            reply = None
+        if reply and reply.get("ok"):
+            return 0
+        if time.monotonic() > deadline:
+            os.dup2(ready_fd, 3)
+            os.execv(sys.executable, [sys.executable, "-P", "-m", "ctrun.server", root, "3"])
+        time.sleep(0.005)
+    log = os.open(os.path.join(m.run, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                  0o600)
+    os.dup2(log, 2)  # the client started it with the server's log
+    os.close(log)
+    m.spawn_server(os.environb, ready_fd)
+    os.close(ready_fd)
+    return m.serve(lock)
 
 
 def main():

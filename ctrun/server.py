@@ -315,6 +315,11 @@ class Server:
             self._retire()
             return
         adopts = self.monitor is not None and os.getppid() == self.monitor
+        if self.monitor is not None and not adopts:
+            # its monitor died: this call is still served (a new monitor's launcher starts
+            # what it starts), then the server gives way, so the next call starts a new
+            # monitor with a server it adopts from (a cold launcher per start is slow)
+            self._retire()
         _send(c, b"S")
         pid = self._hand_to_spare(c, payload, adopts)
         if pid is not None:

@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import termios
+import threading
 import time
 
 from conftest import CTRUN, REPO, _monitor_pids, request_as, server_pids, until
@@ -416,18 +417,43 @@ def test_the_idle_monitor_leaves_with_its_server(cli, store):
            what="the idle monitor's exit once its server is gone")
 
 
-def test_a_server_whose_monitor_died_hands_starts_to_a_new_one(cli, store):
+def test_a_server_whose_monitor_died_serves_the_call_then_gives_way(cli, store):
+    """Its start goes to a new monitor; then it leaves, and the next call starts a server
+    that new monitor adopts starts from (no cold launcher per start)."""
     _busybox(cli, store)
     server, monitor = _server(store), _monitor_pids(store)
     os.kill(monitor[0], signal.SIGKILL)
     until(lambda: not _monitor_pids(store), what="the killed monitor's exit")
     cli("run", "-d", "--name", "d", "busybox", "--", "sleep", "100", check=True)
-    assert _server(store) == server
     new = _monitor_pids(store)
     assert new and new != monitor
     pid = json.loads(cli("inspect", "d", check=True).stdout)["pid"]
     assert parent_pid(pid) == new[0]
+    until(lambda: server not in server_pids(store), what="the orphaned server's exit")
+    cli("list", check=True)
+    assert _monitor_pids(store) == new
+    assert parent_pid(_server(store)) == new[0]
     cli("destroy", "-f", "d", check=True)
+
+
+def test_a_client_waits_for_a_leaving_monitor_and_its_server_is_adopted(cli, store):
+    """A monitor that holds the store's lock but no longer answers is leaving: the new
+    monitor the client starts waits for that lock, and starts the server as its child,
+    instead of a server on its own (which would start each detached container through a
+    cold launcher for all its life)."""
+    cli("image", "build", "busybox", check=True)   # in-process: no monitor, no server
+    lock = os.open(store / "run" / "monitor.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    leave = threading.Timer(0.5, os.close, (lock,))
+    leave.start()
+    try:
+        cli("list", check=True)
+    finally:
+        leave.join()
+    server = _server(store)
+    assert server and "--adopted" in open(f"/proc/{server}/cmdline").read().split("\0")
+    assert [parent_pid(server)] == _monitor_pids(store)
 
 
 def test_a_call_is_taken_by_the_spare_worker_forked_before_it(cli, store):
