@@ -78,16 +78,17 @@ os.environ.setdefault("CTRUN_OCI_BIN", CTRUN_OCI[0])
 os.environ.setdefault("CTRUN_OCI_RUNTIME", os.environ["CTRUN_OCI_BIN"])
 
 
-def until(pred, timeout=15.0, what="the condition", interval=0.05):
-    """pred()'s first true value, polled every `interval` s; the test fails after
-    `timeout` s.  (test_cgroups_real keeps its own: it also runs alone in a guest.)"""
+def until(pred, timeout=15.0, what="the condition", interval=0.05, error=AssertionError):
+    """pred()'s first true value, polled every `interval` s; after `timeout` s, `error`
+    (the test fails; the OCI client harness passes its HarnessError).  (test_cgroups_real
+    keeps its own: it also runs alone in a guest.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"{what} did not happen in {timeout} s")
+    raise error(f"{what} did not happen in {timeout} s")
 
 
 def _cgroup_dirs(parent):

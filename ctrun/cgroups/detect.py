@@ -1,10 +1,10 @@
 """Find which cgroup hierarchies the host mounts, from mountinfo (never from guessed paths)."""
 
 import os
-import re
 from pathlib import Path
 
 from ..errors import HostUnsupported
+from ..mountinfo import parse as mounts
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -51,11 +51,6 @@ class Layout:
         return Layout(self.kind, v1, v2, _read_controllers(v2))
 
 
-def _unescape(s):
-    # mountinfo octal-escapes space, tab, newline and backslash
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), s)
-
-
 def _read_controllers(v2):
     if v2 is None:
         return set()
@@ -72,15 +67,8 @@ def parse(text, root=None):
     """
     v1, v1_root = {}, {}
     v2 = None
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        if len(fields) < sep + 4 or sep < 5:
-            continue
-        fstype, superopts = fields[sep + 1], fields[sep + 3]
-        src, mnt = _unescape(fields[3]), Path(_unescape(fields[4]))
+    for m in mounts(text.splitlines()):
+        fstype, superopts, src, mnt = m.fstype, m.superopts, m.root, Path(m.point)
         if root is not None:
             mnt = Path(root) / mnt.relative_to("/")
         if fstype == "cgroup2":

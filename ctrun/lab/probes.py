@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from .. import mountinfo
 from ..errors import CtrunError
 from .workloads import parse
 
@@ -51,15 +52,11 @@ def host_kernel():
             "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
 
 
-def mount_keys(mountinfo):
-    """(major:minor, root, mount point, fs type, source) of real (non-pseudo) mounts."""
-    keys = set()
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        f, r = left.split(), right.split()
-        if sep and len(f) >= 5 and len(r) >= 2 and r[0] not in PSEUDO:
-            keys.add((f[2], f[3], f[4], r[0], r[1]))
-    return keys
+def mount_keys(text):
+    """(major:minor, root, mount point, fs type, source) of real (non-pseudo) mounts, from
+    mountinfo's text."""
+    return {(m.dev, m.root, m.point, m.fstype, m.source)
+            for m in mountinfo.parse(text.splitlines()) if m.fstype not in PSEUDO}
 
 
 def _err_outcome(result, shared_kernel, what, allowed=("0",)):

@@ -37,6 +37,7 @@ import signal
 import time
 import zlib
 
+from .. import mountinfo
 from ..errors import CtrunError, HostUnsupported
 from ..libc import MNT_DETACH, umount2
 
@@ -172,10 +173,8 @@ def _in_use(mnt):
                 continue
             seen.add(ns)
             with open(f"/proc/{pid}/mountinfo") as f:
-                for line in f:
-                    fields = line.split()
-                    if fields[2] == dev and _unescape(fields[4]) != mnt:
-                        return True
+                if any(m.dev == dev and m.point != mnt for m in mountinfo.parse(f)):
+                    return True
         except OSError:
             pass   # gone meanwhile
     return False
@@ -284,19 +283,8 @@ def _alive(base, mnt):
 
 def _lxcfs_mounts():
     """{mount point: its device (major:minor)} of each LXCFS mounted here."""
-    out = {}
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "fuse.lxcfs":
-                out[_unescape(fields[4])] = fields[2]
-    return out
-
-
-def _unescape(field):
-    """mountinfo's octal escapes (\\040 for a space) decoded."""
-    parts = field.split("\\")
-    return parts[0] + "".join(chr(int(p[:3], 8)) + p[3:] for p in parts[1:])
+        return {m.point: m.dev for m in mountinfo.parse(f) if m.fstype == "fuse.lxcfs"}
 
 
 def _pid(base):

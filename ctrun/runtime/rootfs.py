@@ -9,9 +9,9 @@ symlink planted in the image cannot redirect a mount onto the host.
 
 import errno
 import os
-import re
 import stat
 
+from .. import mountinfo
 from ..errors import InvalidInput
 from ..kernel import linux
 from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
@@ -190,8 +190,7 @@ def _readonly_walk(target):
     """Remount read-only the mount at target and every mount below it."""
     top = os.path.normpath(os.path.join("/", target))
     with open("/proc/self/mountinfo") as f:
-        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-                  for line in f]
+        points = [m.point for m in mountinfo.parse(f)]
     for p in points:
         if p == top or p.startswith(top.rstrip("/") + "/"):
             linux.mount(None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _kept_flags(p))

@@ -23,7 +23,8 @@ Fixtures (import them into a test module by name):
   oci_calls        the session's CallLog; CTRUN_OCI_CALLS=FILE writes it as markdown
 A missing client binary fails the test with the Debian package to install; it never skips.
 
-pytest is optional at import: benchmarks/bench_oci.py uses the classes with Debian's python.
+pytest is optional at import: benchmarks/bench_oci.py uses the classes with Debian's python
+(all but Containerd, whose start polls with conftest's until).
 """
 
 import contextlib
@@ -139,16 +140,6 @@ def frozen(pid):
     if (cg / "freezer.state").exists():
         return (cg / "freezer.state").read_text().strip() == "FROZEN"
     return "frozen 1" in (cg / "cgroup.events").read_text()
-
-
-def wait_for(cond, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise HarnessError(f"{what} did not happen in {timeout} s")
 
 
 # ------------------------------------------------------------------ the logging wrapper
@@ -683,7 +674,9 @@ class Containerd:
                 raise HarnessError(f"containerd exited ({self.proc.returncode}): "
                                    f"{self.log.read_text()[-1500:]}")
             return self.address.exists() and self("version").returncode == 0
-        wait_for(ready, timeout, f"containerd answering on {self.address}", interval=0.1)
+        from conftest import until   # (containerd runs under pytest only: its fixture)
+        until(ready, timeout, f"containerd answering on {self.address}", interval=0.1,
+              error=HarnessError)
         return self
 
     def cmd(self, *args):

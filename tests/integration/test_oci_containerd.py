@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
+from conftest import until
 from oci_clients import (IMAGE, busybox_archive, containerd, frozen, in_pty,  # noqa: F401
-                         oci_calls, oci_runtime, oci_wrapper, verbs, wait_for)
+                         oci_calls, oci_runtime, oci_wrapper, verbs)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def ctd(containerd, oci_wrapper, oci_calls):
     yield containerd
     for task in containerd("task", "ls", "-q").stdout.split():
         containerd("task", "kill", "-s", "SIGKILL", task)
-        wait_for(lambda: task_status(containerd, task) != "RUNNING", 10, f"{task} stopping")
+        until(lambda: task_status(containerd, task) != "RUNNING", 10, f"{task} stopping")
         containerd("task", "delete", task)
     for c in containerd("container", "ls", "-q").stdout.split():
         containerd("container", "delete", c)
@@ -107,7 +108,7 @@ def test_kill_then_delete(ctd):
     r, calls = ctd.traced("task kill", "task", "kill", "--signal", "SIGTERM", "victim")
     assert r.returncode == 0, r.stderr
     assert verbs(calls) == ["kill"] and calls[0][-2:] == ["victim", "15"]
-    wait_for(lambda: task_status(ctd, "victim") == "STOPPED", 10, "the task stopping")
+    until(lambda: task_status(ctd, "victim") == "STOPPED", 10, "the task stopping")
     assert _state(pid) in (None, "Z")
     r, calls = ctd.traced("task delete", "task", "delete", "victim")
     assert r.returncode == 0, r.stderr
@@ -164,7 +165,7 @@ def test_kill_all(ctd):
     assert r.returncode == 0, r.stderr
     assert verbs(calls) == ["kill"] and "--all" in calls[0]
     assert calls[0][-2:] == ["group", "9"]
-    wait_for(lambda: task_status(ctd, "group") == "STOPPED", 10, "the task stopping")
+    until(lambda: task_status(ctd, "group") == "STOPPED", 10, "the task stopping")
 
 
 def _state(pid):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import until
 from oci_clients import (IMAGE, busybox_archive, cgroup_of, frozen, in_pty,  # noqa: F401
-                         oci_calls, oci_runtime, oci_wrapper, podman, verbs, wait_for)
+                         oci_calls, oci_runtime, oci_wrapper, podman, verbs)
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +79,8 @@ def test_run_detached_then_exec_with_a_tty(pm, oci_wrapper, oci_calls):
 
 def test_logs(pm):
     detached(pm, "talker", "sh", "-c", "echo hello-from-the-box; sleep 1000")
-    wait_for(lambda: "hello-from-the-box" in pm("logs", "talker").stdout, 10,
-             "the container's output in podman logs")
+    until(lambda: "hello-from-the-box" in pm("logs", "talker").stdout, 10,
+          "the container's output in podman logs")
     r, calls = pm.traced("logs", "logs", "talker")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hello-from-the-box\n"
@@ -118,7 +119,7 @@ def test_bridge_network_with_a_published_port(pm, oci_calls):
             return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
         except OSError:
             return None
-    assert wait_for(fetch, 20, f"an answer on the published port {port}") \
+    assert until(fetch, 20, f"an answer on the published port {port}") \
         == b"served-by-busybox\n"
 
 

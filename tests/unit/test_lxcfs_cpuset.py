@@ -1,6 +1,8 @@
 """Which cpuset --cpus gives (so nproc says N), and mountinfo's escaped mount points."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -53,6 +55,31 @@ def test_no_cpuset_controller_keeps_the_quota_alone():
     lxcfs.spread_cpus(FakeManager(fail=True), Limits(cpus=1.0), "web")   # no error
 
 
-def test_mount_points_are_unescaped():
-    assert lxcfs._unescape(r"/run/my\040dir/mnt") == "/run/my dir/mnt"
-    assert lxcfs._unescape("/var/lib/lxcfs") == "/var/lib/lxcfs"
+# in a mount namespace of its own: a FUSE mount of type fuse.lxcfs (no daemon behind it;
+# nothing reads through it) at a path with a space, then a bind of it elsewhere
+ESCAPED_MOUNT = """
+import os, sys
+from ctrun.kernel import linux
+from ctrun.libc import MS_BIND
+from ctrun.runtime import lxcfs
+mnt, bound = sys.argv[1:]
+fd = os.open("/dev/fuse", os.O_RDWR)
+linux.mount("lxcfs", mnt, "fuse.lxcfs", 0, f"fd={fd},rootmode=40000,user_id=0,group_id=0")
+print(mnt in lxcfs._lxcfs_mounts(), lxcfs._in_use(mnt))
+linux.mount(mnt, bound, None, MS_BIND)
+print(lxcfs._in_use(mnt))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_mount_points_with_a_space_are_decoded(tmp_path):
+    """mountinfo shows "my dir" as my\\040dir: an LXCFS there is found, and counts as in use
+    only once another mount of it exists."""
+    mnt, bound = tmp_path / "my dir" / "mnt", tmp_path / "my dir" / "bound"
+    mnt.mkdir(parents=True)
+    bound.mkdir()
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        "-c", ESCAPED_MOUNT, str(mnt), str(bound)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False", "True"]
