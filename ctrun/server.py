@@ -71,6 +71,10 @@ NFDS = 4
 WARM_PARSES = 16
 MADV_POPULATE_WRITE = 23
 POPULATE_CHUNK = 1 << 20
+# the spare copies the server's pages only once the host has been quiet this long after the
+# last call: a container that call started (a booting systemd forks dozens of processes) would
+# otherwise share the CPUs with ~12 MB of page copying
+COPY_AFTER = 0.2
 # what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
 # python -X importtime); the rest loads in the worker that needs it
 WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.process",
@@ -525,14 +529,16 @@ class Server:
 
 
 def _own_pages(sock):
-    """In the spare: take a copy of each page shared with the server now, so the call's
-    steps do not fault on them one by one.  MADV_POPULATE_WRITE (Linux 5.14) does it in
+    """In the spare, once the host is quiet (COPY_AFTER): take a copy of each page shared
+    with the server, so the call's steps do not fault on them one by one.  MADV_POPULATE_WRITE (Linux 5.14) does it in
     the kernel for every private writable mapping, a chunk at a time: a call that comes
     meanwhile (calls back to back) stops it, and the rest faults as it is touched.
     Without it, each object Python tracks is referenced (its refcount written), which
     covers most of its heap."""
     import ctypes
     import select
+    if select.select([sock], [], [], COPY_AFTER)[0]:
+        return   # a call came first: it faults what it touches
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     with open("/proc/self/maps", "rb") as f:
