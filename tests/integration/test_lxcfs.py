@@ -111,6 +111,34 @@ def test_a_dead_lxcfs_is_replaced_at_the_next_start(store, tmp_path):
 
 
 @needs_lxcfs
+def test_the_files_ctrun_s_lxcfs_has_are_listed_once_per_daemon(store, tmp_path):
+    """A start binds the files its LXCFS has: found once, then read from the list kept
+    beside the pid file; a daemon started again makes the next start look again."""
+    base = str(tmp_path / "lxcfs")
+    env = {"CTRUN_LXCFS_DIR": base}
+    kept = os.path.join(base, lxcfs.SERVED)
+    cat = ("run", "--rm", "--memory", "64M", "busybox", "--", "cat", "/proc/meminfo")
+    try:
+        r = run_with(store, env, *cat)
+        assert r.returncode == 0 and meminfo_total_kib(r.stdout) == 64 * 1024, r.stderr
+        listed = open(kept).read().split()
+        assert "proc/meminfo" in listed and set(listed) <= set(lxcfs.FILES)
+        with open(kept, "w") as f:     # the list is what the next start binds
+            f.write("proc/uptime\n")
+        r = run_with(store, env, *cat)
+        assert r.returncode == 0 and meminfo_total_kib(r.stdout) != 64 * 1024, r.stderr
+        pid = int(open(os.path.join(base, "lxcfs.pid")).read())
+        os.kill(pid, signal.SIGKILL)
+        while lxcfs._running(pid):
+            time.sleep(0.01)
+        r = run_with(store, env, *cat)  # a new daemon: its files are found again
+        assert r.returncode == 0 and meminfo_total_kib(r.stdout) == 64 * 1024, r.stderr
+        assert open(kept).read().split() == listed
+    finally:
+        lxcfs.stop(base)
+
+
+@needs_lxcfs
 def test_concurrent_first_starts_share_one_lxcfs(store, tmp_path):
     base = str(tmp_path / "lxcfs")
     env = {**os.environ, "CTRUN_LXCFS_DIR": base}
