@@ -1,6 +1,7 @@
 """A store's start pools (pre-made cgroups and network namespaces), filled by the warm
-server in the background and used by starts of a Ctrun made with pool=True (or with
-CTRUN_POOL=1 in the environment).
+server's spare worker once the host is quiet (ctrun.server) and emptied when the server
+leaves; used by the starts of its workers, and of a Ctrun made with pool=True (or with
+CTRUN_POOL=1 in the environment; CTRUN_POOL=0 turns them off, the server's too).
 
 The server may also park a zygote (runtime.zygote) in each pooled cgroup with park(): a
 start in this process that takes that cgroup has the zygote fork its init, so no task is
@@ -16,9 +17,17 @@ from .config import DEFAULT_CGROUP_PARENT
 ZYGOTES = {}
 
 
+# set in a worker of a store's warm server, whose spares fill the pools (ctrun.server)
+SERVED = False
+
+
 def enabled(flag=None):
-    """Whether starts take from the pools: the flag, or else $CTRUN_POOL == "1"."""
-    return flag if flag is not None else os.environ.get("CTRUN_POOL") == "1"
+    """Whether starts take from the pools: the flag; else $CTRUN_POOL ("1" or "0"); else
+    whether this process is a warm server's worker."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("CTRUN_POOL")
+    return env == "1" if env in ("0", "1") else SERVED
 
 
 def cgroup_pool(store, parent=None, layout=None):

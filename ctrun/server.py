@@ -52,6 +52,7 @@ would have saved it), after which a spare is made again.
 import errno
 import fcntl
 import os
+import select
 import selectors
 import signal
 import socket
@@ -71,10 +72,9 @@ NFDS = 4
 WARM_PARSES = 16
 MADV_POPULATE_WRITE = 23
 POPULATE_CHUNK = 1 << 20
-# the spare copies the server's pages only once the host has been quiet this long after the
-# last call: a container that call started (a booting systemd forks dozens of processes) would
-# otherwise share the CPUs with ~12 MB of page copying
+# the spare works ahead (StoreKind.ahead) only once the host has been quiet this long
 COPY_AFTER = 0.2
+POOL_SIZE = 1   # pre-made cgroups and network namespaces a store server keeps (pools)
 # what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
 # python -X importtime); the rest loads in the worker that needs it
 WARM = ("ctrun.cli", "ctrun.api", "ctrun.backends.container", "ctrun.runtime.process",
@@ -104,11 +104,13 @@ class StoreKind:
     stays in the cgroup of the monitor that started it.  ctrun.oci.serving.OciKind is the
     other kind."""
     magic, prog, entry = MAGIC, "ctrun", "ctrun.cli"
-    own_pages = True   # its spare copies the server's pages ahead (_own_pages)
 
     def __init__(self, root):
         from .state import Store
         self.store = Store(root)
+        # its workers' starts take pre-made cgroups and network namespaces, which its
+        # spares make (CTRUN_POOL=0 turns that off)
+        self.pools = os.environ.get("CTRUN_POOL") != "0"
 
     def run_dir(self):
         self.store.ensure()
@@ -118,7 +120,31 @@ class StoreKind:
         """Once it holds the lock, before it serves."""
 
     def leave(self):
-        """After its last call."""
+        """After its last call: what its spares put in the pools goes."""
+        if self.pools:
+            from . import pools
+            pools.drain(self.store)
+
+    def worker(self):
+        """In a worker, before the call runs."""
+        if self.pools:
+            from . import pools
+            pools.SERVED = True
+
+    def ahead(self, sock):
+        """In the spare, until its call comes (readable on sock): once the host has been
+        quiet for COPY_AFTER (a container the last call started, a booting systemd that
+        forks dozens of processes, would otherwise share the CPUs with this), a copy of
+        the server's pages (_own_pages), then the store's pools topped up."""
+        if select.select([sock], [], [], COPY_AFTER)[0]:
+            return   # a call came first: it faults what it touches
+        _own_pages(sock)
+        if self.pools and not select.select([sock], [], [], 0)[0]:
+            from . import pools
+            try:
+                pools.fill(self.store, POOL_SIZE)
+            except Exception as e:  # noqa: BLE001 - the starts make their own instead
+                _write(2, f"ctrun server: cannot fill the start pools: {e}\n")
 
     def warm(self):
         warm()
@@ -410,8 +436,7 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
-            if self.kind.own_pages:
-                _own_pages(sock)
+            self.kind.ahead(sock)
             head = b""
             fds = []
             while len(head) < 9:
@@ -477,6 +502,7 @@ class Server:
             if os.getppid() != server:
                 os.kill(os.getpid(), signal.SIGHUP)
             prctl.set_name(self.kind.prog)
+            self.kind.worker()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # nothing of the server's, nor of its other clients', stays open in a worker
             self.sel.close()
@@ -529,16 +555,13 @@ class Server:
 
 
 def _own_pages(sock):
-    """In the spare, once the host is quiet (COPY_AFTER): take a copy of each page shared
-    with the server, so the call's steps do not fault on them one by one.
+    """In the spare: take a copy of each page shared with the server, so the call's steps
+    do not fault on them one by one.
     MADV_POPULATE_WRITE (Linux 5.14) does it in the kernel for every private writable
     mapping, a chunk at a time: a call that comes meanwhile (calls back to back) stops
     it, and the rest faults as it is touched.  Without it, each object Python tracks is
     referenced (its refcount written), which covers most of its heap."""
     import ctypes
-    import select
-    if select.select([sock], [], [], COPY_AFTER)[0]:
-        return   # a call came first: it faults what it touches
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     with open("/proc/self/maps", "rb") as f:

@@ -4,11 +4,12 @@ namespaces joined by path, per store, against the real kernel (root)."""
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, own_store
+from conftest import CLI, own_store, server_pids, until
 from ctrun import pools
 from ctrun.api import Ctrun
 from ctrun.cgroups import detect
@@ -104,7 +105,8 @@ def test_two_stores_take_only_their_own_entries():
         assert pools.drain(a.store) == (1, 1)
 
 
-def test_gc_empties_the_pools(store, cli):
+def test_gc_empties_the_pools(store, cli, monkeypatch):
+    monkeypatch.setenv("CTRUN_POOL", "0")   # the server gc starts keeps them empty
     ct = Ctrun(store)
     pools.fill(ct.store, 2)
     out = cli("gc", check=True).stdout
@@ -208,3 +210,55 @@ def test_a_start_whose_parked_zygote_died_forks_its_own_intermediate(store):
         assert ct.run("busybox", ["true"], name="zd", rm=True, net="none") == 0
     finally:
         pools.drain(ct.store)
+
+
+def _entries(store):
+    """(cgroup entries, network namespace entries) of a store's pools."""
+    return pools.cgroup_pool(store).entries(), NetnsPool(store).entries()
+
+
+def _the_server(root):
+    return next(p for p in server_pids(root)
+                if open(f"/proc/{p}/comm").read().strip() == "ctrun-server")
+
+
+def test_the_servers_spare_fills_the_pools_and_its_starts_take_them(store, cli):
+    mnt = _mem_mount()
+    st = Ctrun(store).store
+    cli("image", "build", "busybox", check=True)   # in-process: the store did not exist
+    cli("list", check=True)                        # its server, whose spare fills them
+    cg, ns = until(lambda: all(_entries(st)) and _entries(st), what="the pools' entries")
+    cg_ino, ns_ino = os.stat(mnt / PARENT / cg[0]).st_ino, os.stat(ns[0]).st_ino
+    cli("run", "-d", "--name", "p", "--net", "none", "busybox", "--", "sleep", "60",
+        check=True)
+    pid = cli.json("inspect", "p")["pid"]
+    # the very cgroup and network namespace the spare made
+    assert os.stat(mnt / Ctrun(store).cgroup_manager("p").rel).st_ino == cg_ino
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == ns_ino
+    assert cg[0] not in _entries(st)[0] and ns[0] not in _entries(st)[1]
+    cli("destroy", "-f", "p", check=True)
+
+
+def test_the_server_empties_the_pools_when_it_leaves(store, cli):
+    _mem_mount()
+    st = Ctrun(store).store
+    cli("image", "build", "busybox", check=True)
+    cli("list", check=True)
+    until(lambda: all(_entries(st)), what="the pools' entries")
+    server = _the_server(store)
+    os.kill(server, signal.SIGTERM)
+    until(lambda: server not in server_pids(store), what="the server's exit")
+    assert _entries(st) == ([], [])
+    assert str(st.root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_ctrun_pool_0_keeps_the_server_from_filling_them(store, cli, monkeypatch):
+    _mem_mount()
+    monkeypatch.setenv("CTRUN_POOL", "0")
+    st = Ctrun(store).store
+    cli("image", "build", "busybox", check=True)
+    cli("list", check=True)
+    time.sleep(1.0)   # well past the spare's quiet time (server.COPY_AFTER)
+    assert _entries(st) == ([], [])
+    cli("run", "--rm", "--net", "none", "busybox", "--", "true", check=True)
+    assert _entries(st) == ([], [])
