@@ -235,15 +235,16 @@ class Ctrun(SharedVerbs, VPSVerbs, ObserveVerbs):
         from . import monitor
         sid = os.urandom(6).hex()
         started = _now()
-        # synced once the init runs (before the verb returns), not before its start
-        write_json(cdir / "state.json", {"start_id": sid, "started_at": started},
-                   durable=False)
+
+        def record():   # synced once the init runs (before the verb returns)
+            write_json(cdir / "state.json", {"start_id": sid, "started_at": started},
+                       durable=False)
         try:
             reply = monitor.start(self.store.root, {
                 "op": "start", "name": name, "cdir": str(cdir), "start_id": sid,
                 "root": str(self.store.root), "started_at": started, "bpf": None,
                 "cgroup_parent": "/".join(mgr.parent_parts), "cgroup_name": mgr.name,
-                **extra}, cfg, backend)
+                **extra}, cfg, backend, record)
         except CtrunError:  # no monitor could be reached: nothing was started
             base.undo_start(self.store, name, cdir, state, mgr, cfg.net)
             raise

@@ -382,24 +382,36 @@ def _log(rec, fd, data):
     rec["log"].write(stream, data)
 
 
-def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None):
+def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None, before=None):
     """Set the container up and start it (in a launcher forked from the monitor, which
     reads the container's Config and picks its backend, or in a worker of its server, which
     has them); the result the monitor records: {"ok", "pid", "pid_start"} or the error.
-    Closes out_w and err_w."""
+    before(): the caller's own record of the start, written with live.json.  Both are
+    written as soon as the pid is known, while the init builds its root, where the
+    backend tells it (on_pid).  Closes out_w and err_w."""
+    live = cdir / "live.json"
+    written = []
+
+    def record(pid, pid_start=None):
+        from .state import proc_start_time, write_json
+        if before is not None:
+            before()
+        write_json(live, {"start_id": req["start_id"], "pid": pid,
+                          "pid_start": pid_start or proc_start_time(pid),
+                          "started_at": req["started_at"], "monitor": "shared"},
+                   durable=False)
+        written.append(pid)
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from .state import write_json
         if cfg is None:
             from . import backends, config
             cfg = config.load(cdir) or config.Config(req["name"])
             backend = backends.for_mode(cfg.mode)(None)
-        pid, pid_start, launched = backend.launch(req, cdir, cfg, out_w, err_w, console)
-        write_json(cdir / "live.json", {"start_id": req["start_id"], "pid": pid,
-                                        "pid_start": pid_start,
-                                        "started_at": req["started_at"], "monitor": "shared"},
-                   durable=False)
+        pid, pid_start, launched = backend.launch(req, cdir, cfg, out_w, err_w, console,
+                                                  on_pid=record)
+        if not written:
+            record(pid, pid_start)
         if launched is not None:
             launched.start()
         result = {"ok": True, "pid": pid, "pid_start": pid_start}
@@ -407,6 +419,11 @@ def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None):
             result["listener"] = launched.listener   # an fd: the caller hands it on
     except Exception as e:  # noqa: BLE001
         result = {"ok": False, "kind": type(e).__name__, "message": str(e)}
+        if written:   # its init is gone: no live record of it
+            try:
+                os.unlink(live)
+            except OSError:
+                pass
     finally:
         for fd in (out_w, err_w):
             os.close(fd)
@@ -419,11 +436,14 @@ ADOPTS = False
 _DEFERRED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 
-def start(root, req, cfg, backend):
+def start(root, req, cfg, backend, before=None):
     """Have the store's monitor start and supervise a container (its Config and the backend
     the lifecycle chose for it): op_start, or, in a worker of its own server, launched here
-    (warm) and adopted.  The monitor's reply."""
+    (warm) and adopted.  before(): the caller's record of the start, written first (here,
+    while the init builds its root).  The monitor's reply."""
     if not ADOPTS or not backend.orphans_launch:
+        if before is not None:
+            before()
         return request(root, req)
     # the start completes once begun, as a launcher in the monitor would complete it: the
     # client's Ctrl-C or its death (a SIGHUP) reaches this worker only once the monitor
@@ -438,7 +458,7 @@ def start(root, req, cfg, backend):
         # the monitor gets this one
         from pathlib import Path
         result = launch(Path(req["cdir"]), req, out_w, err_w,
-                        console and (os.dup(console[0]), console[1]), cfg, backend)
+                        console and (os.dup(console[0]), console[1]), cfg, backend, before)
         if not result.get("ok"):
             return result
         sysinfo = "listener" in result

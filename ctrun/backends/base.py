@@ -28,6 +28,7 @@ class Backend:
     def __init__(self, store, warn=None):
         self.store = store
         self.warn = warn or (lambda message: None)
+        self.specs = {}   # container dir -> the spec this object's prepare_start wrote
 
     # ---- create: check options (before anything is written), then make its files
     def check_create(self, cfg, opts, limits):
@@ -50,9 +51,10 @@ class Backend:
     def ready(self, name, cdir, sid):
         """After the hand-off, without the lock: wait until the process is usable."""
 
-    def launch(self, req, cdir, cfg, out_w, err_w, console=None):
+    def launch(self, req, cdir, cfg, out_w, err_w, console=None, on_pid=None):
         """In the monitor's launcher: start the process; returns (pid, pid start time,
-        an object whose start() lets it run, or None)."""
+        an object whose start() lets it run, or None).  on_pid(pid), if the backend can:
+        called as soon as the pid is known, while the process still sets up."""
         raise NotImplementedError
 
     # can the caller supervise the process itself (run without -d: attach, wait_attached)

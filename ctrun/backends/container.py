@@ -94,6 +94,7 @@ class ContainerBackend(base.Backend):
                 caps = spec["process"]["capabilities"]["bounding"]
                 bpf_path = str(seccomp.bpf_path_for(caps, self.store.root / "cache"))
             write_json(cdir / "spec.json", spec, durable=False)
+            self.specs[str(cdir)] = spec
         except BaseException:
             if spec is not None:
                 _release_netns(spec)
@@ -106,13 +107,14 @@ class ContainerBackend(base.Backend):
             extra.update(console=True, console_uid=cfg.userns_base if cfg.userns else 0)
         return mgr, extra
 
-    def launch(self, req, cdir, cfg, out_w, err_w, console=None):
+    def launch(self, req, cdir, cfg, out_w, err_w, console=None, on_pid=None):
         from pathlib import Path
         from ..network import container as netc
         from ..runtime import process
         from ..state import Store
         plumber = netc.plumber_for(cfg.net)  # pyroute2 loads meanwhile
-        spec = read_json(cdir / "spec.json")
+        # the spec prepare_start wrote, if this process made it (a warm worker)
+        spec = self.specs.pop(str(cdir), None) or read_json(cdir / "spec.json")
         if console:
             os.close(console[0])
             spec["annotations"]["run.ctrun.console"] = os.ttyname(console[1])
@@ -120,7 +122,7 @@ class ContainerBackend(base.Backend):
         devnull = os.open("/dev/null", os.O_RDONLY)
         try:
             launched = process.launch(spec, stdio=(devnull, out_w, err_w), bpf=bpf,
-                                      zygote=_zygote(req.get("pool_entry")))
+                                      zygote=_zygote(req.get("pool_entry")), on_pid=on_pid)
         except BaseException:
             if plumber:
                 plumber.cancel()
@@ -152,7 +154,7 @@ class ContainerBackend(base.Backend):
             if plumber:
                 plumber.cancel()
             raise
-        spec = read_json(cdir / "spec.json")
+        spec = self.specs.pop(str(cdir), None) or read_json(cdir / "spec.json")
         sid = os.urandom(6).hex()
         started = now()
         # synced once the workload runs (state.sync below), not before its start

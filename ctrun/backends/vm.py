@@ -73,7 +73,7 @@ class VMBackend(base.Backend):
             base.await_exit_record(cdir, sid)
             raise ContainerFailed(f"VM '{name}' did not become ready: {e}") from None
 
-    def launch(self, req, cdir, cfg, out_w, err_w, console=None):
+    def launch(self, req, cdir, cfg, out_w, err_w, console=None, on_pid=None):
         from .. import cgroups
         from ..state import Store
         from ..vm import machine

@@ -267,12 +267,15 @@ class Launched:
             _raise_child_error(msg)
 
 
-def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=None):
+def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=None,
+           on_pid=None):
     """Create the container's init, set up but not yet running the workload.  on_hooks(pid):
     the caller's runtime-namespace OCI hooks, run when the init asks (before its
     pivot_root; annotation run.ctrun.runtime_hooks).  zygote: a runtime.zygote.Zygote
     already in the container's cgroup, which becomes the intermediate instead of a fork
-    of ours (no cgroup attach, so no wait for the kernel on the start path)."""
+    of ours (no cgroup attach, so no wait for the kernel on the start path).  on_pid(pid):
+    the caller's records of the start, written while the init builds its root (its
+    failure kills the init)."""
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
@@ -292,7 +295,7 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
             psock.close()
             middle(Channel(csock), spec, stdio, tty, bpf)
     csock.close()
-    return _await_init(chan, mid, spec, on_hooks, proc_start_time)
+    return _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid)
 
 
 def middle(cchan, spec, stdio, tty, bpf):
@@ -356,7 +359,7 @@ def middle(cchan, spec, stdio, tty, bpf):
         _report(cchan, step, e)
 
 
-def _await_init(chan, mid, spec, on_hooks, proc_start_time):
+def _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid=None):
     """The caller's side of launch: answer the intermediate and the init until it is ready."""
     pid = master = None
     ready = False
@@ -368,6 +371,8 @@ def _await_init(chan, mid, spec, on_hooks, proc_start_time):
                                              "rerun with --debug for details")
             if msg["type"] == "pid":
                 pid = msg["pid"]
+                if on_pid is not None:
+                    on_pid(pid)
             elif msg["type"] == "userns":
                 _map_userns(chan, msg["pid"], spec)
             elif msg["type"] == "pty":
