@@ -427,6 +427,11 @@ class Server:
             self.spare = None
             sock.close()   # it reads EOF and leaves
             _kill(pid, signal.SIGKILL)
+            # reaped here: gone before the server drains the pools it may be filling
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     def _spare_main(self, sock, mask):
         """In the spare: wait for a call, then become its worker."""
