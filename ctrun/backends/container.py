@@ -165,14 +165,16 @@ class ContainerBackend(base.Backend):
         if not interactive and not tty:
             stdin = os.open("/dev/null", os.O_RDONLY)
         try:
-            # a subreaper only while the init is forked: its intermediate exits and the
-            # init becomes our child.  Kept on, a Python program calling run() would
-            # inherit every later orphan (each monitor it spawns) and never reap them.
+            # a subreaper only while the init is forked (straight from here, or by an
+            # intermediate that exits: the init becomes our child).  Kept on, a Python
+            # program calling run() would inherit every later orphan (each monitor it
+            # spawns) and never reap them.
             was_reaper = prctl.get_child_subreaper()
             prctl.set_child_subreaper(1)
             try:
                 launched = process.launch(spec, stdio=(stdin, 1, 2), tty=tty, bpf=bpf,
-                                          zygote=_zygote(extra.get("pool_entry")))
+                                          zygote=_zygote(extra.get("pool_entry")),
+                                          child=True)
             finally:
                 _release_netns(spec)
                 if not was_reaper:

@@ -268,14 +268,16 @@ class Launched:
 
 
 def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=None,
-           on_pid=None):
+           on_pid=None, child=False):
     """Create the container's init, set up but not yet running the workload.  on_hooks(pid):
     the caller's runtime-namespace OCI hooks, run when the init asks (before its
     pivot_root; annotation run.ctrun.runtime_hooks).  zygote: a runtime.zygote.Zygote
     already in the container's cgroup, which becomes the intermediate instead of a fork
     of ours (no cgroup attach, so no wait for the kernel on the start path).  on_pid(pid):
     the caller's records of the start, written while the init builds its root (its
-    failure kills the init)."""
+    failure kills the init).  child: the init may stay the caller's child (an attached
+    run, which reaps it); with no namespace to join and no user namespace to map, it is
+    then forked from here, without an intermediate."""
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
@@ -289,6 +291,12 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
             csock.close()
             chan.close()
             raise
+    if mid is None and child and _direct(spec):
+        try:
+            pid = _fork_init(psock, csock, spec, stdio, tty, bpf)
+        finally:
+            csock.close()
+        return _await_init(chan, None, spec, on_hooks, proc_start_time, on_pid, pid)
     if mid is None:
         mid = linux.fork()
         if mid == 0:
@@ -296,6 +304,52 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
             middle(Channel(csock), spec, stdio, tty, bpf)
     csock.close()
     return _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid)
+
+
+def _direct(spec):
+    """The init can be forked by its caller: nothing to join by path, no user namespace
+    (whose maps its parent writes), no exec fifo (an OCI create, whose init outlives it)."""
+    nss = spec["linux"]["namespaces"]
+    return not (any(ns.get("path") for ns in nss) or namespaces.new(nss, "user")
+                or spec["annotations"].get("run.ctrun.exec_fifo"))
+
+
+def _fork_init(psock, csock, spec, stdio, tty, bpf):
+    """Fork the init from this process, into a new pid namespace when the spec has one;
+    this process's own later children stay in its pid namespace.  Returns its pid."""
+    own = None
+    if namespaces.new(spec["linux"]["namespaces"], "pid"):
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        linux.unshare(libc.CLONE_NEWPID)
+    try:
+        pid = linux.fork()
+        if pid == 0:
+            psock.close()
+            chan = Channel(csock)
+            try:
+                _enter_host_side(spec)
+            except BaseException as e:  # noqa: BLE001
+                _report(chan, "joining the container's cgroup", e)
+            _init_main(chan, spec, stdio, tty, bpf)
+    finally:
+        if own is not None:
+            linux.setns(own, libc.CLONE_NEWPID)
+            os.close(own)
+    return pid
+
+
+def _enter_host_side(spec):
+    """What the init takes from the host side before any namespace: non-dumpable (until
+    its execve), the container's cgroup (inherited by the workload), oomScoreAdj."""
+    linux.set_dumpable(False)
+    for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
+        fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            linux.cgroup_attach(fd)
+        finally:
+            os.close(fd)
+    if "oomScoreAdj" in spec["process"]:
+        _write_oom_score_adj(spec["process"]["oomScoreAdj"])
 
 
 def middle(cchan, spec, stdio, tty, bpf):
@@ -313,19 +367,11 @@ def middle(cchan, spec, stdio, tty, bpf):
             joined = nsjoin.open_paths(nss)  # before anything can change what they name
         step = "joining the container's cgroup"
         # joined here, while still host root: the init inherits the cgroup
-        for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
-            fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                linux.cgroup_attach(fd)
-            finally:
-                os.close(fd)
+        _enter_host_side(spec)
         if spec["annotations"].get("run.ctrun.exec_fifo"):
             step = "opening the exec fifo"
             _EXEC_FIFO.append(os.open(spec["annotations"]["run.ctrun.exec_fifo"],
                                       os.O_PATH | os.O_CLOEXEC))
-        if "oomScoreAdj" in spec["process"]:
-            step = "setting oomScoreAdj"
-            _write_oom_score_adj(spec["process"]["oomScoreAdj"])
         if any(ns["type"] == "user" for ns in nss):
             step = "opening volume sources"
             rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
@@ -359,11 +405,14 @@ def middle(cchan, spec, stdio, tty, bpf):
         _report(cchan, step, e)
 
 
-def _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid=None):
-    """The caller's side of launch: answer the intermediate and the init until it is ready."""
-    pid = master = None
+def _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid=None, pid=None):
+    """The caller's side of launch: answer the intermediate (mid; None: pid, the init, is
+    this process's child) and the init until it is ready."""
+    master = None
     ready = False
     try:
+        if mid is None and on_pid is not None:
+            on_pid(pid)
         while True:
             msg = chan.recv()
             if msg is None:
@@ -384,7 +433,8 @@ def _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid=None):
             elif msg["type"] == "ready":
                 ready = True
             if ready and pid:
-                os.waitpid(mid, 0)  # the intermediate has exited: the init is reparented
+                if mid is not None:  # it has exited: the init is reparented
+                    os.waitpid(mid, 0)
                 break
             elif msg["type"] == "error":
                 _raise_child_error(msg)
@@ -394,7 +444,8 @@ def _await_init(chan, mid, spec, on_hooks, proc_start_time, on_pid=None):
             os.close(master)
         if pid:
             _kill_reap(pid)
-        _kill_reap(mid)
+        if mid is not None:
+            _kill_reap(mid)
         raise
     return Launched(pid, proc_start_time(pid), chan, master)
 

@@ -292,3 +292,26 @@ def test_the_python_api_run_leaves_the_caller_no_subreaper(ct):
     assert prctl.get_child_subreaper() == 0
     assert ct.run("busybox", ["true"], rm=True) == 0
     assert prctl.get_child_subreaper() == 0
+
+
+def test_an_attached_run_forks_its_init_itself_and_keeps_its_own_pid_namespace(ct,
+                                                                               monkeypatch):
+    """With nothing to join and no user namespace, the caller forks the init itself (no
+    intermediate), into the container's new pid namespace; the caller's own later children
+    stay in its pid namespace."""
+    from ctrun.runtime import process
+    seen = []
+    real = process._await_init
+
+    def await_init(chan, mid, *args):
+        seen.append(mid)
+        return real(chan, mid, *args)
+    monkeypatch.setattr(process, "_await_init", await_init)
+    before = os.stat("/proc/self/ns/pid_for_children").st_ino
+    assert ct.run("busybox", ["sh", "-c", "test $$ = 1"], rm=True) == 0
+    assert seen == [None]
+    assert os.stat("/proc/self/ns/pid_for_children").st_ino == before
+    assert os.stat("/proc/self/ns/pid").st_ino == before
+    # with a user namespace (its maps written from outside), an intermediate as before
+    assert ct.run("busybox", ["sh", "-c", "test $$ = 1"], rm=True, userns=True) == 0
+    assert len(seen) == 2 and seen[1] is not None
