@@ -72,8 +72,9 @@ NFDS = 4
 WARM_PARSES = 16
 MADV_POPULATE_WRITE = 23
 POPULATE_CHUNK = 1 << 20
-# the spare works ahead (StoreKind.ahead) only once the host has been quiet this long
-COPY_AFTER = 0.2
+# the spare works ahead (StoreKind.ahead) once nothing else has been runnable for QUIET_S
+# (checked every QUIET_POLL_S), or after QUIET_MAX_S on a host that stays busy
+QUIET_S, QUIET_POLL_S, QUIET_MAX_S = 0.02, 0.01, 1.0
 POOL_SIZE = 1   # pre-made cgroups and network namespaces a store server keeps (pools)
 # what run --rm, exec, enter, logs, list, inspect, stop and destroy import (measured with
 # python -X importtime); the rest loads in the worker that needs it
@@ -132,11 +133,11 @@ class StoreKind:
             pools.SERVED = True
 
     def ahead(self, sock):
-        """In the spare, until its call comes (readable on sock): once the host has been
-        quiet for COPY_AFTER (a container the last call started, a booting systemd that
-        forks dozens of processes, would otherwise share the CPUs with this), a copy of
-        the server's pages (_own_pages), then the store's pools topped up."""
-        if select.select([sock], [], [], COPY_AFTER)[0]:
+        """In the spare, until its call comes (readable on sock): once the host is quiet
+        (_quiet: a container the last call started, a booting systemd that forks dozens
+        of processes, would otherwise share the CPUs with this), a copy of the server's
+        pages (_own_pages), then the store's pools topped up."""
+        if not _quiet(sock):
             return   # a call came first: it faults what it touches
         _own_pages(sock)
         if self.pools and not select.select([sock], [], [], 0)[0]:
@@ -557,6 +558,27 @@ class Server:
             from . import state
             state.finish_removals()
             os._exit(code)
+
+
+def _quiet(sock):
+    """Wait until nothing but this process has been runnable for QUIET_S (the running
+    count of /proc/loadavg), at most QUIET_MAX_S; False if a call came meanwhile."""
+    deadline = time.monotonic() + QUIET_MAX_S
+    since = None
+    while not select.select([sock], [], [], QUIET_POLL_S)[0]:
+        now = time.monotonic()
+        try:
+            with open("/proc/loadavg", "rb") as f:
+                running = int(f.read().split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):
+            running = 1
+        if running > 1:
+            since = None
+        elif since is None:
+            since = now
+        if (since is not None and now - since >= QUIET_S) or now > deadline:
+            return True
+    return False
 
 
 def _own_pages(sock):

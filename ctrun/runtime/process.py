@@ -307,11 +307,12 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
 
 
 def _direct(spec):
-    """The init can be forked by its caller: nothing to join by path, no user namespace
-    (whose maps its parent writes), no exec fifo (an OCI create, whose init outlives it)."""
+    """The init can be forked by its caller: no user namespace (whose maps its parent
+    writes) and no pid namespace to join by path (its parent's setns), no exec fifo (an OCI
+    create, whose init outlives it)."""
     nss = spec["linux"]["namespaces"]
-    return not (any(ns.get("path") for ns in nss) or namespaces.new(nss, "user")
-                or spec["annotations"].get("run.ctrun.exec_fifo"))
+    return not (any(ns.get("path") and ns["type"] in ("pid", "user") for ns in nss)
+                or namespaces.new(nss, "user") or spec["annotations"].get("run.ctrun.exec_fifo"))
 
 
 def _fork_init(psock, csock, spec, stdio, tty, bpf):
@@ -326,16 +327,38 @@ def _fork_init(psock, csock, spec, stdio, tty, bpf):
         if pid == 0:
             psock.close()
             chan = Channel(csock)
+            step = "opening the namespaces to join"
             try:
+                linux.set_dumpable(False)   # first, as in middle()
+                joined = _open_paths(spec)
+                step = "joining the container's cgroup"
                 _enter_host_side(spec)
+                step = "joining namespaces by path"
+                _join(joined)
             except BaseException as e:  # noqa: BLE001
-                _report(chan, "joining the container's cgroup", e)
+                _report(chan, step, e)
             _init_main(chan, spec, stdio, tty, bpf)
     finally:
         if own is not None:
             linux.setns(own, libc.CLONE_NEWPID)
             os.close(own)
     return pid
+
+
+def _open_paths(spec):
+    """The namespaces the spec gives by path, opened (before anything can change what
+    they name)."""
+    nss = spec["linux"]["namespaces"]
+    if not any(ns.get("path") for ns in nss):
+        return []
+    from ..namespaces import join as nsjoin
+    return nsjoin.open_paths(nss)
+
+
+def _join(opened):
+    if opened:
+        from ..namespaces import join as nsjoin
+        nsjoin.join(opened)   # the user namespace first: it owns the rest
 
 
 def _enter_host_side(spec):
@@ -361,10 +384,7 @@ def middle(cchan, spec, stdio, tty, bpf):
         linux.set_dumpable(False)
         nss = spec["linux"]["namespaces"]
         step = "opening the namespaces to join"
-        joined = []
-        if any(ns.get("path") for ns in nss):
-            from ..namespaces import join as nsjoin
-            joined = nsjoin.open_paths(nss)  # before anything can change what they name
+        joined = _open_paths(spec)
         step = "joining the container's cgroup"
         # joined here, while still host root: the init inherits the cgroup
         _enter_host_side(spec)
@@ -376,9 +396,8 @@ def middle(cchan, spec, stdio, tty, bpf):
             step = "opening volume sources"
             rootfs.open_sources(spec, (spec["annotations"].get("run.ctrun.cgroup_dirs")
                                        or {}).values())
-        if joined:
-            step = "joining namespaces by path"
-            nsjoin.join(joined)  # the user namespace first: it owns the rest
+        step = "joining namespaces by path"
+        _join(joined)
         new_pid = namespaces.new(nss, "pid")
         step = "creating the pid namespace"
         if namespaces.new(nss, "user"):
