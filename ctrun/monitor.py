@@ -433,6 +433,9 @@ def launch(cdir, req, out_w, err_w, console=None, cfg=None, backend=None, before
 # set in a worker of a warm server this store's monitor started (ctrun.server): a detached
 # start is launched right there and handed to the monitor (op_adopt) instead of op_start
 ADOPTS = False
+# set once this process has started a container that runs on (a warm worker's detached
+# start): the server's next spare then waits for the host to be quiet (ctrun.server)
+STARTED = False
 _DEFERRED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
 
 
@@ -441,6 +444,8 @@ def start(root, req, cfg, backend, before=None):
     the lifecycle chose for it): op_start, or, in a worker of its own server, launched here
     (warm) and adopted.  before(): the caller's record of the start, written first (here,
     while the init builds its root).  The monitor's reply."""
+    global STARTED
+    STARTED = True
     if not ADOPTS or not backend.orphans_launch:
         if before is not None:
             before()

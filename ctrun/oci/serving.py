@@ -45,7 +45,7 @@ class OciKind:
         self.run = oci_run_dir(self.root)
         self.cgroup = None
 
-    def ahead(self, sock):
+    def ahead(self, sock, calm):
         """Nothing: no copy of the server's pages ahead, as a store's spare takes.  A light
         verb writes few of them, and its client calls back to back (create, state,
         start...): the next call would then meet the last one's worker freeing its copy,
