@@ -594,11 +594,11 @@ def _quiet(sock):
 
 def _own_pages(sock):
     """In the spare: take a copy of each page shared with the server, so the call's steps
-    do not fault on them one by one.
-    MADV_POPULATE_WRITE (Linux 5.14) does it in the kernel for every private writable
-    mapping, a chunk at a time: a call that comes meanwhile (calls back to back) stops
-    it, and the rest faults as it is touched.  Without it, each object Python tracks is
-    referenced (its refcount written), which covers most of its heap."""
+    do not fault on them one by one.  MADV_POPULATE_WRITE (Linux 5.14) does it in the
+    kernel for every private writable mapping, a chunk at a time: a call that comes
+    meanwhile (calls back to back) stops it, and the rest faults as it is touched.
+    Without it, each object Python tracks is referenced (its refcount written), which
+    covers most of its heap."""
     import ctypes
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
