@@ -12,8 +12,10 @@ spare worker up), idle with the server (its spare gone for want of calls) and at
 server gone too, the monitor alone); the benchmark sets CTRUN_SERVER_SPARE_IDLE
 (--spare-idle) and CTRUN_SERVER_IDLE (--server-idle) so that this takes seconds rather than
 the defaults (5 and 30).  For context the same is done with conmon (the C monitor podman
-uses, one per container) supervising runc containers of the same rootfs.  Target: the total
-<= 0.5 MB per container at 20.
+uses, one per container) supervising runc containers of the same rootfs.  The start pools'
+entries the server keeps (one pre-made cgroup, one network namespace) hold kernel memory,
+which PSS does not show: it is estimated apart (Slab + Percpu growth while 20 of each are
+made) and printed per container.  Target: the total <= 0.5 MB per container at 20.
 Run as root:  benchmarks/bench_monitor_memory.py [--counts 1,10,20] [--settle 1]
               [--spare-idle 2] [--server-idle 6]"""
 
@@ -162,6 +164,34 @@ def ctrun_phase(ws, counts, settle, spare_idle, idle):
     return results
 
 
+def pool_kernel_kb(ws, n=20):
+    """Kernel memory of the start pools' entries, which PSS does not show: the growth of
+    Slab + Percpu in /proc/meminfo while n cgroup entries (one cgroup in every hierarchy),
+    then n network namespaces (lo up, bind-mounted), are made in the workspace's store,
+    per entry.  A host-wide reading, so approximate; the entries are removed after."""
+    from ctrun import pools
+    from ctrun.api import Ctrun
+    from ctrun.network.nspool import NetnsPool
+    store = Ctrun(str(ws.store)).store
+
+    def kernel_kb():
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return sum(int(fields[k].split()[0]) for k in ("Slab", "Percpu"))
+    out = {}
+    try:
+        for kind, fill in (("cgroup", lambda: pools.cgroup_pool(store).fill(n)),
+                           ("netns", lambda: NetnsPool(store).fill(n))):
+            time.sleep(0.5)
+            before = kernel_kb()
+            made = fill()
+            time.sleep(0.5)
+            out[kind] = round((kernel_kb() - before) / made) if made else None
+    finally:
+        pools.drain(store)
+    return out
+
+
 class Conmons:
     """N conmon processes, each supervising one runc container (sleep) of the same rootfs."""
 
@@ -291,6 +321,7 @@ def measure(b):
               f"{a.server_idle:g} set by the benchmark (the spare and the server leave that "
               f"many seconds after the last call; defaults 5 and 30 s)", flush=True)
         ct = ctrun_phase(ws, counts, a.settle, a.spare_idle, a.server_idle)
+        pool_kb = pool_kernel_kb(ws)
         cm = None
         if have_conmon:
             print(f"bench_monitor_memory: conmon + runc at {counts} containers", flush=True)
@@ -351,6 +382,12 @@ def measure(b):
             verdicts[key] = common.verdict(per <= TARGET_KB)
             print(f"ctrun at {n} containers, {what}: {per:.0f} kB PSS per container "
                   f"(target <= {TARGET_KB} kB = 0.5 MB: {verdicts[key]})")
+        if None not in pool_kb.values():
+            kept = sum(pool_kb.values())   # the server keeps one entry of each
+            print(f"  the start pools' kernel memory (not in PSS), while the server lives: a "
+                  f"cgroup entry ~{pool_kb['cgroup']} kB, a network namespace "
+                  f"~{pool_kb['netns']} kB; one of each kept: ~{kept} kB, "
+                  f"{kept / n:.0f} kB per container at {n}")
         up = last["server_up"]
         for key, what in (("server_up", "busy"), ("server_idle", "idle")):
             srv = last[key]["server"]
@@ -383,7 +420,7 @@ def measure(b):
                              "env_set": {"CTRUN_SERVER_IDLE": f"{a.server_idle:g}",
                                          "CTRUN_SERVER_SPARE_IDLE": f"{a.spare_idle:g}"}},
                   "target_kb_per_container": TARGET_KB, "verdicts": verdicts,
-                  "ctrun": ct, "conmon": cm,
+                  "ctrun": ct, "conmon": cm, "pool_kernel_kb_per_entry": pool_kb,
                   "conmon_installed": have_conmon, "peers_unavailable": peers.unavailable,
                   "versions": {"runc": common.tool_version(["runc", "--version"]),
                                "conmon": common.tool_version(["conmon", "--version"])
