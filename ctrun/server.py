@@ -121,10 +121,20 @@ class StoreKind:
         """Once it holds the lock, before it serves."""
 
     def leave(self):
-        """After its last call: what its spares put in the pools goes."""
-        if self.pools:
-            from . import pools
+        """After its last call: what its spares put in the pools goes, unless a server
+        that took the store over (it holds the lock this one gave up) owns them now."""
+        if not self.pools:
+            return
+        from . import pools
+        lock = os.open(os.path.join(self.store.run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                       0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             pools.drain(self.store)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(lock)
 
     def worker(self):
         """In a worker, before the call runs."""
@@ -449,6 +459,10 @@ class Server:
             if os.getppid() == 1:
                 os._exit(0)
             prctl.set_name("ctrun-spare")
+            # the server's lock: not held by a spare, nor by what it forks while it waits
+            # (the server's exit takes it back to empty the pools)
+            os.close(self.lock)
+            self.lock = None
             self.kind.ahead(sock, calm)
             head = b""
             fds = []
@@ -523,7 +537,7 @@ class Server:
                 if s is not None:
                     s.close()
             os.close(self.replied_r)
-            if self.listener is not None:
+            if self.listener is not None and self.lock is not None:
                 os.close(self.lock)
             for other in self.conns:
                 other.sock.close()

@@ -12,6 +12,7 @@ exit) removes with the rest.
 
 import errno
 import os
+import signal
 
 from .. import libc
 from ..kernel import linux
@@ -22,10 +23,17 @@ ANNOTATION = "run.ctrun.netns_pool"
 
 
 def _make(path):
-    """Fork a child that makes the namespace, brings lo up and binds it on path."""
+    """Fork a child that makes the namespace, brings lo up and binds it on path; it dies
+    with its parent (a warm server's spare is killed at the server's exit, which then
+    empties the pool: no bind may come after)."""
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
+            import prctl
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
             linux.unshare(libc.CLONE_NEWNET)
             from ..namespaces import loopback_up
             loopback_up()

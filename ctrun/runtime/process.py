@@ -362,9 +362,8 @@ def _join(opened):
 
 
 def _enter_host_side(spec):
-    """What the init takes from the host side before any namespace: non-dumpable (until
-    its execve), the container's cgroup (inherited by the workload), oomScoreAdj."""
-    linux.set_dumpable(False)
+    """What the init takes from the host side before any namespace (once non-dumpable,
+    until its execve): the container's cgroup (inherited by the workload), oomScoreAdj."""
     for p in spec["annotations"].get("run.ctrun.cgroup_procs", []):
         fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -38,11 +38,14 @@ def _killed_at(store, argv, delay):
 
 
 def _store_leaks(store):
-    """What the session leak check reports of this store now: its mounts, cgroups and
-    monitor (the directory itself goes with the fixture, and its warm server, which stays
-    until idle, with the fixture's cleanup; other stores are not ours)."""
+    """What the session leak check reports of this store now: its mounts, cgroups (named
+    with its id) and monitor (the directory itself goes with the fixture, and its warm
+    server, which stays until idle, with the fixture's cleanup; other stores, and the
+    start pools of their servers, are not ours)."""
+    from ctrun.state import Store
+    own = "." + Store(store).short_id
     return [line for line in leaks() if not line.startswith(("directory:", "process: ctrun server"))
-            and (line.startswith("cgroup:") or str(store) in line)]
+            and (own in line if line.startswith("cgroup:") else str(store) in line)]
 
 
 @pytest.mark.slow

@@ -114,15 +114,18 @@ def _call(rng):
 # the warm server's and the monitor's that starts it with the first served call
 SERVER_FILES = {f"run/{who}.{ext}" for who in ("server", "monitor")
                 for ext in ("sock", "lock", "log")}
+POOL_DIR = "run/netns"   # the pooled network namespaces (ctrun.network.nspool)
 
 
 def _tree(store):
     """The store's entries, but the files of its warm server and monitor (started by the
-    first CLI call, gone when idle): not state a refused call could leave."""
+    first CLI call, gone when idle) and the start pools its spare fills between calls:
+    not state a refused call could leave."""
     out = []
     for d, dirs, files in os.walk(store):
         out += [os.path.relpath(os.path.join(d, n), store) for n in dirs + files]
-    return sorted(p for p in out if p not in SERVER_FILES)
+    return sorted(p for p in out if p not in SERVER_FILES and p != POOL_DIR
+                  and not p.startswith(POOL_DIR + "/"))
 
 
 def _in_process(store, argv):

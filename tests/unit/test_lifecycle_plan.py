@@ -201,6 +201,32 @@ def other_namespaces():
         p.wait()
 
 
+
+def test_an_attached_start_forks_its_init_itself(kernel, tmp_path, monkeypatch):
+    """process.launch(child=True) with nothing to join by path and no user namespace: the
+    caller unshares the pid namespace for its next child and forks the init itself, which
+    takes the intermediate's first steps (non-dumpable first, then its cgroup)."""
+    spec = _spec(tmp_path)
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    spec["annotations"]["run.ctrun.cgroup_procs"] = [str(procs)]
+    log = kernel.calls
+    monkeypatch.setattr(process, "Channel", lambda sock: FakeChannel(log, [{"type": "start"}]))
+    _stub_above_syscalls(kernel, monkeypatch)
+    for step in ("prepare", "mask"):
+        kernel.stub(monkeypatch, rootfs, step)
+    kernel.stub(monkeypatch, process, "_loopback_up")
+    with pytest.raises(Exited):
+        process.launch(spec, bpf=b"\x06\x00\x00\x00\x00\x00\xff\x7f", child=True)
+    assert kernel.names()[:kernel.names().index("execve") + 1] == [
+        "unshare", "fork",       # the pid namespace for the caller's next child: the init
+        "set_dumpable", "cgroup_attach",
+        "setsid", "unshare", "prepare", "mask", "sethostname", "_loopback_up",
+        "setrlimit", "fchdir", "send", *PRIVILEGES_TO_EXEC,
+    ]
+    assert kernel.of("unshare")[0] == (libc.CLONE_NEWPID,)
+    assert kernel.of("set_dumpable") == [(False,)]
+
 def test_exec_closes_fds_before_joining_user_namespace_first_then_drops_privileges(
         kernel, tmp_path, monkeypatch, other_namespaces):
     """process._join_middle and _join_child (ctrun exec), down to the execve, in the order
