@@ -143,9 +143,9 @@ PRIVILEGES_TO_EXEC = [
 ]
 
 
-def test_start_runs_its_security_steps_in_order_and_seccomp_last(kernel, tmp_path,
-                                                                 monkeypatch):
-    """process.launch, followed down the intermediate and the init to the execve."""
+def _start_plan(kernel, tmp_path, monkeypatch):
+    """A spec whose start process.launch runs down to the execve on the recording kernel
+    (the root's and masks' steps logged as one each); (spec, its cgroup.procs file)."""
     spec = _spec(tmp_path)
     procs = tmp_path / "cgroup.procs"
     procs.write_text("")
@@ -156,6 +156,13 @@ def test_start_runs_its_security_steps_in_order_and_seccomp_last(kernel, tmp_pat
     for step in ("prepare", "mask"):
         kernel.stub(monkeypatch, rootfs, step)
     kernel.stub(monkeypatch, process, "_loopback_up")
+    return spec, procs
+
+
+def test_start_runs_its_security_steps_in_order_and_seccomp_last(kernel, tmp_path,
+                                                                 monkeypatch):
+    """process.launch, followed down the intermediate and the init to the execve."""
+    spec, procs = _start_plan(kernel, tmp_path, monkeypatch)
     bpf = b"\x06\x00\x00\x00\x00\x00\xff\x7f"  # one instruction: allow
     with pytest.raises(Exited):
         process.launch(spec, bpf=bpf)
@@ -206,16 +213,7 @@ def test_an_attached_start_forks_its_init_itself(kernel, tmp_path, monkeypatch):
     """process.launch(child=True) with nothing to join by path and no user namespace: the
     caller unshares the pid namespace for its next child and forks the init itself, which
     takes the intermediate's first steps (non-dumpable first, then its cgroup)."""
-    spec = _spec(tmp_path)
-    procs = tmp_path / "cgroup.procs"
-    procs.write_text("")
-    spec["annotations"]["run.ctrun.cgroup_procs"] = [str(procs)]
-    log = kernel.calls
-    monkeypatch.setattr(process, "Channel", lambda sock: FakeChannel(log, [{"type": "start"}]))
-    _stub_above_syscalls(kernel, monkeypatch)
-    for step in ("prepare", "mask"):
-        kernel.stub(monkeypatch, rootfs, step)
-    kernel.stub(monkeypatch, process, "_loopback_up")
+    spec, procs = _start_plan(kernel, tmp_path, monkeypatch)
     with pytest.raises(Exited):
         process.launch(spec, bpf=b"\x06\x00\x00\x00\x00\x00\xff\x7f", child=True)
     assert kernel.names()[:kernel.names().index("execve") + 1] == [
