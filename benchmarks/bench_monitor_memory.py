@@ -430,7 +430,7 @@ def measure(b):
 
 
 if __name__ == "__main__":
-    b = common.Bench("bench_monitor_memory", __doc__)
+    b = common.Bench("bench_monitor_memory", __doc__, imports_ctrun=True)
     b.counts_option("1,10,20", "container counts to measure at")
     b.option("--settle", type=float, default=1.0,
              help="seconds to wait before reading memory (default 1)")
