@@ -6,7 +6,10 @@ sees.  Success of the final execve is signalled by EOF: the child's end is close
 
 Start-up is: parent forks an intermediate, which unshares CLONE_NEWPID (that affects its
 children only) and forks the init, reports the init's host pid and exits, so the init is
-reparented to the nearest child subreaper: the shared monitor, or the CLI for `run`.
+reparented to the nearest child subreaper: the shared monitor, or the CLI for `run`.  An
+attached `run` (the CLI reaps its init) forks the init itself when it can (launch's
+child=True): it unshares CLONE_NEWPID for that one fork and takes its own pid namespace
+back for its later children (setns).
 """
 
 import json
@@ -276,8 +279,9 @@ def launch(spec, stdio=(0, 1, 2), tty=False, bpf=None, on_hooks=None, zygote=Non
     of ours (no cgroup attach, so no wait for the kernel on the start path).  on_pid(pid):
     the caller's records of the start, written while the init builds its root (its
     failure kills the init).  child: the init may stay the caller's child (an attached
-    run, which reaps it); with no namespace to join and no user namespace to map, it is
-    then forked from here, without an intermediate."""
+    run, which reaps it); unless a user namespace must be mapped or a pid or user
+    namespace joined by path (_direct), it is then forked from here, without an
+    intermediate, and joins the other namespaces given by path itself."""
     from ..state import proc_start_time
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     chan = Channel(psock)
