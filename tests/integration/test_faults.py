@@ -106,6 +106,19 @@ def test_sigkill_at_random_points_then_gc_leaves_a_consistent_store(cli, store):
     assert _store_leaks(store) == [], where
 
 
+def _who(pids):
+    """Each pid's comm and command line, for a failure's message."""
+    out = []
+    for pid in pids:
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            comm = cmd = "(gone)"
+        out.append(f"{pid} {comm}: {cmd[:120]}")
+    return out
+
+
 def _ctrun_pids(store):
     """This process and every process of ctrun's for this store (CLIs and the monitor)."""
     pids = {os.getpid()}
@@ -149,7 +162,8 @@ def test_stop_exec_and_kill_at_once_leave_a_consistent_container(cli, store):
         parents |= _ctrun_pids(store)
         while zombies_of(parents) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert zombies_of(parents) == [], f"round {rnd}"
+        left = zombies_of(parents)
+        assert left == [], f"round {rnd}: zombies of {_who([ppid for _, ppid, _ in left])}"
     r = cli("destroy", "race")
     assert r.returncode == 0, r.stderr
     assert not (store / "containers" / "race").exists()

@@ -121,8 +121,10 @@ def test_attached_run_stops_on_sigterm(server):
     """`timeout N ctrun run --rm` of a systemd image: the CLI's SIGTERM becomes systemd's stop
     signal (systemd ignores SIGTERM as PID 1), so the run ends, and --rm removes it."""
     cli = server
-    assert conftest.sigterm_attached_run(cli, "att", ["debian-server"],
-                                         lambda: _booted(cli, "att")) == 0
+    # booted: first running (an exec before the run's start would be refused), then up
+    assert conftest.sigterm_attached_run(
+        cli, "att", ["debian-server"],
+        lambda: cli.wait_state("att", "running") and _booted(cli, "att")) == 0
 
 
 def test_stop_signal_option(server):
