@@ -26,7 +26,6 @@ record of an exit (_finish: the cgroup and network code it takes stays out of he
 """
 
 import _socket
-import fcntl
 import json
 import os
 import selectors
@@ -35,7 +34,7 @@ import sys
 import time
 
 from .procs import parent_pid, reaped
-from .serversock import exec_daemon, fd_rights, passed_fds
+from .serversock import exec_daemon, fd_rights, lock_if_free, passed_fds
 
 SOCK = "monitor.sock"
 # how long a client waits for a leaving monitor to release the store's monitor lock
@@ -55,14 +54,7 @@ class Monitor:
 
     def lock(self):
         """The store's monitor lock (an fd), or None: another monitor serves the store."""
-        lock = os.open(os.path.join(self.run, "monitor.lock"),
-                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
-            return None
-        return lock
+        return lock_if_free(os.path.join(self.run, "monitor.lock"))
 
     def serve(self, lock=None):
         if lock is None and (lock := self.lock()) is None:

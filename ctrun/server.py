@@ -50,7 +50,6 @@ would have saved it), after which a spare is made again.
 """
 
 import errno
-import fcntl
 import os
 import select
 import selectors
@@ -62,7 +61,7 @@ import time
 
 from . import procs
 from .client import MAGIC, RELAYED, package_dir
-from .serversock import LOCK, SOCK, fd_rights, passed_fds
+from .serversock import LOCK, SOCK, fd_rights, lock_if_free, passed_fds
 
 IDLE = 30.0
 SPARE_IDLE = 5.0   # a spare outlives the last call by this long (CTRUN_SERVER_SPARE_IDLE)
@@ -125,16 +124,13 @@ class StoreKind:
         that took the store over (it holds the lock this one gave up) owns them now."""
         if not self.pools:
             return
-        from . import pools
-        lock = os.open(os.path.join(self.store.run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                       0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            pools.drain(self.store)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(lock)
+        lock = lock_if_free(os.path.join(self.store.run, LOCK))
+        if lock is not None:
+            from . import pools
+            try:
+                pools.drain(self.store)
+            finally:
+                os.close(lock)
 
     def worker(self):
         """In a worker, before the call runs."""
@@ -187,11 +183,8 @@ class Server:
         # SIGTERM: leave as when idle (the calls under way finish; kind.leave() runs)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "idle", -1.0))
         run = self.kind.run_dir()
-        self.lock = os.open(os.path.join(run, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                            0o600)
-        try:
-            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        self.lock = lock_if_free(os.path.join(run, LOCK))
+        if self.lock is None:
             if ready_fd is not None:  # the client waits for the other one instead
                 os.write(ready_fd, b"b")
             return 0  # another server serves this store

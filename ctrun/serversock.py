@@ -14,6 +14,25 @@ LOCK = "server.lock"
 OCI_SERVERS = "/run/ctrun-oci-servers"
 
 
+def lock_if_free(path, create=True):
+    """The lock file at `path` held exclusively (an fd, the caller's to close), or None
+    when another process holds it (or, create false, when there is no such file): whether
+    this one may serve, or, once it gave it up, clean up after itself."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def remove_stale(run_dir):
     """Remove the socket a killed server left in the store's `run_dir` (nothing holds the
     server lock); True if there was one.  (A client copes with it too: it starts a new

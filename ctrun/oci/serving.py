@@ -26,7 +26,7 @@ cgroups, it removes its own, and its run directory once nothing there is worth k
 
 import os
 
-from ..serversock import LOCK, OCI_SERVERS, oci_run_dir
+from ..serversock import LOCK, OCI_SERVERS, lock_if_free, oci_run_dir
 
 # what the served verbs import (python -X importtime), loaded once by the server
 WARM = ("ctrun.oci.cli", "ctrun.oci.verbs", "ctrun.oci.store", "ctrun.oci.hooks",
@@ -84,13 +84,13 @@ class OciKind:
                 import sys
                 print(f"ctrun-oci server: cannot remove cgroup {self.cgroup.rel}: {e}",
                       file=sys.stderr)
-        import fcntl
         try:
-            fd = os.open(os.path.join(self.run, LOCK), os.O_RDWR | os.O_CLOEXEC)
+            fd = lock_if_free(os.path.join(self.run, LOCK), create=False)
         except OSError:
             return
+        if fd is None:
+            return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             log = os.path.join(self.run, "server.log")
             if os.stat(log).st_size == 0:
                 os.unlink(log)
