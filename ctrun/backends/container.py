@@ -107,14 +107,18 @@ class ContainerBackend(base.Backend):
             extra.update(console=True, console_uid=cfg.userns_base if cfg.userns else 0)
         return mgr, extra
 
+    def _prepared_spec(self, cdir):
+        """The spec prepare_start wrote: as it built it, if this object did (a warm
+        worker, an attached run), else read back (a launcher of the monitor's)."""
+        return self.specs.pop(str(cdir), None) or read_json(cdir / "spec.json")
+
     def launch(self, req, cdir, cfg, out_w, err_w, console=None, on_pid=None):
         from pathlib import Path
         from ..network import container as netc
         from ..runtime import process
         from ..state import Store
         plumber = netc.plumber_for(cfg.net)  # pyroute2 loads meanwhile
-        # the spec prepare_start wrote, if this process made it (a warm worker)
-        spec = self.specs.pop(str(cdir), None) or read_json(cdir / "spec.json")
+        spec = self._prepared_spec(cdir)
         if console:
             os.close(console[0])
             spec["annotations"]["run.ctrun.console"] = os.ttyname(console[1])
@@ -154,7 +158,7 @@ class ContainerBackend(base.Backend):
             if plumber:
                 plumber.cancel()
             raise
-        spec = self.specs.pop(str(cdir), None) or read_json(cdir / "spec.json")
+        spec = self._prepared_spec(cdir)
         sid = os.urandom(6).hex()
         started = now()
         # synced once the workload runs (state.sync below), not before its start
