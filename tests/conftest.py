@@ -115,6 +115,18 @@ def server_pids(root):
             and (root is None or str(root).encode() in argv)]
 
 
+def server_named(root, comm="ctrun-server"):
+    """The pid of the store's server process named `comm` (the server itself, not one of its
+    workers: ctrun-server; its spare worker: ctrun-spare), or None."""
+    for pid in server_pids(root):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == comm:
+                return pid
+        except OSError:
+            pass
+    return None
+
+
 def zombies_of(parents):
     """(pid, ppid, comm) of zombie processes whose parent is one of `parents`."""
     out = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, own_store, server_pids, until
+from conftest import CLI, own_store, server_named, server_pids, until
 from ctrun import pools
 from ctrun.api import Ctrun
 from ctrun.cgroups import detect
@@ -217,11 +217,6 @@ def _entries(store):
     return pools.cgroup_pool(store).entries(), NetnsPool(store).entries()
 
 
-def _the_server(root):
-    return next(p for p in server_pids(root)
-                if open(f"/proc/{p}/comm").read().strip() == "ctrun-server")
-
-
 def test_the_servers_spare_fills_the_pools_and_its_starts_take_them(store, cli):
     mnt = _mem_mount()
     st = Ctrun(store).store
@@ -245,7 +240,8 @@ def test_the_server_empties_the_pools_when_it_leaves(store, cli):
     cli("image", "build", "busybox", check=True)
     cli("list", check=True)
     until(lambda: all(_entries(st)), what="the pools' entries")
-    server = _the_server(store)
+    server = server_named(store)
+    assert server
     os.kill(server, signal.SIGTERM)
     until(lambda: server not in server_pids(store), what="the server's exit")
     assert _entries(st) == ([], [])

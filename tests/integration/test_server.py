@@ -16,32 +16,21 @@ import termios
 import threading
 import time
 
-from conftest import CTRUN, REPO, _monitor_pids, request_as, server_pids, until
+from conftest import (CTRUN, REPO, _monitor_pids, request_as, server_named, server_pids,
+                      until)
 from ctrun import client
 from ctrun.procs import parent_pid
 
 
-def _named(store, comm):
-    """The pid of the store's server process named `comm` (the server itself, not one of its
-    workers: ctrun-server; its spare worker: ctrun-spare), or None."""
-    for pid in server_pids(store):
-        try:
-            if open(f"/proc/{pid}/comm").read().strip() == comm:
-                return pid
-        except OSError:
-            pass
-    return None
-
-
 def _server(store):
-    return _named(store, "ctrun-server")
+    return server_named(store)
 
 
 def _spare(store, timeout=5.0):
     """The pid of the server's spare worker (forked between calls), waited for; None if
     none came."""
     try:
-        return until(lambda: _named(store, "ctrun-spare"), timeout, "a spare's fork", 0.02)
+        return until(lambda: server_named(store, "ctrun-spare"), timeout, "a spare's fork", 0.02)
     except AssertionError:
         return None
 
@@ -494,7 +483,7 @@ def test_the_spare_goes_when_calls_stop_and_comes_back_with_the_next(cli, store)
     server, spare = _server(store), _spare(store)
     assert server and spare
     until(lambda: not os.path.exists(f"/proc/{spare}"), what="the idle spare's exit")
-    assert _named(store, "ctrun-spare") is None and _server(store) == server
+    assert server_named(store, "ctrun-spare") is None and _server(store) == server
     r = cli("run", "--rm", "busybox", "--", "sh", "-c", "echo out; exit 5")
     assert (r.returncode, r.stdout) == (5, "out\n"), r.stderr
     assert _spare(store) not in (None, spare) and _server(store) == server
