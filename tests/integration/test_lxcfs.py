@@ -222,7 +222,8 @@ def test_lxcfs_is_not_stopped_between_a_starts_hand_out_and_its_binds(monkeypatc
     try:
         assert lxcfs.ensure() == os.path.join(base, "mnt")
         daemon = _daemon(base)
-        assert not conftest.zombies_of({os.getpid()})   # the start's intermediate process was reaped
+        # the start's intermediate process was reaped
+        assert not conftest.zombies_of({os.getpid()})
         assert not lxcfs.release() and _daemon(base) == daemon   # still held
         lxcfs.settled()
         assert lxcfs.release() and not lxcfs._running(daemon)    # unused and not held
