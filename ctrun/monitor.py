@@ -87,9 +87,12 @@ class Monitor:
             if self.running or self.helpers or self.servers:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 0.5 or self.released:
-                # unlink first: a client that finds no socket starts a new monitor
+                # unlink first: a client that finds no socket starts a new monitor, which
+                # takes the store's lock as soon as it is closed: before LXCFS's exit,
+                # which a new monitor must not wait out (its lock keeps a start off it)
                 os.unlink(sock_path)
                 self.listener.close()
+                os.close(lock)
                 _release_lxcfs()
                 return 0
 

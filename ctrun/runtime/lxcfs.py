@@ -50,6 +50,9 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loada
 # cpu/online (without it only the cpuset does)
 OPTIONS = ("-f", "-l", "--enable-cfs")
 START_TIMEOUT = 5.0
+# then SIGKILL: a daemon stopped just after its start may miss both its session's end and
+# SIGTERM (seen: still in a futex wait 5 s later); with its mount gone it has nothing to lose
+STOP_GRACE = 0.5
 SERVED = "files"   # beside the pid file: the FILES ctrun's own daemon has (_served)
 _held = []   # the lock fd this process holds shared from ensure() to settled()
 
@@ -125,17 +128,24 @@ def ensure():
         return None
     settled()   # a lock this process still held for an earlier start would block its own
     mnt = os.path.join(base, "mnt")
-    try:
-        os.makedirs(base, 0o755, exist_ok=True)
-        lock = os.open(os.path.join(base, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise _unusable(base, e) from None
-    try:
-        # shared: starts run side by side; release() takes it alone
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        if not (_alive(base, mnt) or _serving(mnt)):
-            # concurrent starts: one starts it, the others wait
+    path = os.path.join(base, "lock")
+    while True:
+        try:
+            os.makedirs(base, 0o755, exist_ok=True)
+            lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise _unusable(base, e) from None
+        try:
+            # shared: starts run side by side; release() takes it alone
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if _current(lock, path) and (_alive(base, mnt) or _serving(mnt)):
+                break
+            # concurrent starts: one starts it, the others wait; it keeps the lock alone
+            # until its init has bound the files (a downgrade would let a release in)
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _current(lock, path):
+                os.close(lock)
+                continue
             if not _serving(mnt):
                 if mnt in _lxcfs_mounts():  # its daemon died: the mount answers ENOTCONN
                     umount2(mnt, MNT_DETACH)
@@ -144,11 +154,11 @@ def ensure():
                 except OSError as e:
                     raise _unusable(mnt, e) from None
                 _start(base, mnt)
-            fcntl.flock(lock, fcntl.LOCK_SH)
-    except BaseException:
-        os.close(lock)
-        raise
-    _held.append(lock)   # kept shared until this start's init has bound the files
+            break
+        except BaseException:
+            os.close(lock)
+            raise
+    _held.append(lock)   # kept until this start's init has bound the files
     return mnt
 
 
@@ -176,12 +186,21 @@ def release():
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False   # a start is under way: its monitor, or gc, releases it later
-        if _in_use(mnt):
-            return False
+        if not _current(lock, os.path.join(base, "lock")) or _in_use(mnt):
+            return False   # (stopped meanwhile, by a release that held the old lock file)
         stop(base)
         return True
     finally:
         os.close(lock)
+
+
+def _current(fd, path):
+    """fd is still the lock file at path: stop() removes the directory, lock file and all,
+    so a start that waited for the removed file must take the new one instead."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _in_use(mnt):
@@ -221,7 +240,7 @@ def stop(base):
         umount2(mnt, MNT_DETACH)
     if pid and _running(pid):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + STOP_GRACE
         while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         if _running(pid):
