@@ -88,8 +88,8 @@ class Monitor:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 0.5 or self.released:
                 # unlink first: a client that finds no socket starts a new monitor, which
-                # takes the store's lock as soon as it is closed: before LXCFS's exit,
-                # which a new monitor must not wait out (its lock keeps a start off it)
+                # takes the store's lock as soon as it is closed: before LXCFS's stop,
+                # which would otherwise keep the new monitor out until it returns
                 os.unlink(sock_path)
                 self.listener.close()
                 os.close(lock)

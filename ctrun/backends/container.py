@@ -99,6 +99,7 @@ class ContainerBackend(base.Backend):
             if spec is not None:
                 _release_netns(spec)
             mgr.remove()
+            lxcfs.settled()   # no init will bind its files: a release may go on
             raise
         extra = {"bpf": bpf_path}
         if entry:

@@ -51,7 +51,9 @@ FILES = ("proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loada
 OPTIONS = ("-f", "-l", "--enable-cfs")
 START_TIMEOUT = 5.0
 # then SIGKILL: a daemon stopped just after its start may miss both its session's end and
-# SIGTERM (seen: still in a futex wait 5 s later); with its mount gone it has nothing to lose
+# SIGTERM (seen: still in a futex wait 5 s later).  What then still holds its file system
+# (a lazily unmounted copy) reads ENOTCONN, as after a crash; no mount of it is bound in
+# any namespace, or release() would not have stopped it
 STOP_GRACE = 0.5
 SERVED = "files"   # beside the pid file: the FILES ctrun's own daemon has (_served)
 _held = []   # the lock fd this process holds shared from ensure() to settled()
@@ -138,10 +140,13 @@ def ensure():
         try:
             # shared: starts run side by side; release() takes it alone
             fcntl.flock(lock, fcntl.LOCK_SH)
-            if _current(lock, path) and (_alive(base, mnt) or _serving(mnt)):
+            if not _current(lock, path):
+                os.close(lock)
+                continue
+            if _alive(base, mnt) or _serving(mnt):
                 break
-            # concurrent starts: one starts it, the others wait; it keeps the lock alone
-            # until its init has bound the files (a downgrade would let a release in)
+            # concurrent starts: one starts it, the others wait (taking it alone is not
+            # atomic: a release may have removed the file meanwhile)
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not _current(lock, path):
                 os.close(lock)
@@ -154,11 +159,15 @@ def ensure():
                 except OSError as e:
                     raise _unusable(mnt, e) from None
                 _start(base, mnt)
-            break
+            # back to shared; a release that came in between has removed the file
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if _current(lock, path):
+                break
+            os.close(lock)
         except BaseException:
             os.close(lock)
             raise
-    _held.append(lock)   # kept until this start's init has bound the files
+    _held.append(lock)   # kept shared until this start's init has bound the files
     return mnt
 
 
@@ -245,7 +254,17 @@ def stop(base):
             time.sleep(0.02)
         if _running(pid):
             os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(base, ignore_errors=True)
+    # renamed first, with the lock still held: a start that comes meanwhile makes a new
+    # directory, which a removal from an old listing would cut into (its mount point, its
+    # pid file)
+    dead = f"{base}.gone.{os.getpid()}"
+    try:
+        os.rename(base, dead)
+    except FileNotFoundError:
+        return
+    except OSError:   # (a crashed stop's leftover in the way)
+        dead = base
+    shutil.rmtree(dead, ignore_errors=True)
 
 
 def _start(base, mnt):
