@@ -16,7 +16,7 @@ from ..errors import InvalidInput
 from ..kernel import linux
 from ..libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                     MS_REC, MS_REMOUNT, MS_SLAVE, MS_STRICTATIME)
-from . import devices, mounts, paths, sysctl, systemd
+from . import devices, lxcfs, mounts, paths, sysctl, systemd
 
 DEVICES = devices.DEFAULT
 
@@ -288,6 +288,13 @@ def _bind_lxcfs(root_fd, binds):
     """LXCFS's files over the container's /proc and /sys ones (ctrun.runtime.lxcfs).  One
     LXCFS cannot serve (its daemon died since the start checked it) keeps the kernel's."""
     for src, target in binds or ():
+        tree = lxcfs.take_tree(src)   # cloned ahead by a warm server's spare
+        if tree is not None:
+            try:
+                _attach(tree, paths.ensure_mount_target(root_fd, target, False))
+                continue
+            except OSError:
+                pass   # bound by its path instead
         try:
             _bind(root_fd, src, target, False)
         except OSError:

@@ -13,7 +13,9 @@ import time
 import pytest
 
 import conftest
-from ctrun.runtime import lxcfs
+from ctrun import libc
+from ctrun.kernel import linux
+from ctrun.runtime import lxcfs, rootfs
 from ctrun.state import proc_cmdlines
 
 needs_lxcfs = pytest.mark.skipif(not os.path.exists("/usr/bin/lxcfs"),
@@ -228,5 +230,51 @@ def test_lxcfs_is_not_stopped_between_a_starts_hand_out_and_its_binds(monkeypatc
         lxcfs.settled()
         assert lxcfs.release() and not lxcfs._running(daemon)    # unused and not held
     finally:
+        lxcfs.settled()
+        lxcfs.stop(base)
+
+
+@needs_lxcfs
+def test_a_spare_clones_lxcfs_files_ahead_and_a_start_attaches_them(tmp_path, monkeypatch):
+    """A warm server's spare clones each LXCFS file as a detached mount before its call
+    (preopen); the start's init attaches the clone in its own mount namespace, without a
+    walk into FUSE.  Clones of a daemon since replaced are dropped by the next start."""
+    base = str(tmp_path / "lxcfs")
+    monkeypatch.setenv("CTRUN_LXCFS_DIR", base)
+    try:
+        mnt = lxcfs.ensure()
+        lxcfs._served(mnt)   # the list a first start keeps
+        lxcfs.settled()
+        lxcfs.preopen()
+        meminfo = os.path.join(mnt, "proc/meminfo")
+        assert meminfo in lxcfs._trees
+        target = tmp_path / "meminfo"
+        target.write_text("")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # as an init: its own mount namespace, the host's paths unused
+            try:
+                os.close(r)
+                linux.unshare(libc.CLONE_NEWNS)
+                linux.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+                # the daemon's own mount gone from here: only the clone reaches it
+                linux.umount2(mnt, libc.MNT_DETACH)
+                tfd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+                rootfs._attach(lxcfs.take_tree(meminfo), tfd)
+                os.write(w, target.read_bytes()[:9])
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            assert os.read(r, 16) == b"MemTotal:"
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        daemon = _daemon(base)
+        lxcfs.stop(base)
+        assert lxcfs.binds(print) and _daemon(base) not in (0, daemon)   # a new daemon
+        assert not lxcfs._trees
+    finally:
+        lxcfs._close_trees()
         lxcfs.settled()
         lxcfs.stop(base)
