@@ -140,10 +140,11 @@ class StoreKind:
 
     def ahead(self, sock, calm):
         """In the spare, until its call comes (readable on sock): a copy of the server's
-        pages (_own_pages), then the store's pools topped up and LXCFS's files opened.  At once if calm; after a
-        call that started a container, once the host is quiet (_quiet): the container,
-        a booting systemd that forks dozens of processes above all, would otherwise
-        share the CPUs with this (its boot ended 5.6 ms later, paired median of 20)."""
+        pages (_own_pages), the store's pools topped up, LXCFS's files cloned (preopen).
+        At once if calm; after a call that started a container, once the host is quiet
+        (_quiet): the container, a booting systemd that forks dozens of processes above
+        all, would otherwise share the CPUs with this (its boot ended 5.6 ms later,
+        paired median of 20)."""
         if select.select([sock], [], [], 0)[0] if calm else not _quiet(sock):
             return   # a call came first: it faults what it touches
         _own_pages(sock)
@@ -153,9 +154,8 @@ class StoreKind:
                 pools.fill(self.store, POOL_SIZE)
             except Exception as e:  # noqa: BLE001 - the starts make their own instead
                 _write(2, f"ctrun server: cannot fill the start pools: {e}\n")
-        if not select.select([sock], [], [], 0)[0]:
-            from .runtime import lxcfs
-            lxcfs.preopen()
+        from .runtime import lxcfs
+        lxcfs.preopen(lambda: select.select([sock], [], [], 0)[0])
 
     def warm(self):
         warm()

@@ -79,12 +79,13 @@ def binds(warn):
     return [[os.path.join(mnt, f), "/" + f] for f in _served(mnt)]
 
 
-def preopen():
+def preopen(called=lambda: False):
     """In a warm server's spare, before its call: each file ctrun's LXCFS serves cloned as
     a detached mount, which the call's start attaches (take_tree) instead of binding it by
     path.  A bind by path walks into the FUSE file system, whose entries expire after a
     second: then each of the 8 lookups is a round trip to the daemon, ~1 ms on the start's
-    path here (the clones are made from the host's mount namespace, where the paths are)."""
+    path here (the clones are made from the host's mount namespace, where the paths are).
+    called(): the spare's call has come, which the rest would delay (bound by path)."""
     base = base_dir()
     pid = _pid(base) if base else 0
     if _trees or not pid or not _running(pid):
@@ -97,6 +98,8 @@ def preopen():
         return   # no start has listed them yet (_served)
     _trees_of[:] = [pid]
     for name in files:
+        if called():
+            return
         try:
             _trees[os.path.join(mnt, name)] = linux.open_tree_clone(os.path.join(mnt, name),
                                                                    False)
