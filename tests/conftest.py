@@ -127,6 +127,29 @@ def server_named(root, comm="ctrun-server"):
     return None
 
 
+def in_child(fn, size=256):
+    """What fn(say) passes to say() (bytes) in a forked child, which exits after fn
+    whatever happens: for a test of what a process sees once it changed its own state
+    (namespaces, signal handlers) that the test process must keep."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            fn(lambda data: os.write(w, data))
+        except BaseException:  # noqa: BLE001 - the parent sees what it got, this says why
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, size)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
 def zombies_of(parents):
     """(pid, ppid, comm) of zombie processes whose parent is one of `parents`."""
     out = []

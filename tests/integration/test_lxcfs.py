@@ -250,26 +250,16 @@ def test_a_spare_clones_lxcfs_files_ahead_and_a_start_attaches_them(tmp_path, mo
         assert meminfo in lxcfs._trees
         target = tmp_path / "meminfo"
         target.write_text("")
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:   # as an init: its own mount namespace, the host's paths unused
-            try:
-                os.close(r)
-                linux.unshare(libc.CLONE_NEWNS)
-                linux.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-                # the daemon's own mount gone from here: only the clone reaches it
-                linux.umount2(mnt, libc.MNT_DETACH)
-                tfd = os.open(target, os.O_PATH | os.O_CLOEXEC)
-                rootfs._attach(lxcfs.take_tree(meminfo), tfd)
-                os.write(w, target.read_bytes()[:9])
-            finally:
-                os._exit(0)
-        os.close(w)
-        try:
-            assert os.read(r, 16) == b"MemTotal:"
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
+
+        def attach(say):   # as an init: its own mount namespace, the host's paths unused
+            linux.unshare(libc.CLONE_NEWNS)
+            linux.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+            # the daemon's own mount gone from here: only the clone reaches it
+            linux.umount2(mnt, libc.MNT_DETACH)
+            tfd = os.open(target, os.O_PATH | os.O_CLOEXEC)
+            rootfs._attach(lxcfs.take_tree(meminfo), tfd)
+            say(target.read_bytes()[:9])
+        assert conftest.in_child(attach) == b"MemTotal:"
         daemon = _daemon(base)
         lxcfs.stop(base)
         assert lxcfs.binds(print) and _daemon(base) not in (0, daemon)   # a new daemon

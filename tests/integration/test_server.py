@@ -16,8 +16,8 @@ import termios
 import threading
 import time
 
-from conftest import (CTRUN, REPO, _monitor_pids, request_as, server_named, server_pids,
-                      until)
+from conftest import (CTRUN, REPO, _monitor_pids, in_child, request_as, server_named,
+                      server_pids, until)
 from ctrun import client, monitor
 from ctrun.procs import parent_pid
 
@@ -494,22 +494,11 @@ def test_a_leaving_monitor_gives_the_store_back_before_it_stops_lxcfs(tmp_path, 
     its grace: the store's lock is free by then, so a new monitor is not kept waiting
     (after its wait for a leaving monitor, a client would start a server on its own)."""
     (tmp_path / "run").mkdir()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # a monitor with nothing to do, in a child: it leaves after its idle time
-        try:
-            os.close(r)
 
-            def release():
-                free = monitor.lock_if_free(str(tmp_path / "run" / "monitor.lock"))
-                os.write(w, b"free" if free is not None else b"held")
-            monkeypatch.setattr(monitor, "_release_lxcfs", release)
-            monitor.Monitor(str(tmp_path)).serve()
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        assert os.read(r, 16) == b"free"
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    def serve(say):   # a monitor with nothing to do: it leaves after its idle time
+        def release():
+            free = monitor.lock_if_free(str(tmp_path / "run" / "monitor.lock"))
+            say(b"free" if free is not None else b"held")
+        monkeypatch.setattr(monitor, "_release_lxcfs", release)
+        monitor.Monitor(str(tmp_path)).serve()
+    assert in_child(serve) == b"free"
