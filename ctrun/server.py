@@ -155,7 +155,10 @@ class StoreKind:
             except Exception as e:  # noqa: BLE001 - the starts make their own instead
                 _write(2, f"ctrun server: cannot fill the start pools: {e}\n")
         from .runtime import lxcfs
-        lxcfs.preopen(lambda: select.select([sock], [], [], 0)[0])
+        try:
+            lxcfs.preopen(lambda: select.select([sock], [], [], 0)[0])
+        except Exception as e:  # noqa: BLE001 - the start binds the files by path instead
+            _write(2, f"ctrun server: cannot open LXCFS's files ahead: {e}\n")
 
     def warm(self):
         warm()

@@ -83,8 +83,8 @@ def preopen(called=lambda: False):
     """In a warm server's spare, before its call: each file ctrun's LXCFS serves cloned as
     a detached mount, which the call's start attaches (take_tree) instead of binding it by
     path.  A bind by path walks into the FUSE file system, whose entries expire after a
-    second: then each of the 8 lookups is a round trip to the daemon, ~1 ms on the start's
-    path here (the clones are made from the host's mount namespace, where the paths are).
+    second: then each of the 8 lookups is a round trip to the daemon, ~2 ms of a boot's
+    start here (the clones are made in the host's mount namespace, where the paths are).
     called(): the spare's call has come, which the rest would delay (bound by path)."""
     base = base_dir()
     pid = _pid(base) if base else 0
