@@ -249,16 +249,20 @@ def warn(msg):
 
 
 # ------------------------------------------------------------------ tools
+def venv_dir():
+    """The venv ctrun is installed in: $CTRUN_VENV, else setup.sh's default."""
+    return Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv"))
+
+
 def ctrun_bin():
     """The ctrun console script: $CTRUN_BIN, else the venv the project installs into."""
     env = os.environ.get("CTRUN_BIN")
-    venv = os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")   # setup.sh's default
     if env:
         if not os.access(env, os.X_OK):
             die(f"CTRUN_BIN={env} is not an executable file")
         return env
     # /usr/local/bin/ctrun first: the launcher setup.sh writes, what users run
-    for cand in ("/usr/local/bin/ctrun", f"{venv}/bin/ctrun"):
+    for cand in ("/usr/local/bin/ctrun", str(venv_dir() / "bin" / "ctrun")):
         if os.access(cand, os.X_OK):
             return cand
     die(f"ctrun is not installed (no /usr/local/bin/ctrun and no CTRUN_BIN); {SETUP_HINT}")
@@ -269,7 +273,7 @@ def ctrun_python():
     shebang: setup.sh's passes -sS): $CTRUN_BIN's if it is such a launcher, else the venv's
     ctrun-py (/usr/local/bin/ctrun is the compiled client, which hands it what it does not
     serve)."""
-    venv = Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv")) / "bin"
+    venv = venv_dir() / "bin"
     for launcher in (ctrun_bin(), venv / "ctrun-py"):
         try:
             with open(launcher, "rb") as f:
@@ -1018,8 +1022,7 @@ class Workspace:
         # filled now with what the warm server loads: the first server would otherwise
         # compile each module itself and keep the compiler's garbage (~4 MB of heap more
         # than a user's server, whose venv and Python come with their .pyc)
-        venv = Path(os.environ.get("CTRUN_VENV", "/opt/ctrun/venv"))
-        subprocess.run([str(venv / "bin" / "python3"), "-P", "-c",
+        subprocess.run([str(venv_dir() / "bin" / "python3"), "-P", "-c",
                         "from ctrun import server; server.warm()"],
                        stdin=subprocess.DEVNULL, capture_output=True, cwd="/")
 

@@ -208,7 +208,6 @@ def other_namespaces():
         p.wait()
 
 
-
 def test_an_attached_start_forks_its_init_itself(kernel, tmp_path, monkeypatch):
     """process.launch(child=True) with nothing to join by path and no user namespace: the
     caller unshares the pid namespace for its next child and forks the init itself, which
@@ -224,6 +223,7 @@ def test_an_attached_start_forks_its_init_itself(kernel, tmp_path, monkeypatch):
     ]
     assert kernel.of("unshare")[0] == (libc.CLONE_NEWPID,)
     assert kernel.of("set_dumpable") == [(False,)]
+
 
 def test_exec_closes_fds_before_joining_user_namespace_first_then_drops_privileges(
         kernel, tmp_path, monkeypatch, other_namespaces):
